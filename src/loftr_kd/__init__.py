@@ -1,0 +1,3 @@
+"""loftr-kd: distil LoFTR into a tiny real-time coarse matcher."""
+
+__version__ = "0.1.0"
