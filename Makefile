@@ -1,0 +1,66 @@
+# loftr-kd — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+# torch: the CPU wheel (2.13.0) installs from local disk where one is provided; elsewhere pip takes it
+# from PyPI. GPU users: install your CUDA build of torch into .venv first (see README), then `make install`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-all lint format tensorboard bench export evaluate synth rerun clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# Keep an already installed torch (e.g. a CUDA build); otherwise take the pinned CPU wheel.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,sweep]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with its dev extra
+
+train: $(STAMP) ## Train the default experiment (Hydra overrides: make train ARGS="trainer.max_epochs=3")
+	$(BIN)/loftr-kd-train $(ARGS)
+
+test: $(STAMP) ## Run the default test suite (no slow/gpu tests)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-all: $(STAMP) ## Run every test, slow ones included (gpu tests skip without a GPU)
+	$(BIN)/python -m pytest -m "" $(ARGS)
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP) ## ruff autofix + format
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+tensorboard: $(STAMP) ## Open TensorBoard on all runs under outputs/
+	$(BIN)/tensorboard --logdir outputs --bind_all
+
+bench: $(STAMP) ## Speed benchmark: teacher vs students vs onnxruntime/INT8/TensorRT vs ORB/SIFT
+	$(BIN)/loftr-kd-bench $(ARGS)
+
+export: $(STAMP) ## Export a checkpoint to ONNX (+TensorRT): make export ARGS="ckpt_path=..."
+	$(BIN)/loftr-kd-export $(ARGS)
+
+evaluate: $(STAMP) ## Evaluate matchers: make evaluate ARGS="..."
+	$(BIN)/loftr-kd-evaluate $(ARGS)
+
+synth: $(STAMP) ## Generate the synthetic BlendedMVS-layout scenes: make synth ARGS="--out data/synthetic"
+	$(BIN)/loftr-kd-synth $(ARGS)
+
+rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outputs/train/runs/<run>
+	@test -n "$(RUN)" || { echo "usage: make rerun RUN=outputs/train/runs/<run>"; exit 2; }
+	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config $(ARGS)
+
+clean: ## Remove caches and build artefacts (keeps .venv, data/, outputs/, weights/)
+	rm -rf build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
