@@ -1,0 +1,425 @@
+"""The frozen teacher: LoFTR outdoor "ds" from kornia, reduced to its coarse dual-softmax matrices.
+
+The teacher is kornia's full ``LoFTR`` (so every checkpoint loads strictly, fine stage included), but
+``forward`` runs only the coarse path: backbone up to 1/8, positional encoding, coarse transformer and
+the dual-softmax normalisation of kornia's ``CoarseMatching``. It is frozen (no gradients, always in eval
+mode) and computes in float32 even under autocast.
+
+Weights come from a local file only; nothing is ever downloaded. Two files are known:
+
+- zju3dv's ``outdoor_ds.ckpt``: ``{"state_dict": {...}}``, keys without prefix (``backbone.conv1.weight``).
+  Checkpoints written by LoFTR's own Lightning training carry a ``matcher.`` prefix on the same keys.
+- kornia's ``loftr_outdoor.ckpt``: also ``{"state_dict": {...}}``; kornia's ``LoFTR.load_state_dict``
+  strips a leading ``matcher.``, so either key form is accepted.
+
+Both were trained with the buggy positional encoding (``temp_bug_fix=False``, LoFTR issues #41, #64,
+#191). ``temp_bug_fix=None`` decides it from the file name, see :func:`infer_temp_bug_fix`.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from kornia.feature import LoFTR
+from kornia.feature.loftr import loftr as kornia_loftr
+from torch import Tensor, nn
+
+__all__ = [
+    "KNOWN_CHECKPOINT_NAMES",
+    "LoFTRTeacher",
+    "TeacherCheckpointError",
+    "TeacherCheckpointNotFound",
+    "TeacherOutput",
+    "build_teacher",
+    "find_teacher_checkpoint",
+    "infer_temp_bug_fix",
+    "load_teacher",
+    "read_loftr_state_dict",
+]
+
+# Searched in this order by `find_teacher_checkpoint`.
+KNOWN_CHECKPOINT_NAMES = ("outdoor_ds.ckpt", "loftr_outdoor.ckpt")
+CHECKPOINT_SOURCES = (
+    "zju3dv's outdoor_ds.ckpt (https://github.com/zju3dv/LoFTR, 'weights' link in its README) or "
+    f"kornia's loftr_outdoor.ckpt ({kornia_loftr.urls['outdoor'][0]})"
+)
+
+# kornia builds `LoFTR(pretrained="outdoor")` from its `default_cfg`, whose coarse.temp_bug_fix is False;
+# only "indoor_new" switches it on. Pinned here rather than read from `default_cfg`, which older kornia
+# versions mutated when an `indoor_new` model was built.
+KORNIA_OUTDOOR_TEMP_BUG_FIX = False
+
+# Architecture of LoFTR outdoor "ds", pinned over kornia's default config so a change of kornia's
+# defaults cannot silently change the teacher.
+_OUTDOOR_DS = {
+    "backbone_type": "ResNetFPN",
+    "resolution": (8, 2),
+    "resnetfpn": {"initial_dim": 128, "block_dims": [128, 196, 256]},
+    "coarse": {
+        "d_model": 256,
+        "d_ffn": 256,
+        "nhead": 8,
+        "layer_names": ["self", "cross"] * 4,
+        "attention": "linear",
+    },
+    "match_coarse": {"match_type": "dual_softmax", "dsmax_temperature": 0.1},
+}
+_MAX_LISTED_KEYS = 5
+
+
+class TeacherOutput(NamedTuple):
+    """Coarse matrices of the teacher at stride 8, float32, no grad.
+
+    Attributes:
+        similarity: dual-softmax logits ``f0 f1ᵀ / C / temperature``, (B, L0, L1).
+        confidence: ``softmax(similarity, 1) * softmax(similarity, 2)``, (B, L0, L1).
+    """
+
+    similarity: Tensor
+    confidence: Tensor
+
+
+class TeacherCheckpointError(RuntimeError):
+    """A teacher checkpoint exists but cannot be used (not a checkpoint, no state_dict, wrong keys)."""
+
+
+class TeacherCheckpointNotFound(FileNotFoundError):
+    """``weights="auto"`` found no known checkpoint; the training code may then run without a teacher.
+
+    A missing *explicit* path raises a plain :class:`FileNotFoundError` instead, so it is never
+    mistaken for the optional default.
+    """
+
+
+def outdoor_ds_config(temp_bug_fix: bool) -> dict[str, Any]:
+    """A fresh (deep-copied) kornia LoFTR config for outdoor "ds" with the given positional encoding."""
+    config = copy.deepcopy(kornia_loftr.default_cfg)
+    for key, value in copy.deepcopy(_OUTDOOR_DS).items():
+        if isinstance(value, dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    config["coarse"]["temp_bug_fix"] = bool(temp_bug_fix)
+    return config
+
+
+class LoFTRTeacher(nn.Module):
+    """Frozen LoFTR outdoor "ds" (kornia) producing coarse similarity and dual-softmax confidence.
+
+    Images whose sides are not multiples of 8 lose their last ``H % 8`` rows and ``W % 8`` columns, so
+    the grid is ``H // 8 × W // 8`` as the coarse-grid contract states (cell centres do not move).
+
+    Args:
+        temp_bug_fix: positional encoding variant; False for zju3dv's and kornia's outdoor weights.
+
+    Example:
+        >>> teacher = LoFTRTeacher()  # random weights; see load_teacher / build_teacher
+        >>> out = teacher(torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 64))
+        >>> out.similarity.shape
+        torch.Size([1, 96, 64])
+    """
+
+    stride = 8
+
+    def __init__(self, temp_bug_fix: bool = False) -> None:
+        super().__init__()
+        self.temp_bug_fix = bool(temp_bug_fix)
+        self.checkpoint_path: Path | None = None  # set by load_teacher, for logs
+        self.config = outdoor_ds_config(self.temp_bug_fix)
+        # kornia deep-copies again, but the teacher must not depend on that (older versions did not).
+        self.matcher = LoFTR(pretrained=None, config=copy.deepcopy(self.config))
+        self.matcher.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> LoFTRTeacher:
+        """Stay in eval mode whatever ``mode`` says (Lightning calls ``.train()`` on every submodule)."""
+        return super().train(False)
+
+    @property
+    def temperature(self) -> float:
+        """Dual-softmax temperature of kornia's ``CoarseMatching`` (0.1)."""
+        return float(self.matcher.coarse_matching.temperature)
+
+    def num_parameters(self, coarse_only: bool = False) -> int:
+        """Parameter count of the full LoFTR, or of its coarse part (backbone + coarse transformer)."""
+        if not coarse_only:
+            return sum(p.numel() for p in self.parameters())
+        matcher = self.matcher
+        parts = (matcher.backbone, matcher.pos_encoding, matcher.loftr_coarse, matcher.coarse_matching)
+        return sum(p.numel() for part in parts for p in part.parameters())
+
+    def load_loftr_state_dict(
+        self, state_dict: Mapping[str, Tensor], source: str | Path = "state_dict"
+    ) -> None:
+        """Load LoFTR weights (keys without prefix), with errors that name ``source`` and the keys.
+
+        Missing ``num_batches_tracked`` counters are tolerated: they do not affect eval mode.
+        """
+        expected = self.matcher.state_dict()
+        missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state_dict if k not in expected]
+        if missing or unexpected:
+            lines = [f"{source}: the state_dict does not match LoFTR outdoor 'ds'."]
+            if missing:
+                lines.append(f"  {len(missing)} missing key(s), e.g. {_first(missing)}")
+            if unexpected:
+                lines.append(f"  {len(unexpected)} unexpected key(s), e.g. {_first(unexpected)}")
+            if "coarse_matching.bin_score" in unexpected:
+                lines.append(
+                    "  'coarse_matching.bin_score' marks an optimal-transport ('ot') checkpoint; the teacher "
+                    "needs the dual-softmax one (outdoor_ds.ckpt)."
+                )
+            raise TeacherCheckpointError("\n".join(lines))
+        wrong_shape = [
+            f"{k}: {tuple(state_dict[k].shape)} in file, {tuple(v.shape)} in model"
+            for k, v in expected.items()
+            if k in state_dict and state_dict[k].shape != v.shape
+        ]
+        if wrong_shape:
+            raise TeacherCheckpointError(
+                f"{source}: {len(wrong_shape)} tensor(s) have the wrong shape for LoFTR outdoor 'ds', e.g. "
+                + "; ".join(wrong_shape[:_MAX_LISTED_KEYS])
+            )
+        full = {k: state_dict.get(k, v) for k, v in expected.items()}
+        self.matcher.load_state_dict(full, strict=True)
+
+    def _coarse_features(self, image: Tensor) -> Tensor:
+        """Backbone to 1/8 only: kornia's ResNetFPN_8_2 coarse output, skipping its fine FPN branch."""
+        backbone = self.matcher.backbone
+        x = backbone.relu(backbone.bn1(backbone.conv1(image)))  # (B, 128, H/2, W/2)
+        x = backbone.layer3(backbone.layer2(backbone.layer1(x)))  # (B, 256, H/8, W/8)
+        return backbone.layer3_outconv(x)  # (B, 256, H/8, W/8)
+
+    def _encoded_tokens(self, image0: Tensor, image1: Tensor) -> tuple[Tensor, Tensor]:
+        """Position-encoded coarse features of both images as token sequences (B, L, C)."""
+        if image0.shape == image1.shape:  # one backbone pass for both, as kornia does
+            feat0, feat1 = self._coarse_features(torch.cat([image0, image1])).chunk(2)
+        else:
+            feat0, feat1 = self._coarse_features(image0), self._coarse_features(image1)
+        tokens = []
+        for feat in (feat0, feat1):
+            feat = self.matcher.pos_encoding(feat)  # (B, C, h, w)
+            tokens.append(feat.flatten(2).transpose(1, 2).contiguous())  # (B, h*w, C), row-major cells
+        return tokens[0], tokens[1]
+
+    def forward(self, image0: Tensor, image1: Tensor) -> TeacherOutput:
+        """Coarse similarity and dual-softmax confidence of LoFTR at stride 8.
+
+        Args:
+            image0: grayscale images in [0, 1], (B, 1, H0, W0); any float dtype, computed in float32.
+            image1: grayscale images in [0, 1], (B, 1, H1, W1).
+
+        Returns:
+            TeacherOutput with ``similarity`` and ``confidence`` of shape (B, L0, L1), float32,
+            ``L = (H // 8) * (W // 8)``, cells flattened row-major.
+        """
+        image0 = _crop_to_grid(image0, "image0", self.stride)
+        image1 = _crop_to_grid(image1, "image1", self.stride)
+        if image0.shape[0] != image1.shape[0]:
+            raise ValueError(
+                f"image0 and image1 need the same batch size, got {image0.shape[0]} and {image1.shape[0]}"
+            )
+        if self.matcher.backbone.conv1.weight.dtype != torch.float32:
+            raise RuntimeError(
+                f"The teacher's weights are {self.matcher.backbone.conv1.weight.dtype}; keep it in float32 "
+                "(use a mixed precision such as '16-mixed' or 'bf16-mixed', not '16-true'/'bf16-true')."
+            )
+        # Half precision is where LoFTR's NaNs come from (#188, #285), and the distillation target must not
+        # change with the AMP setting: float32 always.
+        with torch.no_grad(), torch.autocast(device_type=image0.device.type, enabled=False):
+            tokens0, tokens1 = self._encoded_tokens(image0.float(), image1.float())
+            tokens0, tokens1 = self.matcher.loftr_coarse(tokens0, tokens1)  # (B, L0, C), (B, L1, C)
+            # kornia's CoarseMatching: each side scaled by 1/sqrt(C), then the product divided by the temperature.
+            scale = tokens0.shape[-1] ** 0.5
+            similarity = torch.matmul(tokens0 / scale, (tokens1 / scale).transpose(1, 2))  # (B, L0, L1)
+            similarity = similarity / self.temperature
+            confidence = F.softmax(similarity, dim=1) * F.softmax(similarity, dim=2)  # (B, L0, L1)
+        return TeacherOutput(similarity=similarity, confidence=confidence)
+
+
+def _crop_to_grid(image: Tensor, name: str, stride: int) -> Tensor:
+    """Check a (B, 1, H, W) image batch and drop the rows/columns beyond a multiple of ``stride``."""
+    if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 1:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"{name} must be a (B, 1, H, W) grayscale tensor, got {shape}")
+    if not image.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [0, 1], got {image.dtype}")
+    height, width = image.shape[-2:]
+    if height < stride or width < stride:
+        raise ValueError(f"{name} of {height}x{width} is smaller than one {stride}x{stride} teacher cell")
+    return image[..., : height - height % stride, : width - width % stride]
+
+
+def _first(keys: list[str]) -> str:
+    """The first few keys, for error messages."""
+    more = f", ... (+{len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else ""
+    return ", ".join(keys[:_MAX_LISTED_KEYS]) + more
+
+
+def infer_temp_bug_fix(path: str | Path) -> bool:
+    """Positional-encoding variant of a LoFTR checkpoint, decided from its file name.
+
+    The encoding is a non-persistent buffer, so the weights cannot tell. Rule (case-insensitive):
+
+    - a name containing ``_new`` (``indoor_ds_new.ckpt``, kornia's ``loftr_indoor_ds_new.ckpt``):
+      True, those were retrained after the fix (LoFTR issue #41);
+    - a name starting with ``outdoor_ds`` or ``indoor_ds`` (zju3dv's originals): False (issues #64, #191);
+    - a name starting with ``loftr_outdoor`` or ``loftr_indoor`` (kornia's files): kornia's setting, False;
+    - anything else: ValueError; pass ``temp_bug_fix`` explicitly.
+    """
+    name = Path(path).name.lower()
+    if "_new" in name:
+        return True
+    if name.startswith(("outdoor_ds", "indoor_ds")):
+        return False
+    if name.startswith(("loftr_outdoor", "loftr_indoor")):
+        return KORNIA_OUTDOOR_TEMP_BUG_FIX
+    raise ValueError(
+        f"{path}: cannot tell from the file name which positional encoding these LoFTR weights were "
+        "trained with; pass temp_bug_fix=False (zju3dv outdoor_ds / kornia outdoor weights) or True "
+        "(weights trained after LoFTR's positional-encoding fix)."
+    )
+
+
+def read_loftr_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Tensor]:
+    """Read LoFTR weights from a local checkpoint, keys returned without the ``matcher.`` prefix.
+
+    Accepts ``{"state_dict": {...}}`` (zju3dv, kornia, Lightning; keys with or without ``matcher.``) and
+    a bare mapping of tensors (``torch.save(model.state_dict())``).
+
+    Args:
+        path: local file; nothing is downloaded.
+        trust_checkpoint: allow a full unpickle when the file holds Python objects besides tensors
+            (e.g. Lightning callback state). Only for files from a trusted source: unpickling runs code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        TeacherCheckpointError: not a torch checkpoint, no state_dict, or non-tensor entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LoFTR teacher checkpoint {path} not found{' (it is a directory)' if path.is_dir() else ''}. "
+            f"Put {CHECKPOINT_SOURCES} at that path, or use weights=auto with a weights_dir; "
+            "nothing is downloaded."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as error:
+        # A weights-only refusal of a real checkpoint names the global it refused; garbage does not.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused is None:
+            inner = error.__context__ or error  # torch wraps the unpickler's own, more telling error
+            raise TeacherCheckpointError(f"{path} is not a torch checkpoint: {_first_line(inner)}") from error
+        raise TeacherCheckpointError(
+            f"{path} holds Python objects besides tensors ({refused.group(1)}). If you trust the file, "
+            "pass trust_checkpoint=True (teacher.trust_checkpoint=true), or keep only its weights: "
+            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save({{'state_dict': c['state_dict']}}, '{path}')\""
+        ) from error
+    except Exception as error:  # torch raises RuntimeError, EOFError, ValueError... for non-checkpoints
+        raise TeacherCheckpointError(f"{path} is not a torch checkpoint: {_first_line(error)}") from error
+
+    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
+        state_dict = checkpoint["state_dict"]
+    elif (
+        isinstance(checkpoint, Mapping)
+        and checkpoint
+        and all(isinstance(v, Tensor) for v in checkpoint.values())
+    ):
+        state_dict = checkpoint
+    else:
+        found = (
+            f"keys {_first([str(k) for k in checkpoint])}"
+            if isinstance(checkpoint, Mapping)
+            else type(checkpoint)
+        )
+        raise TeacherCheckpointError(
+            f"{path} holds no LoFTR state_dict: expected {{'state_dict': {{...}}}} (zju3dv, kornia, Lightning) "
+            f"or a mapping of tensors, found {found}."
+        )
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise TeacherCheckpointError(f"{path}: 'state_dict' is not a mapping of tensors.")
+
+    unprefixed: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        name = key.removeprefix("matcher.")
+        if name in unprefixed:
+            raise TeacherCheckpointError(f"{path}: key {name!r} appears both with and without 'matcher.'.")
+        unprefixed[name] = value
+    return unprefixed
+
+
+def _first_line(error: BaseException) -> str:
+    """First line of an exception message, for error messages."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def load_teacher(
+    path: str | Path, temp_bug_fix: bool | None = None, trust_checkpoint: bool = False
+) -> LoFTRTeacher:
+    """A frozen teacher with the weights of a local LoFTR checkpoint.
+
+    Args:
+        path: zju3dv ``outdoor_ds.ckpt``, kornia ``loftr_outdoor.ckpt`` or a Lightning checkpoint of LoFTR.
+        temp_bug_fix: positional encoding; None decides from the file name (:func:`infer_temp_bug_fix`).
+        trust_checkpoint: see :func:`read_loftr_state_dict`.
+    """
+    state_dict = read_loftr_state_dict(path, trust_checkpoint=trust_checkpoint)
+    if temp_bug_fix is None:
+        temp_bug_fix = infer_temp_bug_fix(path)
+    teacher = LoFTRTeacher(temp_bug_fix=temp_bug_fix)
+    teacher.load_loftr_state_dict(state_dict, source=path)
+    teacher.checkpoint_path = Path(path)
+    return teacher
+
+
+def find_teacher_checkpoint(weights_dir: str | Path | None) -> Path | None:
+    """The first of :data:`KNOWN_CHECKPOINT_NAMES` present in ``weights_dir``, else None."""
+    if weights_dir is None:
+        return None
+    for name in KNOWN_CHECKPOINT_NAMES:
+        candidate = Path(weights_dir) / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def build_teacher(
+    weights: str | Path,
+    temp_bug_fix: bool | None = None,
+    weights_dir: str | Path | None = None,
+    trust_checkpoint: bool = False,
+) -> LoFTRTeacher:
+    """Hydra entry point (``conf/teacher/loftr_outdoor.yaml``).
+
+    Args:
+        weights: a checkpoint path, or ``"auto"`` for the first known file in ``weights_dir``.
+        temp_bug_fix: positional encoding; None decides from the file name (:func:`infer_temp_bug_fix`).
+        weights_dir: folder searched by ``"auto"``.
+        trust_checkpoint: see :func:`read_loftr_state_dict`.
+
+    Raises:
+        TeacherCheckpointNotFound: ``"auto"`` found no checkpoint (callers may go on without a teacher).
+        FileNotFoundError: an explicit ``weights`` path does not exist.
+    """
+    if str(weights) == "auto":
+        found = find_teacher_checkpoint(weights_dir)
+        if found is None:
+            where = (
+                f"in {Path(weights_dir).resolve()}" if weights_dir is not None else "(no weights_dir given)"
+            )
+            raise TeacherCheckpointNotFound(
+                f"No LoFTR teacher checkpoint {where}: looked for {', '.join(KNOWN_CHECKPOINT_NAMES)}. "
+                f"Put {CHECKPOINT_SOURCES} there; nothing is downloaded."
+            )
+        weights = found
+    return load_teacher(weights, temp_bug_fix=temp_bug_fix, trust_checkpoint=trust_checkpoint)
