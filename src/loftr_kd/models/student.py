@@ -1,0 +1,340 @@
+"""The coarse-only LoFTR student: config, model, save / load.
+
+``StudentConfig`` is the single source of truth for sizes; its ``asdict`` travels in every checkpoint so
+``load_student(path)`` rebuilds the model without Hydra. The default sizes are the published
+Coarse_LoFTR_TRT student; ``conf/student/paper.yaml`` additionally turns on its two compatibility
+switches (``pe_temp_bug_fix: false``, ``keep_unused_fpn: true``) to reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loftr_kd.models.backbone import build_backbone, check_backbone_config
+from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
+from loftr_kd.models.position_encoding import PositionEncodingSine
+from loftr_kd.models.transformer import LocalFeatureTransformer
+
+__all__ = [
+    "CoarseLoFTRStudent",
+    "CoarseMatchOutput",
+    "StudentConfig",
+    "build_student",
+    "count_parameters",
+    "load_student",
+    "save_student",
+]
+
+SUPPORTED_STRIDES = (8, 16)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Sizes of the coarse student (defaults: the published Coarse_LoFTR_TRT student's sizes).
+
+    Attributes:
+        input_height: image height ``H`` the model is built for (position encoding, border mask).
+        input_width: image width ``W``.
+        backbone: backbone type (``'resnet_fpn'``: LoFTR's ResNet-FPN trimmed to the coarse output).
+        coarse_stride: coarse grid stride ``s`` (8 or 16); grid is ``H/s x W/s``.
+        initial_dim: backbone stem channels.
+        block_dims: backbone stage channels; ``len == log2(s)`` and the last equals ``d_model``.
+        d_model: coarse feature / transformer size ``C``.
+        d_ffn: transformer MLP width is ``2 * d_ffn`` (LoFTR: ``d_ffn == d_model``).
+        nhead: attention heads; ``d_model % nhead == 0``.
+        layer_names: transformer layers, each ``'self'`` or ``'cross'``.
+        temperature: dual-softmax temperature.
+        match_threshold: minimum dual-softmax confidence of a match.
+        border_removal: coarse cells removed on each image border before matching.
+        pe_temp_bug_fix: ``False`` uses LoFTR's original (buggy) position-encoding frequencies, as the
+            published student (copied from the outdoor teacher config) does.
+        keep_unused_fpn: create the published model's top-down FPN layers that only feed LoFTR's fine
+            stage (33,920 parameters at paper sizes). Never run, frozen; only for parameter-count and
+            state-dict parity with Coarse_LoFTR_TRT.
+    """
+
+    input_height: int = 480
+    input_width: int = 640
+    backbone: str = "resnet_fpn"
+    coarse_stride: int = 16
+    initial_dim: int = 8
+    block_dims: tuple[int, ...] = (8, 16, 32, 32)
+    d_model: int = 32
+    d_ffn: int = 32
+    nhead: int = 1
+    layer_names: tuple[str, ...] = ("self", "cross", "self", "cross")
+    temperature: float = 0.1
+    match_threshold: float = 0.2
+    border_removal: int = 2
+    pe_temp_bug_fix: bool = True
+    keep_unused_fpn: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("block_dims", "layer_names"):  # frozen: tuples keep it hashable and immutable
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.coarse_stride not in SUPPORTED_STRIDES:
+            raise ValueError(f"coarse_stride must be one of {SUPPORTED_STRIDES}, got {self.coarse_stride}")
+        for name in ("input_height", "input_width"):
+            size = getattr(self, name)
+            if size < self.coarse_stride or size % self.coarse_stride != 0:
+                raise ValueError(
+                    f"{name}={size} must be a positive multiple of coarse_stride={self.coarse_stride}"
+                )
+        if self.d_model < 4 or self.d_model % 4 != 0:
+            raise ValueError(f"d_model must be a positive multiple of 4 (sine encoding), got {self.d_model}")
+        if self.nhead < 1 or self.d_model % self.nhead != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        if self.d_ffn < 1:
+            raise ValueError(f"d_ffn must be positive, got {self.d_ffn}")
+        if not self.layer_names or any(n not in ("self", "cross") for n in self.layer_names):
+            raise ValueError(
+                f"layer_names must be a non-empty list of 'self'/'cross', got {list(self.layer_names)}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.match_threshold < 1.0:
+            raise ValueError(f"match_threshold must be in [0, 1), got {self.match_threshold}")
+        if self.border_removal < 0:
+            raise ValueError(f"border_removal must be >= 0, got {self.border_removal}")
+        check_backbone_config(
+            self.backbone, self.coarse_stride, self.initial_dim, self.block_dims, self.d_model
+        )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Coarse grid ``(h, w)`` of the configured input."""
+        return self.input_height // self.coarse_stride, self.input_width // self.coarse_stride
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> StudentConfig:
+        """Build from a plain mapping (checkpoint ``student_config``, Hydra kwargs); lists become tuples."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown StudentConfig field(s) {unknown}; known: {sorted(fields)}")
+        converted = {
+            k: tuple(v) if isinstance(v, (list, tuple)) or _is_sequence_config(v) else v
+            for k, v in values.items()
+        }
+        return cls(**converted)
+
+
+def _is_sequence_config(value: Any) -> bool:
+    """True for an OmegaConf ListConfig (Hydra passes those unless ``_convert_`` is set)."""
+    return type(value).__name__ == "ListConfig"
+
+
+class CoarseLoFTRStudent(nn.Module):
+    """Coarse-only LoFTR: ResNet-FPN backbone, sine position encoding, linear transformer, dual softmax.
+
+    Args:
+        config: sizes; see :class:`StudentConfig`.
+    """
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        h, w = config.grid
+        self.backbone = build_backbone(
+            config.backbone,
+            config.coarse_stride,
+            config.initial_dim,
+            config.block_dims,
+            config.d_model,
+            keep_unused_fpn=config.keep_unused_fpn,
+        )
+        self.pos_encoding = PositionEncodingSine(config.d_model, h, w, temp_bug_fix=config.pe_temp_bug_fix)
+        self.loftr_coarse = LocalFeatureTransformer(
+            config.d_model, config.nhead, config.layer_names, d_ffn=config.d_ffn
+        )
+        self.coarse_matching = CoarseMatching(
+            h, w, config.temperature, config.match_threshold, config.border_removal
+        )
+
+    def _check_images(self, image0: torch.Tensor, image1: torch.Tensor) -> None:
+        """Raise ``ValueError`` on images the model cannot take (shapes only: static, export-safe)."""
+        stride = self.config.coarse_stride
+        for name, image in (("image0", image0), ("image1", image1)):
+            if image.dim() != 4 or image.shape[1] != 1:
+                raise ValueError(f"{name} must be (B, 1, H, W) grayscale, got shape {tuple(image.shape)}")
+            if image.shape[2] % stride or image.shape[3] % stride:
+                raise ValueError(
+                    f"{name} size {tuple(image.shape[2:])} must be divisible by coarse_stride {stride}"
+                )
+        if image0.shape[0] != image1.shape[0]:
+            raise ValueError(f"batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
+
+    def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> CoarseMatchOutput:
+        """Coarse similarity, confidence and matches for a batch of image pairs.
+
+        Args:
+            image0: ``(B, 1, H0, W0)`` float in [0, 1].
+            image1: ``(B, 1, H1, W1)`` float in [0, 1]; normally the configured size, like ``image0``.
+
+        Returns:
+            :class:`CoarseMatchOutput` with ``L0 = H0/s * W0/s`` and ``L1 = H1/s * W1/s``.
+        """
+        self._check_images(image0, image1)
+        batch = image0.shape[0]
+        if image0.shape == image1.shape:  # one backbone pass on the pair, as LoFTR (shared BN statistics)
+            feat_c0, feat_c1 = self.backbone(torch.cat([image0, image1], dim=0)).split(batch)  # (B, C, h, w)
+        else:
+            feat_c0, feat_c1 = self.backbone(image0), self.backbone(image1)  # (B, C, h0, w0), (B, C, h1, w1)
+        grid0, grid1 = (feat_c0.shape[2], feat_c0.shape[3]), (feat_c1.shape[2], feat_c1.shape[3])
+        feat0 = self.pos_encoding(feat_c0).flatten(2).transpose(1, 2)  # (B, L0, C), row-major cells
+        feat1 = self.pos_encoding(feat_c1).flatten(2).transpose(1, 2)  # (B, L1, C)
+        feat0, feat1 = self.loftr_coarse(feat0, feat1)  # (B, L0, C), (B, L1, C)
+        return self.coarse_matching(feat0, feat1, grid0, grid1)
+
+    def summary(self) -> str:
+        """Human-readable sizes and parameter counts."""
+        cfg = self.config
+        h, w = cfg.grid
+        lines = [
+            f"CoarseLoFTRStudent: input {cfg.input_height}x{cfg.input_width}, stride {cfg.coarse_stride} "
+            f"-> grid {h}x{w} ({h * w} cells)",
+            f"  backbone     {cfg.backbone}: initial_dim {cfg.initial_dim}, block_dims {list(cfg.block_dims)}"
+            + (" (+ unused published FPN layers, frozen)" if cfg.keep_unused_fpn else ""),
+            f"  transformer  d_model {cfg.d_model}, d_ffn {cfg.d_ffn}, nhead {cfg.nhead}, "
+            f"layers {list(cfg.layer_names)}",
+            f"  matching     temperature {cfg.temperature}, threshold {cfg.match_threshold}, "
+            f"border {cfg.border_removal}",
+        ]
+        for name in ("backbone", "loftr_coarse", "coarse_matching"):
+            lines.append(f"  params {name:<15} {count_parameters(getattr(self, name)):>12,}")
+        total, trainable = count_parameters(self), count_parameters(self, trainable_only=True)
+        lines.append(f"  params {'total':<15} {total:>12,} ({trainable:,} trainable)")
+        return "\n".join(lines)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of a module.
+
+    Args:
+        model: any module.
+        trainable_only: count only parameters with ``requires_grad``.
+
+    Returns:
+        Total number of parameter elements.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_student(**kwargs: Any) -> CoarseLoFTRStudent:
+    """Build a student from :class:`StudentConfig` fields (the Hydra ``_target_``).
+
+    Lists (including OmegaConf ``ListConfig``) become tuples; unknown keys raise ``ValueError``.
+
+    Returns:
+        A freshly initialised :class:`CoarseLoFTRStudent`.
+    """
+    return CoarseLoFTRStudent(StudentConfig.from_dict(kwargs))
+
+
+def save_student(model: CoarseLoFTRStudent, path: str | os.PathLike) -> Path:
+    """Write ``{"student_config": asdict(config), "state_dict": ...}`` atomically (temp file + replace).
+
+    Args:
+        model: the student.
+        path: destination file; parent directories are created.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "student_config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_student(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    input_height: int | None = None,
+    input_width: int | None = None,
+    weights_only: bool = True,
+) -> CoarseLoFTRStudent:
+    """Rebuild a student from a ``save_student`` file or a Lightning checkpoint.
+
+    A Lightning checkpoint must hold a top-level ``student_config``; its ``state_dict`` keys
+    ``student.*`` are used (prefix stripped) and all others (``teacher.*`` ...) ignored.
+
+    Args:
+        path: checkpoint file.
+        map_location: passed to ``torch.load``.
+        input_height: build for this input height instead of the stored one (weights are size-free).
+        input_width: likewise for the width.
+        weights_only: passed to ``torch.load``; set ``False`` for a trusted Lightning checkpoint whose
+            hyper-parameters hold objects other than plain containers.
+
+    Returns:
+        The student in eval mode, on ``map_location``'s device.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KeyError: no ``student_config`` / ``state_dict`` in the file.
+        RuntimeError: state-dict keys don't match the config (missing and unexpected keys listed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"student checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as error:
+        hint = " (if the file is trusted, retry with weights_only=False)" if weights_only else ""
+        raise RuntimeError(f"cannot read student checkpoint {path}: {error}{hint}") from error
+    if not isinstance(checkpoint, Mapping) or "student_config" not in checkpoint:
+        raise KeyError(
+            f"{path} has no 'student_config': not a save_student file nor a loftr-kd Lightning checkpoint"
+        )
+    if "state_dict" not in checkpoint:
+        raise KeyError(f"{path} has 'student_config' but no 'state_dict'")
+
+    values = dict(checkpoint["student_config"])
+    if input_height is not None:
+        values["input_height"] = input_height
+    if input_width is not None:
+        values["input_width"] = input_width
+    config = StudentConfig.from_dict(values)
+
+    state_dict = checkpoint["state_dict"]
+    prefix = "student."
+    if any(key.startswith(prefix) for key in state_dict):  # Lightning: module attribute `student`
+        state_dict = {
+            key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)
+        }
+
+    model = CoarseLoFTRStudent(config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"state dict in {path} does not match its student_config:\n"
+            f"  missing keys ({len(missing)}): {missing}\n  unexpected keys ({len(unexpected)}): {unexpected}"
+        )
+    if isinstance(map_location, (str, torch.device)):  # torch.load also takes dicts / callables
+        model = model.to(map_location)
+    return model.eval()
