@@ -1,0 +1,329 @@
+"""Losses: focal loss against ground truth, and teacher -> student distillation on the coarse similarity.
+
+Everything is computed in float32 outside autocast, whatever the dtype of the inputs, so the losses are safe
+under fp16/bf16 mixed precision (LoFTR's fp16 NaNs came from mask fills overflowing half precision; the KL
+loss of Coarse_LoFTR_TRT NaN'd under AMP, its issue #3).
+
+How the terms combine (:func:`total_loss`)::
+
+    total = w_gt * L_gt + w_kd * kd_scale * L_kd          (with a teacher)
+    total = L_gt                                          (without one: there is nothing to mix)
+    L_gt  = focal_loss(student confidence, ground truth)
+    L_kd  = distillation_loss(student similarity, aligned teacher similarity, T)   (already x T^2)
+
+The paper's values (w_gt 0.3, w_kd 0.7, kd_scale 10, T 5) are the defaults of :class:`LossConfig` and of
+``conf/loss/default.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from loftr_kd.supervision import DEFAULT_DEPTH_TOLERANCE
+
+__all__ = [
+    "FocalConfig",
+    "KDMode",
+    "LossConfig",
+    "LossOutput",
+    "align_teacher_to_student",
+    "distillation_loss",
+    "focal_loss",
+    "total_loss",
+]
+
+KDMode = Literal["dual", "row", "flat"]
+_KD_MODES = ("dual", "row", "flat")
+
+# Logits are clamped to this magnitude (float32) so that +-inf entries (masked or fp16-overflowed
+# similarities) cannot produce inf - inf or 0 * inf = NaN inside log_softmax / kl_div.
+_LOGIT_LIMIT = 1.0e30
+
+
+@dataclass(frozen=True)
+class FocalConfig:
+    """Focal loss settings (LoFTR's coarse defaults)."""
+
+    alpha: float = 0.25
+    gamma: float = 2.0
+    pos_weight: float = 1.0
+    neg_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """All loss and ground-truth settings; ``conf/loss/default.yaml`` instantiates it (``_target_``).
+
+    Attributes:
+        w_gt: weight of the ground-truth (focal) term when a teacher is used.
+        w_kd: weight of the distillation term.
+        kd_scale: extra amplification of the distillation term (the paper's x10).
+        temperature: distillation temperature T (the KL is multiplied by T^2).
+        kd_mode: how the similarity is softened, see :func:`distillation_loss`.
+        depth_tolerance: relative depth-consistency tolerance of the depth ground truth
+            (:data:`loftr_kd.supervision.DEFAULT_DEPTH_TOLERANCE` explains the default).
+        focal: focal loss settings; a mapping (from Hydra) is converted to :class:`FocalConfig`.
+    """
+
+    w_gt: float = 0.3
+    w_kd: float = 0.7
+    kd_scale: float = 10.0
+    temperature: float = 5.0
+    kd_mode: KDMode = "dual"
+    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
+    focal: FocalConfig = field(default_factory=FocalConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.focal, Mapping):
+            object.__setattr__(self, "focal", FocalConfig(**dict(self.focal)))
+        if self.kd_mode not in _KD_MODES:
+            raise ValueError(f"kd_mode must be one of {_KD_MODES}, got {self.kd_mode!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`total_loss` (weights, temperature, focal settings)."""
+        return {
+            "w_gt": self.w_gt,
+            "w_kd": self.w_kd,
+            "kd_scale": self.kd_scale,
+            "temperature": self.temperature,
+            "kd_mode": self.kd_mode,
+            **asdict(self.focal),
+        }
+
+
+class LossOutput(NamedTuple):
+    """Loss terms of one step: ``total`` (to backpropagate), ``gt`` = L_gt and ``kd`` = L_kd, unweighted."""
+
+    total: torch.Tensor
+    gt: torch.Tensor
+    kd: torch.Tensor
+
+
+def focal_loss(
+    confidence: torch.Tensor,
+    gt_match_ids: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    pos_weight: float = 1.0,
+    neg_weight: float = 1.0,
+) -> torch.Tensor:
+    """LoFTR's dense coarse focal loss on the dual-softmax confidence.
+
+    Positives are the entries ``(b, i, gt[b, i])`` with ``gt >= 0``; every other entry is a negative::
+
+        loss = pos_weight * mean_pos(-alpha (1 - p)^gamma log p) + neg_weight * mean_neg(-alpha p^gamma log(1 - p))
+
+    with ``p`` clamped to ``[1e-6, 1 - 1e-6]``, in float32. The dense positive mask is scattered from
+    ``gt_match_ids`` here, on the confidence's device. A batch without any positive (or negative) gives a
+    zero term with the graph still connected to ``confidence`` (LoFTR's zero-weight dummy, without a
+    data-dependent branch or host sync), so DDP ranks never disagree on which parameters got gradients.
+
+    Args:
+        confidence: ``(B, L0, L1)`` dual-softmax confidence in [0, 1], any floating dtype.
+        gt_match_ids: ``(B, L0)`` integer index of the ground-truth match in image1, ``-1`` = none.
+        alpha: focal alpha (applied to both terms, as LoFTR does).
+        gamma: focal gamma.
+        pos_weight: weight of the positive term.
+        neg_weight: weight of the negative term.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if confidence.ndim != 3:
+        raise ValueError(f"confidence must be (B, L0, L1), got {tuple(confidence.shape)}")
+    if tuple(gt_match_ids.shape) != tuple(confidence.shape[:2]):
+        raise ValueError(
+            f"gt_match_ids must be (B, L0) = {tuple(confidence.shape[:2])}, got {tuple(gt_match_ids.shape)}"
+        )
+    if gt_match_ids.is_floating_point() or gt_match_ids.dtype == torch.bool:
+        raise TypeError(f"gt_match_ids must be an integer tensor, got {gt_match_ids.dtype}")
+
+    with torch.autocast(device_type=confidence.device.type, enabled=False):
+        p = confidence.float().clamp(1e-6, 1 - 1e-6)  # (B, L0, L1)
+        gt = gt_match_ids.to(device=p.device, dtype=torch.long)
+        has_match = (gt >= 0).unsqueeze(-1)  # (B, L0, 1)
+        positive = torch.zeros_like(p, dtype=torch.bool)
+        positive.scatter_(2, gt.clamp(min=0).unsqueeze(-1), has_match)  # (B, L0, L1) dense gt on the device
+
+        loss_pos = -alpha * (1 - p).pow(gamma) * p.log()
+        loss_neg = -alpha * p.pow(gamma) * (1 - p).log()
+        num_pos = positive.sum()
+        num_neg = positive.numel() - num_pos
+        zero = torch.zeros((), device=p.device)
+        mean_pos = torch.where(positive, loss_pos, zero).sum() / num_pos.clamp(min=1)
+        mean_neg = torch.where(positive, zero, loss_neg).sum() / num_neg.clamp(min=1)
+        return pos_weight * mean_pos + neg_weight * mean_neg
+
+
+def align_teacher_to_student(
+    teacher_similarity: torch.Tensor, teacher_hw: tuple[int, int], student_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Subsample the teacher's similarity to the student's coarse grid, in 2-D.
+
+    Student cell ``(r, c)`` corresponds to teacher cell ``(k*r, k*c)`` with ``k = ht / hs = wt / ws`` (an
+    integer), on both image axes of the similarity. Subsampling the *flattened* index instead (student cell
+    ``i`` -> teacher cell ``k*k*i``, what Coarse_LoFTR_TRT's nearest interpolation of the matrix did) pairs
+    the wrong cells as soon as a row wraps.
+
+    Args:
+        teacher_similarity: ``(B, ht*wt, ht*wt)`` teacher similarity (both images on the same grid).
+        teacher_hw: ``(ht, wt)`` teacher coarse grid.
+        student_hw: ``(hs, ws)`` student coarse grid.
+
+    Returns:
+        ``(B, hs*ws, hs*ws)`` view-based subsample of the teacher similarity.
+    """
+    ht, wt = (int(v) for v in teacher_hw)
+    hs, ws = (int(v) for v in student_hw)
+    b = teacher_similarity.shape[0]
+    if teacher_similarity.ndim != 3 or tuple(teacher_similarity.shape[1:]) != (ht * wt, ht * wt):
+        raise ValueError(
+            f"teacher_similarity must be (B, {ht * wt}, {ht * wt}) for a {ht}x{wt} teacher grid, "
+            f"got {tuple(teacher_similarity.shape)}"
+        )
+    if min(hs, ws) <= 0 or ht % hs or wt % ws or ht // hs != wt // ws:
+        raise ValueError(
+            f"teacher grid {ht}x{wt} is not an integer multiple k of student grid {hs}x{ws} with the same k on "
+            "both axes; use an image size divisible by the student stride (e.g. 640x480 for strides 8/16)"
+        )
+    k = ht // hs
+    if k == 1:
+        return teacher_similarity
+    grid = teacher_similarity.reshape(b, ht, wt, ht, wt)
+    return grid[:, ::k, ::k, ::k, ::k].reshape(b, hs * ws, hs * ws)
+
+
+def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean over distributions of KL(teacher || student), each distribution being a slice along ``dim``."""
+    log_q = F.log_softmax(student_logits, dim=dim)
+    log_p = F.log_softmax(teacher_logits, dim=dim)
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim)  # one value per distribution
+    return kl.mean()
+
+
+def distillation_loss(
+    student_similarity: torch.Tensor,
+    teacher_similarity: torch.Tensor,
+    temperature: float = 5.0,
+    mode: KDMode = "dual",
+) -> torch.Tensor:
+    """KL(teacher || student) between temperature-softened similarity distributions, times T^2.
+
+    Computed in float32 with ``log_softmax`` + ``kl_div(log_target=True)`` (no ``softmax`` then ``log``,
+    no NaN under AMP); logits are clamped to a finite range so +-inf entries stay finite. The teacher is
+    detached: gradients reach the student only.
+
+    Modes (``mode``):
+      - ``"dual"`` (default): mean of the row-wise KL (each image0 cell's distribution over image1 cells)
+        and the column-wise KL (each image1 cell's over image0 cells).
+      - ``"row"``: the row-wise KL only.
+      - ``"flat"``: the paper's choice, one softmax over each sample's whole flattened ``L0*L1`` matrix, KL
+        per sample averaged over the batch.
+
+    Why ``"dual"`` is the default: the student's confidence is softmax-over-rows x softmax-over-columns of
+    this very similarity, so row and column distributions are exactly what matching uses, and every cell
+    weighs the same. A single softmax over the flattened matrix puts nearly all of its mass on the few most
+    confident pairs of the whole image (the teacher's logits are sharp, dual-softmax temperature 0.1, and
+    stay so at T = 5), so cells whose best similarity is moderate, e.g. in low texture, get almost no
+    distillation signal. The optima agree: the flat KL is 0 iff the logits agree up to one constant; the row
+    KL is 0 iff they agree up to a per-row offset, the column KL up to a per-column offset, and both
+    together only up to one constant. The dual loss is a mean over cells (nats per distribution), so its
+    scale does not grow with the image size, whereas the flat KL does. Use ``"flat"`` to reproduce the
+    paper.
+
+    Args:
+        student_similarity: ``(B, L0, L1)`` student dual-softmax logits.
+        teacher_similarity: ``(B, L0, L1)`` teacher logits already on the student grid
+            (:func:`align_teacher_to_student`).
+        temperature: softening temperature T.
+        mode: ``"dual"``, ``"row"`` or ``"flat"``.
+
+    Returns:
+        Scalar float32 loss ``T^2 * KL``.
+    """
+    if student_similarity.ndim != 3 or student_similarity.shape != teacher_similarity.shape:
+        raise ValueError(
+            "student and teacher similarity must both be (B, L0, L1) on the same grid (align the teacher "
+            f"first), got {tuple(student_similarity.shape)} and {tuple(teacher_similarity.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if mode not in _KD_MODES:
+        raise ValueError(f"mode must be one of {_KD_MODES}, got {mode!r}")
+
+    with torch.autocast(device_type=student_similarity.device.type, enabled=False):
+        student = student_similarity.float().clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT) / temperature
+        teacher = teacher_similarity.detach().float().clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT) / temperature
+        if mode == "flat":
+            kl = _kl_rows(student.flatten(1), teacher.flatten(1), dim=1)
+        elif mode == "row":
+            kl = _kl_rows(student, teacher, dim=2)
+        else:
+            kl = 0.5 * (_kl_rows(student, teacher, dim=2) + _kl_rows(student, teacher, dim=1))
+        return kl * temperature**2
+
+
+def total_loss(
+    confidence: torch.Tensor,
+    gt_match_ids: torch.Tensor,
+    student_similarity: torch.Tensor | None = None,
+    teacher_similarity: torch.Tensor | None = None,
+    student_hw: tuple[int, int] | None = None,
+    teacher_hw: tuple[int, int] | None = None,
+    *,
+    w_gt: float = 0.3,
+    w_kd: float = 0.7,
+    kd_scale: float = 10.0,
+    temperature: float = 5.0,
+    kd_mode: KDMode = "dual",
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    pos_weight: float = 1.0,
+    neg_weight: float = 1.0,
+) -> LossOutput:
+    """Combined loss of one step: ``w_gt * L_gt + w_kd * kd_scale * L_kd``, or ``L_gt`` without a teacher.
+
+    ``LossConfig(...).loss_kwargs()`` gives every keyword argument. The teacher similarity is aligned to the
+    student grid here when its size differs (then ``student_hw`` and ``teacher_hw`` are required).
+
+    Args:
+        confidence: ``(B, L0, L1)`` student dual-softmax confidence.
+        gt_match_ids: ``(B, L0)`` ground truth at the student stride, ``-1`` = none.
+        student_similarity: ``(B, L0, L1)`` student logits; needed with a teacher.
+        teacher_similarity: ``(B, Lt0, Lt1)`` teacher logits, or None (no teacher: ``kd`` is 0).
+        student_hw: ``(hs, ws)`` student coarse grid.
+        teacher_hw: ``(ht, wt)`` teacher coarse grid.
+        w_gt: weight of L_gt with a teacher.
+        w_kd: weight of L_kd.
+        kd_scale: amplification of L_kd (the paper's x10).
+        temperature: distillation temperature.
+        kd_mode: see :func:`distillation_loss`.
+        alpha: focal alpha.
+        gamma: focal gamma.
+        pos_weight: focal positive weight.
+        neg_weight: focal negative weight.
+
+    Returns:
+        LossOutput(total, gt, kd), float32 scalars; ``gt`` and ``kd`` unweighted (``kd`` includes T^2).
+    """
+    gt = focal_loss(confidence, gt_match_ids, alpha, gamma, pos_weight, neg_weight)
+    if teacher_similarity is None:
+        return LossOutput(total=gt, gt=gt, kd=torch.zeros((), device=gt.device))
+    if student_similarity is None:
+        raise ValueError("a teacher similarity needs the student similarity too")
+    if teacher_similarity.shape[1:] != student_similarity.shape[1:]:
+        if student_hw is None or teacher_hw is None:
+            raise ValueError(
+                f"teacher {tuple(teacher_similarity.shape)} and student {tuple(student_similarity.shape)} "
+                "grids differ: pass student_hw and teacher_hw to align them"
+            )
+        teacher_similarity = align_teacher_to_student(teacher_similarity, teacher_hw, student_hw)
+    kd = distillation_loss(student_similarity, teacher_similarity, temperature, kd_mode)
+    return LossOutput(total=w_gt * gt + w_kd * kd_scale * kd, gt=gt, kd=kd)
