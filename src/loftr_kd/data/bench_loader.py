@@ -1,0 +1,224 @@
+"""Throughput of the depth-pair loader (+ coarse ground truth) in pairs per second.
+
+    python -m loftr_kd.data.bench_loader --root data/synthetic
+    python -m loftr_kd.data.bench_loader --root /tmp/toy --make-toy   # writes 768x576 toy scenes first
+
+Ground truth is ``loftr_kd.supervision.coarse_ground_truth`` at strides 8 and 16 (teacher and student),
+run on the CPU as a stand-in for the training device (on a GPU it is much cheaper). See
+:func:`benchmark` for the two measurements (CPU cost per pair, and wall clock of the real pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from loftr_kd.data.blendedmvs import BlendedMVSPairDataset, find_scenes
+from loftr_kd.data.blendedmvs_io import (
+    Camera,
+    cam_path,
+    depth_path,
+    image_path,
+    pair_path,
+    write_cam,
+    write_image,
+    write_pair_file,
+    write_pfm,
+)
+from loftr_kd.data.sampling import EpochPairSampler
+
+
+def write_toy_dataset(
+    root: str | os.PathLike,
+    scenes: int = 2,
+    views: int = 4,
+    height: int = 576,
+    width: int = 768,
+    seed: int = 0,
+    depth: float = 5.0,
+    baseline: float = 0.2,
+    focal: float | None = None,
+    list_files: bool = True,
+) -> list[str]:
+    """Write tiny, geometrically exact scenes in the BlendedMVS layout (tests and benchmarks).
+
+    Each scene is a textured fronto-parallel plane at ``depth`` seen by cameras translated along x by
+    ``baseline`` (identity rotation), so every depth map is constant and view ``i`` is the texture shifted
+    by ``round(f * baseline * i / depth)`` pixels (``f`` rounded so the shift is an integer).
+    ``pair.txt`` lists every other view as a source of each view. With ``list_files`` the last scene goes
+    to ``validation_list.txt`` and the others to ``training_list.txt``.
+
+    Returns:
+        scene names ``toy_000``, ...
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    focal = float(focal) if focal is not None else float(width)
+    step = max(1, round(focal * baseline / depth))
+    focal = step * depth / baseline  # integer pixel shift per view
+    K = np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+    names = []
+    for s in range(scenes):
+        name = f"toy_{s:03d}"
+        scene_dir = root / name
+        texture = rng.random((height // 8 + 1, (width + step * views) // 8 + 1)).astype(np.float32)
+        texture = np.kron(texture, np.ones((8, 8), np.float32))[:height, : width + step * views]
+        texture = (texture * 200 + 30).astype(np.uint8)
+        table = {}
+        for v in range(views):
+            # Camera centre at x = v * baseline sees world point X at pixel u = f * (X - v b)/d + cx:
+            # the image content moves left by `step` pixels per view.
+            image = texture[:, v * step : v * step + width]
+            write_image(image_path(scene_dir, v), image)
+            extrinsic = np.eye(4)
+            extrinsic[0, 3] = -v * baseline
+            write_cam(cam_path(scene_dir, v), Camera(extrinsic, K, depth * 0.5, 0.01, 192, depth * 2.0))
+            write_pfm(depth_path(scene_dir, v), np.full((height, width), depth, np.float32))
+            table[v] = [(u, float(views - abs(u - v))) for u in range(views) if u != v]
+        write_pair_file(pair_path(scene_dir), table)
+        names.append(name)
+    if list_files:
+        train, val = (names[:-1], names[-1:]) if len(names) > 1 else (names, [])
+        (root / "training_list.txt").write_text("".join(f"{n}\n" for n in train))
+        (root / "validation_list.txt").write_text("".join(f"{n}\n" for n in val))
+    return names
+
+
+def _gt_available() -> str | None:
+    try:
+        import loftr_kd.supervision  # noqa: F401
+    except ImportError as e:
+        return f"not measured ({e})"
+    return None
+
+
+def benchmark(
+    root: str | os.PathLike,
+    height: int = 480,
+    width: int = 640,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    pairs: int = 256,
+    strides: Sequence[int] = (8, 16),
+    ground_truth: bool = True,
+) -> dict:
+    """Loader throughput, two ways.
+
+    * CPU cost per pair (``time.process_time`` in one process, one torch thread): loading and ground
+      truth separately. Robust to other processes sharing the cores; ``est_pairs_per_s_per_idle_core``
+      is what one unloaded core would sustain.
+    * Wall clock of the real pipeline: DataLoader with ``num_workers`` workers, ground truth on each batch
+      in the main process (with the current torch thread count) — what this machine delivers right now.
+    """
+    scenes = find_scenes(root)
+    if not scenes:
+        raise FileNotFoundError(f"{root}: no scenes (use --make-toy to write some)")
+    t0 = time.perf_counter()
+    dataset = BlendedMVSPairDataset(root, scenes, height, width)
+    index_s = time.perf_counter() - t0
+    gt_missing = _gt_available() if ground_truth else "not requested"
+    result = {
+        "root": str(root),
+        "scenes": len(scenes),
+        "pairs_in_index": len(dataset),
+        "index_seconds": round(index_s, 3),
+        "size": f"{width}x{height}",
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+    order = EpochPairSampler(len(dataset), pairs, seed=0).epoch_indices(0)
+
+    # --- CPU cost per pair, single process ---
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu_pairs = min(pairs, 64)
+    start = time.process_time()
+    batches = []
+    for k in range(0, cpu_pairs, batch_size):
+        batches.append(default_collate([dataset[int(i)] for i in order[k : k + batch_size]]))
+    load_ms = 1000 * (time.process_time() - start) / cpu_pairs
+    result["cpu_ms_per_pair_load"] = round(load_ms, 2)
+    total_ms = load_ms
+    if gt_missing is None:
+        from loftr_kd.supervision import coarse_ground_truth
+
+        coarse_ground_truth(batches[0], strides[0])  # warm-up
+        start = time.process_time()
+        for batch in batches:
+            for stride in strides:
+                coarse_ground_truth(batch, stride)
+        gt_ms = 1000 * (time.process_time() - start) / cpu_pairs
+        result["cpu_ms_per_pair_gt"] = round(gt_ms, 2)
+        result["gt_strides"] = list(strides)
+        total_ms += gt_ms
+    else:
+        result["ground_truth"] = gt_missing
+    result["est_pairs_per_s_per_idle_core"] = round(1000 / total_ms, 1)
+    torch.set_num_threads(threads)
+    del batches
+
+    # --- wall clock of the real pipeline ---
+    def run(with_gt: bool) -> float:
+        sampler = EpochPairSampler(len(dataset), pairs, seed=1)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+        iterator = iter(loader)
+        next(iterator)  # exclude worker start-up
+        count, start = 0, time.perf_counter()
+        for batch in iterator:
+            if with_gt:
+                from loftr_kd.supervision import coarse_ground_truth
+
+                for stride in strides:
+                    coarse_ground_truth(batch, stride)
+            count += batch["image0"].shape[0]
+        return count / (time.perf_counter() - start)
+
+    result["wall_load_pairs_per_s"] = round(run(False), 1)
+    if gt_missing is None:
+        result["wall_load_plus_gt_pairs_per_s"] = round(run(True), 1)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="data root in the BlendedMVS layout")
+    parser.add_argument(
+        "--make-toy", action="store_true", help="write toy 768x576 scenes to --root if it has none"
+    )
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=256, help="pairs per measurement")
+    parser.add_argument("--no-gt", action="store_true", help="measure loading only")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads of the main process")
+    args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.make_toy and not find_scenes(args.root):
+        write_toy_dataset(args.root, scenes=2, views=8)
+    result = benchmark(
+        args.root,
+        args.height,
+        args.width,
+        args.batch_size,
+        args.num_workers,
+        args.pairs,
+        ground_truth=not args.no_gt,
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

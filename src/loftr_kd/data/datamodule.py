@@ -1,0 +1,257 @@
+"""``PairDataModule``: BlendedMVS-layout depth pairs (real or synthetic) or homography pairs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from loftr_kd.data.blendedmvs import BlendedMVSIndex, BlendedMVSPairDataset, find_scenes, split_scenes
+from loftr_kd.data.homography import HomographyPairDataset, find_images
+from loftr_kd.data.sampling import EpochPairSampler
+
+log = logging.getLogger(__name__)
+
+KINDS = ("blendedmvs", "homography")
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Training and validation pairs for distillation.
+
+    Args:
+        kind: ``"blendedmvs"`` (BlendedMVS layout: real BlendedMVS or synthetic scenes) or ``"homography"``
+            (any folder of images).
+        root: data root.
+        height, width: training size.
+        batch_size: pairs per batch.
+        num_workers: DataLoader workers (persistent when > 0).
+        pairs_per_epoch: random training pairs per epoch (over all DDP ranks), re-drawn every epoch.
+        val_pairs: size of the fixed, deterministic validation subset.
+        seed: seeds the epoch draws, the validation subset, the fallback scene split and homographies.
+        train_scenes, val_scenes: explicit scene lists; else ``training_list.txt``/``validation_list.txt``
+            in ``root``; else a deterministic split (``val_fraction`` of the scenes).
+        val_fraction: share of scenes for validation in the fallback split.
+        on_bad_data: ``"raise"`` or ``"skip"`` (see :mod:`loftr_kd.data.blendedmvs`).
+        generate: ``{scenes, views, seed}``: when ``root`` holds no scenes, ``prepare_data`` writes
+            synthetic scenes there with ``loftr_kd.data.synthetic.generate_dataset``.
+        val_root: homography only: a separate folder of validation images (default: ``root`` with
+            different homographies).
+        homography: homography only: extra keyword arguments of :class:`HomographyPairDataset`
+            (``max_zoom``, ``max_rotation_deg``, ``max_perspective``, ``max_translation``,
+            ``photometric_strength``, ``crop_scale``, ``length``).
+    """
+
+    def __init__(
+        self,
+        kind: str = "blendedmvs",
+        root: str | os.PathLike = "data/synthetic",
+        height: int = 480,
+        width: int = 640,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pairs_per_epoch: int = 5000,
+        val_pairs: int = 200,
+        seed: int = 0,
+        train_scenes: Sequence[str] | None = None,
+        val_scenes: Sequence[str] | None = None,
+        val_fraction: float = 0.1,
+        on_bad_data: str = "raise",
+        generate: Mapping[str, Any] | None = None,
+        val_root: str | os.PathLike | None = None,
+        homography: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"data kind must be one of {KINDS}, got {kind!r}")
+        if on_bad_data not in ("raise", "skip"):
+            raise ValueError(f"on_bad_data must be 'raise' or 'skip', got {on_bad_data!r}")
+        self.kind = kind
+        self.root = Path(root)
+        self.height, self.width = int(height), int(width)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pairs_per_epoch = int(pairs_per_epoch)
+        self.val_pairs = int(val_pairs)
+        self.seed = int(seed)
+        self.train_scenes = list(train_scenes) if train_scenes is not None else None
+        self.val_scenes = list(val_scenes) if val_scenes is not None else None
+        self.val_fraction = float(val_fraction)
+        self.on_bad_data = on_bad_data
+        self.generate = dict(generate) if generate else None
+        self.val_root = Path(val_root) if val_root is not None else None
+        self.homography = dict(homography) if homography else {}
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.summary: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Generate synthetic scenes into ``root`` when ``generate`` is set and ``root`` has none."""
+        if self.kind != "blendedmvs" or not self.generate or find_scenes(self.root):
+            return
+        from loftr_kd.data.synthetic import generate_dataset
+
+        rank_zero_info(f"[data] no scenes in {self.root}: generating synthetic scenes {self.generate}")
+        generate_dataset(
+            out_dir=self.root,
+            scenes=int(self.generate["scenes"]),
+            views=int(self.generate["views"]),
+            seed=int(self.generate.get("seed", 0)),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (and validate) the data sets once."""
+        if self.train_dataset is not None:
+            return
+        if self.kind == "blendedmvs":
+            self._setup_blendedmvs()
+        else:
+            self._setup_homography()
+        rank_zero_info(
+            "[data] "
+            + ", ".join(f"{k}: {v}" for k, v in self.summary.items() if not isinstance(v, (list, dict)))
+        )
+
+    def _setup_blendedmvs(self) -> None:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"{self.root}: data root does not exist (set data.root, or data=synthetic to generate one)"
+            )
+        train_scenes, val_scenes, source = split_scenes(
+            self.root, self.train_scenes, self.val_scenes, self.seed, self.val_fraction
+        )
+        if not train_scenes:
+            raise FileNotFoundError(f"{self.root}: no training scenes (scenes need cams/pair.txt)")
+        shared = sorted(set(train_scenes) & set(val_scenes))
+        if shared:
+            log.warning(
+                "%s: %d scenes are both training and validation scenes: %s",
+                self.root,
+                len(shared),
+                shared[:5],
+            )
+        train_index = BlendedMVSIndex.build(self.root, train_scenes, self.on_bad_data)
+        if not train_index.pairs:
+            raise FileNotFoundError(f"{self.root}: the training scenes give no usable pairs")
+        self.train_dataset = BlendedMVSPairDataset(
+            self.root, train_scenes, self.height, self.width, self.on_bad_data, index=train_index
+        )
+        val_note = ""
+        if val_scenes:
+            val_index = BlendedMVSIndex.build(self.root, val_scenes, self.on_bad_data)
+            val_full = BlendedMVSPairDataset(
+                self.root, val_scenes, self.height, self.width, self.on_bad_data, index=val_index
+            )
+        else:
+            val_full = self.train_dataset
+            val_note = " (no validation scenes: validating on training pairs)"
+            log.warning("%s: no validation scenes; validation uses training pairs", self.root)
+        self.val_dataset = self._fixed_subset(val_full)
+        self.summary = {
+            "kind": self.kind,
+            "root": str(self.root),
+            "scenes from": source + val_note,
+            "train scenes": len(train_index.scenes),
+            "val scenes": len(val_full.index.scenes) if val_scenes else 0,
+            "train pairs": len(self.train_dataset),
+            "val pairs": len(self.val_dataset),
+            "pairs per epoch": self.pairs_per_epoch,
+            "size": f"{self.width}x{self.height}",
+        }
+        counts = self.bad_data_counts()
+        if any(counts.values()):
+            self.summary["bad data"] = counts
+
+    def _setup_homography(self) -> None:
+        options = {
+            "height": self.height,
+            "width": self.width,
+            "on_bad_data": self.on_bad_data,
+            **self.homography,
+        }
+        self.train_dataset = HomographyPairDataset(self.root, seed=self.seed, **options)
+        if self.val_root is not None:
+            val_images = find_images(self.val_root)
+            val_root = self.val_root
+        else:
+            val_images, val_root = self.train_dataset.images, self.root
+        options["length"] = self.val_pairs
+        # A different seed stream gives validation homographies never seen in training.
+        self.val_dataset = HomographyPairDataset(
+            val_root, images=val_images, seed=self.seed + 1_000_003, **options
+        )
+        self.summary = {
+            "kind": self.kind,
+            "root": str(self.root),
+            "train images": len(self.train_dataset.images),
+            "val images": len(val_images) if self.val_root is not None else "same as train",
+            "train pairs (virtual)": len(self.train_dataset),
+            "val pairs": len(self.val_dataset),
+            "pairs per epoch": self.pairs_per_epoch,
+            "size": f"{self.width}x{self.height}",
+        }
+        counts = self.bad_data_counts()
+        if any(counts.values()):
+            self.summary["bad data"] = counts
+
+    def _fixed_subset(self, dataset: Dataset) -> Dataset:
+        """Deterministic validation subset of ``val_pairs`` pairs (all when fewer)."""
+        total = len(dataset)
+        if total <= self.val_pairs:
+            return dataset
+        chosen = np.sort(np.random.default_rng([self.seed, 7]).choice(total, self.val_pairs, replace=False))
+        return Subset(dataset, chosen.tolist())
+
+    # ---------------------------------------------------------------------------------------------
+
+    def bad_data_counts(self) -> dict[str, int]:
+        """Bad-data counts over train and val sets, for the epoch summary (all zero when clean)."""
+        counts: dict[str, int] = {}
+        bases = {}
+        for dataset in (self.train_dataset, self.val_dataset):
+            base = dataset.dataset if isinstance(dataset, Subset) else dataset
+            if hasattr(base, "bad_data_counts"):
+                bases[id(base)] = base  # val may reuse the training set
+        for base in bases.values():
+            for key, value in base.bad_data_counts.items():
+                counts[key] = counts.get(key, 0) + value
+        return counts
+
+    def _loader(
+        self, dataset: Dataset, sampler=None, shuffle: bool = False, drop_last: bool = False
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
+        )
+
+    def train_sampler(self) -> EpochPairSampler:
+        """The epoch sampler over the training set (rank/world size from torch.distributed)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        return EpochPairSampler(len(self.train_dataset), self.pairs_per_epoch, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.train_sampler()
+        # Constant batch size for accumulation, unless the epoch is smaller than one batch.
+        return self._loader(self.train_dataset, sampler=sampler, drop_last=len(sampler) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._loader(self.val_dataset)

@@ -1,0 +1,84 @@
+"""Per-epoch random pair sampler: ``pairs_per_epoch`` pairs re-drawn every epoch, split across ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+class EpochPairSampler(Sampler[int]):
+    """Draws ``pairs_per_epoch`` random pair indices per epoch, reproducible from ``(seed, epoch)``.
+
+    Without replacement when the data set holds at least ``pairs_per_epoch`` pairs; otherwise whole
+    random permutations are concatenated (every pair appears equally often, ±1). The epoch's draw is
+    split across DDP ranks by striding, so ranks never overlap and together cover the draw. To give every
+    rank the same number of batches (DDP would hang otherwise) the draw is rounded up to a multiple of
+    the world size.
+
+    Rank and world size are taken from the arguments, else from ``torch.distributed`` when it is
+    initialised at ``__iter__``/``__len__`` time, else 0 and 1. Lightning calls :meth:`set_epoch` on a
+    DataLoader's sampler at every epoch, also with ``use_distributed_sampler=False``.
+
+    Args:
+        num_pairs_total: size of the data set to draw from.
+        pairs_per_epoch: pairs per epoch over all ranks.
+        seed: base seed.
+        rank, world_size: explicit DDP placement (both or neither).
+    """
+
+    def __init__(
+        self,
+        num_pairs_total: int,
+        pairs_per_epoch: int,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if num_pairs_total <= 0:
+            raise ValueError(f"cannot sample from an empty data set (num_pairs_total={num_pairs_total})")
+        if pairs_per_epoch <= 0:
+            raise ValueError(f"pairs_per_epoch must be positive, got {pairs_per_epoch}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        if world_size is not None and not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.num_pairs_total = int(num_pairs_total)
+        self.pairs_per_epoch = int(pairs_per_epoch)
+        self.seed = int(seed)
+        self._rank = rank
+        self._world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draw ``__iter__`` yields."""
+        self.epoch = int(epoch)
+
+    def _placement(self) -> tuple[int, int]:
+        if self._world_size is not None:
+            return self._rank, self._world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """All ranks' indices of an epoch (length rounded up to a multiple of the world size)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        _, world_size = self._placement()
+        count = math.ceil(self.pairs_per_epoch / world_size) * world_size
+        rng = np.random.default_rng([self.seed, epoch])
+        chunks = [
+            rng.permutation(self.num_pairs_total) for _ in range(math.ceil(count / self.num_pairs_total))
+        ]
+        return np.concatenate(chunks)[:count]
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world_size = self._placement()
+        return iter(self.epoch_indices()[rank::world_size].tolist())
+
+    def __len__(self) -> int:
+        _, world_size = self._placement()
+        return math.ceil(self.pairs_per_epoch / world_size)

@@ -1,0 +1,167 @@
+"""PairDataModule: batches follow the contract, fixed validation subset, generation hook, configs."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from loftr_kd.data.bench_loader import write_toy_dataset
+from loftr_kd.data.blendedmvs_io import write_image
+from loftr_kd.data.datamodule import PairDataModule
+from loftr_kd.data.sampling import EpochPairSampler
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+H, W = 32, 48
+DEPTH_KEYS = {"image0", "image1", "depth0", "depth1", "K0", "K1", "T_0to1", "T_1to0", "pair_id"}
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    write_toy_dataset(tmp_path / "toy", scenes=3, views=3, height=H, width=W)
+    return tmp_path / "toy"
+
+
+def _check_depth_batch(batch, b):
+    assert set(batch) == DEPTH_KEYS
+    assert batch["image0"].shape == (b, 1, H, W) and batch["image0"].dtype == torch.float32
+    assert batch["depth1"].shape == (b, H, W)
+    assert batch["K0"].shape == (b, 3, 3) and batch["T_1to0"].shape == (b, 4, 4)
+    assert isinstance(batch["pair_id"], list) and len(batch["pair_id"]) == b
+
+
+def test_blendedmvs_loaders(toy_root):
+    dm = PairDataModule(
+        kind="blendedmvs",
+        root=toy_root,
+        height=H,
+        width=W,
+        batch_size=4,
+        num_workers=0,
+        pairs_per_epoch=10,
+        val_pairs=5,
+        seed=0,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.summary["train scenes"] == 2 and dm.summary["val scenes"] == 1
+    assert dm.summary["train pairs"] == 12 and dm.summary["val pairs"] == 5
+    train = dm.train_dataloader()
+    assert isinstance(train.sampler, EpochPairSampler)
+    batches = list(train)
+    assert len(batches) == 2  # 10 pairs, batch 4, last partial batch dropped
+    _check_depth_batch(batches[0], 4)
+    assert all(pid.startswith(("toy_000/", "toy_001/")) for b in batches for pid in b["pair_id"])
+    val = [pid for b in dm.val_dataloader() for pid in b["pair_id"]]
+    assert len(val) == 5 and all(pid.startswith("toy_002/") for pid in val)
+    dm2 = PairDataModule(
+        kind="blendedmvs", root=toy_root, height=H, width=W, batch_size=4, num_workers=0, val_pairs=5
+    )
+    dm2.setup("fit")
+    assert [pid for b in dm2.val_dataloader() for pid in b["pair_id"]] == val  # deterministic subset
+    assert dm.bad_data_counts() == {
+        "skipped_scenes": 0,
+        "skipped_views": 0,
+        "skipped_pairs": 0,
+        "replaced_on_load": 0,
+    }
+
+
+def test_explicit_scenes_and_workers(toy_root):
+    dm = PairDataModule(
+        kind="blendedmvs",
+        root=toy_root,
+        height=H,
+        width=W,
+        batch_size=2,
+        num_workers=1,
+        pairs_per_epoch=4,
+        val_pairs=2,
+        train_scenes=["toy_002"],
+        val_scenes=["toy_000"],
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    batches = list(loader)
+    assert len(batches) == 2 and all(p.startswith("toy_002/") for b in batches for p in b["pair_id"])
+
+
+def test_skip_mode_counts_reach_the_datamodule(toy_root):
+    (toy_root / "toy_000" / "cams" / "00000001_cam.txt").write_text("extrinsic 1 2 3")
+    with pytest.raises(Exception, match="00000001_cam.txt"):
+        PairDataModule(root=toy_root, height=H, width=W, num_workers=0).setup("fit")
+    dm = PairDataModule(root=toy_root, height=H, width=W, num_workers=0, on_bad_data="skip")
+    dm.setup("fit")
+    counts = dm.bad_data_counts()
+    assert counts["skipped_views"] == 1 and counts["skipped_pairs"] == 4
+    assert dm.summary["bad data"] == counts
+
+
+def test_generate_when_root_empty(tmp_path, monkeypatch):
+    import loftr_kd.data.synthetic as synthetic
+
+    calls = []
+
+    def fake_generate(out_dir, scenes, views, seed):
+        calls.append((Path(out_dir), scenes, views, seed))
+        return write_toy_dataset(out_dir, scenes=scenes, views=views, height=H, width=W, seed=seed)
+
+    monkeypatch.setattr(synthetic, "generate_dataset", fake_generate)
+    root = tmp_path / "synthetic"
+    generate = {"scenes": 2, "views": 3, "seed": 7}
+    dm = PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate, batch_size=2)
+    dm.prepare_data()
+    dm.prepare_data()  # scenes exist now: no second generation
+    assert calls == [(root, 2, 3, 7)]
+    dm.setup("fit")
+    _check_depth_batch(next(iter(dm.train_dataloader())), 2)
+
+
+def test_missing_root_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        PairDataModule(root=tmp_path / "nothing").setup("fit")
+    with pytest.raises(ValueError, match="kind"):
+        PairDataModule(kind="kitti")
+
+
+def test_homography_loaders(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        image = cv2.GaussianBlur((rng.random((50, 70)) * 255).astype(np.uint8), (0, 0), 1)
+        write_image(tmp_path / f"p{k}.png", image)
+    dm = PairDataModule(
+        kind="homography",
+        root=tmp_path,
+        height=H,
+        width=W,
+        batch_size=3,
+        num_workers=0,
+        pairs_per_epoch=6,
+        val_pairs=4,
+        homography={"max_zoom": 2.0},
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image0", "image1", "H_0to1", "pair_id"}
+    assert batch["image1"].shape == (3, 1, H, W) and batch["H_0to1"].shape == (3, 3, 3)
+    assert len(dm.val_dataset) == 4 and len(list(dm.val_dataloader())) == 2
+
+
+@pytest.mark.parametrize("name", ["synthetic", "blendedmvs", "homography"])
+def test_configs_instantiate(name, tmp_path):
+    data = OmegaConf.load(CONF / f"{name}.yaml")
+    for key in ("root", "height", "width", "batch_size", "pairs_per_epoch", "num_workers", "on_bad_data"):
+        assert key in set(data.keys())
+    assert data._target_ == "loftr_kd.data.datamodule.PairDataModule"
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 1, "data": data})
+    if name != "synthetic":
+        assert OmegaConf.is_missing(cfg.data, "root")
+        cfg.data.root = str(tmp_path)
+    else:
+        assert cfg.data.root == f"{tmp_path}/synthetic" and cfg.data.generate.scenes > 0
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, PairDataModule) and dm.seed == 1
