@@ -1,0 +1,229 @@
+"""End-to-end training: run directory, TensorBoard, checkpoints, export, reproducibility, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from loftr_kd.config import CONFIG_DIR, register_resolvers
+from loftr_kd.data.synthetic import generate_dataset
+from loftr_kd.models.student import load_student
+from loftr_kd.train import train
+
+register_resolvers()
+
+HEIGHT, WIDTH = 128, 192
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, scenes=2, views=4, seed=3, height=144, width=192)
+    return root
+
+
+def _cfg(run_dir: Path, data_root: Path, *extra: str, weights_dir: Path | None = None):
+    overrides = [
+        "debug=fast",
+        f"data.root={data_root}",
+        f"data.height={HEIGHT}",
+        f"data.width={WIDTH}",
+        f"deploy.height={HEIGHT}",
+        f"deploy.width={WIDTH}",
+        f"paths.weights_dir={weights_dir or run_dir / 'no_weights'}",
+        *extra,
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in the run's TensorBoard event files (read with TensorBoard's own reader)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return series
+
+
+def _tags(run_dir: Path) -> dict[str, set[str]]:
+    tags: dict[str, set[str]] = {"images": set(), "histograms": set()}
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "histograms": 0})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    return tags
+
+
+def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = _cfg(run, scenes, "monitoring.histogram_every_n_steps=1")
+    train(cfg)
+
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert len(list(checkpoints.glob("best-*.ckpt"))) == 1
+    assert (checkpoints / "step.ckpt").is_file()
+    ckpt = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["student_config"]["coarse_stride"] == 16
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8  # 2 epochs x 8 pairs / batch 2
+
+    # Export rebuilt the model from the checkpoint alone and verified it in onnxruntime.
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["student_parameters"] == 158_840
+    assert Path(summary["export"]["onnx"]).is_file()
+    assert "engine" in summary["export"] or "engine_skipped" in summary["export"]
+    model = load_student(summary["best_checkpoint"])
+    assert model.config.input_height == HEIGHT
+
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["packages"]["torch"] and "git_commit" in info
+
+    scalars = _scalars(run)
+    for tag in ("train/loss", "train/loss_gt", "val/loss", "val/student/precision", "val/student/recall",
+                "val/student/mae", "lr-AdamW"):
+        assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
+    # Step-0 validation (before training) plus one per epoch.
+    assert len(scalars["val/student/precision"]) == 3
+    tags = _tags(run)
+    assert "matches/student" in tags["images"]
+    assert any(t.startswith("grads/") for t in tags["histograms"])
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars["train/loss"])
+
+
+def test_same_seed_gives_same_losses(scenes: Path, tmp_path: Path) -> None:
+    losses = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        train(_cfg(run, scenes, "seed=7", "deploy.enabled=false", "validate_before_training=false"))
+        losses.append([v for _, v in sorted(_scalars(run)["train/loss"])])
+    assert len(losses[0]) >= 4
+    assert losses[0] == losses[1]
+
+
+def test_distills_from_a_teacher_checkpoint_in_weights(scenes: Path, tmp_path: Path) -> None:
+    from loftr_kd.models.teacher import LoFTRTeacher
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    # A checkpoint in zju3dv's original layout (random weights: no download here).
+    teacher = LoFTRTeacher(temp_bug_fix=False)
+    torch.save({"state_dict": teacher.matcher.state_dict()}, weights / "outdoor_ds.ckpt")
+    run = tmp_path / "run"
+    train(_cfg(run, scenes, "deploy.enabled=false", "trainer.max_epochs=1", weights_dir=weights))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher"] is True
+    scalars = _scalars(run)
+    assert "train/loss_kd" in scalars and "val/teacher/precision" in scalars
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+
+
+def test_missing_explicit_teacher_checkpoint_is_an_error(scenes: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "run", scenes, f"teacher.weights={tmp_path / 'nope.ckpt'}")
+    with pytest.raises(Exception, match="nope.ckpt"):
+        train(cfg)
+
+
+def test_export_failure_keeps_checkpoints(scenes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # 100 px is not a multiple of the 16-px grid: the export must fail, and say so.
+    train(_cfg(run, scenes, "deploy.height=100", "trainer.max_epochs=1"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert "onnx_error" in summary["export"]
+    best = Path(summary["best_checkpoint"])
+    assert best.is_file()
+    load_student(best)  # intact
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def _train_cmd(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "loftr_kd.train",
+        f"hydra.run.dir={run_dir}",
+        f"data.root={data_root}",
+        f"data.height={HEIGHT}",
+        f"data.width={WIDTH}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.val_pairs=2",
+        "validate_before_training=false",
+        "deploy.enabled=false",
+        f"paths.weights_dir={run_dir}/no_weights",
+        "trainer.max_epochs=1",
+        "callbacks.step_checkpoint.every_n_train_steps=2",
+        *extra,
+    ]
+
+
+def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _train_cmd(run, scenes, "data.pairs_per_epoch=200"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    step_ckpt = run / "checkpoints" / "step.ckpt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if step_ckpt.exists():
+                state = torch.load(step_ckpt, map_location="cpu", weights_only=False)
+                if state["global_step"] >= 6:
+                    break
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.5)
+        else:
+            pytest.fail("no step checkpoint within the time limit")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = torch.load(step_ckpt, map_location="cpu", weights_only=False)
+    done = saved["global_step"]
+    assert 0 < done < 100  # killed mid-epoch (100 steps per epoch)
+
+    resumed = tmp_path / "resumed"
+    subprocess.run(
+        _train_cmd(resumed, scenes, "data.pairs_per_epoch=200", f"ckpt_path={step_ckpt}"),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=600,
+    )
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # The epoch finished exactly: no step lost, none repeated.
+    assert final["global_step"] == 100
+    assert final["epoch"] == 0
+
+
+def test_cli_prints_composed_config() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "loftr_kd.train", "--cfg", "job"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "student:" in out and "coarse_stride: 16" in out and "seed: 42" in out
