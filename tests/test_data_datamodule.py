@@ -101,24 +101,34 @@ def test_skip_mode_counts_reach_the_datamodule(toy_root):
     assert dm.summary["bad data"] == counts
 
 
-def test_generate_when_root_empty(tmp_path, monkeypatch):
-    import loftr_kd.data.synthetic as synthetic
-
-    calls = []
-
-    def fake_generate(out_dir, scenes, views, seed):
-        calls.append((Path(out_dir), scenes, views, seed))
-        return write_toy_dataset(out_dir, scenes=scenes, views=views, height=H, width=W, seed=seed)
-
-    monkeypatch.setattr(synthetic, "generate_dataset", fake_generate)
+def test_generate_when_root_empty(tmp_path):
     root = tmp_path / "synthetic"
     generate = {"scenes": 2, "views": 3, "seed": 7}
     dm = PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate, batch_size=2)
-    dm.prepare_data()
-    dm.prepare_data()  # scenes exist now: no second generation
-    assert calls == [(root, 2, 3, 7)]
+    dm.prepare_data()  # the real generator (768x576, 6 views: a couple of seconds)
+    info = root / "synthetic_info.json"
+    assert info.is_file() and sorted(p.name for p in root.glob("synth_*")) == ["synth_000", "synth_001"]
+    stamp = info.stat().st_mtime_ns
+    dm.prepare_data()  # a complete set exists now: no second generation
+    assert info.stat().st_mtime_ns == stamp
     dm.setup("fit")
     _check_depth_batch(next(iter(dm.train_dataloader())), 2)
+
+
+def test_generation_killed_half_way_is_redone(tmp_path):
+    root = tmp_path / "synthetic"
+    generate = {"scenes": 2, "views": 3, "seed": 7}
+    PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate).prepare_data()
+    (root / "synthetic_info.json").unlink()  # as if killed before the generator finished
+    PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate).prepare_data()
+    assert (root / "synthetic_info.json").is_file()
+
+
+def test_never_generates_into_a_folder_of_real_scenes(tmp_path):
+    write_toy_dataset(tmp_path, scenes=1, views=3, height=H, width=W, seed=0)
+    dm = PairDataModule(root=tmp_path, height=H, width=W, num_workers=0, generate={"scenes": 1, "views": 3})
+    with pytest.raises(ValueError, match="did not write"):
+        dm.prepare_data()
 
 
 def test_missing_root_is_clear(tmp_path):

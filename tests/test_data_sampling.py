@@ -101,3 +101,19 @@ def test_lightning_calls_set_epoch_without_distributed_sampler(tmp_path):
     for epoch in range(3):
         assert model.seen[epoch] == sampler.epoch_indices(epoch).tolist()
     assert model.seen[0] != model.seen[1]
+
+
+def test_resume_within_epoch_continues_the_draw() -> None:
+    full = EpochPairSampler(50, 20, seed=3, rank=0, world_size=1)
+    full.set_epoch(2)
+    expected = list(full)
+    resumed = EpochPairSampler(50, 20, seed=3, rank=0, world_size=1)
+    resumed.resume_within_epoch(2, 6)
+    resumed.set_epoch(2)
+    assert list(resumed) == expected[6:]
+    # Only once, and only for that epoch.
+    assert list(resumed) == expected
+    other = EpochPairSampler(50, 20, seed=3, rank=0, world_size=1)
+    other.resume_within_epoch(1, 6)
+    other.set_epoch(2)
+    assert list(other) == expected

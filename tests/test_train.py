@@ -100,8 +100,15 @@ def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
     assert info["packages"]["torch"] and "git_commit" in info
 
     scalars = _scalars(run)
-    for tag in ("train/loss", "train/loss_gt", "val/loss", "val/student/precision", "val/student/recall",
-                "val/student/mae", "lr-AdamW"):
+    for tag in (
+        "train/loss",
+        "train/loss_gt",
+        "val/loss",
+        "val/student/precision",
+        "val/student/recall",
+        "val/student/mae",
+        "lr-AdamW",
+    ):
         assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
     # Step-0 validation (before training) plus one per epoch.
     assert len(scalars["val/student/precision"]) == 3
@@ -220,6 +227,22 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
     # The epoch finished exactly: no step lost, none repeated.
     assert final["global_step"] == 100
     assert final["epoch"] == 0
+
+    # ... and it is the run that was never interrupted: same pairs in the same order, same optimizer state.
+    uninterrupted = tmp_path / "uninterrupted"
+    subprocess.run(
+        _train_cmd(uninterrupted, scenes, "data.pairs_per_epoch=200"),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=600,
+    )
+    reference = torch.load(
+        uninterrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_cli_prints_composed_config() -> None:

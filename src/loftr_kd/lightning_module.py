@@ -154,7 +154,9 @@ class DistillationModule(pl.LightningModule):
         for name, param in self.student.named_parameters():
             tensorboard.add_histogram(f"params/{name}", param.detach().float().cpu(), self.global_step)
             if param.grad is not None:
-                tensorboard.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), self.global_step)
+                tensorboard.add_histogram(
+                    f"grads/{name}", param.grad.detach().float().cpu(), self.global_step
+                )
 
     def on_validation_epoch_start(self) -> None:
         self._val_counts = {}
@@ -165,7 +167,12 @@ class DistillationModule(pl.LightningModule):
         width = batch["image0"].shape[-1]
         stride = self.student.config.coarse_stride
         self.log("val/loss", terms.total, batch_size=batch_size, sync_dist=True)
-        self.log("val/student/mae", confidence_mae(out.confidence, gt.match_ids), batch_size=batch_size, sync_dist=True)
+        self.log(
+            "val/student/mae",
+            confidence_mae(out.confidence, gt.match_ids),
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         self._accumulate("student", match_metrics(out.match_ids, gt, stride, width))
         if self.teacher is not None and not self._teacher_validated:
             teacher_gt = self._ground_truth(batch, TEACHER_STRIDE)
@@ -217,7 +224,9 @@ class DistillationModule(pl.LightningModule):
             return
         image0 = (batch["image0"][0, 0].float().cpu().numpy() * 255).astype(np.uint8)
         image1 = (batch["image1"][0, 0].float().cpu().numpy() * 255).astype(np.uint8)
-        runs = [("student", self.student.config.coarse_stride, self.student(batch["image0"], batch["image1"]))]
+        runs = [
+            ("student", self.student.config.coarse_stride, self.student(batch["image0"], batch["image1"]))
+        ]
         if self.teacher is not None:
             teacher_out = self.teacher(batch["image0"], batch["image1"])
             ids = self._teacher_matches(teacher_out.confidence, batch["image0"].shape[-2:])
@@ -233,8 +242,17 @@ class DistillationModule(pl.LightningModule):
             truth = gt.points1[0].cpu().numpy()[idx0]
             error = np.abs(centres[idx1] - truth).max(-1)
             correct = gt.valid[0].cpu().numpy()[idx0] & (error < stride)
-            canvas = draw_matches(image0, image1, centres[idx0], centres[idx1], correct=correct, title=f"{who}: {len(idx0)} matches")
-            tensorboard.add_image(f"matches/{who}", canvas[..., ::-1].copy(), self.global_step, dataformats="HWC")
+            canvas = draw_matches(
+                image0,
+                image1,
+                centres[idx0],
+                centres[idx1],
+                correct=correct,
+                title=f"{who}: {len(idx0)} matches",
+            )
+            tensorboard.add_image(
+                f"matches/{who}", canvas[..., ::-1].copy(), self.global_step, dataformats="HWC"
+            )
 
     def _teacher_matches(self, confidence: torch.Tensor, image_hw: Any) -> torch.Tensor:
         """The teacher's matches under the student's rule (threshold, border removal) on its 8-px grid."""
@@ -249,12 +267,17 @@ class DistillationModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
     # ------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen teacher is not part of the trained model: keep checkpoints small and teacher-free.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
+        }
         checkpoint["student_config"] = asdict(self.student.config)
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
@@ -264,4 +287,3 @@ class DistillationModule(pl.LightningModule):
             for key, value in self.teacher.state_dict(prefix="teacher.").items():
                 state_dict.setdefault(key, value)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-

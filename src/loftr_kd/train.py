@@ -78,6 +78,7 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def run_metadata() -> dict[str, Any]:
     """Git commit, package versions and machine of this run (stored in the run directory)."""
+
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(
@@ -126,7 +127,9 @@ def build_teacher(cfg: DictConfig) -> torch.nn.Module | None:
         _say(f"Teacher: none — {missing} Training on ground truth only.")
         return None
     source = getattr(teacher, "checkpoint_path", cfg.teacher.get("weights"))
-    _say(f"Teacher: LoFTR outdoor from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen).")
+    _say(
+        f"Teacher: LoFTR outdoor from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen)."
+    )
     return teacher
 
 
@@ -204,7 +207,9 @@ def export_at_end(cfg: DictConfig, checkpoint: Path, output_dir: Path, datamodul
             parity_pairs=parity,
         )
     except (ExportError, Exception) as error:  # noqa: BLE001 - an export failure must not end the run
-        _say(f"Export: FAILED ({type(error).__name__}: {error}); checkpoints are untouched in {checkpoint.parent}.")
+        _say(
+            f"Export: FAILED ({type(error).__name__}: {error}); checkpoints are untouched in {checkpoint.parent}."
+        )
         result["onnx_error"] = f"{type(error).__name__}: {error}"
         return result
     onnx_path = Path(getattr(exported, "onnx_path", exported))
@@ -218,7 +223,12 @@ def export_at_end(cfg: DictConfig, checkpoint: Path, output_dir: Path, datamodul
 
     engine_path = onnx_path.with_suffix(".fp16.engine" if deploy.tensorrt.fp16 else ".fp32.engine")
     try:
-        build_engine(onnx_path, engine_path, fp16=bool(deploy.tensorrt.fp16), workspace_mb=int(deploy.tensorrt.workspace_mb))
+        build_engine(
+            onnx_path,
+            engine_path,
+            fp16=bool(deploy.tensorrt.fp16),
+            workspace_mb=int(deploy.tensorrt.workspace_mb),
+        )
         result["engine"] = str(engine_path)
         _say(f"TensorRT: engine written to {engine_path}.")
     except TensorRTUnavailable as why:
@@ -250,9 +260,13 @@ def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
         return None
     path = Path(ckpt_path)
     if path.is_dir():
-        candidates = [p for p in (path / "checkpoints").glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")]
+        candidates = [
+            p for p in (path / "checkpoints").glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")
+        ]
         if not candidates:
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no last.ckpt or step.ckpt in {path / 'checkpoints'}.")
+            raise FileNotFoundError(
+                f"ckpt_path={ckpt_path}: no last.ckpt or step.ckpt in {path / 'checkpoints'}."
+            )
         steps = {p: torch.load(p, map_location="cpu", weights_only=False)["global_step"] for p in candidates}
         path = max(candidates, key=lambda p: (steps[p], p.stat().st_mtime))
         _say(f"Resume: newest checkpoint of {ckpt_path} is {path.name} (global step {steps[path]}).")
@@ -295,7 +309,9 @@ def train(cfg: DictConfig) -> float | None:
         trainer.validate(model, datamodule=datamodule, verbose=False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+    }
     best = _best_checkpoint(trainer, output_dir)
     summary: dict[str, Any] = {
         "output_dir": str(output_dir),

@@ -59,8 +59,12 @@ def draw_matches(
         cv2.circle(canvas, a, 2, color, -1, cv2.LINE_AA)
         cv2.circle(canvas, b, 2, color, -1, cv2.LINE_AA)
         if numbered:
-            cv2.putText(canvas, str(i), (a[0] + 3, a[1] - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA)
-            cv2.putText(canvas, str(i), (b[0] + 3, b[1] - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA)
+            cv2.putText(
+                canvas, str(i), (a[0] + 3, a[1] - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA
+            )
+            cv2.putText(
+                canvas, str(i), (b[0] + 3, b[1] - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA
+            )
     if title:
         cv2.putText(canvas, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(canvas, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)

@@ -91,13 +91,27 @@ class PairDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.summary: dict[str, Any] = {}
+        self._resume_position: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Generate synthetic scenes into ``root`` when ``generate`` is set and ``root`` has none."""
-        if self.kind != "blendedmvs" or not self.generate or find_scenes(self.root):
+        """Generate synthetic scenes into ``root`` when ``generate`` is set and no complete set is there.
+
+        The generator writes ``synthetic_info.json`` last, so a generation killed half way is redone
+        rather than trained on.
+        """
+        if self.kind != "blendedmvs" or not self.generate:
             return
+        scenes = find_scenes(self.root)
+        if scenes and (self.root / "synthetic_info.json").is_file():
+            return
+        foreign = [s for s in scenes if not str(s).startswith("synth_")]
+        if foreign:
+            raise ValueError(
+                f"{self.root}: holds scenes that the synthetic generator did not write ({foreign[:3]} ...); "
+                "refusing to generate synthetic scenes there. Use data=blendedmvs for real data."
+            )
         from loftr_kd.data.synthetic import generate_dataset
 
         rank_zero_info(f"[data] no scenes in {self.root}: generating synthetic scenes {self.generate}")
@@ -244,7 +258,25 @@ class PairDataModule(pl.LightningDataModule):
         """The epoch sampler over the training set (rank/world size from torch.distributed)."""
         if self.train_dataset is None:
             self.setup("fit")
-        return EpochPairSampler(len(self.train_dataset), self.pairs_per_epoch, self.seed)
+        sampler = EpochPairSampler(len(self.train_dataset), self.pairs_per_epoch, self.seed)
+        if self._resume_position is not None:
+            epoch, batches_done = self._resume_position
+            sampler.resume_within_epoch(epoch, batches_done * self.batch_size)
+            self._resume_position = None
+        return sampler
+
+    # Lightning stores these in every checkpoint and restores them before the loaders are built, so a
+    # run resumed mid-epoch continues that epoch's draw instead of starting it again.
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches_done": int(progress.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "epoch" in state_dict:
+            self._resume_position = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

@@ -52,10 +52,19 @@ class EpochPairSampler(Sampler[int]):
         self._rank = rank
         self._world_size = world_size
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose draw ``__iter__`` yields."""
         self.epoch = int(epoch)
+
+    def resume_within_epoch(self, epoch: int, consumed: int) -> None:
+        """Continue epoch ``epoch`` after this rank's first ``consumed`` indices (once, on resume).
+
+        A run resumed from a mid-epoch checkpoint then sees exactly the pairs it had not seen yet, and
+        later epochs are unaffected (their draws depend only on ``(seed, epoch)``).
+        """
+        self._resume = (int(epoch), max(0, int(consumed)))
 
     def _placement(self) -> tuple[int, int]:
         if self._world_size is not None:
@@ -77,7 +86,11 @@ class EpochPairSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         rank, world_size = self._placement()
-        return iter(self.epoch_indices()[rank::world_size].tolist())
+        indices = self.epoch_indices()[rank::world_size]
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1] :]
+            self._resume = None
+        return iter(indices.tolist())
 
     def __len__(self) -> int:
         _, world_size = self._placement()
