@@ -1,0 +1,351 @@
+"""ONNX export of the student, and ``export_student`` run at the end of every training run.
+
+Choices (see docs/deployment.md):
+- Exporter: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``). In torch 2.13 it
+  still writes opset 17 directly, which TensorRT 8.5+ (JetPack 5) and 10 parse. The torch.export
+  ("dynamo") exporter only emits opset >= 18 (its down-conversion to 17 fails on Reduce* axes), so it
+  is used only when asked for (``exporter="dynamo"``, opset raised to 18).
+- ``match_ids`` is exported as **int32**: TensorRT computes indices (ArgMax/TopK) in INT32 and before
+  version 10 has no INT64 I/O at all, so int32 avoids a cast and a parser warning on every version.
+  Consumers cast it back to int64 (the PyTorch contract); -1 still means "no match".
+- Shapes are static by default. ``dynamic=True`` makes the **batch** dimension dynamic only: the
+  student's position encoding is precomputed for one image size, so height/width stay fixed; export
+  another size by loading the checkpoint at that size (``load_student(..., input_height, input_width)``).
+- ``metadata_props`` carry ``student_config`` (JSON of ``StudentConfig``), ``loftr_kd_version``,
+  the input size, stride and output dtypes, so a Matcher can rebuild cell geometry from the .onnx alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from loftr_kd import __version__
+from loftr_kd.export import checks
+
+MATCH_IDS_DTYPE = "int32"
+
+
+class ExportError(RuntimeError):
+    """Export, or one of its checks, failed; the checkpoint is left untouched."""
+
+
+class ExportWrapper(nn.Module):
+    """Tensors in, fixed-shape tensors out: ``match_ids`` (int32), ``match_confidence``, [``confidence``]."""
+
+    def __init__(self, model: nn.Module, with_confidence: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.with_confidence = with_confidence
+
+    def forward(self, image0: torch.Tensor, image1: torch.Tensor):
+        out = self.model(image0, image1)
+        match_ids = out.match_ids.to(torch.int32)  # (B, L0), -1 = none
+        if self.with_confidence:
+            return match_ids, out.match_confidence, out.confidence  # (B,L0), (B,L0), (B,L0,L1)
+        return match_ids, out.match_confidence
+
+
+def student_config_dict(model: nn.Module) -> dict[str, Any] | None:
+    """``asdict`` of the model's ``StudentConfig`` (attribute ``config`` or ``cfg``), if it has one."""
+    for name in ("config", "cfg", "student_config"):
+        cfg = getattr(model, name, None)
+        if cfg is not None and dataclasses.is_dataclass(cfg):
+            return dataclasses.asdict(cfg)
+        if isinstance(cfg, dict):
+            return dict(cfg)
+    return None
+
+
+def _input_size(model: nn.Module, config: dict[str, Any] | None) -> tuple[int, int]:
+    if config and config.get("input_height") and config.get("input_width"):
+        return int(config["input_height"]), int(config["input_width"])
+    raise ExportError(
+        "cannot tell the export size: the model has no StudentConfig with input_height/input_width; "
+        "pass height= and width= to export_onnx"
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    batch: int = 1,
+    dynamic: bool = False,
+    opset: int = 17,
+    with_confidence: bool = False,
+    height: int | None = None,
+    width: int | None = None,
+    exporter: str = "torchscript",
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export the student to ONNX, written atomically.
+
+    Args:
+        model: student (``forward(image0, image1) -> CoarseMatchOutput``); exported in eval mode on CPU.
+        path: destination ``.onnx``.
+        batch: batch size of the static graph (and of the example input when dynamic).
+        dynamic: dynamic **batch** dimension (height/width stay fixed, see module docstring).
+        opset: ONNX opset (17 by default; the dynamo exporter needs >= 18).
+        with_confidence: also output the (B, L0, L1) confidence matrix (debugging; large).
+        height, width: input size; default from the model's ``StudentConfig``.
+        exporter: ``"torchscript"`` (default) or ``"dynamo"``.
+        extra_metadata: more ``metadata_props`` entries (values JSON-encoded unless str).
+
+    Returns:
+        The written path. Inputs ``image0``/``image1`` (B,1,H,W) float32; outputs ``match_ids`` (B,L0)
+        int32 (-1 = none), ``match_confidence`` (B,L0) float32, optionally ``confidence`` (B,L0,L1).
+    """
+    path = Path(path)
+    config = student_config_dict(model)
+    if height is None or width is None:
+        height, width = _input_size(model, config)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    if exporter == "dynamo" and opset < 18:
+        raise ValueError("the dynamo exporter writes opset >= 18; use exporter='torchscript' for opset 17")
+
+    was_training = model.training
+    model = model.eval()
+    wrapper = ExportWrapper(model, with_confidence).eval()
+    # A dynamic dim traced at size 1 gets specialised by torch.export (0/1 specialisation): trace at >= 2.
+    example_batch = max(batch, 2) if dynamic else batch
+    example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, height, width))
+    output_names = ["match_ids", "match_confidence"] + (["confidence"] if with_confidence else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        kwargs: dict[str, Any] = dict(
+            input_names=["image0", "image1"], output_names=output_names, opset_version=opset
+        )
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            if exporter == "torchscript":
+                if dynamic:
+                    kwargs["dynamic_axes"] = {
+                        name: {0: "batch"} for name in ["image0", "image1", *output_names]
+                    }
+                torch.onnx.export(
+                    wrapper, example, str(tmp), dynamo=False, do_constant_folding=True, **kwargs
+                )
+            else:
+                if dynamic:
+                    b = torch.export.Dim("batch", min=1, max=64)
+                    kwargs["dynamic_shapes"] = {"image0": {0: b}, "image1": {0: b}}
+                torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
+        proto = onnx.load(str(tmp))
+        metadata = {
+            "producer": "loftr_kd.export.onnx",
+            "loftr_kd_version": __version__,
+            "student_config": json.dumps(config) if config is not None else "",
+            "input_height": str(height),
+            "input_width": str(width),
+            "batch": "dynamic" if dynamic else str(batch),
+            "dynamic_axes": "batch" if dynamic else "",
+            "coarse_stride": str((config or {}).get("coarse_stride", "")),
+            "match_ids_dtype": MATCH_IDS_DTYPE,
+            "outputs": ",".join(output_names),
+        }
+        for key, value in (extra_metadata or {}).items():
+            metadata[key] = value if isinstance(value, str) else json.dumps(value)
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        proto.producer_name = "loftr_kd"
+        proto.producer_version = __version__
+        onnx.save(proto, str(tmp))
+        if dynamic:
+            _verify_dynamic_batch(tmp, example_batch + 1, height, width)
+        os.replace(tmp, path)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _verify_dynamic_batch(path: Path, batch: int, height: int, width: int) -> None:
+    """Run the graph at a batch size it was not traced with; shapes baked in by tracing fail here."""
+    session = checks.onnxruntime_session(path, threads=1)
+    x = np.zeros((batch, 1, height, width), np.float32)
+    try:
+        outputs = session.run(None, {"image0": x, "image1": x})
+    except Exception as e:
+        raise ExportError(
+            f"the dynamic-batch graph does not run at batch {batch}: a batch size was baked in during "
+            f"tracing (e.g. `split(batch)` in the model; `chunk(2)` exports dynamically). "
+            f"onnxruntime: {str(e).splitlines()[0][:300]}"
+        ) from e
+    if any(o.shape[0] != batch for o in outputs):
+        raise ExportError(f"the dynamic-batch graph returned outputs of the wrong batch for batch {batch}")
+
+
+@dataclass
+class ExportResult:
+    """What ``export_student`` wrote and measured."""
+
+    onnx_path: Path
+    report_path: Path
+    report_md_path: Path
+    ok: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_pairs(pairs, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(H, W) float32 pairs at the export size (validation images come at the training size)."""
+    import cv2
+
+    out = []
+    for p in pairs:
+        images = []
+        for x in (p[0], p[1]):
+            x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            x = x.reshape(x.shape[-2:]).astype(np.float32)
+            if x.shape != (height, width):
+                x = cv2.resize(x, (width, height), interpolation=cv2.INTER_AREA)
+            images.append(x)
+        out.append((images[0], images[1]))
+    return out
+
+
+def export_student(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    height: int,
+    width: int,
+    batch: int = 1,
+    dynamic: bool = False,
+    opset: int = 17,
+    parity_pairs=None,
+    with_confidence: bool = False,
+    atol: float = 1e-4,
+    min_match_agreement: float = 0.99,
+    strict: bool = True,
+    name: str | None = None,
+    trust_checkpoint: bool = False,
+) -> ExportResult:
+    """Load a student checkpoint at the export size, export it, check it and write the report.
+
+    Called at the end of every training run. The checkpoint is only read. On any failure an
+    ``ExportError`` is raised (after writing the report when the export itself succeeded), so the
+    caller can log it and keep its checkpoints.
+
+    Args:
+        checkpoint: Lightning checkpoint (``student_config`` + ``student.*``) or ``save_student`` file.
+        out_dir: folder for ``<name>.onnx`` and ``<name>.export_report.{json,md}``.
+        height, width: export input size (the position encoding is built for it).
+        batch, dynamic, opset, with_confidence: see ``export_onnx``.
+        parity_pairs: image pairs ``(image0, image1, ...)`` at the export size ((H,W) or (1,H,W) arrays
+            or tensors in [0, 1]); default: 4 real photos with a known warp (``checks.real_image_pairs``).
+        atol, min_match_agreement: parity tolerances (see ``checks.check_parity``).
+        strict: raise ``ExportError`` when an op or parity check fails (else only report it).
+        name: file stem; default ``student_{height}x{width}``.
+        trust_checkpoint: unpickle objects other than tensors/containers (``weights_only=False``).
+
+    Returns:
+        ``ExportResult`` with the paths and the report dict.
+    """
+    checkpoint = Path(checkpoint)
+    out_dir = Path(out_dir)
+    if not checkpoint.is_file():
+        raise ExportError(f"checkpoint not found: {checkpoint}")
+    name = name or f"student_{height}x{width}"
+    onnx_path = out_dir / f"{name}.onnx"
+    report_path = out_dir / f"{name}.export_report.json"
+    try:
+        from loftr_kd.models.student import load_student
+
+        model = load_student(
+            checkpoint,
+            map_location="cpu",
+            input_height=height,
+            input_width=width,
+            weights_only=not trust_checkpoint,
+        ).eval()
+    except Exception as e:
+        raise ExportError(f"could not load the student from {checkpoint}: {type(e).__name__}: {e}") from e
+    try:
+        export_onnx(
+            model,
+            onnx_path,
+            batch=batch,
+            dynamic=dynamic,
+            opset=opset,
+            with_confidence=with_confidence,
+            height=height,
+            width=width,
+            extra_metadata={"checkpoint": checkpoint.name},
+        )
+    except Exception as e:
+        raise ExportError(f"ONNX export of {checkpoint} failed: {type(e).__name__}: {e}") from e
+
+    errors: list[str] = []
+    report: dict[str, Any] = {
+        "onnx_path": str(onnx_path),
+        "checkpoint": str(checkpoint),
+        "loftr_kd_version": __version__,
+        "opset": opset,
+        "dynamic": "batch" if dynamic else False,
+        "batch": batch,
+        "height": height,
+        "width": width,
+        "match_ids_dtype": MATCH_IDS_DTYPE,
+        "student_config": student_config_dict(model),
+        "parameter_count": int(sum(p.numel() for p in model.parameters())),
+        "onnx_initializer_parameters": checks.parameter_count(onnx_path),
+        "onnx_size_bytes": onnx_path.stat().st_size,
+    }
+    try:
+        checks.run_onnx_checker(onnx_path)
+        report["onnx_checker"] = "passed"
+    except checks.CheckError as e:
+        report["onnx_checker"] = str(e)
+        errors.append(str(e))
+    report["io_shapes"] = checks.io_shapes(onnx_path)
+    op_check = checks.check_tensorrt_ops(onnx_path)
+    report["op_check"] = checks.to_jsonable(op_check)
+    if not op_check.ok:
+        errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
+    try:
+        if parity_pairs is None or len(parity_pairs) == 0:
+            pairs = [(a, b) for a, b, _ in checks.real_image_pairs(height, width, 4)]
+            report["parity_pairs_source"] = "scikit-image photos with a random homography"
+        else:
+            pairs = _as_pairs(parity_pairs, height, width)
+            report["parity_pairs_source"] = "given pairs, resized to the export size where needed"
+        parity = checks.check_parity(
+            model, onnx_path, pairs, atol=atol, min_match_agreement=min_match_agreement, batch=batch
+        )
+        report["parity"] = checks.to_jsonable(parity)
+        if not parity.ok:
+            errors.append(
+                f"onnxruntime/PyTorch parity failed: match_confidence max diff "
+                f"{parity.match_confidence_max_abs_diff:.2e} (atol {atol}), match_ids equal "
+                f"{parity.match_ids_equal_fraction:.4f} (min {min_match_agreement})"
+            )
+    except Exception as e:
+        errors.append(f"parity check could not run: {type(e).__name__}: {e}")
+    report["errors"] = errors
+    report["ok"] = not errors
+    json_path, md_path = checks.write_report(report_path, report)
+    result = ExportResult(onnx_path, json_path, md_path, ok=not errors, report=report)
+    if errors and strict:
+        raise ExportError(f"export checks failed for {onnx_path} (report: {json_path}): " + "; ".join(errors))
+    return result

@@ -1,0 +1,279 @@
+"""TensorRT 10 engine build (Python API) and a runner with torch CUDA tensors as buffers.
+
+An engine is specific to the GPU model and the TensorRT version it was built with (Coarse_LoFTR_TRT
+issue #4: prebuilt engines fail elsewhere), so every engine gets a sidecar ``<engine>.json`` recording
+both, and ``TensorRTRunner`` refuses, with a clear message, an engine built by another TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loftr_kd.export.checks import atomic_write_text, io_shapes, read_metadata
+
+Shape = Sequence[int]
+# A profile: input name -> (min, opt, max) shapes.
+Profile = Mapping[str, tuple[Shape, Shape, Shape]]
+
+
+class TensorRTUnavailable(RuntimeError):
+    """``tensorrt`` cannot be imported or no CUDA GPU is present; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def require_tensorrt():
+    """Import ``tensorrt`` and check for a CUDA GPU; raises ``TensorRTUnavailable`` otherwise."""
+    try:
+        import tensorrt as trt
+    except Exception as e:  # ImportError, or a broken install failing to load libnvinfer
+        raise TensorRTUnavailable(f"TensorRT is not available (import tensorrt failed: {e})") from e
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("TensorRT needs a CUDA GPU and torch.cuda.is_available() is False")
+    return trt
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """``(True, version)`` or ``(False, reason)``."""
+    try:
+        trt = require_tensorrt()
+    except TensorRTUnavailable as e:
+        return False, e.reason
+    return True, trt.__version__
+
+
+def _shape_str(shape: Shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def default_profiles(onnx_path: str | Path, *, max_batch: int = 8) -> list[dict[str, tuple]] | None:
+    """One profile (batch 1..max_batch, opt 1) for a dynamic-batch graph; None for a static one."""
+    inputs = io_shapes(onnx_path)["inputs"]
+    profile = {}
+    for name, info in inputs.items():
+        dims = info["shape"]
+        if all(isinstance(d, int) and d > 0 for d in dims):
+            continue
+        if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            raise ValueError(f"input {name} has dynamic dims beyond batch {dims}: pass profiles= explicitly")
+        rest = [int(d) for d in dims[1:]]
+        profile[name] = ((1, *rest), (1, *rest), (max_batch, *rest))
+    return [profile] if profile else None
+
+
+def trtexec_command(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    fp16: bool,
+    workspace_mb: int,
+    profiles: Sequence[Profile] | None = None,
+) -> str:
+    """The ``trtexec`` command line equivalent to ``build_engine`` (TensorRT 10 flags)."""
+    args = [
+        "trtexec",
+        f"--onnx={onnx_path}",
+        f"--saveEngine={engine_path}",
+        f"--memPoolSize=workspace:{int(workspace_mb)}M",
+    ]
+    if fp16:
+        args.append("--fp16")
+    if profiles:
+        if len(profiles) > 1:
+            args.append("# trtexec takes one profile per build; the first is shown")
+        prof = profiles[0]
+        for flag, idx in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+            args.append(flag + "=" + ",".join(f"{n}:{_shape_str(s[idx])}" for n, s in prof.items()))
+    return " ".join(shlex.quote(a) if not a.startswith("#") else a for a in args)
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    fp16: bool = True,
+    workspace_mb: int = 1024,
+    profiles: Sequence[Profile] | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Build and save a TensorRT engine from an ONNX file, with a sidecar metadata JSON.
+
+    Args:
+        onnx_path: the exported graph.
+        engine_path: destination (``.engine``); metadata goes to ``<engine_path>.json``.
+        fp16: allow fp16 kernels (``BuilderFlag.FP16``); fp32 otherwise.
+        workspace_mb: ``MemoryPoolType.WORKSPACE`` limit.
+        profiles: optimisation profiles for dynamic inputs (input -> (min, opt, max)); default: batch
+            1..8 for a dynamic-batch graph, none for a static one.
+
+    Returns:
+        ``engine_path``. Prints the equivalent ``trtexec`` line.
+
+    Raises:
+        TensorRTUnavailable: no ``tensorrt`` or no CUDA GPU.
+        RuntimeError: the parser or the builder failed (parser errors included).
+    """
+    trt = require_tensorrt()
+    import torch
+
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if profiles is None:
+        profiles = default_profiles(onnx_path)
+    command = trtexec_command(onnx_path, engine_path, fp16=fp16, workspace_mb=workspace_mb, profiles=profiles)
+    print(f"equivalent trtexec command: {command}")
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # TensorRT 10: networks are always explicit-batch; the flag is deprecated, so pass none.
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: " + " | ".join(errors))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if fp16:
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            # TensorRT 11 removed weak typing (BuilderFlag.FP16): precision comes from the graph's types.
+            raise RuntimeError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (removed in 11.x): build with fp16=False "
+                "or install tensorrt>=10,<11"
+            )
+        # platform_has_fast_fp16 is deprecated since 10.5 (and gone in 11): only a hint here.
+        if not getattr(builder, "platform_has_fast_fp16", True):
+            print("warning: this GPU has no fast fp16; building with FP16 allowed anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+    for prof in profiles or []:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in prof.items():
+            profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = engine_path.with_name(f".{engine_path.name}.tmp")
+    tmp.write_bytes(bytes(serialized))
+    tmp.replace(engine_path)
+
+    io = {}
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        io[t.name] = {"kind": "input", "shape": list(t.shape), "dtype": str(t.dtype)}
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        io[t.name] = {"kind": "output", "shape": list(t.shape), "dtype": str(t.dtype)}
+    onnx_meta = read_metadata(onnx_path)
+    metadata = {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": torch.cuda.get_device_name(),
+        "gpu_compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "cuda_version": torch.version.cuda,
+        "precision": "fp16" if fp16 else "fp32",
+        "workspace_mb": int(workspace_mb),
+        "onnx_path": str(onnx_path),
+        "tensors": io,
+        "profiles": [{n: [list(map(int, s)) for s in v] for n, v in p.items()} for p in (profiles or [])],
+        "trtexec_command": command,
+        # Self-describing engine: the Matcher rebuilds cell geometry from this even if the ONNX moves.
+        "student_config": json.loads(onnx_meta["student_config"])
+        if onnx_meta.get("student_config")
+        else None,
+        "onnx_metadata": onnx_meta,
+        "note": "engines run only on the GPU model and TensorRT version they were built with",
+    }
+    atomic_write_text(engine_metadata_path(engine_path), json.dumps(metadata, indent=2) + "\n")
+    return engine_path
+
+
+def engine_metadata_path(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+class TensorRTRunner:
+    """Run an engine with torch CUDA tensors as I/O buffers (no pycuda).
+
+    Call it like the other backends: ``runner(image0, image1)`` with (B,1,H,W) float32 arrays or
+    tensors (moved to the GPU) returns a dict of CUDA tensors keyed by output name (``match_ids`` as
+    int64, the PyTorch contract).
+    """
+
+    def __init__(self, engine_path: str | Path, device: int | str = 0) -> None:
+        trt = require_tensorrt()
+        import torch
+
+        self.trt = trt
+        self.engine_path = Path(engine_path)
+        meta_path = engine_metadata_path(self.engine_path)
+        self.metadata: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        built_with = self.metadata.get("tensorrt_version")
+        if built_with and built_with != trt.__version__:
+            raise RuntimeError(
+                f"{self.engine_path} was built with TensorRT {built_with} on "
+                f"{self.metadata.get('gpu_name')}; this is TensorRT {trt.__version__}: rebuild it here"
+            )
+        self.device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(
+                f"TensorRT could not deserialize {self.engine_path}: engines only load on the GPU and "
+                f"TensorRT version that built them (built on {self.metadata.get('gpu_name', '?')})"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.stream = torch.cuda.Stream(device=self.device)
+
+    def _torch_dtype(self, name: str):
+        import torch
+
+        trt = self.trt
+        mapping = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int8: torch.int8,
+            trt.bool: torch.bool,
+        }
+        if hasattr(trt, "int64"):
+            mapping[trt.int64] = torch.int64
+        return mapping[self.engine.get_tensor_dtype(name)]
+
+    def __call__(self, image0, image1) -> dict[str, Any]:
+        import torch
+
+        feeds = {}
+        for name, value in zip(self.input_names, (image0, image1)):
+            t = torch.as_tensor(value).to(self.device, self._torch_dtype(name)).contiguous()
+            feeds[name] = t
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out = torch.empty(shape, dtype=self._torch_dtype(name), device=self.device)
+            outputs[name] = out
+            self.context.set_tensor_address(name, out.data_ptr())
+        # Inputs were produced on the current stream; run after them, then hand back in order.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        for t in (*feeds.values(), *outputs.values()):
+            t.record_stream(self.stream)
+        if "match_ids" in outputs:
+            outputs["match_ids"] = outputs["match_ids"].long()
+        return outputs

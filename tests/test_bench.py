@@ -1,0 +1,100 @@
+"""loftr-kd-bench in quick mode at a tiny size (loftr_kd.bench)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from loftr_kd.bench import ROW_KEYS, BenchSettings, add_speedups, bench, settings_from_config
+from loftr_kd.config import CONFIG_DIR
+
+
+def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
+    settings = BenchSettings(
+        sizes=((48, 64),),
+        backends=("torch", "onnxruntime", "tensorrt-fp16"),
+        teachers=("teacher",),
+        classical=("orb",),
+        pairs=1,
+        iters=2,
+        warmup=1,
+        teacher_iters=1,
+        teacher_warmup=1,
+        isolate=False,
+        out_dir=str(tmp_path / "run"),
+        latest_dir=str(tmp_path),
+    )
+    result = bench(settings, log=lambda _: None)
+    data = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert set(data["machine"]) >= {"cpu", "cores", "threads", "gpu"}
+    rows = {(r["model"], r["backend"]): r for r in data["rows"]}
+    assert set(rows) == {
+        ("teacher", "torch"),
+        ("paper", "torch"),
+        ("paper", "onnxruntime"),
+        ("paper", "tensorrt-fp16"),
+        ("orb", "opencv"),
+    }
+    for row in data["rows"]:
+        assert set(ROW_KEYS) <= set(row)
+    for key in (("teacher", "torch"), ("paper", "onnxruntime"), ("orb", "opencv")):
+        row = rows[key]
+        assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"] and row["pairs_per_s"] > 0
+        assert row["speedup_vs_teacher"] > 0
+    assert rows[("teacher", "torch")]["speedup_vs_teacher"] == pytest.approx(1.0)
+    trt = rows[("paper", "tensorrt-fp16")]
+    assert trt["median_ms"] is not None or trt["error"]  # skipped with its reason where TensorRT is absent
+    assert "| model | backend |" in (tmp_path / "run" / "bench.md").read_text()
+    assert (tmp_path / "run" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"latest.{ext}").is_file()
+    assert result["outputs"]["json"].endswith("bench.json")
+
+
+def test_speedups_are_relative_to_the_teacher_at_the_same_size():
+    rows = [
+        {"kind": "teacher", "model": "teacher", "height": 32, "width": 32, "median_ms": 100.0},
+        {"kind": "student", "model": "s", "height": 32, "width": 32, "median_ms": 2.0},
+        {"kind": "student", "model": "s", "height": 64, "width": 64, "median_ms": 2.0},
+        {"kind": "student", "model": "s", "height": 32, "width": 32, "median_ms": None},
+    ]
+    add_speedups(rows)
+    assert [r["speedup_vs_teacher"] for r in rows] == [1.0, 50.0, None, None]
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        BenchSettings(sizes=((50, 64),))
+    with pytest.raises(ValueError, match="unknown"):
+        BenchSettings(backends=("onnxruntime", "tflite"))
+
+
+def test_config_composes_and_quick_shrinks_counts(tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="bench", overrides=["quick=true", f"out_dir={tmp_path}", f"latest_dir={tmp_path}"]
+        )
+    settings = settings_from_config(cfg)
+    assert settings.sizes == ((480, 640), (240, 320))
+    assert settings.iters == 2 and settings.teacher_iters == 1 and settings.pairs == 1
+    assert "paper" in settings.students and "onnxruntime-int8" in settings.backends
+
+
+@pytest.mark.slow
+def test_isolated_rows_run_in_their_own_process(tmp_path):
+    settings = BenchSettings(
+        sizes=((48, 64),),
+        backends=("onnxruntime",),
+        teachers=(),
+        classical=(),
+        pairs=1,
+        iters=2,
+        warmup=1,
+        isolate=True,
+        out_dir=str(tmp_path),
+        latest_dir=str(tmp_path),
+    )
+    (row,) = bench(settings, log=lambda _: None)["rows"]
+    assert row["median_ms"] > 0 and "isolated" in row["peak_mem_method"]

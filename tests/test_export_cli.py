@@ -1,0 +1,50 @@
+"""loftr-kd-export config and entry point (loftr_kd.export.cli)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from loftr_kd.config import CONFIG_DIR
+from loftr_kd.export.cli import run_export
+from loftr_kd.export.onnx import ExportError
+from loftr_kd.models.student import build_student, save_student
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="export", overrides=list(overrides))
+
+
+def test_config_defaults():
+    cfg = _cfg("ckpt_path=x.pt")
+    assert (cfg.height, cfg.width, cfg.batch, cfg.opset) == (480, 640, 1, 17)
+    assert cfg.dynamic is False and cfg.tensorrt.fp16 is True and cfg.tensorrt.workspace_mb == 1024
+
+
+def test_run_export_end_to_end(tmp_path, capsys):
+    ckpt = save_student(build_student(input_height=64, input_width=96, border_removal=0), tmp_path / "s.pt")
+    cfg = _cfg(
+        f"ckpt_path={ckpt}",
+        f"out_dir={tmp_path / 'out'}",
+        "height=64",
+        "width=96",
+        "parity_pairs=1",
+        "int8.enabled=true",
+        "int8.calibration_pairs=2",
+    )
+    summary = run_export(cfg)
+    out = capsys.readouterr().out
+    assert (tmp_path / "out" / "student_64x96.onnx").is_file()
+    assert json.loads((tmp_path / "out" / "student_64x96.export_report.json").read_text())["ok"]
+    assert summary["int8"].endswith(".int8.onnx") and "speedup" in summary["int8_comparison"]
+    # TensorRT: either an engine or exactly one line saying why not
+    assert "engine" in summary or sum("engine build skipped" in line for line in out.splitlines()) == 1
+
+
+def test_run_export_missing_checkpoint(tmp_path):
+    cfg = _cfg(f"ckpt_path={tmp_path / 'nope.pt'}", f"out_dir={tmp_path}")
+    with pytest.raises(ExportError):
+        run_export(cfg)
