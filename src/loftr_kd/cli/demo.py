@@ -1,0 +1,270 @@
+"""``loftr-kd-demo --source 0|video.mp4``: live matching against a reference frame (the paper's demo).
+
+Window mode: left the reference frame, right the live frame, matches coloured by confidence and an
+FPS counter. Keys: ``s`` sets the reference from the live frame, ``p`` freezes a snapshot with
+numbered matches (``p`` again resumes; saved to ``--snapshots`` when given), ``q``/Esc quits.
+
+``--headless --out result.mp4`` runs without a window and writes the annotated video (mp4v) plus the
+per-frame timing as ``result.timing.csv`` and a summary ``result.timing.json``. The reference is the
+first frame (``--reference-frame N`` picks another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WINDOW = "loftr-kd demo"
+
+
+@dataclass
+class FrameTiming:
+    frame: int
+    match_ms: float
+    total_ms: float
+    num_matches: int
+
+
+@dataclass
+class DemoApp:
+    """The demo's state and drawing, free of any window or capture (testable headless)."""
+
+    matcher: Callable[[np.ndarray, np.ndarray], dict]
+    reference: np.ndarray | None = None
+    fps: float = 0.0
+    frozen: np.ndarray | None = None  # snapshot canvas while paused
+    timings: list[FrameTiming] = field(default_factory=list)
+    last: tuple[np.ndarray, dict] | None = None  # (frame, matches) of the latest step
+
+    def set_reference(self, frame: np.ndarray) -> None:
+        self.reference = frame.copy()
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        """Match ``frame`` against the reference; return the annotated side-by-side canvas."""
+        from loftr_kd.visualization import draw_matches
+
+        start = time.perf_counter()
+        if self.reference is None:
+            self.set_reference(frame)
+        result = self.matcher(self.reference, frame)
+        match_ms = (time.perf_counter() - start) * 1000.0
+        n = len(result["keypoints0"])
+        title = f"{self.fps:5.1f} FPS  {match_ms:6.1f} ms  {n} matches"
+        canvas = draw_matches(
+            self.reference,
+            frame,
+            result["keypoints0"],
+            result["keypoints1"],
+            confidence=result["confidence"],
+            title=title,
+        )
+        total_ms = (time.perf_counter() - start) * 1000.0
+        instant = 1000.0 / max(total_ms, 1e-3)
+        self.fps = instant if self.fps == 0.0 else 0.9 * self.fps + 0.1 * instant  # smoothed counter
+        self.timings.append(FrameTiming(len(self.timings), match_ms, total_ms, n))
+        self.last = (frame, result)
+        return canvas
+
+    def snapshot(self) -> np.ndarray | None:
+        """Canvas of the latest frame with numbered matches (the ``p`` key)."""
+        from loftr_kd.visualization import draw_matches
+
+        if self.last is None or self.reference is None:
+            return None
+        frame, result = self.last
+        title = f"snapshot: {len(result['keypoints0'])} matches (p: resume, s: set reference, q: quit)"
+        return draw_matches(
+            self.reference,
+            frame,
+            result["keypoints0"],
+            result["keypoints1"],
+            confidence=result["confidence"],
+            title=title,
+            numbered=True,
+        )
+
+    def handle_key(self, key: int) -> bool:
+        """Apply a key press; returns False to quit."""
+        key &= 0xFF
+        if key in (ord("q"), 27):
+            return False
+        if key == ord("s") and self.last is not None:
+            self.set_reference(self.last[0])
+            self.frozen = None
+        elif key == ord("p"):
+            self.frozen = self.snapshot() if self.frozen is None else None
+        return True
+
+    def timing_summary(self) -> dict:
+        match = np.array([t.match_ms for t in self.timings]) if self.timings else np.zeros(1)
+        total = np.array([t.total_ms for t in self.timings]) if self.timings else np.zeros(1)
+        return {
+            "frames": len(self.timings),
+            "median_match_ms": float(np.median(match)),
+            "p90_match_ms": float(np.percentile(match, 90)),
+            "median_total_ms": float(np.median(total)),
+            "fps": float(1000.0 / max(np.median(total), 1e-6)),
+            "mean_matches": float(np.mean([t.num_matches for t in self.timings])) if self.timings else 0.0,
+        }
+
+
+def open_source(source: str) -> cv2.VideoCapture:
+    """Camera index (``"0"``) or video file; a clear error when it cannot be opened."""
+    if source.isdigit():
+        capture = cv2.VideoCapture(int(source))
+        if not capture.isOpened():
+            raise RuntimeError(
+                f"cannot open camera {source}: is it connected and not used by another program?"
+            )
+        return capture
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {path} not found")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise RuntimeError(f"cannot open {path} as a video (unsupported codec or corrupt file)")
+    return capture
+
+
+def write_timing(app: DemoApp, stem: Path, extra: dict) -> tuple[Path, Path]:
+    """Per-frame CSV and summary JSON next to ``stem`` (``<stem>.timing.csv/json``)."""
+    csv_path = stem.with_name(stem.stem + ".timing.csv")
+    json_path = stem.with_name(stem.stem + ".timing.json")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "match_ms", "total_ms", "num_matches"])
+        for t in app.timings:
+            writer.writerow([t.frame, f"{t.match_ms:.3f}", f"{t.total_ms:.3f}", t.num_matches])
+    json_path.write_text(json.dumps({**extra, **app.timing_summary()}, indent=2))
+    return csv_path, json_path
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from loftr_kd.matcher import build_matcher
+
+    capture = open_source(str(args.source))
+    matcher = build_matcher(
+        args.backend,
+        weights=args.weights,
+        device=args.device,
+        threshold=args.threshold,
+        num_threads=args.threads,
+    )
+    app = DemoApp(matcher)
+    writer = None
+    frames_read = 0
+    try:
+        for _ in range(args.reference_frame):
+            capture.read()
+        ok, frame = capture.read()
+        if not ok:
+            raise RuntimeError(f"no frame could be read from {args.source}")
+        app.set_reference(frame)
+        while ok:
+            if app.frozen is None:
+                frames_read += 1
+                canvas = app.step(frame)
+            if args.headless:
+                if writer is None:
+                    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+                    fps = fps if 0 < fps < 240 else 10.0
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    size = (canvas.shape[1], canvas.shape[0])
+                    writer = cv2.VideoWriter(str(args.out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                    if not writer.isOpened():
+                        raise RuntimeError(f"cannot write the video {args.out} (mp4v codec unavailable?)")
+                    expected = size
+                if (canvas.shape[1], canvas.shape[0]) != expected:
+                    canvas = cv2.resize(canvas, expected)
+                writer.write(canvas)
+            else:
+                cv2.imshow(WINDOW, app.frozen if app.frozen is not None else canvas)
+                if not app.handle_key(cv2.waitKey(30 if app.frozen is not None else 1)):
+                    break
+                if app.frozen is not None and args.snapshots is not None:
+                    args.snapshots.mkdir(parents=True, exist_ok=True)
+                    path = args.snapshots / f"snapshot_{len(app.timings):05d}.png"
+                    if not path.exists():
+                        cv2.imwrite(str(path), app.frozen)
+            if args.max_frames and frames_read >= args.max_frames:
+                break
+            if app.frozen is None:
+                ok, frame = capture.read()
+            # The source ending (ok False) ends the loop: a finished video is not an error.
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if not args.headless:
+            cv2.destroyAllWindows()
+    summary = app.timing_summary()
+    if args.headless:
+        extra = {
+            "source": str(args.source),
+            "backend": args.backend,
+            "matcher": repr(matcher),
+            "video": str(args.out),
+        }
+        csv_path, json_path = write_timing(app, args.out, extra)
+        summary.update(timing_csv=str(csv_path), timing_json=str(json_path))
+    print(
+        f"{summary['frames']} frames, median {summary['median_match_ms']:.1f} ms matching, "
+        f"{summary['fps']:.1f} FPS" + (f"; wrote {args.out}" if args.headless else "")
+    )
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loftr-kd-demo",
+        description="Live matching of a camera or video against a reference frame. Keys: s = set the "
+        "reference, p = freeze a snapshot with numbered matches, q = quit.",
+    )
+    parser.add_argument("--source", default="0", help="camera index (0, 1, ...) or a video file")
+    parser.add_argument("--backend", choices=("onnx", "torch", "trt", "orb", "sift"), default="onnx")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="student weights (default: the shipped student)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    parser.add_argument("--headless", action="store_true", help="no window: write --out and its timing")
+    parser.add_argument("--out", type=Path, default=None, help="annotated video (.mp4) in headless mode")
+    parser.add_argument("--reference-frame", type=int, default=0, help="index of the reference frame")
+    parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = all)")
+    parser.add_argument("--snapshots", type=Path, default=None, help="folder to save p-key snapshots to")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from loftr_kd.matcher import MatcherError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.headless and args.out is None:
+        parser.error("--headless needs --out result.mp4")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_demo(args)
+    except (FileNotFoundError, RuntimeError, ValueError, MatcherError) as err:
+        print(f"loftr-kd-demo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

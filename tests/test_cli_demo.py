@@ -1,0 +1,132 @@
+"""loftr-kd-demo: headless run on a real video, key handling, end of video and bad sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from loftr_kd.cli.demo import DemoApp, main
+from loftr_kd.matcher import OpenCVMatcher
+from loftr_kd.models.student import build_student, save_student
+
+W, H, FRAMES = 320, 240, 12
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """``--threads 1`` sets torch's thread count process-wide; give the next test its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    """A photo panning 4 px per frame, written with cv2.VideoWriter (mp4v)."""
+    path = tmp_path_factory.mktemp("video") / "pan.mp4"
+    photo = cv2.resize(skdata.coffee()[:, :, ::-1], (W + 4 * FRAMES, H + 20), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (W, H))
+    assert writer.isOpened()
+    for i in range(FRAMES):
+        writer.write(np.ascontiguousarray(photo[10 : 10 + H, 4 * i : 4 * i + W]))
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    capture = cv2.VideoCapture(str(path))
+    n, size = 0, (0, 0)
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        n, size = n + 1, frame.shape[:2]
+    capture.release()
+    return n, size
+
+
+@pytest.mark.parametrize("backend", ["torch", "orb"])
+def test_headless_demo_writes_video_and_timing(video, tmp_path, backend):
+    argv = [
+        "--source",
+        str(video),
+        "--headless",
+        "--out",
+        str(tmp_path / "result.mp4"),
+        "--backend",
+        backend,
+        "--threads",
+        "1",
+    ]
+    if backend == "torch":
+        torch.manual_seed(0)
+        weights = save_student(
+            build_student(input_height=H, input_width=W, match_threshold=0.0), tmp_path / "s.pt"
+        )
+        argv += ["--weights", str(weights)]
+    assert main(argv) == 0  # the video simply ends: no crash
+    n, size = count_frames(tmp_path / "result.mp4")
+    assert n == FRAMES and size == (H, 2 * W)  # reference | live, side by side
+    with (tmp_path / "result.timing.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == list(range(FRAMES))
+    assert all(float(r["match_ms"]) > 0 for r in rows)
+    summary = json.loads((tmp_path / "result.timing.json").read_text())
+    assert summary["frames"] == FRAMES and summary["fps"] > 0 and summary["backend"] == backend
+
+
+def test_max_frames_and_reference_frame(video, tmp_path):
+    out = tmp_path / "short.mp4"
+    argv = ["--source", str(video), "--headless", "--out", str(out), "--backend", "orb"]
+    assert main([*argv, "--max-frames", "5", "--reference-frame", "3"]) == 0
+    assert count_frames(out)[0] == 5
+
+
+def test_keys_set_reference_snapshot_and_quit():
+    frames = [np.roll(cv2.resize(skdata.astronaut()[:, :, ::-1], (W, H)), 6 * i, axis=1) for i in range(3)]
+    app = DemoApp(OpenCVMatcher("orb"))
+    app.step(frames[0])  # the first frame becomes the reference
+    assert np.array_equal(app.reference, frames[0])
+    app.step(frames[2])
+    shift = np.median(app.last[1]["keypoints1"] - app.last[1]["keypoints0"], axis=0)
+    assert shift[0] == pytest.approx(12, abs=1)
+    assert app.handle_key(ord("p")) and app.frozen is not None  # snapshot with numbered matches
+    assert app.frozen.shape == (H, 2 * W, 3)
+    assert app.handle_key(ord("p")) and app.frozen is None  # resume
+    assert app.handle_key(ord("s"))
+    assert np.array_equal(app.reference, frames[2])  # the live frame is the new reference
+    app.step(frames[2])
+    shift = np.median(app.last[1]["keypoints1"] - app.last[1]["keypoints0"], axis=0)
+    assert np.allclose(shift, 0, atol=0.5)
+    assert not app.handle_key(ord("q"))
+
+
+def test_bad_sources_are_clear(tmp_path, capsys):
+    out = ["--headless", "--out", str(tmp_path / "o.mp4"), "--backend", "orb"]
+    assert main(["--source", str(tmp_path / "missing.mp4"), *out]) == 2
+    assert "not found" in capsys.readouterr().err
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    assert main(["--source", str(broken), *out]) == 2
+    assert "cannot open" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--source", str(broken), "--headless"])  # --headless needs --out
+
+
+def test_window_loop_with_scripted_keys(video, tmp_path, monkeypatch):
+    """The window loop, with the window calls replaced: p freezes (snapshot saved), p resumes, q quits."""
+    keys = iter([-1, ord("p"), -1, ord("p"), ord("s"), -1, ord("q")])
+    shown = []
+    monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.shape))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    assert main(["--source", str(video), "--backend", "orb", "--snapshots", str(tmp_path / "snaps")]) == 0
+    assert len(shown) == 7  # one frame per key poll, the frozen one shown twice
+    assert len(list((tmp_path / "snaps").glob("snapshot_*.png"))) == 1

@@ -1,0 +1,108 @@
+"""loftr-kd-match: outputs, homography against a known warp, registration, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from loftr_kd.cli.match import checkerboard, main, warp_onto
+from loftr_kd.evaluation import corner_error
+from loftr_kd.models.student import build_student, save_student
+
+W, H = 320, 240
+H_TRUE = np.array([[0.95, 0.08, 12.0], [-0.06, 1.02, -8.0], [2e-5, -1e-5, 1.0]])  # image0 -> image1
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """``--threads 1`` sets torch's thread count process-wide; give the next test its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pair")
+    image0 = cv2.resize(skdata.astronaut()[:, :, ::-1], (W, H), interpolation=cv2.INTER_AREA)
+    image1 = cv2.warpPerspective(image0, H_TRUE, (W, H))
+    cv2.imwrite(str(root / "a.png"), image0)
+    cv2.imwrite(str(root / "b.jpg"), cv2.cvtColor(image1, cv2.COLOR_BGR2GRAY))  # another size class: gray
+    return root / "a.png", root / "b.jpg"
+
+
+def test_sift_recovers_the_known_homography_and_registers(pair, tmp_path):
+    out, json_path = tmp_path / "out", tmp_path / "m.json"
+    assert (
+        main([str(pair[0]), str(pair[1]), "--backend", "sift", "--out", str(out), "--json", str(json_path)])
+        == 0
+    )
+    record = json.loads(json_path.read_text())
+    assert set(record) >= {"keypoints0", "keypoints1", "confidence", "inliers", "homography"}
+    n = len(record["keypoints0"])
+    assert n > 50 and len(record["keypoints1"]) == len(record["confidence"]) == len(record["inliers"]) == n
+    assert corner_error(np.array(record["homography"]), H_TRUE, W, H) < 1.5
+    for name in ("matches.png", "registered_overlay.png", "registered_checkerboard.png", "homography.txt"):
+        assert (out / name).is_file(), name
+    # Registered image1 agrees with image0 where it is defined.
+    image0 = cv2.imread(str(pair[0]), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    warped = warp_onto(image0, cv2.imread(str(pair[1]), cv2.IMREAD_GRAYSCALE), np.array(record["homography"]))
+    valid = warp_onto(image0, np.full((H, W), 255, np.uint8), np.array(record["homography"])) == 255
+    assert np.abs(warped[valid] - image0[valid]).mean() < 12
+    canvas = cv2.imread(str(out / "matches.png"))
+    assert canvas.shape == (H, 2 * W, 3)
+
+
+def test_checkerboard_alternates_tiles():
+    a, b = np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8)
+    board = checkerboard(a, b, tile=32)
+    assert board[0, 0, 0] == 0 and board[0, 40, 0] == 200 and board[40, 0, 0] == 200 and board[40, 40, 0] == 0
+
+
+def test_student_backend_writes_json(pair, tmp_path):
+    torch.manual_seed(0)
+    weights = save_student(
+        build_student(input_height=H, input_width=W, match_threshold=0.0), tmp_path / "s.pt"
+    )
+    json_path = tmp_path / "m.json"
+    argv = [str(pair[0]), str(pair[1]), "--backend", "torch", "--weights", str(weights), "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--json", str(json_path), "--ransac", "ransac"]) == 0
+    record = json.loads(json_path.read_text())
+    assert len(record["keypoints0"]) > 0 and record["ransac"]["method"] == "ransac"
+    points = np.array(record["keypoints0"])
+    cells = (points + 0.5) / 16 - 0.5  # the images are at the model size: keypoints are cell centres
+    np.testing.assert_allclose(cells, np.round(cells), atol=1e-3)
+
+
+def test_clear_errors(pair, tmp_path, capsys, monkeypatch):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"garbage")
+    assert main([str(junk), str(pair[1]), "--backend", "orb", "--out", str(tmp_path)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.png"), str(pair[1]), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+    monkeypatch.setattr("loftr_kd.paths.DEFAULT_STUDENT_WEIGHTS", tmp_path / "student_paper.pt")
+    assert main([str(pair[0]), str(pair[1]), "--out", str(tmp_path)]) == 2
+    assert "make train" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((12, 12), np.uint8))
+    weights = save_student(build_student(input_height=H, input_width=W), tmp_path / "s.pt")
+    assert (
+        main(
+            [str(pair[0]), str(tiny), "--backend", "torch", "--weights", str(weights), "--out", str(tmp_path)]
+        )
+        == 2
+    )
+    assert "too small" in capsys.readouterr().err
+    payload = torch.load(weights, weights_only=True)
+    payload["state_dict"] = {k: v for k, v in list(payload["state_dict"].items())[2:]}
+    torch.save(payload, tmp_path / "broken.pt")
+    argv = [str(pair[0]), str(pair[1]), "--backend", "torch", "--weights", str(tmp_path / "broken.pt")]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "missing keys" in capsys.readouterr().err

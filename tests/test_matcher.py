@@ -1,0 +1,249 @@
+"""Matcher API: letterbox geometry, keypoints in original pixels, backends, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from loftr_kd.matcher import (
+    Letterbox,
+    Matcher,
+    MatcherError,
+    build_matcher,
+    letterbox,
+    to_gray_float,
+)
+from loftr_kd.models.student import build_student, save_student
+
+H_IN, W_IN, STRIDE = 240, 320, 16
+
+
+def photo(width: int, height: int, name: str = "astronaut") -> np.ndarray:
+    image = getattr(skdata, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, -1)
+    return cv2.resize(np.ascontiguousarray(image[:, :, 2::-1]), (width, height), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """``num_threads=1`` sets torch's thread count process-wide; give the next test its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student_weights(tmp_path_factory) -> Path:
+    """A randomly initialised student (threshold 0, so it always returns matches) at 240x320."""
+    torch.manual_seed(0)
+    model = build_student(input_height=H_IN, input_width=W_IN, match_threshold=0.0)
+    return save_student(model, tmp_path_factory.mktemp("weights") / "student.pt")
+
+
+# ------------------------------------------------------------------------------ preprocessing
+def test_to_gray_float_modes():
+    bgr = photo(32, 24)
+    gray = to_gray_float(bgr)
+    assert gray.shape == (24, 32) and gray.dtype == np.float32 and 0 <= gray.min() <= gray.max() <= 1
+    np.testing.assert_allclose(to_gray_float(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)), gray, atol=1e-6)
+    np.testing.assert_allclose(to_gray_float(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)), gray, atol=1e-6)
+    np.testing.assert_allclose(to_gray_float(gray[:, :, None]), gray)
+    assert to_gray_float(np.full((4, 4), 65535, np.uint16)).max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="gray, BGR or BGRA"):
+        to_gray_float(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(TypeError):
+        to_gray_float([[0, 1]])
+
+
+@pytest.mark.parametrize("size", [(640, 480), (500, 120), (100, 300), (320, 240)])
+def test_letterbox_maps_a_bright_spot_where_the_geometry_says(size):
+    """The centroid of a blob drawn in the original lands at ``to_model`` of its position."""
+    width, height = size
+    spot = np.array([width * 0.37, height * 0.61])
+    image = np.zeros((height, width), np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image[:] = np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2) / (2 * (0.04 * max(size)) ** 2))
+    padded, box = letterbox(image, H_IN, W_IN)
+    assert padded.shape == (H_IN, W_IN)
+    assert box.content_width == W_IN or box.content_height == H_IN  # fits one side exactly
+    assert abs(box.content_width / width - box.content_height / height) < 0.02  # aspect kept
+    assert not padded[box.content_height :].any() and not padded[:, box.content_width :].any()
+    my, mx = np.mgrid[0:H_IN, 0:W_IN]
+    centroid = np.array([(padded * mx).sum(), (padded * my).sum()]) / padded.sum()
+    np.testing.assert_allclose(centroid, box.to_model(spot[None])[0], atol=0.35)
+    np.testing.assert_allclose(box.to_original(box.to_model(spot[None])), spot[None])
+
+
+def test_letterbox_content_test_and_too_small():
+    box = Letterbox(100, 400, 80, 320, 240, 320)  # a 4:1 image fills the top 80 rows
+    inside = box.in_content(np.array([[10.0, 70.0], [10.0, 79.5], [10.0, 80.0], [319.5, 10.0]]))
+    assert inside.tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="too small"):
+        letterbox(np.zeros((20, 400), np.float32), H_IN, W_IN, min_side=32)
+
+
+# ------------------------------------------------------------------------------ student backends
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_keypoints_are_cell_centres_in_original_pixels(student_weights, tmp_path, backend):
+    """A 640x480 image is halved into the 320x240 input: cell centres map to (c + 0.5) * 32 - 0.5."""
+    matcher = Matcher(student_weights, backend=backend, cache_dir=tmp_path)
+    image0 = photo(640, 480)
+    image1 = np.roll(image0, 32, axis=1)
+    result = matcher(image0, image1)
+    assert set(result) == {"keypoints0", "keypoints1", "confidence"}
+    assert len(result["keypoints0"]) > 0
+    for key in ("keypoints0", "keypoints1"):
+        points = result[key]
+        assert points.dtype == np.float32 and points.shape == (len(result["confidence"]), 2)
+        cells = (points + 0.5) / 32 - 0.5
+        np.testing.assert_allclose(cells, np.round(cells), atol=1e-4)
+        assert (points >= 0).all() and (points[:, 0] < 640).all() and (points[:, 1] < 480).all()
+
+
+def test_matches_in_padding_are_dropped(student_weights):
+    """A 640x160 image fills only the top 80 model rows: no keypoint may come from the padding."""
+    matcher = Matcher(student_weights, backend="torch", num_threads=1)
+    wide = photo(640, 160, "coffee")
+    result = matcher(wide, wide)
+    assert len(result["keypoints0"]) > 0
+    assert (result["keypoints0"][:, 1] <= 159.5).all() and (result["keypoints1"][:, 1] <= 159.5).all()
+
+
+def test_torch_and_onnx_agree_and_cache_is_reused(student_weights):
+    image0, image1 = photo(320, 240, "chelsea"), photo(320, 240, "coffee")
+    torch_out = Matcher(student_weights, backend="torch", num_threads=1)(image0, image1)
+    first = Matcher(student_weights, backend="onnx", num_threads=1)
+    cached = first.onnx_path
+    assert cached.parent == student_weights.parent / ".onnx_cache" and first.num_threads == 1
+    mtime = cached.stat().st_mtime_ns
+    second = Matcher(student_weights, backend="onnx")
+    assert second.onnx_path == cached and cached.stat().st_mtime_ns == mtime
+    onnx_out = second(image0, image1)
+    np.testing.assert_array_equal(torch_out["keypoints0"], onnx_out["keypoints0"])
+    np.testing.assert_array_equal(torch_out["keypoints1"], onnx_out["keypoints1"])
+    np.testing.assert_allclose(torch_out["confidence"], onnx_out["confidence"], atol=1e-4)
+    # The exported file alone carries its geometry (student_config metadata).
+    direct = Matcher(cached, backend="onnx")
+    assert (direct.input_height, direct.input_width, direct.stride) == (H_IN, W_IN, STRIDE)
+    np.testing.assert_array_equal(direct(image0, image1)["keypoints0"], onnx_out["keypoints0"])
+
+
+def test_threshold_override(student_weights):
+    image0, image1 = photo(320, 240), photo(320, 240, "chelsea")
+    loose = Matcher(student_weights, backend="torch", num_threads=1)(image0, image1)
+    strict = Matcher(student_weights, backend="torch", threshold=0.999, num_threads=1)(image0, image1)
+    assert len(strict["confidence"]) < len(loose["confidence"])
+    assert (strict["confidence"] >= 0.999).all()
+
+
+def test_baked_threshold_cannot_be_lowered(tmp_path):
+    weights = save_student(
+        build_student(input_height=H_IN, input_width=W_IN, match_threshold=0.3), tmp_path / "s.pt"
+    )
+    onnx_path = Matcher(weights, backend="onnx").onnx_path
+    assert Matcher(onnx_path, backend="onnx", threshold=0.5).threshold == 0.5
+    with pytest.raises(MatcherError, match="below 0.3 baked"):
+        Matcher(onnx_path, backend="onnx", threshold=0.1)
+    with pytest.raises(MatcherError, match="use backend='onnx'"):
+        Matcher(onnx_path, backend="torch", num_threads=1)
+
+
+# ------------------------------------------------------------------------------ errors
+def test_missing_default_weights_explains_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setattr("loftr_kd.paths.DEFAULT_STUDENT_WEIGHTS", tmp_path / "student_paper.pt")
+    with pytest.raises(FileNotFoundError, match="make train"):
+        Matcher()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Matcher(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Matcher(tmp_path / "nope.pt", backend="tflite")
+
+
+def test_weights_that_do_not_fit_their_config(student_weights, tmp_path):
+    payload = torch.load(student_weights, weights_only=True)
+    payload["student_config"]["d_model"] = 64  # the stored tensors are 32-wide
+    payload["student_config"]["block_dims"] = [8, 16, 32, 64]
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(MatcherError, match="bad.pt"):
+        Matcher(bad, backend="torch", num_threads=1)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(MatcherError, match="junk.pt"):
+        Matcher(junk, backend="onnx")
+
+
+def test_image_too_small(student_weights):
+    matcher = Matcher(student_weights, backend="torch", num_threads=1)
+    with pytest.raises(ValueError, match="too small"):
+        matcher(photo(320, 240), np.zeros((20, 300), np.uint8))
+
+
+def test_tensorrt_backend_unavailable_is_clear(tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    engine = tmp_path / "student.engine"
+    engine.write_bytes(b"\0")
+    with pytest.raises(MatcherError, match="TensorRT"):
+        Matcher(engine, backend="trt")
+    with pytest.raises(MatcherError, match="backend='trt'"):
+        Matcher(engine, backend="onnx")
+
+
+# ------------------------------------------------------------------------------ classical + package
+@pytest.mark.parametrize("method", ["orb", "sift"])
+def test_opencv_matcher_recovers_a_translation(method):
+    image0 = photo(320, 240)
+    image1 = np.roll(image0, (7, 12), axis=(0, 1))
+    result = build_matcher(method)(image0, cv2.cvtColor(image1, cv2.COLOR_BGR2GRAY))
+    shift = np.median(result["keypoints1"] - result["keypoints0"], axis=0)
+    np.testing.assert_allclose(shift, [12, 7], atol=0.5)
+    assert len(result["confidence"]) > 50
+
+
+def test_package_import_stays_light():
+    code = "import sys, loftr_kd; assert 'torch' not in sys.modules and 'cv2' not in sys.modules; print(loftr_kd.Matcher.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Matcher"
+
+
+@pytest.mark.skipif(
+    not __import__("loftr_kd.paths", fromlist=["x"]).DEFAULT_STUDENT_WEIGHTS.is_file(),
+    reason="no shipped student",
+)
+def test_shipped_student_matches_a_translated_photo():
+    image0 = photo(640, 480)
+    image1 = np.roll(image0, (32, 64), axis=(0, 1))
+    result = Matcher(backend="onnx")(image0, image1)
+    error = np.linalg.norm(result["keypoints1"] - result["keypoints0"] - [64, 32], axis=1)
+    assert len(error) > 20 and np.mean(error < 24) > 0.5
+
+
+@pytest.mark.gpu
+def test_tensorrt_backend_matches_onnx(student_weights, tmp_path):
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from loftr_kd.export.tensorrt import build_engine
+
+    onnx_matcher = Matcher(student_weights, backend="onnx", cache_dir=tmp_path)
+    engine = build_engine(onnx_matcher.onnx_path, tmp_path / "student.engine", fp16=False)
+    trt_matcher = Matcher(engine, backend="trt")
+    assert (trt_matcher.input_height, trt_matcher.input_width, trt_matcher.stride) == (H_IN, W_IN, STRIDE)
+    image0, image1 = photo(640, 480), photo(640, 480, "chelsea")
+    expected, got = onnx_matcher(image0, image1), trt_matcher(image0, image1)
+    np.testing.assert_array_equal(expected["keypoints0"], got["keypoints0"])
+    np.testing.assert_allclose(expected["confidence"], got["confidence"], atol=1e-3)
