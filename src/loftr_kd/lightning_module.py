@@ -46,7 +46,8 @@ def match_metrics(
         counts (as float tensors, summed over the batch) from which precision/recall follow:
         ``predicted`` (predictions at cells whose true position is known), ``correct`` (the predicted cell
         centre lies within one cell, L∞ < stride, of the true position), ``exact`` (predicted cell ==
-        ground-truth cell), ``gt`` (ground-truth matches), ``recalled`` (gt matches predicted exactly).
+        ground-truth cell), ``gt`` (ground-truth matches), ``recalled`` (gt matches predicted exactly),
+        ``pairs`` (image pairs).
     """
     w = image_width // stride
     predicted = match_ids >= 0  # (B, L0)
@@ -63,6 +64,7 @@ def match_metrics(
         "exact": exact.sum().float(),
         "gt": has_gt.sum().float(),
         "recalled": exact.sum().float(),
+        "pairs": torch.tensor(float(match_ids.shape[0]), device=match_ids.device),
     }
 
 
@@ -201,7 +203,7 @@ class DistillationModule(pl.LightningModule):
             self.log(f"val/{who}/precision", precision, prog_bar=who == "student")
             self.log(f"val/{who}/exact_precision", counts["exact"] / counts["predicted"].clamp(min=1))
             self.log(f"val/{who}/recall", counts["recalled"] / counts["gt"].clamp(min=1))
-            self.log(f"val/{who}/matches_per_pair", counts["predicted"])
+            self.log(f"val/{who}/matches_per_pair", counts["predicted"] / counts["pairs"].clamp(min=1))
         if "teacher" in self._val_counts:
             self._teacher_validated = True
         if self.monitoring.log_match_images and self._vis_batch is not None:
