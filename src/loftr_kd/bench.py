@@ -141,13 +141,16 @@ def _student_model(name: str, height: int, width: int, settings: BenchSettings):
     """A student preset (conf/student/<name>.yaml) at the size, with checkpoint weights when given."""
     from omegaconf import OmegaConf
 
+    from loftr_kd.models.fast_backbone import reparameterize_for_inference
     from loftr_kd.models.student import build_student, load_student
 
     ckpt = settings.student_checkpoints.get(name)
     if ckpt:
-        return load_student(ckpt, input_height=height, input_width=width).eval(), f"weights {Path(ckpt).name}"
+        model = load_student(ckpt, input_height=height, input_width=width)
+        return reparameterize_for_inference(model, inplace=True), f"weights {Path(ckpt).name}"
     if Path(name).suffix in (".pt", ".ckpt"):
-        return load_student(name, input_height=height, input_width=width).eval(), f"weights {Path(name).name}"
+        model = load_student(name, input_height=height, input_width=width)
+        return reparameterize_for_inference(model, inplace=True), f"weights {Path(name).name}"
     from loftr_kd.paths import CONFIG_DIR
 
     path = Path(settings.config_dir or CONFIG_DIR) / "student" / f"{name}.yaml"
@@ -156,7 +159,7 @@ def _student_model(name: str, height: int, width: int, settings: BenchSettings):
     values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     values.pop("_target_", None)
     values.update(input_height=height, input_width=width)
-    return build_student(**values).eval(), "random init (timing only)"
+    return reparameterize_for_inference(build_student(**values), inplace=True), "random init (timing only)"
 
 
 def _torch_device(settings: BenchSettings) -> str:

@@ -33,6 +33,7 @@ from torch import nn
 
 from loftr_kd import __version__
 from loftr_kd.export import checks
+from loftr_kd.models.fast_backbone import reparameterize_for_inference
 
 MATCH_IDS_DTYPE = "int32"
 
@@ -120,7 +121,8 @@ def export_onnx(
 
     was_training = model.training
     model = model.eval()
-    wrapper = ExportWrapper(model, with_confidence).eval()
+    # RepVGG-style blocks (the `fast` backbone) are fused to plain convolutions on a copy; a no-op otherwise.
+    wrapper = ExportWrapper(reparameterize_for_inference(model), with_confidence).eval()
     # A dynamic dim traced at size 1 gets specialised by torch.export (0/1 specialisation): trace at >= 2.
     example_batch = max(batch, 2) if dynamic else batch
     example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, height, width))

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-BACKBONES = ("resnet_fpn",)
+BACKBONES = ("resnet_fpn", "fast")  # "fast": loftr_kd.models.fast_backbone
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -131,6 +131,10 @@ def check_backbone_config(
     """Raise ``ValueError`` if the sizes don't fit the named backbone."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+    if backbone == "fast":
+        from loftr_kd.models.fast_backbone import check_fast_config
+
+        check_fast_config(coarse_stride, initial_dim, tuple(block_dims), d_model)
     if backbone == "resnet_fpn":
         if initial_dim < 1 or any(d < 1 for d in block_dims):
             raise ValueError(f"initial_dim and block_dims must be positive, got {initial_dim}, {block_dims}")
@@ -174,4 +178,10 @@ def build_backbone(
         The backbone module.
     """
     check_backbone_config(backbone, coarse_stride, initial_dim, block_dims, d_model)
+    if backbone == "fast":
+        if keep_unused_fpn:
+            raise ValueError("keep_unused_fpn applies only to the resnet_fpn backbone")
+        from loftr_kd.models.fast_backbone import FastBackbone
+
+        return FastBackbone(initial_dim, tuple(block_dims))
     return ResNetFPNCoarse(initial_dim, tuple(block_dims), keep_unused_fpn)
