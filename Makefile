@@ -59,7 +59,8 @@ synth: $(STAMP) ## Generate the synthetic BlendedMVS-layout scenes: make synth A
 
 rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outputs/train/runs/<run>
 	@test -n "$(RUN)" || { echo "usage: make rerun RUN=outputs/train/runs/<run>"; exit 2; }
-	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config $(ARGS)
+	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config \
+		"hydra.run.dir=outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(ARGS)
 
 clean: ## Remove caches and build artefacts (keeps .venv, data/, outputs/, weights/)
 	rm -rf build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

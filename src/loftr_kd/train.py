@@ -289,6 +289,11 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(output_dir / "run_info.json", run_metadata())
+    # .hydra/config.yaml keeps the interpolations (it is what `make rerun` composes); this one is resolved.
+    resolved = {k: v for k, v in cfg.items() if k != "hydra"}
+    (output_dir / "config_resolved.yaml").write_text(
+        OmegaConf.to_yaml(OmegaConf.create(resolved), resolve=True)
+    )
 
     datamodule = hydra.utils.instantiate(cfg.data)
     student = hydra.utils.instantiate(cfg.student)

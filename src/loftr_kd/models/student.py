@@ -187,7 +187,9 @@ class CoarseLoFTRStudent(nn.Module):
         """
         self._check_images(image0, image1)
         if image0.shape == image1.shape:  # one backbone pass on the pair, as LoFTR (shared BN statistics)
-            feat_c0, feat_c1 = self.backbone(torch.cat([image0, image1], dim=0)).chunk(2, dim=0)  # (B, C, h, w)
+            feat_c0, feat_c1 = self.backbone(torch.cat([image0, image1], dim=0)).chunk(
+                2, dim=0
+            )  # (B, C, h, w)
         else:
             feat_c0, feat_c1 = self.backbone(image0), self.backbone(image1)  # (B, C, h0, w0), (B, C, h1, w1)
         grid0, grid1 = (feat_c0.shape[2], feat_c0.shape[3]), (feat_c1.shape[2], feat_c1.shape[3])
