@@ -46,8 +46,8 @@ def match_metrics(
         counts (as float tensors, summed over the batch) from which precision/recall follow:
         ``predicted`` (predictions at cells whose true position is known), ``correct`` (the predicted cell
         centre lies within one cell, L∞ < stride, of the true position), ``exact`` (predicted cell ==
-        ground-truth cell), ``gt`` (ground-truth matches), ``recalled`` (gt matches predicted exactly),
-        ``pairs`` (image pairs).
+        ground-truth cell), ``gt`` (ground-truth matches), ``recalled`` (ground-truth matches whose cell
+        has a correct prediction, same criterion as ``correct``), ``pairs`` (image pairs).
     """
     w = image_width // stride
     predicted = match_ids >= 0  # (B, L0)
@@ -57,13 +57,14 @@ def match_metrics(
     pred_xy = (pred_xy + 0.5) * stride - 0.5  # (B, L0, 2) cell centres in pixels
     error = (pred_xy - gt.points1.float()).abs().amax(-1)  # (B, L0) L∞ pixel error
     has_gt = gt.match_ids >= 0
+    correct = judged & (error < stride)
     exact = predicted & has_gt & (match_ids == gt.match_ids)
     return {
         "predicted": judged.sum().float(),
-        "correct": (judged & (error < stride)).sum().float(),
+        "correct": correct.sum().float(),
         "exact": exact.sum().float(),
         "gt": has_gt.sum().float(),
-        "recalled": exact.sum().float(),
+        "recalled": (correct & has_gt).sum().float(),
         "pairs": torch.tensor(float(match_ids.shape[0]), device=match_ids.device),
     }
 
@@ -200,9 +201,16 @@ class DistillationModule(pl.LightningModule):
             if self.trainer.world_size > 1:
                 counts = {k: self.all_gather(v).sum() for k, v in counts.items()}
             precision = counts["correct"] / counts["predicted"].clamp(min=1)
+            recall = counts["recalled"] / counts["gt"].clamp(min=1)
             self.log(f"val/{who}/precision", precision, prog_bar=who == "student")
             self.log(f"val/{who}/exact_precision", counts["exact"] / counts["predicted"].clamp(min=1))
-            self.log(f"val/{who}/recall", counts["recalled"] / counts["gt"].clamp(min=1))
+            self.log(f"val/{who}/recall", recall)
+            # F1 picks the best checkpoint: precision alone rewards a student that matches almost nothing.
+            self.log(
+                f"val/{who}/f1",
+                2 * precision * recall / (precision + recall).clamp(min=1e-9),
+                prog_bar=who == "student",
+            )
             self.log(f"val/{who}/matches_per_pair", counts["predicted"] / counts["pairs"].clamp(min=1))
         if "teacher" in self._val_counts:
             self._teacher_validated = True

@@ -171,6 +171,20 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
     return hydra.utils.instantiate(trainer_cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _best_score(trainer: pl.Trainer) -> float | None:
+    """The best value of the monitored metric (what sweepers optimise)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for callback in trainer.callbacks:
+        if (
+            isinstance(callback, ModelCheckpoint)
+            and callback.monitor
+            and callback.best_model_score is not None
+        ):
+            return float(callback.best_model_score)
+    return None
+
+
 def _best_checkpoint(trainer: pl.Trainer, output_dir: Path) -> Path | None:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -310,16 +324,23 @@ def train(cfg: DictConfig) -> float | None:
     )
     trainer = build_trainer(cfg, output_dir)
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
+    start: dict[str, float] = {}
     if cfg.get("validate_before_training") and not ckpt_path:
-        trainer.validate(model, datamodule=datamodule, verbose=False)
+        start = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
     }
     best = _best_checkpoint(trainer, output_dir)
+    best_score = _best_score(trainer)
     summary: dict[str, Any] = {
         "output_dir": str(output_dir),
+        "optimized_metric": {
+            "name": str(cfg.optimized_metric),
+            "before_training": start.get(str(cfg.optimized_metric)),
+            "best": best_score,
+        },
         "student_parameters": count_parameters(student),
         "teacher": teacher is not None,
         "final_metrics": metrics,
@@ -331,9 +352,11 @@ def train(cfg: DictConfig) -> float | None:
         else:
             _say("Export: skipped — no checkpoint was written.")
         _write_json_atomic(output_dir / "summary.json", summary)
+        name = str(cfg.optimized_metric)
+        if name in start and best_score is not None:
+            _say(f"Learning: {name} {start[name]:.3f} before training -> {best_score:.3f} best ({best}).")
         _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
-    value = metrics.get(str(cfg.get("optimized_metric")))
-    return value
+    return best_score if best_score is not None else metrics.get(str(cfg.get("optimized_metric")))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
