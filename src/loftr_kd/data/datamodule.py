@@ -130,6 +130,9 @@ class PairDataModule(pl.LightningDataModule):
             self._setup_blendedmvs()
         else:
             self._setup_homography()
+        counts = self.bad_data_counts()
+        if any(counts.values()):
+            self.summary["bad data"] = counts
         rank_zero_info(
             "[data] "
             + ", ".join(f"{k}: {v}" for k, v in self.summary.items() if not isinstance(v, (list, dict)))
@@ -181,9 +184,6 @@ class PairDataModule(pl.LightningDataModule):
             "pairs per epoch": self.pairs_per_epoch,
             "size": f"{self.width}x{self.height}",
         }
-        counts = self.bad_data_counts()
-        if any(counts.values()):
-            self.summary["bad data"] = counts
 
     def _setup_homography(self) -> None:
         options = {
@@ -213,9 +213,6 @@ class PairDataModule(pl.LightningDataModule):
             "pairs per epoch": self.pairs_per_epoch,
             "size": f"{self.width}x{self.height}",
         }
-        counts = self.bad_data_counts()
-        if any(counts.values()):
-            self.summary["bad data"] = counts
 
     def _fixed_subset(self, dataset: Dataset) -> Dataset:
         """Deterministic validation subset of ``val_pairs`` pairs (all when fewer)."""

@@ -30,6 +30,16 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+def init_conv_bn(module: nn.Module) -> None:
+    """LoFTR's initialisation: Kaiming-normal convolutions, BatchNorm as identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 conv + BN, identity (or strided 1x1 projection) shortcut."""
 
@@ -98,12 +108,7 @@ class ResNetFPNCoarse(nn.Module):
                 self.add_module(f"layer{level}_outconv2", outconv2)
                 unused += [outconv, outconv2]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_conv_bn(self)
         for module in unused:
             module.requires_grad_(False)
 

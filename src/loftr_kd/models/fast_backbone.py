@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from loftr_kd.models.backbone import init_conv_bn
+
 __all__ = [
     "FastBackbone",
     "RepConvBlock",
@@ -137,12 +139,7 @@ class FastBackbone(nn.Module):
             in_channels = dim
         self.layers = nn.Sequential(*layers)
         self.outconv = nn.Conv2d(in_channels, in_channels, 1, bias=False)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_conv_bn(self)
 
     @property
     def is_reparameterized(self) -> bool:
