@@ -280,3 +280,40 @@ def test_training_learns(tmp_path: Path) -> None:
     matches = [v for _, v in sorted(scalars["val/student/matches_per_pair"])]
     assert metric["best"] > metric["before_training"] + 0.05, (metric, precision, matches)
     assert precision[-1] > precision[0] + 0.3 and matches[-1] >= 3, (precision, matches)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(scenes: Path, tmp_path: Path) -> None:
+    """Lightning DDP (gloo) under Hydra: two ranks, disjoint pair shards, one run directory."""
+    run = tmp_path / "ddp"
+    subprocess.run(
+        _train_cmd(run, scenes, "trainer=ddp_cpu", "data.pairs_per_epoch=16"),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4  # 16 pairs / 2 ranks / batch 2
+    assert json.loads((run / "summary.json").read_text())["best_checkpoint"]
+
+
+@pytest.mark.slow
+def test_optuna_sweep(scenes: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = [c for c in _train_cmd(tmp_path / "unused", scenes) if not c.startswith("hydra.run.dir")]
+    subprocess.run(
+        [
+            *cmd[:3],
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={sweep}",
+            *cmd[3:],
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "optim.optimizer.lr" in results
+    assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()

@@ -17,7 +17,7 @@ class DataHealth(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         counts = datamodule.bad_data_counts() if hasattr(datamodule, "bad_data_counts") else {}
         for name, value in counts.items():
-            pl_module.log(f"data/{name}", float(value), rank_zero_only=True)
+            pl_module.log(f"data/{name}", float(value), sync_dist=True, reduce_fx="sum")
         if any(counts.values()):
             listed = ", ".join(f"{name} {value}" for name, value in counts.items())
             rank_zero_info(f"[data] epoch {trainer.current_epoch}: bad data so far — {listed}")

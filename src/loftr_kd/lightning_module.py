@@ -202,16 +202,18 @@ class DistillationModule(pl.LightningModule):
                 counts = {k: self.all_gather(v).sum() for k, v in counts.items()}
             precision = counts["correct"] / counts["predicted"].clamp(min=1)
             recall = counts["recalled"] / counts["gt"].clamp(min=1)
-            self.log(f"val/{who}/precision", precision, prog_bar=who == "student")
-            self.log(f"val/{who}/exact_precision", counts["exact"] / counts["predicted"].clamp(min=1))
-            self.log(f"val/{who}/recall", recall)
-            # F1 picks the best checkpoint: precision alone rewards a student that matches almost nothing.
-            self.log(
-                f"val/{who}/f1",
-                2 * precision * recall / (precision + recall).clamp(min=1e-9),
-                prog_bar=who == "student",
-            )
-            self.log(f"val/{who}/matches_per_pair", counts["predicted"] / counts["pairs"].clamp(min=1))
+            # The counts are already summed over ranks, so every rank logs the same values.
+            metrics = {
+                "precision": precision,
+                "exact_precision": counts["exact"] / counts["predicted"].clamp(min=1),
+                "recall": recall,
+                # F1 picks the best checkpoint: precision alone rewards a student that matches almost nothing.
+                "f1": 2 * precision * recall / (precision + recall).clamp(min=1e-9),
+                "matches_per_pair": counts["predicted"] / counts["pairs"].clamp(min=1),
+            }
+            for name, value in metrics.items():
+                show = who == "student" and name in ("precision", "f1")
+                self.log(f"val/{who}/{name}", value, prog_bar=show, sync_dist=True)
         if "teacher" in self._val_counts:
             self._teacher_validated = True
         if self.monitoring.log_match_images and self._vis_batch is not None:
