@@ -139,3 +139,25 @@ def test_image_truncated_after_header_is_replaced_on_load(folder):
     assert dataset.bad_data_counts["replaced_on_load"] == 1
     with pytest.raises(Exception, match="b.png"):
         HomographyPairDataset(folder, H, W, images=dataset.images)[1]
+
+
+def test_hpatches_layout_export_reads_back_with_exact_homographies(tmp_path):
+    from loftr_kd.data.homography import write_hpatches_layout
+    from loftr_kd.evaluation import load_hpatches
+
+    rng = np.random.default_rng(1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(
+        str(photos / "a.png"), cv2.GaussianBlur((rng.random((120, 160)) * 255).astype(np.uint8), (0, 0), 1.5)
+    )
+    dataset = HomographyPairDataset(photos, height=64, width=96, seed=4, photometric_strength=0.0)
+    write_hpatches_layout(dataset, tmp_path / "hp", 3)
+    pairs = load_hpatches(tmp_path / "hp")
+    assert len(pairs) == 3
+    for pair, index in zip(pairs, range(3)):
+        np.testing.assert_allclose(pair.H, dataset[index]["H_0to1"].numpy(), rtol=1e-6, atol=1e-6)
+        image1 = cv2.imread(str(pair.path1), cv2.IMREAD_GRAYSCALE)
+        assert image1.shape == (64, 96)
+        expected = (dataset[index]["image1"][0].numpy() * 255.0).round()
+        np.testing.assert_array_equal(image1, expected)
