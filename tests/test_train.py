@@ -317,3 +317,29 @@ def test_optuna_sweep(scenes: Path, tmp_path: Path) -> None:
     results = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in results and "optim.optimizer.lr" in results
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()
+
+
+def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> None:
+    from loftr_kd.models.student import build_student, save_student
+
+    cfg_student = _cfg(tmp_path / "probe", scenes).student
+    start = build_student(**{k: v for k, v in cfg_student.items() if k != "_target_"})
+    torch.nn.init.normal_(start.loftr_coarse.layers[0].q_proj.weight, std=0.5)  # unlike a fresh init
+    weights = save_student(start, tmp_path / "start.pt")
+    run = tmp_path / "run"
+    # lr = 0: the trained parameters must still be exactly the ones we started from.
+    train(
+        _cfg(
+            run,
+            scenes,
+            f"init_weights={weights}",
+            "optim.optimizer.lr=0.0",
+            "trainer.max_epochs=1",
+            "deploy.enabled=false",
+        )
+    )
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+    for name, param in start.named_parameters():
+        torch.testing.assert_close(final[f"student.{name}"], param.detach(), msg=name)
