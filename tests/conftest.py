@@ -16,3 +16,11 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Some tests set torch's thread count process-wide (``Matcher(num_threads=1)``, ``--threads 1``)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -19,14 +19,6 @@ from loftr_kd.models.student import build_student, save_student
 W, H, FRAMES = 320, 240, 12
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """``--threads 1`` sets torch's thread count process-wide; give the next test its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     """A photo panning 4 px per frame, written with cv2.VideoWriter (mp4v)."""

@@ -19,14 +19,6 @@ W, H = 320, 240
 H_TRUE = np.array([[0.95, 0.08, 12.0], [-0.06, 1.02, -8.0], [2e-5, -1e-5, 1.0]])  # image0 -> image1
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """``--threads 1`` sets torch's thread count process-wide; give the next test its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("pair")

@@ -32,14 +32,6 @@ def photo(width: int, height: int, name: str = "astronaut") -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(image[:, :, 2::-1]), (width, height), interpolation=cv2.INTER_AREA)
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """``num_threads=1`` sets torch's thread count process-wide; give the next test its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def student_weights(tmp_path_factory) -> Path:
     """A randomly initialised student (threshold 0, so it always returns matches) at 240x320."""
