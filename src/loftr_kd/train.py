@@ -171,26 +171,26 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
     return hydra.utils.instantiate(trainer_cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _best_score(trainer: pl.Trainer) -> float | None:
-    """The best value of the monitored metric (what sweepers optimise)."""
+def _monitor_checkpoint(trainer: pl.Trainer) -> Any | None:
+    """The ModelCheckpoint that tracks the optimised metric (``best_checkpoint`` in conf/callbacks)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    for callback in trainer.callbacks:
-        if (
-            isinstance(callback, ModelCheckpoint)
-            and callback.monitor
-            and callback.best_model_score is not None
-        ):
-            return float(callback.best_model_score)
-    return None
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+
+
+def _best_score(trainer: pl.Trainer) -> float | None:
+    """The best value of the monitored metric (what sweepers optimise)."""
+    callback = _monitor_checkpoint(trainer)
+    if callback is None or callback.best_model_score is None:
+        return None
+    return float(callback.best_model_score)
 
 
 def _best_checkpoint(trainer: pl.Trainer, output_dir: Path) -> Path | None:
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_path:
-            return Path(callback.best_model_path)
+    """The best checkpoint, else ``last.ckpt`` (a run without the monitored metric)."""
+    callback = _monitor_checkpoint(trainer)
+    if callback is not None and callback.best_model_path:
+        return Path(callback.best_model_path)
     last = output_dir / "checkpoints" / "last.ckpt"
     return last if last.exists() else None
 
