@@ -122,11 +122,35 @@ def test_stride8_layout() -> None:
         ({"block_dims": [8, 16, 32, 32]}, "needs 3 block_dims"),
         ({"block_dims": [16, 32, 64]}, "must equal d_model"),
         ({"initial_dim": 0}, "must be positive"),
+        ({"block_depths": [1, 3]}, "count >= 0 of stride-1 blocks per stage"),
+        ({"block_depths": [1, -1, 3]}, "count >= 0 of stride-1 blocks per stage"),
+        (
+            {"backbone": "resnet_fpn", "block_dims": [8, 16, 32, 32], "block_depths": [1, 1, 1, 1]},
+            "only to the fast",
+        ),
     ],
 )
 def test_bad_config_raises(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StudentConfig(**{**FAST, **changes})
+
+
+def test_block_depths_set_blocks_per_stage() -> None:
+    """``block_depths`` reaches the backbone from the config (and a Hydra override) and sets its depth."""
+
+    def rep_blocks(model: CoarseLoFTRStudent) -> int:
+        return sum(isinstance(m, RepConvBlock) for m in model.backbone.modules())
+
+    preset = fast_preset(64, 96)
+    assert preset.config.block_depths == (1, 1, 3) == stage_depths(3)
+    assert rep_blocks(preset) == 1 + 3 + (1 + 1 + 3)  # stem + one stride-2 conv per stage + stride-1 blocks
+    assert rep_blocks(build_student(input_height=64, input_width=96, **FAST)) == rep_blocks(preset)
+    deeper = build_student(
+        input_height=64, input_width=96, **{**FAST, "block_depths": OmegaConf.create([0, 2, 4])}
+    )
+    assert deeper.config.block_depths == (0, 2, 4)
+    assert rep_blocks(deeper) == 1 + 3 + 6
+    assert deeper(*shifted_pair(64, 96)).similarity.shape == (1, 24, 24)
 
 
 def test_keep_unused_fpn_rejected() -> None:
@@ -268,3 +292,12 @@ def test_profile_students_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(model["ops"].get("Einsum", 0) == 0 for model in result["models"].values())
     assert result["models"]["fast@64x96"]["params"] == FAST_PARAMS_FUSED
     assert "| fast | 64x96 | full |" in capsys.readouterr().out
+
+
+def test_profile_students_preset_overrides() -> None:
+    from loftr_kd.models.profile_students import load_preset
+
+    model = load_preset("fast+block_depths=[0,1,3]+initial_dim=16", 64, 96, fuse=False)
+    assert model.config.block_depths == (0, 1, 3) and model.config.initial_dim == 16
+    with pytest.raises(ValueError, match="not key=value"):
+        load_preset("fast+initial_dim", 64, 96)

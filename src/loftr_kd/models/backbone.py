@@ -131,7 +131,12 @@ class ResNetFPNCoarse(nn.Module):
 
 
 def check_backbone_config(
-    backbone: str, coarse_stride: int, initial_dim: int, block_dims: tuple[int, ...], d_model: int
+    backbone: str,
+    coarse_stride: int,
+    initial_dim: int,
+    block_dims: tuple[int, ...],
+    d_model: int,
+    block_depths: tuple[int, ...] | None = None,
 ) -> None:
     """Raise ``ValueError`` if the sizes don't fit the named backbone."""
     if backbone not in BACKBONES:
@@ -139,8 +144,13 @@ def check_backbone_config(
     if backbone == "fast":
         from loftr_kd.models.fast_backbone import check_fast_config
 
-        check_fast_config(coarse_stride, initial_dim, tuple(block_dims), d_model)
+        check_fast_config(coarse_stride, initial_dim, tuple(block_dims), d_model, block_depths)
     if backbone == "resnet_fpn":
+        if block_depths is not None:
+            raise ValueError(
+                "block_depths applies only to the fast backbone (resnet_fpn has LoFTR's fixed two "
+                f"BasicBlocks per stage), got {list(block_depths)}"
+            )
         if initial_dim < 1 or any(d < 1 for d in block_dims):
             raise ValueError(f"initial_dim and block_dims must be positive, got {initial_dim}, {block_dims}")
         stages = int(math.log2(coarse_stride))
@@ -168,6 +178,7 @@ def build_backbone(
     block_dims: tuple[int, ...],
     d_model: int,
     keep_unused_fpn: bool = False,
+    block_depths: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Build a coarse backbone ``(N, 1, H, W) -> (N, d_model, H/s, W/s)``.
 
@@ -178,15 +189,16 @@ def build_backbone(
         block_dims: stage channels.
         d_model: coarse feature dimension.
         keep_unused_fpn: see :class:`ResNetFPNCoarse`.
+        block_depths: ``fast`` only: stride-1 blocks per stage (``None``: the backbone's default).
 
     Returns:
         The backbone module.
     """
-    check_backbone_config(backbone, coarse_stride, initial_dim, block_dims, d_model)
+    check_backbone_config(backbone, coarse_stride, initial_dim, block_dims, d_model, block_depths)
     if backbone == "fast":
         if keep_unused_fpn:
             raise ValueError("keep_unused_fpn applies only to the resnet_fpn backbone")
         from loftr_kd.models.fast_backbone import FastBackbone
 
-        return FastBackbone(initial_dim, tuple(block_dims))
+        return FastBackbone(initial_dim, tuple(block_dims), block_depths)
     return ResNetFPNCoarse(initial_dim, tuple(block_dims), keep_unused_fpn)

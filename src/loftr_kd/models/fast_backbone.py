@@ -176,7 +176,11 @@ class FastBackbone(nn.Module):
 
 
 def check_fast_config(
-    coarse_stride: int, initial_dim: int, block_dims: tuple[int, ...], d_model: int
+    coarse_stride: int,
+    initial_dim: int,
+    block_dims: tuple[int, ...],
+    d_model: int,
+    block_depths: tuple[int, ...] | None = None,
 ) -> None:
     """Raise ``ValueError`` if the sizes don't fit :class:`FastBackbone`."""
     if initial_dim < 1 or any(d < 1 for d in block_dims):
@@ -194,6 +198,13 @@ def check_fast_config(
         raise ValueError(
             f"the last block dim is the coarse feature size and must equal d_model: "
             f"block_dims[-1]={block_dims[-1]} != d_model={d_model}"
+        )
+    if block_depths is not None and (
+        len(block_depths) != len(block_dims) or any(int(d) != d or d < 0 for d in block_depths)
+    ):
+        raise ValueError(
+            f"block_depths must give a count >= 0 of stride-1 blocks per stage of block_dims "
+            f"{list(block_dims)}, got {list(block_depths)}"
         )
 
 

@@ -42,13 +42,23 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "student"
 
 
 def load_preset(name: str, height: int, width: int, fuse: bool = True) -> CoarseLoFTRStudent:
-    """Build ``conf/student/<name>.yaml`` (without Hydra) for ``height x width``, fused for inference."""
+    """Build ``conf/student/<name>.yaml`` (without Hydra) for ``height x width``, fused for inference.
+
+    ``name`` may carry field overrides after ``+``, values in YAML syntax:
+    ``fast+block_depths=[1,2,3]+initial_dim=16``.
+    """
     import yaml
 
-    path = CONF_DIR / f"{name}.yaml"
+    preset, *overrides = name.split("+")
+    path = CONF_DIR / f"{preset}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no student preset {path}")
     values = {k: v for k, v in yaml.safe_load(path.read_text()).items() if not k.startswith("_")}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ValueError(f"preset override {override!r} in {name!r} is not key=value")
+        values[key] = yaml.safe_load(value)
     values.update(input_height=height, input_width=width)
     model = build_student(**values).eval()
     return reparameterize_for_inference(model, inplace=True) if fuse else model
@@ -240,7 +250,7 @@ def profile(
             }
             for stage, (module, inputs) in stage_graphs(model).items():
                 path = export_graph(
-                    module, inputs, workdir / f"{preset}_{int(fuse)}_{height}x{width}_{stage}.onnx"
+                    module, inputs, workdir / f"{len(info)}_{int(fuse)}_{height}x{width}_{stage}.onnx"
                 )
                 if stage == "full":
                     ops = op_histogram(path)
@@ -400,7 +410,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--presets",
         nargs="+",
         default=["paper", "fast"],
-        help="conf/student presets; the first is the reference; append ':unfused' to skip re-parameterisation",
+        help=(
+            "conf/student presets; the first is the reference; field overrides follow '+' "
+            "(fast+block_depths=[1,2,3]); append ':unfused' to skip re-parameterisation"
+        ),
     )
     parser.add_argument("--sizes", nargs="+", default=["480x640", "240x320"], help="HxW")
     parser.add_argument("--threads", type=int, default=2)

@@ -48,6 +48,9 @@ class StudentConfig:
         coarse_stride: coarse grid stride ``s`` (8 or 16); grid is ``H/s x W/s``.
         initial_dim: backbone stem channels.
         block_dims: backbone stage channels; ``len == log2(s)`` and the last equals ``d_model``.
+        block_depths: ``fast`` backbone only: stride-1 RepVGG blocks after each stage's stride-2 conv
+            (one count per ``block_dims`` entry); ``None`` is the backbone's default
+            (:func:`loftr_kd.models.fast_backbone.stage_depths`).
         d_model: coarse feature / transformer size ``C``.
         d_ffn: transformer MLP width is ``2 * d_ffn`` (LoFTR: ``d_ffn == d_model``).
         nhead: attention heads; ``d_model % nhead == 0``.
@@ -68,6 +71,7 @@ class StudentConfig:
     coarse_stride: int = 16
     initial_dim: int = 8
     block_dims: tuple[int, ...] = (8, 16, 32, 32)
+    block_depths: tuple[int, ...] | None = None
     d_model: int = 32
     d_ffn: int = 32
     nhead: int = 1
@@ -79,9 +83,9 @@ class StudentConfig:
     keep_unused_fpn: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("block_dims", "layer_names"):  # frozen: tuples keep it hashable and immutable
+        for name in ("block_dims", "block_depths", "layer_names"):  # frozen: tuples keep it hashable
             value = getattr(self, name)
-            if not isinstance(value, tuple):
+            if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if self.coarse_stride not in SUPPORTED_STRIDES:
             raise ValueError(f"coarse_stride must be one of {SUPPORTED_STRIDES}, got {self.coarse_stride}")
@@ -108,7 +112,12 @@ class StudentConfig:
         if self.border_removal < 0:
             raise ValueError(f"border_removal must be >= 0, got {self.border_removal}")
         check_backbone_config(
-            self.backbone, self.coarse_stride, self.initial_dim, self.block_dims, self.d_model
+            self.backbone,
+            self.coarse_stride,
+            self.initial_dim,
+            self.block_dims,
+            self.d_model,
+            block_depths=self.block_depths,
         )
 
     @property
@@ -153,6 +162,7 @@ class CoarseLoFTRStudent(nn.Module):
             config.block_dims,
             config.d_model,
             keep_unused_fpn=config.keep_unused_fpn,
+            block_depths=config.block_depths,
         )
         self.pos_encoding = PositionEncodingSine(config.d_model, h, w, temp_bug_fix=config.pe_temp_bug_fix)
         self.loftr_coarse = LocalFeatureTransformer(
