@@ -93,6 +93,59 @@ def test_focal_loss_half_precision_inputs(dtype):
     assert torch.isfinite(conf.grad.float()).all()
 
 
+def test_focal_loss_from_logits_equals_clamped_where_clamp_is_inactive():
+    """From the logits the loss is LoFTR's exactly while every p is inside [1e-6, 1 - 1e-6] ..."""
+    torch.manual_seed(0)
+    sim = torch.randn(2, 5, 4) * 2
+    gt = torch.tensor([[1, -1, 3, 0, -1], [-1, 2, 3, -1, -1]])
+    conf = dual_softmax(sim)
+    assert conf.min() > 1e-6 and conf.max() < 1 - 1e-6
+    for kwargs in ({}, {"alpha": 0.5, "gamma": 1.0, "pos_weight": 2.0, "neg_weight": 0.5}):
+        exact = focal_loss(conf, gt, **kwargs, similarity=sim)
+        assert exact.item() == pytest.approx(focal_loss(conf, gt, **kwargs).item(), rel=1e-5)
+        assert exact.item() == pytest.approx(focal_by_hand(conf, gt, *kwargs.values()), rel=1e-5)
+
+
+def test_focal_loss_from_logits_keeps_the_gradient_of_saturated_positives():
+    """... and where LoFTR's clamp leaves a saturated student without gradient, it learns (the stall
+    measured on the fast student: loss exactly alpha * -log(1e-6) = 3.45 for 180 steps)."""
+    torch.manual_seed(0)
+    gt = torch.arange(6).unsqueeze(0)  # (1, 6): cell i matches cell i
+    sim0 = torch.randn(1, 6, 6) * 40  # saturated logits: dual-softmax confidence of most positives < 1e-6
+    sim0[0, torch.arange(6), torch.arange(6)] = -200.0  # every positive far below its row/column maximum
+    clamped_sim = sim0.clone().requires_grad_(True)
+    clamped = focal_loss(dual_softmax(clamped_sim), gt, neg_weight=0.0)
+    assert clamped.item() == pytest.approx(0.25 * -math.log(1e-6), rel=1e-4)  # the plateau value, 3.45
+    clamped.backward()
+    assert clamped_sim.grad.abs().max() == 0  # LoFTR's clamp: no gradient at all
+
+    sim = sim0.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([sim], lr=200.0)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = focal_loss(dual_softmax(sim), gt, similarity=sim)
+        loss.backward()
+        assert torch.isfinite(sim.grad).all() and sim.grad.abs().max() > 0
+        losses.append(loss.item())
+        optimizer.step()
+    assert losses[0] > 10 * clamped.item()  # the exact loss of a positive at log p ~ -200 (uncapped)
+    assert losses[-1] < 0.1 * losses[0]
+    assert (dual_softmax(sim).argmax(-1) == gt).all()  # it learned the right matches
+
+
+def test_focal_loss_from_logits_masked_entries_stay_finite():
+    sim = torch.randn(1, 4, 4)
+    sim[0, :, 3] = float("-inf")  # a masked column
+    sim[0, 2] = float("-inf")  # a fully masked row
+    sim.requires_grad_(True)
+    loss = focal_loss(dual_softmax(sim.detach()), torch.tensor([[0, 1, -1, 2]]), similarity=sim)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(sim.grad).all()
+    with pytest.raises(ValueError, match="one shape"):
+        focal_loss(torch.rand(1, 4, 4), torch.zeros(1, 4, dtype=torch.long), similarity=torch.rand(1, 4, 3))
+
+
 def test_focal_loss_bad_inputs():
     with pytest.raises(ValueError, match="gt_match_ids"):
         focal_loss(torch.rand(2, 4, 4), torch.zeros(2, 5, dtype=torch.long))
@@ -258,7 +311,13 @@ def test_loss_config_yaml_instantiates():
     hydra_utils = pytest.importorskip("hydra.utils")
     cfg = omegaconf.OmegaConf.load(CONF_DIR / "loss" / "default.yaml")
     assert (cfg.w_gt, cfg.w_kd, cfg.kd_scale, cfg.temperature) == (0.3, 0.7, 10.0, 5.0)
-    assert dict(cfg.focal) == {"alpha": 0.25, "gamma": 2.0, "pos_weight": 1.0, "neg_weight": 1.0}
+    assert dict(cfg.focal) == {
+        "alpha": 0.25,
+        "gamma": 2.0,
+        "pos_weight": 1.0,
+        "neg_weight": 1.0,
+        "from_logits": True,
+    }
     loss_cfg = hydra_utils.instantiate(cfg)
     assert isinstance(loss_cfg, LossConfig) and loss_cfg.focal == FocalConfig()
     assert loss_cfg == LossConfig()  # the yaml and the dataclass defaults agree
