@@ -3,8 +3,9 @@
 Why this shape (measured, see docs/fast_student.md): the published student's ResNet-FPN spends most of
 its time at 1/2 resolution, where a 7x7 stem and four 8-channel 3x3 convs run on 320x240 maps, and
 8-channel convolutions are onnxruntime's least efficient ones. Here the image reaches 1/4 after two
-stride-2 convs, every later stage starts with a stride-2 conv, and the coarse 1/16 stage (1200 cells at
-640x480, almost free) gets three blocks for context.
+stride-2 convs (the first 16 channels wide: 8 learned far more slowly), and every later stage is a
+stride-2 conv plus one stride-1 block. Deeper coarse stages (three or six 1/16 blocks, two at 1/8) were
+cheap but matched *worse* on unseen scenes after the same training.
 
 Every conv is a RepVGG block (Ding et al., CVPR 2021): trained as ``3x3 conv+BN`` + ``1x1 conv+BN``
 (+ ``BN`` identity when shapes allow), summed, then ReLU; for inference the three branches are exactly
@@ -36,8 +37,8 @@ __all__ = [
 
 
 def stage_depths(num_stages: int) -> tuple[int, ...]:
-    """Stride-1 blocks after each stage's stride-2 conv: one per stage, three on the (cheap) coarse stage."""
-    return (1,) * (num_stages - 1) + (3,)
+    """Stride-1 blocks after each stage's stride-2 conv: one per stage (the ``fast`` preset's choice)."""
+    return (1,) * num_stages
 
 
 def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +107,12 @@ class RepConvBlock(nn.Module):
 class FastBackbone(nn.Module):
     """Stride-4 stem + RepVGG stages down to the coarse stride.
 
-    Layout at stride 16 (``block_dims = (16, 32, 32)``, ``initial_dim = 8``)::
+    Layout at stride 16 (``block_dims = (16, 32, 32)``, ``initial_dim = 16``, ``depths = (1, 1, 1)``)::
 
-        1/2   RepConv 1 -> 8, stride 2
-        1/4   RepConv 8 -> 16, stride 2;   1 x RepConv 16 -> 16
+        1/2   RepConv 1 -> 16, stride 2
+        1/4   RepConv 16 -> 16, stride 2;  1 x RepConv 16 -> 16
         1/8   RepConv 16 -> 32, stride 2;  1 x RepConv 32 -> 32
-        1/16  RepConv 32 -> 32, stride 2;  3 x RepConv 32 -> 32
+        1/16  RepConv 32 -> 32, stride 2;  1 x RepConv 32 -> 32
               1x1 conv 32 -> 32 (no bias, no activation; as LoFTR's ``layerN_outconv``)
 
     Args:
