@@ -127,10 +127,7 @@ class FastBackbone(nn.Module):
     ) -> None:
         super().__init__()
         depths = stage_depths(len(block_dims)) if depths is None else tuple(depths)
-        if len(depths) != len(block_dims) or any(d < 0 for d in depths):
-            raise ValueError(
-                f"depths must give a count >= 0 per stage of {list(block_dims)}, got {list(depths)}"
-            )
+        _check_depths(block_dims, depths)
         self.stride = 2 ** (len(block_dims) + 1)
         layers: list[nn.Module] = [RepConvBlock(1, initial_dim, stride=2)]  # (N, C0, H/2, W/2)
         in_channels = initial_dim
@@ -200,12 +197,16 @@ def check_fast_config(
             f"the last block dim is the coarse feature size and must equal d_model: "
             f"block_dims[-1]={block_dims[-1]} != d_model={d_model}"
         )
-    if block_depths is not None and (
-        len(block_depths) != len(block_dims) or any(int(d) != d or d < 0 for d in block_depths)
-    ):
+    if block_depths is not None:
+        _check_depths(block_dims, block_depths)
+
+
+def _check_depths(block_dims: tuple[int, ...], depths: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``depths`` holds one whole count >= 0 per stage of ``block_dims``."""
+    if len(depths) != len(block_dims) or any(int(d) != d or d < 0 for d in depths):
         raise ValueError(
             f"block_depths must give a count >= 0 of stride-1 blocks per stage of block_dims "
-            f"{list(block_dims)}, got {list(block_depths)}"
+            f"{list(block_dims)}, got {list(depths)}"
         )
 
 
