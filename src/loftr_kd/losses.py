@@ -17,6 +17,7 @@ The paper's values (w_gt 0.3, w_kd 0.7, kd_scale 10, T 5) are the defaults of :c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -44,7 +45,7 @@ _KD_MODES = ("dual", "row", "flat")
 # similarities) cannot produce inf - inf or 0 * inf = NaN inside log_softmax / kl_div.
 _LOGIT_LIMIT = 1.0e30
 # Upper bound of log p in the focal loss (p <= 1 - 1e-6, LoFTR's clamp), so log(1 - p) stays finite.
-_LOG_P_MAX = float(torch.log1p(torch.tensor(-1e-6, dtype=torch.float64)))
+_LOG_P_MAX = math.log1p(-1e-6)
 
 
 @dataclass(frozen=True)

@@ -338,11 +338,12 @@ def train(cfg: DictConfig) -> float | None:
     }
     best = _best_checkpoint(trainer, output_dir)
     best_score = _best_score(trainer)
+    metric_name = str(cfg.get("optimized_metric"))
     summary: dict[str, Any] = {
         "output_dir": str(output_dir),
         "optimized_metric": {
-            "name": str(cfg.optimized_metric),
-            "before_training": start.get(str(cfg.optimized_metric)),
+            "name": metric_name,
+            "before_training": start.get(metric_name),
             "best": best_score,
         },
         "student_parameters": count_parameters(student),
@@ -356,11 +357,12 @@ def train(cfg: DictConfig) -> float | None:
         else:
             _say("Export: skipped — no checkpoint was written.")
         _write_json_atomic(output_dir / "summary.json", summary)
-        name = str(cfg.optimized_metric)
-        if name in start and best_score is not None:
-            _say(f"Learning: {name} {start[name]:.3f} before training -> {best_score:.3f} best ({best}).")
+        if metric_name in start and best_score is not None:
+            _say(
+                f"Learning: {metric_name} {start[metric_name]:.3f} before training -> {best_score:.3f} best ({best})."
+            )
         _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
-    return best_score if best_score is not None else metrics.get(str(cfg.get("optimized_metric")))
+    return best_score if best_score is not None else metrics.get(metric_name)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
