@@ -98,4 +98,4 @@ def test_coarse_benchmark_on_synthetic_blendedmvs_scenes(tmp_path):
     sift = results["methods"]["sift"]["coarse"]
     assert sift["num_pairs"] == 4 and sift["num_matches"] > 10
     assert sift["precision"] > 0.3 and 0 < sift["recall"] <= 1
-    assert "## Coarse matches" in (tmp_path / "run" / "results.md").read_text()
+    assert "## Matches against exact ground truth" in (tmp_path / "run" / "results.md").read_text()

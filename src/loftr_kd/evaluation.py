@@ -499,53 +499,6 @@ def evaluate_pose(
     }
 
 
-def coarse_match_metrics(
-    keypoints0: np.ndarray,
-    keypoints1: np.ndarray,
-    true_points1: np.ndarray,
-    true_valid: np.ndarray,
-    gt_match_ids: np.ndarray,
-    height: int,
-    width: int,
-    stride: int,
-) -> dict[str, float]:
-    """Coarse precision/recall and end-point error of one pair.
-
-    Args:
-        keypoints0, keypoints1: (N, 2) predicted matches in the pixels of the data images.
-        true_points1: (N, 2) exact position in image1 of each ``keypoints0`` (depth or homography).
-        true_valid: (N,) the keypoint0 is visible in image1 (known depth, in view, not occluded).
-        gt_match_ids: (L0,) coarse ground truth of image0's cells (``coarse_ground_truth``), -1 = none.
-        height, width: size of image0; ``stride``: coarse cell size.
-
-    A match is *judged* when its keypoint0 is visible in image1 and *correct* when ``keypoints1``
-    lies in the image1 cell holding the exact position. Precision = correct / judged; recall = image0
-    cells with a ground-truth match and at least one correct match / cells with a ground-truth match;
-    end-point error = distance from ``keypoints1`` to the exact position, over judged matches. For a
-    student, keypoints are cell centres and this is exactly the cell-level ground truth.
-    """
-    h_cells, w_cells = height // stride, width // stride
-    gt_match_ids = np.asarray(gt_match_ids).ravel()
-    k0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
-    k1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
-    truth = np.asarray(true_points1, np.float64).reshape(-1, 2)
-    judged = np.asarray(true_valid, bool).ravel()
-    correct = judged & np.all(np.floor((k1 + 0.5) / stride) == np.floor((truth + 0.5) / stride), axis=1)
-    cells0 = np.floor((k0 + 0.5) / stride).astype(int)
-    on_grid = (cells0[:, 0] >= 0) & (cells0[:, 0] < w_cells) & (cells0[:, 1] >= 0) & (cells0[:, 1] < h_cells)
-    ids0 = np.where(on_grid, cells0[:, 1] * w_cells + cells0[:, 0], 0)
-    recalled = np.unique(ids0[correct & on_grid & (gt_match_ids[ids0] >= 0)])
-    epe = np.linalg.norm(k1[judged] - truth[judged], axis=1)
-    return {
-        "num_predicted": int(len(k0)),
-        "num_judged": int(judged.sum()),
-        "num_correct": int(correct.sum()),
-        "num_recalled": int(len(recalled)),
-        "num_ground_truth": int((gt_match_ids >= 0).sum()),
-        "epe_sum": float(epe.sum()),
-    }
-
-
 def _true_positions(batch: dict, b: int, keypoints0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact image1 positions and visibility of image0 keypoints of sample ``b`` (depth or homography)."""
     import torch
@@ -573,48 +526,43 @@ def _true_positions(batch: dict, b: int, keypoints0: np.ndarray) -> tuple[np.nda
 def evaluate_coarse(
     matcher: MatcherFn, batches: Iterable[dict], stride: int, max_pairs: int | None = None
 ) -> dict:
-    """Coarse precision/recall/EPE of a matcher on batches of depth or homography pairs.
+    """Pixel-level precision/recall/end-point error of a matcher on batches of depth or homography pairs.
 
     Each batch is a data-module batch (``image0/1`` in [0, 1], plus ``H_0to1`` or depth, intrinsics
-    and pose); cell-level ground truth comes from ``coarse_ground_truth`` at ``stride``, the exact
-    position of every predicted keypoint from the same warp (see :func:`coarse_match_metrics`).
+    and pose). The exact image1 position of every predicted keypoint0 comes from the same warp as the
+    training ground truth, the coarse ground truth (for recall) from ``coarse_ground_truth`` at
+    ``stride``; the figures are those of :mod:`loftr_kd.metrics` (the same as validation's), plus
+    ``precision`` (= ``precision@5px``), ``epe_px`` (mean) and ``num_matches`` for older reports.
     """
+    import torch
+
+    from loftr_kd.geometry import CoarseGrid
+    from loftr_kd.metrics import MatchStats, match_stats
     from loftr_kd.supervision import coarse_ground_truth
 
-    keys = ("num_predicted", "num_judged", "num_correct", "num_recalled", "num_ground_truth", "epe_sum")
-    totals = dict.fromkeys(keys, 0.0)
+    total = MatchStats()
     pairs = 0
     for batch in batches:
         gt = coarse_ground_truth(batch, stride)
         images0, images1 = batch["image0"].cpu().numpy(), batch["image1"].cpu().numpy()
+        grid = CoarseGrid.for_image(images0.shape[2], images0.shape[3], stride, exact=False)
         for b in range(images0.shape[0]):
             if max_pairs is not None and pairs >= max_pairs:
                 break
             result, _ = _matches(matcher, images0[b, 0], images1[b, 0])
             truth, valid = _true_positions(batch, b, result["keypoints0"])
-            height, width = images0.shape[2:]
-            stats = coarse_match_metrics(
-                result["keypoints0"],
-                result["keypoints1"],
-                truth,
-                valid,
-                gt.match_ids[b].cpu().numpy(),
-                height,
-                width,
-                stride,
-            )
-            for key in totals:
-                totals[key] += stats[key]
+            cells0 = grid.cell_of(torch.from_numpy(np.ascontiguousarray(result["keypoints0"])).float())
+            total = total + match_stats(result["keypoints1"], truth, valid, cells0, gt.match_ids[b])
             pairs += 1
         if max_pairs is not None and pairs >= max_pairs:
             break
-    return {
-        "num_pairs": pairs,
-        "precision": totals["num_correct"] / max(totals["num_judged"], 1),
-        "recall": totals["num_recalled"] / max(totals["num_ground_truth"], 1),
-        "epe_px": totals["epe_sum"] / totals["num_judged"] if totals["num_judged"] else math.nan,
-        "num_matches": totals["num_predicted"] / max(pairs, 1),
-    }
+    summary = total.summary()
+    summary.update(
+        num_pairs=pairs,
+        epe_px=summary["epe_mean_px"],
+        num_matches=summary["matches_per_pair"],
+    )
+    return summary
 
 
 # ---------------------------------------------------------------------------------------- reports
@@ -721,14 +669,15 @@ def markdown_report(results: dict[str, Any]) -> str:
     coarse = {n: e["coarse"] for n, e in methods.items() if "coarse" in e}
     if coarse:
         lines += [
-            "## Coarse matches against ground truth",
+            "## Matches against exact ground truth (loftr_kd.metrics)",
             "",
-            "| method | precision % | recall % | EPE px | matches | pairs |",
+            "| method | precision @1 / 3 / 5 px % | recall % | EPE median / p90 px | matches | pairs |",
             "|---|---|---|---|---|---|",
         ]
         for name, r in coarse.items():
+            precision = " / ".join(pct(r[f"precision@{t}px"]) for t in (1, 3, 5))
             lines.append(
-                f"| {name} | {pct(r['precision'])} | {pct(r['recall'])} | {r['epe_px']:.2f} | "
+                f"| {name} | {precision} | {pct(r['recall'])} | {r['epe_median_px']:.2f} / {r['epe_p90_px']:.2f} | "
                 f"{r['num_matches']:.0f} | {r['num_pairs']} |"
             )
         lines.append("")

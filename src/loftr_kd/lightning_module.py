@@ -15,12 +15,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from loftr_kd.losses import LossConfig, LossOutput, total_loss
-from loftr_kd.models.matching import border_mask, mutual_nearest_matches
+from loftr_kd.geometry import CoarseGrid
+from loftr_kd.losses import LossConfig, LossOutput, refinement_loss, total_loss
+from loftr_kd.metrics import MatchStats, student_match_stats
+from loftr_kd.models.matching import CoarseMatchOutput, mutual_nearest_matches
 from loftr_kd.models.student import CoarseLoFTRStudent
-from loftr_kd.supervision import CoarseGroundTruth, cell_centers, coarse_ground_truth
-
-TEACHER_STRIDE = 8
+from loftr_kd.supervision import CoarseGroundTruth, coarse_ground_truth
 
 
 @dataclass(frozen=True)
@@ -31,47 +31,8 @@ class MonitoringConfig:
     log_match_images: bool = True
 
 
-def match_metrics(
-    match_ids: torch.Tensor, gt: CoarseGroundTruth, stride: int, image_width: int
-) -> dict[str, torch.Tensor]:
-    """Coarse match quality of fixed-shape predictions against ground truth.
-
-    Args:
-        match_ids: (B, L0) predicted image1 cell per image0 cell, −1 = none.
-        gt: ground truth at the same stride.
-        stride: coarse stride in pixels.
-        image_width: input width in pixels (to recover the cell grid).
-
-    Returns:
-        counts (as float tensors, summed over the batch) from which precision/recall follow:
-        ``predicted`` (predictions at cells whose true position is known), ``correct`` (the predicted cell
-        centre lies within one cell, L∞ < stride, of the true position), ``exact`` (predicted cell ==
-        ground-truth cell), ``gt`` (ground-truth matches), ``recalled`` (ground-truth matches whose cell
-        has a correct prediction, same criterion as ``correct``), ``pairs`` (image pairs).
-    """
-    w = image_width // stride
-    predicted = match_ids >= 0  # (B, L0)
-    judged = predicted & gt.valid
-    ids = match_ids.clamp(min=0)
-    pred_xy = torch.stack(((ids % w).float(), torch.div(ids, w, rounding_mode="floor").float()), -1)
-    pred_xy = (pred_xy + 0.5) * stride - 0.5  # (B, L0, 2) cell centres in pixels
-    error = (pred_xy - gt.points1.float()).abs().amax(-1)  # (B, L0) L∞ pixel error
-    has_gt = gt.match_ids >= 0
-    correct = judged & (error < stride)
-    exact = predicted & has_gt & (match_ids == gt.match_ids)
-    return {
-        "predicted": judged.sum().float(),
-        "correct": correct.sum().float(),
-        "exact": exact.sum().float(),
-        "gt": has_gt.sum().float(),
-        "recalled": (correct & has_gt).sum().float(),
-        "pairs": torch.tensor(float(match_ids.shape[0]), device=match_ids.device),
-    }
-
-
 def confidence_mae(confidence: torch.Tensor, gt_match_ids: torch.Tensor) -> torch.Tensor:
     """Mean absolute error between the confidence matrix and the binary ground-truth matrix (paper's MAE)."""
-    b, l0, l1 = confidence.shape
     target = torch.zeros_like(confidence, dtype=torch.float32)
     rows = gt_match_ids >= 0
     target[rows] = target[rows].scatter(-1, gt_match_ids[rows].unsqueeze(-1), 1.0)
@@ -112,40 +73,81 @@ class DistillationModule(pl.LightningModule):
         self.save_hyperparameters(
             {"student_config": asdict(student.config), "loss": asdict(loss), "teacher": teacher is not None}
         )
-        self._val_counts: dict[str, dict[str, torch.Tensor]] = {}
-        self._teacher_validated = False
+        self._val_stats: dict[str, MatchStats] = {}
         self._vis_batch: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- steps
-    def _ground_truth(self, batch: dict[str, Any], stride: int) -> CoarseGroundTruth:
-        return coarse_ground_truth(batch, stride=stride, depth_tolerance=self.loss_weights.depth_tolerance)
-
-    def _losses(self, batch: dict[str, Any]) -> tuple[LossOutput, Any, CoarseGroundTruth]:
-        stride = self.student.config.coarse_stride
-        height, width = batch["image0"].shape[-2:]
-        out = self.student(batch["image0"], batch["image1"])
-        gt = self._ground_truth(batch, stride)
-        teacher_similarity = None
+    def _grids(self, batch: dict[str, Any]) -> tuple[CoarseGrid, CoarseGrid | None]:
+        """Student and teacher grids of the batch's image0 (the one geometry owner)."""
+        height, width = (int(v) for v in batch["image0"].shape[-2:])
+        student = CoarseGrid.for_image(height, width, self.student.config.coarse_stride)
+        teacher = None
         if self.teacher is not None:
-            teacher_similarity = self.teacher(batch["image0"], batch["image1"]).similarity
+            teacher = CoarseGrid.for_image(height, width, int(self.teacher.stride), exact=False)
+        return student, teacher
+
+    def _ground_truth(self, batch: dict[str, Any], grid: CoarseGrid) -> CoarseGroundTruth:
+        return coarse_ground_truth(
+            batch, stride=grid.stride, depth_tolerance=self.loss_weights.depth_tolerance
+        )
+
+    def _forward(self, batch: dict[str, Any]) -> tuple[LossOutput, CoarseMatchOutput, CoarseGroundTruth, Any]:
+        """Student (and teacher, once) on a batch, ground truth, and every loss term."""
+        grid, teacher_grid = self._grids(batch)
+        out = self.student(batch["image0"], batch["image1"])
+        gt = self._ground_truth(batch, grid)
+        teacher_out = None if self.teacher is None else self.teacher(batch["image0"], batch["image1"])
         terms = total_loss(
             out.confidence,
             gt.match_ids,
             out.similarity,
-            teacher_similarity,
-            student_hw=(height // stride, width // stride),
-            teacher_hw=(height // TEACHER_STRIDE, width // TEACHER_STRIDE),
+            None if teacher_out is None else teacher_out.similarity,
+            student_hw=grid.shape,
+            teacher_hw=None if teacher_grid is None else teacher_grid.shape,
             **self.loss_weights.loss_kwargs(),
         )
-        return terms, out, gt
+        window = self.student.config.refine_window
+        if window is not None:
+            refine = self._refinement_loss(out, gt, grid, window)
+            terms = terms._replace(total=terms.total + self.loss_weights.w_refine * refine, refine=refine)
+        return terms, out, gt, teacher_out
+
+    def _refinement_loss(
+        self, out: CoarseMatchOutput, gt: CoarseGroundTruth, grid: CoarseGrid, window: Any
+    ) -> torch.Tensor:
+        """Refinement loss on every row it can learn from.
+
+        A row's own candidate is used when the window around it reaches the truth (what inference will
+        see); otherwise, where the ground truth has a match, the refinement is run again around the true
+        cell, so rows whose coarse match is still wrong teach the refinement too (LoFTR pads ground-truth
+        matches into the fine stage the same way, but inside its model).
+        """
+        centres = grid.ids_to_pixels(out.candidate_ids)
+        reachable = gt.valid & ((gt.points1 - centres).abs().amax(-1) <= window.reach)
+        forced = ~reachable & (gt.match_ids >= 0)
+        ids = torch.where(forced, gt.match_ids, out.candidate_ids)
+        refined = self.student.refinement(*out.fine_maps, ids, grid)
+        return refinement_loss(
+            refined.points1,
+            refined.uncertainty,
+            refined.logits,
+            grid.ids_to_pixels(ids),
+            gt.points1,
+            gt.valid,
+            window,
+            inverse_std=self.loss_weights.refine_inverse_std,
+            ce_weight=self.loss_weights.refine_ce_weight,
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        terms, _, gt = self._losses(batch)
+        terms, _, gt, _ = self._forward(batch)
         batch_size = batch["image0"].shape[0]
         self.log("train/loss", terms.total, prog_bar=True, batch_size=batch_size)
         self.log("train/loss_gt", terms.gt, batch_size=batch_size)
         if self.teacher is not None:
             self.log("train/loss_kd", terms.kd, batch_size=batch_size)
+        if terms.refine is not None:
+            self.log("train/loss_refine", terms.refine, batch_size=batch_size)
         self.log("train/gt_matches_per_pair", (gt.match_ids >= 0).sum() / batch_size, batch_size=batch_size)
         return terms.total
 
@@ -162,60 +164,87 @@ class DistillationModule(pl.LightningModule):
                 )
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = {}
+        self._val_stats = {}
+        self._vis_batch = None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        terms, out, gt = self._losses(batch)
+        terms, out, gt, teacher_out = self._forward(batch)
         batch_size = batch["image0"].shape[0]
-        width = batch["image0"].shape[-1]
-        stride = self.student.config.coarse_stride
         self.log("val/loss", terms.total, batch_size=batch_size, sync_dist=True)
+        if terms.refine is not None:
+            self.log("val/loss_refine", terms.refine, batch_size=batch_size, sync_dist=True)
         self.log(
             "val/student/mae",
             confidence_mae(out.confidence, gt.match_ids),
             batch_size=batch_size,
             sync_dist=True,
         )
-        self._accumulate("student", match_metrics(out.match_ids, gt, stride, width))
-        if self.teacher is not None and not self._teacher_validated:
-            teacher_gt = self._ground_truth(batch, TEACHER_STRIDE)
-            teacher_out = self.teacher(batch["image0"], batch["image1"])
-            teacher_ids = self._teacher_matches(teacher_out.confidence, batch["image0"].shape[-2:])
-            self._accumulate("teacher", match_metrics(teacher_ids, teacher_gt, TEACHER_STRIDE, width))
+        self._accumulate(
+            "student", student_match_stats(out.points1, out.match_ids, gt.points1, gt.valid, gt.match_ids)
+        )
+        if self.student.refinement is not None:
+            # what refinement adds: the same matches (coarse cell right) at the cell centre and refined
+            exact = torch.where(
+                out.match_ids == gt.match_ids, out.match_ids, torch.full_like(out.match_ids, -1)
+            )
+            grid, _ = self._grids(batch)
+            for who, points in (("refined", out.points1), ("cell_centre", grid.ids_to_pixels(exact))):
+                stats = student_match_stats(points, exact, gt.points1, gt.valid, gt.match_ids)
+                self._accumulate(f"correct_cells_{who}", stats)
+        vis: dict[str, Any] = {
+            "student": (out.points0[0], out.points1[0], out.match_ids[0] >= 0, gt.points1[0], gt.valid[0])
+        }
+        if teacher_out is not None:
+            _, teacher_grid = self._grids(batch)
+            teacher_gt = self._ground_truth(batch, teacher_grid)
+            teacher_ids = self._teacher_matches(teacher_out.confidence, teacher_grid)
+            teacher_points1 = teacher_grid.ids_to_pixels(teacher_ids)
+            self._accumulate(
+                "teacher",
+                student_match_stats(
+                    teacher_points1, teacher_ids, teacher_gt.points1, teacher_gt.valid, teacher_gt.match_ids
+                ),
+            )
             self.log(
                 "val/teacher/mae",
                 confidence_mae(teacher_out.confidence, teacher_gt.match_ids),
                 batch_size=batch_size,
                 sync_dist=True,
             )
+            centres0 = teacher_grid.centers(device=teacher_ids.device)
+            matched = teacher_ids[0] >= 0
+            vis["teacher"] = (
+                centres0,
+                teacher_points1[0],
+                matched,
+                teacher_gt.points1[0],
+                teacher_gt.valid[0],
+            )
         if batch_idx == 0:
-            self._vis_batch = {k: v[:1] if torch.is_tensor(v) else v[:1] for k, v in batch.items()}
+            self._vis_batch = {
+                "image0": batch["image0"][0, 0].detach().float().cpu(),
+                "image1": batch["image1"][0, 0].detach().float().cpu(),
+                "runs": {k: tuple(t.detach().cpu() for t in v) for k, v in vis.items()},
+            }
 
-    def _accumulate(self, who: str, counts: dict[str, torch.Tensor]) -> None:
-        acc = self._val_counts.setdefault(who, {k: torch.zeros((), device=self.device) for k in counts})
-        for key, value in counts.items():
-            acc[key] = acc[key] + value
+    def _accumulate(self, who: str, stats: MatchStats) -> None:
+        self._val_stats[who] = self._val_stats[who] + stats if who in self._val_stats else stats
 
     def on_validation_epoch_end(self) -> None:
-        for who, counts in self._val_counts.items():
+        for who, stats in self._val_stats.items():
             if self.trainer.world_size > 1:
-                counts = {k: self.all_gather(v).sum() for k, v in counts.items()}
-            precision = counts["correct"] / counts["predicted"].clamp(min=1)
-            recall = counts["recalled"] / counts["gt"].clamp(min=1)
-            # The counts are already summed over ranks, so every rank logs the same values.
-            metrics = {
-                "precision": precision,
-                "exact_precision": counts["exact"] / counts["predicted"].clamp(min=1),
-                "recall": recall,
-                # F1 picks the best checkpoint: precision alone rewards a student that matches almost nothing.
-                "f1": 2 * precision * recall / (precision + recall).clamp(min=1e-9),
-                "matches_per_pair": counts["predicted"] / counts["pairs"].clamp(min=1),
-            }
-            for name, value in metrics.items():
-                show = who == "student" and name in ("precision", "f1")
-                self.log(f"val/{who}/{name}", value, prog_bar=show, sync_dist=True)
-        if "teacher" in self._val_counts:
-            self._teacher_validated = True
+                gathered = self.all_gather(stats.as_tensor().to(self.device, torch.float32))
+                stats = MatchStats.from_tensor(gathered.reshape(-1, gathered.shape[-1]).sum(0))
+            # The statistics are already summed over ranks, so every rank logs the same values.
+            for name, value in stats.summary().items():
+                if name == "num_pairs" or not np.isfinite(value):
+                    continue
+                if who.startswith("correct_cells") and not name.startswith("epe"):
+                    continue
+                show = who == "student" and name in ("precision@3px", "f1")
+                self.log(
+                    f"val/{who}/{name}", float(value), prog_bar=show, sync_dist=False, rank_zero_only=False
+                )
         if self.monitoring.log_match_images and self._vis_batch is not None:
             self._log_match_images(self._vis_batch)
 
@@ -227,51 +256,35 @@ class DistillationModule(pl.LightningModule):
                 return experiment
         return None
 
-    @torch.no_grad()
-    def _log_match_images(self, batch: dict[str, Any]) -> None:
-        from loftr_kd.visualization import draw_matches
+    def _log_match_images(self, vis: dict[str, Any]) -> None:
+        from loftr_kd.visualization import draw_matches_with_truth
 
         tensorboard = self._tensorboard()
         if tensorboard is None or self.trainer.global_rank != 0:
             return
-        image0 = (batch["image0"][0, 0].float().cpu().numpy() * 255).astype(np.uint8)
-        image1 = (batch["image1"][0, 0].float().cpu().numpy() * 255).astype(np.uint8)
-        runs = [
-            ("student", self.student.config.coarse_stride, self.student(batch["image0"], batch["image1"]))
-        ]
-        if self.teacher is not None:
-            teacher_out = self.teacher(batch["image0"], batch["image1"])
-            ids = self._teacher_matches(teacher_out.confidence, batch["image0"].shape[-2:])
-            runs.append(("teacher", TEACHER_STRIDE, (None, teacher_out.confidence, ids, None)))
-        for who, stride, out in runs:
-            match_ids = out[2][0]
-            gt = self._ground_truth(batch, stride)
-            h, w = image0.shape[0] // stride, image0.shape[1] // stride
-            centres = cell_centers(h, w, stride).cpu().numpy()
-            keep = (match_ids >= 0).cpu().numpy()
-            idx0 = np.nonzero(keep)[0]
-            idx1 = match_ids.cpu().numpy()[keep]
-            truth = gt.points1[0].cpu().numpy()[idx0]
-            error = np.abs(centres[idx1] - truth).max(-1)
-            correct = gt.valid[0].cpu().numpy()[idx0] & (error < stride)
-            canvas = draw_matches(
+        image0 = (vis["image0"].numpy() * 255).clip(0, 255).astype(np.uint8)
+        image1 = (vis["image1"].numpy() * 255).clip(0, 255).astype(np.uint8)
+        for who, (points0, points1, matched, truth1, valid) in vis["runs"].items():
+            keep = matched.numpy()
+            canvas = draw_matches_with_truth(
                 image0,
                 image1,
-                centres[idx0],
-                centres[idx1],
-                correct=correct,
-                title=f"{who}: {len(idx0)} matches",
+                points0.numpy()[keep],
+                points1.numpy()[keep],
+                truth1.numpy()[keep],
+                valid.numpy()[keep],
+                who,
             )
             tensorboard.add_image(
                 f"matches/{who}", canvas[..., ::-1].copy(), self.global_step, dataformats="HWC"
             )
 
-    def _teacher_matches(self, confidence: torch.Tensor, image_hw: Any) -> torch.Tensor:
-        """The teacher's matches under the student's rule (threshold, border removal) on its 8-px grid."""
-        h, w = int(image_hw[0]) // TEACHER_STRIDE, int(image_hw[1]) // TEACHER_STRIDE
-        border = self.student.config.border_removal * self.student.config.coarse_stride // TEACHER_STRIDE
-        valid = border_mask(h, w, border).to(confidence.device)
-        return mutual_nearest_matches(confidence, self.student.config.match_threshold, valid, valid)[0]
+    def _teacher_matches(self, confidence: torch.Tensor, grid: CoarseGrid) -> torch.Tensor:
+        """The teacher's matches under the student's rule (threshold, border removal) on its own grid."""
+        cfg = self.student.config
+        border = cfg.border_removal * cfg.coarse_stride // grid.stride
+        valid = grid.border_mask(border, device=confidence.device)
+        return mutual_nearest_matches(confidence, cfg.match_threshold, valid, valid)[0]
 
     # ------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self) -> Any:

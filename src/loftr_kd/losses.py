@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.supervision import DEFAULT_DEPTH_TOLERANCE
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "align_teacher_to_student",
     "distillation_loss",
     "focal_loss",
+    "refinement_loss",
     "total_loss",
 ]
 
@@ -79,6 +81,10 @@ class LossConfig:
         depth_tolerance: relative depth-consistency tolerance of the depth ground truth
             (:data:`loftr_kd.supervision.DEFAULT_DEPTH_TOLERANCE` explains the default).
         focal: focal loss settings; a mapping (from Hydra) is converted to :class:`FocalConfig`.
+        w_refine: weight of the refinement term (students with a refinement stage only).
+        refine_inverse_std: weight each refined match by the inverse of its predicted spread (LoFTR's
+            fine loss); ``False``: plain mean.
+        refine_ce_weight: weight of the refinement's cross-entropy term (0: LoFTR's L2 alone).
     """
 
     w_gt: float = 0.3
@@ -88,6 +94,9 @@ class LossConfig:
     kd_mode: KDMode = "dual"
     depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
     focal: FocalConfig = field(default_factory=FocalConfig)
+    w_refine: float = 1.0
+    refine_inverse_std: bool = True
+    refine_ce_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.focal, Mapping):
@@ -96,6 +105,8 @@ class LossConfig:
             raise ValueError(f"kd_mode must be one of {_KD_MODES}, got {self.kd_mode!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.w_refine < 0:
+            raise ValueError(f"w_refine must be >= 0, got {self.w_refine}")
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`total_loss` (weights, temperature, focal settings)."""
@@ -110,11 +121,103 @@ class LossConfig:
 
 
 class LossOutput(NamedTuple):
-    """Loss terms of one step: ``total`` (to backpropagate), ``gt`` = L_gt and ``kd`` = L_kd, unweighted."""
+    """Loss terms of one step: ``total`` (to backpropagate), ``gt`` = L_gt, ``kd`` = L_kd and ``refine``
+    = L_refine, unweighted (``refine`` is ``None`` for a coarse-only student)."""
 
     total: torch.Tensor
     gt: torch.Tensor
     kd: torch.Tensor
+    refine: torch.Tensor | None = None
+
+
+def _bilinear_window_target(offsets: torch.Tensor, window: RefineWindow) -> torch.Tensor:
+    """``(..., 2)`` pixel offsets from the cell centre -> ``(..., K)`` soft target over the window positions.
+
+    The four window positions around each offset share its weight bilinearly, so the expectation of the
+    target distribution is the offset itself (exact sub-pixel supervision for a classification loss).
+    """
+    size = window.size
+    u = (offsets / window.fine_stride + (size - 1) / 2).clamp(0, size - 1)  # (..., 2) continuous index
+    base = u.floor().clamp(max=size - 2)  # (..., 2) so that base + 1 stays inside
+    frac = u - base  # (..., 2) in [0, 1]
+    target = offsets.new_zeros(*offsets.shape[:-1], window.num_positions)
+    base = base.long()
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        weight = (frac[..., 0] if dx else 1 - frac[..., 0]) * (frac[..., 1] if dy else 1 - frac[..., 1])
+        index = (base[..., 1] + dy) * size + base[..., 0] + dx
+        target.scatter_add_(-1, index.unsqueeze(-1), weight.unsqueeze(-1))
+    return target
+
+
+def refinement_loss(
+    points1: torch.Tensor,
+    uncertainty: torch.Tensor,
+    logits: torch.Tensor,
+    centres1: torch.Tensor,
+    truth1: torch.Tensor,
+    valid: torch.Tensor,
+    window: RefineWindow,
+    inverse_std: bool = True,
+    ce_weight: float = 1.0,
+) -> torch.Tensor:
+    """Refinement loss on the matches the window can reach: cross-entropy to a sub-pixel soft target, plus
+    LoFTR's L2 of the expected position.
+
+    A row is supervised when its true image1 position is known (``valid``) and lies inside the window
+    around its candidate cell (``|truth - centre|_inf <= reach``): elsewhere the refinement cannot be right
+    and the coarse loss has to fix the candidate first.
+
+    - Cross-entropy against the bilinear soft target (:func:`_bilinear_window_target`; XFeat classifies
+      offsets the same way, with hard bins): a strong, well-conditioned signal from the first step, where
+      the L2 of a near-uniform softmax's expectation has almost no gradient.
+    - L2 of the expected position, in units of the window reach (LoFTR normalises by the window's half
+      size), with ``inverse_std`` weighted by the inverse predicted spread, normalised to mean 1 and
+      detached (LoFTR's fine loss: confident matches must be accurate).
+
+    Computed in float32 outside autocast. A batch without any supervised row gives a zero still connected
+    to the outputs (no DDP hang).
+
+    Args:
+        points1: ``(B, L0, 2)`` refined image1 position of each row's candidate.
+        uncertainty: ``(B, L0)`` predicted spread (pixels).
+        logits: ``(B, L0, K)`` window scores.
+        centres1: ``(B, L0, 2)`` centre of each row's candidate cell.
+        truth1: ``(B, L0, 2)`` exact image1 position of each image0 cell centre (``CoarseGroundTruth.points1``).
+        valid: ``(B, L0)`` bool, ``truth1`` is known.
+        window: the refinement window.
+        inverse_std: weight the L2 term by inverse spread.
+        ce_weight: weight of the cross-entropy term (0: LoFTR's L2 alone).
+
+    Returns:
+        Scalar float32 loss.
+    """
+    if points1.shape != truth1.shape or points1.shape != centres1.shape or points1.shape[-1] != 2:
+        raise ValueError(
+            f"points1 {tuple(points1.shape)}, centres1 {tuple(centres1.shape)} and truth1 "
+            f"{tuple(truth1.shape)} must all be (B, L0, 2)"
+        )
+    if logits.shape != (*points1.shape[:-1], window.num_positions):
+        raise ValueError(f"logits must be (B, L0, {window.num_positions}), got {tuple(logits.shape)}")
+    reach = window.reach
+    with torch.autocast(device_type=points1.device.type, enabled=False):
+        pred, truth = points1.float(), truth1.float()
+        offsets = truth - centres1.float()  # (B, L0, 2)
+        reachable = valid & (offsets.abs().amax(-1) <= reach)  # (B, L0)
+        count = reachable.sum().clamp(min=1)
+        error = ((pred - truth) / reach).pow(2).sum(-1)  # (B, L0)
+        if inverse_std:
+            weight = 1.0 / uncertainty.detach().float().clamp(min=1e-3)
+            mean_weight = torch.where(reachable, weight, torch.zeros_like(weight)).sum() / count
+            weight = weight / mean_weight.clamp(min=1e-12)
+        else:
+            weight = torch.ones_like(error)
+        l2 = torch.where(reachable, weight * error, torch.zeros_like(error)).sum() / count
+        if ce_weight == 0:
+            return l2
+        target = _bilinear_window_target(torch.where(reachable.unsqueeze(-1), offsets, 0.0), window)
+        ce = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)  # (B, L0)
+        ce = torch.where(reachable, ce, torch.zeros_like(ce)).sum() / count
+        return l2 + ce_weight * ce
 
 
 def focal_loss(
@@ -221,12 +324,13 @@ def align_teacher_to_student(
             f"teacher_similarity must be (B, {ht * wt}, {ht * wt}) for a {ht}x{wt} teacher grid, "
             f"got {tuple(teacher_similarity.shape)}"
         )
-    if min(hs, ws) <= 0 or ht % hs or wt % ws or ht // hs != wt // ws:
+    try:
+        k = CoarseGrid(1, ht, wt).factor_to(CoarseGrid(1, hs, ws))
+    except ValueError as error:
         raise ValueError(
             f"teacher grid {ht}x{wt} is not an integer multiple k of student grid {hs}x{ws} with the same k on "
             "both axes; use an image size divisible by the student stride (e.g. 640x480 for strides 8/16)"
-        )
-    k = ht // hs
+        ) from error
     if k == 1:
         return teacher_similarity
     grid = teacher_similarity.reshape(b, ht, wt, ht, wt)

@@ -121,10 +121,10 @@ def letterbox(
 
 
 def grid_cell_centers(h: int, w: int, stride: int) -> np.ndarray:
-    """(h*w, 2) xy centres of a row-major coarse grid, as ``loftr_kd.supervision.cell_centers``."""
-    from loftr_kd.supervision import cell_centers
+    """(h*w, 2) xy centres of a row-major coarse grid (:class:`loftr_kd.geometry.CoarseGrid`)."""
+    from loftr_kd.geometry import CoarseGrid
 
-    return np.asarray(cell_centers(h, w, stride), dtype=np.float64).reshape(-1, 2)
+    return CoarseGrid(stride, h, w).centers().numpy().astype(np.float64)
 
 
 def _empty_result() -> dict[str, np.ndarray]:
@@ -306,21 +306,16 @@ class Matcher:
         missing = {"image0", "image1"} - set(inputs) | {"match_ids", "match_confidence"} - outputs
         if missing:
             raise MatcherError(f"{path} is not an exported student: missing inputs/outputs {sorted(missing)}")
-        config = json.loads(meta["student_config"]) if "student_config" in meta else None
-        if config is not None:
-            self.config = config
-            self._set_geometry(config["input_height"], config["input_width"], config["coarse_stride"])
-            self._baked_threshold = float(config.get("match_threshold", 0.0))
-        else:  # geometry from the static input shape; stride from the number of coarse cells
-            shape = inputs["image0"].shape
-            out_shape = next(o.shape for o in self._session.get_outputs() if o.name == "match_ids")
-            if not all(isinstance(d, int) for d in (*shape[2:], out_shape[1])):
-                raise MatcherError(f"{path} has no student_config metadata and a dynamic input shape")
-            height, width = shape[2], shape[3]
-            stride = round((height * width / out_shape[1]) ** 0.5)
-            self.config = {"input_height": height, "input_width": width, "coarse_stride": stride}
-            self._set_geometry(height, width, stride)
-            self._baked_threshold = None
+        config = json.loads(meta["student_config"]) if meta.get("student_config") else None
+        if config is None:  # the geometry comes from the export metadata; nothing is guessed
+            raise MatcherError(
+                f"{path} carries no student_config metadata (input size, coarse stride): it was not written "
+                f"by loftr-kd-export; export the checkpoint again with loftr-kd-export"
+            )
+        self.config = config
+        self._set_geometry(config["input_height"], config["input_width"], config["coarse_stride"])
+        self._baked_threshold = float(config.get("match_threshold", 0.0))
+        self._has_points = {"points0", "points1"} <= outputs
         batch = inputs["image0"].shape[0]
         self._onnx_batch = batch if isinstance(batch, int) else 1
         self._run = self._run_onnx
@@ -350,7 +345,11 @@ class Matcher:
         config = dict(config or {})
         if input_size is not None:
             config.update(input_height=input_size[0], input_width=input_size[1])
-        config.setdefault("coarse_stride", 16)
+        if "coarse_stride" not in config:
+            raise MatcherError(
+                f"cannot tell the coarse stride of {self.weights}: no student_config metadata (engine "
+                f"metadata, its .json sidecar or the ONNX it was built from); rebuild it with loftr-kd-export"
+            )
         self.config = config
         self._set_geometry(config["input_height"], config["input_width"], config["coarse_stride"])
         self._baked_threshold = float(config["match_threshold"]) if "match_threshold" in config else None
@@ -376,58 +375,74 @@ class Matcher:
                 meta = {p.key: p.value for p in model.metadata_props}
                 if meta.get("student_config"):
                     return json.loads(meta["student_config"])
-        tensors = metadata.get("tensors", {})
-        image_shape = tensors.get("image0", {}).get("shape")
-        ids_shape = tensors.get("match_ids", {}).get("shape")
-        if image_shape and ids_shape and min(image_shape[2:]) > 0 and ids_shape[1] > 0:
-            height, width = image_shape[2], image_shape[3]
-            return {
-                "input_height": height,
-                "input_width": width,
-                "coarse_stride": round((height * width / ids_shape[1]) ** 0.5),
-            }
         return None
 
     # ------------------------------------------------------------------ inference
-    def _run_torch(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _cell_points(self, match_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cell centres of matches, for graphs exported before the ``points0/points1`` outputs."""
+        import torch
+
+        ids = torch.from_numpy(np.asarray(match_ids, np.int64))
+        own = torch.where(ids >= 0, torch.arange(len(ids)), torch.full_like(ids, -1))
+        return self.coarse_grid.ids_to_pixels(own).numpy(), self.coarse_grid.ids_to_pixels(ids).numpy()
+
+    def _run_torch(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
         import torch
 
         with torch.inference_mode():
             t0 = torch.from_numpy(image0)[None, None].to(self.device)
             t1 = torch.from_numpy(image1)[None, None].to(self.device)
             out = self._model(t0, t1)
-        return out.match_ids[0].cpu().numpy(), out.match_confidence[0].float().cpu().numpy()
+        return (
+            out.match_ids[0].cpu().numpy(),
+            out.match_confidence[0].float().cpu().numpy(),
+            out.points0[0].float().cpu().numpy(),
+            out.points1[0].float().cpu().numpy(),
+        )
 
-    def _run_onnx(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_onnx(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
         shape = (self._onnx_batch, 1, *image0.shape)
         feed = {
             "image0": np.broadcast_to(image0, shape).astype(np.float32),
             "image1": np.broadcast_to(image1, shape).astype(np.float32),
         }
-        ids, conf = self._session.run(["match_ids", "match_confidence"], feed)
-        return np.asarray(ids[0]).astype(np.int64), np.asarray(conf[0], dtype=np.float32)
+        names = ["match_ids", "match_confidence"] + (["points0", "points1"] if self._has_points else [])
+        outputs = self._session.run(names, feed)
+        ids = np.asarray(outputs[0][0]).astype(np.int64)
+        conf = np.asarray(outputs[1][0], dtype=np.float32)
+        points0, points1 = (outputs[2][0], outputs[3][0]) if self._has_points else self._cell_points(ids)
+        return ids, conf, np.asarray(points0, np.float32), np.asarray(points1, np.float32)
 
-    def _run_trt(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_trt(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
         import torch
 
         t0 = torch.from_numpy(image0)[None, None].cuda()
         t1 = torch.from_numpy(image1)[None, None].cuda()
         out = self._trt(t0, t1)
-        if isinstance(out, dict):
-            ids, conf = out["match_ids"], out["match_confidence"]
-        elif hasattr(out, "match_ids"):
-            ids, conf = out.match_ids, out.match_confidence
-        else:
-            ids, conf = out[0], out[1]
-        return ids[0].long().cpu().numpy(), conf[0].float().cpu().numpy()
+        if not isinstance(out, dict):
+            out = (
+                out._asdict()
+                if hasattr(out, "_asdict")
+                else dict(zip(("match_ids", "match_confidence"), out))
+            )
+        ids = out["match_ids"][0].long().cpu().numpy()
+        conf = out["match_confidence"][0].float().cpu().numpy()
+        if "points1" in out:
+            return ids, conf, out["points0"][0].float().cpu().numpy(), out["points1"][0].float().cpu().numpy()
+        return (ids, conf, *self._cell_points(ids))
+
+    @property
+    def coarse_grid(self):
+        """The model input's :class:`~loftr_kd.geometry.CoarseGrid` (from the weights' metadata)."""
+        from loftr_kd.geometry import CoarseGrid
+
+        return CoarseGrid.for_image(self.input_height, self.input_width, self.stride)
 
     @property
     def grid(self) -> np.ndarray:
         """(L, 2) xy cell centres of the model-input grid."""
         if self._grid is None:
-            self._grid = grid_cell_centers(
-                self.input_height // self.stride, self.input_width // self.stride, self.stride
-            )
+            self._grid = self.coarse_grid.centers().numpy().astype(np.float64)
         return self._grid
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
@@ -437,15 +452,15 @@ class Matcher:
     def __call__(self, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
         input0, box0 = self.prepare(image0)
         input1, box1 = self.prepare(image1)
-        match_ids, match_conf = self._run(input0, input1)
+        match_ids, match_conf, all_points0, all_points1 = self._run(input0, input1)
         keep = match_ids >= 0
         if self.threshold is not None:
             keep &= match_conf >= self.threshold
         idx0 = np.nonzero(keep)[0]
         if idx0.size == 0:
             return _empty_result()
-        points0 = self.grid[idx0]
-        points1 = self.grid[match_ids[idx0]]
+        points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
+        points1 = all_points1[idx0].astype(np.float64)
         inside = box0.in_content(points0) & box1.in_content(points1)
         return {
             "keypoints0": box0.to_original(points0[inside]).astype(np.float32),

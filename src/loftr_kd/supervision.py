@@ -22,7 +22,8 @@ import torch
 from kornia.geometry.camera.perspective import project_points, unproject_points
 from kornia.geometry.conversions import convert_points_from_homogeneous, convert_points_to_homogeneous
 from kornia.geometry.linalg import transform_points
-from kornia.utils import create_meshgrid
+
+from loftr_kd.geometry import _COORD_LIMIT, CoarseGrid, cell_centers, points_to_cells
 
 __all__ = [
     "DEFAULT_DEPTH_TOLERANCE",
@@ -51,9 +52,6 @@ __all__ = [
 # Synthetic scenes with exact depth could use less (0.02-0.05); the default has to suit both.
 DEFAULT_DEPTH_TOLERANCE = 0.1
 
-# Coordinates are clamped to this magnitude before conversion to integer cell indices (no int overflow).
-_COORD_LIMIT = 1.0e7
-
 
 class CoarseGroundTruth(NamedTuple):
     """Coarse ground truth of a batch at one stride.
@@ -70,47 +68,6 @@ class CoarseGroundTruth(NamedTuple):
     match_ids: torch.Tensor
     points1: torch.Tensor
     valid: torch.Tensor
-
-
-def cell_centers(
-    h: int, w: int, stride: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Pixel coordinates of the coarse-cell centres, row-major (cell ``i = r*w + c``).
-
-    Args:
-        h: number of cell rows.
-        w: number of cell columns.
-        stride: cell size in pixels.
-        device: device of the result.
-        dtype: floating dtype of the result.
-
-    Returns:
-        ``(h*w, 2)`` xy centres ``((c + 0.5)*stride - 0.5, (r + 0.5)*stride - 0.5)``.
-    """
-    if stride <= 0 or h < 0 or w < 0:
-        raise ValueError(f"cell_centers needs h, w >= 0 and stride > 0, got h={h}, w={w}, stride={stride}")
-    grid = create_meshgrid(h, w, normalized_coordinates=False, device=device, dtype=dtype)  # (1, h, w, 2) xy
-    return ((grid + 0.5) * stride - 0.5).reshape(h * w, 2)
-
-
-def points_to_cells(points: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
-    """Index of the cell whose area contains each point (nearest cell centre), ``-1`` when off the grid.
-
-    Args:
-        points: ``(..., 2)`` xy pixel coordinates.
-        stride: cell size in pixels.
-        h: number of cell rows of the grid.
-        w: number of cell columns of the grid.
-
-    Returns:
-        ``(...)`` int64 row-major cell index ``r*w + c``, ``-1`` off the ``h x w`` grid or non-finite.
-    """
-    finite = torch.isfinite(points).all(-1)
-    safe = torch.nan_to_num(points, nan=0.0).clamp(-_COORD_LIMIT, _COORD_LIMIT)
-    cell = torch.floor((safe + 0.5) / stride).long()  # (..., 2) column, row
-    col, row = cell[..., 0], cell[..., 1]
-    on_grid = finite & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    return torch.where(on_grid, row * w + col, torch.full_like(col, -1))
 
 
 def _inside_image(points: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
@@ -291,14 +248,16 @@ def coarse_ground_truth(
     b = image0.shape[0]
     hw0 = (int(image0.shape[-2]), int(image0.shape[-1]))
     hw1 = (int(image1.shape[-2]), int(image1.shape[-1]))
-    h0, w0 = hw0[0] // stride, hw0[1] // stride
-    h1, w1 = hw1[0] // stride, hw1[1] // stride
+    grid0 = CoarseGrid.for_image(*hw0, stride, exact=False)  # LoFTR: cells of the largest multiple
+    grid1 = CoarseGrid.for_image(*hw1, stride, exact=False)
+    h0, w0 = grid0.shape
+    h1, w1 = grid1.shape
 
     def f32(key: str) -> torch.Tensor:
         return batch[key].to(device=device, dtype=torch.float32)
 
-    centres0 = cell_centers(h0, w0, stride, device=device).unsqueeze(0).expand(b, -1, -1)  # (B, L0, 2)
-    centres1 = cell_centers(h1, w1, stride, device=device).unsqueeze(0).expand(b, -1, -1)  # (B, L1, 2)
+    centres0 = grid0.centers(device=device).unsqueeze(0).expand(b, -1, -1)  # (B, L0, 2)
+    centres1 = grid1.centers(device=device).unsqueeze(0).expand(b, -1, -1)  # (B, L1, 2)
 
     # Camera math in float32 even inside an autocast region (bmm would otherwise run in half precision).
     with torch.autocast(device_type=device.type, enabled=False):
@@ -320,8 +279,8 @@ def coarse_ground_truth(
             points01, valid01 = warp_points_depth(centres0, depth0, depth1, K0, K1, T_0to1, depth_tolerance)
             points10, valid10 = warp_points_depth(centres1, depth1, depth0, K1, K0, T_1to0, depth_tolerance)
 
-    cells01 = torch.where(valid01, points_to_cells(points01, stride, h1, w1), -1)  # (B, L0) cell in image1
-    cells10 = torch.where(valid10, points_to_cells(points10, stride, h0, w0), -1)  # (B, L1) cell in image0
+    cells01 = torch.where(valid01, grid1.cell_of(points01), -1)  # (B, L0) cell in image1
+    cells10 = torch.where(valid10, grid0.cell_of(points10), -1)  # (B, L1) cell in image0
     # where each image0 cell's landing cell warps back to; "no landing cell" reads an appended -1 column
     padded = torch.cat([cells10, cells10.new_full((b, 1), -1)], dim=1)  # (B, L1 + 1)
     back = padded.gather(1, torch.where(cells01 >= 0, cells01, h1 * w1))  # (B, L0)

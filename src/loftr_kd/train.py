@@ -25,7 +25,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
-from loftr_kd.models.student import count_parameters, load_student
+from loftr_kd.models.student import count_parameters, init_student_weights
 from loftr_kd.paths import REPO_ROOT
 
 log = logging.getLogger("loftr_kd.train")
@@ -314,8 +314,11 @@ def train(cfg: DictConfig) -> float | None:
     _say(f"Student: {count_parameters(student):,} parameters — {student.config}")
     if cfg.get("init_weights"):
         # Fine-tuning: start from trained weights (a fresh run: new optimizer, epochs from 0).
-        student.load_state_dict(load_student(cfg.init_weights).state_dict())
-        _say(f"Student: initialised from {cfg.init_weights}.")
+        fresh = init_student_weights(student, cfg.init_weights)
+        _say(
+            f"Student: initialised from {cfg.init_weights}"
+            + (f" ({len(fresh)} refinement weights start fresh)." if fresh else ".")
+        )
     teacher = build_teacher(cfg)
     model = DistillationModule(
         student=student,

@@ -19,6 +19,7 @@ def draw_matches(
     *,
     confidence: np.ndarray | None = None,
     correct: np.ndarray | None = None,
+    colors: np.ndarray | None = None,
     title: str | None = None,
     numbered: bool = False,
 ) -> np.ndarray:
@@ -31,6 +32,7 @@ def draw_matches(
         keypoints1: (N, 2) xy pixels in image1.
         confidence: (N,) in [0, 1]; colours lines from blue (low) to red (high) with a jet map.
         correct: (N,) bool; overrides the colour: green correct, red wrong (as in the LoFTR figures).
+        colors: (N, 3) BGR uint8 per match; overrides both.
         title: text drawn in the top-left corner.
         numbered: write the match index beside each keypoint (the demo's snapshot).
 
@@ -43,7 +45,9 @@ def draw_matches(
     canvas[: left.shape[0], : left.shape[1]] = left
     canvas[: right.shape[0], left.shape[1] :] = right
     n = len(keypoints0)
-    if correct is not None:
+    if colors is not None:
+        colors = np.asarray(colors).reshape(n, 3)
+    elif correct is not None:
         colors = np.where(np.asarray(correct, bool)[:, None], [[0, 220, 0]], [[0, 0, 255]])
     elif confidence is not None and n:
         level = np.clip(np.asarray(confidence, np.float32) * 255, 0, 255).astype(np.uint8)
@@ -69,3 +73,44 @@ def draw_matches(
         cv2.putText(canvas, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(canvas, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
+
+
+def error_colors(errors: np.ndarray, scale_px: float = 5.0) -> np.ndarray:
+    """(N, 3) BGR colours of end-point errors: green at 0 px through yellow to red at ``scale_px`` and
+    beyond; grey where the error is unknown (NaN)."""
+    errors = np.asarray(errors, np.float64).reshape(-1)
+    t = np.clip(np.nan_to_num(errors, nan=0.0) / scale_px, 0.0, 1.0)
+    colors = np.stack([np.zeros_like(t), 220 * np.clip(2 - 2 * t, 0, 1), 255 * np.clip(2 * t, 0, 1)], 1)
+    colors[~np.isfinite(errors)] = (160, 160, 160)
+    return colors.astype(np.uint8)
+
+
+def draw_matches_with_truth(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    points0: np.ndarray,
+    points1: np.ndarray,
+    truth1: np.ndarray,
+    valid: np.ndarray,
+    who: str,
+    scale_px: float = 5.0,
+) -> np.ndarray:
+    """Matches coloured by their end-point error against the exact ground truth (TensorBoard images).
+
+    Args:
+        points0, points1: (N, 2) predicted matches (refined where the model refines).
+        truth1: (N, 2) exact image1 position of each ``points0``; ``valid`` (N,) where it is known.
+        who: name in the title.
+    """
+    errors = np.linalg.norm(np.asarray(points1, np.float64) - np.asarray(truth1, np.float64), axis=1)
+    errors = np.where(np.asarray(valid, bool), errors, np.nan)
+    known = errors[np.isfinite(errors)]
+    median = f", median error {np.median(known):.1f} px" if known.size else ""
+    return draw_matches(
+        image0,
+        image1,
+        points0,
+        points1,
+        colors=error_colors(errors, scale_px),
+        title=f"{who}: {len(points0)} matches{median} (green 0 -> red {scale_px:g} px)",
+    )

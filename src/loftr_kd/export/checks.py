@@ -213,14 +213,22 @@ class ParityResult:
     matches_onnx: int
     atol: float
     min_match_agreement: float
+    # largest |points1| difference (px) over cells matched in both runtimes; None for older graphs
+    points1_max_abs_diff_px: float | None = None
+    points_atol_px: float = 0.01
 
     @property
     def ok(self) -> bool:
         diffs = [self.match_confidence_max_abs_diff]
         if self.confidence_max_abs_diff is not None:
             diffs.append(self.confidence_max_abs_diff)
+        points_ok = (
+            self.points1_max_abs_diff_px is None or self.points1_max_abs_diff_px <= self.points_atol_px
+        )
         return (
-            all(d <= self.atol for d in diffs) and self.match_ids_equal_fraction >= self.min_match_agreement
+            all(d <= self.atol for d in diffs)
+            and self.match_ids_equal_fraction >= self.min_match_agreement
+            and points_ok
         )
 
 
@@ -387,6 +395,7 @@ def check_parity(
     output_names = [o.name for o in session.get_outputs()]
     conf_diff = 0.0
     full_diff: float | None = 0.0 if "confidence" in output_names else None
+    points_diff: float | None = 0.0 if "points1" in output_names else None
     equal = total = n_torch = n_onnx = 0
     model = model.eval()
     for image0, image1 in pairs:
@@ -402,6 +411,11 @@ def check_parity(
         )
         if full_diff is not None:
             full_diff = max(full_diff, float(np.abs(ref.confidence.numpy() - got["confidence"]).max()))
+        if points_diff is not None:
+            both = (ids_ref >= 0) & (ids_got >= 0) & (ids_ref == ids_got)
+            if both.any():
+                diff = np.abs(ref.points1.numpy() - got["points1"])[both]
+                points_diff = max(points_diff, float(diff.max()))
         equal += int((ids_ref == ids_got).sum())
         total += ids_ref.size
         n_torch += int((ids_ref[0] >= 0).sum())
@@ -415,6 +429,7 @@ def check_parity(
         matches_onnx=n_onnx,
         atol=atol,
         min_match_agreement=min_match_agreement,
+        points1_max_abs_diff_px=points_diff,
     )
 
 

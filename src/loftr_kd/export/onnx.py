@@ -42,8 +42,15 @@ class ExportError(RuntimeError):
     """Export, or one of its checks, failed; the checkpoint is left untouched."""
 
 
+# Outputs of every exported student, in order (``confidence`` is appended when asked for).
+OUTPUT_NAMES = ("match_ids", "match_confidence", "points0", "points1", "match_uncertainty")
+
+
 class ExportWrapper(nn.Module):
-    """Tensors in, fixed-shape tensors out: ``match_ids`` (int32), ``match_confidence``, [``confidence``]."""
+    """Tensors in, fixed-shape tensors out, one entry per image0 cell (:data:`OUTPUT_NAMES`):
+    ``match_ids`` (int32, -1 = none), ``match_confidence``, ``points0`` / ``points1`` (xy pixels of the
+    match in each image, refined where the model refines, -1 where none), ``match_uncertainty`` (px),
+    [``confidence`` (B, L0, L1)]."""
 
     def __init__(self, model: nn.Module, with_confidence: bool = False) -> None:
         super().__init__()
@@ -53,9 +60,10 @@ class ExportWrapper(nn.Module):
     def forward(self, image0: torch.Tensor, image1: torch.Tensor):
         out = self.model(image0, image1)
         match_ids = out.match_ids.to(torch.int32)  # (B, L0), -1 = none
+        outputs = (match_ids, out.match_confidence, out.points0, out.points1, out.match_uncertainty)
         if self.with_confidence:
-            return match_ids, out.match_confidence, out.confidence  # (B,L0), (B,L0), (B,L0,L1)
-        return match_ids, out.match_confidence
+            return (*outputs, out.confidence)  # + (B, L0, L1)
+        return outputs
 
 
 def student_config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -126,7 +134,7 @@ def export_onnx(
     # A dynamic dim traced at size 1 gets specialised by torch.export (0/1 specialisation): trace at >= 2.
     example_batch = max(batch, 2) if dynamic else batch
     example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, height, width))
-    output_names = ["match_ids", "match_confidence"] + (["confidence"] if with_confidence else [])
+    output_names = [*OUTPUT_NAMES] + (["confidence"] if with_confidence else [])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
     os.close(fd)
@@ -151,6 +159,8 @@ def export_onnx(
                     kwargs["dynamic_shapes"] = {"image0": {0: b}, "image1": {0: b}}
                 torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
         proto = onnx.load(str(tmp))
+        if not dynamic:
+            _declare_static_output_shapes(proto, wrapper, example)
         metadata = {
             "producer": "loftr_kd.export.onnx",
             "loftr_kd_version": __version__,
@@ -160,6 +170,8 @@ def export_onnx(
             "batch": "dynamic" if dynamic else str(batch),
             "dynamic_axes": "batch" if dynamic else "",
             "coarse_stride": str((config or {}).get("coarse_stride", "")),
+            "refine": str((config or {}).get("refine", "none")),
+            "refine_window": json.dumps(_window_metadata(config)),
             "match_ids_dtype": MATCH_IDS_DTYPE,
             "outputs": ",".join(output_names),
         }
@@ -180,6 +192,31 @@ def export_onnx(
     finally:
         model.train(was_training)
     return path
+
+
+def _declare_static_output_shapes(proto: onnx.ModelProto, wrapper: nn.Module, example: tuple) -> None:
+    """Write the traced outputs' sizes into the graph's output types.
+
+    The tracer leaves a symbolic batch dim on outputs computed through reshapes of runtime shapes (the
+    refinement's gathers); the sizes are fixed, and TensorRT and users reading the graph should see so.
+    """
+    with torch.no_grad():
+        outputs = wrapper(*example)
+    for value, tensor in zip(proto.graph.output, outputs):
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, tensor.shape):
+            dim.Clear()
+            dim.dim_value = int(size)
+
+
+def _window_metadata(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Refinement window geometry for runtimes (fine stride, size, reach), ``None`` without refinement."""
+    if not config or config.get("refine", "none") == "none":
+        return None
+    from loftr_kd.geometry import RefineWindow
+
+    window = RefineWindow(config["coarse_stride"], config["refine_fine_stride"], config["refine_margin"])
+    return {"fine_stride": window.fine_stride, "size": window.size, "reach_px": window.reach}
 
 
 def _verify_dynamic_batch(path: Path, batch: int, height: int, width: int) -> None:
@@ -340,7 +377,8 @@ def export_student(
             errors.append(
                 f"onnxruntime/PyTorch parity failed: match_confidence max diff "
                 f"{parity.match_confidence_max_abs_diff:.2e} (atol {atol}), match_ids equal "
-                f"{parity.match_ids_equal_fraction:.4f} (min {min_match_agreement})"
+                f"{parity.match_ids_equal_fraction:.4f} (min {min_match_agreement}), points1 max diff "
+                f"{parity.points1_max_abs_diff_px} px (atol {parity.points_atol_px})"
             )
     except Exception as e:
         errors.append(f"parity check could not run: {type(e).__name__}: {e}")

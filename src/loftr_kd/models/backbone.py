@@ -113,21 +113,46 @@ class ResNetFPNCoarse(nn.Module):
             module.requires_grad_(False)
 
         self._stage_names = tuple(f"layer{i + 1}" for i in range(self.num_stages))
+        self._block_dims = tuple(block_dims)
         self._outconv_name = f"layer{self.num_stages}_outconv"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Coarse features.
+    def fine_channels(self, fine_stride: int) -> int:
+        """Channels of the map at ``fine_stride`` (the output of stage ``log2(fine_stride)``)."""
+        return self._block_dims[_stage_index(fine_stride, self.stride)]
+
+    def forward_features(
+        self, x: torch.Tensor, fine_stride: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Coarse features and, when asked, the stage output at ``fine_stride`` (for refinement).
 
         Args:
             x: grayscale images ``(N, 1, H, W)``.
+            fine_stride: stride of the extra map (2 = after ``layer1``, 4 = after ``layer2``, ...).
 
         Returns:
-            Coarse feature map ``(N, block_dims[-1], H / stride, W / stride)``.
+            ``(N, block_dims[-1], H/s, W/s)`` coarse map and ``(N, C_f, H/f, W/f)`` fine map (or None).
         """
+        fine_stage = None if fine_stride is None else _stage_index(fine_stride, self.stride)
+        fine = None
         x = self.relu(self.bn1(self.conv1(x)))  # (N, initial_dim, H/2, W/2)
-        for name in self._stage_names:
+        for index, name in enumerate(self._stage_names):
             x = getattr(self, name)(x)  # (N, C_i, H/2^i, W/2^i) after stage i (first stage keeps 1/2)
-        return getattr(self, self._outconv_name)(x)  # (N, C, H/s, W/s)
+            if index == fine_stage:
+                fine = x
+        return getattr(self, self._outconv_name)(x), fine  # (N, C, H/s, W/s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Coarse features ``(N, 1, H, W) -> (N, block_dims[-1], H / stride, W / stride)``."""
+        return self.forward_features(x)[0]
+
+
+def _stage_index(fine_stride: int, coarse_stride: int) -> int:
+    """0-based stage whose output has ``fine_stride`` (stage ``i`` ends at stride ``2 ** (i + 1)``)."""
+    if fine_stride < 2 or fine_stride >= coarse_stride or fine_stride & (fine_stride - 1):
+        raise ValueError(
+            f"fine_stride must be a power of two in [2, coarse_stride={coarse_stride}), got {fine_stride}"
+        )
+    return int(math.log2(fine_stride)) - 1
 
 
 def check_backbone_config(

@@ -130,10 +130,13 @@ class FastBackbone(nn.Module):
         _check_depths(block_dims, depths)
         self.stride = 2 ** (len(block_dims) + 1)
         layers: list[nn.Module] = [RepConvBlock(1, initial_dim, stride=2)]  # (N, C0, H/2, W/2)
+        # stride -> (index of the last layer at that resolution, channels): the refinement's fine maps
+        self._resolution_ends = {2: (0, initial_dim)}
         in_channels = initial_dim
-        for dim, depth in zip(block_dims, depths):
+        for stage, (dim, depth) in enumerate(zip(block_dims, depths)):
             layers.append(RepConvBlock(in_channels, dim, stride=2))
             layers += [RepConvBlock(dim, dim) for _ in range(depth)]
+            self._resolution_ends[2 ** (stage + 2)] = (len(layers) - 1, dim)
             in_channels = dim
         self.layers = nn.Sequential(*layers)
         self.outconv = nn.Conv2d(in_channels, in_channels, 1, bias=False)
@@ -161,16 +164,41 @@ class FastBackbone(nn.Module):
                 self.layers[index] = layer.fuse()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Coarse features.
+    def _fine_end(self, fine_stride: int) -> tuple[int, int]:
+        if fine_stride >= self.stride or fine_stride not in self._resolution_ends:
+            raise ValueError(
+                f"fine_stride must be one of {sorted(s for s in self._resolution_ends if s < self.stride)}, "
+                f"got {fine_stride}"
+            )
+        return self._resolution_ends[fine_stride]
+
+    def fine_channels(self, fine_stride: int) -> int:
+        """Channels of the map at ``fine_stride``."""
+        return self._fine_end(fine_stride)[1]
+
+    def forward_features(
+        self, x: torch.Tensor, fine_stride: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Coarse features and, when asked, the last map at ``fine_stride`` (for refinement).
 
         Args:
             x: grayscale images ``(N, 1, H, W)``.
+            fine_stride: stride of the extra map (2, 4, ... below the coarse stride).
 
         Returns:
-            Coarse feature map ``(N, block_dims[-1], H / stride, W / stride)``.
+            ``(N, block_dims[-1], H/s, W/s)`` coarse map and ``(N, C_f, H/f, W/f)`` fine map (or None).
         """
-        return self.outconv(self.layers(x))  # (N, C, H/s, W/s)
+        end = None if fine_stride is None else self._fine_end(fine_stride)[0]
+        fine = None
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index == end:
+                fine = x
+        return self.outconv(x), fine  # (N, C, H/s, W/s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Coarse features ``(N, 1, H, W) -> (N, block_dims[-1], H / stride, W / stride)``."""
+        return self.forward_features(x)[0]
 
 
 def check_fast_config(

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loftr_kd.geometry import CoarseGrid
+
 
 class CoarseMatchOutput(NamedTuple):
     """Student output (see docs/ARCHITECTURE.md).
@@ -22,12 +24,35 @@ class CoarseMatchOutput(NamedTuple):
         confidence: ``softmax(sim, dim=1) * softmax(sim, dim=2)``, ``(B, L0, L1)``.
         match_ids: ``(B, L0)`` int64 index of the matched image-1 cell, ``-1`` = none.
         match_confidence: ``(B, L0)`` confidence of each match, ``0`` where none.
+        candidate_ids: ``(B, L0)`` best image-1 cell of every image-0 row (unmasked; what refinement and
+            its loss use).
+        points0: ``(B, L0, 2)`` xy pixels of each match in image 0 (its cell centre), ``-1`` where none.
+        points1: ``(B, L0, 2)`` xy pixels of each match in image 1: refined (sub-pixel) when the model
+            has a refinement stage, else the matched cell's centre; ``-1`` where none.
+        match_uncertainty: ``(B, L0)`` standard deviation of ``points1`` in pixels (refinement's spread,
+            or ``stride / sqrt(6)`` for a cell centre), ``0`` where none.
+        candidate_points1: ``(B, L0, 2)`` ``points1`` of every row's candidate, unmasked.
+        candidate_uncertainty: ``(B, L0)`` ``match_uncertainty`` of every row's candidate, unmasked.
+        refine_logits: ``(B, L0, K)`` refinement window scores (refining students only; for losses).
+        fine_maps: the two backbone maps the refinement read (refining students only), so a loss can run
+            :meth:`~loftr_kd.models.refinement.Refinement.forward` on other candidates.
+
+    The last six are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
+    every model (teacher included) gives.
     """
 
     similarity: torch.Tensor
     confidence: torch.Tensor
     match_ids: torch.Tensor
     match_confidence: torch.Tensor
+    candidate_ids: torch.Tensor | None = None
+    points0: torch.Tensor | None = None
+    points1: torch.Tensor | None = None
+    match_uncertainty: torch.Tensor | None = None
+    candidate_points1: torch.Tensor | None = None
+    candidate_uncertainty: torch.Tensor | None = None
+    refine_logits: torch.Tensor | None = None
+    fine_maps: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def similarity_matrix(feat0: torch.Tensor, feat1: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,16 +96,16 @@ def border_mask(height: int, width: int, border: int) -> torch.Tensor:
     Returns:
         Bool mask ``(h * w,)``, row-major (``i = r * w + c``), ``True`` = may match.
     """
-    rows = torch.arange(height)
-    cols = torch.arange(width)
-    keep_rows = (rows >= border) & (rows < height - border)  # (h,)
-    keep_cols = (cols >= border) & (cols < width - border)  # (w,)
-    return (keep_rows[:, None] & keep_cols[None, :]).reshape(-1)  # (h*w,)
+    return CoarseGrid(1, height, width).border_mask(border)
 
 
 def mutual_nearest_matches(
-    confidence: torch.Tensor, threshold: float, valid0: torch.Tensor, valid1: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    confidence: torch.Tensor,
+    threshold: float,
+    valid0: torch.Tensor,
+    valid1: torch.Tensor,
+    return_candidates: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Fixed-shape coarse matches: mutual nearest neighbours above a threshold, borders removed.
 
     Cell ``i`` of image 0 matches ``j = argmax_j conf[i, j]`` when ``i`` is also the maximum of column
@@ -93,9 +118,11 @@ def mutual_nearest_matches(
         valid0: bool ``(L0,)``, cells of image 0 allowed to match (e.g. :func:`border_mask`).
         valid1: bool ``(L1,)``, cells of image 1 allowed to match.
 
+        return_candidates: also return every row's best image-1 cell ``(B, L0)`` (unmasked).
+
     Returns:
         ``match_ids`` ``(B, L0)`` int64, ``-1`` = no match, and ``match_confidence`` ``(B, L0)`` with
-        the confidence's dtype, ``0`` where no match.
+        the confidence's dtype, ``0`` where no match [, candidates].
     """
     row_max, row_arg = confidence.max(dim=2)  # (B, L0), (B, L0) best image-1 cell per image-0 cell
     col_max = confidence.max(dim=1).values  # (B, L1)
@@ -103,13 +130,15 @@ def mutual_nearest_matches(
     valid = mutual & (row_max > threshold) & valid0[None, :] & valid1[row_arg]  # (B, L0)
     match_ids = torch.where(valid, row_arg, torch.full_like(row_arg, -1))  # (B, L0)
     match_confidence = torch.where(valid, row_max, torch.zeros_like(row_max))  # (B, L0)
+    if return_candidates:
+        return match_ids, match_confidence, row_arg
     return match_ids, match_confidence
 
 
 class CoarseMatching(nn.Module):
     """Similarity, dual-softmax confidence and fixed-shape matches from coarse features.
 
-    The border masks for the configured grid are non-persistent buffers (not in checkpoints); other grid
+    The border mask for the configured grid is a non-persistent buffer (not in checkpoints); other grid
     sizes get masks computed on the fly.
 
     Args:
@@ -130,33 +159,38 @@ class CoarseMatching(nn.Module):
         self.grid = (height, width)
         self.register_buffer("valid", border_mask(height, width, border_removal), persistent=False)
 
-    def _valid(self, grid: tuple[int, int], reference: torch.Tensor) -> torch.Tensor:
+    def _valid(self, grid: CoarseGrid | tuple[int, int], reference: torch.Tensor) -> torch.Tensor:
         """Border mask ``(h*w,)`` for a grid: the buffer when it is the configured one."""
-        if tuple(grid) == self.grid:
+        shape = grid.shape if isinstance(grid, CoarseGrid) else tuple(grid)
+        if shape == self.grid:
             return self.valid
-        return border_mask(grid[0], grid[1], self.border_removal).to(reference.device)
+        return border_mask(shape[0], shape[1], self.border_removal).to(reference.device)
 
     def forward(
         self,
         feat0: torch.Tensor,
         feat1: torch.Tensor,
-        grid0: tuple[int, int] | None = None,
-        grid1: tuple[int, int] | None = None,
+        grid0: CoarseGrid | tuple[int, int] | None = None,
+        grid1: CoarseGrid | tuple[int, int] | None = None,
     ) -> CoarseMatchOutput:
         """Match two sets of coarse features.
 
         Args:
             feat0: image 0 features ``(B, L0, C)``, row-major over grid ``grid0``.
             feat1: image 1 features ``(B, L1, C)``.
-            grid0: ``(h0, w0)`` of image 0; default: the configured grid.
-            grid1: ``(h1, w1)`` of image 1; default: the configured grid.
+            grid0: image 0's grid (or its ``(h0, w0)``); default: the configured grid.
+            grid1: image 1's grid; default: the configured grid.
 
         Returns:
-            :class:`CoarseMatchOutput`.
+            :class:`CoarseMatchOutput` with the coarse fields and ``candidate_ids``.
         """
         similarity = similarity_matrix(feat0, feat1, self.temperature)  # (B, L0, L1)
         confidence = dual_softmax(similarity)  # (B, L0, L1)
         valid0 = self._valid(grid0 or self.grid, feat0)  # (L0,)
         valid1 = self._valid(grid1 or self.grid, feat1)  # (L1,)
-        match_ids, match_confidence = mutual_nearest_matches(confidence, self.threshold, valid0, valid1)
-        return CoarseMatchOutput(similarity, confidence, match_ids, match_confidence)
+        match_ids, match_confidence, candidates = mutual_nearest_matches(
+            confidence, self.threshold, valid0, valid1, return_candidates=True
+        )
+        return CoarseMatchOutput(
+            similarity, confidence, match_ids, match_confidence, candidate_ids=candidates
+        )

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.backbone import build_backbone, check_backbone_config
 from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
 from loftr_kd.models.position_encoding import PositionEncodingSine
+from loftr_kd.models.refinement import REFINE_KINDS, build_refinement
 from loftr_kd.models.transformer import LocalFeatureTransformer
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "StudentConfig",
     "build_student",
     "count_parameters",
+    "init_student_weights",
     "load_student",
     "save_student",
 ]
@@ -63,6 +66,14 @@ class StudentConfig:
         keep_unused_fpn: create the published model's top-down FPN layers that only feed LoFTR's fine
             stage (33,920 parameters at paper sizes). Never run, frozen; only for parameter-count and
             state-dict parity with Coarse_LoFTR_TRT.
+        refine: sub-pixel refinement stage: ``'none'`` (coarse only, the published student), ``'corr'``
+            (window correlation + expectation) or ``'mlp'`` (offset classification); see
+            :mod:`loftr_kd.models.refinement` and docs/refinement.md.
+        refine_fine_stride: stride of the backbone map the refinement reads (2 or 4, < coarse stride).
+        refine_margin: fine pixels added on each side of the matched cell's block (window size is
+            ``coarse_stride / refine_fine_stride + 2 * refine_margin`` fine pixels).
+        refine_dim: fine descriptor size.
+        refine_hidden: ``mlp`` hidden width.
     """
 
     input_height: int = 480
@@ -81,6 +92,11 @@ class StudentConfig:
     border_removal: int = 2
     pe_temp_bug_fix: bool = True
     keep_unused_fpn: bool = False
+    refine: str = "none"
+    refine_fine_stride: int = 4
+    refine_margin: int = 2
+    refine_dim: int = 16
+    refine_hidden: int = 64
 
     def __post_init__(self) -> None:
         for name in ("block_dims", "block_depths", "layer_names"):  # frozen: tuples keep it hashable
@@ -119,11 +135,31 @@ class StudentConfig:
             self.d_model,
             block_depths=self.block_depths,
         )
+        if self.refine not in REFINE_KINDS:
+            raise ValueError(f"refine must be one of {REFINE_KINDS}, got {self.refine!r}")
+        if self.refine != "none":
+            _ = self.refine_window  # validates strides and margin
+            if self.refine_dim < 1 or self.refine_hidden < 1:
+                raise ValueError(
+                    f"refine_dim and refine_hidden must be positive, got {self.refine_dim}, {self.refine_hidden}"
+                )
 
     @property
     def grid(self) -> tuple[int, int]:
         """Coarse grid ``(h, w)`` of the configured input."""
-        return self.input_height // self.coarse_stride, self.input_width // self.coarse_stride
+        return self.coarse_grid.shape
+
+    @property
+    def coarse_grid(self) -> CoarseGrid:
+        """The :class:`~loftr_kd.geometry.CoarseGrid` of the configured input."""
+        return CoarseGrid.for_image(self.input_height, self.input_width, self.coarse_stride)
+
+    @property
+    def refine_window(self) -> RefineWindow | None:
+        """The refinement window, ``None`` without refinement."""
+        if self.refine == "none":
+            return None
+        return RefineWindow(self.coarse_stride, self.refine_fine_stride, self.refine_margin)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> StudentConfig:
@@ -171,6 +207,20 @@ class CoarseLoFTRStudent(nn.Module):
         self.coarse_matching = CoarseMatching(
             h, w, config.temperature, config.match_threshold, config.border_removal
         )
+        self.fine_stride = None if config.refine == "none" else config.refine_fine_stride
+        self.refinement = (
+            None
+            if self.fine_stride is None
+            else build_refinement(
+                config.refine,
+                self.backbone.fine_channels(self.fine_stride),
+                config.coarse_stride,
+                config.refine_fine_stride,
+                config.refine_margin,
+                config.refine_dim,
+                config.refine_hidden,
+            )
+        )
 
     def _check_images(self, image0: torch.Tensor, image1: torch.Tensor) -> None:
         """Raise ``ValueError`` on images the model cannot take (shapes only: static, export-safe)."""
@@ -186,27 +236,54 @@ class CoarseLoFTRStudent(nn.Module):
             raise ValueError(f"batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
 
     def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> CoarseMatchOutput:
-        """Coarse similarity, confidence and matches for a batch of image pairs.
+        """Coarse similarity, confidence, matches and (refined) match positions for a batch of pairs.
 
         Args:
             image0: ``(B, 1, H0, W0)`` float in [0, 1].
             image1: ``(B, 1, H1, W1)`` float in [0, 1]; normally the configured size, like ``image0``.
 
         Returns:
-            :class:`CoarseMatchOutput` with ``L0 = H0/s * W0/s`` and ``L1 = H1/s * W1/s``.
+            :class:`CoarseMatchOutput` with ``L0 = H0/s * W0/s`` and ``L1 = H1/s * W1/s``, every field set.
         """
         self._check_images(image0, image1)
+        stride = self.config.coarse_stride
+        grid0 = CoarseGrid.for_image(image0.shape[2], image0.shape[3], stride)
+        grid1 = CoarseGrid.for_image(image1.shape[2], image1.shape[3], stride)
         if image0.shape == image1.shape:  # one backbone pass on the pair, as LoFTR (shared BN statistics)
-            feat_c0, feat_c1 = self.backbone(torch.cat([image0, image1], dim=0)).chunk(
-                2, dim=0
-            )  # (B, C, h, w)
+            pair = torch.cat([image0, image1], dim=0)
+            coarse, fine = self.backbone.forward_features(pair, self.fine_stride)
+            feat_c0, feat_c1 = coarse.chunk(2, dim=0)  # (B, C, h, w)
+            fine0, fine1 = fine.chunk(2, dim=0) if fine is not None else (None, None)
         else:
-            feat_c0, feat_c1 = self.backbone(image0), self.backbone(image1)  # (B, C, h0, w0), (B, C, h1, w1)
-        grid0, grid1 = (feat_c0.shape[2], feat_c0.shape[3]), (feat_c1.shape[2], feat_c1.shape[3])
+            feat_c0, fine0 = self.backbone.forward_features(image0, self.fine_stride)  # (B, C, h0, w0)
+            feat_c1, fine1 = self.backbone.forward_features(image1, self.fine_stride)  # (B, C, h1, w1)
         feat0 = self.pos_encoding(feat_c0).flatten(2).transpose(1, 2)  # (B, L0, C), row-major cells
         feat1 = self.pos_encoding(feat_c1).flatten(2).transpose(1, 2)  # (B, L1, C)
         feat0, feat1 = self.loftr_coarse(feat0, feat1)  # (B, L0, C), (B, L1, C)
-        return self.coarse_matching(feat0, feat1, grid0, grid1)
+        coarse_out = self.coarse_matching(feat0, feat1, grid0, grid1)
+        candidates = coarse_out.candidate_ids  # (B, L0)
+        refine_logits = None
+        if self.refinement is None:
+            candidate_points1 = grid1.ids_to_pixels(candidates)  # (B, L0, 2) cell centres
+            uncertainty = torch.full(candidates.shape, stride / 6**0.5, device=candidates.device)
+        else:
+            refined = self.refinement(fine0, fine1, candidates, grid1)
+            candidate_points1, uncertainty, refine_logits = refined
+        matched = coarse_out.match_ids >= 0  # (B, L0)
+        centres0 = grid0.centers(device=candidates.device).unsqueeze(0).expand(matched.shape[0], -1, -1)
+        points0 = torch.where(matched.unsqueeze(-1), centres0, torch.full_like(centres0, -1.0))
+        points1 = torch.where(
+            matched.unsqueeze(-1), candidate_points1, torch.full_like(candidate_points1, -1.0)
+        )
+        return coarse_out._replace(
+            points0=points0,
+            points1=points1,
+            match_uncertainty=torch.where(matched, uncertainty, torch.zeros_like(uncertainty)),
+            candidate_points1=candidate_points1,
+            candidate_uncertainty=uncertainty,
+            refine_logits=refine_logits,
+            fine_maps=None if self.refinement is None else (fine0, fine1),
+        )
 
     def summary(self) -> str:
         """Human-readable sizes and parameter counts."""
@@ -222,7 +299,15 @@ class CoarseLoFTRStudent(nn.Module):
             f"  matching     temperature {cfg.temperature}, threshold {cfg.match_threshold}, "
             f"border {cfg.border_removal}",
         ]
-        for name in ("backbone", "loftr_coarse", "coarse_matching"):
+        if cfg.refine != "none":
+            window = cfg.refine_window
+            lines.append(
+                f"  refinement   {cfg.refine}: 1/{cfg.refine_fine_stride} features, {window.size}x{window.size} "
+                f"window (reach +-{window.reach:g} px), dim {cfg.refine_dim}"
+            )
+        for name in ("backbone", "loftr_coarse", "coarse_matching", "refinement"):
+            if getattr(self, name) is None:
+                continue
             lines.append(f"  params {name:<15} {count_parameters(getattr(self, name)):>12,}")
         total, trainable = count_parameters(self), count_parameters(self, trainable_only=True)
         lines.append(f"  params {'total':<15} {total:>12,} ({trainable:,} trainable)")
@@ -349,3 +434,37 @@ def load_student(
     if isinstance(map_location, (str, torch.device)):  # torch.load also takes dicts / callables
         model = model.to(map_location)
     return model.eval()
+
+
+def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> list[str]:
+    """Start ``model`` from the weights of another student file (fine-tuning, ``init_weights=``).
+
+    Every weight of the source must fit ``model``. The one allowed difference: ``model`` has a
+    refinement stage the source lacks (a coarse-only student fine-tuned into a refined one); those
+    weights keep their fresh initialisation and are listed in the result.
+
+    Args:
+        model: the student to initialise (in place).
+        path: a file :func:`load_student` reads.
+
+    Returns:
+        The names of the weights left at their initialisation.
+
+    Raises:
+        RuntimeError: a source weight has no place in ``model`` or a different shape, or ``model``
+            lacks a weight outside its refinement stage.
+    """
+    source = load_student(path).state_dict()
+    target = model.state_dict()
+    unexpected = sorted(set(source) - set(target))
+    missing = sorted(set(target) - set(source))
+    outside = [k for k in missing if not k.startswith("refinement.")]
+    shapes = [k for k in source if k in target and source[k].shape != target[k].shape]
+    if unexpected or outside or shapes:
+        raise RuntimeError(
+            f"weights in {path} do not fit this student ({model.config}):\n"
+            f"  not in the student ({len(unexpected)}): {unexpected}\n"
+            f"  missing from the file ({len(outside)}): {outside}\n  shape differs ({len(shapes)}): {shapes}"
+        )
+    model.load_state_dict(source, strict=False)
+    return missing

@@ -1,0 +1,175 @@
+"""Fixed-shape sub-pixel refinement of coarse matches from finer backbone features.
+
+For every image0 cell the coarse matching proposes one image1 cell (its row's best candidate). The
+refinement looks at fine features (stride ``fine_stride``, e.g. the backbone's 1/4 map) in a small
+window of image1 around that cell's centre (:class:`loftr_kd.geometry.RefineWindow`) and moves the
+match to the expected position under a softmax over the window: the image0 point stays at its cell
+centre (as LoFTR's fine stage), the image1 point becomes sub-pixel. The spread of that softmax is the
+match's uncertainty (pixels).
+
+Two designs share the window, the expectation and the loss (docs/refinement.md compares them):
+
+- ``corr`` (LoFTR's fine matching without its transformer): correlation of image0's fine descriptor at
+  the cell centre with every fine descriptor of image1's window, softmax, expectation.
+- ``mlp`` (XFeat's offset classification): an MLP scores every window position from the two fine
+  descriptors at the cell centres alone; no image1 window is gathered.
+
+Everything is fixed-shape: one entry per image0 cell, computed for all cells and masked afterwards, with
+ops TensorRT parses (Conv, AveragePool, Pad, Slice, Gather, MatMul, Softmax, ...); no ``nonzero``, no
+data-dependent shapes, no training branches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loftr_kd.geometry import CoarseGrid, RefineWindow
+
+__all__ = ["REFINE_KINDS", "FineHead", "RefineOutput", "Refinement", "build_refinement"]
+
+REFINE_KINDS = ("none", "corr", "mlp")
+
+
+class RefineOutput(NamedTuple):
+    """Refined image1 position of each image0 cell's candidate match (unmasked).
+
+    Attributes:
+        points1: ``(B, L0, 2)`` xy pixels in image1.
+        uncertainty: ``(B, L0)`` standard deviation of the position (pixels, L2 over both axes).
+        logits: ``(B, L0, K)`` window scores (K = window positions), for losses and diagnostics.
+    """
+
+    points1: torch.Tensor
+    uncertainty: torch.Tensor
+    logits: torch.Tensor
+
+
+class FineHead(nn.Module):
+    """Fine descriptors from a backbone feature map: 3x3 conv + BN + ReLU (local context), 1x1 projection.
+
+    Kept small on purpose: it runs at the fine resolution (1/4) on both images, where every extra
+    channel costs as much as in a backbone stage.
+    """
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+        self.relu = nn.ReLU(inplace=True)
+        self.project = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, Hf, Wf) -> (N, dim, Hf, Wf)``."""
+        return self.project(self.relu(self.bn(self.conv(x))))
+
+
+def _centre_descriptors(fine: torch.Tensor, ratio: int) -> torch.Tensor:
+    """``(B, C, h*r, w*r) -> (B, h*w, C)``: fine descriptor at each cell centre (mean of the middle 2x2)."""
+    pooled = F.avg_pool2d(fine, kernel_size=2, stride=1)  # (B, C, Hf-1, Wf-1), entry k = mean of k, k+1
+    start = ratio // 2 - 1
+    centres = pooled[:, :, start::ratio, start::ratio]  # (B, C, h, w)
+    return centres.flatten(2).transpose(1, 2)  # (B, L, C)
+
+
+def _gather_rows(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``values (B, L1, ...)`` at ``ids (B, L0)`` (valid indices) -> ``(B, L0, ...)``, one flat Gather."""
+    b, l1 = values.shape[:2]
+    offsets = (torch.arange(b, device=ids.device) * l1).unsqueeze(1)  # (B, 1)
+    flat = values.reshape(b * l1, *values.shape[2:])
+    return flat.index_select(0, (ids + offsets).reshape(-1)).reshape(b, ids.shape[1], *values.shape[2:])
+
+
+class Refinement(nn.Module):
+    """Sub-pixel refinement head (see the module docstring).
+
+    Args:
+        kind: ``"corr"`` or ``"mlp"``.
+        in_channels: channels of the backbone's fine map.
+        window: window geometry (coarse/fine strides and margin).
+        dim: fine descriptor size.
+        hidden: ``mlp`` hidden width.
+    """
+
+    def __init__(
+        self, kind: str, in_channels: int, window: RefineWindow, dim: int = 16, hidden: int = 64
+    ) -> None:
+        super().__init__()
+        if kind not in REFINE_KINDS[1:]:
+            raise ValueError(f"refine kind must be one of {REFINE_KINDS[1:]}, got {kind!r}")
+        self.kind = kind
+        self.window = window
+        self.fine_head = FineHead(in_channels, dim)
+        self.register_buffer("offsets", window.offsets(), persistent=False)  # (K, 2)
+        self.register_buffer("offsets_sq", window.offsets().pow(2).sum(-1), persistent=False)  # (K,)
+        if kind == "corr":
+            # log of the softmax scale on cosine similarities; starts at 10 (LoFTR's coarse 1/0.1)
+            self.log_scale = nn.Parameter(torch.tensor(2.3026))
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, window.num_positions)
+            )
+
+    def _window_descriptors(self, fine1: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h*r, w*r) -> (B, L1, K, C)``: every image1 cell's window of fine descriptors."""
+        r, m, size = self.window.ratio, self.window.margin, self.window.size
+        b, c, hf, wf = fine1.shape
+        h, w = hf // r, wf // r
+        padded = F.pad(fine1, (m, m, m, m))  # zero features outside the image: never a good match
+        # One strided slice per window position: exports to plain Slice ops (no im2col gather tables).
+        taps = [
+            padded[:, :, dy : dy + r * (h - 1) + 1 : r, dx : dx + r * (w - 1) + 1 : r]
+            for dy in range(size)
+            for dx in range(size)
+        ]  # each (B, C, h, w)
+        stacked = torch.stack(taps, 1)  # (B, K, C, h, w)
+        return stacked.flatten(3).permute(0, 3, 1, 2)  # (B, L1, K, C)
+
+    def forward(
+        self,
+        fine0: torch.Tensor,
+        fine1: torch.Tensor,
+        candidate_ids: torch.Tensor,
+        grid1: CoarseGrid,
+    ) -> RefineOutput:
+        """Refine each image0 cell's candidate match.
+
+        Args:
+            fine0: image0 backbone fine map ``(B, C_in, h0*r, w0*r)``.
+            fine1: image1 backbone fine map ``(B, C_in, h1*r, w1*r)``.
+            candidate_ids: ``(B, L0)`` image1 cell of each image0 cell's candidate (valid indices).
+            grid1: image1's coarse grid.
+
+        Returns:
+            :class:`RefineOutput` for every image0 cell.
+        """
+        ratio = self.window.ratio
+        desc0 = F.normalize(self.fine_head(fine0), dim=1)  # (B, C, Hf0, Wf0)
+        desc1 = F.normalize(self.fine_head(fine1), dim=1)  # (B, C, Hf1, Wf1)
+        query = _centre_descriptors(desc0, ratio)  # (B, L0, C)
+        if self.kind == "corr":
+            windows = _gather_rows(self._window_descriptors(desc1), candidate_ids)  # (B, L0, K, C)
+            logits = (
+                torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
+            )  # (B, L0, K)
+        else:
+            target = _gather_rows(_centre_descriptors(desc1, ratio), candidate_ids)  # (B, L0, C)
+            logits = self.mlp(torch.cat([query, target], dim=-1))  # (B, L0, K)
+        prob = F.softmax(logits.float(), dim=-1)  # (B, L0, K)
+        mean = torch.matmul(prob, self.offsets)  # (B, L0, 2) offset from the candidate cell centre
+        variance = torch.matmul(prob, self.offsets_sq.unsqueeze(-1)).squeeze(-1) - mean.pow(2).sum(-1)
+        uncertainty = variance.clamp(min=1e-10).sqrt()  # (B, L0)
+        points1 = grid1.ids_to_pixels(candidate_ids) + mean  # (B, L0, 2)
+        return RefineOutput(points1, uncertainty, logits)
+
+
+def build_refinement(
+    kind: str, in_channels: int, coarse_stride: int, fine_stride: int, margin: int, dim: int, hidden: int
+) -> Refinement | None:
+    """The refinement head for a student config, or ``None`` for ``kind == "none"``."""
+    if kind == "none":
+        return None
+    return Refinement(kind, in_channels, RefineWindow(coarse_stride, fine_stride, margin), dim, hidden)
