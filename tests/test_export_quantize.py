@@ -13,9 +13,10 @@ from loftr_kd.export.onnx import export_onnx
 from loftr_kd.export.quantize import (
     PairCalibrationReader,
     compare_int8,
-    homography_match_precision,
+    homography_match_stats,
     quantize_int8,
 )
+from loftr_kd.geometry import CoarseGrid
 from loftr_kd.models.student import build_student
 
 H, W = 64, 96
@@ -32,26 +33,25 @@ def test_calibration_reader_from_pairs_and_batches():
     assert len(list(PairCalibrationReader(batches, max_pairs=10))) == 3
 
 
-def test_homography_match_precision_against_known_warps():
+def test_homography_match_stats_against_known_warps():
     stride, h, w = 16, 4, 6
-    identity = np.eye(3)
+    grid = CoarseGrid(stride, h, w)
+    centres = grid.centers().numpy()
     ids = np.arange(h * w)
-    assert homography_match_precision(ids, identity, h * stride, w * stride, stride) == (h * w, h * w)
-    # a shift by exactly one cell to the right: cell i matches i + 1 (within the image)
-    shift = np.array([[1, 0, stride], [0, 1, 0], [0, 0, 1]], float)
-    ids = np.full(h * w, -1)
-    for r in range(h):
-        for c in range(w - 1):
-            ids[r * w + c] = r * w + c + 1
-    assert homography_match_precision(ids, shift, h * stride, w * stride, stride) == (
-        h * (w - 1),
-        h * (w - 1),
+    identity = np.eye(3)
+    exact = homography_match_stats(ids, centres, centres, identity, h * stride, w * stride, stride)
+    assert exact.count("correct@1px") == h * w and exact.summary()["epe_median_px"] < 0.1
+    # a shift by 2.5 px: matches at the cell centres are 2.5 px off, correct at 3 px but not at 1 px
+    shift = np.array([[1, 0, 2.5], [0, 1, 0], [0, 0, 1]], float)
+    off = homography_match_stats(ids, centres, centres, shift, h * stride, w * stride, stride).summary()
+    assert off["precision@1px"] == 0.0 and off["precision@3px"] == pytest.approx(1.0)
+    # the same shift with refined positions that follow it: exact again
+    moved = homography_match_stats(ids, centres, centres + [2.5, 0], shift, h * stride, w * stride, stride)
+    assert moved.summary()["precision@1px"] == pytest.approx(1.0)
+    none = homography_match_stats(
+        np.full(h * w, -1), centres, centres, identity, h * stride, w * stride, stride
     )
-    # matches three cells away are wrong
-    ids = np.full(h * w, -1)
-    ids[0] = 3
-    assert homography_match_precision(ids, identity, h * stride, w * stride, stride) == (0, 1)
-    assert homography_match_precision(np.full(h * w, -1), identity, h * stride, w * stride, stride) == (0, 0)
+    assert none.count("predicted") == 0 and none.count("judged") == 0
 
 
 @pytest.fixture(scope="module")

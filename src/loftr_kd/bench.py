@@ -139,8 +139,6 @@ class PeakMemory:
 
 def _student_model(name: str, height: int, width: int, settings: BenchSettings):
     """A student preset (conf/student/<name>.yaml) at the size, with checkpoint weights when given."""
-    from omegaconf import OmegaConf
-
     from loftr_kd.models.fast_backbone import reparameterize_for_inference
     from loftr_kd.models.student import build_student, load_student
 
@@ -151,13 +149,9 @@ def _student_model(name: str, height: int, width: int, settings: BenchSettings):
     if Path(name).suffix in (".pt", ".ckpt"):
         model = load_student(name, input_height=height, input_width=width)
         return reparameterize_for_inference(model, inplace=True), f"weights {Path(name).name}"
-    from loftr_kd.paths import CONFIG_DIR
+    from loftr_kd.models.student import preset_values
 
-    path = Path(settings.config_dir or CONFIG_DIR) / "student" / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no student preset {path}")
-    values = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    values.pop("_target_", None)
+    values = preset_values(name, settings.config_dir)
     values.update(input_height=height, input_width=width)
     return reparameterize_for_inference(build_student(**values), inplace=True), "random init (timing only)"
 

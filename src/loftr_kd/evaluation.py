@@ -541,6 +541,8 @@ def evaluate_coarse(
     from loftr_kd.supervision import coarse_ground_truth
 
     total = MatchStats()
+    # matches whose coarse cell is right, at the cell centre and at the returned (refined) position
+    cells_coarse, cells_refined = MatchStats(), MatchStats()
     pairs = 0
     for batch in batches:
         gt = coarse_ground_truth(batch, stride)
@@ -553,10 +555,29 @@ def evaluate_coarse(
             truth, valid = _true_positions(batch, b, result["keypoints0"])
             cells0 = grid.cell_of(torch.from_numpy(np.ascontiguousarray(result["keypoints0"])).float())
             total = total + match_stats(result["keypoints1"], truth, valid, cells0, gt.match_ids[b])
+            coarse1 = result.get("coarse_keypoints1")
+            if coarse1 is not None and len(coarse1) == len(truth):
+                right = (
+                    valid
+                    & (
+                        grid.cell_of(torch.from_numpy(np.ascontiguousarray(coarse1)).float())
+                        == grid.cell_of(torch.from_numpy(np.ascontiguousarray(truth)).float())
+                    ).numpy()
+                )
+                cells_coarse = cells_coarse + match_stats(coarse1, truth, right, cells0, gt.match_ids[b])
+                cells_refined = cells_refined + match_stats(
+                    result["keypoints1"], truth, right, cells0, gt.match_ids[b]
+                )
             pairs += 1
         if max_pairs is not None and pairs >= max_pairs:
             break
     summary = total.summary()
+    if cells_coarse.count("judged"):
+        summary["correct_cells"] = {
+            "num_matches": cells_coarse.count("judged"),
+            **{f"coarse_{k}": v for k, v in cells_coarse.summary().items() if k.startswith("epe")},
+            **{f"refined_{k}": v for k, v in cells_refined.summary().items() if k.startswith("epe")},
+        }
     summary.update(
         num_pairs=pairs,
         epe_px=summary["epe_mean_px"],
@@ -681,6 +702,21 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"{r['num_matches']:.0f} | {r['num_pairs']} |"
             )
         lines.append("")
+        gains = {n: r["correct_cells"] for n, r in coarse.items() if r.get("correct_cells")}
+        if gains:
+            lines += [
+                "End-point error of the matches whose coarse cell is right: at the cell centre vs as returned "
+                "(refined where the model refines).",
+                "",
+                "| method | matches | cell centre median / p90 px | returned median / p90 px |",
+                "|---|---|---|---|",
+            ]
+            for name, g in gains.items():
+                lines.append(
+                    f"| {name} | {g['num_matches']:.0f} | {g['coarse_epe_median_px']:.2f} / "
+                    f"{g['coarse_epe_p90_px']:.2f} | {g['refined_epe_median_px']:.2f} / {g['refined_epe_p90_px']:.2f} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 

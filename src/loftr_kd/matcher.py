@@ -2,9 +2,10 @@
 
 ``Matcher`` wraps the coarse student behind one of three backends (PyTorch, onnxruntime, TensorRT).
 Images of any size and colour mode are converted to grayscale and letterboxed (resized keeping the
-aspect ratio, padded at the bottom/right) to the model's static input size; matched coarse-cell
-centres are mapped back to the pixels of the images as given, and matches whose cell centre lies in
-the padding are dropped.
+aspect ratio, padded at the bottom/right) to the model's static input size; the model's match
+positions (image0 cell centres, image1 positions refined to sub-pixel where the model has a refinement
+stage, else cell centres) are mapped back to the pixels of the images as given, and matches that lie in
+the padding are dropped. The grid geometry comes from the weights' metadata, never from a guess.
 
 ``OpenCVMatcher`` (ORB, SIFT) has the same call interface and serves as the classical reference in
 the evaluation and the apps.
@@ -132,6 +133,7 @@ def _empty_result() -> dict[str, np.ndarray]:
         "keypoints0": np.zeros((0, 2), np.float32),
         "keypoints1": np.zeros((0, 2), np.float32),
         "confidence": np.zeros((0,), np.float32),
+        "coarse_keypoints1": np.zeros((0, 2), np.float32),
     }
 
 
@@ -159,6 +161,11 @@ class Matcher:
             when given, it is applied process-wide with ``torch.set_num_threads``.
         cache_dir: where checkpoints are exported to ONNX (default: ``.onnx_cache`` next to the
             weights, else a temporary directory).
+        use_refinement: return the refined (sub-pixel) image1 positions where the model has a
+            refinement stage; ``False`` returns the matched cells' centres (to measure what refinement adds).
+
+    The result also holds ``coarse_keypoints1`` (N, 2): each match's image1 cell centre, in the pixels
+    of image1 as given.
 
     Calling ``matcher(image0, image1)`` returns ``{"keypoints0": (N, 2), "keypoints1": (N, 2),
     "confidence": (N,)}`` as float32, keypoints in the pixels of the images as given.
@@ -173,6 +180,7 @@ class Matcher:
         input_size: tuple[int, int] | None = None,
         num_threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        use_refinement: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -187,6 +195,7 @@ class Matcher:
             raise FileNotFoundError(f"weights file not found: {self.weights}")
         self.backend = backend
         self.device = device
+        self.use_refinement = bool(use_refinement)
         self.num_threads = int(num_threads or os.cpu_count() or 1)
         self._threshold_override = threshold
         self.name = f"student-{backend}"
@@ -461,11 +470,15 @@ class Matcher:
             return _empty_result()
         points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
         points1 = all_points1[idx0].astype(np.float64)
+        cells1 = self.grid[match_ids[idx0]]  # the coarse match: image1 cell centre
+        if not self.use_refinement:
+            points1 = cells1
         inside = box0.in_content(points0) & box1.in_content(points1)
         return {
             "keypoints0": box0.to_original(points0[inside]).astype(np.float32),
             "keypoints1": box1.to_original(points1[inside]).astype(np.float32),
             "confidence": match_conf[idx0][inside].astype(np.float32),
+            "coarse_keypoints1": box1.to_original(cells1[inside]).astype(np.float32),
         }
 
     def __repr__(self) -> str:

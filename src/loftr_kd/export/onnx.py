@@ -60,7 +60,9 @@ class ExportWrapper(nn.Module):
     def forward(self, image0: torch.Tensor, image1: torch.Tensor):
         out = self.model(image0, image1)
         match_ids = out.match_ids.to(torch.int32)  # (B, L0), -1 = none
-        outputs = (match_ids, out.match_confidence, out.points0, out.points1, out.match_uncertainty)
+        outputs = (match_ids, out.match_confidence)
+        if getattr(out, "points1", None) is not None:  # every student; a bare coarse matcher has none
+            outputs += (out.points0, out.points1, out.match_uncertainty)
         if self.with_confidence:
             return (*outputs, out.confidence)  # + (B, L0, L1)
         return outputs
@@ -134,7 +136,11 @@ def export_onnx(
     # A dynamic dim traced at size 1 gets specialised by torch.export (0/1 specialisation): trace at >= 2.
     example_batch = max(batch, 2) if dynamic else batch
     example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, height, width))
-    output_names = [*OUTPUT_NAMES] + (["confidence"] if with_confidence else [])
+    with torch.no_grad():
+        probe = wrapper(*example)
+    output_names = [*OUTPUT_NAMES[: len(probe) - int(with_confidence)]] + (
+        ["confidence"] if with_confidence else []
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
     os.close(fd)

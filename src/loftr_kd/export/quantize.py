@@ -193,30 +193,37 @@ def quantize_int8(
     return out_path
 
 
-def _cell_centres(h: int, w: int, stride: int) -> np.ndarray:
-    """(h*w, 2) pixel centres of the coarse cells, row-major (the ARCHITECTURE contract)."""
-    r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return np.stack([(c.ravel() + 0.5) * stride - 0.5, (r.ravel() + 0.5) * stride - 0.5], axis=1)
+def homography_match_stats(
+    match_ids: np.ndarray,
+    points0: np.ndarray,
+    points1: np.ndarray,
+    h_0to1: np.ndarray,
+    height: int,
+    width: int,
+    stride: int,
+):
+    """:class:`loftr_kd.metrics.MatchStats` of one pair's fixed-shape outputs against an exact homography.
 
+    Args:
+        match_ids: ``(L0,)`` matched image1 cell, ``-1`` = none.
+        points0, points1: ``(L0, 2)`` match positions (refined where the model refines).
+        h_0to1: ``(3, 3)`` image0 -> image1 homography; ``height``, ``width``: image size; ``stride``: grid.
+    """
+    import torch
 
-def homography_match_precision(
-    match_ids: np.ndarray, h_0to1: np.ndarray, height: int, width: int, stride: int
-) -> tuple[int, int]:
-    """(correct, total) matches of one pair: correct when the matched image1 cell centre is within
-    one cell (``stride`` px, max-norm) of the homography warp of the image0 cell centre."""
-    h, w = height // stride, width // stride
-    centres = _cell_centres(h, w, stride)
-    ids = np.asarray(match_ids).reshape(-1).astype(np.int64)
-    valid = ids >= 0
-    if not valid.any():
-        return 0, 0
-    pts = (
-        np.concatenate([centres[valid], np.ones((int(valid.sum()), 1))], axis=1)
-        @ np.asarray(h_0to1, np.float64).T
-    )
-    warped = pts[:, :2] / pts[:, 2:3]
-    err = np.abs(warped - centres[ids[valid]]).max(axis=1)
-    return int((err <= stride).sum()), int(valid.sum())
+    from loftr_kd.metrics import match_stats
+    from loftr_kd.supervision import coarse_ground_truth, warp_points_homography
+
+    ids = torch.as_tensor(np.asarray(match_ids).reshape(-1).astype(np.int64))
+    keep = ids >= 0
+    H = torch.as_tensor(np.asarray(h_0to1, np.float32))[None]
+    p0 = torch.as_tensor(np.asarray(points0, np.float32).reshape(-1, 2))[keep]
+    truth, valid = warp_points_homography(p0[None], H, (height, width), (height, width))
+    image = torch.zeros(1, 1, height, width)
+    gt = coarse_ground_truth({"image0": image, "image1": image, "H_0to1": H}, stride)
+    cells = torch.arange(len(ids))[keep]
+    p1 = torch.as_tensor(np.asarray(points1, np.float32).reshape(-1, 2))[keep]
+    return match_stats(p1, truth[0], valid[0], cells, gt.match_ids[0])
 
 
 def _time_interleaved(sessions, feeds, iters: int, warmup: int) -> list[list[float]]:
@@ -245,33 +252,49 @@ def compare_int8(
     """Speed-up and match change of the INT8 graph against fp32 on validation pairs.
 
     ``pairs`` are ``(image0, image1)`` or ``(image0, image1, H_0to1)``. With homographies, match
-    precision against ground truth is reported for both (see ``homography_match_precision``);
+    match quality against ground truth is reported for both (``homography_match_stats``, the
+    metrics of :mod:`loftr_kd.metrics`);
     ``agreement`` (fraction of cells with the same match index as fp32) is always reported.
     """
+    import torch
+
+    from loftr_kd.geometry import CoarseGrid
+    from loftr_kd.metrics import MatchStats
+
     meta = read_metadata(fp32_path)
     config = json.loads(meta.get("student_config") or "{}")
-    stride = int(config.get("coarse_stride") or meta.get("coarse_stride") or 16)
+    if not config.get("coarse_stride"):
+        raise ValueError(f"{fp32_path} has no student_config metadata; export it with loftr-kd-export")
+    stride = int(config["coarse_stride"])
     fp32 = onnxruntime_session(fp32_path, threads=threads)
     int8 = onnxruntime_session(int8_path, threads=threads)
+    has_points = {"points0", "points1"} <= {o.name for o in fp32.get_outputs()}
+    names = ["match_ids", "points0", "points1"] if has_points else ["match_ids"]
     batch = _graph_batch(fp32_path)
     same = total = 0
-    correct = {"fp32": 0, "int8": 0}
-    counted = {"fp32": 0, "int8": 0}
+    stats = {"fp32": MatchStats(), "int8": MatchStats()}
     has_gt = all(len(p) >= 3 and p[2] is not None for p in pairs)
     feeds = None
     for pair in pairs:
         a, b = _to_numpy(pair[0]), _to_numpy(pair[1])
         a, b = a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:])
         feeds = {"image0": np.repeat(a[None, None], batch, 0), "image1": np.repeat(b[None, None], batch, 0)}
-        ids32 = fp32.run(["match_ids"], feeds)[0][0]
-        ids8 = int8.run(["match_ids"], feeds)[0][0]
-        same += int((ids32 == ids8).sum())
-        total += ids32.size
+        out32 = [o[0] for o in fp32.run(names, feeds)]
+        out8 = [o[0] for o in int8.run(names, feeds)]
+        same += int((out32[0] == out8[0]).sum())
+        total += out32[0].size
         if has_gt:
-            for key, ids in (("fp32", ids32), ("int8", ids8)):
-                c, n = homography_match_precision(ids, pair[2], a.shape[0], a.shape[1], stride)
-                correct[key] += c
-                counted[key] += n
+            grid = CoarseGrid.for_image(a.shape[0], a.shape[1], stride)
+            for key, out in (("fp32", out32), ("int8", out8)):
+                ids = np.asarray(out[0]).astype(np.int64)
+                if has_points:
+                    points0, points1 = out[1], out[2]
+                else:  # graphs exported before the points outputs: cell centres
+                    points0 = grid.centers().numpy()
+                    points1 = grid.ids_to_pixels(torch.from_numpy(ids)).numpy()
+                stats[key] = stats[key] + homography_match_stats(
+                    ids, points0, points1, pair[2], a.shape[0], a.shape[1], stride
+                )
     t32, t8 = _time_interleaved([fp32, int8], feeds, iters, warmup)
     m32, m8 = statistics.median(t32), statistics.median(t8)
     result: dict[str, Any] = {
@@ -281,20 +304,24 @@ def compare_int8(
         "int8_median_ms": m8,
         "speedup": m32 / m8 if m8 > 0 else None,
         "agreement_with_fp32": same / max(total, 1),
-        "matches_fp32": counted["fp32"] if has_gt else None,
-        "matches_int8": counted["int8"] if has_gt else None,
+        "matches_fp32": stats["fp32"].count("predicted") if has_gt else None,
+        "matches_int8": stats["int8"].count("predicted") if has_gt else None,
         "precision_basis": (
-            f"homography ground truth: match correct within {stride} px (one cell)"
+            "homography ground truth: loftr_kd.metrics (end-point error of the match position; precision "
+            "at 5 px, also at 1 / 3 px)"
             if has_gt
             else "no ground truth given: agreement with fp32 only"
         ),
     }
     if has_gt:
-        p32 = correct["fp32"] / counted["fp32"] if counted["fp32"] else None
-        p8 = correct["int8"] / counted["int8"] if counted["int8"] else None
+        s32, s8 = stats["fp32"].summary(), stats["int8"].summary()
+        p32 = s32["precision"] if stats["fp32"].count("judged") else None
+        p8 = s8["precision"] if stats["int8"].count("judged") else None
         result.update(
             precision_fp32=p32,
             precision_int8=p8,
             precision_change=(p8 - p32) if p32 is not None and p8 is not None else None,
+            metrics_fp32=s32,
+            metrics_int8=s8,
         )
     return result

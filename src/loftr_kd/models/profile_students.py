@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
-from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters
+from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters, preset_values
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "student"
 
@@ -50,10 +50,7 @@ def load_preset(name: str, height: int, width: int, fuse: bool = True) -> Coarse
     import yaml
 
     preset, *overrides = name.split("+")
-    path = CONF_DIR / f"{preset}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no student preset {path}")
-    values = {k: v for k, v in yaml.safe_load(path.read_text()).items() if not k.startswith("_")}
+    values = preset_values(preset, CONF_DIR.parent)
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:
@@ -64,16 +61,11 @@ def load_preset(name: str, height: int, width: int, fuse: bool = True) -> Coarse
     return reparameterize_for_inference(model, inplace=True) if fuse else model
 
 
-class _Full(nn.Module):
-    """The exported student: ``match_ids`` (int32, -1 = none) and ``match_confidence``."""
+def _full_graph(model: CoarseLoFTRStudent) -> nn.Module:
+    """The exported student, with every output the shipped graph has (refined positions included)."""
+    from loftr_kd.export.onnx import ExportWrapper
 
-    def __init__(self, model: CoarseLoFTRStudent) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image0: torch.Tensor, image1: torch.Tensor):
-        out = self.model(image0, image1)
-        return out.match_ids.to(torch.int32), out.match_confidence
+    return ExportWrapper(model)
 
 
 class _Backbone(nn.Module):
@@ -118,7 +110,7 @@ def stage_graphs(model: CoarseLoFTRStudent) -> dict[str, tuple[nn.Module, tuple[
     height, width, (h, w), channels = cfg.input_height, cfg.input_width, cfg.grid, cfg.d_model
     image = torch.rand(1, 1, height, width)
     return {
-        "full": (_Full(model), (image, torch.rand(1, 1, height, width))),
+        "full": (_full_graph(model), (image, torch.rand(1, 1, height, width))),
         "backbone": (_Backbone(model), (torch.rand(2, 1, height, width),)),
         "transformer": (
             _Transformer(model),

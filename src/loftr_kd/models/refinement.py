@@ -3,9 +3,9 @@
 For every image0 cell the coarse matching proposes one image1 cell (its row's best candidate). The
 refinement looks at fine features (stride ``fine_stride``, e.g. the backbone's 1/4 map) in a small
 window of image1 around that cell's centre (:class:`loftr_kd.geometry.RefineWindow`) and moves the
-match to the expected position under a softmax over the window: the image0 point stays at its cell
-centre (as LoFTR's fine stage), the image1 point becomes sub-pixel. The spread of that softmax is the
-match's uncertainty (pixels).
+match to the expected position under a softmax over the window (by default over the 3x3 positions
+around its peak): the image0 point stays at its cell centre (as LoFTR's fine stage), the image1 point
+becomes sub-pixel. The spread of the window's softmax is the match's uncertainty (pixels).
 
 Two designs share the window, the expectation and the loss (docs/refinement.md compares them):
 
@@ -95,9 +95,20 @@ class Refinement(nn.Module):
     """
 
     def __init__(
-        self, kind: str, in_channels: int, window: RefineWindow, dim: int = 16, hidden: int = 64
+        self,
+        kind: str,
+        in_channels: int,
+        window: RefineWindow,
+        dim: int = 16,
+        hidden: int = 64,
+        local_size: int = 3,
     ) -> None:
         super().__init__()
+        if local_size < 0 or (local_size and local_size % 2 == 0) or local_size > window.size:
+            raise ValueError(
+                f"local soft-argmax size must be 0 (whole window) or odd <= {window.size}, got {local_size}"
+            )
+        self.local_size = local_size
         if kind not in REFINE_KINDS[1:]:
             raise ValueError(f"refine kind must be one of {REFINE_KINDS[1:]}, got {kind!r}")
         self.kind = kind
@@ -161,15 +172,49 @@ class Refinement(nn.Module):
         prob = F.softmax(logits.float(), dim=-1)  # (B, L0, K)
         mean = torch.matmul(prob, self.offsets)  # (B, L0, 2) offset from the candidate cell centre
         variance = torch.matmul(prob, self.offsets_sq.unsqueeze(-1)).squeeze(-1) - mean.pow(2).sum(-1)
-        uncertainty = variance.clamp(min=1e-10).sqrt()  # (B, L0)
+        uncertainty = variance.clamp(min=1e-10).sqrt()  # (B, L0) spread of the whole window
+        if self.local_size:
+            mean = self._local_expectation(prob)
         points1 = grid1.ids_to_pixels(candidate_ids) + mean  # (B, L0, 2)
         return RefineOutput(points1, uncertainty, logits)
 
+    def _local_expectation(self, prob: torch.Tensor) -> torch.Tensor:
+        """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
+
+        The whole-window expectation is pulled towards the window centre as long as the heatmap is broad;
+        around its peak it is not (measured in docs/refinement.md). Fixed-shape: ArgMax, integer arithmetic
+        and GatherElements; neighbours outside the window weigh 0.
+        """
+        size, half = self.window.size, self.local_size // 2
+        peak = prob.argmax(-1)  # (B, L0)
+        row = torch.div(peak, size, rounding_mode="trunc")  # "floor" would export a Mod
+        col = peak - row * size
+        weights, indices = [], []
+        for dy in range(-half, half + 1):
+            for dx in range(-half, half + 1):
+                y, x = row + dy, col + dx
+                inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
+                index = y.clamp(0, size - 1) * size + x.clamp(0, size - 1)
+                weights.append(prob.gather(-1, index.unsqueeze(-1)).squeeze(-1) * inside.to(prob.dtype))
+                indices.append(index)
+        weight = torch.stack(weights, -1)  # (B, L0, n)
+        index = torch.stack(indices, -1)  # (B, L0, n)
+        offsets = self.offsets[index]  # (B, L0, n, 2)
+        return (weight.unsqueeze(-1) * offsets).sum(-2) / weight.sum(-1, keepdim=True).clamp(min=1e-12)
+
 
 def build_refinement(
-    kind: str, in_channels: int, coarse_stride: int, fine_stride: int, margin: int, dim: int, hidden: int
+    kind: str,
+    in_channels: int,
+    coarse_stride: int,
+    fine_stride: int,
+    margin: int,
+    dim: int,
+    hidden: int,
+    local_size: int = 3,
 ) -> Refinement | None:
     """The refinement head for a student config, or ``None`` for ``kind == "none"``."""
     if kind == "none":
         return None
-    return Refinement(kind, in_channels, RefineWindow(coarse_stride, fine_stride, margin), dim, hidden)
+    window = RefineWindow(coarse_stride, fine_stride, margin)
+    return Refinement(kind, in_channels, window, dim, hidden, local_size)

@@ -33,6 +33,7 @@ __all__ = [
     "build_student",
     "count_parameters",
     "init_student_weights",
+    "preset_values",
     "load_student",
     "save_student",
 ]
@@ -74,6 +75,8 @@ class StudentConfig:
             ``coarse_stride / refine_fine_stride + 2 * refine_margin`` fine pixels).
         refine_dim: fine descriptor size.
         refine_hidden: ``mlp`` hidden width.
+        refine_local: side of the neighbourhood of the heatmap's peak whose expectation is the refined
+            position (odd; ``0`` = the whole window, LoFTR's expectation).
     """
 
     input_height: int = 480
@@ -97,6 +100,7 @@ class StudentConfig:
     refine_margin: int = 2
     refine_dim: int = 16
     refine_hidden: int = 64
+    refine_local: int = 3
 
     def __post_init__(self) -> None:
         for name in ("block_dims", "block_depths", "layer_names"):  # frozen: tuples keep it hashable
@@ -219,6 +223,7 @@ class CoarseLoFTRStudent(nn.Module):
                 config.refine_margin,
                 config.refine_dim,
                 config.refine_hidden,
+                config.refine_local,
             )
         )
 
@@ -468,3 +473,37 @@ def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> 
         )
     model.load_state_dict(source, strict=False)
     return missing
+
+
+def preset_values(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The :class:`StudentConfig` fields of a preset ``conf/student/<name>.yaml``, without Hydra.
+
+    A preset may start from others through a Hydra ``defaults`` list (``- paper`` then ``- _self_``), as
+    ``paper_refine.yaml`` does; those are merged first. Interpolations such as ``${data.height}`` are left
+    out (the caller sets the input size).
+
+    Args:
+        name: preset file stem.
+        config_dir: folder holding ``student/``; default: the repository's ``conf/``.
+
+    Returns:
+        Plain field values (no ``_target_``, no ``defaults``).
+    """
+    from omegaconf import OmegaConf
+
+    from loftr_kd.paths import CONFIG_DIR
+
+    path = Path(config_dir or CONFIG_DIR) / "student" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no student preset {path}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    values: dict[str, Any] = {}
+    own = {k: v for k, v in raw.items() if not k.startswith("_") and k != "defaults"}
+    for entry in raw.get("defaults", []) or []:
+        if entry == "_self_":
+            values.update(own)
+            own = {}
+        elif isinstance(entry, str):
+            values.update(preset_values(entry, config_dir))
+    values.update(own)
+    return {k: v for k, v in values.items() if not (isinstance(v, str) and v.startswith("${"))}
