@@ -32,7 +32,7 @@ def test_window_gathering_is_correct_at_the_borders() -> None:
     head = Refinement("corr", 3, window)
     h, w, r = 3, 4, window.ratio
     fine = torch.randn(1, 3, h * r, w * r)
-    windows = head._window_descriptors(fine)  # (1, L, K, C)
+    windows = head._gather_windows(fine, torch.arange(h * w)[None])  # (1, L, K, C)
     for cell in range(h * w):
         row, col = divmod(cell, w)
         for k in range(window.num_positions):

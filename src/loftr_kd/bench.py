@@ -530,6 +530,19 @@ def target_checks(rows: list[dict[str, Any]]) -> list[str]:
             out.append(
                 f"{model} onnxruntime 640×480: {r['pairs_per_s']:.1f} pairs/s (target ≥ {target:g}): {ok}"
             )
+    for refined, base in (("fast_refine", "fast"), ("paper_refine", "paper")):
+        r, b = find(refined, "onnxruntime"), find(base, "onnxruntime")
+        if r and b and r.get("pairs_per_s") and b.get("pairs_per_s"):
+            overhead = b["pairs_per_s"] / r["pairs_per_s"] - 1
+            ok = (
+                "met"
+                if overhead <= 0.25 and (refined != "fast_refine" or r["pairs_per_s"] >= 40)
+                else "NOT met"
+            )
+            out.append(
+                f"{refined} onnxruntime 640×480: {r['pairs_per_s']:.1f} pairs/s, {100 * overhead:+.0f} % time over "
+                f"{base} (target ≤ +25 %{', ≥ 40 pairs/s' if refined == 'fast_refine' else ''}): {ok}"
+            )
     for r in rows:
         if r["kind"] == "student" and r.get("speedup_vs_teacher") is not None and r["backend"] != "torch":
             ok = "met" if r["speedup_vs_teacher"] >= 100 else "NOT met"

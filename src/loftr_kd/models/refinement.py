@@ -29,7 +29,7 @@ from torch import nn
 
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 
-__all__ = ["REFINE_KINDS", "FineHead", "RefineOutput", "Refinement", "build_refinement"]
+__all__ = ["FINE_HEADS", "REFINE_KINDS", "FineHead", "RefineOutput", "Refinement", "build_refinement"]
 
 REFINE_KINDS = ("none", "corr", "mlp")
 
@@ -48,19 +48,30 @@ class RefineOutput(NamedTuple):
     logits: torch.Tensor
 
 
-class FineHead(nn.Module):
-    """Fine descriptors from a backbone feature map: 3x3 conv + BN + ReLU (local context), 1x1 projection.
+FINE_HEADS = ("conv", "separable")
 
-    Kept small on purpose: it runs at the fine resolution (1/4) on both images, where every extra
-    channel costs as much as in a backbone stage.
+
+class FineHead(nn.Module):
+    """Fine descriptors from a backbone feature map: a 3x3 stage (local context) + BN + ReLU, 1x1 projection.
+
+    ``conv``: a full 3x3 conv ``C_in -> dim``. ``separable``: a depthwise 3x3 on ``C_in`` then the 1x1,
+    about 6x cheaper at 16 channels. Either runs at the fine resolution (1/4) on both images, where every
+    multiply-add costs as much as in a backbone stage (docs/refinement.md has the measured costs).
     """
 
-    def __init__(self, in_channels: int, dim: int) -> None:
+    def __init__(self, in_channels: int, dim: int, kind: str = "conv") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(dim)
+        if kind not in FINE_HEADS:
+            raise ValueError(f"fine head must be one of {FINE_HEADS}, got {kind!r}")
+        if kind == "conv":
+            self.conv = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
+            width = dim
+        else:
+            self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
+            width = in_channels
+        self.bn = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.project = nn.Conv2d(dim, dim, 1)
+        self.project = nn.Conv2d(width, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, Hf, Wf) -> (N, dim, Hf, Wf)``."""
@@ -92,6 +103,8 @@ class Refinement(nn.Module):
         window: window geometry (coarse/fine strides and margin).
         dim: fine descriptor size.
         hidden: ``mlp`` hidden width.
+        local_size: neighbourhood of the heatmap peak whose expectation is the position (0: whole window).
+        head: fine descriptor head, ``conv`` or ``separable`` (:class:`FineHead`).
     """
 
     def __init__(
@@ -102,6 +115,7 @@ class Refinement(nn.Module):
         dim: int = 16,
         hidden: int = 64,
         local_size: int = 3,
+        head: str = "conv",
     ) -> None:
         super().__init__()
         if local_size < 0 or (local_size and local_size % 2 == 0) or local_size > window.size:
@@ -113,7 +127,7 @@ class Refinement(nn.Module):
             raise ValueError(f"refine kind must be one of {REFINE_KINDS[1:]}, got {kind!r}")
         self.kind = kind
         self.window = window
-        self.fine_head = FineHead(in_channels, dim)
+        self.fine_head = FineHead(in_channels, dim, head)
         self.register_buffer("offsets", window.offsets(), persistent=False)  # (K, 2)
         self.register_buffer("offsets_sq", window.offsets().pow(2).sum(-1), persistent=False)  # (K,)
         if kind == "corr":
@@ -124,20 +138,30 @@ class Refinement(nn.Module):
                 nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, window.num_positions)
             )
 
-    def _window_descriptors(self, fine1: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h*r, w*r) -> (B, L1, K, C)``: every image1 cell's window of fine descriptors."""
+    def _gather_windows(self, fine1: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h*r, w*r)``, ``(B, L0)`` -> ``(B, L0, K, C)``: the window around each candidate cell.
+
+        One Gather on the flattened, zero-padded map with an index built from integer arithmetic: only the
+        ``L0 * K`` needed pixels are read, and no per-cell window tensor of the whole map is built (its
+        ``K`` slices, concatenation and transpose cost more than the correlation itself, measured).
+        """
         r, m, size = self.window.ratio, self.window.margin, self.window.size
         b, c, hf, wf = fine1.shape
-        h, w = hf // r, wf // r
+        w = wf // r
+        hp, wp = hf + 2 * m, wf + 2 * m
         padded = F.pad(fine1, (m, m, m, m))  # zero features outside the image: never a good match
-        # One strided slice per window position: exports to plain Slice ops (no im2col gather tables).
-        taps = [
-            padded[:, :, dy : dy + r * (h - 1) + 1 : r, dx : dx + r * (w - 1) + 1 : r]
-            for dy in range(size)
-            for dx in range(size)
-        ]  # each (B, C, h, w)
-        stacked = torch.stack(taps, 1)  # (B, K, C, h, w)
-        return stacked.flatten(3).permute(0, 3, 1, 2)  # (B, L1, K, C)
+        row = torch.div(candidate_ids, w, rounding_mode="trunc")  # ids >= 0; "floor" exports a Mod
+        col = candidate_ids - row * w
+        corner = (r * row) * wp + r * col  # (B, L0) flat index of the window's top-left pixel (padded)
+        taps = (torch.arange(size, device=fine1.device) * wp).unsqueeze(1) + torch.arange(
+            size, device=fine1.device
+        )
+        index = corner.unsqueeze(-1) + taps.reshape(1, 1, -1)  # (B, L0, K)
+        index = index + (torch.arange(b, device=fine1.device) * (hp * wp)).reshape(b, 1, 1)
+        # channels last: each gathered index copies one contiguous C-vector (gathering along the pixel axis
+        # of a channels-first map was 6x slower in onnxruntime, measured)
+        flat = padded.permute(0, 2, 3, 1).reshape(b * hp * wp, c)  # (B*Hp*Wp, C)
+        return flat.index_select(0, index.reshape(-1)).reshape(b, candidate_ids.shape[1], size * size, c)
 
     def forward(
         self,
@@ -162,10 +186,9 @@ class Refinement(nn.Module):
         desc1 = F.normalize(self.fine_head(fine1), dim=1)  # (B, C, Hf1, Wf1)
         query = _centre_descriptors(desc0, ratio)  # (B, L0, C)
         if self.kind == "corr":
-            windows = _gather_rows(self._window_descriptors(desc1), candidate_ids)  # (B, L0, K, C)
-            logits = (
-                torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
-            )  # (B, L0, K)
+            windows = self._gather_windows(desc1, candidate_ids)  # (B, L0, K, C)
+            correlation = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1)  # (B, L0, K)
+            logits = correlation * self.log_scale.exp()
         else:
             target = _gather_rows(_centre_descriptors(desc1, ratio), candidate_ids)  # (B, L0, C)
             logits = self.mlp(torch.cat([query, target], dim=-1))  # (B, L0, K)
@@ -212,9 +235,10 @@ def build_refinement(
     dim: int,
     hidden: int,
     local_size: int = 3,
+    head: str = "conv",
 ) -> Refinement | None:
     """The refinement head for a student config, or ``None`` for ``kind == "none"``."""
     if kind == "none":
         return None
     window = RefineWindow(coarse_stride, fine_stride, margin)
-    return Refinement(kind, in_channels, window, dim, hidden, local_size)
+    return Refinement(kind, in_channels, window, dim, hidden, local_size, head)

@@ -77,6 +77,7 @@ class StudentConfig:
         refine_hidden: ``mlp`` hidden width.
         refine_local: side of the neighbourhood of the heatmap's peak whose expectation is the refined
             position (odd; ``0`` = the whole window, LoFTR's expectation).
+        refine_head: fine descriptor head, ``'conv'`` (full 3x3) or ``'separable'`` (depthwise 3x3 + 1x1).
     """
 
     input_height: int = 480
@@ -101,6 +102,7 @@ class StudentConfig:
     refine_dim: int = 16
     refine_hidden: int = 64
     refine_local: int = 3
+    refine_head: str = "conv"
 
     def __post_init__(self) -> None:
         for name in ("block_dims", "block_depths", "layer_names"):  # frozen: tuples keep it hashable
@@ -224,6 +226,7 @@ class CoarseLoFTRStudent(nn.Module):
                 config.refine_dim,
                 config.refine_hidden,
                 config.refine_local,
+                config.refine_head,
             )
         )
 
