@@ -239,3 +239,29 @@ def test_tensorrt_backend_matches_onnx(student_weights, tmp_path):
     expected, got = onnx_matcher(image0, image1), trt_matcher(image0, image1)
     np.testing.assert_array_equal(expected["keypoints0"], got["keypoints0"])
     np.testing.assert_allclose(expected["confidence"], got["confidence"], atol=1e-3)
+
+
+def test_float_image_in_0_255_matches_like_the_same_image_in_0_1(student_weights):
+    matcher = Matcher(student_weights, backend="torch", num_threads=1)
+    image0, image1 = photo(320, 240), np.roll(photo(320, 240), 16, axis=1)
+    unit0, unit1 = image0.astype(np.float32) / 255.0, image1.astype(np.float32) / 255.0
+    reference = matcher(unit0, unit1)
+    assert len(reference["confidence"]) > 0
+    result = matcher(unit0 * 255.0, unit1 * 255.0)  # once clipped to white: no matches
+    np.testing.assert_allclose(result["keypoints0"], reference["keypoints0"])
+    np.testing.assert_allclose(result["keypoints1"], reference["keypoints1"])
+    # int32 / float64 colour arrays (once a raw cv2.error) give the uint8 model input to rounding.
+    for dtype in (np.float64, np.int32):
+        np.testing.assert_allclose(
+            matcher.prepare(image0.astype(dtype))[0], matcher.prepare(image0)[0], atol=1 / 255
+        )
+
+
+def test_one_nan_pixel_is_an_error_not_zero_matches(student_weights):
+    matcher = Matcher(student_weights, backend="torch", num_threads=1)
+    image = photo(320, 240).astype(np.float32) / 255.0
+    image[10, 10, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        matcher(image, photo(320, 240))
+    with pytest.raises(ValueError, match="too elongated"):
+        matcher(photo(3000, 40), photo(320, 240))

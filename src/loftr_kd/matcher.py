@@ -25,6 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.images import check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "torch", "trt")
@@ -68,32 +70,6 @@ class Letterbox:
         return (points[:, 0] <= self.content_width - 0.5) & (points[:, 1] <= self.content_height - 0.5)
 
 
-def to_gray_float(image: np.ndarray) -> np.ndarray:
-    """Gray, BGR or BGRA image (uint8/uint16/float in [0, 1]) -> (H, W) float32 in [0, 1]."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a numpy image, got {type(image).__name__}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3:
-        if image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-        else:
-            raise ValueError(f"image must be gray, BGR or BGRA; got shape {image.shape}")
-    elif image.ndim != 2:
-        raise ValueError(f"image must be (H, W) or (H, W, C); got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.floating):
-        return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise ValueError(f"unsupported image dtype {image.dtype}")
-
-
 def letterbox(
     gray: np.ndarray, input_height: int, input_width: int, min_side: int = 1
 ) -> tuple[np.ndarray, Letterbox]:
@@ -108,6 +84,7 @@ def letterbox(
             f"image of {w}x{h} pixels is too small: the shorter side must be at least {min_side} px "
             f"(two coarse cells)"
         )
+    check_aspect(h, w, input_height, input_width, min_side)
     scale = min(input_height / h, input_width / w)
     new_w = min(input_width, max(1, round(w * scale)))
     new_h = min(input_height, max(1, round(h * scale)))
