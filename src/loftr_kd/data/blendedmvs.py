@@ -65,7 +65,10 @@ def find_scenes(root: PathLike) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and is_scene_dir(p))
+    # Hidden folders are temporaries (an interrupted generator's ``.synth_000.tmp-*``), never scenes.
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_scene_dir(p)
+    )
 
 
 def read_scene_list(path: PathLike) -> list[str]:
