@@ -233,3 +233,11 @@ def test_configs_instantiate(name, tmp_path):
         assert cfg.data.root == f"{tmp_path}/synthetic" and cfg.data.generate.scenes > 0
     dm = instantiate(cfg.data)
     assert isinstance(dm, PairDataModule) and dm.seed == 1
+
+
+def test_skip_mode_with_every_validation_scene_dropped_says_so(toy_root):
+    (toy_root / "validation_list.txt").write_text("toy_002\n")
+    (toy_root / "toy_002" / "cams" / "pair.txt").write_text("garbage\n")
+    dm = PairDataModule(root=toy_root, height=H, width=W, num_workers=0, on_bad_data="skip")
+    with pytest.raises(FileNotFoundError, match=r"no validation pairs are left.*toy_002: cams/pair.txt"):
+        dm.setup("fit")

@@ -23,6 +23,24 @@ log = logging.getLogger(__name__)
 KINDS = ("blendedmvs", "homography")
 
 
+def _dropped(root: Path, scenes: Sequence[str], index: BlendedMVSIndex) -> str:
+    """Which scenes gave no pair and why (the first problem recorded for each), for the error line."""
+    reasons = []
+    for scene in scenes:
+        if scene in index.scenes:
+            continue
+        prefix = str(root / scene)
+        why = next(
+            (m for m in index.report.messages if m.startswith(prefix)), "no usable pair in cams/pair.txt"
+        )
+        reasons.append(f"{scene}: {why.removeprefix(prefix + '/')}")
+    shown = "; ".join(reasons[:5]) + (f"; ... ({len(reasons)} scenes)" if len(reasons) > 5 else "")
+    return (
+        f": every scene was dropped ({shown}). Repair or remove those files, or list other scenes "
+        "(data.train_scenes / data.val_scenes)"
+    )
+
+
 def _same_path(a: Path, b: Path) -> bool:
     return a.expanduser().resolve() == b.expanduser().resolve()
 
@@ -194,13 +212,19 @@ class PairDataModule(pl.LightningDataModule):
             )
         train_index = BlendedMVSIndex.build(self.root, train_scenes, self.on_bad_data)
         if not train_index.pairs:
-            raise FileNotFoundError(f"{self.root}: the training scenes give no usable pairs")
+            raise FileNotFoundError(
+                f"{self.root}: no training pairs are left{_dropped(self.root, train_scenes, train_index)}"
+            )
         self.train_dataset = BlendedMVSPairDataset(
             self.root, train_scenes, self.height, self.width, self.on_bad_data, index=train_index
         )
         val_note = ""
         if val_scenes:
             val_index = BlendedMVSIndex.build(self.root, val_scenes, self.on_bad_data)
+            if not val_index.pairs:
+                raise FileNotFoundError(
+                    f"{self.root}: no validation pairs are left{_dropped(self.root, val_scenes, val_index)}"
+                )
             val_full = BlendedMVSPairDataset(
                 self.root, val_scenes, self.height, self.width, self.on_bad_data, index=val_index
             )
