@@ -224,6 +224,32 @@ def to_gray_float(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.clip(out, 0.0, 1.0)  # rounding only: the values are in range by construction
 
 
+# Training images must show something to match: a shorter side of at least two coarse cells of the
+# default student and some texture (a grey-level standard deviation of at least one level of 255).
+MIN_TRAINING_SIDE = 32
+MIN_TEXTURE_STD = 1.0
+
+
+def too_small_reason(height: int, width: int, min_side: int = MIN_TRAINING_SIDE) -> str | None:
+    """Why an image of this size cannot serve as training data, or ``None``."""
+    if min(height, width) < min_side:
+        return (
+            f"image is {width}x{height} pixels, too small to train on (the shorter side needs {min_side} px)"
+        )
+    return None
+
+
+def featureless_reason(gray: np.ndarray) -> str | None:
+    """Why a uint8 grayscale image has nothing to match (blank or nearly so), or ``None``."""
+    low, high = int(gray.min()), int(gray.max())
+    if low == high:
+        return f"image is blank (all pixels equal {low}): nothing to match"
+    std = float(gray.std())
+    if std < MIN_TEXTURE_STD:
+        return f"image is featureless (grey-level standard deviation {std:.2f} < {MIN_TEXTURE_STD:g}): nothing to match"
+    return None
+
+
 def check_aspect(
     height: int, width: int, input_height: int, input_width: int, min_side: int, name: str = "image"
 ) -> None:
@@ -247,8 +273,10 @@ __all__ = [
     "ImageError",
     "check_aspect",
     "check_complete",
+    "featureless_reason",
     "read_image",
     "read_image_size",
     "to_gray_float",
+    "too_small_reason",
     "value_scale",
 ]

@@ -40,6 +40,7 @@ from loftr_kd.data.blendedmvs_io import (
     read_pfm_header,
 )
 from loftr_kd.data.transforms import resize_depth_with_intrinsics, resize_with_intrinsics
+from loftr_kd.images import featureless_reason
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +346,9 @@ class BlendedMVSPairDataset(Dataset):
                 f"{record.image}: decoded size {image.shape[::-1]} differs from its header "
                 f"{(record.width, record.height)}"
             )
-        if int(image.min()) == int(image.max()):
-            raise BlendedMVSFormatError(f"{record.image}: image is empty (all pixels equal {image.flat[0]})")
+        blank = featureless_reason(image)
+        if blank:
+            raise BlendedMVSFormatError(f"{record.image}: {blank}")
         depth = read_pfm(record.depth)
         if depth.shape != image.shape:
             raise BlendedMVSFormatError(
