@@ -265,3 +265,28 @@ def test_one_nan_pixel_is_an_error_not_zero_matches(student_weights):
         matcher(image, photo(320, 240))
     with pytest.raises(ValueError, match="too elongated"):
         matcher(photo(3000, 40), photo(320, 240))
+
+
+def test_empty_or_garbage_checkpoint_is_named_without_unsafe_advice(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(MatcherError, match=r"empty.pt: the file is empty \(0 bytes\)"):
+        Matcher(empty, backend="torch")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(MatcherError, match="garbage.pt: truncated, corrupt or not a checkpoint") as info:
+        Matcher(garbage, backend="torch")
+    assert "weights_only=False" not in str(info.value)
+
+
+def test_corrupt_onnx_cache_is_named_never_reused_nor_deleted(student_weights, tmp_path):
+    cache = tmp_path / "cache"
+    Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)
+    (cached,) = cache.glob("*.onnx")
+    cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a disk full while copying the cache
+    corrupt = cached.read_bytes()
+    with pytest.raises(MatcherError, match=rf"cached ONNX export {cached} .* is corrupt.*delete it"):
+        Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)
+    assert cached.read_bytes() == corrupt
+    cached.unlink()  # as the message says
+    Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)

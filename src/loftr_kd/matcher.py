@@ -112,6 +112,19 @@ def _empty_result() -> dict[str, np.ndarray]:
     }
 
 
+def _check_cached_onnx(path: Path, weights: Path) -> None:
+    """A cached export must parse; a corrupt one is never silently reused (nor deleted: it says how)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf/onnx raise several types
+        raise MatcherError(
+            f"the cached ONNX export {path} of {weights} is corrupt ({type(err).__name__}); delete it "
+            f"(rm '{path}') and run again to export it anew"
+        ) from err
+
+
 def _missing_weights_message(path: Path) -> str:
     return (
         f"no student weights at {path}. Train one with `make train` (it writes the best student to "
@@ -248,6 +261,7 @@ class Matcher:
         for directory in candidates:
             path = directory / name
             if path.is_file():
+                _check_cached_onnx(path, self.weights)
                 return path
             try:
                 directory.mkdir(parents=True, exist_ok=True)
