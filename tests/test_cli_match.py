@@ -175,3 +175,10 @@ def test_out_holding_other_files_is_refused_and_left_byte_identical(pair, tmp_pa
     assert _sift(pair[0], pair[1], out) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_debug_flag_shows_the_traceback_instead_of_one_line(tmp_path, monkeypatch):
+    missing = tmp_path / "missing.png"
+    monkeypatch.setenv("LOFTR_KD_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        main([str(missing), str(missing), "--backend", "orb", "--out", str(tmp_path / "o")])

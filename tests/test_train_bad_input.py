@@ -163,3 +163,24 @@ def test_a_run_directory_holding_a_run_is_never_overwritten(tmp_path):
     (run / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match=r"already holds a run \(summary.json\)"):
         check_output_dir(run)
+
+
+class _BrokenDataset(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        from loftr_kd.data.blendedmvs_io import BlendedMVSFormatError
+
+        raise BlendedMVSFormatError("/data/scene/cams/00000001_cam.txt: camera file has 4 tokens")
+
+
+def test_an_error_from_a_dataloader_worker_becomes_its_own_one_line():
+    from loftr_kd.errors import is_user_error, one_line
+
+    loader = torch.utils.data.DataLoader(_BrokenDataset(), num_workers=1)
+    with pytest.raises(ValueError) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)  # what the user saw before: the worker's traceback
+    assert is_user_error(info.value)
+    assert one_line(info.value) == "/data/scene/cams/00000001_cam.txt: camera file has 4 tokens"

@@ -46,9 +46,11 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    last = lines[-1]
-    # "loftr_kd.data.blendedmvs_io.BlendedMVSFormatError: <file>: <problem>" from a worker's traceback.
-    return re.sub(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Refused): ", "", last)
+    if "Traceback (most recent call last)" not in text:
+        return "; ".join(lines)
+    # A DataLoader worker's message embeds its traceback; the last line is
+    # "loftr_kd.data.blendedmvs_io.BlendedMVSFormatError: <file>: <problem>".
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Refused): ", "", lines[-1])
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from loftr_kd.errors import debug_enabled
     from loftr_kd.matcher import MatcherError
 
     parser = build_parser()
@@ -259,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_demo(args)
     except (FileNotFoundError, RuntimeError, ValueError, MatcherError) as err:
+        if debug_enabled():
+            raise
         print(f"loftr-kd-demo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

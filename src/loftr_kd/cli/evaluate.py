@@ -116,7 +116,14 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    from loftr_kd.errors import debug_enabled, is_user_error, report
+
+    try:
+        evaluate(cfg)
+    except Exception as error:
+        if debug_enabled() or not is_user_error(error):
+            raise
+        raise SystemExit(report("loftr-kd-evaluate", error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loftr-kd-match",
         description="Match two images with the distilled coarse LoFTR student (or ORB/SIFT), estimate "
         "the homography image0 -> image1 and register image1 onto image0.",
+        epilog="Bad input ends in one error line and exit status 2; LOFTR_KD_DEBUG=1 shows the traceback.",
     )
     parser.add_argument("image0", type=Path, help="first image (any size, gray or colour)")
     parser.add_argument("image1", type=Path, help="second image")
@@ -203,15 +204,16 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 with a one-line message on bad input)."""
-    from loftr_kd.matcher import MatcherError
+    from loftr_kd.errors import debug_enabled, is_user_error, report
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run(args)
-    except (FileNotFoundError, ValueError, MatcherError) as err:
-        print(f"loftr-kd-match: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if debug_enabled() or not is_user_error(err):
+            raise
+        return report("loftr-kd-match", err)
     return 0
 
 

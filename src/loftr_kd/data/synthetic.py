@@ -1023,6 +1023,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out, args.scenes, args.views, args.seed, args.height, args.width, args.workers
         )
     except ValueError as e:
+        from loftr_kd.errors import debug_enabled
+
+        if debug_enabled():
+            raise
         parser.error(str(e))
     elapsed = time.perf_counter() - start
     print(
