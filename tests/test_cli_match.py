@@ -182,3 +182,10 @@ def test_debug_flag_shows_the_traceback_instead_of_one_line(tmp_path, monkeypatc
     monkeypatch.setenv("LOFTR_KD_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="not found"):
         main([str(missing), str(missing), "--backend", "orb", "--out", str(tmp_path / "o")])
+
+
+def test_json_over_an_input_image_is_refused(pair, tmp_path, capsys):
+    before = pair[0].read_bytes()
+    assert _sift(pair[0], pair[1], tmp_path / "o", "--json", str(pair[0])) == 2
+    assert "would overwrite an input file" in capsys.readouterr().err
+    assert pair[0].read_bytes() == before

@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> dict:
 
     out = args.out or OUTPUTS_DIR / "match" / f"{args.image0.stem}_{args.image1.stem}"
     previous = check_output_folder(out, [args.json] if args.json is not None else [])
+    inputs = {Path(p).resolve() for p in (args.image0, args.image1, args.weights) if p is not None}
+    if args.json is not None and args.json.resolve() in inputs:
+        raise ValueError(f"--json {args.json} would overwrite an input file; choose another file")
     image0, image1 = read_image(args.image0), read_image(args.image1)
     for path, image in ((args.image0, image0), (args.image1, image1)):
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
