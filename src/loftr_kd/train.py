@@ -413,7 +413,8 @@ def train(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
     if cfg.get("validate_before_training") and not ckpt_path:
-        start = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        results = trainer.validate(model, datamodule=datamodule, verbose=False)
+        start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {

@@ -35,6 +35,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".t
 def find_images(root: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """All images under ``root`` (recursive, sorted), skipping BlendedMVS ``*_masked`` images."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"{root}: is a file; data.root needs a folder of images")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder does not exist")
     exts = {e.lower() for e in extensions}
