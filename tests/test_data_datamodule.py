@@ -241,3 +241,12 @@ def test_skip_mode_with_every_validation_scene_dropped_says_so(toy_root):
     dm = PairDataModule(root=toy_root, height=H, width=W, num_workers=0, on_bad_data="skip")
     with pytest.raises(FileNotFoundError, match=r"no validation pairs are left.*toy_002: cams/pair.txt"):
         dm.setup("fit")
+
+
+def test_a_file_given_as_data_root_is_named_as_such(tmp_path):
+    file = tmp_path / "scenes.txt"
+    file.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        PairDataModule(root=file, num_workers=0).setup("fit")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        PairDataModule(kind="homography", root=file, num_workers=0).setup("fit")

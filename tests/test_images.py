@@ -119,3 +119,14 @@ def test_elongated_image_is_rejected_before_matching():
     check_aspect(100, 300, 240, 320, 32)
     with pytest.raises(ImageError, match=r"3000x40 pixels is too elongated.*640x9"):
         check_aspect(40, 3000, 480, 640, 32)
+
+
+def test_gray_with_alpha_is_read_as_gray(tmp_path):
+    gray = cv2.cvtColor(_photo(), cv2.COLOR_BGR2GRAY)
+    path = tmp_path / "ga.png"
+    from PIL import Image  # OpenCV cannot write gray + alpha; Pillow (a matplotlib dependency) can
+
+    Image.fromarray(np.stack([gray, np.full_like(gray, 255)], axis=-1), mode="LA").save(path)
+    image = read_image(path)
+    assert image.ndim == 2 or image.shape[2] == 3  # OpenCV may expand to BGR; never 2 channels
+    np.testing.assert_allclose(to_gray_float(image), gray / 255.0, atol=1 / 255)

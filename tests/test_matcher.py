@@ -290,3 +290,8 @@ def test_corrupt_onnx_cache_is_named_never_reused_nor_deleted(student_weights, t
     assert cached.read_bytes() == corrupt
     cached.unlink()  # as the message says
     Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)
+
+
+def test_a_directory_given_as_weights_is_named_as_such(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a weights file"):
+        Matcher(tmp_path, backend="torch")

@@ -184,3 +184,20 @@ def test_an_error_from_a_dataloader_worker_becomes_its_own_one_line():
     assert "Traceback" in str(info.value)  # what the user saw before: the worker's traceback
     assert is_user_error(info.value)
     assert one_line(info.value) == "/data/scene/cams/00000001_cam.txt: camera file has 4 tokens"
+
+
+def test_skip_mode_with_every_validation_scene_dropped_is_one_line(tmp_path):
+    root = tmp_path / "toy"
+    write_toy_dataset(root, scenes=2, views=3, height=48, width=64)  # toy_001 validates
+    (root / "toy_001" / "cams" / "pair.txt").write_text("3\n0\n")
+    result = _train(
+        tmp_path / "run",
+        "data=blendedmvs",
+        f"data.root={root}",
+        "data.on_bad_data=skip",
+        "data.num_workers=0",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _error_lines(result.stderr)
+    assert "no validation pairs are left" in line and "toy_001: cams/pair.txt" in line
+    assert "IndexError" not in result.stderr and "Traceback" not in result.stderr

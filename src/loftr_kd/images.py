@@ -92,6 +92,8 @@ def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
         raise ImageError(f"{path}: cannot read as an image (corrupt file or a format OpenCV does not decode)")
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]  # BGRA -> BGR
+    elif image.ndim == 3 and image.shape[2] == 2:
+        image = image[:, :, 0]  # gray + alpha -> gray
     return image
 
 

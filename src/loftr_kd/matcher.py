@@ -173,6 +173,8 @@ class Matcher:
             if not Path(weights).is_file():
                 raise FileNotFoundError(_missing_weights_message(Path(weights)))
         self.weights = Path(weights)
+        if self.weights.is_dir():
+            raise IsADirectoryError(f"weights {self.weights} is a directory, not a weights file")
         if not self.weights.is_file():
             raise FileNotFoundError(f"weights file not found: {self.weights}")
         self.backend = backend

@@ -193,6 +193,8 @@ class PairDataModule(pl.LightningDataModule):
         )
 
     def _setup_blendedmvs(self) -> None:
+        if self.root.is_file():
+            raise NotADirectoryError(f"{self.root}: is a file; data.root needs a folder of scenes")
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"{self.root}: data root does not exist (set data.root, or data=synthetic to generate one)"

@@ -311,6 +311,8 @@ def load_student(
         RuntimeError: state-dict keys don't match the config (missing and unexpected keys listed).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"student checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"student checkpoint not found: {path}")
     if path.stat().st_size == 0:
