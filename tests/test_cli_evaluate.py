@@ -99,3 +99,10 @@ def test_coarse_benchmark_on_synthetic_blendedmvs_scenes(tmp_path):
     assert sift["num_pairs"] == 4 and sift["num_matches"] > 10
     assert sift["precision"] > 0.3 and 0 < sift["recall"] <= 1
     assert "## Coarse matches" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_a_folder_holding_results_is_never_overwritten(tmp_path):
+    (tmp_path / "results.json").write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match=r"already holds evaluation results \(results.json\)"):
+        evaluate(compose_cfg(["homography.root=/nowhere"]), out_dir=tmp_path)
+    assert (tmp_path / "results.json").read_text() == '{"mine": 1}'
