@@ -201,3 +201,14 @@ def test_skip_mode_with_every_validation_scene_dropped_is_one_line(tmp_path):
     (line,) = _error_lines(result.stderr)
     assert "no validation pairs are left" in line and "toy_001: cams/pair.txt" in line
     assert "IndexError" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_init_weights_is_one_line_before_any_work(tmp_path):
+    empty = tmp_path / "student.pt"
+    empty.write_bytes(b"")
+    run = tmp_path / "run"
+    result = _train(run, f"init_weights={empty}", f"data.root={tmp_path / 'none'}")
+    assert result.returncode == 2
+    (line,) = _error_lines(result.stderr)
+    assert f"init_weights={empty}" in line and "the file is empty (0 bytes)" in line
+    assert "weights_only=False" not in result.stderr and not (run / "run_info.json").exists()

@@ -345,6 +345,18 @@ def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
+def check_init_weights(path: str | None) -> None:
+    """``init_weights`` must be a readable student checkpoint (checked before any work)."""
+    if not path:
+        return
+    from loftr_kd.models.student import load_student
+
+    try:
+        load_student(path)
+    except (KeyError, RuntimeError) as error:
+        raise ValueError(f"init_weights={path}: {one_line(error)}") from error
+
+
 def check_output_dir(output_dir: Path) -> None:
     """Refuse a run directory that already holds another run: a run never overwrites one.
 
@@ -378,6 +390,7 @@ def train(cfg: DictConfig) -> float | None:
     # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
     # the run directory.
     check_train_config(cfg)
+    check_init_weights(cfg.get("init_weights"))
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir)
@@ -395,10 +408,7 @@ def train(cfg: DictConfig) -> float | None:
     _say(f"Student: {count_parameters(student):,} parameters — {student.config}")
     if cfg.get("init_weights"):
         # Fine-tuning: start from trained weights (a fresh run: new optimizer, epochs from 0).
-        try:
-            student.load_state_dict(load_student(cfg.init_weights).state_dict())
-        except (KeyError, RuntimeError) as error:
-            raise ValueError(f"init_weights={cfg.init_weights}: {one_line(error)}") from error
+        student.load_state_dict(load_student(cfg.init_weights).state_dict())
         _say(f"Student: initialised from {cfg.init_weights}.")
     teacher = build_teacher(cfg)
     model = DistillationModule(
