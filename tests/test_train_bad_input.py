@@ -66,7 +66,10 @@ def test_config_type_and_range_errors_name_the_key(override, message):
 
 
 def test_default_and_experiment_configs_pass_the_check():
-    for overrides in ([], ["experiment=paper"], ["debug=fast"], ["trainer=cpu"]):
+    configs = [[], ["experiment=paper"], ["experiment=stride8"], ["debug=fast"], ["debug=profiler"]]
+    configs += [[f"trainer={t}"] for t in ("cpu", "gpu", "ddp", "ddp_cpu")]
+    configs += [["data=blendedmvs", "data.root=/x"], ["data=homography", "data.root=/x"], ["logger=none"]]
+    for overrides in configs:
         check_train_config(_compose(*overrides))
 
 
