@@ -182,4 +182,34 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected a file path")
 
 
-__all__ = ["ConfigError", "check_arguments", "check_train_config", "matches_hint"]
+try:  # Hydra >= 1.1
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class CheckTrainConfig(_HydraCallback):
+    """Hydra callback (``conf/train.yaml``): check the config before Hydra creates the run directory.
+
+    A problem is one line on stderr and exit status 2; ``LOFTR_KD_DEBUG=1`` raises instead.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from loftr_kd.errors import debug_enabled, report
+
+        try:
+            check_train_config(config)
+        except ConfigError as error:
+            if debug_enabled():
+                raise
+            raise SystemExit(report("loftr-kd-train", error)) from None
+
+
+__all__ = ["CheckTrainConfig", "ConfigError", "check_arguments", "check_train_config", "matches_hint"]
