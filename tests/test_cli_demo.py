@@ -122,3 +122,14 @@ def test_window_loop_with_scripted_keys(video, tmp_path, monkeypatch):
     assert main(["--source", str(video), "--backend", "orb", "--snapshots", str(tmp_path / "snaps")]) == 0
     assert len(shown) == 7  # one frame per key poll, the frozen one shown twice
     assert len(list((tmp_path / "snaps").glob("snapshot_*.png"))) == 1
+
+
+def test_directory_source_and_out_over_the_source_are_refused(video, tmp_path, capsys):
+    out = ["--headless", "--backend", "orb"]
+    assert main(["--source", str(tmp_path), "--out", str(tmp_path / "o.mp4"), *out]) == 2
+    assert "is a directory, not a video file" in capsys.readouterr().err
+    before = Path(video).read_bytes()
+    with pytest.raises(SystemExit):
+        main(["--source", str(video), "--out", str(video), *out])
+    assert "would overwrite the source video" in capsys.readouterr().err
+    assert Path(video).read_bytes() == before

@@ -34,6 +34,13 @@ def compose_cfg(overrides):
         return compose(config_name="evaluate", overrides=overrides)
 
 
+def test_a_folder_holding_results_is_never_overwritten(tmp_path):
+    (tmp_path / "results.json").write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match=r"already holds evaluation results \(results.json\)"):
+        evaluate(compose_cfg(["homography.root=/nowhere"]), out_dir=tmp_path)
+    assert (tmp_path / "results.json").read_text() == '{"mine": 1}'
+
+
 def test_evaluate_compares_methods_and_writes_reports(data, tmp_path, monkeypatch):
     root, pair_list, weights = data
     monkeypatch.setattr("loftr_kd.paths.DEFAULT_STUDENT_WEIGHTS", tmp_path / "absent.pt")

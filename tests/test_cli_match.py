@@ -75,19 +75,28 @@ def test_student_backend_writes_json(pair, tmp_path):
 def test_clear_errors(pair, tmp_path, capsys, monkeypatch):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"garbage")
-    assert main([str(junk), str(pair[1]), "--backend", "orb", "--out", str(tmp_path)]) == 2
+    assert main([str(junk), str(pair[1]), "--backend", "orb", "--out", str(tmp_path / "o")]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert main([str(tmp_path / "missing.png"), str(pair[1]), "--out", str(tmp_path)]) == 2
+    assert main([str(tmp_path / "missing.png"), str(pair[1]), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
     monkeypatch.setattr("loftr_kd.paths.DEFAULT_STUDENT_WEIGHTS", tmp_path / "student_paper.pt")
-    assert main([str(pair[0]), str(pair[1]), "--out", str(tmp_path)]) == 2
+    assert main([str(pair[0]), str(pair[1]), "--out", str(tmp_path / "o")]) == 2
     assert "make train" in capsys.readouterr().err
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), np.zeros((12, 12), np.uint8))
     weights = save_student(build_student(input_height=H, input_width=W), tmp_path / "s.pt")
     assert (
         main(
-            [str(pair[0]), str(tiny), "--backend", "torch", "--weights", str(weights), "--out", str(tmp_path)]
+            [
+                str(pair[0]),
+                str(tiny),
+                "--backend",
+                "torch",
+                "--weights",
+                str(weights),
+                "--out",
+                str(tmp_path / "o"),
+            ]
         )
         == 2
     )
@@ -96,5 +105,87 @@ def test_clear_errors(pair, tmp_path, capsys, monkeypatch):
     payload["state_dict"] = {k: v for k, v in list(payload["state_dict"].items())[2:]}
     torch.save(payload, tmp_path / "broken.pt")
     argv = [str(pair[0]), str(pair[1]), "--backend", "torch", "--weights", str(tmp_path / "broken.pt")]
-    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert "missing keys" in capsys.readouterr().err
+
+
+def _sift(image0, image1, out, *extra):
+    return main([str(image0), str(image1), "--backend", "sift", "--out", str(out), *extra])
+
+
+def test_truncated_jpeg_is_an_error_not_a_grey_match(pair, tmp_path, capsys):
+    cut = tmp_path / "cut.jpg"
+    data = pair[1].read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert _sift(pair[0], cut, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "cut.jpg: JPEG truncated" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_directory_given_as_image_is_named_as_such(pair, tmp_path, capsys):
+    assert _sift(tmp_path, pair[1], tmp_path / "o") == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_int32_and_float64_tiffs_recover_the_known_homography(pair, tmp_path):
+    image0 = cv2.imread(str(pair[0]))
+    for name, array in (("i32.tif", image0.astype(np.int32)), ("f64.tif", image0 / 255.0)):
+        assert cv2.imwrite(str(tmp_path / name), array)
+        assert _sift(tmp_path / name, pair[1], tmp_path / name.replace(".", "_")) == 0
+        homography = np.loadtxt(tmp_path / name.replace(".", "_") / "homography.txt")
+        assert corner_error(homography, H_TRUE, W, H) < 1.5  # the known warp
+
+
+def test_nan_pixel_is_an_error_naming_the_file(pair, tmp_path, capsys):
+    image = cv2.imread(str(pair[0])).astype(np.float32) / 255.0
+    image[5, 5] = np.nan
+    cv2.imwrite(str(tmp_path / "nan.tif"), image)
+    assert _sift(tmp_path / "nan.tif", pair[1], tmp_path / "o") == 2
+    assert "nan.tif: 1 pixel(s) are NaN or infinite" in capsys.readouterr().err
+
+
+def test_elongated_image_is_a_clear_error(pair, tmp_path, capsys):
+    strip = tmp_path / "strip.png"
+    cv2.imwrite(str(strip), cv2.resize(cv2.imread(str(pair[0])), (3000, 40)))
+    weights = save_student(build_student(input_height=H, input_width=W), tmp_path / "s.pt")
+    argv = [str(strip), str(pair[1]), "--backend", "torch", "--weights", str(weights)]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert "strip.png of 3000x40 pixels is too elongated" in capsys.readouterr().err
+
+
+def test_reused_out_never_keeps_a_stale_homography(pair, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _sift(pair[0], pair[1], out) == 0
+    assert (out / "homography.txt").is_file() and (out / "registered_overlay.png").is_file()
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((H, W), 128, np.uint8))  # no features: no homography
+    assert _sift(flat, pair[1], out) == 0
+    assert "replaced the outputs of a previous" in capsys.readouterr().out
+    assert json.loads((out / "matches.json").read_text())["homography"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["matches.json", "matches.png"]
+
+
+def test_out_holding_other_files_is_refused_and_left_byte_identical(pair, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "matches.png").write_bytes(b"my own picture")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _sift(pair[0], pair[1], out) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_debug_flag_shows_the_traceback_instead_of_one_line(tmp_path, monkeypatch):
+    missing = tmp_path / "missing.png"
+    monkeypatch.setenv("LOFTR_KD_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        main([str(missing), str(missing), "--backend", "orb", "--out", str(tmp_path / "o")])
+
+
+def test_json_over_an_input_image_is_refused(pair, tmp_path, capsys):
+    before = pair[0].read_bytes()
+    assert _sift(pair[0], pair[1], tmp_path / "o", "--json", str(pair[0])) == 2
+    assert "would overwrite an input file" in capsys.readouterr().err
+    assert pair[0].read_bytes() == before

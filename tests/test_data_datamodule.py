@@ -1,5 +1,6 @@
 """PairDataModule: batches follow the contract, fixed validation subset, generation hook, configs."""
 
+import json
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from loftr_kd.data import synthetic
 from loftr_kd.data.bench_loader import write_toy_dataset
 from loftr_kd.data.blendedmvs_io import write_image
 from loftr_kd.data.datamodule import PairDataModule
@@ -115,20 +117,76 @@ def test_generate_when_root_empty(tmp_path):
     _check_depth_batch(next(iter(dm.train_dataloader())), 2)
 
 
-def test_generation_killed_half_way_is_redone(tmp_path):
+def _snapshot(root):
+    """Every file under ``root`` with its bytes (the independent record of "nothing was touched")."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generation_killed_half_way_is_resumed_keeping_its_scenes(tmp_path):
     root = tmp_path / "synthetic"
     generate = {"scenes": 2, "views": 3, "seed": 7}
+    synthetic.generate_dataset(root, scenes=1, views=3, seed=7)  # stands in for scene 0 of a killed run
+    (root / synthetic.INFO_FILE).unlink()
+    for name in ("training_list.txt", "validation_list.txt", "all_list.txt"):
+        (root / name).unlink()
+    (root / synthetic.PROGRESS_FILE).write_text(
+        json.dumps({"version": "1", "seed": 7, "scenes": 2, "views": 3, "height": 576, "width": 768})
+    )
+    before = _snapshot(root / "synth_000")
     PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate).prepare_data()
-    (root / "synthetic_info.json").unlink()  # as if killed before the generator finished
-    PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate).prepare_data()
-    assert (root / "synthetic_info.json").is_file()
+    assert (root / synthetic.INFO_FILE).is_file() and not (root / synthetic.PROGRESS_FILE).exists()
+    assert _snapshot(root / "synth_000") == before and (root / "synth_001" / "cams" / "pair.txt").is_file()
+
+
+def test_synth_scenes_without_info_are_never_regenerated(tmp_path):
+    """A hand-edited or copied scene set: refused with a message naming it; every byte kept."""
+    root = tmp_path / "mine"
+    synthetic.generate_dataset(root, scenes=1, views=3, seed=7, height=48, width=64)
+    (root / synthetic.INFO_FILE).unlink()
+    (root / "synth_000" / "cams" / "notes.txt").write_text("edited by hand")
+    before = _snapshot(root)
+    generate = {"scenes": 2, "views": 3, "seed": 7, "default_root": str(root)}
+    dm = PairDataModule(root=root, height=H, width=W, num_workers=0, generate=generate)
+    with pytest.raises(ValueError, match=r"did not write \(all_list.txt, synth_000.*data=blendedmvs"):
+        dm.prepare_data()
+    assert _snapshot(root) == before
+
+
+def test_mistyped_root_is_an_error_not_a_new_data_set(tmp_path):
+    default = tmp_path / "data" / "synthetic"
+    generate = {"scenes": 1, "views": 3, "seed": 7, "default_root": str(default)}
+    typo = tmp_path / "dat" / "synthetic"
+    dm = PairDataModule(root=typo, height=H, width=W, num_workers=0, generate=generate)
+    with pytest.raises(FileNotFoundError, match=r"dat/synthetic does not exist.*allow_other_root"):
+        dm.prepare_data()
+    assert not typo.exists() and not (tmp_path / "dat").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="is empty"):
+        PairDataModule(root=empty, num_workers=0, generate=generate).prepare_data()
+    assert list(empty.iterdir()) == []
+
+
+def test_a_folder_of_anything_else_is_left_byte_identical(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "holiday.jpg").write_bytes(b"\xff\xd8 my photo \xff\xd9")
+    (root / "sub").mkdir()
+    (root / "sub" / "notes.txt").write_text("keep me")
+    before = _snapshot(root)
+    generate = {"scenes": 1, "views": 3, "allow_other_root": True}
+    with pytest.raises(ValueError, match=r"holiday.jpg, sub"):
+        PairDataModule(root=root, num_workers=0, generate=generate).prepare_data()
+    assert _snapshot(root) == before
 
 
 def test_never_generates_into_a_folder_of_real_scenes(tmp_path):
     write_toy_dataset(tmp_path, scenes=1, views=3, height=H, width=W, seed=0)
+    before = _snapshot(tmp_path)
     dm = PairDataModule(root=tmp_path, height=H, width=W, num_workers=0, generate={"scenes": 1, "views": 3})
     with pytest.raises(ValueError, match="did not write"):
         dm.prepare_data()
+    assert _snapshot(tmp_path) == before
 
 
 def test_missing_root_is_clear(tmp_path):
@@ -175,3 +233,20 @@ def test_configs_instantiate(name, tmp_path):
         assert cfg.data.root == f"{tmp_path}/synthetic" and cfg.data.generate.scenes > 0
     dm = instantiate(cfg.data)
     assert isinstance(dm, PairDataModule) and dm.seed == 1
+
+
+def test_skip_mode_with_every_validation_scene_dropped_says_so(toy_root):
+    (toy_root / "validation_list.txt").write_text("toy_002\n")
+    (toy_root / "toy_002" / "cams" / "pair.txt").write_text("garbage\n")
+    dm = PairDataModule(root=toy_root, height=H, width=W, num_workers=0, on_bad_data="skip")
+    with pytest.raises(FileNotFoundError, match=r"no validation pairs are left.*toy_002: cams/pair.txt"):
+        dm.setup("fit")
+
+
+def test_a_file_given_as_data_root_is_named_as_such(tmp_path):
+    file = tmp_path / "scenes.txt"
+    file.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        PairDataModule(root=file, num_workers=0).setup("fit")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        PairDataModule(kind="homography", root=file, num_workers=0).setup("fit")

@@ -161,3 +161,36 @@ def test_hpatches_layout_export_reads_back_with_exact_homographies(tmp_path):
         assert image1.shape == (64, 96)
         expected = (dataset[index]["image1"][0].numpy() * 255.0).round()
         np.testing.assert_array_equal(image1, expected)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (1, 1), (20, 400)])
+def test_too_small_images_are_rejected_or_skipped_and_counted(folder, size):
+    write_image(folder / "tiny.png", (np.random.default_rng(1).random(size) * 255).astype(np.uint8))
+    with pytest.raises(Exception, match=rf"tiny.png: image is {size[1]}x{size[0]} pixels, too small"):
+        HomographyPairDataset(folder, H, W)
+    dataset = HomographyPairDataset(folder, H, W, on_bad_data="skip")
+    assert dataset.bad_data_counts["skipped_images"] == 1
+    assert "tiny.png" not in {p.name for p in dataset.images}
+
+
+def test_blank_images_are_rejected_or_replaced_and_counted(folder):
+    blank = folder / "sub" / "b.png"  # image 1
+    write_image(blank, np.full((100, 120), 200, np.uint8))
+    with pytest.raises(Exception, match=r"b.png: image is blank \(all pixels equal 200\)"):
+        HomographyPairDataset(folder, H, W)[1]
+    dataset = HomographyPairDataset(folder, H, W, on_bad_data="skip")
+    assert dataset[1]["pair_id"].startswith("sub/c.ppm#")
+    assert dataset.bad_data_counts["replaced_on_load"] == 1
+    flat = np.full((100, 120), 90, np.uint8)
+    flat[::7, ::5] = 91  # one grey level of noise: still nothing to match
+    write_image(blank, flat)
+    with pytest.raises(Exception, match="featureless"):
+        HomographyPairDataset(folder, H, W)[1]
+
+
+def test_a_folder_of_only_blank_images_is_an_error(tmp_path):
+    for k in range(2):
+        write_image(tmp_path / f"{k}.png", np.zeros((64, 64), np.uint8))
+    dataset = HomographyPairDataset(tmp_path, H, W, on_bad_data="skip")
+    with pytest.raises(Exception, match="no source image could be loaded"):
+        dataset[0]

@@ -239,3 +239,59 @@ def test_tensorrt_backend_matches_onnx(student_weights, tmp_path):
     expected, got = onnx_matcher(image0, image1), trt_matcher(image0, image1)
     np.testing.assert_array_equal(expected["keypoints0"], got["keypoints0"])
     np.testing.assert_allclose(expected["confidence"], got["confidence"], atol=1e-3)
+
+
+def test_float_image_in_0_255_matches_like_the_same_image_in_0_1(student_weights):
+    matcher = Matcher(student_weights, backend="torch", num_threads=1)
+    image0, image1 = photo(320, 240), np.roll(photo(320, 240), 16, axis=1)
+    unit0, unit1 = image0.astype(np.float32) / 255.0, image1.astype(np.float32) / 255.0
+    reference = matcher(unit0, unit1)
+    assert len(reference["confidence"]) > 0
+    result = matcher(unit0 * 255.0, unit1 * 255.0)  # once clipped to white: no matches
+    np.testing.assert_allclose(result["keypoints0"], reference["keypoints0"])
+    np.testing.assert_allclose(result["keypoints1"], reference["keypoints1"])
+    # int32 / float64 colour arrays (once a raw cv2.error) give the uint8 model input to rounding.
+    for dtype in (np.float64, np.int32):
+        np.testing.assert_allclose(
+            matcher.prepare(image0.astype(dtype))[0], matcher.prepare(image0)[0], atol=1 / 255
+        )
+
+
+def test_one_nan_pixel_is_an_error_not_zero_matches(student_weights):
+    matcher = Matcher(student_weights, backend="torch", num_threads=1)
+    image = photo(320, 240).astype(np.float32) / 255.0
+    image[10, 10, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        matcher(image, photo(320, 240))
+    with pytest.raises(ValueError, match="too elongated"):
+        matcher(photo(3000, 40), photo(320, 240))
+
+
+def test_empty_or_garbage_checkpoint_is_named_without_unsafe_advice(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(MatcherError, match=r"empty.pt: the file is empty \(0 bytes\)"):
+        Matcher(empty, backend="torch")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(MatcherError, match="garbage.pt: truncated, corrupt or not a checkpoint") as info:
+        Matcher(garbage, backend="torch")
+    assert "weights_only=False" not in str(info.value)
+
+
+def test_corrupt_onnx_cache_is_named_never_reused_nor_deleted(student_weights, tmp_path):
+    cache = tmp_path / "cache"
+    Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)
+    (cached,) = cache.glob("*.onnx")
+    cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a disk full while copying the cache
+    corrupt = cached.read_bytes()
+    with pytest.raises(MatcherError, match=rf"cached ONNX export {cached} .* is corrupt.*delete it"):
+        Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)
+    assert cached.read_bytes() == corrupt
+    cached.unlink()  # as the message says
+    Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)
+
+
+def test_a_directory_given_as_weights_is_named_as_such(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a weights file"):
+        Matcher(tmp_path, backend="torch")

@@ -356,7 +356,7 @@ def test_texture_is_sampled_at_the_right_place():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_interrupted_run_leaves_no_half_scene(tmp_path, monkeypatch):
+def test_interrupted_run_leaves_no_half_scene_and_resumes_to_identical_files(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = synthetic.render_view
 
@@ -366,11 +366,23 @@ def test_interrupted_run_leaves_no_half_scene(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
+    out = tmp_path / "out"
     monkeypatch.setattr(synthetic, "render_view", failing)
     with pytest.raises(KeyboardInterrupt):
-        generate_dataset(tmp_path, scenes=2, views=VIEWS, seed=SEED, height=32, width=48)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_000"]
-    assert pair_path(tmp_path / "synth_000").is_file()
+        generate_dataset(out, scenes=2, views=VIEWS, seed=SEED, height=32, width=48)
+    assert sorted(p.name for p in out.iterdir()) == sorted([synthetic.PROGRESS_FILE, "synth_000"])
+    assert pair_path(out / "synth_000").is_file()
+    monkeypatch.setattr(synthetic, "render_view", real)
+    kept = {p: p.stat().st_mtime_ns for p in (out / "synth_000").rglob("*")}
+    with pytest.raises(ValueError, match="other settings"):
+        generate_dataset(out, scenes=2, views=VIEWS, seed=SEED + 1, height=32, width=48)
+    generate_dataset(out, scenes=2, views=VIEWS, seed=SEED, height=32, width=48)  # resumes
+    assert {p: p.stat().st_mtime_ns for p in (out / "synth_000").rglob("*")} == kept
+    whole = tmp_path / "whole"
+    generate_dataset(whole, scenes=2, views=VIEWS, seed=SEED, height=32, width=48)
+    assert _files(out) == _files(whole)
+    for rel in _files(whole):
+        assert (out / rel).read_bytes() == (whole / rel).read_bytes(), rel
 
 
 @pytest.mark.parametrize(
@@ -406,19 +418,24 @@ def test_cli_single_scene_serves_train_and_validation(tmp_path, capsys):
         synthetic.main(["--out", str(tmp_path), "--views", "1"])
 
 
-def test_rerun_replaces_scenes_and_clears_stale_temporaries(tmp_path):
-    stale = tmp_path / ".synth_000.tmp-999999"
+def test_rerun_never_replaces_a_finished_set_or_foreign_files(tmp_path):
+    generate_dataset(tmp_path / "set", scenes=1, views=2, seed=1, height=32, width=48)
+    stale = tmp_path / "set" / ".synth_000.tmp-999999"
     stale.mkdir()
     (stale / "junk").write_text("x")
-    generate_dataset(tmp_path, scenes=1, views=2, seed=1, height=32, width=48)
-    first = read_pfm(depth_path(tmp_path / "synth_000", 0))
-    generate_dataset(tmp_path, scenes=1, views=2, seed=2, height=32, width=48)
-    assert not np.array_equal(first, read_pfm(depth_path(tmp_path / "synth_000", 0)))
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(
-        ["synth_000", "training_list.txt", "validation_list.txt", "all_list.txt", synthetic.INFO_FILE]
-    )
-    assert json.loads((tmp_path / synthetic.INFO_FILE).read_text())["seed"] == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"not a scene")
+    for folder, message in ((tmp_path / "set", "already holds a finished"), (mine, "photo.jpg")):
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        with pytest.raises(synthetic.GenerationRefused, match=message):
+            generate_dataset(folder, scenes=1, views=2, seed=2, height=32, width=48)
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic.main(
+            ["--out", str(mine), "--scenes", "1", "--views", "2", "--height", "32", "--width", "48"]
+        )
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.slow

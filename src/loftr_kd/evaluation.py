@@ -354,16 +354,10 @@ def write_pose_pairs(path: str | Path, pairs: Iterable[PosePair], image_root: st
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """BGR (or gray) image as stored; a clear error for missing or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ValueError(f"cannot read {path} as an image (unsupported or corrupt file)")
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
+    """BGR (or gray) image as stored; see :func:`loftr_kd.images.read_image` for the checks."""
+    from loftr_kd.images import read_image as _read
+
+    return _read(path)
 
 
 def _resize_short_side(image: np.ndarray, short_side: int | None) -> tuple[np.ndarray, np.ndarray]:

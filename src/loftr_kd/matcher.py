@@ -26,6 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.images import check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "torch", "trt")
@@ -69,32 +71,6 @@ class Letterbox:
         return (points[:, 0] <= self.content_width - 0.5) & (points[:, 1] <= self.content_height - 0.5)
 
 
-def to_gray_float(image: np.ndarray) -> np.ndarray:
-    """Gray, BGR or BGRA image (uint8/uint16/float in [0, 1]) -> (H, W) float32 in [0, 1]."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a numpy image, got {type(image).__name__}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3:
-        if image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-        else:
-            raise ValueError(f"image must be gray, BGR or BGRA; got shape {image.shape}")
-    elif image.ndim != 2:
-        raise ValueError(f"image must be (H, W) or (H, W, C); got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.floating):
-        return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise ValueError(f"unsupported image dtype {image.dtype}")
-
-
 def letterbox(
     gray: np.ndarray, input_height: int, input_width: int, min_side: int = 1
 ) -> tuple[np.ndarray, Letterbox]:
@@ -109,6 +85,7 @@ def letterbox(
             f"image of {w}x{h} pixels is too small: the shorter side must be at least {min_side} px "
             f"(two coarse cells)"
         )
+    check_aspect(h, w, input_height, input_width, min_side)
     scale = min(input_height / h, input_width / w)
     new_w = min(input_width, max(1, round(w * scale)))
     new_h = min(input_height, max(1, round(h * scale)))
@@ -135,6 +112,19 @@ def _empty_result() -> dict[str, np.ndarray]:
         "confidence": np.zeros((0,), np.float32),
         "coarse_keypoints1": np.zeros((0, 2), np.float32),
     }
+
+
+def _check_cached_onnx(path: Path, weights: Path) -> None:
+    """A cached export must parse; a corrupt one is never silently reused (nor deleted: it says how)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf/onnx raise several types
+        raise MatcherError(
+            f"the cached ONNX export {path} of {weights} is corrupt ({type(err).__name__}); delete it "
+            f"(rm '{path}') and run again to export it anew"
+        ) from err
 
 
 def _missing_weights_message(path: Path) -> str:
@@ -191,6 +181,8 @@ class Matcher:
             if not Path(weights).is_file():
                 raise FileNotFoundError(_missing_weights_message(Path(weights)))
         self.weights = Path(weights)
+        if self.weights.is_dir():
+            raise IsADirectoryError(f"weights {self.weights} is a directory, not a weights file")
         if not self.weights.is_file():
             raise FileNotFoundError(f"weights file not found: {self.weights}")
         self.backend = backend
@@ -280,6 +272,7 @@ class Matcher:
         for directory in candidates:
             path = directory / name
             if path.is_file():
+                _check_cached_onnx(path, self.weights)
                 return path
             try:
                 directory.mkdir(parents=True, exist_ok=True)

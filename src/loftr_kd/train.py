@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from loftr_kd.config import CONFIG_DIR, register_resolvers
+from loftr_kd.config_check import check_train_config
+from loftr_kd.errors import debug_enabled, is_user_error, one_line, report, root_cause
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
 from loftr_kd.paths import REPO_ROOT
@@ -268,25 +270,111 @@ def _parity_pairs(datamodule: Any, count: int) -> list[tuple[Any, Any]]:
     return pairs
 
 
+class ResumeError(ValueError):
+    """``ckpt_path`` names no readable checkpoint; the message names the files and what to do."""
+
+
+def _read_global_step(path: Path) -> tuple[int | None, str | None]:
+    """``(global_step, None)`` of a readable Lightning checkpoint, else ``(None, why)``."""
+    try:
+        if path.stat().st_size == 0:
+            return None, "the file is empty (0 bytes)"
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"unreadable, probably truncated ({type(error).__name__}: {reason})"
+    if not isinstance(state, dict) or "global_step" not in state or "state_dict" not in state:
+        return None, "not a Lightning checkpoint of this project (no global_step/state_dict)"
+    return int(state["global_step"]), None
+
+
 def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
-    """``ckpt_path`` as a file, or a run directory → its newest checkpoint (``last.ckpt`` or ``step.ckpt``)."""
+    """The checkpoint to resume from, checked to be readable before any work.
+
+    ``ckpt_path`` is a checkpoint file, or a run directory: then its newest *intact* checkpoint among
+    ``checkpoints/last.ckpt`` and ``checkpoints/step.ckpt`` (highest global step; the later file on a tie).
+    An unreadable one is named and passed over, and the choice is said in one line.
+
+    Raises:
+        ResumeError: no such file, or no intact checkpoint; the message names each file and why.
+    """
     if not ckpt_path:
         return None
     path = Path(ckpt_path)
     if path.is_dir():
-        candidates = [
-            p for p in (path / "checkpoints").glob("*.ckpt") if p.name in ("last.ckpt", "step.ckpt")
-        ]
+        folder = path / "checkpoints"
+        candidates = [folder / name for name in ("last.ckpt", "step.ckpt") if (folder / name).is_file()]
         if not candidates:
-            raise FileNotFoundError(
-                f"ckpt_path={ckpt_path}: no last.ckpt or step.ckpt in {path / 'checkpoints'}."
-            )
-        steps = {p: torch.load(p, map_location="cpu", weights_only=False)["global_step"] for p in candidates}
-        path = max(candidates, key=lambda p: (steps[p], p.stat().st_mtime))
-        _say(f"Resume: newest checkpoint of {ckpt_path} is {path.name} (global step {steps[path]}).")
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file to resume from.")
+            raise ResumeError(f"ckpt_path={ckpt_path}: no last.ckpt or step.ckpt in {folder}")
+        steps, broken = {}, {}
+        for candidate in candidates:
+            step, why = _read_global_step(candidate)
+            if why is None:
+                steps[candidate] = step
+            else:
+                broken[candidate] = why
+        if not steps:
+            listed = "; ".join(f"{p}: {why}" for p, why in broken.items())
+            raise ResumeError(f"ckpt_path={ckpt_path}: no intact checkpoint to resume from ({listed})")
+        chosen = max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
+        passed = "".join(f"; {p.name} passed over: {why}" for p, why in broken.items())
+        _say(
+            f"Resume: taking {chosen} (global step {steps[chosen]}), the newest intact checkpoint of "
+            f"{ckpt_path}{passed}."
+        )
+        return str(chosen)
+    if path.is_dir() or not path.is_file():
+        raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file to resume from")
+    step, why = _read_global_step(path)
+    if why is not None:
+        others = [
+            (p, s)
+            for p in sorted(path.parent.glob("*.ckpt"))
+            if p != path
+            for s, bad in [_read_global_step(p)]
+            if bad is None
+        ]
+        advice = (
+            "; intact checkpoints beside it: "
+            + ", ".join(f"{p.name} (global step {s})" for p, s in others)
+            + f" — pass one of them, or ckpt_path={path.parent.parent} to take the newest"
+            if others
+            else ""
+        )
+        raise ResumeError(f"ckpt_path={path}: {why}{advice}")
     return str(path)
+
+
+def check_init_weights(path: str | None) -> None:
+    """``init_weights`` must be a readable student checkpoint (checked before any work)."""
+    if not path:
+        return
+    from loftr_kd.models.student import load_student
+
+    try:
+        load_student(path)
+    except (KeyError, RuntimeError) as error:
+        raise ValueError(f"init_weights={path}: {one_line(error)}") from error
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse a run directory that already holds another run: a run never overwrites one.
+
+    Hydra's own ``.hydra/`` and ``<task>.log`` are written before ``train`` runs and are not looked at.
+    """
+    if int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
+        return  # DDP ranks > 0 share rank 0's run directory
+    previous = [
+        name
+        for name in ("run_info.json", "summary.json", "config_resolved.yaml", "checkpoints", "export")
+        if (output_dir / name).exists()
+    ]
+    if previous:
+        raise ValueError(
+            f"run directory {output_dir} already holds a run ({', '.join(previous)}); training never "
+            "overwrites one: give a new hydra.run.dir (or leave it to the default), or resume that run "
+            f"into a new directory with ckpt_path={output_dir}"
+        )
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -299,8 +387,14 @@ def train(cfg: DictConfig) -> float | None:
         The best value of ``cfg.optimized_metric`` (``None`` if it was never logged).
     """
     register_resolvers()
-    pl.seed_everything(int(cfg.seed), workers=True)
+    # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
+    # the run directory.
+    check_train_config(cfg)
+    check_init_weights(cfg.get("init_weights"))
+    ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
     output_dir = Path(cfg.paths.output_dir)
+    check_output_dir(output_dir)
+    pl.seed_everything(int(cfg.seed), workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(output_dir / "run_info.json", run_metadata())
     # .hydra/config.yaml keeps the interpolations (it is what `make rerun` composes); this one is resolved.
@@ -330,10 +424,10 @@ def train(cfg: DictConfig) -> float | None:
         monitoring=MonitoringConfig(**OmegaConf.to_container(cfg.monitoring, resolve=True)),
     )
     trainer = build_trainer(cfg, output_dir)
-    ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
     start: dict[str, float] = {}
     if cfg.get("validate_before_training") and not ckpt_path:
-        start = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        results = trainer.validate(model, datamodule=datamodule, verbose=False)
+        start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {
@@ -370,8 +464,21 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra wrapper around :func:`train`."""
-    return train(cfg)
+    """Hydra wrapper around :func:`train`: a bad input ends in one line and exit status 2.
+
+    ``LOFTR_KD_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
+    """
+    try:
+        return train(cfg)
+    except Exception as error:
+        if debug_enabled() or not is_user_error(error):
+            raise
+        status = report("loftr-kd-train", error)  # stderr
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, one_line(root_cause(error)), None, None)
+        for handler in logging.getLogger().handlers:  # and the run's log file, not the console again
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        raise SystemExit(status) from None
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ def open_source(source: str) -> cv2.VideoCapture:
             )
         return capture
     path = Path(source)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a video file")
     if not path.is_file():
         raise FileNotFoundError(f"video file {path} not found")
     capture = cv2.VideoCapture(str(path))
@@ -138,10 +140,14 @@ def open_source(source: str) -> cv2.VideoCapture:
     return capture
 
 
+def write_timing_paths(stem: Path) -> tuple[Path, Path]:
+    """``<stem>.timing.csv`` and ``<stem>.timing.json``."""
+    return stem.with_name(stem.stem + ".timing.csv"), stem.with_name(stem.stem + ".timing.json")
+
+
 def write_timing(app: DemoApp, stem: Path, extra: dict) -> tuple[Path, Path]:
     """Per-frame CSV and summary JSON next to ``stem`` (``<stem>.timing.csv/json``)."""
-    csv_path = stem.with_name(stem.stem + ".timing.csv")
-    json_path = stem.with_name(stem.stem + ".timing.json")
+    csv_path, json_path = write_timing_paths(stem)
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["frame", "match_ms", "total_ms", "num_matches"])
@@ -249,16 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from loftr_kd.errors import debug_enabled
     from loftr_kd.matcher import MatcherError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.headless and args.out is None:
         parser.error("--headless needs --out result.mp4")
+    if args.out is not None and Path(str(args.source)).exists():
+        written = [args.out, *write_timing_paths(args.out)]
+        if any(p.resolve() == Path(str(args.source)).resolve() for p in written):
+            parser.error(
+                f"--out {args.out} would overwrite the source video {args.source}; choose another file"
+            )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run_demo(args)
-    except (FileNotFoundError, RuntimeError, ValueError, MatcherError) as err:
+    except (FileNotFoundError, IsADirectoryError, RuntimeError, ValueError, MatcherError) as err:
+        if debug_enabled():
+            raise
         print(f"loftr-kd-demo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -68,6 +68,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     from loftr_kd import evaluation as ev
 
     out_dir = Path(out_dir) if out_dir is not None else Path(cfg.paths.output_dir)
+    previous = [n for n in ("results.json", "results.md", "per_method") if (out_dir / n).exists()]
+    if previous:
+        raise ValueError(
+            f"{out_dir} already holds evaluation results ({', '.join(previous)}); an evaluation never "
+            "overwrites them: give a new hydra.run.dir (or leave it to the default)"
+        )
     h, p, c = cfg.homography, cfg.pose, cfg.coarse
     if not (h.get("root") or p.get("pairs") or c.get("root")):
         raise ValueError("nothing to evaluate: set homography.root, pose.pairs and/or coarse.root")
@@ -116,7 +122,14 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    from loftr_kd.errors import debug_enabled, is_user_error, report
+
+    try:
+        evaluate(cfg)
+    except Exception as error:
+        if debug_enabled() or not is_user_error(error):
+            raise
+        raise SystemExit(report("loftr-kd-evaluate", error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,35 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("onnx", "torch", "trt", "orb", "sift")
+# Everything run() writes into --out; a folder holding only these is a previous run's output folder.
+OUTPUT_NAMES = (
+    "matches.png",
+    "matches.json",
+    "homography.txt",
+    "registered_overlay.png",
+    "registered_checkerboard.png",
+)
+
+
+def check_output_folder(out: Path, extra: Sequence[Path] = ()) -> list[Path]:
+    """The previous outputs in ``out``; an error when it holds anything loftr-kd-match does not write.
+
+    ``extra`` are further files this run writes (``--json`` inside ``out``).
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the outputs")
+    if not out.exists():
+        return []
+    ours = set(OUTPUT_NAMES) | {p.name for p in extra if p.parent.resolve() == out.resolve()}
+    entries = sorted(out.iterdir())
+    foreign = [p.name for p in entries if p.name not in ours or not p.is_file()]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"--out {out} holds files loftr-kd-match did not write ({shown}); it never deletes or replaces "
+            "those: choose a new or empty folder"
+        )
+    return entries
 
 
 def warp_onto(image0: np.ndarray, image1: np.ndarray, homography: np.ndarray) -> np.ndarray:
@@ -50,12 +79,13 @@ def checkerboard(image0: np.ndarray, warped1: np.ndarray, tile: int = 32) -> np.
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Any stored image (uint16, float) as uint8 for drawing."""
+    """Any stored image (uint16, int32, float in [0, 1] or [0, 255]) as uint8 for drawing."""
+    from loftr_kd.images import value_scale
+
     if image.dtype == np.uint8:
         return image
-    if image.dtype == np.uint16:
-        return (image / 257).astype(np.uint8)
-    return np.clip(np.asarray(image, np.float32) * 255.0, 0, 255).astype(np.uint8)
+    unit = np.asarray(image, np.float32) / np.float32(value_scale(image))
+    return np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loftr-kd-match",
         description="Match two images with the distilled coarse LoFTR student (or ORB/SIFT), estimate "
         "the homography image0 -> image1 and register image1 onto image0.",
+        epilog="Bad input ends in one error line and exit status 2; LOFTR_KD_DEBUG=1 shows the traceback.",
     )
     parser.add_argument("image0", type=Path, help="first image (any size, gray or colour)")
     parser.add_argument("image1", type=Path, help="second image")
@@ -102,19 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Match, estimate, write the outputs; returns the JSON record."""
-    from loftr_kd.evaluation import estimate_homography, read_image
+    from loftr_kd.evaluation import estimate_homography
+    from loftr_kd.images import check_aspect, read_image, to_gray_float
     from loftr_kd.matcher import build_matcher
     from loftr_kd.paths import OUTPUTS_DIR
     from loftr_kd.visualization import draw_matches
 
+    out = args.out or OUTPUTS_DIR / "match" / f"{args.image0.stem}_{args.image1.stem}"
+    previous = check_output_folder(out, [args.json] if args.json is not None else [])
+    inputs = {Path(p).resolve() for p in (args.image0, args.image1, args.weights) if p is not None}
+    if args.json is not None and args.json.resolve() in inputs:
+        raise ValueError(f"--json {args.json} would overwrite an input file; choose another file")
     image0, image1 = read_image(args.image0), read_image(args.image1)
+    for path, image in ((args.image0, image0), (args.image1, image1)):
+        to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
     kwargs = {"device": args.device, "threshold": args.threshold, "num_threads": args.threads}
     matcher = build_matcher(args.backend, weights=args.weights, **kwargs)
+    if hasattr(matcher, "input_height"):
+        for path, image in ((args.image0, image0), (args.image1, image1)):
+            check_aspect(
+                *image.shape[:2], matcher.input_height, matcher.input_width, matcher.min_side, str(path)
+            )
     result = matcher(image0, image1)
     k0, k1, conf = result["keypoints0"], result["keypoints1"], result["confidence"]
     homography, inliers = estimate_homography(k0, k1, method=args.ransac, threshold=args.ransac_threshold)
 
-    out = args.out or OUTPUTS_DIR / "match" / f"{args.image0.stem}_{args.image1.stem}"
     out.mkdir(parents=True, exist_ok=True)
     shown = inliers if args.inliers_only else np.ones(len(k0), bool)
     title = f"{args.backend}: {len(k0)} matches, {int(inliers.sum())} inliers"
@@ -147,6 +190,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
+    written = {"matches.png", "matches.json"}
+    if homography is not None:
+        written |= {"homography.txt", "registered_overlay.png", "registered_checkerboard.png"}
+    stale = [p for p in previous if p.name in OUTPUT_NAMES and p.name not in written]
+    for path in stale:  # a previous run's output that this run does not replace would contradict it
+        path.unlink(missing_ok=True)
+    if previous:
+        print(f"replaced the outputs of a previous loftr-kd-match run in {out}")
     status = (
         "no homography (fewer than 4 consistent matches)" if homography is None else "homography estimated"
     )
@@ -156,15 +207,16 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 with a one-line message on bad input)."""
-    from loftr_kd.matcher import MatcherError
+    from loftr_kd.errors import debug_enabled, is_user_error, report
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run(args)
-    except (FileNotFoundError, ValueError, MatcherError) as err:
-        print(f"loftr-kd-match: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if debug_enabled() or not is_user_error(err):
+            raise
+        return report("loftr-kd-match", err)
     return 0
 
 

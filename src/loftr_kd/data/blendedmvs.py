@@ -40,6 +40,7 @@ from loftr_kd.data.blendedmvs_io import (
     read_pfm_header,
 )
 from loftr_kd.data.transforms import resize_depth_with_intrinsics, resize_with_intrinsics
+from loftr_kd.images import featureless_reason
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ def find_scenes(root: PathLike) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and is_scene_dir(p))
+    # Hidden folders are temporaries (an interrupted generator's ``.synth_000.tmp-*``), never scenes.
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_scene_dir(p)
+    )
 
 
 def read_scene_list(path: PathLike) -> list[str]:
@@ -342,8 +346,9 @@ class BlendedMVSPairDataset(Dataset):
                 f"{record.image}: decoded size {image.shape[::-1]} differs from its header "
                 f"{(record.width, record.height)}"
             )
-        if int(image.min()) == int(image.max()):
-            raise BlendedMVSFormatError(f"{record.image}: image is empty (all pixels equal {image.flat[0]})")
+        blank = featureless_reason(image)
+        if blank:
+            raise BlendedMVSFormatError(f"{record.image}: {blank}")
         depth = read_pfm(record.depth)
         if depth.shape != image.shape:
             raise BlendedMVSFormatError(

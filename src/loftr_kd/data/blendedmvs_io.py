@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from loftr_kd import images
+
 PathLike = str | os.PathLike
 
 IMAGE_DIR = "blended_images"
@@ -362,81 +364,28 @@ def write_pair_file(path: PathLike, pairs: PairTable) -> None:
 _JPEG_EXT = re.compile(r"\.(jpe?g)$", re.IGNORECASE)
 
 
-def _check_complete(data: bytes, path: Path) -> None:
-    """Catch truncated JPEG/PNG that OpenCV would otherwise decode partially with only a warning."""
-    name = path.name
-    if _JPEG_EXT.search(name) or data[:2] == b"\xff\xd8":
-        if data[:2] != b"\xff\xd8":
-            raise BlendedMVSFormatError(f"{path}: not a JPEG file (no SOI marker)")
-        if b"\xff\xd9" not in data[-4096:]:
-            raise BlendedMVSFormatError(f"{path}: JPEG truncated (no end-of-image marker)")
-    elif data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
-        raise BlendedMVSFormatError(f"{path}: PNG truncated (no IEND chunk)")
-
-
 def read_image_gray(path: PathLike) -> np.ndarray:
-    """Read an image as uint8 grayscale ``(H, W)``.
+    """Read an image as uint8 grayscale ``(H, W)`` (:func:`loftr_kd.images.read_image`).
 
     Raises:
         BlendedMVSFormatError: missing, unreadable, truncated (JPEG/PNG) or empty image.
     """
-    path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BlendedMVSFormatError(f"{path}: cannot read image ({e.strerror})") from e
-    if not data:
-        raise BlendedMVSFormatError(f"{path}: image file is empty (0 bytes)")
-    _check_complete(data, path)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None or image.size == 0:
-        raise BlendedMVSFormatError(f"{path}: OpenCV cannot decode the image (corrupt or unsupported format)")
-    return image
+        return images.read_image(path, gray=True)
+    except (images.ImageError, OSError) as e:
+        raise BlendedMVSFormatError(str(e)) from None
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header where possible (JPEG/PNG), else by decoding."""
-    path = Path(path)
-    size = None
+    """``(height, width)`` of an image (:func:`loftr_kd.images.read_image_size`).
+
+    Raises:
+        BlendedMVSFormatError: missing, unreadable or empty image.
+    """
     try:
-        with open(path, "rb") as f:
-            head = f.read(16384)
-            if not head:
-                raise BlendedMVSFormatError(f"{path}: image file is empty (0 bytes)")
-            size = _png_size(head) or _jpeg_size(head)
-            if size is None and head[:2] == b"\xff\xd8":  # SOF after large EXIF/ICC blocks
-                head += f.read(1 << 20)
-                size = _jpeg_size(head)
-    except OSError as e:
-        raise BlendedMVSFormatError(f"{path}: cannot read image ({e.strerror})") from e
-    if size is None:
-        image = read_image_gray(path)
-        size = image.shape[:2]
-    return size
-
-
-def _png_size(head: bytes) -> tuple[int, int] | None:
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24 and head[12:16] == b"IHDR":
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    return None
-
-
-def _jpeg_size(head: bytes) -> tuple[int, int] | None:
-    if head[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 < len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        length = int.from_bytes(head[i + 2 : i + 4], "big")
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            return int.from_bytes(head[i + 5 : i + 7], "big"), int.from_bytes(head[i + 7 : i + 9], "big")
-        i += 2 + length
-    return None
+        return images.read_image_size(path)
+    except (images.ImageError, OSError) as e:
+        raise BlendedMVSFormatError(str(e)) from None
 
 
 def write_image(path: PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:

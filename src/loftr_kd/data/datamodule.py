@@ -14,13 +14,35 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from loftr_kd.data.blendedmvs import BlendedMVSIndex, BlendedMVSPairDataset, find_scenes, split_scenes
+from loftr_kd.data.blendedmvs import BlendedMVSIndex, BlendedMVSPairDataset, split_scenes
 from loftr_kd.data.homography import HomographyPairDataset, find_images
 from loftr_kd.data.sampling import EpochPairSampler
 
 log = logging.getLogger(__name__)
 
 KINDS = ("blendedmvs", "homography")
+
+
+def _dropped(root: Path, scenes: Sequence[str], index: BlendedMVSIndex) -> str:
+    """Which scenes gave no pair and why (the first problem recorded for each), for the error line."""
+    reasons = []
+    for scene in scenes:
+        if scene in index.scenes:
+            continue
+        prefix = str(root / scene)
+        why = next(
+            (m for m in index.report.messages if m.startswith(prefix)), "no usable pair in cams/pair.txt"
+        )
+        reasons.append(f"{scene}: {why.removeprefix(prefix + '/')}")
+    shown = "; ".join(reasons[:5]) + (f"; ... ({len(reasons)} scenes)" if len(reasons) > 5 else "")
+    return (
+        f": every scene was dropped ({shown}). Repair or remove those files, or list other scenes "
+        "(data.train_scenes / data.val_scenes)"
+    )
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.expanduser().resolve() == b.expanduser().resolve()
 
 
 class PairDataModule(pl.LightningDataModule):
@@ -40,8 +62,11 @@ class PairDataModule(pl.LightningDataModule):
             in ``root``; else a deterministic split (``val_fraction`` of the scenes).
         val_fraction: share of scenes for validation in the fallback split.
         on_bad_data: ``"raise"`` or ``"skip"`` (see :mod:`loftr_kd.data.blendedmvs`).
-        generate: ``{scenes, views, seed}``: when ``root`` holds no scenes, ``prepare_data`` writes
-            synthetic scenes there with ``loftr_kd.data.synthetic.generate_dataset``.
+        generate: ``{scenes, views, seed, default_root, allow_other_root}``: when ``root`` is new or
+            empty, ``prepare_data`` writes synthetic scenes there with
+            ``loftr_kd.data.synthetic.generate_dataset`` — only if ``root`` is ``default_root`` (the
+            embedded default location; ``None`` means ``root`` itself) or ``allow_other_root`` is true.
+            Nothing already in ``root`` is ever deleted or rewritten (see :meth:`prepare_data`).
         val_root: homography only: a separate folder of validation images (default: ``root`` with
             different homographies).
         homography: homography only: extra keyword arguments of :class:`HomographyPairDataset`
@@ -96,30 +121,59 @@ class PairDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Generate synthetic scenes into ``root`` when ``generate`` is set and no complete set is there.
+        """Generate synthetic scenes into ``root`` where that was asked for (``generate`` set).
 
-        The generator writes ``synthetic_info.json`` last, so a generation killed half way is redone
-        rather than trained on.
+        Rule: nothing in a data folder is ever deleted or rewritten. A finished synthetic set
+        (``synthetic_info.json``) is used as it is. Generation happens only into a new or empty folder
+        (or resumes an interrupted generation there), and only at ``generate.default_root`` (the embedded
+        default location, on first use) unless ``generate.allow_other_root`` is true; a mistyped
+        ``data.root`` is an error, not a new data set. A folder holding anything else is an error that
+        names it and says what to do.
         """
         if self.kind != "blendedmvs" or not self.generate:
             return
-        scenes = find_scenes(self.root)
-        if scenes and (self.root / "synthetic_info.json").is_file():
-            return
-        foreign = [s for s in scenes if not str(s).startswith("synth_")]
-        if foreign:
-            raise ValueError(
-                f"{self.root}: holds scenes that the synthetic generator did not write ({foreign[:3]} ...); "
-                "refusing to generate synthetic scenes there. Use data=blendedmvs for real data."
-            )
-        from loftr_kd.data.synthetic import generate_dataset
+        from loftr_kd.data import synthetic
 
-        rank_zero_info(f"[data] no scenes in {self.root}: generating synthetic scenes {self.generate}")
-        generate_dataset(
-            out_dir=self.root,
+        root = self.root
+        state = synthetic.folder_state(root)
+        if state == "complete":
+            return
+        if state == "foreign":
+            if root.exists() and not root.is_dir():
+                raise ValueError(f"data.root={root} is a file, not a data folder")
+            found = sorted(p.name for p in root.iterdir())
+            shown = ", ".join(found[:3]) + (f" ... ({len(found)} entries)" if len(found) > 3 else "")
+            raise ValueError(
+                f"data.root={root} holds files the synthetic generator did not write ({shown}) and no "
+                f"{synthetic.INFO_FILE}: refusing to generate there, nothing was touched. To train on "
+                f"the scenes in it as they are, use data=blendedmvs data.root={root} (or add "
+                "data.generate=null); to generate synthetic scenes, choose a new or empty folder."
+            )
+        default = self.generate.get("default_root")
+        allowed = (
+            default is None
+            or bool(self.generate.get("allow_other_root", False))
+            or _same_path(root, Path(default))
+        )
+        if not allowed:
+            what = (
+                "does not exist"
+                if state == "new"
+                else "is empty"
+                if state == "empty"
+                else ("holds an interrupted synthetic generation")
+            )
+            raise FileNotFoundError(
+                f"data.root={root} {what}: synthetic scenes are generated on first use only into the "
+                f"default location {default}. Check the path for a typo; to generate scenes there, run "
+                f"`loftr-kd-synth --out {root}` or add data.generate.allow_other_root=true."
+            )
+        synthetic.generate_dataset(
+            out_dir=root,
             scenes=int(self.generate["scenes"]),
             views=int(self.generate["views"]),
             seed=int(self.generate.get("seed", 0)),
+            log=lambda line: rank_zero_info(f"[data] {line} (data.generate)"),
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -139,6 +193,8 @@ class PairDataModule(pl.LightningDataModule):
         )
 
     def _setup_blendedmvs(self) -> None:
+        if self.root.is_file():
+            raise NotADirectoryError(f"{self.root}: is a file; data.root needs a folder of scenes")
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"{self.root}: data root does not exist (set data.root, or data=synthetic to generate one)"
@@ -158,13 +214,19 @@ class PairDataModule(pl.LightningDataModule):
             )
         train_index = BlendedMVSIndex.build(self.root, train_scenes, self.on_bad_data)
         if not train_index.pairs:
-            raise FileNotFoundError(f"{self.root}: the training scenes give no usable pairs")
+            raise FileNotFoundError(
+                f"{self.root}: no training pairs are left{_dropped(self.root, train_scenes, train_index)}"
+            )
         self.train_dataset = BlendedMVSPairDataset(
             self.root, train_scenes, self.height, self.width, self.on_bad_data, index=train_index
         )
         val_note = ""
         if val_scenes:
             val_index = BlendedMVSIndex.build(self.root, val_scenes, self.on_bad_data)
+            if not val_index.pairs:
+                raise FileNotFoundError(
+                    f"{self.root}: no validation pairs are left{_dropped(self.root, val_scenes, val_index)}"
+                )
             val_full = BlendedMVSPairDataset(
                 self.root, val_scenes, self.height, self.width, self.on_bad_data, index=val_index
             )

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from loftr_kd.data.blendedmvs_io import BlendedMVSFormatError, read_image_gray, read_image_size
+from loftr_kd.images import featureless_reason, too_small_reason
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".t
 def find_images(root: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """All images under ``root`` (recursive, sorted), skipping BlendedMVS ``*_masked`` images."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"{root}: is a file; data.root needs a folder of images")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder does not exist")
     exts = {e.lower() for e in extensions}
@@ -157,9 +160,10 @@ class HomographyPairDataset(Dataset):
         photometric_strength: 0 disables photometric changes, 1 is the default range.
         crop_scale: image0 is a crop whose scale over the frame-filling size is drawn in ``[1, crop_scale]``.
         images: explicit image list instead of scanning ``root``.
-        on_bad_data: ``"raise"`` or ``"skip"``: unreadable images are dropped when the set is built
-            (header check) or replaced by the next image on load, logged and counted
-            (:attr:`bad_data_counts`).
+        on_bad_data: ``"raise"`` or ``"skip"``: unreadable or too small images (shorter side below
+            ``loftr_kd.images.MIN_TRAINING_SIDE``) are dropped when the set is built (header check), and
+            images that fail to decode or are blank/featureless are replaced by the next image on load;
+            each is logged and counted (:attr:`bad_data_counts`).
 
     Items: ``image0``, ``image1`` (1, H, W) float32 in [0, 1]; ``H_0to1`` (3, 3) float32; ``pair_id``.
     """
@@ -189,10 +193,14 @@ class HomographyPairDataset(Dataset):
         self.images, self.skipped_images = [], 0
         for path in candidates:
             try:
-                read_image_size(path)
+                small = too_small_reason(*read_image_size(path))
+                if small:
+                    raise BlendedMVSFormatError(f"{path}: {small}")
             except BlendedMVSFormatError as e:
                 if on_bad_data == "raise":
-                    raise
+                    raise BlendedMVSFormatError(
+                        f"{e} (data.on_bad_data=skip leaves such images out)"
+                    ) from None
                 self.skipped_images += 1
                 log.warning("skipping bad image: %s", e)
                 continue
@@ -226,7 +234,11 @@ class HomographyPairDataset(Dataset):
         for attempt in range(len(self.images) if self.on_bad_data == "skip" else 1):
             path = self.images[(k + attempt) % len(self.images)]
             try:
-                return path, read_image_gray(path)
+                image = read_image_gray(path)
+                blank = featureless_reason(image)
+                if blank:
+                    raise BlendedMVSFormatError(f"{path}: {blank}")
+                return path, image
             except BlendedMVSFormatError as e:
                 if self.on_bad_data == "raise":
                     raise BlendedMVSFormatError(f"{e} (homography source image)") from e

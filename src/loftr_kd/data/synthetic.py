@@ -22,6 +22,12 @@ Output, per scene ``<out>/synth_000`` …::
 plus ``training_list.txt``, ``validation_list.txt``, ``all_list.txt`` and ``synthetic_info.json``.
 Every scene is written into a hidden temporary folder and renamed into place when complete.
 Scene ``i`` depends only on ``(seed, i)``: the same seed gives byte-identical files.
+
+The generator never deletes or rewrites a file it did not write in this very run. It writes only into a
+new or empty folder, marked by ``synthetic_in_progress.json`` (its settings) until ``synthetic_info.json``
+is written last. A folder left with that marker by an interrupted run is resumed with the same settings:
+the scenes already there are kept, the missing ones added. Anything else in the folder is an error
+(:class:`GenerationRefused`) that names what is there.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -57,6 +64,7 @@ from loftr_kd.data.blendedmvs_io import (
 GENERATOR_VERSION = "1"
 SCENE_PREFIX = "synth_"
 INFO_FILE = "synthetic_info.json"
+PROGRESS_FILE = "synthetic_in_progress.json"
 TEXTURE_SIZE = 512  # power of two: every mip level halves exactly
 NEAR = 0.05  # metres; surfaces closer than this to a camera are ignored
 DEPTH_NUM = 128
@@ -788,9 +796,9 @@ def write_scene(
     out_dir = Path(out_dir)
     name = scene_name(index)
     final = out_dir / name
-    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh, unique temporary folder: nothing of an earlier run is ever removed or reused.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
     try:
         scene = build_scene(seed, index)
         cameras = sample_views(scene, seed, index, views, height, width)
@@ -806,7 +814,7 @@ def write_scene(
         table = pair_table(depths, [c[0] for c in cameras], [c[1] for c in cameras])
         write_pair_file(pair_path(tmp), table)
         if final.exists():
-            shutil.rmtree(final)
+            raise GenerationRefused(f"{final}: already exists; the generator never replaces a scene")
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -829,6 +837,54 @@ def split_scenes(names: Sequence[str], val_fraction: float = 0.2) -> tuple[list[
     return names[:-n_val], names[-n_val:]
 
 
+class GenerationRefused(ValueError):
+    """The output folder holds something the generator did not write; the message names it."""
+
+
+def _is_own_temporary(path: Path) -> bool:
+    return path.name.startswith(f".{SCENE_PREFIX}") and ".tmp-" in path.name
+
+
+def folder_state(out_dir: str | os.PathLike) -> str:
+    """What a folder is to the generator, without touching it.
+
+    Returns:
+        ``"new"`` (missing), ``"empty"``, ``"complete"`` (``synthetic_info.json``: a finished set),
+        ``"in_progress"`` (an interrupted generation: only its marker, scenes and temporaries) or
+        ``"foreign"`` (anything else).
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        return "foreign"
+    entries = list(out.iterdir())
+    if not entries:
+        return "empty"
+    if (out / INFO_FILE).is_file():
+        return "complete"
+    if (out / PROGRESS_FILE).is_file() and not unexpected_entries(out):
+        return "in_progress"
+    return "foreign"
+
+
+def unexpected_entries(out_dir: str | os.PathLike) -> list[str]:
+    """Names in ``out_dir`` that an interrupted generation would not have left there (sorted)."""
+    out = Path(out_dir)
+    expected = {PROGRESS_FILE}
+    return sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in expected
+        and not _is_own_temporary(p)
+        and not (p.is_dir() and p.name.startswith(SCENE_PREFIX) and pair_path(p).is_file())
+    )
+
+
+def _describe(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f" ... ({len(names)} entries)" if len(names) > 5 else "")
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     scenes: int = 12,
@@ -837,19 +893,26 @@ def generate_dataset(
     height: int = 576,
     width: int = 768,
     workers: int = 1,
+    log=None,
 ) -> list[str]:
-    """Generate synthetic scenes in the BlendedMVS layout.
+    """Generate synthetic scenes in the BlendedMVS layout into a new or empty folder.
 
     Args:
-        out_dir: output root (created); existing scenes of the same names are replaced.
+        out_dir: output root: new, empty, or left by an interrupted generation with the same settings
+            (resumed: its scenes are kept, the missing ones written).
         scenes: number of scenes (>= 1).
         views: views per scene (>= 2).
         seed: everything is a deterministic function of the seed (scene ``i`` of ``(seed, i)``).
         height, width: image size (BlendedMVS low-res: 576 x 768).
         workers: processes rendering scenes in parallel (output does not depend on it).
+        log: callable taking one line (default ``print``) for the one line saying what is done.
 
     Returns:
         The scene names, ``synth_000`` ….
+
+    Raises:
+        GenerationRefused: (a ``ValueError``) the folder holds a finished set, files the generator did not
+            write, or an interrupted generation with other settings. Nothing is touched.
     """
     if scenes < 1:
         raise ValueError(f"scenes must be >= 1, got {scenes}")
@@ -857,22 +920,64 @@ def generate_dataset(
         raise ValueError(f"views must be >= 2 (pairs need two views), got {views}")
     if height < 16 or width < 16:
         raise ValueError(f"image size must be at least 16x16, got {height}x{width}")
+    say = log or print
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info_path = out / INFO_FILE
-    if info_path.exists():
-        info_path.unlink()  # only a finished run leaves the info file behind
-    for stale in out.glob(f".{SCENE_PREFIX}*.tmp-*"):  # left by a run that was killed
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    args = [(out, seed, i, views, height, width) for i in range(scenes)]
-    if workers > 1 and scenes > 1:
+    settings = {
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "scenes": int(scenes),
+        "views": int(views),
+        "height": int(height),
+        "width": int(width),
+    }
+    state = folder_state(out)
+    if state == "complete":
+        raise GenerationRefused(
+            f"{out}: already holds a finished synthetic set ({INFO_FILE}); the generator never replaces "
+            "files. Train on it as it is, or generate into a new or empty folder."
+        )
+    if state == "foreign":
+        what = (
+            "is a file"
+            if out.exists() and not out.is_dir()
+            else f"holds {_describe(sorted(p.name for p in out.iterdir()))}"
+        )
+        raise GenerationRefused(
+            f"{out}: {what}, which the synthetic generator did not write; it only writes into a new or "
+            "empty folder and never deletes or replaces files. Choose a new or empty folder."
+        )
+    names = [scene_name(i) for i in range(scenes)]
+    if state == "in_progress":
+        try:
+            previous = json.loads((out / PROGRESS_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise GenerationRefused(f"{out / PROGRESS_FILE}: unreadable ({e}); choose a new folder") from e
+        if previous != settings:
+            raise GenerationRefused(
+                f"{out}: holds an interrupted generation with other settings ({previous}); resume it with "
+                f"those settings, or choose a new or empty folder for {settings}"
+            )
+        present = [n for n in names if (out / n).is_dir()]
+        stale = [p.name for p in out.iterdir() if _is_own_temporary(p)]
+        note = f"; {len(stale)} stale temporary folders (.synth_*.tmp-*) are left alone" if stale else ""
+        say(
+            f"resuming the interrupted generation in {out}: {len(present)} of {scenes} scenes are there "
+            f"and kept, writing the other {scenes - len(present)}{note}"
+        )
+    else:
+        say(f"generating {scenes} synthetic scenes x {views} views ({width}x{height}) into {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(out / PROGRESS_FILE, json.dumps(settings, indent=2) + "\n")
+    todo = [i for i in range(scenes) if not (out / names[i]).is_dir()]
+    args = [(out, seed, i, views, height, width) for i in todo]
+    if workers > 1 and len(args) > 1:
         # spawn, not fork: a forked OpenCV thread pool (or a parent holding CUDA) can hang the children.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, scenes), mp_context=context) as pool:
-            names = list(pool.map(write_scene, *zip(*args)))
+        with ProcessPoolExecutor(max_workers=min(workers, len(args)), mp_context=context) as pool:
+            list(pool.map(write_scene, *zip(*args)))
     else:
-        names = [write_scene(*a) for a in args]
+        for a in args:
+            write_scene(*a)
     train, val = split_scenes(names)
     _write_text_atomic(out / "training_list.txt", "".join(f"{n}\n" for n in train))
     _write_text_atomic(out / "validation_list.txt", "".join(f"{n}\n" for n in val))
@@ -887,7 +992,9 @@ def generate_dataset(
         "width": int(width),
         "photos": list(available_photos()),
     }
-    _write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    _write_text_atomic(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    # The marker is this generation's own (written, or taken over, above): the set is finished now.
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
     return names
 
 
@@ -916,6 +1023,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out, args.scenes, args.views, args.seed, args.height, args.width, args.workers
         )
     except ValueError as e:
+        from loftr_kd.errors import debug_enabled
+
+        if debug_enabled():
+            raise
         parser.error(str(e))
     elapsed = time.perf_counter() - start
     print(
@@ -925,6 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 __all__ = [
     "GENERATOR_VERSION",
+    "GenerationRefused",
     "Lighting",
     "Rect",
     "Scene",
@@ -932,6 +1044,7 @@ __all__ = [
     "build_scene",
     "covisibility",
     "depth_range",
+    "folder_state",
     "generate_dataset",
     "look_at",
     "main",

@@ -404,13 +404,24 @@ def load_student(
         RuntimeError: state-dict keys don't match the config (missing and unexpected keys listed).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"student checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"student checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise RuntimeError(
+            f"cannot read student checkpoint {path}: the file is empty (0 bytes); save or copy it again"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as error:
-        hint = " (if the file is trusted, retry with weights_only=False)" if weights_only else ""
-        raise RuntimeError(f"cannot read student checkpoint {path}: {error}{hint}") from error
+        # No advice to load with weights_only=False: that runs code from the file, unsafe if untrusted.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")]
+        detail = after[0] if after else lines[0] if lines else ""
+        raise RuntimeError(
+            f"cannot read student checkpoint {path}: truncated, corrupt or not a checkpoint ({detail or type(error).__name__})"
+        ) from error
     if not isinstance(checkpoint, Mapping) or "student_config" not in checkpoint:
         raise KeyError(
             f"{path} has no 'student_config': not a save_student file nor a loftr-kd Lightning checkpoint"

@@ -1,0 +1,215 @@
+"""Type and range checks of a composed training config, run by ``train(cfg)`` before any work.
+
+A wrong value (``trainer.max_epochs=abc``, ``data.batch_size=0``, a misspelt trainer key) is one
+:class:`ConfigError` line naming the key, the value and what is expected — not an ``AssertionError``
+after validation already ran. Types come from the signatures of the objects the config instantiates
+(``pytorch_lightning.Trainer``, the ``data._target_``), so they cannot drift from the code; ranges that
+the signatures cannot express are listed here.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value has the wrong type or range; the message names the key."""
+
+
+# (lowest allowed value, what it means) for integer/float settings; None values pass.
+_RANGES: dict[str, dict[str, tuple[float, str]]] = {
+    "trainer": {
+        "max_epochs": (-1, "-1 (no limit) or a positive number of epochs"),
+        "min_epochs": (0, ">= 0"),
+        "max_steps": (-1, "-1 (no limit) or a positive number of steps"),
+        "min_steps": (0, ">= 0"),
+        "check_val_every_n_epoch": (1, ">= 1"),
+        "log_every_n_steps": (1, ">= 1"),
+        "accumulate_grad_batches": (1, ">= 1"),
+        "gradient_clip_val": (0, ">= 0"),
+        "num_sanity_val_steps": (-1, ">= -1"),
+    },
+    "data": {
+        "height": (1, ">= 1 pixel"),
+        "width": (1, ">= 1 pixel"),
+        "batch_size": (1, ">= 1"),
+        "num_workers": (0, ">= 0"),
+        "pairs_per_epoch": (1, ">= 1"),
+        "val_pairs": (1, ">= 1"),
+        "val_fraction": (0, "between 0 and 1"),
+    },
+}
+_CHOICES = {"data": {"on_bad_data": ("raise", "skip")}}
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(hint)))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is not None:
+        return {list: "a list", tuple: "a list", dict: "a mapping"}.get(
+            origin, getattr(origin, "__name__", "?")
+        )
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def matches_hint(value: Any, hint: Any) -> bool:
+    """Whether a plain config value (None, bool, int, float, str, list, dict) fits a type hint.
+
+    Classes other than the builtins cannot be checked from a plain value and are accepted.
+    """
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(matches_hint(value, arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple))
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def check_arguments(
+    target: Callable[..., Any], values: Mapping[str, Any], prefix: str, skip: tuple[str, ...] = ()
+) -> None:
+    """Check ``values`` (plain, resolved) against the keyword arguments of ``target``.
+
+    Raises:
+        ConfigError: an unknown key (with the closest known one) or a value of the wrong type.
+    """
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
+        hints = {}
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    for key, value in values.items():
+        if key.startswith("_") or key in skip:
+            continue
+        if key not in signature.parameters:
+            if accepts_any:
+                continue
+            close = difflib.get_close_matches(key, list(signature.parameters), n=1)
+            hint = f" (did you mean {prefix}.{close[0]}?)" if close else ""
+            raise ConfigError(f"{prefix}.{key} is not a setting of {_name(target)}{hint}")
+        hint = hints.get(key, signature.parameters[key].annotation)
+        if not matches_hint(value, hint):
+            raise ConfigError(f"{prefix}.{key}={value!r}: expected {_describe(hint)}")
+
+
+def _name(target: Callable[..., Any]) -> str:
+    owner = getattr(target, "__qualname__", getattr(target, "__name__", "?"))
+    return owner.removesuffix(".__init__")
+
+
+def _check_ranges(group: str, values: Mapping[str, Any]) -> None:
+    for key, (low, what) in _RANGES.get(group, {}).items():
+        value = values.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value < low or (key == "val_fraction" and value > 1):
+            raise ConfigError(f"{group}.{key}={value!r}: expected {what}")
+    for key, choices in _CHOICES.get(group, {}).items():
+        if key in values and values[key] not in choices:
+            raise ConfigError(f"{group}.{key}={values[key]!r}: expected one of {', '.join(choices)}")
+
+
+def _target(path: str) -> Callable[..., Any]:
+    from hydra.utils import get_class
+
+    cls = get_class(path)
+    return cls.__init__ if inspect.isclass(cls) else cls
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    """Resolved plain values of a config group; keys that do not resolve here are left out."""
+    values = {}
+    for key in node:
+        try:
+            value = node[key]
+            values[str(key)] = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            )
+        except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run; checked where used
+            continue
+    return values
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Check the trainer and data settings and the top-level keys of a training config.
+
+    Raises:
+        ConfigError: the first problem, as one line naming the key.
+    """
+    trainer, data = _plain(cfg.trainer), _plain(cfg.data)
+    check_arguments(_target(str(trainer.get("_target_", "pytorch_lightning.Trainer"))), trainer, "trainer")
+    _check_ranges("trainer", trainer)
+    check_arguments(_target(str(data["_target_"])), data, "data")
+    _check_ranges("data", data)
+    for key, kind in (("seed", int), ("validate_before_training", bool)):
+        value = cfg.get(key)
+        if value is not None and not matches_hint(value, kind):
+            raise ConfigError(f"{key}={value!r}: expected {_describe(kind)}")
+    for key in ("ckpt_path", "init_weights"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a file path")
+
+
+try:  # Hydra >= 1.1
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class CheckTrainConfig(_HydraCallback):
+    """Hydra callback (``conf/train.yaml``): check the config before Hydra creates the run directory.
+
+    A problem is one line on stderr and exit status 2; ``LOFTR_KD_DEBUG=1`` raises instead.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from loftr_kd.errors import debug_enabled, report
+
+        try:
+            check_train_config(config)
+        except ConfigError as error:
+            if debug_enabled():
+                raise
+            raise SystemExit(report("loftr-kd-train", error)) from None
+
+
+__all__ = ["CheckTrainConfig", "ConfigError", "check_arguments", "check_train_config", "matches_hint"]

@@ -1,0 +1,67 @@
+"""How the entry points report a user's mistake: one line, the traceback behind ``LOFTR_KD_DEBUG=1``.
+
+A bad input (missing or corrupt file, a data folder that must not be touched, a wrong config value) is
+reported as ``<program>: error: <file>: <problem>; <what to do>`` on stderr with exit status 2. With
+``LOFTR_KD_DEBUG=1`` (or Hydra's own ``HYDRA_FULL_ERROR=1``) the exception propagates with its full
+traceback instead. Programming errors (``TypeError``, ``AttributeError`` ...) always show the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
+EXIT_USAGE = 2
+
+
+def debug_enabled() -> bool:
+    """True when ``LOFTR_KD_DEBUG`` or ``HYDRA_FULL_ERROR`` is set to something other than 0/empty."""
+    return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARIABLES)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "bad input", reported in one line (imports kept light)."""
+    from loftr_kd.matcher import MatcherError
+
+    return (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, MatcherError)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The user's error inside wrappers (Hydra's InstantiationException, Lightning, DataLoader)."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ == "InstantiationException" and error.__cause__ is not None:
+            error = error.__cause__
+            continue
+        break
+    return error
+
+
+def one_line(error: BaseException) -> str:
+    """The last meaningful line of an error message (a DataLoader worker's message holds a traceback)."""
+    text = str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "Traceback (most recent call last)" not in text:
+        return "; ".join(lines)
+    # A DataLoader worker's message embeds its traceback; the last line is
+    # "loftr_kd.data.blendedmvs_io.BlendedMVSFormatError: <file>: <problem>".
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Refused): ", "", lines[-1])
+
+
+def is_user_error(error: BaseException) -> bool:
+    return isinstance(root_cause(error), user_error_types())
+
+
+def report(program: str, error: BaseException) -> int:
+    """Print the one line for ``error`` on stderr; return the exit status (2)."""
+    cause = root_cause(error)
+    print(f"{program}: error: {one_line(cause)}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+__all__ = ["DEBUG_VARIABLES", "debug_enabled", "is_user_error", "one_line", "report", "root_cause"]

@@ -1,0 +1,284 @@
+"""The one place where images are read from files and converted for the model.
+
+Every reader of the project (training loaders, evaluation, the CLI apps, the ``Matcher``) goes through
+:func:`read_image` / :func:`read_image_size` for files and :func:`to_gray_float` for arrays, so the same
+integrity rules hold everywhere:
+
+- a path that is missing, a directory, empty (0 bytes), a truncated JPEG (no end-of-image marker) or a
+  truncated PNG (no ``IEND`` chunk) is an error naming the file — OpenCV would decode a truncated JPEG
+  with grey in the missing part and only a warning on stderr;
+- pixel values follow one convention (see :func:`to_gray_float`): ``uint8`` in 0–255, ``uint16`` in
+  0–65535, ``bool`` as 0/1; any other integer or float image must be finite and non-negative, and is read
+  in the smallest of the ranges [0, 1] (floats only), [0, 255], [0, 65535] that holds all its values;
+  anything else is rejected with a :class:`ImageError` saying what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PathLike = str | os.PathLike
+
+_JPEG_EXT = re.compile(r"\.(jpe?g)$", re.IGNORECASE)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Divisors tried in order for images whose dtype does not fix the range (floats, int32, ...).
+_DATA_RANGES = (255.0, 65535.0)
+
+
+class ImageError(ValueError):
+    """An image file or array cannot be used; the message names the file (or array) and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image file")
+    if not path.exists():
+        raise FileNotFoundError(f"image {path} not found")
+
+
+def check_complete(data: bytes, path: PathLike) -> None:
+    """Reject truncated JPEG/PNG data that OpenCV would decode partially with only a warning.
+
+    Raises:
+        ImageError: empty data, a ``.jpg`` without JPEG magic, a JPEG without end-of-image marker or a PNG
+            without ``IEND`` chunk.
+    """
+    path = Path(path)
+    if not data:
+        raise ImageError(f"{path}: image file is empty (0 bytes)")
+    if _JPEG_EXT.search(path.name) or data[:2] == b"\xff\xd8":
+        if data[:2] != b"\xff\xd8":
+            raise ImageError(f"{path}: not a JPEG file (no SOI marker)")
+        if b"\xff\xd9" not in data[-4096:]:
+            raise ImageError(f"{path}: JPEG truncated (no end-of-image marker); the file is incomplete")
+    elif data[:8] == _PNG_MAGIC and b"IEND" not in data[-64:]:
+        raise ImageError(f"{path}: PNG truncated (no IEND chunk); the file is incomplete")
+
+
+def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
+    """Read an image file as stored (BGR or gray, its own dtype), with the integrity checks above.
+
+    Args:
+        path: image file (anything OpenCV decodes: JPEG, PNG, TIFF, PPM, BMP, WebP, ...).
+        gray: decode to 8-bit grayscale (the training loaders) instead of as stored.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, 3)`` array (an alpha channel is dropped); ``uint8`` when ``gray``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageError: a directory, an empty, truncated, corrupt or undecodable file.
+    """
+    path = Path(path)
+    _check_path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
+    check_complete(data, path)
+    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None or image.size == 0:
+        raise ImageError(f"{path}: cannot read as an image (corrupt file or a format OpenCV does not decode)")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]  # BGRA -> BGR
+    elif image.ndim == 3 and image.shape[2] == 2:
+        image = image[:, :, 0]  # gray + alpha -> gray
+    return image
+
+
+def read_image_size(path: PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header where possible (JPEG/PNG), else by decoding.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageError: a directory, an empty file, or one that cannot be decoded.
+    """
+    path = Path(path)
+    _check_path(path)
+    size = None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16384)
+            if not head:
+                raise ImageError(f"{path}: image file is empty (0 bytes)")
+            size = _png_size(head) or _jpeg_size(head)
+            if size is None and head[:2] == b"\xff\xd8":  # SOF after large EXIF/ICC blocks
+                head += f.read(1 << 20)
+                size = _jpeg_size(head)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
+    if size is None:
+        size = read_image(path, gray=True).shape[:2]
+    return size
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    if head[:8] == _PNG_MAGIC and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    if head[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return int.from_bytes(head[i + 5 : i + 7], "big"), int.from_bytes(head[i + 7 : i + 9], "big")
+        i += 2 + length
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Arrays
+# --------------------------------------------------------------------------------------------------
+
+
+def value_scale(image: np.ndarray, name: str = "image") -> float:
+    """The divisor that maps ``image`` to [0, 1] under the project's convention (module docstring).
+
+    Raises:
+        ImageError: non-finite or negative values, or values beyond 65535 (floats and wide integers).
+    """
+    if image.dtype == np.uint8:
+        return 255.0
+    if image.dtype == np.uint16:
+        return 65535.0
+    if image.dtype == bool:
+        return 1.0
+    if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
+        raise ImageError(f"{name}: unsupported image dtype {image.dtype} (use uint8, uint16 or float)")
+    if np.issubdtype(image.dtype, np.floating):
+        finite = np.isfinite(image)
+        if not finite.all():
+            pixel_ok = finite.all(axis=2) if finite.ndim == 3 else finite
+            bad = int(pixel_ok.size - np.count_nonzero(pixel_ok))
+            raise ImageError(
+                f"{name}: {bad} pixel(s) are NaN or infinite; replace them (e.g. np.nan_to_num) before matching"
+            )
+    low, high = float(image.min()), float(image.max())
+    if low < 0:
+        raise ImageError(
+            f"{name}: {image.dtype} values span [{low:g}, {high:g}]; negative values have no meaning as "
+            "intensities — rescale the image to [0, 1] (float) or [0, 255] first"
+        )
+    if np.issubdtype(image.dtype, np.floating) and high <= 1.0:
+        return 1.0
+    for scale in _DATA_RANGES:
+        if high <= scale:
+            return scale
+    raise ImageError(
+        f"{name}: {image.dtype} values reach {high:g}, beyond any image range ([0, 1], [0, 255] or "
+        "[0, 65535]); rescale the image first"
+    )
+
+
+def to_gray_float(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Gray, BGR or BGRA image -> ``(H, W)`` float32 in [0, 1].
+
+    ``uint8`` is read in 0–255, ``uint16`` in 0–65535, ``bool`` as 0/1. Floats and other integer types
+    must be finite and non-negative; they are read in the smallest of [0, 1] (floats only), [0, 255] and
+    [0, 65535] that holds every value (a float image in 0–255 is divided by 255, not clipped).
+
+    Raises:
+        TypeError: not a numpy array.
+        ImageError: (a ``ValueError``) wrong shape, empty, unsupported dtype, NaN/Inf or out-of-range values.
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy image, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        raise ImageError(f"{name}: image must be gray, BGR or BGRA; got shape {image.shape}")
+    if image.ndim not in (2, 3):
+        raise ImageError(f"{name}: image must be (H, W) or (H, W, C); got shape {image.shape}")
+    if image.size == 0:
+        raise ImageError(f"{name}: image is empty (shape {image.shape})")
+    scale = value_scale(image, name)
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        # OpenCV converts colour only for 8-bit, 16-bit and float32 data.
+        image = (image.astype(np.float32) / np.float32(scale)).astype(np.float32)
+        scale = 1.0
+    if image.ndim == 3:
+        code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        image = cv2.cvtColor(np.ascontiguousarray(image), code)
+    out = image.astype(np.float32)
+    if scale != 1.0:
+        out /= np.float32(scale)
+    return np.clip(out, 0.0, 1.0)  # rounding only: the values are in range by construction
+
+
+# Training images must show something to match: a shorter side of at least two coarse cells of the
+# default student and some texture (a grey-level standard deviation of at least one level of 255).
+MIN_TRAINING_SIDE = 32
+MIN_TEXTURE_STD = 1.0
+
+
+def too_small_reason(height: int, width: int, min_side: int = MIN_TRAINING_SIDE) -> str | None:
+    """Why an image of this size cannot serve as training data, or ``None``."""
+    if min(height, width) < min_side:
+        return (
+            f"image is {width}x{height} pixels, too small to train on (the shorter side needs {min_side} px)"
+        )
+    return None
+
+
+def featureless_reason(gray: np.ndarray) -> str | None:
+    """Why a uint8 grayscale image has nothing to match (blank or nearly so), or ``None``."""
+    low, high = int(gray.min()), int(gray.max())
+    if low == high:
+        return f"image is blank (all pixels equal {low}): nothing to match"
+    std = float(gray.std())
+    if std < MIN_TEXTURE_STD:
+        return f"image is featureless (grey-level standard deviation {std:.2f} < {MIN_TEXTURE_STD:g}): nothing to match"
+    return None
+
+
+def check_aspect(
+    height: int, width: int, input_height: int, input_width: int, min_side: int, name: str = "image"
+) -> None:
+    """Reject an image that, letterboxed into the model input, is thinner than ``min_side`` pixels.
+
+    Until aspect-true matching exists, a 3000x40 strip shrinks to a few pixel rows at 640x480 and can
+    never match; say so instead of returning no matches.
+    """
+    scale = min(input_height / height, input_width / width)
+    content_h, content_w = round(height * scale), round(width * scale)
+    if min(content_h, content_w) < min_side:
+        raise ImageError(
+            f"{name} of {width}x{height} pixels is too elongated for the model input "
+            f"{input_width}x{input_height}: letterboxed it becomes {content_w}x{content_h}, thinner than "
+            f"{min_side} px (two coarse cells), so nothing can match; crop it closer to "
+            f"{input_width}:{input_height} first"
+        )
+
+
+__all__ = [
+    "ImageError",
+    "check_aspect",
+    "check_complete",
+    "featureless_reason",
+    "read_image",
+    "read_image_size",
+    "to_gray_float",
+    "too_small_reason",
+    "value_scale",
+]

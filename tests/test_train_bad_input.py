@@ -1,0 +1,217 @@
+"""loftr-kd-train with bad input: one clear line (exit 2) before any work, and no data ever touched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from loftr_kd.config import CONFIG_DIR, register_resolvers
+from loftr_kd.config_check import ConfigError, check_train_config
+from loftr_kd.data import synthetic
+from loftr_kd.data.bench_loader import write_toy_dataset
+from loftr_kd.train import ResumeError, check_output_dir, resolve_resume_checkpoint
+
+register_resolvers()
+
+
+def _compose(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _train(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loftr_kd.train", f"hydra.run.dir={run_dir}", "debug=fast", *overrides]
+    environment = {k: v for k, v in os.environ.items() if k not in ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**environment, **(env or {})}
+    )
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "loftr-kd-train: error:" in line]
+
+
+# ---------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=abc", r"trainer.max_epochs='abc': expected an integer or null"),
+        ("trainer.max_epochs=-5", r"trainer.max_epochs=-5: expected -1 \(no limit\)"),
+        ("data.batch_size=0", r"data.batch_size=0: expected >= 1"),
+        ("data.height=tall", r"data.height='tall': expected an integer"),
+        ("data.on_bad_data=ignore", r"data.on_bad_data='ignore': expected one of raise, skip"),
+        (
+            "+trainer.max_epoch=3",
+            r"trainer.max_epoch is not a setting of Trainer \(did you mean trainer.max_epochs\?\)",
+        ),
+        ("trainer.deterministic=maybe", r"trainer.deterministic='maybe': expected"),
+        ("seed=x", r"seed='x': expected an integer"),
+    ],
+)
+def test_config_type_and_range_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(_compose(override))
+
+
+def test_default_and_experiment_configs_pass_the_check():
+    configs = [[], ["experiment=paper"], ["experiment=stride8"], ["debug=fast"], ["debug=profiler"]]
+    configs += [[f"trainer={t}"] for t in ("cpu", "gpu", "ddp", "ddp_cpu")]
+    configs += [["data=blendedmvs", "data.root=/x"], ["data=homography", "data.root=/x"], ["logger=none"]]
+    for overrides in configs:
+        check_train_config(_compose(*overrides))
+
+
+def test_bad_config_is_one_line_before_any_work(tmp_path):
+    run = tmp_path / "run"
+    result = _train(run, "trainer.max_epochs=abc", f"data.root={tmp_path / 'none'}")
+    assert result.returncode == 2
+    assert _error_lines(result.stderr) == [
+        "loftr-kd-train: error: trainer.max_epochs='abc': expected an integer or null"
+    ]
+    assert "Traceback" not in result.stderr
+    assert not run.exists()  # checked before Hydra creates the run directory
+    debug = _train(run, "trainer.max_epochs=abc", env={"LOFTR_KD_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_train_never_regenerates_hand_edited_scenes(tmp_path):
+    root = tmp_path / "scenes"
+    synthetic.generate_dataset(root, scenes=2, views=3, seed=1, height=48, width=64)
+    (root / synthetic.INFO_FILE).unlink()  # e.g. a copied or hand-edited scene set
+    before = _snapshot(root)
+    result = _train(tmp_path / "run", f"data.root={root}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _error_lines(result.stderr)
+    assert f"data.root={root} holds files the synthetic generator did not write" in line
+    assert "data=blendedmvs" in line and "Traceback" not in result.stderr
+    assert _snapshot(root) == before
+
+
+def test_mistyped_data_root_is_not_filled_with_scenes(tmp_path):
+    typo = tmp_path / "mydata"
+    result = _train(tmp_path / "run", f"data.root={typo}")
+    assert result.returncode == 2
+    (line,) = _error_lines(result.stderr)
+    assert f"data.root={typo} does not exist" in line and "loftr-kd-synth --out" in line
+    assert not typo.exists()
+
+
+def test_bad_data_with_on_bad_data_raise_is_one_line_naming_the_file(tmp_path):
+    root = tmp_path / "toy"
+    write_toy_dataset(root, scenes=2, views=3, height=48, width=64)
+    broken = root / "toy_000" / "cams" / "00000001_cam.txt"
+    broken.write_text("extrinsic 1 2 3")
+    result = _train(
+        tmp_path / "run",
+        "data=blendedmvs",
+        f"data.root={root}",
+        "data.on_bad_data=raise",
+        "data.num_workers=0",
+    )
+    assert result.returncode == 2
+    (line,) = _error_lines(result.stderr)
+    assert str(broken) in line and "tokens" in line
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------- resume
+def _checkpoint(path: Path, step: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": {}, "epoch": 0}, path)
+    return path
+
+
+def test_resume_from_a_run_dir_passes_over_a_truncated_last_ckpt(tmp_path, caplog):
+    caplog.set_level("INFO", logger="loftr_kd.train")
+    run = tmp_path / "run"
+    last = _checkpoint(run / "checkpoints" / "last.ckpt", 8)
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    step = _checkpoint(run / "checkpoints" / "step.ckpt", 6)
+    assert resolve_resume_checkpoint(str(run)) == str(step)
+    said = caplog.text
+    assert f"taking {step} (global step 6)" in said and "last.ckpt passed over: unreadable" in said
+    with pytest.raises(ResumeError, match=r"last.ckpt: unreadable.*step.ckpt \(global step 6\)"):
+        resolve_resume_checkpoint(str(last))
+
+
+def test_resume_with_no_intact_checkpoint_names_each_file(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "checkpoints" / "step.ckpt").write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(ResumeError, match=r"last.ckpt: the file is empty.*step.ckpt: unreadable"):
+        resolve_resume_checkpoint(str(run))
+    with pytest.raises(ResumeError, match="no such checkpoint file"):
+        resolve_resume_checkpoint(str(tmp_path / "nothing.ckpt"))
+
+
+def test_a_run_directory_holding_a_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    check_output_dir(run)  # new: fine
+    (run / ".hydra").mkdir(parents=True)
+    check_output_dir(run)  # only Hydra's own files: fine
+    (run / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"already holds a run \(summary.json\)"):
+        check_output_dir(run)
+
+
+class _BrokenDataset(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        from loftr_kd.data.blendedmvs_io import BlendedMVSFormatError
+
+        raise BlendedMVSFormatError("/data/scene/cams/00000001_cam.txt: camera file has 4 tokens")
+
+
+def test_an_error_from_a_dataloader_worker_becomes_its_own_one_line():
+    from loftr_kd.errors import is_user_error, one_line
+
+    loader = torch.utils.data.DataLoader(_BrokenDataset(), num_workers=1)
+    with pytest.raises(ValueError) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)  # what the user saw before: the worker's traceback
+    assert is_user_error(info.value)
+    assert one_line(info.value) == "/data/scene/cams/00000001_cam.txt: camera file has 4 tokens"
+
+
+def test_skip_mode_with_every_validation_scene_dropped_is_one_line(tmp_path):
+    root = tmp_path / "toy"
+    write_toy_dataset(root, scenes=2, views=3, height=48, width=64)  # toy_001 validates
+    (root / "toy_001" / "cams" / "pair.txt").write_text("3\n0\n")
+    result = _train(
+        tmp_path / "run",
+        "data=blendedmvs",
+        f"data.root={root}",
+        "data.on_bad_data=skip",
+        "data.num_workers=0",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _error_lines(result.stderr)
+    assert "no validation pairs are left" in line and "toy_001: cams/pair.txt" in line
+    assert "IndexError" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_init_weights_is_one_line_before_any_work(tmp_path):
+    empty = tmp_path / "student.pt"
+    empty.write_bytes(b"")
+    run = tmp_path / "run"
+    result = _train(run, f"init_weights={empty}", f"data.root={tmp_path / 'none'}")
+    assert result.returncode == 2
+    (line,) = _error_lines(result.stderr)
+    assert f"init_weights={empty}" in line and "the file is empty (0 bytes)" in line
+    assert "weights_only=False" not in result.stderr and not (run / "run_info.json").exists()
