@@ -90,8 +90,10 @@ def test_keypoints_are_cell_centres_in_original_pixels(student_weights, tmp_path
     image0 = photo(640, 480)
     image1 = np.roll(image0, 32, axis=1)
     result = matcher(image0, image1)
-    assert set(result) == {"keypoints0", "keypoints1", "confidence"}
+    assert set(result) == {"keypoints0", "keypoints1", "confidence", "coarse_keypoints1"}
     assert len(result["keypoints0"]) > 0
+    # a coarse-only student: the returned image1 positions are the matched cells' centres
+    np.testing.assert_array_equal(result["keypoints1"], result["coarse_keypoints1"])
     for key in ("keypoints0", "keypoints1"):
         points = result[key]
         assert points.dtype == np.float32 and points.shape == (len(result["confidence"]), 2)
@@ -295,3 +297,25 @@ def test_corrupt_onnx_cache_is_named_never_reused_nor_deleted(student_weights, t
 def test_a_directory_given_as_weights_is_named_as_such(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory, not a weights file"):
         Matcher(tmp_path, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_refining_student_returns_sub_pixel_positions_in_original_pixels(tmp_path, backend):
+    """Refined image1 positions leave the cell centres; image0 stays on them; use_refinement=False undoes it."""
+    import torch
+
+    from loftr_kd.models.student import build_student, save_student
+
+    torch.manual_seed(0)
+    model = build_student(input_height=240, input_width=320, refine="corr", match_threshold=0.05)
+    weights = save_student(model, tmp_path / "refined.pt")
+    image0 = photo(640, 480)
+    image1 = np.roll(image0, 32, axis=1)
+    result = Matcher(weights, backend=backend, cache_dir=tmp_path)(image0, image1)
+    assert len(result["keypoints0"]) > 0
+    cells0 = (result["keypoints0"] + 0.5) / 32 - 0.5
+    np.testing.assert_allclose(cells0, np.round(cells0), atol=1e-4)
+    shift = np.abs(result["keypoints1"] - result["coarse_keypoints1"])
+    assert shift.max() > 0.5 and shift.max() <= 2 * model.config.refine_window.reach + 1e-3  # x2: 320 -> 640
+    coarse = Matcher(weights, backend=backend, cache_dir=tmp_path, use_refinement=False)(image0, image1)
+    np.testing.assert_array_equal(coarse["keypoints1"], coarse["coarse_keypoints1"])
