@@ -343,3 +343,29 @@ def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> No
     ]
     for name, param in start.named_parameters():
         torch.testing.assert_close(final[f"student.{name}"], param.detach(), msg=name)
+
+
+def test_training_a_refining_student_logs_refinement_and_exports_refined_points(
+    scenes: Path, tmp_path: Path
+) -> None:
+    """student=paper_refine end to end: the refinement term is trained and logged, the export carries points1."""
+    run = tmp_path / "refine"
+    train(_cfg(run, scenes, "student=paper_refine"))
+    scalars = _scalars(run)
+    for tag in (
+        "train/loss_refine",
+        "val/loss_refine",
+        "val/student/precision@1px",
+        "val/student/epe_median_px",
+    ):
+        assert tag in scalars, tag
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars["train/loss_refine"])
+    assert "matches/student" in _tags(run)["images"]
+    summary = json.loads((run / "summary.json").read_text())
+    onnx_path = Path(summary["export"]["onnx"])
+    from loftr_kd.export import checks
+
+    assert "points1" in checks.io_shapes(onnx_path)["outputs"]
+    assert checks.read_metadata(onnx_path)["refine"] == "corr"
+    report = json.loads(next((run / "export").glob("*.export_report.json")).read_text())
+    assert report["parity"]["ok"] and report["parity"]["points1_max_abs_diff_px"] is not None
