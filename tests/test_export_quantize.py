@@ -89,3 +89,14 @@ def test_quantize_without_calibration_pairs_fails(quantized, tmp_path):
     fp32, _ = quantized
     with pytest.raises(ValueError):
         quantize_int8(fp32, tmp_path / "x.onnx", [])
+
+
+def test_int8_of_a_refining_student_keeps_its_refined_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = build_student(input_height=H, input_width=W, border_removal=0, refine="corr").eval()
+    fp32 = export_onnx(model, tmp_path / "r.onnx")
+    calibration = [(a, b) for a, b, _ in checks.real_image_pairs(H, W, 2, seed=1)]
+    int8 = quantize_int8(fp32, tmp_path / "r.int8.onnx", calibration)
+    assert "points1" in checks.io_shapes(int8)["outputs"]
+    result = compare_int8(fp32, int8, checks.real_image_pairs(H, W, 2, seed=2), threads=1, iters=1, warmup=0)
+    assert "precision@1px" in result["metrics_int8"] and "epe_median_px" in result["metrics_fp32"]
