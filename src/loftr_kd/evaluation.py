@@ -380,11 +380,10 @@ def _matches(matcher: MatcherFn, image0: np.ndarray, image1: np.ndarray) -> tupl
     elapsed = (time.perf_counter() - start) * 1000.0
     k0 = np.asarray(result["keypoints0"], np.float64).reshape(-1, 2)
     k1 = np.asarray(result["keypoints1"], np.float64).reshape(-1, 2)
-    return {
-        "keypoints0": k0,
-        "keypoints1": k1,
-        "confidence": np.asarray(result["confidence"]).ravel(),
-    }, elapsed
+    out = {"keypoints0": k0, "keypoints1": k1, "confidence": np.asarray(result["confidence"]).ravel()}
+    if "coarse_keypoints1" in result:  # a student's matched cell centres (what refinement started from)
+        out["coarse_keypoints1"] = np.asarray(result["coarse_keypoints1"], np.float64).reshape(-1, 2)
+    return out, elapsed
 
 
 # ---------------------------------------------------------------------------------------- benchmarks

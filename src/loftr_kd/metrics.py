@@ -31,8 +31,8 @@ PIXEL_THRESHOLDS = (1.0, 3.0, 5.0)
 # 5 px: above the half-diagonal of an 8-px cell, so a coarse-only teacher's exact-cell matches count,
 # and well below a 16-px cell, so a coarse-only student's cell centres count only when lucky.
 RECALL_THRESHOLD_PX = 5.0
-HISTOGRAM_MAX_PX = 64.0
-HISTOGRAM_BINS = 1280  # 0.05 px bins; larger errors land in the last (overflow) bin
+HISTOGRAM_MAX_PX = 256.0
+HISTOGRAM_BINS = 5120  # 0.05 px bins; larger errors land in the last (overflow) bin, reported as inf
 _COUNTS = ("pairs", "predicted", "judged", "gt_cells", "recalled_cells", "epe_sum") + tuple(
     f"correct@{t:g}px" for t in PIXEL_THRESHOLDS
 )
