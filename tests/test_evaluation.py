@@ -405,3 +405,28 @@ def test_run_evaluation_writes_reports(tmp_path, hpatches, pose_data):
     assert (tmp_path / "run" / "homography_auc.png").stat().st_size > 1000
     assert (tmp_path / "pose" / "pose_auc.png").is_file()
     assert "AUC@5°" in (tmp_path / "pose" / "results.md").read_text()
+
+
+def test_coarse_report_separates_cell_centres_from_refined_positions():
+    """A matcher whose cell centres are right and whose refined points are exact: EPE cell > 0, refined 0."""
+    H = random_homography(np.random.default_rng(6), WIDTH, HEIGHT, jitter=0.05)
+    batch = _homography_batch(H)
+    stride = 16
+    grid = np.stack(np.meshgrid(np.arange(WIDTH // stride), np.arange(HEIGHT // stride)), -1).reshape(-1, 2)
+    centres = (grid + 0.5) * stride - 0.5
+
+    def refined_oracle(image0, image1):
+        truth = ev.warp_points(centres, H)
+        cells = (np.floor((truth + 0.5) / stride) + 0.5) * stride - 0.5  # the true cell's centre
+        return {
+            "keypoints0": centres,
+            "keypoints1": truth,
+            "confidence": np.ones(len(centres)),
+            "coarse_keypoints1": cells,
+        }
+
+    result = ev.evaluate_coarse(refined_oracle, [batch], stride)
+    gain = result["correct_cells"]
+    assert gain["num_matches"] > 50
+    assert gain["refined_epe_median_px"] < 0.1 < 2.0 < gain["coarse_epe_median_px"] < 8.0
+    assert "matches whose coarse cell is right" in ev.markdown_report({"methods": {"m": {"coarse": result}}})
