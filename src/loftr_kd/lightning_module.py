@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from loftr_kd.geometry import CoarseGrid
+from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.losses import LossConfig, LossOutput, refinement_loss, total_loss
 from loftr_kd.metrics import MatchStats, student_match_stats
 from loftr_kd.models.matching import CoarseMatchOutput, mutual_nearest_matches
@@ -113,7 +113,7 @@ class DistillationModule(pl.LightningModule):
         return terms, out, gt, teacher_out
 
     def _refinement_loss(
-        self, out: CoarseMatchOutput, gt: CoarseGroundTruth, grid: CoarseGrid, window: Any
+        self, out: CoarseMatchOutput, gt: CoarseGroundTruth, grid: CoarseGrid, window: RefineWindow
     ) -> torch.Tensor:
         """Refinement loss on every row it can learn from.
 
