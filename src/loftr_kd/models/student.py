@@ -34,6 +34,7 @@ __all__ = [
     "count_parameters",
     "init_student_weights",
     "preset_values",
+    "published_checkpoint",
     "load_student",
     "save_student",
 ]
@@ -382,7 +383,8 @@ def load_student(
     input_width: int | None = None,
     weights_only: bool = True,
 ) -> CoarseLoFTRStudent:
-    """Rebuild a student from a ``save_student`` file or a Lightning checkpoint.
+    """Rebuild a student from a ``save_student`` file, a Lightning checkpoint or a published
+    Coarse_LoFTR_TRT checkpoint (``model_state_dict``, recognised by its keys: :func:`published_checkpoint`).
 
     A Lightning checkpoint must hold a top-level ``student_config``; its ``state_dict`` keys
     ``student.*`` are used (prefix stripped) and all others (``teacher.*`` ...) ignored.
@@ -422,9 +424,17 @@ def load_student(
         raise RuntimeError(
             f"cannot read student checkpoint {path}: truncated, corrupt or not a checkpoint ({detail or type(error).__name__})"
         ) from error
+    if (
+        isinstance(checkpoint, Mapping)
+        and "student_config" not in checkpoint
+        and "model_state_dict" in checkpoint
+    ):
+        checkpoint = published_checkpoint(checkpoint, path)
     if not isinstance(checkpoint, Mapping) or "student_config" not in checkpoint:
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise KeyError(
-            f"{path} has no 'student_config': not a save_student file nor a loftr-kd Lightning checkpoint"
+            f"{path} has no 'student_config': not a save_student file, a loftr-kd Lightning checkpoint nor a "
+            f"published Coarse_LoFTR_TRT checkpoint ('model_state_dict'); it holds {keys}"
         )
     if "state_dict" not in checkpoint:
         raise KeyError(f"{path} has 'student_config' but no 'state_dict'")
@@ -453,6 +463,27 @@ def load_student(
     if isinstance(map_location, (str, torch.device)):  # torch.load also takes dicts / callables
         model = model.to(map_location)
     return model.eval()
+
+
+# The published Coarse_LoFTR_TRT student (utils.make_student_config): conf/student/paper.yaml's sizes
+# with its two compatibility switches.
+PUBLISHED_STUDENT_CONFIG = {"pe_temp_bug_fix": False, "keep_unused_fpn": True}
+
+
+def published_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """A published Coarse_LoFTR_TRT checkpoint (``LoFTR_teacher.pt``: ``epoch``, ``model_state_dict``,
+    ``optimizer_state_dict``, ``scaler_state_dict``) as a ``save_student``-style mapping.
+
+    Its ``model_state_dict`` is the `paper` preset's layout exactly (177 keys, no renaming); the sizes are
+    the published ones (:class:`StudentConfig` defaults) with ``pe_temp_bug_fix=False`` and
+    ``keep_unused_fpn=True``. Anything else under ``model_state_dict`` fails the strict load that follows,
+    with the missing and unexpected keys listed.
+    """
+    state_dict = checkpoint["model_state_dict"]
+    if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise KeyError(f"{path}: 'model_state_dict' is not a state dict of tensors")
+    config = asdict(StudentConfig(**PUBLISHED_STUDENT_CONFIG))
+    return {"student_config": config, "state_dict": dict(state_dict), "source": "Coarse_LoFTR_TRT"}
 
 
 def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> list[str]:
