@@ -126,15 +126,21 @@ class CoarseGrid:
         """``(...)`` index of the cell holding each ``(..., 2)`` xy point, ``-1`` off the grid."""
         return points_to_cells(points, self.stride, self.height, self.width)
 
+    def rows_cols(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer ``(row, col)`` of cell indices ``ids >= 0`` (``i = row * w + col``).
+
+        Division with ``trunc`` (the same as ``floor`` for ``ids >= 0``): ``floor`` exports a ``Mod``, which
+        TensorRT 8 does not parse.
+        """
+        row = torch.div(ids, self.width, rounding_mode="trunc")
+        return row, ids - row * self.width
+
     def ids_to_pixels(self, ids: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
         """``(..., 2)`` xy centres of cell indices ``ids`` (``(...)`` int); ``fill`` where ``ids < 0``.
 
         Arithmetic only (no table lookup), so it exports to ONNX at any grid size.
         """
-        safe = ids.clamp(min=0)
-        row_int = torch.div(safe, self.width, rounding_mode="trunc")  # ids >= 0; "floor" exports a Mod
-        col = (safe - row_int * self.width).to(torch.float32)
-        row = row_int.to(torch.float32)
+        row, col = (v.to(torch.float32) for v in self.rows_cols(ids.clamp(min=0)))
         xy = torch.stack(((col + 0.5) * self.stride - 0.5, (row + 0.5) * self.stride - 0.5), -1)
         return torch.where((ids >= 0).unsqueeze(-1), xy, torch.full_like(xy, fill))
 

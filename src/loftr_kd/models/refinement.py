@@ -150,8 +150,7 @@ class Refinement(nn.Module):
         w = wf // r
         hp, wp = hf + 2 * m, wf + 2 * m
         padded = F.pad(fine1, (m, m, m, m))  # zero features outside the image: never a good match
-        row = torch.div(candidate_ids, w, rounding_mode="trunc")  # ids >= 0; "floor" exports a Mod
-        col = candidate_ids - row * w
+        row, col = CoarseGrid(self.window.coarse_stride, hf // r, w).rows_cols(candidate_ids)
         corner = (r * row) * wp + r * col  # (B, L0) flat index of the window's top-left pixel (padded)
         taps = (torch.arange(size, device=fine1.device) * wp).unsqueeze(1) + torch.arange(
             size, device=fine1.device
@@ -210,8 +209,7 @@ class Refinement(nn.Module):
         """
         size, half = self.window.size, self.local_size // 2
         peak = prob.argmax(-1)  # (B, L0)
-        row = torch.div(peak, size, rounding_mode="trunc")  # "floor" would export a Mod
-        col = peak - row * size
+        row, col = CoarseGrid(self.window.fine_stride, size, size).rows_cols(peak)  # window as a grid
         weights, indices = [], []
         for dy in range(-half, half + 1):
             for dx in range(-half, half + 1):
