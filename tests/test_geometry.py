@@ -80,3 +80,12 @@ def test_refine_window_geometry() -> None:
         RefineWindow(16, 16, 1)
     with pytest.raises(ValueError, match="divide"):
         RefineWindow(16, 3, 1)
+
+
+def test_match_points_are_the_cell_centres_of_both_sides() -> None:
+    grid = CoarseGrid(16, 2, 3)
+    points0, points1 = grid.match_points(torch.tensor([[4, -1, 0, 5, -1, 1]]))
+    centres = grid.centers()
+    assert torch.equal(points0[0, 0], centres[0]) and torch.equal(points1[0, 0], centres[4])
+    assert torch.equal(points0[0, 3], centres[3]) and torch.equal(points1[0, 3], centres[5])
+    assert (points0[0, [1, 4]] == -1).all() and (points1[0, [1, 4]] == -1).all()

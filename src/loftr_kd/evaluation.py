@@ -541,22 +541,20 @@ def evaluate_coarse(
         gt = coarse_ground_truth(batch, stride)
         images0, images1 = batch["image0"].cpu().numpy(), batch["image1"].cpu().numpy()
         grid = CoarseGrid.for_image(images0.shape[2], images0.shape[3], stride, exact=False)
+
+        def cells_of(points: np.ndarray, grid: CoarseGrid = grid) -> torch.Tensor:
+            return grid.cell_of(torch.from_numpy(np.ascontiguousarray(points, np.float32)))
+
         for b in range(images0.shape[0]):
             if max_pairs is not None and pairs >= max_pairs:
                 break
             result, _ = _matches(matcher, images0[b, 0], images1[b, 0])
             truth, valid = _true_positions(batch, b, result["keypoints0"])
-            cells0 = grid.cell_of(torch.from_numpy(np.ascontiguousarray(result["keypoints0"])).float())
+            cells0 = cells_of(result["keypoints0"])
             total = total + match_stats(result["keypoints1"], truth, valid, cells0, gt.match_ids[b])
             coarse1 = result.get("coarse_keypoints1")
             if coarse1 is not None and len(coarse1) == len(truth):
-                right = (
-                    valid
-                    & (
-                        grid.cell_of(torch.from_numpy(np.ascontiguousarray(coarse1)).float())
-                        == grid.cell_of(torch.from_numpy(np.ascontiguousarray(truth)).float())
-                    ).numpy()
-                )
+                right = valid & (cells_of(coarse1) == cells_of(truth)).numpy()
                 cells_coarse = cells_coarse + match_stats(coarse1, truth, right, cells0, gt.match_ids[b])
                 cells_refined = cells_refined + match_stats(
                     result["keypoints1"], truth, right, cells0, gt.match_ids[b]

@@ -144,6 +144,14 @@ class CoarseGrid:
         xy = torch.stack(((col + 0.5) * self.stride - 0.5, (row + 0.5) * self.stride - 0.5), -1)
         return torch.where((ids >= 0).unsqueeze(-1), xy, torch.full_like(xy, fill))
 
+    def match_points(self, match_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell-centre positions of coarse matches on this grid (both images on it): ``(..., L, 2)``
+        ``points0`` (each matched cell's own centre) and ``points1`` (its match's centre), ``-1`` where
+        ``match_ids < 0`` -- the ``points0/points1`` outputs of a model without refinement."""
+        own = torch.arange(match_ids.shape[-1], device=match_ids.device).expand_as(match_ids)
+        own = torch.where(match_ids >= 0, own, torch.full_like(match_ids, -1))
+        return self.ids_to_pixels(own), self.ids_to_pixels(match_ids)
+
     def border_mask(self, border: int, device: torch.device | str | None = None) -> torch.Tensor:
         """``(L,)`` bool, True for cells at least ``border`` cells from every edge (LoFTR's ``mask_border``)."""
         rows = torch.arange(self.height, device=device)

@@ -384,9 +384,8 @@ class Matcher:
         """Cell centres of matches, for graphs exported before the ``points0/points1`` outputs."""
         import torch
 
-        ids = torch.from_numpy(np.asarray(match_ids, np.int64))
-        own = torch.where(ids >= 0, torch.arange(len(ids)), torch.full_like(ids, -1))
-        return self.coarse_grid.ids_to_pixels(own).numpy(), self.coarse_grid.ids_to_pixels(ids).numpy()
+        points0, points1 = self.coarse_grid.match_points(torch.from_numpy(np.asarray(match_ids, np.int64)))
+        return points0.numpy(), points1.numpy()
 
     def _run_torch(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
         import torch

@@ -290,8 +290,7 @@ def compare_int8(
                 if has_points:
                     points0, points1 = out[1], out[2]
                 else:  # graphs exported before the points outputs: cell centres
-                    points0 = grid.centers().numpy()
-                    points1 = grid.ids_to_pixels(torch.from_numpy(ids)).numpy()
+                    points0, points1 = (v.numpy() for v in grid.match_points(torch.from_numpy(ids)))
                 stats[key] = stats[key] + homography_match_stats(
                     ids, points0, points1, pair[2], a.shape[0], a.shape[1], stride
                 )
