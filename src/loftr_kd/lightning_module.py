@@ -91,8 +91,10 @@ class DistillationModule(pl.LightningModule):
             batch, stride=grid.stride, depth_tolerance=self.loss_weights.depth_tolerance
         )
 
-    def _forward(self, batch: dict[str, Any]) -> tuple[LossOutput, CoarseMatchOutput, CoarseGroundTruth, Any]:
-        """Student (and teacher, once) on a batch, ground truth, and every loss term."""
+    def _forward(
+        self, batch: dict[str, Any]
+    ) -> tuple[LossOutput, CoarseMatchOutput, CoarseGroundTruth, Any, CoarseGrid, CoarseGrid | None]:
+        """Student (and teacher, once) on a batch, ground truth, every loss term, and the two grids."""
         grid, teacher_grid = self._grids(batch)
         out = self.student(batch["image0"], batch["image1"])
         gt = self._ground_truth(batch, grid)
@@ -110,7 +112,7 @@ class DistillationModule(pl.LightningModule):
         if window is not None:
             refine = self._refinement_loss(out, gt, grid, window)
             terms = terms._replace(total=terms.total + self.loss_weights.w_refine * refine, refine=refine)
-        return terms, out, gt, teacher_out
+        return terms, out, gt, teacher_out, grid, teacher_grid
 
     def _refinement_loss(
         self, out: CoarseMatchOutput, gt: CoarseGroundTruth, grid: CoarseGrid, window: RefineWindow
@@ -140,7 +142,7 @@ class DistillationModule(pl.LightningModule):
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        terms, _, gt, _ = self._forward(batch)
+        terms, _, gt, *_ = self._forward(batch)
         batch_size = batch["image0"].shape[0]
         self.log("train/loss", terms.total, prog_bar=True, batch_size=batch_size)
         self.log("train/loss_gt", terms.gt, batch_size=batch_size)
@@ -168,7 +170,7 @@ class DistillationModule(pl.LightningModule):
         self._vis_batch = None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        terms, out, gt, teacher_out = self._forward(batch)
+        terms, out, gt, teacher_out, grid, teacher_grid = self._forward(batch)
         batch_size = batch["image0"].shape[0]
         self.log("val/loss", terms.total, batch_size=batch_size, sync_dist=True)
         if terms.refine is not None:
@@ -187,7 +189,6 @@ class DistillationModule(pl.LightningModule):
             exact = torch.where(
                 out.match_ids == gt.match_ids, out.match_ids, torch.full_like(out.match_ids, -1)
             )
-            grid, _ = self._grids(batch)
             for who, points in (("refined", out.points1), ("cell_centre", grid.ids_to_pixels(exact))):
                 stats = student_match_stats(points, exact, gt.points1, gt.valid, gt.match_ids)
                 self._accumulate(f"correct_cells_{who}", stats)
@@ -195,7 +196,6 @@ class DistillationModule(pl.LightningModule):
             "student": (out.points0[0], out.points1[0], out.match_ids[0] >= 0, gt.points1[0], gt.valid[0])
         }
         if teacher_out is not None:
-            _, teacher_grid = self._grids(batch)
             teacher_gt = self._ground_truth(batch, teacher_grid)
             teacher_ids = self._teacher_matches(teacher_out.confidence, teacher_grid)
             teacher_points1 = teacher_grid.ids_to_pixels(teacher_ids)
@@ -211,12 +211,10 @@ class DistillationModule(pl.LightningModule):
                 batch_size=batch_size,
                 sync_dist=True,
             )
-            centres0 = teacher_grid.centers(device=teacher_ids.device)
-            matched = teacher_ids[0] >= 0
             vis["teacher"] = (
-                centres0,
+                teacher_grid.centers(device=teacher_ids.device),
                 teacher_points1[0],
-                matched,
+                teacher_ids[0] >= 0,
                 teacher_gt.points1[0],
                 teacher_gt.valid[0],
             )

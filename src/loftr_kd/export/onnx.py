@@ -166,7 +166,7 @@ def export_onnx(
                 torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
         proto = onnx.load(str(tmp))
         if not dynamic:
-            _declare_static_output_shapes(proto, wrapper, example)
+            _declare_static_output_shapes(proto, probe)
         metadata = {
             "producer": "loftr_kd.export.onnx",
             "loftr_kd_version": __version__,
@@ -200,14 +200,13 @@ def export_onnx(
     return path
 
 
-def _declare_static_output_shapes(proto: onnx.ModelProto, wrapper: nn.Module, example: tuple) -> None:
-    """Write the traced outputs' sizes into the graph's output types.
+def _declare_static_output_shapes(proto: onnx.ModelProto, outputs: tuple[torch.Tensor, ...]) -> None:
+    """Write the traced outputs' sizes (``outputs``: the wrapper run on the example) into the graph's
+    output types.
 
     The tracer leaves a symbolic batch dim on outputs computed through reshapes of runtime shapes (the
     refinement's gathers); the sizes are fixed, and TensorRT and users reading the graph should see so.
     """
-    with torch.no_grad():
-        outputs = wrapper(*example)
     for value, tensor in zip(proto.graph.output, outputs):
         dims = value.type.tensor_type.shape.dim
         for dim, size in zip(dims, tensor.shape):
