@@ -31,20 +31,13 @@ def test_known_errors_give_known_figures() -> None:
 
 
 def test_stats_add_up_and_survive_a_tensor_round_trip() -> None:
-    a = match_stats(
-        torch.tensor([[1.0, 0.0]]),
-        torch.zeros(1, 2),
-        torch.tensor([True]),
-        torch.tensor([0]),
-        torch.tensor([0]),
-    )
-    b = match_stats(
-        torch.tensor([[9.0, 0.0]]),
-        torch.zeros(1, 2),
-        torch.tensor([True]),
-        torch.tensor([0]),
-        torch.tensor([0]),
-    )
+    def one_match(error_px: float) -> MatchStats:
+        point = torch.tensor([[error_px, 0.0]])
+        return match_stats(
+            point, torch.zeros(1, 2), torch.tensor([True]), torch.tensor([0]), torch.tensor([0])
+        )
+
+    a, b = one_match(1.0), one_match(9.0)
     both = MatchStats.from_tensor((a + b).as_tensor())
     assert both.count("pairs") == 2 and both.count("judged") == 2 and both.count("correct@5px") == 1
     assert both.summary()["epe_mean_px"] == pytest.approx(5.0)
