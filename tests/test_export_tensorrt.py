@@ -90,7 +90,7 @@ def test_engine_build_and_run_matches_onnxruntime(onnx_paths, fp16):
     meta = json.loads(engine_metadata_path(engine).read_text())
     assert meta["precision"] == ("fp16" if fp16 else "fp32") and meta["gpu_name"] and meta["tensorrt_version"]
     runner = TensorRTRunner(engine)
-    session = checks.onnxruntime_session(static)
+    session = checks.ort_session(static)
     for a, b, _ in checks.real_image_pairs(H, W, 2):
         a, b = a[None, None], b[None, None]
         out = runner(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda())

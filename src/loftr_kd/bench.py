@@ -18,7 +18,6 @@ reused and the delta undercounts; the JSON says which method was used.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import re
@@ -185,9 +184,9 @@ def _torch_runner(model, pairs, device: str) -> Callable[[int], Any]:
 
 
 def _ort_runner(onnx_path: Path, pairs, threads: int) -> Callable[[int], Any]:
-    from loftr_kd.export.checks import onnxruntime_session
+    from loftr_kd.runtime import ort_session
 
-    session = onnxruntime_session(onnx_path, threads=threads)
+    session = ort_session(onnx_path, threads=threads)
     feeds = [{"image0": a[None, None], "image1": b[None, None]} for a, b, _ in pairs]
 
     def run(i: int):
@@ -216,23 +215,15 @@ def _trt_runner(engine_path: Path, pairs) -> Callable[[int], Any]:
 
 
 def _classical_runner(kind: str, pairs, features: int) -> Callable[[int], Any]:
-    import cv2
+    """The evaluation's own ORB / SIFT (``OpenCVMatcher``), so the speed row and the accuracy row are
+    the same matcher."""
+    from loftr_kd.matcher import OpenCVMatcher
 
-    images = [((a * 255).round().astype(np.uint8), (b * 255).round().astype(np.uint8)) for a, b, _ in pairs]
-    if kind == "orb":
-        detector = cv2.ORB_create(nfeatures=features)
-        matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    else:
-        detector = cv2.SIFT_create(nfeatures=features)
-        matcher = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True)
+    matcher = OpenCVMatcher(kind, max_features=features)
 
     def run(i: int):
-        a, b = images[i % len(images)]
-        _, d0 = detector.detectAndCompute(a, None)
-        _, d1 = detector.detectAndCompute(b, None)
-        if d0 is None or d1 is None:
-            return []
-        return matcher.match(d0, d1)
+        a, b, _ = pairs[i % len(pairs)]
+        return matcher(a, b)
 
     return run
 
@@ -283,7 +274,7 @@ def _prepare_and_build(spec: dict[str, Any], settings: BenchSettings, pairs, wor
         return (
             (lambda: None),
             (lambda: _classical_runner(name, pairs, settings.features)),
-            "OpenCV, crossCheck BF",
+            "OpenCV: ORB cross-check BF, SIFT Lowe ratio 0.8 (as loftr-kd-evaluate)",
         )
     if kind == "teacher":
         device = _torch_device(settings)
@@ -587,12 +578,12 @@ def bar_chart(result: dict[str, Any], path: Path) -> Path:
 
 def write_outputs(result: dict[str, Any], out_dir: Path, latest_dir: Path | None) -> dict[str, Path]:
     """``bench.json``, ``bench.md``, ``bench.png`` in ``out_dir``; copies as ``latest.*`` in ``latest_dir``."""
-    from loftr_kd.export.checks import atomic_write_text, to_jsonable
+    from loftr_kd.files import write_json, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "json": atomic_write_text(out_dir / "bench.json", json.dumps(to_jsonable(result), indent=2) + "\n"),
-        "md": atomic_write_text(out_dir / "bench.md", markdown_table(result)),
+        "json": write_json(out_dir / "bench.json", result),
+        "md": write_text(out_dir / "bench.md", markdown_table(result)),
         "png": bar_chart(result, out_dir / "bench.png"),
     }
     if latest_dir is not None:

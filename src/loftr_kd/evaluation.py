@@ -17,7 +17,6 @@ numpy images (``loftr_kd.matcher.Matcher``, ``OpenCVMatcher``, or a test's oracl
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,6 +27,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from loftr_kd.files import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -605,28 +606,10 @@ def run_evaluation(
             log.info("%s: coarse ground truth", name)
             entry["coarse"] = evaluate_coarse(matcher, coarse_batches(), coarse_stride)
         results["methods"][name] = entry
-    write_json(results, out_dir / "results.json")
-    (out_dir / "results.md").write_text(markdown_report(results))
+    write_json(out_dir / "results.json", results)
+    write_text(out_dir / "results.md", markdown_report(results))
     plot_auc_curves(results, out_dir)
     return results
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no inf/nan: failures are null
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    return value
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(_jsonable(data), indent=2))
 
 
 def markdown_report(results: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.files import replacing
 from loftr_kd.images import check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
 
 log = logging.getLogger(__name__)
@@ -276,9 +277,8 @@ class Matcher:
                 return path
             try:
                 directory.mkdir(parents=True, exist_ok=True)
-                tmp = directory / f".{name}.{os.getpid()}.tmp.onnx"
-                export_onnx(model.cpu(), tmp, batch=1, dynamic=False)
-                os.replace(tmp, path)  # atomic: concurrent processes never read a half-written file
+                with replacing(path, suffix=".tmp.onnx") as tmp:  # concurrent readers never see half a file
+                    export_onnx(model.cpu(), tmp, batch=1, dynamic=False)
                 log.info("exported %s to %s", self.weights, path)
                 return path
             except PermissionError:
@@ -291,14 +291,13 @@ class Matcher:
     def _init_onnx_session(self, path: Path) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.num_threads
-        options.inter_op_num_threads = 1
+        from loftr_kd.runtime import ort_session
+
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = ort_session(path, threads=self.num_threads, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
             raise MatcherError(f"onnxruntime cannot load {path}: {err}") from err
         self.onnx_path = Path(path)

@@ -7,7 +7,6 @@ everywhere.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -26,6 +25,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 from loftr_kd.config_check import check_train_config
 from loftr_kd.errors import debug_enabled, is_user_error, one_line, report, root_cause
+from loftr_kd.files import torch_save, write_json
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
 from loftr_kd.paths import REPO_ROOT
@@ -55,14 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        torch_save(checkpoint, path)
 
 
 def _say(message: str) -> None:
@@ -70,12 +63,6 @@ def _say(message: str) -> None:
     log.info(message)
     if not logging.getLogger().handlers:
         print(message, flush=True)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def run_metadata() -> dict[str, Any]:
@@ -396,7 +383,7 @@ def train(cfg: DictConfig) -> float | None:
     check_output_dir(output_dir)
     pl.seed_everything(int(cfg.seed), workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(output_dir / "run_info.json", run_metadata())
+    write_json(output_dir / "run_info.json", run_metadata())
     # .hydra/config.yaml keeps the interpolations (it is what `make rerun` composes); this one is resolved.
     resolved = {k: v for k, v in cfg.items() if k != "hydra"}
     (output_dir / "config_resolved.yaml").write_text(
@@ -453,7 +440,7 @@ def train(cfg: DictConfig) -> float | None:
             summary["export"] = export_at_end(cfg, best, output_dir, datamodule)
         else:
             _say("Export: skipped — no checkpoint was written.")
-        _write_json_atomic(output_dir / "summary.json", summary)
+        write_json(output_dir / "summary.json", summary)
         if metric_name in start and best_score is not None:
             _say(
                 f"Learning: {metric_name} {start[metric_name]:.3f} before training -> {best_score:.3f} best ({best})."

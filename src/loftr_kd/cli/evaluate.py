@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from loftr_kd.config import CONFIG_DIR
+from loftr_kd.files import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,11 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
         )["methods"][name]
     results["config"] = OmegaConf.to_container(cfg, resolve=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ev.write_json(results, out_dir / "results.json")
+    write_json(out_dir / "results.json", results)
     markdown = ev.markdown_report(results)
     if skipped:
         markdown += "\nSkipped: " + "; ".join(f"{n} ({why})" for n, why in skipped.items()) + "\n"
-    (out_dir / "results.md").write_text(markdown)
+    write_text(out_dir / "results.md", markdown)
     ev.plot_auc_curves(results, out_dir)
     print(markdown)
     print(f"results in {out_dir}")

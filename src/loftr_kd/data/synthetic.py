@@ -60,6 +60,7 @@ from loftr_kd.data.blendedmvs_io import (
     write_pair_file,
     write_pfm,
 )
+from loftr_kd.files import write_text
 
 GENERATOR_VERSION = "1"
 SCENE_PREFIX = "synth_"
@@ -822,12 +823,6 @@ def write_scene(
     return name
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def split_scenes(names: Sequence[str], val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     """Train/validation split by scene: the last ~20 % (at least one) validate; one scene serves both."""
     names = list(names)
@@ -967,7 +962,7 @@ def generate_dataset(
     else:
         say(f"generating {scenes} synthetic scenes x {views} views ({width}x{height}) into {out}")
         out.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(out / PROGRESS_FILE, json.dumps(settings, indent=2) + "\n")
+        write_text(out / PROGRESS_FILE, json.dumps(settings, indent=2) + "\n")
     todo = [i for i in range(scenes) if not (out / names[i]).is_dir()]
     args = [(out, seed, i, views, height, width) for i in todo]
     if workers > 1 and len(args) > 1:
@@ -979,9 +974,9 @@ def generate_dataset(
         for a in args:
             write_scene(*a)
     train, val = split_scenes(names)
-    _write_text_atomic(out / "training_list.txt", "".join(f"{n}\n" for n in train))
-    _write_text_atomic(out / "validation_list.txt", "".join(f"{n}\n" for n in val))
-    _write_text_atomic(out / "all_list.txt", "".join(f"{n}\n" for n in names))
+    write_text(out / "training_list.txt", "".join(f"{n}\n" for n in train))
+    write_text(out / "validation_list.txt", "".join(f"{n}\n" for n in val))
+    write_text(out / "all_list.txt", "".join(f"{n}\n" for n in names))
     info = {
         "generator": "loftr_kd.data.synthetic",
         "version": GENERATOR_VERSION,
@@ -992,7 +987,7 @@ def generate_dataset(
         "width": int(width),
         "photos": list(available_photos()),
     }
-    _write_text_atomic(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    write_text(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
     # The marker is this generation's own (written, or taken over, above): the set is finished now.
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     return names

@@ -9,18 +9,19 @@ means an engine can also be built on a Jetson whose JetPack is stuck on an older
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+
+from loftr_kd.files import to_jsonable, write_json, write_text
+from loftr_kd.runtime import load_model as _load
+from loftr_kd.runtime import op_histogram, ort_session
+
+__all__ = ["op_histogram", "ort_session", "to_jsonable"]  # re-exported: long-standing import paths
 
 # Operators the TensorRT ONNX parser supports (onnx-tensorrt support matrix, TensorRT 8.4+), plus the
 # opset 17/18 normalisation ops TensorRT 8.6+ parses. Ops outside this set make the parse fail or
@@ -232,31 +233,6 @@ class ParityResult:
         )
 
 
-def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    """Nodes of a graph and of every subgraph (If/Loop bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _all_nodes(sub)
-
-
-def op_histogram(model: onnx.ModelProto | str | Path) -> dict[str, int]:
-    """Count of each op type (``domain::Op`` outside the default domain), subgraphs included."""
-    counts: Counter[str] = Counter()
-    for node in _all_nodes(_load(model).graph):
-        name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        counts[name] += 1
-    return dict(sorted(counts.items()))
-
-
 def has_dynamic_inputs(model: onnx.ModelProto | str | Path) -> bool:
     """True if any graph input has a symbolic or unknown dimension."""
     for inp in _load(model).graph.input:
@@ -347,20 +323,6 @@ def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
     return {p.key: p.value for p in _load(model).metadata_props}
 
 
-def onnxruntime_session(
-    path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None
-):
-    """An onnxruntime session with a fixed intra-op thread count (None = onnxruntime's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
-
-
 def check_parity(
     model,
     onnx_path: str | Path,
@@ -388,7 +350,7 @@ def check_parity(
 
     if not pairs:
         raise ValueError("check_parity needs at least one image pair")
-    session = onnxruntime_session(onnx_path)
+    session = ort_session(onnx_path)
     input_dims = session.get_inputs()[0].shape
     if batch is None:
         batch = input_dims[0] if isinstance(input_dims[0], int) else 1
@@ -433,41 +395,6 @@ def check_parity(
     )
 
 
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses (with their ``ok``), paths and numpy scalars to plain JSON types."""
-    if hasattr(value, "__dataclass_fields__"):
-        d = asdict(value)
-        if hasattr(value, "ok"):
-            d["ok"] = value.ok
-        return to_jsonable(d)
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def report_markdown(report: dict[str, Any]) -> str:
     """Readable rendering of an export report."""
     lines = [f"# Export report: {Path(str(report.get('onnx_path', '?'))).name}", ""]
@@ -508,8 +435,8 @@ def write_report(path: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``report`` as JSON at ``path`` and as Markdown beside it (``.md``); returns both paths."""
     path = Path(path)
     data = to_jsonable(report)
-    json_path = atomic_write_text(path.with_suffix(".json"), json.dumps(data, indent=2) + "\n")
-    md_path = atomic_write_text(path.with_suffix(".md"), report_markdown(data))
+    json_path = write_json(path.with_suffix(".json"), data)
+    md_path = write_text(path.with_suffix(".md"), report_markdown(data))
     return json_path, md_path
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ExportError: export or a check failed (the checkpoint is untouched).
     """
-    from loftr_kd.export.checks import atomic_write_text, real_image_pairs
+    from loftr_kd.export.checks import real_image_pairs
     from loftr_kd.export.onnx import export_student
     from loftr_kd.export.tensorrt import TensorRTUnavailable, build_engine
+    from loftr_kd.files import write_json
 
     out_dir = Path(cfg.out_dir)
     height, width = int(cfg.height), int(cfg.width)
@@ -62,7 +62,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         quantize_int8(result.onnx_path, int8_path, calibration, per_channel=bool(cfg.int8.per_channel))
         validation = real_image_pairs(height, width, 8, seed=2)
         comparison = compare_int8(result.onnx_path, int8_path, validation)
-        atomic_write_text(int8_path.with_suffix(".json"), json.dumps(comparison, indent=2) + "\n")
+        write_json(int8_path.with_suffix(".json"), comparison)
         print(
             f"INT8: {int8_path}: {comparison['speedup']:.2f}x vs fp32, agreement "
             f"{comparison['agreement_with_fp32']:.3f}, precision change {comparison.get('precision_change')}"

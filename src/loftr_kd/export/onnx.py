@@ -226,7 +226,7 @@ def _window_metadata(config: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _verify_dynamic_batch(path: Path, batch: int, height: int, width: int) -> None:
     """Run the graph at a batch size it was not traced with; shapes baked in by tracing fail here."""
-    session = checks.onnxruntime_session(path, threads=1)
+    session = checks.ort_session(path, threads=1)
     x = np.zeros((batch, 1, height, width), np.float32)
     try:
         outputs = session.run(None, {"image0": x, "image1": x})

@@ -15,7 +15,6 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from loftr_kd.export.checks import onnxruntime_session, read_metadata
+from loftr_kd.export.checks import read_metadata
+from loftr_kd.runtime import ort_session, time_interleaved
 
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
@@ -226,20 +226,6 @@ def homography_match_stats(
     return match_stats(p1, truth[0], valid[0], cells, gt.match_ids[0])
 
 
-def _time_interleaved(sessions, feeds, iters: int, warmup: int) -> list[list[float]]:
-    """Latencies (ms) of several sessions, run alternately so that a change of machine load hits all."""
-    for _ in range(warmup):
-        for session in sessions:
-            session.run(None, feeds)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(iters):
-        for session, out in zip(sessions, times):
-            t0 = time.perf_counter()
-            session.run(None, feeds)
-            out.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
 def compare_int8(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -266,8 +252,8 @@ def compare_int8(
     if not config.get("coarse_stride"):
         raise ValueError(f"{fp32_path} has no student_config metadata; export it with loftr-kd-export")
     stride = int(config["coarse_stride"])
-    fp32 = onnxruntime_session(fp32_path, threads=threads)
-    int8 = onnxruntime_session(int8_path, threads=threads)
+    fp32 = ort_session(fp32_path, threads=threads)
+    int8 = ort_session(int8_path, threads=threads)
     has_points = {"points0", "points1"} <= {o.name for o in fp32.get_outputs()}
     names = ["match_ids", "points0", "points1"] if has_points else ["match_ids"]
     batch = _graph_batch(fp32_path)
@@ -294,8 +280,10 @@ def compare_int8(
                 stats[key] = stats[key] + homography_match_stats(
                     ids, points0, points1, pair[2], a.shape[0], a.shape[1], stride
                 )
-    t32, t8 = _time_interleaved([fp32, int8], feeds, iters, warmup)
-    m32, m8 = statistics.median(t32), statistics.median(t8)
+    times = time_interleaved(
+        {"fp32": lambda: fp32.run(None, feeds), "int8": lambda: int8.run(None, feeds)}, iters, warmup
+    )
+    m32, m8 = (statistics.median(times[key]["wall_ms"]) for key in ("fp32", "int8"))
     result: dict[str, Any] = {
         "pairs": len(pairs),
         "threads": threads,

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loftr_kd.export.checks import atomic_write_text, io_shapes, read_metadata
+from loftr_kd.export.checks import io_shapes, read_metadata
+from loftr_kd.files import write_bytes, write_json
 
 Shape = Sequence[int]
 # A profile: input name -> (min, opt, max) shapes.
@@ -159,10 +160,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(engine_path)
+    write_bytes(engine_path, bytes(serialized))
 
     io = {}
     for i in range(network.num_inputs):
@@ -190,7 +188,7 @@ def build_engine(
         "onnx_metadata": onnx_meta,
         "note": "engines run only on the GPU model and TensorRT version they were built with",
     }
-    atomic_write_text(engine_metadata_path(engine_path), json.dumps(metadata, indent=2) + "\n")
+    write_json(engine_metadata_path(engine_path), metadata)
     return engine_path
 
 

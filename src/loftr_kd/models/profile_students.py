@@ -21,13 +21,12 @@ process CPU time (all onnxruntime threads; less sensitive to other processes tha
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import tempfile
-import time
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from torch import nn
 
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters, preset_values
+from loftr_kd.runtime import op_histogram, ort_session, time_interleaved, timing_summary
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "student"
 
@@ -136,47 +136,14 @@ def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path
     return path
 
 
-def op_histogram(path: Path) -> dict[str, int]:
-    """ONNX op types and counts of a graph."""
-    import onnx
-
-    return dict(sorted(Counter(node.op_type for node in onnx.load(str(path)).graph.node).items()))
-
-
-def make_session(path: Path, threads: int):
-    """onnxruntime CPU session, ``threads`` intra-op threads, full graph optimisation (the default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def time_interleaved(
+def time_sessions(
     sessions: dict[Any, tuple[Any, dict[str, np.ndarray]]], repeats: int, warmup: int = 3
 ) -> dict[Any, dict[str, float]]:
-    """Round-robin timing: every repeat runs each session once, so load drifts hit all alike."""
-    for session, feeds in sessions.values():
-        for _ in range(warmup):
-            session.run(None, feeds)
-    wall: dict[Any, list[float]] = {key: [] for key in sessions}
-    cpu: dict[Any, list[float]] = {key: [] for key in sessions}
-    for _ in range(repeats):
-        for key, (session, feeds) in sessions.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            session.run(None, feeds)
-            wall[key].append((time.perf_counter() - t0) * 1e3)
-            cpu[key].append((time.process_time() - c0) * 1e3)
+    """Interleaved timing of ``(session, feeds)`` pairs: median / min / p90 wall and median CPU ms."""
+    runs = {key: functools.partial(session.run, None, feeds) for key, (session, feeds) in sessions.items()}
     return {
-        key: {
-            "median_ms": float(np.median(wall[key])),
-            "min_ms": float(np.min(wall[key])),
-            "p90_ms": float(np.percentile(wall[key], 90)),
-            "cpu_median_ms": float(np.median(cpu[key])),
-        }
-        for key in sessions
+        key: {**timing_summary(t["wall_ms"]), "cpu_median_ms": float(np.median(t["cpu_ms"]))}
+        for key, t in time_interleaved(runs, repeats, warmup).items()
     }
 
 
@@ -193,17 +160,13 @@ def op_profile(paths: dict[Any, tuple[Path, dict[str, np.ndarray]]], threads: in
     """
     import json as _json
 
-    import onnxruntime as ort
-
-    sessions = {}
-    for key, (path, feeds) in paths.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = str(path.with_suffix("")) + f"_prof{threads}"
-        sessions[key] = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), feeds)
+    sessions = {
+        key: (
+            ort_session(path, threads=threads, profile_prefix=f"{path.with_suffix('')}_prof{threads}"),
+            feeds,
+        )
+        for key, (path, feeds) in paths.items()
+    }
     for _ in range(repeats):  # interleaved, as time_interleaved
         for session, feeds in sessions.values():
             session.run(None, feeds)
@@ -247,13 +210,13 @@ def profile(
                 if stage == "full":
                     ops = op_histogram(path)
                     info[(name, height, width)]["ops"] = ops
-                session = make_session(path, threads)
+                session = ort_session(path, threads=threads)
                 feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
                 sessions[(name, height, width, stage)] = (session, feeds)
                 if stage == "full":
                     full_graphs[(name, height, width)] = (path, feeds)
     load_before = os.getloadavg()
-    timings = time_interleaved(sessions, repeats)
+    timings = time_sessions(sessions, repeats)
     kernel_rows = []
     for profile_threads in sorted({1, threads}):
         kernels = op_profile(full_graphs, profile_threads, repeats)

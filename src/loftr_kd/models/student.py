@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from loftr_kd.files import torch_save
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.backbone import build_backbone, check_backbone_config
 from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
@@ -363,17 +363,7 @@ def save_student(model: CoarseLoFTRStudent, path: str | os.PathLike) -> Path:
         "student_config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return torch_save(payload, path)
 
 
 def load_student(

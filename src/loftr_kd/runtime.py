@@ -1,0 +1,104 @@
+"""onnxruntime for every caller: one way to open a session, count a graph's ops, and time sessions.
+
+Export checks, the INT8 report, the Matcher, the benchmark and the student profiler all open their
+sessions here, so thread settings (``intra_op_num_threads``, one inter-op thread) and providers mean the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def ort_session(
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    profile_prefix: str | None = None,
+):
+    """An onnxruntime session over ``path``.
+
+    Args:
+        threads: intra-op threads (one inter-op thread); ``None``/0 keeps onnxruntime's default (all cores).
+        providers: execution providers in order of preference; default CPU only.
+        profile_prefix: turn on onnxruntime's per-node profiling, writing ``<prefix>_<time>.json``.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def load_model(model: Any):
+    """An ONNX ModelProto as given, or loaded from a path."""
+    import onnx
+
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+
+
+def _all_nodes(graph) -> Iterator[Any]:
+    import onnx
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_nodes(sub)
+
+
+def op_histogram(model: Any) -> dict[str, int]:
+    """Count of each op type of an ONNX model or file (``domain::Op`` outside the default domain),
+    subgraphs included."""
+    counts: Counter[str] = Counter()
+    for node in _all_nodes(load_model(model).graph):
+        name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        counts[name] += 1
+    return dict(sorted(counts.items()))
+
+
+def time_interleaved(
+    runners: Mapping[Any, Callable[[], Any]], repeats: int, warmup: int = 3
+) -> dict[Any, dict[str, list[float]]]:
+    """Round-robin timing: each repeat calls every runner once, so a change of machine load hits all alike.
+
+    Returns per key the ``wall_ms`` and ``cpu_ms`` (process CPU time) lists of the timed repeats; the
+    ``warmup`` rounds before them are not timed.
+    """
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    out = {key: {"wall_ms": [], "cpu_ms": []} for key in runners}
+    for _ in range(repeats):
+        for key, run in runners.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            run()
+            out[key]["wall_ms"].append((time.perf_counter() - t0) * 1e3)
+            out[key]["cpu_ms"].append((time.process_time() - c0) * 1e3)
+    return out
+
+
+def timing_summary(wall_ms: Sequence[float]) -> dict[str, float]:
+    """Median, minimum and 90th percentile of a list of latencies (ms)."""
+    values = np.asarray(wall_ms, dtype=float)
+    return {
+        "median_ms": float(np.median(values)),
+        "min_ms": float(values.min()),
+        "p90_ms": float(np.percentile(values, 90)),
+    }
