@@ -24,3 +24,20 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def instantiate_preset(name: str, height: int, width: int):
+    """``conf/student/<name>.yaml`` composed and instantiated the way training does (Hydra's defaults
+    lists, interpolation of the input size, ``_convert_``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from loftr_kd.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(
+            config_name="train", overrides=[f"student={name}", f"data.height={height}", f"data.width={width}"]
+        )
+    return instantiate(cfg.student)

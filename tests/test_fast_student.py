@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import instantiate_preset
 from loftr_kd.models.backbone import build_backbone
 from loftr_kd.models.fast_backbone import (
     FastBackbone,
@@ -53,9 +53,7 @@ FAST_PARAMS_FUSED = FAST_BACKBONE_FUSED + TRANSFORMER  # 79,680
 
 def fast_preset(height: int, width: int) -> CoarseLoFTRStudent:
     """conf/student/fast.yaml instantiated as Hydra does."""
-    root = OmegaConf.create({"data": {"height": height, "width": width}})
-    root.student = OmegaConf.load(CONF / "fast.yaml")
-    return instantiate(root.student)
+    return instantiate_preset("fast", height, width)
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

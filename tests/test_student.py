@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from conftest import instantiate_preset
 from loftr_kd.models.matching import (
     CoarseMatching,
     border_mask,
@@ -57,10 +56,8 @@ STRIDE8 = {
 
 
 def preset(name: str, height: int, width: int):
-    """Instantiate a conf/student preset the way Hydra does (ListConfig arguments, interpolation)."""
-    root = OmegaConf.create({"data": {"height": height, "width": width}})
-    root.student = OmegaConf.load(CONF / f"{name}.yaml")
-    return instantiate(root.student)
+    """Instantiate a conf/student preset the way Hydra does (defaults lists, interpolation)."""
+    return instantiate_preset(name, height, width)
 
 
 def images(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -322,10 +323,10 @@ def test_optuna_sweep(scenes: Path, tmp_path: Path) -> None:
 
 
 def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> None:
-    from loftr_kd.models.student import build_student, save_student
+    from loftr_kd.models.student import save_student
 
     cfg_student = _cfg(tmp_path / "probe", scenes).student
-    start = build_student(**{k: v for k, v in cfg_student.items() if k != "_target_"})
+    start = instantiate(cfg_student)
     torch.nn.init.normal_(start.loftr_coarse.layers[0].q_proj.weight, std=0.5)  # unlike a fresh init
     weights = save_student(start, tmp_path / "start.pt")
     run = tmp_path / "run"

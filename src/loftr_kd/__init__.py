@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from loftr_kd._version import __version__
+
 __all__ = ["Matcher", "__version__"]
 
 if TYPE_CHECKING:

@@ -138,21 +138,20 @@ class PeakMemory:
 
 def _student_model(name: str, height: int, width: int, settings: BenchSettings):
     """A student preset (conf/student/<name>.yaml) at the size, with checkpoint weights when given."""
-    from loftr_kd.models.fast_backbone import reparameterize_for_inference
     from loftr_kd.models.student import build_student, load_student
 
     ckpt = settings.student_checkpoints.get(name)
     if ckpt:
         model = load_student(ckpt, input_height=height, input_width=width)
-        return reparameterize_for_inference(model, inplace=True), f"weights {Path(ckpt).name}"
+        return model.prepare_for_inference(inplace=True), f"weights {Path(ckpt).name}"
     if Path(name).suffix in (".pt", ".ckpt"):
         model = load_student(name, input_height=height, input_width=width)
-        return reparameterize_for_inference(model, inplace=True), f"weights {Path(name).name}"
-    from loftr_kd.models.student import preset_values
+        return model.prepare_for_inference(inplace=True), f"weights {Path(name).name}"
+    from loftr_kd.config import preset_values
 
     values = preset_values(name, settings.config_dir)
     values.update(input_height=height, input_width=width)
-    return reparameterize_for_inference(build_student(**values), inplace=True), "random init (timing only)"
+    return build_student(**values).prepare_for_inference(inplace=True), "random init (timing only)"
 
 
 def _torch_device(settings: BenchSettings) -> str:

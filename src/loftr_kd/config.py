@@ -1,12 +1,17 @@
-"""Hydra/OmegaConf glue shared by every entry point."""
+"""Hydra/OmegaConf glue shared by the entry points: the ``${loftr_kd_root:}`` resolver and reading a
+student preset (``conf/student/<name>.yaml``) without composing a whole config."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
 from loftr_kd.paths import CONFIG_DIR, REPO_ROOT
 
-__all__ = ["CONFIG_DIR", "register_resolvers"]
+__all__ = ["CONFIG_DIR", "preset_values", "register_resolvers"]
 
 
 def register_resolvers() -> None:
@@ -16,3 +21,33 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def preset_values(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The :class:`StudentConfig` fields of a preset ``conf/student/<name>.yaml``, without Hydra.
+
+    A preset may start from others through a Hydra ``defaults`` list (``- paper`` then ``- _self_``), as
+    ``paper_refine.yaml`` does; those are merged first. Interpolations such as ``${data.height}`` are left
+    out (the caller sets the input size).
+
+    Args:
+        name: preset file stem.
+        config_dir: folder holding ``student/``; default: the repository's ``conf/``.
+
+    Returns:
+        Plain field values (no ``_target_``, no ``defaults``).
+    """
+    path = Path(config_dir or CONFIG_DIR) / "student" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no student preset {path}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    values: dict[str, Any] = {}
+    own = {k: v for k, v in raw.items() if not k.startswith("_") and k != "defaults"}
+    for entry in raw.get("defaults", []) or []:
+        if entry == "_self_":
+            values.update(own)
+            own = {}
+        elif isinstance(entry, str):
+            values.update(preset_values(entry, config_dir))
+    values.update(own)
+    return {k: v for k, v in values.items() if not (isinstance(v, str) and v.startswith("${"))}

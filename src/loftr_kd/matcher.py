@@ -238,9 +238,7 @@ class Matcher:
             rebuilt = build_student(**dataclasses.asdict(config))
             rebuilt.load_state_dict(model.state_dict())
             model = rebuilt
-        from loftr_kd.models.fast_backbone import reparameterize_for_inference
-
-        model = reparameterize_for_inference(model, inplace=True).to(self.device)
+        model = model.prepare_for_inference(inplace=True).to(self.device)
         self.config = dataclasses.asdict(config)
         self._set_geometry(config.input_height, config.input_width, config.coarse_stride)
         self._baked_threshold = None  # a checkpoint takes any threshold

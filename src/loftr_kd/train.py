@@ -185,61 +185,28 @@ def _best_checkpoint(trainer: pl.Trainer, output_dir: Path) -> Path | None:
 
 
 def export_at_end(cfg: DictConfig, checkpoint: Path, output_dir: Path, datamodule: Any) -> dict[str, Any]:
-    """Export the best student to ONNX (verified in onnxruntime) and, where possible, a TensorRT engine.
+    """The export pipeline (``loftr_kd.export.pipeline``) on the best student, with ``deploy.*`` settings.
 
-    Failures are reported and returned; they never touch the checkpoints.
+    Parity is checked on real validation pairs. Failures are reported and returned; they never touch the
+    checkpoints and never end the run.
     """
-    deploy = cfg.deploy
+    from loftr_kd.export.pipeline import ExportSettings, run_pipeline
+
     result: dict[str, Any] = {"checkpoint": str(checkpoint)}
-    if not deploy.enabled:
+    settings = ExportSettings.from_mapping(OmegaConf.to_container(cfg.deploy, resolve=True))
+    if not settings.enabled:
         _say("Export: disabled (deploy.enabled=false).")
         return result
-    export_dir = output_dir / "export"
     try:
-        from loftr_kd.export.onnx import export_student
-
-        parity = _parity_pairs(datamodule, int(deploy.parity_pairs))
-        exported = export_student(
-            checkpoint,
-            export_dir,
-            height=int(deploy.height),
-            width=int(deploy.width),
-            batch=int(deploy.batch),
-            dynamic=bool(deploy.dynamic),
-            opset=int(deploy.opset),
-            parity_pairs=parity,
+        parity = _parity_pairs(datamodule, settings.parity_pairs)
+        result.update(
+            run_pipeline(checkpoint, output_dir / "export", settings, parity_pairs=parity, say=_say)
         )
     except Exception as error:  # noqa: BLE001 - ExportError or anything else: it must not end the run
         _say(
             f"Export: FAILED ({type(error).__name__}: {error}); checkpoints are untouched in {checkpoint.parent}."
         )
         result["onnx_error"] = f"{type(error).__name__}: {error}"
-        return result
-    onnx_path = Path(getattr(exported, "onnx_path", exported))
-    result["onnx"] = str(onnx_path)
-    result["onnx_report"] = str(getattr(exported, "report_path", ""))
-    _say(f"Export: ONNX written to {onnx_path} and verified in onnxruntime.")
-    if not deploy.tensorrt.enabled:
-        _say("TensorRT: skipped (deploy.tensorrt.enabled=false).")
-        return result
-    from loftr_kd.export.tensorrt import TensorRTUnavailable, build_engine
-
-    engine_path = onnx_path.with_suffix(".fp16.engine" if deploy.tensorrt.fp16 else ".fp32.engine")
-    try:
-        build_engine(
-            onnx_path,
-            engine_path,
-            fp16=bool(deploy.tensorrt.fp16),
-            workspace_mb=int(deploy.tensorrt.workspace_mb),
-        )
-        result["engine"] = str(engine_path)
-        _say(f"TensorRT: engine written to {engine_path}.")
-    except TensorRTUnavailable as why:
-        _say(f"TensorRT: engine build skipped — {why}")
-        result["engine_skipped"] = str(why)
-    except Exception as error:  # noqa: BLE001
-        _say(f"TensorRT: engine build FAILED ({type(error).__name__}: {error}); the ONNX model is kept.")
-        result["engine_error"] = f"{type(error).__name__}: {error}"
     return result
 
 

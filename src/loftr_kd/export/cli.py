@@ -1,4 +1,4 @@
-"""``loftr-kd-export``: Hydra entry point over ``export_student``, ``quantize_int8`` and ``build_engine``.
+"""``loftr-kd-export``: Hydra entry point over the one export pipeline (``loftr_kd.export.pipeline``).
 
 ``run_export(cfg)`` does the work on a composed ``conf/export.yaml`` (tests call it with ``compose``);
 ``main`` only wraps it.
@@ -10,95 +10,43 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
-    """Export, check, optionally quantise and build an engine; returns a summary dict.
+    """Export, check, optionally quantise and build an engine; returns the pipeline's summary.
 
     Raises:
         ExportError: export or a check failed (the checkpoint is untouched).
     """
-    from loftr_kd.export.checks import real_image_pairs
-    from loftr_kd.export.onnx import export_student
-    from loftr_kd.export.tensorrt import TensorRTUnavailable, build_engine
-    from loftr_kd.files import write_json
+    from dataclasses import fields
 
-    out_dir = Path(cfg.out_dir)
-    height, width = int(cfg.height), int(cfg.width)
-    pairs = real_image_pairs(height, width, int(cfg.parity_pairs), seed=0)
-    result = export_student(
-        Path(cfg.ckpt_path),
-        out_dir,
-        height=height,
-        width=width,
-        batch=int(cfg.batch),
-        dynamic=bool(cfg.dynamic),
-        opset=int(cfg.opset),
-        parity_pairs=[(a, b) for a, b, _ in pairs] or None,
-        with_confidence=bool(cfg.with_confidence),
-        atol=float(cfg.atol),
-        min_match_agreement=float(cfg.min_match_agreement),
-        name=cfg.name,
+    from loftr_kd.export.pipeline import ExportSettings, run_pipeline
+
+    keys = [f.name for f in fields(ExportSettings) if f.name in cfg]
+    settings = ExportSettings.from_mapping(
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     )
-    parity = result.report.get("parity") or {}
-    print(f"ONNX: {result.onnx_path}")
-    print(
-        f"  checks passed: onnx.checker, TensorRT op allow-list, parity match_confidence max diff {parity.get('match_confidence_max_abs_diff', float('nan')):.2e}, "
-        f"match_ids equal {parity.get('match_ids_equal_fraction', float('nan')):.4f}"
-    )
-    print(f"  report: {result.report_path} (+ .md)")
-    summary: dict[str, Any] = {"onnx": str(result.onnx_path), "report": str(result.report_path)}
-
-    if cfg.int8.enabled:
-        from loftr_kd.export.quantize import compare_int8, quantize_int8
-
-        int8_path = result.onnx_path.with_suffix(".int8.onnx")
-        calibration = [
-            (a, b) for a, b, _ in real_image_pairs(height, width, int(cfg.int8.calibration_pairs), seed=1)
-        ]
-        quantize_int8(result.onnx_path, int8_path, calibration, per_channel=bool(cfg.int8.per_channel))
-        validation = real_image_pairs(height, width, 8, seed=2)
-        comparison = compare_int8(result.onnx_path, int8_path, validation)
-        write_json(int8_path.with_suffix(".json"), comparison)
-        print(
-            f"INT8: {int8_path}: {comparison['speedup']:.2f}x vs fp32, agreement "
-            f"{comparison['agreement_with_fp32']:.3f}, precision change {comparison.get('precision_change')}"
-        )
-        summary["int8"] = str(int8_path)
-        summary["int8_comparison"] = comparison
-
-    if cfg.tensorrt.enabled:
-        precision = "fp16" if cfg.tensorrt.fp16 else "fp32"
-        engine_path = result.onnx_path.with_suffix(f".{precision}.engine")
-        try:
-            build_engine(
-                result.onnx_path,
-                engine_path,
-                fp16=bool(cfg.tensorrt.fp16),
-                workspace_mb=int(cfg.tensorrt.workspace_mb),
-            )
-            print(f"TensorRT: {engine_path} (+ .json metadata)")
-            summary["engine"] = str(engine_path)
-        except TensorRTUnavailable as why:
-            print(f"TensorRT: engine build skipped: {why.reason}")
-            summary["engine_skipped"] = why.reason
-    return summary
+    return run_pipeline(Path(cfg.ckpt_path), Path(cfg.out_dir), settings)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """``loftr-kd-export ckpt_path=...`` (see conf/export.yaml)."""
+    from loftr_kd.errors import debug_enabled, report
     from loftr_kd.export.onnx import ExportError
 
     register_resolvers()
     try:
         run_export(cfg)
-    except ExportError as error:
-        print(f"export failed: {error}")
-        raise SystemExit(1) from error
+    except (ExportError, ValueError) as error:
+        if debug_enabled():
+            raise
+        status = report("loftr-kd-export", error)  # one line on stderr
+        # A failed export or check is exit status 1 (as before); a bad setting is 2 (usage).
+        raise SystemExit(1 if isinstance(error, ExportError) else status) from None
 
 
 if __name__ == "__main__":

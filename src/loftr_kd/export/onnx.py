@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from loftr_kd import __version__
+from loftr_kd._version import __version__
 from loftr_kd.export import checks
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 
@@ -132,7 +132,10 @@ def export_onnx(
     was_training = model.training
     model = model.eval()
     # RepVGG-style blocks (the `fast` backbone) are fused to plain convolutions on a copy; a no-op otherwise.
-    wrapper = ExportWrapper(reparameterize_for_inference(model), with_confidence).eval()
+    prepare = getattr(model, "prepare_for_inference", None)  # a student prepares itself (on a copy)
+    wrapper = ExportWrapper(
+        prepare() if prepare else reparameterize_for_inference(model), with_confidence
+    ).eval()
     # A dynamic dim traced at size 1 gets specialised by torch.export (0/1 specialisation): trace at >= 2.
     example_batch = max(batch, 2) if dynamic else batch
     example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, height, width))

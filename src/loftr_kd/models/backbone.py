@@ -17,27 +17,10 @@ import math
 import torch
 from torch import nn
 
+from loftr_kd.models.fast_backbone import FastBackbone, check_fast_config
+from loftr_kd.models.layers import conv1x1, conv3x3, init_conv_bn
+
 BACKBONES = ("resnet_fpn", "fast")  # "fast": loftr_kd.models.fast_backbone
-
-
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """1x1 convolution without bias."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
-
-
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1, without bias."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-def init_conv_bn(module: nn.Module) -> None:
-    """LoFTR's initialisation: Kaiming-normal convolutions, BatchNorm as identity."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
 
 
 class BasicBlock(nn.Module):
@@ -167,8 +150,6 @@ def check_backbone_config(
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
     if backbone == "fast":
-        from loftr_kd.models.fast_backbone import check_fast_config
-
         check_fast_config(coarse_stride, initial_dim, tuple(block_dims), d_model, block_depths)
     if backbone == "resnet_fpn":
         if block_depths is not None:
@@ -218,12 +199,11 @@ def build_backbone(
 
     Returns:
         The backbone module.
+
+    The sizes are validated once, by ``StudentConfig`` (:func:`check_backbone_config`).
     """
-    check_backbone_config(backbone, coarse_stride, initial_dim, block_dims, d_model, block_depths)
     if backbone == "fast":
         if keep_unused_fpn:
             raise ValueError("keep_unused_fpn applies only to the resnet_fpn backbone")
-        from loftr_kd.models.fast_backbone import FastBackbone
-
         return FastBackbone(initial_dim, tuple(block_dims), block_depths)
     return ResNetFPNCoarse(initial_dim, tuple(block_dims), keep_unused_fpn)

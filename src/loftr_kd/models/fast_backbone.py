@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from loftr_kd.models.backbone import init_conv_bn
+from loftr_kd.models.layers import init_conv_bn
 
 __all__ = [
     "FastBackbone",
@@ -126,8 +126,9 @@ class FastBackbone(nn.Module):
         self, initial_dim: int, block_dims: tuple[int, ...], depths: tuple[int, ...] | None = None
     ) -> None:
         super().__init__()
-        depths = stage_depths(len(block_dims)) if depths is None else tuple(depths)
-        _check_depths(block_dims, depths)
+        depths = (
+            stage_depths(len(block_dims)) if depths is None else tuple(depths)
+        )  # checked by check_fast_config
         self.stride = 2 ** (len(block_dims) + 1)
         layers: list[nn.Module] = [RepConvBlock(1, initial_dim, stride=2)]  # (N, C0, H/2, W/2)
         # stride -> (index of the last layer at that resolution, channels): the refinement's fine maps

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from loftr_kd.models.fast_backbone import reparameterize_for_inference
-from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters, preset_values
+from loftr_kd.config import preset_values
+from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters
 from loftr_kd.runtime import op_histogram, ort_session, time_interleaved, timing_summary
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "student"
@@ -58,7 +58,7 @@ def load_preset(name: str, height: int, width: int, fuse: bool = True) -> Coarse
         values[key] = yaml.safe_load(value)
     values.update(input_height=height, input_width=width)
     model = build_student(**values).eval()
-    return reparameterize_for_inference(model, inplace=True) if fuse else model
+    return model.prepare_for_inference(inplace=True) if fuse else model
 
 
 def _full_graph(model: CoarseLoFTRStudent) -> nn.Module:

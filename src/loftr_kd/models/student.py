@@ -21,6 +21,7 @@ from torch import nn
 from loftr_kd.files import torch_save
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.backbone import build_backbone, check_backbone_config
+from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
 from loftr_kd.models.position_encoding import PositionEncodingSine
 from loftr_kd.models.refinement import REFINE_KINDS, build_refinement
@@ -33,7 +34,6 @@ __all__ = [
     "build_student",
     "count_parameters",
     "init_student_weights",
-    "preset_values",
     "published_checkpoint",
     "load_student",
     "save_student",
@@ -175,16 +175,7 @@ class StudentConfig:
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ValueError(f"unknown StudentConfig field(s) {unknown}; known: {sorted(fields)}")
-        converted = {
-            k: tuple(v) if isinstance(v, (list, tuple)) or _is_sequence_config(v) else v
-            for k, v in values.items()
-        }
-        return cls(**converted)
-
-
-def _is_sequence_config(value: Any) -> bool:
-    """True for an OmegaConf ListConfig (Hydra passes those unless ``_convert_`` is set)."""
-    return type(value).__name__ == "ListConfig"
+        return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
 
 
 class CoarseLoFTRStudent(nn.Module):
@@ -197,6 +188,7 @@ class CoarseLoFTRStudent(nn.Module):
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         self.config = config
+        self.inference_ready = False  # set by prepare_for_inference
         h, w = config.grid
         self.backbone = build_backbone(
             config.backbone,
@@ -243,6 +235,23 @@ class CoarseLoFTRStudent(nn.Module):
                 )
         if image0.shape[0] != image1.shape[0]:
             raise ValueError(f"batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
+
+    def prepare_for_inference(self, inplace: bool = False) -> CoarseLoFTRStudent:
+        """The model as it is deployed: eval mode, re-parameterisable blocks (the fast backbone's RepVGG
+        branches) fused into single convolutions. Outputs equal the eval-mode outputs (float rounding).
+
+        Export, the Matcher, the benchmark and the profiler all call this one step. A prepared model is
+        marked (``inference_ready``) and never prepared again.
+
+        Args:
+            inplace: fuse this model itself; by default a copy is fused and this model is untouched (a
+                training run can export its student and keep training).
+        """
+        if self.inference_ready:
+            return self.eval()
+        model = reparameterize_for_inference(self, inplace=inplace)
+        model.inference_ready = True
+        return model
 
     def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> CoarseMatchOutput:
         """Coarse similarity, confidence, matches and (refined) match positions for a batch of pairs.
@@ -339,7 +348,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def build_student(**kwargs: Any) -> CoarseLoFTRStudent:
     """Build a student from :class:`StudentConfig` fields (the Hydra ``_target_``).
 
-    Lists (including OmegaConf ``ListConfig``) become tuples; unknown keys raise ``ValueError``.
+    Lists become tuples; unknown keys raise ``ValueError``. The presets set ``_convert_: all`` so
+    Hydra passes plain lists.
 
     Returns:
         A freshly initialised :class:`CoarseLoFTRStudent`.
@@ -508,37 +518,3 @@ def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> 
         )
     model.load_state_dict(source, strict=False)
     return missing
-
-
-def preset_values(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The :class:`StudentConfig` fields of a preset ``conf/student/<name>.yaml``, without Hydra.
-
-    A preset may start from others through a Hydra ``defaults`` list (``- paper`` then ``- _self_``), as
-    ``paper_refine.yaml`` does; those are merged first. Interpolations such as ``${data.height}`` are left
-    out (the caller sets the input size).
-
-    Args:
-        name: preset file stem.
-        config_dir: folder holding ``student/``; default: the repository's ``conf/``.
-
-    Returns:
-        Plain field values (no ``_target_``, no ``defaults``).
-    """
-    from omegaconf import OmegaConf
-
-    from loftr_kd.paths import CONFIG_DIR
-
-    path = Path(config_dir or CONFIG_DIR) / "student" / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no student preset {path}")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    values: dict[str, Any] = {}
-    own = {k: v for k, v in raw.items() if not k.startswith("_") and k != "defaults"}
-    for entry in raw.get("defaults", []) or []:
-        if entry == "_self_":
-            values.update(own)
-            own = {}
-        elif isinstance(entry, str):
-            values.update(preset_values(entry, config_dir))
-    values.update(own)
-    return {k: v for k, v in values.items() if not (isinstance(v, str) and v.startswith("${"))}

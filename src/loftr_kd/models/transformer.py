@@ -42,15 +42,13 @@ class LoFTREncoderLayer(nn.Module):
 
     Args:
         d_model: feature size ``C``.
-        nhead: number of heads; ``C`` must be divisible by it.
+        nhead: number of heads; ``C`` must be divisible by it (validated by ``StudentConfig``).
         d_ffn: MLP width is ``2 * d_ffn``. LoFTR hard-codes ``2 * d_model`` (its ``d_ffn`` setting is
             unused); ``d_ffn == d_model`` reproduces it exactly.
     """
 
     def __init__(self, d_model: int, nhead: int, d_ffn: int | None = None) -> None:
         super().__init__()
-        if d_model % nhead != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
         d_ffn = d_model if d_ffn is None else d_ffn
         self.nhead = nhead
         self.head_dim = d_model // nhead
@@ -109,9 +107,6 @@ class LocalFeatureTransformer(nn.Module):
         self, d_model: int, nhead: int, layer_names: tuple[str, ...], d_ffn: int | None = None
     ) -> None:
         super().__init__()
-        bad = [name for name in layer_names if name not in ("self", "cross")]
-        if bad:
-            raise ValueError(f"layer_names may contain only 'self' and 'cross', got {bad}")
         self.layer_names = tuple(layer_names)
         self.layers = nn.ModuleList([LoFTREncoderLayer(d_model, nhead, d_ffn) for _ in self.layer_names])
         for p in self.parameters():

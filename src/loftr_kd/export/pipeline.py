@@ -1,0 +1,179 @@
+"""The one export pipeline: checkpoint -> checked ONNX -> optional INT8 -> TensorRT engine where possible.
+
+Both the end of every training run (``loftr_kd.train``) and ``loftr-kd-export`` call
+:func:`run_pipeline` with :class:`ExportSettings`, whose fields are the keys of ``conf/deploy/default.yaml``
+(the one schema: training reads it as ``deploy.*``, ``loftr-kd-export`` at its top level).
+
+The checkpoint is only read. An ONNX export or check failure raises ``ExportError`` (the caller decides
+whether that ends the command); a missing TensorRT is one line and a skipped engine; a failed engine
+build keeps the ONNX file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Int8Settings:
+    enabled: bool = False  # onnxruntime static INT8 (QDQ) for CPUs, calibrated on real photo pairs
+    calibration_pairs: int = 16
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.calibration_pairs < 1:
+            raise ValueError(f"int8.calibration_pairs must be >= 1, got {self.calibration_pairs}")
+
+
+@dataclass
+class TensorRTSettings:
+    enabled: bool = True  # skipped with one line when tensorrt or a CUDA GPU is missing
+    fp16: bool = True
+    workspace_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.workspace_mb < 1:
+            raise ValueError(f"tensorrt.workspace_mb must be >= 1, got {self.workspace_mb}")
+
+
+@dataclass
+class ExportSettings:
+    """What to export and which checks and builds follow (``conf/deploy/default.yaml``)."""
+
+    enabled: bool = True
+    height: int = 480
+    width: int = 640
+    batch: int = 1
+    dynamic: bool = False
+    opset: int = 17
+    with_confidence: bool = False
+    parity_pairs: int = 4
+    atol: float = 1e-4
+    min_match_agreement: float = 0.99
+    name: str | None = None
+    int8: Int8Settings = field(default_factory=Int8Settings)
+    tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.int8, Mapping):
+            self.int8 = Int8Settings(**self.int8)
+        if isinstance(self.tensorrt, Mapping):
+            self.tensorrt = TensorRTSettings(**self.tensorrt)
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"export size must be positive, got height={self.height} width={self.width}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.parity_pairs < 0:
+            raise ValueError(f"parity_pairs must be >= 0, got {self.parity_pairs}")
+        if not 0.0 <= self.min_match_agreement <= 1.0:
+            raise ValueError(f"min_match_agreement must be in [0, 1], got {self.min_match_agreement}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ExportSettings:
+        """Settings from a plain mapping; keys that are not export settings (``ckpt_path`` ...) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def run_pipeline(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    settings: ExportSettings,
+    *,
+    parity_pairs: Sequence[tuple[Any, ...]] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Export ``checkpoint`` into ``out_dir`` and run what ``settings`` asks for; returns a summary.
+
+    Args:
+        parity_pairs: image pairs at any size for the onnxruntime parity check; ``None``: real photos
+            with a known warp (``checks.real_image_pairs``).
+        say: where the one-line progress messages go (print, or the training log).
+
+    Returns:
+        ``{"checkpoint", "onnx", "onnx_report", "parity", ["int8", "int8_comparison"],
+        "engine" | "engine_skipped" | "engine_error"}``.
+
+    Raises:
+        ExportError: the export or one of its checks failed (the checkpoint is untouched).
+    """
+    from loftr_kd.export.checks import real_image_pairs
+    from loftr_kd.export.onnx import export_student
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    height, width = settings.height, settings.width
+    if parity_pairs is None:
+        parity_pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, settings.parity_pairs, seed=0)]
+    result = export_student(
+        checkpoint,
+        out_dir,
+        height=height,
+        width=width,
+        batch=settings.batch,
+        dynamic=settings.dynamic,
+        opset=settings.opset,
+        parity_pairs=list(parity_pairs) or None,
+        with_confidence=settings.with_confidence,
+        atol=settings.atol,
+        min_match_agreement=settings.min_match_agreement,
+        name=settings.name,
+    )
+    parity = result.report.get("parity") or {}
+    summary: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "onnx": str(result.onnx_path),
+        "onnx_report": str(result.report_path),
+        "parity": parity,
+    }
+    say(
+        f"Export: ONNX written to {result.onnx_path} and verified (onnx.checker, TensorRT op allow-list, "
+        f"onnxruntime parity: match_confidence max diff "
+        f"{parity.get('match_confidence_max_abs_diff', float('nan')):.2e}, match_ids equal "
+        f"{parity.get('match_ids_equal_fraction', float('nan')):.4f}); report {result.report_path} (+ .md)."
+    )
+    if settings.int8.enabled:
+        summary.update(_int8(result.onnx_path, settings, say))
+    summary.update(_engine(result.onnx_path, settings.tensorrt, say))
+    return summary
+
+
+def _int8(onnx_path: Path, settings: ExportSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    from loftr_kd.export.checks import real_image_pairs
+    from loftr_kd.export.quantize import compare_int8, quantize_int8
+    from loftr_kd.files import write_json
+
+    height, width = settings.height, settings.width
+    int8_path = onnx_path.with_suffix(".int8.onnx")
+    calibration = [
+        (a, b) for a, b, _ in real_image_pairs(height, width, settings.int8.calibration_pairs, seed=1)
+    ]
+    quantize_int8(onnx_path, int8_path, calibration, per_channel=settings.int8.per_channel)
+    comparison = compare_int8(onnx_path, int8_path, real_image_pairs(height, width, 8, seed=2))
+    write_json(int8_path.with_suffix(".json"), comparison)
+    say(
+        f"INT8: {int8_path}: {comparison['speedup']:.2f}x vs fp32, agreement "
+        f"{comparison['agreement_with_fp32']:.3f}, precision change {comparison.get('precision_change')}"
+    )
+    return {"int8": str(int8_path), "int8_comparison": comparison}
+
+
+def _engine(onnx_path: Path, settings: TensorRTSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    if not settings.enabled:
+        say("TensorRT: skipped (tensorrt.enabled=false).")
+        return {"engine_skipped": "tensorrt.enabled=false"}
+    from loftr_kd.export.tensorrt import TensorRTUnavailable, build_engine
+
+    engine_path = onnx_path.with_suffix(".fp16.engine" if settings.fp16 else ".fp32.engine")
+    try:
+        build_engine(onnx_path, engine_path, fp16=settings.fp16, workspace_mb=settings.workspace_mb)
+    except TensorRTUnavailable as why:
+        say(f"TensorRT: engine build skipped: {why.reason}")
+        return {"engine_skipped": why.reason}
+    except Exception as error:  # noqa: BLE001 - a failed build must not lose the checked ONNX file
+        say(f"TensorRT: engine build FAILED ({type(error).__name__}: {error}); the ONNX model is kept.")
+        return {"engine_error": f"{type(error).__name__}: {error}"}
+    say(f"TensorRT: engine written to {engine_path} (+ .json metadata).")
+    return {"engine": str(engine_path)}
