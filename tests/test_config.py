@@ -72,3 +72,19 @@ def test_runs_go_under_outputs(tmp_path: Path) -> None:
     cfg = _compose([], tmp_path)
     assert Path(cfg.paths.log_dir).name == "outputs"
     assert cfg.hydra.run.dir.startswith(cfg.paths.log_dir)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tolerance"),
+    [([], 0.1), (["supervision.depth_tolerance=0.2"], 0.2), (["loss.depth_tolerance=0.05"], 0.05)],
+)
+def test_depth_tolerance_is_a_supervision_setting_with_its_old_name_kept(overrides, tolerance, tmp_path):
+    from loftr_kd.losses import LossConfig
+    from loftr_kd.supervision import SupervisionConfig
+    from loftr_kd.train import build_loss_and_supervision
+
+    loss, supervision = build_loss_and_supervision(_compose(overrides, tmp_path))
+    assert isinstance(loss, LossConfig) and isinstance(supervision, SupervisionConfig)
+    assert supervision.depth_tolerance == tolerance
+    with pytest.raises(ValueError, match="depth_tolerance"):
+        SupervisionConfig(depth_tolerance=-1.0)

@@ -319,3 +319,20 @@ def test_a_refining_student_returns_sub_pixel_positions_in_original_pixels(tmp_p
     assert shift.max() > 0.5 and shift.max() <= 2 * model.config.refine_window.reach + 1e-3  # x2: 320 -> 640
     coarse = Matcher(weights, backend=backend, cache_dir=tmp_path, use_refinement=False)(image0, image1)
     np.testing.assert_array_equal(coarse["keypoints1"], coarse["coarse_keypoints1"])
+
+
+def test_one_backend_vocabulary_both_spellings():
+    """The Matcher and the benchmark accept each other's backend names (loftr_kd.runtime)."""
+    from loftr_kd.bench import BenchSettings
+    from loftr_kd.runtime import bench_backend, matcher_backend
+
+    assert [matcher_backend(b) for b in ("onnxruntime", "tensorrt-fp16", "torch", "onnx")] == [
+        "onnx",
+        "trt",
+        "torch",
+        "onnx",
+    ]
+    assert BenchSettings(backends=("onnx", "trt-fp32")).backends == ("onnxruntime", "tensorrt-fp32")
+    assert bench_backend("onnxruntime-int8") == "onnxruntime-int8"
+    with pytest.raises(ValueError, match="also spelt"):
+        Matcher(backend="tflite")

@@ -80,6 +80,9 @@ class BenchSettings:
         object.__setattr__(self, "sizes", tuple(tuple(int(v) for v in s) for s in self.sizes))
         for name in ("students", "backends", "teachers", "classical"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        from loftr_kd.runtime import bench_backend
+
+        object.__setattr__(self, "backends", tuple(bench_backend(b) for b in self.backends))
         object.__setattr__(self, "student_checkpoints", dict(self.student_checkpoints))
         unknown = set(self.backends) - set(STUDENT_BACKENDS)
         unknown |= set(self.teachers) - set(TEACHERS)
@@ -278,12 +281,12 @@ def _prepare_and_build(spec: dict[str, Any], settings: BenchSettings, pairs, wor
     if kind == "teacher":
         device = _torch_device(settings)
 
-        def build_teacher():
+        def build_teacher_runner():
             model, note = _teacher_model(name)
             state["note"] = note
             return _torch_runner(model, pairs, device)
 
-        return (lambda: None), build_teacher, f"device {device}"
+        return (lambda: None), build_teacher_runner, f"device {device}"
 
     # student
     if backend == "torch":

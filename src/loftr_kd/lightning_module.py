@@ -20,7 +20,7 @@ from loftr_kd.losses import LossConfig, LossOutput, refinement_loss, total_loss
 from loftr_kd.metrics import MatchStats, student_match_stats
 from loftr_kd.models.matching import CoarseMatchOutput, mutual_nearest_matches
 from loftr_kd.models.student import CoarseLoFTRStudent
-from loftr_kd.supervision import CoarseGroundTruth, coarse_ground_truth
+from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class DistillationModule(pl.LightningModule):
     Args:
         student: the coarse student (trained).
         teacher: frozen LoFTR teacher, or ``None`` to train on ground truth alone.
-        loss: loss weights and ground-truth settings.
+        loss: loss settings.
+        supervision: ground-truth settings (default: :class:`SupervisionConfig` defaults).
         optimizer: partial optimizer (``hydra`` ``_partial_: true``), finished with the parameters here.
         scheduler: partial LR scheduler or ``None``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
@@ -61,17 +62,24 @@ class DistillationModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
         monitoring: MonitoringConfig | None = None,
+        supervision: SupervisionConfig | None = None,
     ) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
-        self.loss_weights = loss
+        self.loss_config = loss
+        self.supervision = supervision or SupervisionConfig()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitoring = monitoring or MonitoringConfig()
         self.save_hyperparameters(
-            {"student_config": asdict(student.config), "loss": asdict(loss), "teacher": teacher is not None}
+            {
+                "student_config": asdict(student.config),
+                "loss": asdict(loss),
+                "supervision": asdict(self.supervision),
+                "teacher": teacher is not None,
+            }
         )
         self._val_stats: dict[str, MatchStats] = {}
         self._vis_batch: dict[str, Any] | None = None
@@ -88,7 +96,7 @@ class DistillationModule(pl.LightningModule):
 
     def _ground_truth(self, batch: dict[str, Any], grid: CoarseGrid) -> CoarseGroundTruth:
         return coarse_ground_truth(
-            batch, stride=grid.stride, depth_tolerance=self.loss_weights.depth_tolerance
+            batch, stride=grid.stride, depth_tolerance=self.supervision.depth_tolerance
         )
 
     def _forward(
@@ -106,12 +114,12 @@ class DistillationModule(pl.LightningModule):
             None if teacher_out is None else teacher_out.similarity,
             student_hw=grid.shape,
             teacher_hw=None if teacher_grid is None else teacher_grid.shape,
-            **self.loss_weights.loss_kwargs(),
+            **self.loss_config.loss_kwargs(),
         )
         window = self.student.config.refine_window
         if window is not None:
             refine = self._refinement_loss(out, gt, grid, window)
-            terms = terms._replace(total=terms.total + self.loss_weights.w_refine * refine, refine=refine)
+            terms = terms._replace(total=terms.total + self.loss_config.w_refine * refine, refine=refine)
         return terms, out, gt, teacher_out, grid, teacher_grid
 
     def _refinement_loss(
@@ -137,8 +145,8 @@ class DistillationModule(pl.LightningModule):
             gt.points1,
             gt.valid,
             window,
-            inverse_std=self.loss_weights.refine_inverse_std,
-            ce_weight=self.loss_weights.refine_ce_weight,
+            inverse_std=self.loss_config.refine_inverse_std,
+            ce_weight=self.loss_config.refine_ce_weight,
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

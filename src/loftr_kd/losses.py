@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from loftr_kd.geometry import CoarseGrid, RefineWindow
-from loftr_kd.supervision import DEFAULT_DEPTH_TOLERANCE
 
 __all__ = [
     "FocalConfig",
@@ -70,7 +69,8 @@ class FocalConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """All loss and ground-truth settings; ``conf/loss/default.yaml`` instantiates it (``_target_``).
+    """Loss settings; ``conf/loss/default.yaml`` instantiates it (``_target_``). Ground-truth settings
+    are :class:`loftr_kd.supervision.SupervisionConfig`.
 
     Attributes:
         w_gt: weight of the ground-truth (focal) term when a teacher is used.
@@ -78,13 +78,13 @@ class LossConfig:
         kd_scale: extra amplification of the distillation term (the paper's x10).
         temperature: distillation temperature T (the KL is multiplied by T^2).
         kd_mode: how the similarity is softened, see :func:`distillation_loss`.
-        depth_tolerance: relative depth-consistency tolerance of the depth ground truth
-            (:data:`loftr_kd.supervision.DEFAULT_DEPTH_TOLERANCE` explains the default).
         focal: focal loss settings; a mapping (from Hydra) is converted to :class:`FocalConfig`.
         w_refine: weight of the refinement term (students with a refinement stage only).
         refine_inverse_std: weight each refined match by the inverse of its predicted spread (LoFTR's
             fine loss); ``False``: plain mean.
         refine_ce_weight: weight of the refinement's cross-entropy term (0: LoFTR's L2 alone).
+        depth_tolerance: the older name of ``supervision.depth_tolerance``, kept so older commands
+            work; ``None`` (the default) leaves the ground-truth setting alone. No loss reads it.
     """
 
     w_gt: float = 0.3
@@ -92,11 +92,11 @@ class LossConfig:
     kd_scale: float = 10.0
     temperature: float = 5.0
     kd_mode: KDMode = "dual"
-    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
     focal: FocalConfig = field(default_factory=FocalConfig)
     w_refine: float = 1.0
     refine_inverse_std: bool = True
     refine_ce_weight: float = 1.0
+    depth_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.focal, Mapping):

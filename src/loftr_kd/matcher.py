@@ -173,8 +173,14 @@ class Matcher:
         cache_dir: str | os.PathLike | None = None,
         use_refinement: bool = True,
     ) -> None:
+        from loftr_kd.runtime import MATCHER_BACKEND, matcher_backend
+
+        backend = matcher_backend(backend)
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise ValueError(
+                f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+                f"(also spelt {', '.join(MATCHER_BACKEND)})"
+            )
         if weights is None:
             from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
 

@@ -102,3 +102,21 @@ def timing_summary(wall_ms: Sequence[float]) -> dict[str, float]:
         "min_ms": float(values.min()),
         "p90_ms": float(np.percentile(values, 90)),
     }
+
+
+# One backend vocabulary for the Matcher (``onnx``/``torch``/``trt``, also in loftr-kd-match, -demo and
+# -evaluate) and the benchmark (``onnxruntime``/``onnxruntime-int8``/``tensorrt-fp16``/``tensorrt-fp32``):
+# each command prints its own spelling, and every command accepts both.
+MATCHER_BACKEND = {"onnxruntime": "onnx", "tensorrt": "trt", "tensorrt-fp16": "trt", "tensorrt-fp32": "trt"}
+BENCH_BACKEND = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime-int8", "trt": "tensorrt-fp16"}
+BENCH_BACKEND |= {"trt-fp16": "tensorrt-fp16", "trt-fp32": "tensorrt-fp32"}
+
+
+def matcher_backend(name: str) -> str:
+    """The Matcher's name (``onnx`` / ``torch`` / ``trt``) of a backend given in either spelling."""
+    return MATCHER_BACKEND.get(name, name)
+
+
+def bench_backend(name: str) -> str:
+    """The benchmark's name (``onnxruntime`` ... ``tensorrt-fp16``) of a backend given in either spelling."""
+    return BENCH_BACKEND.get(name, name)

@@ -16,6 +16,7 @@ centre of) cell ``floor((x + 0.5) / s)``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -51,6 +52,22 @@ __all__ = [
 #   warps back elsewhere).
 # Synthetic scenes with exact depth could use less (0.02-0.05); the default has to suit both.
 DEFAULT_DEPTH_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class SupervisionConfig:
+    """Ground-truth settings (``conf/supervision/default.yaml``).
+
+    Attributes:
+        depth_tolerance: relative depth-consistency tolerance of the depth ground truth,
+            ``|z_warped - depth1| / depth1`` (:data:`DEFAULT_DEPTH_TOLERANCE` explains the default).
+    """
+
+    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if not self.depth_tolerance >= 0:
+            raise ValueError(f"depth_tolerance must be >= 0, got {self.depth_tolerance}")
 
 
 class CoarseGroundTruth(NamedTuple):

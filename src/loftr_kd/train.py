@@ -29,6 +29,7 @@ from loftr_kd.files import torch_save, write_json
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
 from loftr_kd.paths import REPO_ROOT
+from loftr_kd.supervision import SupervisionConfig
 
 log = logging.getLogger("loftr_kd.train")
 
@@ -93,7 +94,7 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
-def build_teacher(cfg: DictConfig) -> torch.nn.Module | None:
+def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
     """Instantiate the teacher, or ``None`` for ``teacher=none``.
 
     With ``teacher.weights=auto`` (the default) and no LoFTR checkpoint in ``weights/``, training goes on
@@ -120,6 +121,17 @@ def build_teacher(cfg: DictConfig) -> torch.nn.Module | None:
         f"Teacher: LoFTR outdoor from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen)."
     )
     return teacher
+
+
+def build_loss_and_supervision(cfg: DictConfig) -> tuple[Any, SupervisionConfig]:
+    """``LossConfig`` and ``SupervisionConfig`` of a run; ``loss.depth_tolerance`` (the setting's older
+    name) still sets ``supervision.depth_tolerance``."""
+    loss = hydra.utils.instantiate(cfg.loss, _convert_="all")
+    supervision = hydra.utils.instantiate(cfg.supervision)
+    if loss.depth_tolerance is not None:
+        supervision = SupervisionConfig(depth_tolerance=loss.depth_tolerance)
+        _say(f"loss.depth_tolerance={loss.depth_tolerance} sets supervision.depth_tolerance (its new name).")
+    return loss, supervision
 
 
 def _resolve_precision(cfg: DictConfig) -> str:
@@ -367,11 +379,13 @@ def train(cfg: DictConfig) -> float | None:
             f"Student: initialised from {cfg.init_weights}"
             + (f" ({len(fresh)} refinement weights start fresh)." if fresh else ".")
         )
-    teacher = build_teacher(cfg)
+    teacher = teacher_from_config(cfg)
+    loss, supervision = build_loss_and_supervision(cfg)
     model = DistillationModule(
         student=student,
         teacher=teacher,
-        loss=hydra.utils.instantiate(cfg.loss, _convert_="all"),
+        loss=loss,
+        supervision=supervision,
         optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         scheduler_interval=str(cfg.optim.get("scheduler_interval", "epoch")),

@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from loftr_kd.cli.match import BACKEND_CHOICES
+
 log = logging.getLogger(__name__)
 
 WINDOW = "loftr-kd demo"
@@ -239,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reference, p = freeze a snapshot with numbered matches, q = quit.",
     )
     parser.add_argument("--source", default="0", help="camera index (0, 1, ...) or a video file")
-    parser.add_argument("--backend", choices=("onnx", "torch", "trt", "orb", "sift"), default="onnx")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnx")
     parser.add_argument(
         "--weights", type=Path, default=None, help="student weights (default: the shipped student)"
     )

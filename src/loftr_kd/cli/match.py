@@ -19,9 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from loftr_kd.runtime import MATCHER_BACKEND
+
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("onnx", "torch", "trt", "orb", "sift")
+BACKEND_CHOICES = ("onnx", "torch", "trt", "orb", "sift", *MATCHER_BACKEND)  # runtime.py: one vocabulary
 # Everything run() writes into --out; a folder holding only these is a previous run's output folder.
 OUTPUT_NAMES = (
     "matches.png",

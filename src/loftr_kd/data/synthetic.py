@@ -823,8 +823,9 @@ def write_scene(
     return name
 
 
-def split_scenes(names: Sequence[str], val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """Train/validation split by scene: the last ~20 % (at least one) validate; one scene serves both."""
+def generated_scene_lists(names: Sequence[str], val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """The training_list.txt / validation_list.txt the generator writes: the last ~20 % of the scenes (at
+    least one) validate; a single scene serves both. Readers use ``blendedmvs.split_scenes``."""
     names = list(names)
     if len(names) == 1:
         return names, names
@@ -973,7 +974,7 @@ def generate_dataset(
     else:
         for a in args:
             write_scene(*a)
-    train, val = split_scenes(names)
+    train, val = generated_scene_lists(names)
     write_text(out / "training_list.txt", "".join(f"{n}\n" for n in train))
     write_text(out / "validation_list.txt", "".join(f"{n}\n" for n in val))
     write_text(out / "all_list.txt", "".join(f"{n}\n" for n in names))
@@ -1049,7 +1050,7 @@ __all__ = [
     "render_view",
     "sample_views",
     "scene_name",
-    "split_scenes",
+    "generated_scene_lists",
     "write_scene",
 ]
 
