@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from loftr_kd.data.bench_loader import benchmark, main, write_toy_dataset
+from loftr_kd.cli.bench_loader import benchmark, main
 from loftr_kd.data.datamodule import PairDataModule
+from loftr_kd.data.synthetic import write_toy_dataset
 
 
 def test_benchmark_runs_on_toy_scenes(tmp_path, capsys):

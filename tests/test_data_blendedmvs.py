@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from loftr_kd.data.bench_loader import write_toy_dataset
 from loftr_kd.data.blendedmvs import (
     BlendedMVSIndex,
     BlendedMVSPairDataset,
@@ -22,6 +21,7 @@ from loftr_kd.data.blendedmvs_io import (
     write_pair_file,
     write_pfm,
 )
+from loftr_kd.data.synthetic import write_toy_dataset
 
 H, W = 48, 64
 

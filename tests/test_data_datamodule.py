@@ -11,10 +11,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from loftr_kd.data import synthetic
-from loftr_kd.data.bench_loader import write_toy_dataset
 from loftr_kd.data.blendedmvs_io import write_image
 from loftr_kd.data.datamodule import PairDataModule
 from loftr_kd.data.sampling import EpochPairSampler
+from loftr_kd.data.synthetic import write_toy_dataset
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 H, W = 32, 48

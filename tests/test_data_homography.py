@@ -194,3 +194,25 @@ def test_a_folder_of_only_blank_images_is_an_error(tmp_path):
     dataset = HomographyPairDataset(tmp_path, H, W, on_bad_data="skip")
     with pytest.raises(Exception, match="no source image could be loaded"):
         dataset[0]
+
+
+def test_homographies_command_and_its_older_module_spelling(tmp_path):
+    """``loftr-kd-homographies`` and ``python -m loftr_kd.data.homography`` write the same pairs."""
+    import subprocess
+    import sys
+
+    import cv2
+    import skimage.data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "brick.png"), skimage.data.brick())
+    args = ["--images", str(photos), "--pairs", "2", "--height", "96", "--width", "128"]
+    from loftr_kd.cli.homography import main
+
+    main([*args, "--out", str(tmp_path / "new")])
+    subprocess.run(
+        [sys.executable, "-m", "loftr_kd.data.homography", *args, "--out", str(tmp_path / "old")], check=True
+    )
+    for name in ("h_0000/H_1_2", "h_0001/H_1_2", "h_0001/2.png"):
+        assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "old" / name).read_bytes()

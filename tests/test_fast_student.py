@@ -284,7 +284,7 @@ def test_export_onnx_of_fused_fast_student(tmp_path: Path) -> None:
 def test_profile_students_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     """The documented profiling command runs end to end (tiny size, one repeat)."""
     pytest.importorskip("onnxruntime")
-    from loftr_kd.models import profile_students
+    from loftr_kd.cli import profile_students
 
     result = profile_students.main(["--sizes", "64x96", "--repeats", "1", "--threads", "1"])
     stages = {(row["preset"], row["stage"]) for row in result["rows"]}
@@ -297,7 +297,7 @@ def test_profile_students_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_profile_students_preset_overrides() -> None:
-    from loftr_kd.models.profile_students import load_preset
+    from loftr_kd.cli.profile_students import load_preset
 
     model = load_preset("fast+block_depths=[0,1,3]+initial_dim=16", 64, 96, fuse=False)
     assert model.config.block_depths == (0, 1, 3) and model.config.initial_dim == 16

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from loftr_kd.cli import synth as synth_cli
 from loftr_kd.data import synthetic
 from loftr_kd.data.blendedmvs_io import (
     cam_path,
@@ -394,7 +395,7 @@ def test_bad_arguments_raise(tmp_path, kwargs):
 
 
 def test_cli_single_scene_serves_train_and_validation(tmp_path, capsys):
-    synthetic.main(
+    synth_cli.main(
         [
             "--out",
             str(tmp_path),
@@ -415,7 +416,7 @@ def test_cli_single_scene_serves_train_and_validation(tmp_path, capsys):
     assert (tmp_path / "validation_list.txt").read_text().split() == ["synth_000"]
     assert read_image_gray(image_path(tmp_path / "synth_000", 1)).shape == (32, 48)
     with pytest.raises(SystemExit):
-        synthetic.main(["--out", str(tmp_path), "--views", "1"])
+        synth_cli.main(["--out", str(tmp_path), "--views", "1"])
 
 
 def test_rerun_never_replaces_a_finished_set_or_foreign_files(tmp_path):
@@ -432,7 +433,7 @@ def test_rerun_never_replaces_a_finished_set_or_foreign_files(tmp_path):
             generate_dataset(folder, scenes=1, views=2, seed=2, height=32, width=48)
         assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     with pytest.raises(SystemExit) as exit_info:
-        synthetic.main(
+        synth_cli.main(
             ["--out", str(mine), "--scenes", "1", "--views", "2", "--height", "32", "--width", "48"]
         )
     assert exit_info.value.code == 2

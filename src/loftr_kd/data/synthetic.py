@@ -32,7 +32,6 @@ the scenes already there are kept, the missing ones added. Anything else in the 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -40,7 +39,6 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -994,40 +992,60 @@ def generate_dataset(
     return names
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``loftr-kd-synth``: write synthetic BlendedMVS-layout scenes."""
-    from loftr_kd.paths import DATA_DIR
+def write_toy_dataset(
+    root: str | os.PathLike,
+    scenes: int = 2,
+    views: int = 4,
+    height: int = 576,
+    width: int = 768,
+    seed: int = 0,
+    depth: float = 5.0,
+    baseline: float = 0.2,
+    focal: float | None = None,
+    list_files: bool = True,
+) -> list[str]:
+    """Write tiny, geometrically exact scenes in the BlendedMVS layout (tests and benchmarks).
 
-    parser = argparse.ArgumentParser(
-        prog="loftr-kd-synth", description="Generate synthetic scenes in the BlendedMVS layout."
-    )
-    parser.add_argument(
-        "--out", default=str(DATA_DIR / "synthetic"), help="output root (default: data/synthetic)"
-    )
-    parser.add_argument("--scenes", type=int, default=12, help="number of scenes (default 12)")
-    parser.add_argument("--views", type=int, default=8, help="views per scene (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--height", type=int, default=576, help="image height (default 576)")
-    parser.add_argument("--width", type=int, default=768, help="image width (default 768)")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="parallel processes (default 1; output is the same)"
-    )
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        names = generate_dataset(
-            args.out, args.scenes, args.views, args.seed, args.height, args.width, args.workers
-        )
-    except ValueError as e:
-        from loftr_kd.errors import debug_enabled
+    Each scene is a textured fronto-parallel plane at ``depth`` seen by cameras translated along x by
+    ``baseline`` (identity rotation), so every depth map is constant and view ``i`` is the texture shifted
+    by ``round(f * baseline * i / depth)`` pixels (``f`` rounded so the shift is an integer).
+    ``pair.txt`` lists every other view as a source of each view. With ``list_files`` the last scene goes
+    to ``validation_list.txt`` and the others to ``training_list.txt``.
 
-        if debug_enabled():
-            raise
-        parser.error(str(e))
-    elapsed = time.perf_counter() - start
-    print(
-        f"wrote {len(names)} scenes x {args.views} views ({args.width}x{args.height}) to {args.out} in {elapsed:.1f} s"
-    )
+    Returns:
+        scene names ``toy_000``, ...
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    focal = float(focal) if focal is not None else float(width)
+    step = max(1, round(focal * baseline / depth))
+    focal = step * depth / baseline  # integer pixel shift per view
+    K = np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+    names = []
+    for s in range(scenes):
+        name = f"toy_{s:03d}"
+        scene_dir = root / name
+        texture = rng.random((height // 8 + 1, (width + step * views) // 8 + 1)).astype(np.float32)
+        texture = np.kron(texture, np.ones((8, 8), np.float32))[:height, : width + step * views]
+        texture = (texture * 200 + 30).astype(np.uint8)
+        table = {}
+        for v in range(views):
+            # Camera centre at x = v * baseline sees world point X at pixel u = f * (X - v b)/d + cx:
+            # the image content moves left by `step` pixels per view.
+            image = texture[:, v * step : v * step + width]
+            write_image(image_path(scene_dir, v), image)
+            extrinsic = np.eye(4)
+            extrinsic[0, 3] = -v * baseline
+            write_cam(cam_path(scene_dir, v), Camera(extrinsic, K, depth * 0.5, 0.01, 192, depth * 2.0))
+            write_pfm(depth_path(scene_dir, v), np.full((height, width), depth, np.float32))
+            table[v] = [(u, float(views - abs(u - v))) for u in range(views) if u != v]
+        write_pair_file(pair_path(scene_dir), table)
+        names.append(name)
+    if list_files:
+        train, val = (names[:-1], names[-1:]) if len(names) > 1 else (names, [])
+        (root / "training_list.txt").write_text("".join(f"{n}\n" for n in train))
+        (root / "validation_list.txt").write_text("".join(f"{n}\n" for n in val))
+    return names
 
 
 __all__ = [
@@ -1043,7 +1061,6 @@ __all__ = [
     "folder_state",
     "generate_dataset",
     "look_at",
-    "main",
     "mip_pyramid",
     "pair_table",
     "render_depth",
@@ -1052,8 +1069,5 @@ __all__ = [
     "scene_name",
     "generated_scene_lists",
     "write_scene",
+    "write_toy_dataset",
 ]
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
 """Time student presets in onnxruntime, whole model and per stage (backbone / transformer / matching).
 
-``python -m loftr_kd.models.profile_students [--presets paper fast] [--sizes 480x640 240x320]
+``loftr-kd-profile [--presets paper fast] [--sizes 480x640 240x320]
 [--threads 2] [--repeats 30] [--json out.json]``
 
 Each preset (``conf/student/<name>.yaml``, random weights: speed does not depend on them) is fused for
-inference (:func:`~loftr_kd.models.fast_backbone.reparameterize_for_inference`), exported with the
+inference (``CoarseLoFTRStudent.prepare_for_inference``), exported with the
 TorchScript exporter at opset 17, and run in onnxruntime on CPU, batch 1. Besides the whole model, three
 sub-graphs are exported and timed on their own:
 
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from loftr_kd.config import preset_values
+from loftr_kd.config import CONFIG_DIR, preset_values
 from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters
 from loftr_kd.runtime import op_histogram, ort_session, time_interleaved, timing_summary
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "student"
+CONF_DIR = CONFIG_DIR / "student"
 
 
 def load_preset(name: str, height: int, width: int, fuse: bool = True) -> CoarseLoFTRStudent:
@@ -360,7 +360,7 @@ def markdown(result: dict[str, Any], reference: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; prints a Markdown table, optionally writes JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="loftr-kd-profile", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--presets",
         nargs="+",

@@ -1,7 +1,7 @@
 """Throughput of the depth-pair loader (+ coarse ground truth) in pairs per second.
 
-    python -m loftr_kd.data.bench_loader --root data/synthetic
-    python -m loftr_kd.data.bench_loader --root /tmp/toy --make-toy   # writes 768x576 toy scenes first
+    loftr-kd-bench-loader --root data/synthetic
+    loftr-kd-bench-loader --root /tmp/toy --make-toy   # writes 768x576 toy scenes first
 
 Ground truth is ``loftr_kd.supervision.coarse_ground_truth`` at strides 8 and 16 (teacher and student),
 run on the CPU as a stand-in for the training device (on a GPU it is much cheaper). See
@@ -15,81 +15,13 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
 from loftr_kd.data.blendedmvs import BlendedMVSPairDataset, find_scenes
-from loftr_kd.data.blendedmvs_io import (
-    Camera,
-    cam_path,
-    depth_path,
-    image_path,
-    pair_path,
-    write_cam,
-    write_image,
-    write_pair_file,
-    write_pfm,
-)
 from loftr_kd.data.sampling import EpochPairSampler
-
-
-def write_toy_dataset(
-    root: str | os.PathLike,
-    scenes: int = 2,
-    views: int = 4,
-    height: int = 576,
-    width: int = 768,
-    seed: int = 0,
-    depth: float = 5.0,
-    baseline: float = 0.2,
-    focal: float | None = None,
-    list_files: bool = True,
-) -> list[str]:
-    """Write tiny, geometrically exact scenes in the BlendedMVS layout (tests and benchmarks).
-
-    Each scene is a textured fronto-parallel plane at ``depth`` seen by cameras translated along x by
-    ``baseline`` (identity rotation), so every depth map is constant and view ``i`` is the texture shifted
-    by ``round(f * baseline * i / depth)`` pixels (``f`` rounded so the shift is an integer).
-    ``pair.txt`` lists every other view as a source of each view. With ``list_files`` the last scene goes
-    to ``validation_list.txt`` and the others to ``training_list.txt``.
-
-    Returns:
-        scene names ``toy_000``, ...
-    """
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    focal = float(focal) if focal is not None else float(width)
-    step = max(1, round(focal * baseline / depth))
-    focal = step * depth / baseline  # integer pixel shift per view
-    K = np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
-    names = []
-    for s in range(scenes):
-        name = f"toy_{s:03d}"
-        scene_dir = root / name
-        texture = rng.random((height // 8 + 1, (width + step * views) // 8 + 1)).astype(np.float32)
-        texture = np.kron(texture, np.ones((8, 8), np.float32))[:height, : width + step * views]
-        texture = (texture * 200 + 30).astype(np.uint8)
-        table = {}
-        for v in range(views):
-            # Camera centre at x = v * baseline sees world point X at pixel u = f * (X - v b)/d + cx:
-            # the image content moves left by `step` pixels per view.
-            image = texture[:, v * step : v * step + width]
-            write_image(image_path(scene_dir, v), image)
-            extrinsic = np.eye(4)
-            extrinsic[0, 3] = -v * baseline
-            write_cam(cam_path(scene_dir, v), Camera(extrinsic, K, depth * 0.5, 0.01, 192, depth * 2.0))
-            write_pfm(depth_path(scene_dir, v), np.full((height, width), depth, np.float32))
-            table[v] = [(u, float(views - abs(u - v))) for u in range(views) if u != v]
-        write_pair_file(pair_path(scene_dir), table)
-        names.append(name)
-    if list_files:
-        train, val = (names[:-1], names[-1:]) if len(names) > 1 else (names, [])
-        (root / "training_list.txt").write_text("".join(f"{n}\n" for n in train))
-        (root / "validation_list.txt").write_text("".join(f"{n}\n" for n in val))
-    return names
+from loftr_kd.data.synthetic import write_toy_dataset
 
 
 def _gt_available() -> str | None:
@@ -191,7 +123,7 @@ def benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="loftr-kd-bench-loader", description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the BlendedMVS layout")
     parser.add_argument(
         "--make-toy", action="store_true", help="write toy 768x576 scenes to --root if it has none"
