@@ -250,3 +250,19 @@ def test_a_file_given_as_data_root_is_named_as_such(tmp_path):
         PairDataModule(root=file, num_workers=0).setup("fit")
     with pytest.raises(NotADirectoryError, match="is a file"):
         PairDataModule(kind="homography", root=file, num_workers=0).setup("fit")
+
+
+def test_each_kind_owns_its_settings(tmp_path):
+    """Kind-specific settings live in the source of that kind; one for the other kind is an error."""
+    from loftr_kd.data.datamodule import PhotoSource, SceneSource
+
+    scenes = PairDataModule(kind="blendedmvs", root=tmp_path, train_scenes=["a"], val_root=None)
+    assert isinstance(scenes.source, SceneSource) and scenes.source.train_scenes == ("a",)
+    photos = PairDataModule(kind="homography", root=tmp_path, homography={"max_zoom": 2.0}, generate=None)
+    assert isinstance(photos.source, PhotoSource) and photos.source.homography == {"max_zoom": 2.0}
+    with pytest.raises(ValueError, match=r"\['val_root'\] apply to another kind of data"):
+        PairDataModule(kind="blendedmvs", root=tmp_path, val_root=tmp_path)
+    with pytest.raises(ValueError, match=r"\['train_scenes'\] apply to another kind"):
+        PairDataModule(kind="homography", root=tmp_path, train_scenes=["a"])
+    with pytest.raises(ValueError, match="unknown data setting"):
+        PairDataModule(kind="homography", root=tmp_path, max_zoom=2.0)

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 from loftr_kd.config_check import ConfigError, check_train_config
 from loftr_kd.data import synthetic
-from loftr_kd.data.bench_loader import write_toy_dataset
+from loftr_kd.data.synthetic import write_toy_dataset
 from loftr_kd.train import ResumeError, check_output_dir, resolve_resume_checkpoint
 
 register_resolvers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,88 @@ def _dropped(root: Path, scenes: Sequence[str], index: BlendedMVSIndex) -> str:
     )
 
 
+def _make_source(kind: str, root: Path, options: Mapping[str, Any]) -> SceneSource | PhotoSource:
+    """The source of ``kind`` from the kind-specific config keys (``None`` = not set)."""
+    source = _SOURCE_OF_KIND[kind]
+    own = {f.name for f in fields(source)} - {"root"}
+    other = {f.name for s in _SOURCE_OF_KIND.values() for f in fields(s)} - own - {"root"}
+    unknown = sorted(set(options) - own - other)
+    if unknown:
+        raise ValueError(f"unknown data setting(s) {unknown} for kind {kind!r}; known: {sorted(own)}")
+    misplaced = sorted(k for k in set(options) & other if options[k] not in (None, {}, []))
+    if misplaced:
+        raise ValueError(f"data setting(s) {misplaced} apply to another kind of data, not kind {kind!r}")
+    values: dict[str, Any] = {k: v for k, v in options.items() if k in own and v is not None}
+    for key in ("train_scenes", "val_scenes"):
+        if key in values:
+            values[key] = tuple(values[key])
+    if "generate" in values:
+        values["generate"] = dict(values["generate"]) or None
+    if "val_root" in values:
+        values["val_root"] = Path(values["val_root"])
+    if "homography" in values:
+        values["homography"] = dict(values["homography"])
+    return source(root=root, **values)
+
+
 def _same_path(a: Path, b: Path) -> bool:
     return a.expanduser().resolve() == b.expanduser().resolve()
 
 
+@dataclass(frozen=True)
+class SceneSource:
+    """``kind: blendedmvs``: scenes in the BlendedMVS layout (real BlendedMVS or synthetic).
+
+    Attributes:
+        root: data root.
+        train_scenes, val_scenes: explicit scene lists; else ``training_list.txt``/``validation_list.txt``
+            in ``root``; else a deterministic split (``val_fraction`` of the scenes).
+        val_fraction: share of scenes for validation in the fallback split.
+        generate: ``{scenes, views, seed, default_root, allow_other_root}``: when ``root`` is new or
+            empty, ``prepare_data`` writes synthetic scenes there with
+            ``loftr_kd.data.synthetic.generate_dataset`` — only if ``root`` is ``default_root`` (the
+            embedded default location; ``None`` means ``root`` itself) or ``allow_other_root`` is true.
+            Nothing already in ``root`` is ever deleted or rewritten (see :meth:`PairDataModule.prepare_data`).
+    """
+
+    root: Path
+    train_scenes: tuple[str, ...] | None = None
+    val_scenes: tuple[str, ...] | None = None
+    val_fraction: float = 0.1
+    generate: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class PhotoSource:
+    """``kind: homography``: random homography pairs from any folder of images.
+
+    Attributes:
+        root: folder of training images (searched recursively).
+        val_root: a separate folder of validation images (default: ``root`` with different homographies).
+        homography: extra keyword arguments of :class:`HomographyPairDataset` (``max_zoom``,
+            ``max_rotation_deg``, ``max_perspective``, ``max_translation``, ``photometric_strength``,
+            ``crop_scale``, ``length``).
+    """
+
+    root: Path
+    val_root: Path | None = None
+    homography: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Which source owns each kind-specific argument (the rest are loader settings shared by both kinds).
+_SOURCE_OF_KIND = {"blendedmvs": SceneSource, "homography": PhotoSource}
+
+
 class PairDataModule(pl.LightningDataModule):
     """Training and validation pairs for distillation.
+
+    The flat arguments are those of ``conf/data/*.yaml`` (``data.root=...`` and so on); the kind-specific
+    ones are validated and kept by the source that owns them (``self.source``: :class:`SceneSource` or
+    :class:`PhotoSource`), and one meant for the other kind is an error rather than silently unused.
 
     Args:
         kind: ``"blendedmvs"`` (BlendedMVS layout: real BlendedMVS or synthetic scenes) or ``"homography"``
@@ -58,20 +135,10 @@ class PairDataModule(pl.LightningDataModule):
         pairs_per_epoch: random training pairs per epoch (over all DDP ranks), re-drawn every epoch.
         val_pairs: size of the fixed, deterministic validation subset.
         seed: seeds the epoch draws, the validation subset, the fallback scene split and homographies.
-        train_scenes, val_scenes: explicit scene lists; else ``training_list.txt``/``validation_list.txt``
-            in ``root``; else a deterministic split (``val_fraction`` of the scenes).
-        val_fraction: share of scenes for validation in the fallback split.
         on_bad_data: ``"raise"`` or ``"skip"`` (see :mod:`loftr_kd.data.blendedmvs`).
-        generate: ``{scenes, views, seed, default_root, allow_other_root}``: when ``root`` is new or
-            empty, ``prepare_data`` writes synthetic scenes there with
-            ``loftr_kd.data.synthetic.generate_dataset`` — only if ``root`` is ``default_root`` (the
-            embedded default location; ``None`` means ``root`` itself) or ``allow_other_root`` is true.
-            Nothing already in ``root`` is ever deleted or rewritten (see :meth:`prepare_data`).
-        val_root: homography only: a separate folder of validation images (default: ``root`` with
-            different homographies).
-        homography: homography only: extra keyword arguments of :class:`HomographyPairDataset`
-            (``max_zoom``, ``max_rotation_deg``, ``max_perspective``, ``max_translation``,
-            ``photometric_strength``, ``crop_scale``, ``length``).
+        **source_options: the source's own fields — :class:`SceneSource` (``train_scenes``,
+            ``val_scenes``, ``val_fraction``, ``generate``) or :class:`PhotoSource` (``val_root``,
+            ``homography``).
     """
 
     def __init__(
@@ -85,13 +152,8 @@ class PairDataModule(pl.LightningDataModule):
         pairs_per_epoch: int = 5000,
         val_pairs: int = 200,
         seed: int = 0,
-        train_scenes: Sequence[str] | None = None,
-        val_scenes: Sequence[str] | None = None,
-        val_fraction: float = 0.1,
         on_bad_data: str = "raise",
-        generate: Mapping[str, Any] | None = None,
-        val_root: str | os.PathLike | None = None,
-        homography: Mapping[str, Any] | None = None,
+        **source_options: Any,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -99,20 +161,15 @@ class PairDataModule(pl.LightningDataModule):
         if on_bad_data not in ("raise", "skip"):
             raise ValueError(f"on_bad_data must be 'raise' or 'skip', got {on_bad_data!r}")
         self.kind = kind
-        self.root = Path(root)
+        self.source = _make_source(kind, Path(root), source_options)
+        self.root = self.source.root
         self.height, self.width = int(height), int(width)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.pairs_per_epoch = int(pairs_per_epoch)
         self.val_pairs = int(val_pairs)
         self.seed = int(seed)
-        self.train_scenes = list(train_scenes) if train_scenes is not None else None
-        self.val_scenes = list(val_scenes) if val_scenes is not None else None
-        self.val_fraction = float(val_fraction)
         self.on_bad_data = on_bad_data
-        self.generate = dict(generate) if generate else None
-        self.val_root = Path(val_root) if val_root is not None else None
-        self.homography = dict(homography) if homography else {}
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.summary: dict[str, Any] = {}
@@ -130,7 +187,8 @@ class PairDataModule(pl.LightningDataModule):
         ``data.root`` is an error, not a new data set. A folder holding anything else is an error that
         names it and says what to do.
         """
-        if self.kind != "blendedmvs" or not self.generate:
+        generate = getattr(self.source, "generate", None)
+        if not generate:
             return
         from loftr_kd.data import synthetic
 
@@ -149,10 +207,10 @@ class PairDataModule(pl.LightningDataModule):
                 f"the scenes in it as they are, use data=blendedmvs data.root={root} (or add "
                 "data.generate=null); to generate synthetic scenes, choose a new or empty folder."
             )
-        default = self.generate.get("default_root")
+        default = generate.get("default_root")
         allowed = (
             default is None
-            or bool(self.generate.get("allow_other_root", False))
+            or bool(generate.get("allow_other_root", False))
             or _same_path(root, Path(default))
         )
         if not allowed:
@@ -170,9 +228,9 @@ class PairDataModule(pl.LightningDataModule):
             )
         synthetic.generate_dataset(
             out_dir=root,
-            scenes=int(self.generate["scenes"]),
-            views=int(self.generate["views"]),
-            seed=int(self.generate.get("seed", 0)),
+            scenes=int(generate["scenes"]),
+            views=int(generate["views"]),
+            seed=int(generate.get("seed", 0)),
             log=lambda line: rank_zero_info(f"[data] {line} (data.generate)"),
         )
 
@@ -199,8 +257,9 @@ class PairDataModule(pl.LightningDataModule):
             raise FileNotFoundError(
                 f"{self.root}: data root does not exist (set data.root, or data=synthetic to generate one)"
             )
+        scenes = self.source
         train_scenes, val_scenes, source = split_scenes(
-            self.root, self.train_scenes, self.val_scenes, self.seed, self.val_fraction
+            self.root, scenes.train_scenes, scenes.val_scenes, self.seed, scenes.val_fraction
         )
         if not train_scenes:
             raise FileNotFoundError(f"{self.root}: no training scenes (scenes need cams/pair.txt)")
@@ -252,12 +311,12 @@ class PairDataModule(pl.LightningDataModule):
             "height": self.height,
             "width": self.width,
             "on_bad_data": self.on_bad_data,
-            **self.homography,
+            **self.source.homography,
         }
         self.train_dataset = HomographyPairDataset(self.root, seed=self.seed, **options)
-        if self.val_root is not None:
-            val_images = find_images(self.val_root)
-            val_root = self.val_root
+        if self.source.val_root is not None:
+            val_images = find_images(self.source.val_root)
+            val_root = self.source.val_root
         else:
             val_images, val_root = self.train_dataset.images, self.root
         options["length"] = self.val_pairs
@@ -269,7 +328,7 @@ class PairDataModule(pl.LightningDataModule):
             "kind": self.kind,
             "root": str(self.root),
             "train images": len(self.train_dataset.images),
-            "val images": len(val_images) if self.val_root is not None else "same as train",
+            "val images": len(val_images) if self.source.val_root is not None else "same as train",
             "train pairs (virtual)": len(self.train_dataset),
             "val pairs": len(self.val_dataset),
             "pairs per epoch": self.pairs_per_epoch,
