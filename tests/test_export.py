@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import ExportError, _verify_dynamic_batch, export_onnx, export_student
 from loftr_kd.models.student import build_student, save_student
@@ -118,7 +119,7 @@ def test_write_report_json_and_markdown(tmp_path):
 
 
 def test_real_image_pairs_follow_their_homography():
-    (image0, image1, h_0to1), *_ = checks.real_image_pairs(120, 160, 1, seed=3)
+    (image0, image1, h_0to1), *_ = real_image_pairs(120, 160, 1, seed=3)
     assert image0.shape == image1.shape == (120, 160) and image0.dtype == np.float32
     assert image0.min() >= 0.0 and image0.max() <= 1.0
     warped = cv2.warpPerspective(image0, h_0to1.astype(np.float64), (160, 120))
@@ -163,7 +164,7 @@ def test_exported_student_passes_checker_and_allow_list(exported):
 
 def test_parity_on_real_pairs(exported):
     model, path = exported
-    pairs = [(a, b) for a, b, _ in checks.real_image_pairs(H, W, 2)]
+    pairs = [(a, b) for a, b, _ in real_image_pairs(H, W, 2)]
     parity = checks.check_parity(model, path, pairs)
     assert parity.ok
     assert parity.confidence_max_abs_diff is not None and parity.confidence_max_abs_diff < 1e-4
@@ -176,7 +177,7 @@ def test_parity_detects_a_different_model(exported):
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn_like(p))
-    pairs = [(a, b) for a, b, _ in checks.real_image_pairs(H, W, 1)]
+    pairs = [(a, b) for a, b, _ in real_image_pairs(H, W, 1)]
     assert not checks.check_parity(other, path, pairs).ok
 
 
@@ -236,7 +237,7 @@ def test_export_student_writes_onnx_and_report_and_keeps_checkpoint(tmp_path):
     ckpt = save_student(tiny_student(), tmp_path / "ckpt" / "student.pt")
     before = (ckpt.read_bytes(), ckpt.stat().st_mtime_ns)
     # validation pairs at another (training) size are resized to the export size
-    pairs = [(a, b) for a, b, _ in checks.real_image_pairs(2 * H, 2 * W, 2)]
+    pairs = [(a, b) for a, b, _ in real_image_pairs(2 * H, 2 * W, 2)]
     result = export_student(ckpt, tmp_path / "out", height=H, width=W, parity_pairs=pairs)
     assert result.ok and result.onnx_path.is_file()
     report = json.loads(result.report_path.read_text())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import export_onnx
 from loftr_kd.export.quantize import (
@@ -59,7 +60,7 @@ def quantized(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     model = build_student(input_height=H, input_width=W, border_removal=0).eval()
     fp32 = export_onnx(model, root / "m.onnx")
-    calibration = [(a, b) for a, b, _ in checks.real_image_pairs(H, W, 2, seed=1)]
+    calibration = [(a, b) for a, b, _ in real_image_pairs(H, W, 2, seed=1)]
     int8 = quantize_int8(fp32, root / "m.int8.onnx", calibration)
     return fp32, int8
 
@@ -77,7 +78,7 @@ def test_quantize_writes_qdq_graph_with_metadata(quantized):
 
 def test_compare_int8_reports_speed_and_precision(quantized):
     fp32, int8 = quantized
-    pairs = checks.real_image_pairs(H, W, 2, seed=2)
+    pairs = real_image_pairs(H, W, 2, seed=2)
     result = compare_int8(fp32, int8, pairs, threads=1, iters=2, warmup=1)
     assert result["speedup"] > 0 and 0.0 <= result["agreement_with_fp32"] <= 1.0
     assert "homography" in result["precision_basis"] and "precision_change" in result
@@ -95,8 +96,8 @@ def test_int8_of_a_refining_student_keeps_its_refined_outputs(tmp_path):
     torch.manual_seed(0)
     model = build_student(input_height=H, input_width=W, border_removal=0, refine="corr").eval()
     fp32 = export_onnx(model, tmp_path / "r.onnx")
-    calibration = [(a, b) for a, b, _ in checks.real_image_pairs(H, W, 2, seed=1)]
+    calibration = [(a, b) for a, b, _ in real_image_pairs(H, W, 2, seed=1)]
     int8 = quantize_int8(fp32, tmp_path / "r.int8.onnx", calibration)
     assert "points1" in checks.io_shapes(int8)["outputs"]
-    result = compare_int8(fp32, int8, checks.real_image_pairs(H, W, 2, seed=2), threads=1, iters=1, warmup=0)
+    result = compare_int8(fp32, int8, real_image_pairs(H, W, 2, seed=2), threads=1, iters=1, warmup=0)
     assert "precision@1px" in result["metrics_int8"] and "epe_median_px" in result["metrics_fp32"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import export_onnx
 from loftr_kd.export.tensorrt import (
@@ -91,7 +92,7 @@ def test_engine_build_and_run_matches_onnxruntime(onnx_paths, fp16):
     assert meta["precision"] == ("fp16" if fp16 else "fp32") and meta["gpu_name"] and meta["tensorrt_version"]
     runner = TensorRTRunner(engine)
     session = checks.ort_session(static)
-    for a, b, _ in checks.real_image_pairs(H, W, 2):
+    for a, b, _ in real_image_pairs(H, W, 2):
         a, b = a[None, None], b[None, None]
         out = runner(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda())
         ids_ref, conf_ref = session.run(None, {"image0": a, "image1": b})

@@ -8,6 +8,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
+from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import OUTPUT_NAMES, export_onnx
 from loftr_kd.geometry import CoarseGrid, RefineWindow
@@ -186,6 +187,6 @@ def test_refined_student_exports_with_fixed_shapes_allowed_ops_and_parity(tmp_pa
     assert checks.check_tensorrt_ops(onnx_path).ok
     meta = checks.read_metadata(onnx_path)
     assert meta["refine"] == "corr" and meta["coarse_stride"] == "16" and '"size": 8' in meta["refine_window"]
-    pairs = [(a, b) for a, b, _ in checks.real_image_pairs(240, 320, 2)]
+    pairs = [(a, b) for a, b, _ in real_image_pairs(240, 320, 2)]
     parity = checks.check_parity(model, onnx_path, pairs)
     assert parity.ok and parity.points1_max_abs_diff_px is not None and parity.matches_torch > 0, parity

@@ -306,7 +306,7 @@ def _prepare_and_build(spec: dict[str, Any], settings: BenchSettings, pairs, wor
     onnx_path = workdir / f"{Path(name).stem}_{h}x{w}.onnx"
 
     def prepare():
-        from loftr_kd.export.checks import real_image_pairs
+        from loftr_kd.data.homography import real_image_pairs
         from loftr_kd.export.onnx import export_onnx
 
         model, note = _student_model(name, h, w, settings)
@@ -597,7 +597,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path, latest_dir: Path | None
 
 def bench(settings: BenchSettings, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark and write its outputs; returns the result dict (``machine``, ``rows``, ...)."""
-    from loftr_kd.export.checks import real_image_pairs
+    from loftr_kd.data.homography import real_image_pairs
     from loftr_kd.paths import OUTPUTS_DIR
 
     threads = int(settings.threads or os.cpu_count() or 1)

@@ -314,6 +314,48 @@ def write_hpatches_layout(dataset: HomographyPairDataset, out_dir: PathLike, cou
     return written
 
 
+def real_image_pairs(
+    height: int, width: int, n: int = 4, *, seed: int = 0, max_angle_deg: float = 20.0, max_scale: float = 1.3
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Real photos (scikit-image's bundled set, offline) paired with a random homography warp.
+
+    Returns:
+        ``n`` tuples ``(image0, image1, H_0to1)``: images (height, width) float32 in [0, 1], and the
+        3x3 homography mapping image0 pixels to image1 pixels.
+    """
+    import cv2
+    import skimage.data
+
+    names = ["camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "coins", "moon"]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = getattr(skimage.data, names[i % len(names)])()
+        if img.ndim == 3:
+            img = cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2GRAY)
+        image0 = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        angle = np.deg2rad(rng.uniform(-max_angle_deg, max_angle_deg))
+        scale = np.exp(rng.uniform(-np.log(max_scale), np.log(max_scale)))
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        c, s = scale * np.cos(angle), scale * np.sin(angle)
+        centre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]])
+        back = np.array(
+            [
+                [1, 0, cx + rng.uniform(-0.05, 0.05) * width],
+                [0, 1, cy + rng.uniform(-0.05, 0.05) * height],
+                [0, 0, 1],
+            ]
+        )
+        similarity = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        perspective = np.eye(3)
+        perspective[2, :2] = rng.uniform(-2e-4, 2e-4, 2) * 640 / max(width, height)
+        h_0to1 = back @ perspective @ similarity @ centre
+        h_0to1 /= h_0to1[2, 2]
+        image1 = cv2.warpPerspective(image0, h_0to1, (width, height), flags=cv2.INTER_LINEAR)
+        out.append((image0, image1.astype(np.float32), h_0to1.astype(np.float32)))
+    return out
+
+
 if __name__ == "__main__":  # the older spelling of loftr-kd-homographies
     from loftr_kd.cli.homography import main
 

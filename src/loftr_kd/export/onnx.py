@@ -300,7 +300,7 @@ def export_student(
         height, width: export input size (the position encoding is built for it).
         batch, dynamic, opset, with_confidence: see ``export_onnx``.
         parity_pairs: image pairs ``(image0, image1, ...)`` at the export size ((H,W) or (1,H,W) arrays
-            or tensors in [0, 1]); default: 4 real photos with a known warp (``checks.real_image_pairs``).
+            or tensors in [0, 1]); default: 4 real photos with a known warp (``loftr_kd.data.homography.real_image_pairs``).
         atol, min_match_agreement: parity tolerances (see ``checks.check_parity``).
         strict: raise ``ExportError`` when an op or parity check fails (else only report it).
         name: file stem; default ``student_{height}x{width}``.
@@ -372,7 +372,9 @@ def export_student(
         errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
     try:
         if parity_pairs is None or len(parity_pairs) == 0:
-            pairs = [(a, b) for a, b, _ in checks.real_image_pairs(height, width, 4)]
+            from loftr_kd.data.homography import real_image_pairs
+
+            pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, 4)]
             report["parity_pairs_source"] = "scikit-image photos with a random homography"
         else:
             pairs = _as_pairs(parity_pairs, height, width)

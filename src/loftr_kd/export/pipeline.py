@@ -90,7 +90,7 @@ def run_pipeline(
 
     Args:
         parity_pairs: image pairs at any size for the onnxruntime parity check; ``None``: real photos
-            with a known warp (``checks.real_image_pairs``).
+            with a known warp (``loftr_kd.data.homography.real_image_pairs``).
         say: where the one-line progress messages go (print, or the training log).
 
     Returns:
@@ -100,7 +100,7 @@ def run_pipeline(
     Raises:
         ExportError: the export or one of its checks failed (the checkpoint is untouched).
     """
-    from loftr_kd.export.checks import real_image_pairs
+    from loftr_kd.data.homography import real_image_pairs
     from loftr_kd.export.onnx import export_student
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
@@ -141,7 +141,7 @@ def run_pipeline(
 
 
 def _int8(onnx_path: Path, settings: ExportSettings, say: Callable[[str], None]) -> dict[str, Any]:
-    from loftr_kd.export.checks import real_image_pairs
+    from loftr_kd.data.homography import real_image_pairs
     from loftr_kd.export.quantize import compare_int8, quantize_int8
     from loftr_kd.files import write_json
 
