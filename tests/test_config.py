@@ -32,6 +32,7 @@ def _compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
         ["experiment=paper"],
         ["experiment=stride8"],
         ["teacher=none"],
+        ["teacher=student", "teacher.weights=weights/student_paper.pt"],
         ["debug=fast"],
         ["trainer=ddp"],
         ["trainer=ddp_cpu"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -145,6 +146,45 @@ def test_distills_from_a_teacher_checkpoint_in_weights(scenes: Path, tmp_path: P
     assert "train/loss_kd" in scalars and "val/teacher/precision" in scalars
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+
+
+def test_a_trained_student_in_the_published_layout_is_the_teacher(scenes: Path, tmp_path: Path) -> None:
+    """teacher=student: the published checkpoint layout, distilled into the fast preset (same grid)."""
+    from loftr_kd.models.student import build_student
+
+    teacher_file = tmp_path / "LoFTR_teacher.pt"
+    torch.manual_seed(0)
+    published = build_student(pe_temp_bug_fix=False, keep_unused_fpn=True)
+    torch.save({"epoch": 34, "model_state_dict": published.state_dict()}, teacher_file)
+    before = {k: v.clone() for k, v in published.state_dict().items()}
+    run = tmp_path / "run"
+    cfg = _cfg(
+        run,
+        scenes,
+        "student=fast",
+        "teacher=student",
+        f"teacher.weights={teacher_file}",
+        "deploy.enabled=false",
+        "trainer.max_epochs=1",
+    )
+    train(cfg)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher"] is True
+    scalars = _scalars(run)
+    assert "train/loss_kd" in scalars and "val/teacher/precision" in scalars
+    assert all(math.isfinite(v) for _, v in scalars["train/loss_kd"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert ckpt["student_config"]["backbone"] == "fast"
+    # The teacher file is read, never written, and the teacher stays frozen.
+    again = torch.load(teacher_file, map_location="cpu")["model_state_dict"]
+    assert all(torch.equal(again[k], before[k]) for k in before)
+
+
+def test_student_teacher_needs_a_file(scenes: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "run", scenes, "teacher=student", f"teacher.weights={tmp_path / 'none.pt'}")
+    with pytest.raises(Exception, match="none.pt"):
+        train(cfg)
 
 
 def test_missing_explicit_teacher_checkpoint_is_an_error(scenes: Path, tmp_path: Path) -> None:

@@ -117,8 +117,10 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
         _say(f"Teacher: none — {missing} Training on ground truth only.")
         return None
     source = getattr(teacher, "checkpoint_path", cfg.teacher.get("weights"))
+    kind = "LoFTR outdoor" if type(teacher).__name__ == "LoFTRTeacher" else "student"
     _say(
-        f"Teacher: LoFTR outdoor from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen)."
+        f"Teacher: {kind} from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen, "
+        f"stride {teacher.stride})."
     )
     return teacher
 

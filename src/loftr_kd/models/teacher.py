@@ -34,9 +34,11 @@ from torch import Tensor, nn
 __all__ = [
     "KNOWN_CHECKPOINT_NAMES",
     "LoFTRTeacher",
+    "StudentTeacher",
     "TeacherCheckpointError",
     "TeacherCheckpointNotFound",
     "TeacherOutput",
+    "build_student_teacher",
     "build_teacher",
     "find_teacher_checkpoint",
     "infer_temp_bug_fix",
@@ -423,3 +425,67 @@ def build_teacher(
             )
         weights = found
     return load_teacher(weights, temp_bug_fix=temp_bug_fix, trust_checkpoint=trust_checkpoint)
+
+
+class StudentTeacher(nn.Module):
+    """A trained student, frozen, as the distillation teacher (``teacher=student``).
+
+    It gives the same ``TeacherOutput`` as :class:`LoFTRTeacher` (similarity logits and dual-softmax
+    confidence on its own grid, float32, no grad), so the losses align it to the student exactly as they
+    align LoFTR: its grid must be the same as the student's or finer by an integer factor. Without the
+    LoFTR checkpoint this is the way to distil real trained weights here — e.g. the published
+    Coarse_LoFTR_TRT student (distilled from LoFTR on BlendedMVS) into the ``fast`` preset.
+
+    Args:
+        model: the trained student; prepared for inference (fused) in place and frozen.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.prepare_for_inference(inplace=True)
+        self.model.requires_grad_(False)
+        self.checkpoint_path: Path | None = None  # set by build_student_teacher, for logs
+        self.train(False)
+
+    @property
+    def stride(self) -> int:
+        return int(self.model.config.coarse_stride)
+
+    def train(self, mode: bool = True) -> StudentTeacher:
+        """Stay in eval mode whatever ``mode`` says (Lightning calls ``.train()`` on every submodule)."""
+        return super().train(False)
+
+    def forward(self, image0: Tensor, image1: Tensor) -> TeacherOutput:
+        """Similarity and confidence ``(B, L0, L1)`` of the frozen student, in float32."""
+        with torch.no_grad(), torch.autocast(device_type=image0.device.type, enabled=False):
+            out = self.model(image0.float(), image1.float())
+        return TeacherOutput(similarity=out.similarity.float(), confidence=out.confidence.float())
+
+
+def build_student_teacher(
+    weights: str | Path, input_height: int, input_width: int, trust_checkpoint: bool = False
+) -> StudentTeacher:
+    """Hydra entry point of ``conf/teacher/student.yaml``: a student checkpoint as a frozen teacher.
+
+    Args:
+        weights: a ``save_student`` file, a Lightning checkpoint or a published Coarse_LoFTR_TRT checkpoint
+            (anything :func:`loftr_kd.models.student.load_student` reads).
+        input_height, input_width: the training size.
+        trust_checkpoint: unpickle objects other than tensors/containers (``weights_only=False``).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist (a student teacher has no ``auto``).
+    """
+    from loftr_kd.models.student import load_student
+
+    path = Path(weights)
+    if str(weights) in ("", "auto", "None") or not path.is_file():
+        raise FileNotFoundError(
+            f"teacher=student needs teacher.weights=<student checkpoint>; {weights!r} is not a file"
+        )
+    model = load_student(
+        path, input_height=int(input_height), input_width=int(input_width), weights_only=not trust_checkpoint
+    )
+    teacher = StudentTeacher(model)
+    teacher.checkpoint_path = path
+    return teacher
