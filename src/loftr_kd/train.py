@@ -218,7 +218,7 @@ def export_at_end(cfg: DictConfig, checkpoint: Path, output_dir: Path, datamodul
             height=int(deploy.height),
             width=int(deploy.width),
             batch=int(deploy.batch),
-            dynamic=bool(deploy.dynamic),
+            dynamic=deploy.dynamic,
             opset=int(deploy.opset),
             parity_pairs=parity,
         )
@@ -244,6 +244,9 @@ def export_at_end(cfg: DictConfig, checkpoint: Path, output_dir: Path, datamodul
             engine_path,
             fp16=bool(deploy.tensorrt.fp16),
             workspace_mb=int(deploy.tensorrt.workspace_mb),
+            shape_profile=OmegaConf.to_container(deploy.tensorrt.profile)
+            if deploy.tensorrt.get("profile")
+            else None,
         )
         result["engine"] = str(engine_path)
         _say(f"TensorRT: engine written to {engine_path}.")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 
@@ -35,7 +35,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         height=height,
         width=width,
         batch=int(cfg.batch),
-        dynamic=bool(cfg.dynamic),
+        dynamic=cfg.dynamic,
         opset=int(cfg.opset),
         parity_pairs=[(a, b) for a, b, _ in pairs] or None,
         with_confidence=bool(cfg.with_confidence),
@@ -79,6 +79,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
                 engine_path,
                 fp16=bool(cfg.tensorrt.fp16),
                 workspace_mb=int(cfg.tensorrt.workspace_mb),
+                shape_profile=OmegaConf.to_container(cfg.tensorrt.profile)
+                if cfg.tensorrt.get("profile")
+                else None,
             )
             print(f"TensorRT: {engine_path} (+ .json metadata)")
             summary["engine"] = str(engine_path)
