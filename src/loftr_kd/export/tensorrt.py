@@ -55,26 +55,26 @@ def _shape_str(shape: Shape) -> str:
 
 
 def default_profiles(
-    onnx_path: str | Path, *, max_batch: int = 8, shape_profile: Mapping[str, Any] | None = None
+    onnx_path: str | Path, *, max_batch: int = 8, settings: Mapping[str, Any] | None = None
 ) -> list[dict[str, tuple]] | None:
     """The optimisation profile of a graph: ``None`` for a static one; batch 1..``max_batch`` (opt 1) for
-    a dynamic-batch one; for a dynamic-shape one, ``shape_profile`` (:func:`shape_profile`'s arguments:
+    a dynamic-batch one; for a dynamic-shape one, ``settings`` (:func:`shape_profile`'s arguments:
     ``min``/``opt``/``max`` ``(height, width)`` and optionally ``max_batch``), required there.
 
     Raises:
-        ValueError: a dynamic-shape graph without ``shape_profile``, or a profile it cannot take.
+        ValueError: a dynamic-shape graph without ``settings``, or a profile it cannot take.
     """
     inputs = io_shapes(onnx_path)["inputs"]
     dynamic = {name: info["shape"] for name, info in inputs.items() if not _static(info["shape"])}
     if not dynamic:
         return None
     if any(not _static(dims[1:]) for dims in dynamic.values()):
-        if not shape_profile:
+        if not settings:
             raise ValueError(
                 f"{onnx_path} has dynamic height and width: give the TensorRT optimisation profile "
                 "(tensorrt.profile.min/opt/max as [height, width] in conf/export.yaml, or profiles=)"
             )
-        settings = dict(shape_profile)
+        settings = dict(settings)
         return [
             shape_profile(
                 onnx_path,
@@ -192,7 +192,7 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if profiles is None:
-        profiles = default_profiles(onnx_path, shape_profile=shape_profile)
+        profiles = default_profiles(onnx_path, settings=shape_profile)
     trt = require_tensorrt()
     import torch
 
