@@ -98,3 +98,30 @@ def test_isolated_rows_run_in_their_own_process(tmp_path):
     )
     (row,) = bench(settings, log=lambda _: None)["rows"]
     assert row["median_ms"] > 0 and "isolated" in row["peak_mem_method"]
+
+
+def test_aspect_rows_time_the_one_dynamic_file_against_static_files(tmp_path):
+    settings = BenchSettings(
+        sizes=((48, 64),),
+        aspect_sizes=((64, 48), (32, 64)),
+        backends=("onnxruntime-dynamic",),
+        teachers=(),
+        classical=(),
+        pairs=1,
+        iters=2,
+        warmup=1,
+        isolate=False,
+        out_dir=str(tmp_path / "run"),
+        latest_dir=str(tmp_path),
+    )
+    rows = bench(settings, log=lambda _: None)["rows"]
+    got = {(r["backend"], r["height"], r["width"]): r for r in rows}
+    assert set(got) == {
+        ("onnxruntime-dynamic", 48, 64),
+        *((b, h, w) for b in ("onnxruntime", "onnxruntime-dynamic") for h, w in ((64, 48), (32, 64))),
+    }
+    for row in rows:
+        assert row["median_ms"] > 0, row
+    assert "traced at 64x48" in got[("onnxruntime-dynamic", 32, 64)]["notes"]  # one file, sizes[0]
+    with pytest.raises(ValueError, match="multiples of 16"):
+        BenchSettings(aspect_sizes=((360, 640),))

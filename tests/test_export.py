@@ -220,12 +220,12 @@ class _PairNet(nn.Module):
 def test_dynamic_batch_is_verified(tmp_path, use_chunk):
     model = _PairNet(use_chunk).eval()
     if use_chunk:
-        path = export_onnx(model, tmp_path / "d.onnx", dynamic=True, height=32, width=48)
+        path = export_onnx(model, tmp_path / "d.onnx", dynamic="batch", height=32, width=48)
         assert checks.io_shapes(path)["inputs"]["image0"]["shape"][0] == "batch"
         _verify_dynamic_batch(path, 5, 32, 48)
     else:
         with pytest.raises(ExportError, match="baked in"):
-            export_onnx(model, tmp_path / "d.onnx", dynamic=True, height=32, width=48)
+            export_onnx(model, tmp_path / "d.onnx", dynamic="batch", height=32, width=48)
         assert not list(tmp_path.iterdir())  # nothing half-written
 
 

@@ -36,7 +36,14 @@ from typing import Any
 
 import numpy as np
 
-STUDENT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt-fp32", "tensorrt-fp16")
+STUDENT_BACKENDS = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-dynamic",
+    "onnxruntime-int8",
+    "tensorrt-fp32",
+    "tensorrt-fp16",
+)
 TEACHERS = ("teacher", "loftr_full")
 CLASSICAL = ("orb", "sift")
 ROW_KEYS = (
@@ -57,6 +64,10 @@ class BenchSettings:
     """What to measure. Sizes are ``(height, width)``."""
 
     sizes: tuple[tuple[int, int], ...] = ((480, 640), (240, 320))
+    # other aspect ratios, students only, for ``aspect_backends``: what dynamic shapes cost against a
+    # static file exported at that size
+    aspect_sizes: tuple[tuple[int, int], ...] = ()
+    aspect_backends: tuple[str, ...] = ("onnxruntime", "onnxruntime-dynamic")
     students: tuple[str, ...] = ("paper",)
     student_checkpoints: dict[str, str] = field(default_factory=dict)
     backends: tuple[str, ...] = STUDENT_BACKENDS
@@ -78,18 +89,19 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(tuple(int(v) for v in s) for s in self.sizes))
-        for name in ("students", "backends", "teachers", "classical"):
+        object.__setattr__(self, "aspect_sizes", tuple(tuple(int(v) for v in s) for s in self.aspect_sizes))
+        for name in ("students", "backends", "aspect_backends", "teachers", "classical"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         from loftr_kd.runtime import bench_backend
 
         object.__setattr__(self, "backends", tuple(bench_backend(b) for b in self.backends))
         object.__setattr__(self, "student_checkpoints", dict(self.student_checkpoints))
-        unknown = set(self.backends) - set(STUDENT_BACKENDS)
+        unknown = (set(self.backends) | set(self.aspect_backends)) - set(STUDENT_BACKENDS)
         unknown |= set(self.teachers) - set(TEACHERS)
         unknown |= set(self.classical) - set(CLASSICAL)
         if unknown:
             raise ValueError(f"unknown bench entries {sorted(unknown)}")
-        for h, w in self.sizes:
+        for h, w in self.sizes + self.aspect_sizes:
             if h % 16 or w % 16:
                 raise ValueError(f"sizes must be multiples of 16 (student stride), got {h}x{w}")
         if self.iters < 1 or self.teacher_iters < 1 or self.pairs < 1:
@@ -304,14 +316,17 @@ def _prepare_and_build(spec: dict[str, Any], settings: BenchSettings, pairs, wor
 
         require_tensorrt()  # fail fast, before exporting
     onnx_path = workdir / f"{Path(name).stem}_{h}x{w}.onnx"
+    dynamic = backend == "onnxruntime-dynamic"
 
     def prepare():
         from loftr_kd.data.homography import real_image_pairs
         from loftr_kd.export.onnx import export_onnx
 
-        model, note = _student_model(name, h, w, settings)
-        state["note"] = note
-        export_onnx(model, onnx_path, height=h, width=w)
+        # a dynamic file is exported once, at the first size, and run at every size
+        export_h, export_w = settings.sizes[0] if dynamic and settings.sizes else (h, w)
+        model, note = _student_model(name, export_h, export_w, settings)
+        state["note"] = note + (f"; dynamic H/W file traced at {export_w}x{export_h}" if dynamic else "")
+        export_onnx(model, onnx_path, height=export_h, width=export_w, dynamic=dynamic)
         if backend == "onnxruntime-int8":
             from loftr_kd.export.quantize import quantize_int8
 
@@ -324,7 +339,7 @@ def _prepare_and_build(spec: dict[str, Any], settings: BenchSettings, pairs, wor
             state["engine"] = build_engine(onnx_path, onnx_path.with_suffix(f".{backend}.engine"), fp16=fp16)
 
     def build():
-        if backend == "onnxruntime":
+        if backend in ("onnxruntime", "onnxruntime-dynamic"):
             return _ort_runner(onnx_path, pairs, threads)
         if backend == "onnxruntime-int8":
             return _ort_runner(state["int8"], pairs, threads)
@@ -442,6 +457,10 @@ def plan_rows(settings: BenchSettings, threads: int) -> list[dict[str, Any]]:
         for s in settings.students:
             specs += [{**base, "kind": "student", "model": s, "backend": b} for b in settings.backends]
         specs += [{**base, "kind": "classical", "model": c, "backend": "opencv"} for c in settings.classical]
+    for h, w in settings.aspect_sizes:
+        base = {"height": h, "width": w, "threads": threads, "kind": "student"}
+        for s in settings.students:
+            specs += [{**base, "model": s, "backend": b} for b in settings.aspect_backends]
     return specs
 
 
@@ -605,7 +624,10 @@ def bench(settings: BenchSettings, *, log: Callable[[str], None] = print) -> dic
     timestamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_dir = Path(settings.out_dir) if settings.out_dir else OUTPUTS_DIR / "bench" / timestamp
     latest_dir = Path(settings.latest_dir) if settings.latest_dir else out_dir.parent
-    pairs = {size: real_image_pairs(size[0], size[1], settings.pairs, seed=7) for size in settings.sizes}
+    pairs = {
+        size: real_image_pairs(size[0], size[1], settings.pairs, seed=7)
+        for size in dict.fromkeys(settings.sizes + settings.aspect_sizes)
+    }
     rows = []
     for spec in plan_rows(settings, threads):
         size = (spec["height"], spec["width"])

@@ -67,13 +67,19 @@ def points_to_cells(points: torch.Tensor, stride: int, h: int, w: int) -> torch.
     return torch.where(on_grid, row * w + col, torch.full_like(col, -1))
 
 
+def _size(value: int | torch.Tensor) -> int | torch.Tensor:
+    """An image side as an int; while tracing for ONNX, the traced size tensor itself, so a graph
+    exported with dynamic height and width derives its grid at run time instead of baking one in."""
+    return value if isinstance(value, torch.Tensor) else int(value)
+
+
 @dataclass(frozen=True)
 class CoarseGrid:
     """The coarse grid of one image: ``height x width`` cells of ``stride`` pixels.
 
     Attributes:
         stride: cell size in pixels.
-        height: number of cell rows ``h``.
+        height: number of cell rows ``h`` (a 0-d tensor only while tracing a dynamic-shape export).
         width: number of cell columns ``w``.
     """
 
@@ -99,7 +105,7 @@ class CoarseGrid:
             raise ValueError(
                 f"image size {image_width}x{image_height} must be a multiple of the coarse stride {stride}"
             )
-        return cls(int(stride), int(image_height) // stride, int(image_width) // stride)
+        return cls(int(stride), _size(image_height) // stride, _size(image_width) // stride)
 
     @property
     def num_cells(self) -> int:

@@ -1,11 +1,20 @@
 """User-facing matcher: two images in, matched keypoints in their own pixels out.
 
 ``Matcher`` wraps the coarse student behind one of three backends (PyTorch, onnxruntime, TensorRT).
-Images of any size and colour mode are converted to grayscale and letterboxed (resized keeping the
-aspect ratio, padded at the bottom/right) to the model's static input size; the model's match
-positions (image0 cell centres, image1 positions refined to sub-pixel where the model has a refinement
-stage, else cell centres) are mapped back to the pixels of the images as given, and matches that lie in
-the padding are dropped. The grid geometry comes from the weights' metadata, never from a guess.
+Images of any size and colour mode are converted to grayscale and resized **aspect-true**: the long side
+becomes the configured ``size`` and each side is rounded to a multiple of the coarse stride, with no
+padding, so the two images of a pair may differ in size. That needs a model that takes any size: the
+PyTorch student, a dynamic-shape ONNX file (``loftr-kd-export dynamic=true``; checkpoints on the onnx
+backend are exported that way) or an engine built from one. A **static** file (fixed input size) has
+only one input size: there images are letterboxed (resized keeping the aspect ratio, padded at the
+bottom/right) into it and matches in the padding are dropped. The model's match positions are mapped back
+to the pixels of the images as given, always inside them. The grid geometry comes from the weights'
+metadata, never from a guess.
+
+Degenerate inputs are errors that say what is wrong (:class:`~loftr_kd.images.ImageError`): an empty
+image, NaN/Inf pixels, a side shorter than two coarse cells. An image so elongated that, resized, its
+short side would leave no cell inside the border removal is enlarged until it does, with a warning, or is
+an error when that would exceed the model's maximum size.
 
 ``OpenCVMatcher`` (ORB, SIFT) has the same call interface and serves as the classical reference in
 the evaluation and the apps.
@@ -19,6 +28,9 @@ import json
 import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +39,7 @@ import cv2
 import numpy as np
 
 from loftr_kd.files import replacing
-from loftr_kd.images import check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+from loftr_kd.images import ImageError, check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +47,11 @@ BACKENDS = ("onnx", "torch", "trt")
 CLASSICAL_METHODS = ("orb", "sift")
 _ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+# Torch backend threads unless told otherwise. Measured on 2 cores (docs/usage.md): 1 thread 62 ms per
+# 640x480 pair idle and 170 ms while two other processes kept the cores busy; 2 threads 39 ms idle but
+# 840 ms median / 5 s p90 under the same load (OpenMP threads waiting on each other). One thread never
+# collapses; raise it with ``threads=`` on an idle machine.
+DEFAULT_TORCH_THREADS = 1
 
 
 class MatcherError(RuntimeError):
@@ -43,7 +60,8 @@ class MatcherError(RuntimeError):
 
 @dataclass(frozen=True)
 class Letterbox:
-    """Geometry of an image resized (aspect kept) and padded at the bottom/right to the model input."""
+    """Geometry of an image resized (aspect kept) and padded at the bottom/right to the model input; an
+    aspect-true resize is the case without padding (content size = input size)."""
 
     orig_height: int
     orig_width: int
@@ -99,6 +117,102 @@ def letterbox(
     return padded, Letterbox(h, w, new_h, new_w, input_height, input_width)
 
 
+def aspect_true_size(
+    height: int,
+    width: int,
+    size: int,
+    stride: int,
+    *,
+    min_cells: int = 2,
+    max_size: tuple[int, int] | None = None,
+    name: str = "image",
+) -> tuple[int, int, bool]:
+    """Model input ``(height, width)`` of an image: the long side scaled to ``size``, each side rounded to
+    a multiple of ``stride`` (no padding), within ``max_size``.
+
+    A side that would get fewer than ``min_cells`` cells is raised to ``min_cells`` cells, the other side
+    scaled with it (``enlarged`` is then True), so a thin strip still has cells to match.
+
+    Returns:
+        ``(input_height, input_width, enlarged)``.
+
+    Raises:
+        ImageError: a side of the image is shorter than two cells, or the enlarged strip exceeds ``max_size``.
+    """
+    if min(height, width) < 2 * stride:
+        raise ImageError(
+            f"{name} of {width}x{height} pixels is too small: the shorter side must be at least {2 * stride} px "
+            f"(two coarse cells of {stride} px)"
+        )
+    max_h, max_w = max_size or (1 << 30, 1 << 30)
+    scale = min(size / max(height, width), max_h / height, max_w / width)
+    floor_px = min_cells * stride
+    enlarged = min(height, width) * scale < floor_px - stride / 2
+    if enlarged:
+        scale = floor_px / min(height, width)
+
+    def side(length: int) -> int:
+        return int(max(round(length * scale / stride), 1) * stride)
+
+    input_h, input_w = side(height), side(width)
+    if enlarged and (input_h > max_h or input_w > max_w):
+        raise ImageError(
+            f"{name} of {width}x{height} pixels is too elongated: with its short side at {floor_px} px "
+            f"({min_cells} coarse cells, the least that survives border removal) the long side would exceed the "
+            f"model's maximum {max_w}x{max_h}; crop it first"
+        )
+    return min(input_h, max_h // stride * stride), min(input_w, max_w // stride * stride), enlarged
+
+
+def resize_aspect_true(
+    gray: np.ndarray,
+    size: int,
+    stride: int,
+    *,
+    min_cells: int = 2,
+    max_size: tuple[int, int] | None = None,
+    name: str = "image",
+) -> tuple[np.ndarray, Letterbox]:
+    """Resize (H, W) float32 so the long side is ``size`` and both sides are multiples of ``stride``
+    (:func:`aspect_true_size`); warns when a thin image had to be enlarged."""
+    h, w = gray.shape[:2]
+    input_h, input_w, enlarged = aspect_true_size(
+        h, w, size, stride, min_cells=min_cells, max_size=max_size, name=name
+    )
+    if enlarged:
+        warnings.warn(
+            f"{name} of {w}x{h} pixels is too elongated for a long side of {size} px: its short side would get "
+            f"fewer than {min_cells} coarse cells (border removal leaves none), so it is matched at "
+            f"{input_w}x{input_h} instead",
+            UserWarning,
+            stacklevel=3,
+        )
+    interpolation = cv2.INTER_AREA if input_h * input_w < h * w else cv2.INTER_LINEAR
+    resized = (
+        cv2.resize(gray, (input_w, input_h), interpolation=interpolation)
+        if (input_h, input_w) != (h, w)
+        else gray
+    )
+    return np.ascontiguousarray(resized, dtype=np.float32), Letterbox(
+        h, w, input_h, input_w, input_h, input_w
+    )
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with ``threads`` intra-op torch threads and restore the caller's setting afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if previous != threads:
+            torch.set_num_threads(previous)
+
+
 def grid_cell_centers(h: int, w: int, stride: int) -> np.ndarray:
     """(h*w, 2) xy centres of a row-major coarse grid (:class:`loftr_kd.geometry.CoarseGrid`)."""
     from loftr_kd.geometry import CoarseGrid
@@ -142,24 +256,29 @@ class Matcher:
     Args:
         weights: ``.pt``/``.ckpt`` (student checkpoint), ``.onnx`` (exported student) or a TensorRT
             engine; ``None`` = the student shipped in ``weights/``.
-        backend: ``"onnx"`` (default; a checkpoint is exported on the fly to a cache), ``"torch"`` or
-            ``"trt"``.
+        backend: ``"onnx"`` (default; a checkpoint is exported on the fly, with dynamic shapes, to a
+            cache), ``"torch"`` or ``"trt"``.
         device: ``"cpu"`` or ``"cuda"`` (torch and onnx backends).
         threshold: match-confidence threshold override. Checkpoints are rebuilt with it; for a baked
             graph (``.onnx``/engine) it can only be raised above the exported threshold.
-        input_size: ``(height, width)`` override of the model input (checkpoints only).
-        num_threads: onnxruntime intra-op threads (default: ``os.cpu_count()``); for the torch backend,
-            when given, it is applied process-wide with ``torch.set_num_threads``.
+        size: long side, in pixels, images are resized to (aspect kept, each side rounded to a multiple
+            of the stride); default: the long side of the model's configured input (640 for the shipped
+            student). Only for models that take any size; a static file's size is fixed.
+        input_size: ``(height, width)`` override of the model's configured input (checkpoints only): the
+            default ``size`` and the size of the cached ONNX export's traced graph.
+        threads: intra-op CPU threads. onnxruntime: default ``os.cpu_count()``. torch: default
+            :data:`DEFAULT_TORCH_THREADS` (1: more collapses when other processes use the CPU, see
+            docs/usage.md), applied around each call only, so the caller's torch setting is untouched.
+        num_threads: older name of ``threads``.
         cache_dir: where checkpoints are exported to ONNX (default: ``.onnx_cache`` next to the
             weights, else a temporary directory).
         use_refinement: return the refined (sub-pixel) image1 positions where the model has a
             refinement stage; ``False`` returns the matched cells' centres (to measure what refinement adds).
 
-    The result also holds ``coarse_keypoints1`` (N, 2): each match's image1 cell centre, in the pixels
-    of image1 as given.
-
     Calling ``matcher(image0, image1)`` returns ``{"keypoints0": (N, 2), "keypoints1": (N, 2),
-    "confidence": (N,)}`` as float32, keypoints in the pixels of the images as given.
+    "confidence": (N,), "coarse_keypoints1": (N, 2)}`` as float32, keypoints in the pixels of the images
+    as given (pixel centres at integers, always inside the image); ``coarse_keypoints1`` is each match's
+    image1 cell centre.
     """
 
     def __init__(
@@ -172,6 +291,8 @@ class Matcher:
         num_threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         use_refinement: bool = True,
+        size: int | None = None,
+        threads: int | None = None,
     ) -> None:
         from loftr_kd.runtime import MATCHER_BACKEND, matcher_backend
 
@@ -181,6 +302,11 @@ class Matcher:
                 f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
                 f"(also spelt {', '.join(MATCHER_BACKEND)})"
             )
+        if threads is not None and num_threads is not None and int(threads) != int(num_threads):
+            raise ValueError(f"threads={threads} and num_threads={num_threads} disagree; give one")
+        threads = threads if threads is not None else num_threads
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         if weights is None:
             from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
 
@@ -195,9 +321,14 @@ class Matcher:
         self.backend = backend
         self.device = device
         self.use_refinement = bool(use_refinement)
-        self.num_threads = int(num_threads or os.cpu_count() or 1)
+        default_threads = DEFAULT_TORCH_THREADS if backend == "torch" else os.cpu_count() or 1
+        self.num_threads = int(threads or default_threads)
         self._threshold_override = threshold
         self.name = f"student-{backend}"
+        # what sizes the model takes: set by the backend (dynamic shapes or one static input size)
+        self.dynamic = False
+        self.max_size: tuple[int, int] | None = None
+        self.min_size: tuple[int, int] | None = None
         suffix = self.weights.suffix.lower()
         if backend == "trt":
             self._init_trt(input_size)
@@ -212,10 +343,6 @@ class Matcher:
         else:
             model = self._load_torch(input_size)
             if backend == "torch":
-                if num_threads is not None:
-                    import torch
-
-                    torch.set_num_threads(self.num_threads)
                 self._model = model
                 self._run = self._run_torch
             else:
@@ -227,8 +354,30 @@ class Matcher:
                 f"export again with a lower match_threshold or use the checkpoint"
             )
         self.min_side = 2 * self.stride
+        # border removal drops `border` cells on every side: a side needs 2 * border + 1 cells to keep one
+        self.min_cells = max(2, 2 * int(self.config.get("border_removal", 0) or 0) + 1)
+        self.size = self._check_size(size)
 
     # ------------------------------------------------------------------ construction
+    def _check_size(self, size: int | None) -> int:
+        """The long side images are resized to (dynamic models), validated against the model's limits."""
+        if not self.dynamic:
+            if size is not None and int(size) != max(self.input_height, self.input_width):
+                raise MatcherError(
+                    f"{self.weights.name} has a static input of {self.input_width}x{self.input_height}: its size "
+                    f"cannot be changed to {size} (images are letterboxed into it); export the checkpoint with "
+                    f"`loftr-kd-export dynamic=true` for aspect-true matching at any size"
+                )
+            return max(self.input_height, self.input_width)
+        size = int(size) if size is not None else max(self.input_height, self.input_width)
+        longest = max(self.max_size) if self.max_size else size
+        if size < 2 * self.stride or size > longest:
+            raise ValueError(
+                f"size {size} must be between {2 * self.stride} (two coarse cells) and {longest} (the largest side "
+                f"{self.weights.name} takes)"
+            )
+        return size
+
     def _load_torch(self, input_size: tuple[int, int] | None):
         """Load the student checkpoint (optionally with a new input size / threshold)."""
         from loftr_kd.models.student import build_student, load_student
@@ -247,6 +396,7 @@ class Matcher:
         model = model.prepare_for_inference(inplace=True).to(self.device)
         self.config = dataclasses.asdict(config)
         self._set_geometry(config.input_height, config.input_width, config.coarse_stride)
+        self.dynamic, self.max_size = True, (config.max_height, config.max_width)
         self._baked_threshold = None  # a checkpoint takes any threshold
         return model
 
@@ -260,15 +410,17 @@ class Matcher:
         self._grid = None
 
     def _export_cached(self, model, cache_dir) -> Path:
-        """Export the checkpoint to ONNX once; reuse it while the weights and settings are unchanged."""
+        """Export the checkpoint to a dynamic-shape ONNX file once; reuse it while the weights and settings
+        are unchanged."""
         from loftr_kd.export.onnx import export_onnx
 
         stat = self.weights.stat()
         key = json.dumps(
-            [str(self.weights.resolve()), stat.st_size, stat.st_mtime_ns, self.config], sort_keys=True
+            [str(self.weights.resolve()), stat.st_size, stat.st_mtime_ns, self.config, "dynamic"],
+            sort_keys=True,
         )
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        name = f"{self.weights.stem}-{self.input_height}x{self.input_width}-{digest}.onnx"
+        name = f"{self.weights.stem}-dynamic-{digest}.onnx"
         candidates = [Path(cache_dir)] if cache_dir is not None else []
         candidates += [
             self.weights.parent / ".onnx_cache",
@@ -282,7 +434,7 @@ class Matcher:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 with replacing(path, suffix=".tmp.onnx") as tmp:  # concurrent readers never see half a file
-                    export_onnx(model.cpu(), tmp, batch=1, dynamic=False)
+                    export_onnx(model.cpu(), tmp, batch=1, dynamic=True)
                 log.info("exported %s to %s", self.weights, path)
                 return path
             except PermissionError:
@@ -293,13 +445,14 @@ class Matcher:
         raise MatcherError(f"could not export {self.weights} to ONNX in any of {candidates}")
 
     def _init_onnx_session(self, path: Path) -> None:
-        import onnxruntime as ort
-
         from loftr_kd.runtime import ort_session
 
         providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        if self.device.startswith("cuda"):
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
         try:
             self._session = ort_session(path, threads=self.num_threads, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
@@ -323,7 +476,14 @@ class Matcher:
         self._has_points = {"points0", "points1"} <= outputs
         batch = inputs["image0"].shape[0]
         self._onnx_batch = batch if isinstance(batch, int) else 1
+        self._set_dynamic_from_metadata(meta)
         self._run = self._run_onnx
+
+    def _set_dynamic_from_metadata(self, meta: dict[str, str]) -> None:
+        """Dynamic height/width and the size limits, from an export's ``metadata_props``."""
+        self.dynamic = "height" in (meta.get("dynamic_axes") or "").split(",")
+        if self.dynamic:
+            self.max_size = (int(meta["max_height"]), int(meta["max_width"]))
 
     def _init_trt(self, input_size) -> None:
         try:
@@ -358,6 +518,12 @@ class Matcher:
         self.config = config
         self._set_geometry(config["input_height"], config["input_width"], config["coarse_stride"])
         self._baked_threshold = float(config["match_threshold"]) if "match_threshold" in config else None
+        metadata = getattr(self._trt, "metadata", None) or {}
+        self._set_dynamic_from_metadata(metadata.get("onnx_metadata") or {})
+        profiles = metadata.get("profiles") or []
+        if self.dynamic and profiles and "image0" in profiles[0]:
+            low, _, high = profiles[0]["image0"]  # (min, opt, max) of (B, 1, H, W)
+            self.min_size, self.max_size = (int(low[2]), int(low[3])), (int(high[2]), int(high[3]))
         self.device = "cuda"
         self._run = self._run_trt
 
@@ -367,6 +533,7 @@ class Matcher:
         if not isinstance(metadata, dict) or not metadata:
             sidecar = Path(str(self.weights) + ".json")
             metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+            self._trt.metadata = metadata
         config = metadata.get("student_config")
         if isinstance(config, str) and config:
             config = json.loads(config)
@@ -378,22 +545,27 @@ class Matcher:
 
                 model = onnx.load(str(onnx_path), load_external_data=False)
                 meta = {p.key: p.value for p in model.metadata_props}
+                metadata.setdefault("onnx_metadata", meta)
                 if meta.get("student_config"):
                     return json.loads(meta["student_config"])
         return None
 
     # ------------------------------------------------------------------ inference
-    def _cell_points(self, match_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _cell_points(
+        self, match_ids: np.ndarray, shape0: tuple[int, int], shape1: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Cell centres of matches, for graphs exported before the ``points0/points1`` outputs."""
         import torch
 
-        points0, points1 = self.coarse_grid.match_points(torch.from_numpy(np.asarray(match_ids, np.int64)))
-        return points0.numpy(), points1.numpy()
+        ids = torch.from_numpy(np.asarray(match_ids, np.int64))
+        own = torch.where(ids >= 0, torch.arange(ids.shape[-1]), torch.full_like(ids, -1))
+        points0 = self.input_grid(shape0).ids_to_pixels(own)
+        return points0.numpy(), self.input_grid(shape1).ids_to_pixels(ids).numpy()
 
     def _run_torch(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
         import torch
 
-        with torch.inference_mode():
+        with torch_threads(self.num_threads), torch.inference_mode():
             t0 = torch.from_numpy(image0)[None, None].to(self.device)
             t1 = torch.from_numpy(image1)[None, None].to(self.device)
             out = self._model(t0, t1)
@@ -405,16 +577,18 @@ class Matcher:
         )
 
     def _run_onnx(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
-        shape = (self._onnx_batch, 1, *image0.shape)
         feed = {
-            "image0": np.broadcast_to(image0, shape).astype(np.float32),
-            "image1": np.broadcast_to(image1, shape).astype(np.float32),
+            name: np.broadcast_to(image, (self._onnx_batch, 1, *image.shape)).astype(np.float32)
+            for name, image in (("image0", image0), ("image1", image1))
         }
         names = ["match_ids", "match_confidence"] + (["points0", "points1"] if self._has_points else [])
         outputs = self._session.run(names, feed)
         ids = np.asarray(outputs[0][0]).astype(np.int64)
         conf = np.asarray(outputs[1][0], dtype=np.float32)
-        points0, points1 = (outputs[2][0], outputs[3][0]) if self._has_points else self._cell_points(ids)
+        if self._has_points:
+            points0, points1 = outputs[2][0], outputs[3][0]
+        else:
+            points0, points1 = self._cell_points(ids, image0.shape, image1.shape)
         return ids, conf, np.asarray(points0, np.float32), np.asarray(points1, np.float32)
 
     def _run_trt(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -433,29 +607,65 @@ class Matcher:
         conf = out["match_confidence"][0].float().cpu().numpy()
         if "points1" in out:
             return ids, conf, out["points0"][0].float().cpu().numpy(), out["points1"][0].float().cpu().numpy()
-        return (ids, conf, *self._cell_points(ids))
+        return (ids, conf, *self._cell_points(ids, image0.shape, image1.shape))
+
+    def input_grid(self, shape: tuple[int, int]):
+        """The :class:`~loftr_kd.geometry.CoarseGrid` of a model input of ``shape`` ``(H, W)``."""
+        from loftr_kd.geometry import CoarseGrid
+
+        return CoarseGrid.for_image(int(shape[0]), int(shape[1]), self.stride)
 
     @property
     def coarse_grid(self):
-        """The model input's :class:`~loftr_kd.geometry.CoarseGrid` (from the weights' metadata)."""
-        from loftr_kd.geometry import CoarseGrid
-
-        return CoarseGrid.for_image(self.input_height, self.input_width, self.stride)
+        """The configured input's :class:`~loftr_kd.geometry.CoarseGrid` (from the weights' metadata)."""
+        return self.input_grid((self.input_height, self.input_width))
 
     @property
     def grid(self) -> np.ndarray:
-        """(L, 2) xy cell centres of the model-input grid."""
+        """(L, 2) xy cell centres of the configured input's grid."""
         if self._grid is None:
             self._grid = self.coarse_grid.centers().numpy().astype(np.float64)
         return self._grid
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """Image as given -> ((H_in, W_in) float32 model input, its letterbox geometry)."""
-        return letterbox(to_gray_float(image), self.input_height, self.input_width, self.min_side)
+    def input_shape(self, height: int, width: int, name: str = "image") -> tuple[int, int]:
+        """Model input ``(H, W)`` for an image of ``height x width`` (aspect-true, or the static input).
+
+        Raises:
+            ImageError: the image is too small or too elongated to match (message names ``name``).
+        """
+        if not self.dynamic:
+            if min(height, width) < self.min_side:
+                raise ImageError(
+                    f"{name} of {width}x{height} pixels is too small: the shorter side must be at least "
+                    f"{self.min_side} px (two coarse cells)"
+                )
+            check_aspect(height, width, self.input_height, self.input_width, self.min_side, name)
+            return self.input_height, self.input_width
+        shape = aspect_true_size(
+            height, width, self.size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
+        )[:2]
+        if self.min_size and (shape[0] < self.min_size[0] or shape[1] < self.min_size[1]):
+            raise MatcherError(
+                f"{name} of {width}x{height} pixels becomes {shape[1]}x{shape[0]} at size {self.size}, below the "
+                f"smallest input of the engine's optimisation profile {self.min_size[1]}x{self.min_size[0]} "
+                f"({self.weights.name}); use a larger size or rebuild the engine with a smaller profile min"
+            )
+        return shape
+
+    def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, Letterbox]:
+        """Image as given -> ((H_in, W_in) float32 model input, its resize geometry)."""
+        gray = to_gray_float(image, name)
+        if not self.dynamic:
+            self.input_shape(*gray.shape, name=name)
+            return letterbox(gray, self.input_height, self.input_width, self.min_side)
+        self.input_shape(*gray.shape, name=name)  # the engine profile's limits
+        return resize_aspect_true(
+            gray, self.size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
+        )
 
     def __call__(self, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
-        input0, box0 = self.prepare(image0)
-        input1, box1 = self.prepare(image1)
+        input0, box0 = self.prepare(image0, "image0")
+        input1, box1 = self.prepare(image1, "image1")
         match_ids, match_conf, all_points0, all_points1 = self._run(input0, input1)
         keep = match_ids >= 0
         if self.threshold is not None:
@@ -465,22 +675,44 @@ class Matcher:
             return _empty_result()
         points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
         points1 = all_points1[idx0].astype(np.float64)
-        cells1 = self.grid[match_ids[idx0]]  # the coarse match: image1 cell centre
+        cells1 = self.input_grid(input1.shape).ids_to_pixels(_torch_ids(match_ids[idx0])).numpy()
         if not self.use_refinement:
-            points1 = cells1
+            points1 = cells1.astype(np.float64)
         inside = box0.in_content(points0) & box1.in_content(points1)
+        keypoints0, inside0 = _inside_image(box0.to_original(points0), box0)
+        keypoints1, inside1 = _inside_image(box1.to_original(points1), box1)
+        inside &= inside0 & inside1
         return {
-            "keypoints0": box0.to_original(points0[inside]).astype(np.float32),
-            "keypoints1": box1.to_original(points1[inside]).astype(np.float32),
+            "keypoints0": keypoints0[inside].astype(np.float32),
+            "keypoints1": keypoints1[inside].astype(np.float32),
             "confidence": match_conf[idx0][inside].astype(np.float32),
             "coarse_keypoints1": box1.to_original(cells1[inside]).astype(np.float32),
         }
 
     def __repr__(self) -> str:
-        return (
-            f"Matcher(weights={str(self.weights)!r}, backend={self.backend!r}, "
-            f"input={self.input_width}x{self.input_height}, stride={self.stride}, threshold={self.threshold})"
+        mode = (
+            f"aspect-true, long side {self.size}"
+            if self.dynamic
+            else f"static {self.input_width}x{self.input_height}, letterboxed"
         )
+        return (
+            f"Matcher(weights={str(self.weights)!r}, backend={self.backend!r}, {mode}, stride={self.stride}, "
+            f"threshold={self.threshold}, threads={self.num_threads})"
+        )
+
+
+def _torch_ids(ids: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.asarray(ids, np.int64))
+
+
+def _inside_image(points: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:
+    """Points of the image as given, clipped onto its pixel centres, and which of them lay on its area
+    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` (a refined position can reach past an edge; those are dropped)."""
+    size = np.array([box.orig_width, box.orig_height], np.float64)
+    on_image = ((points >= -0.5) & (points <= size - 0.5)).all(-1)
+    return np.clip(points, 0.0, size - 1.0), on_image
 
 
 class OpenCVMatcher:

@@ -168,7 +168,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         weights=args.weights,
         device=args.device,
         threshold=args.threshold,
-        num_threads=args.threads,
+        threads=args.threads,
+        size=args.size,
     )
     app = DemoApp(matcher)
     writer = None
@@ -247,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threshold", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: all cores for onnx, 1 for torch)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="long side frames are resized to, aspect kept (default 640)"
+    )
     parser.add_argument("--headless", action="store_true", help="no window: write --out and its timing")
     parser.add_argument("--out", type=Path, default=None, help="annotated video (.mp4) in headless mode")
     parser.add_argument("--reference-frame", type=int, default=0, help="index of the reference frame")

@@ -30,7 +30,8 @@ def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
         spec = OmegaConf.to_container(spec, resolve=True)
         backend = spec.pop("backend", "onnx")
         weights = spec.pop("weights", None)
-        spec.setdefault("num_threads", cfg.get("threads"))
+        if "threads" not in spec and "num_threads" not in spec:
+            spec["threads"] = cfg.get("threads")
         try:
             methods[name] = build_matcher(backend, weights=weights, **spec)
         except FileNotFoundError as err:

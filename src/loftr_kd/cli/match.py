@@ -115,7 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threshold", type=float, default=None, help="override the match-confidence threshold"
     )
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: all cores for onnx, 1 for torch, which slows down badly with more "
+        "threads while other programs use the CPU)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="long side the images are resized to, aspect kept (default: the model's, 640); not for "
+        "static ONNX/TensorRT files, which letterbox into their fixed input",
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default outputs/match/<img0>_<img1>)"
     )
@@ -136,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Match, estimate, write the outputs; returns the JSON record."""
     from loftr_kd.evaluation import estimate_homography
-    from loftr_kd.images import check_aspect, read_image, to_gray_float
+    from loftr_kd.images import read_image, to_gray_float
     from loftr_kd.matcher import build_matcher
     from loftr_kd.paths import OUTPUTS_DIR
     from loftr_kd.visualization import draw_matches
@@ -149,13 +162,11 @@ def run(args: argparse.Namespace) -> dict:
     image0, image1 = read_image(args.image0), read_image(args.image1)
     for path, image in ((args.image0, image0), (args.image1, image1)):
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
-    kwargs = {"device": args.device, "threshold": args.threshold, "num_threads": args.threads}
+    kwargs = {"device": args.device, "threshold": args.threshold, "threads": args.threads, "size": args.size}
     matcher = build_matcher(args.backend, weights=args.weights, **kwargs)
-    if hasattr(matcher, "input_height"):
+    if hasattr(matcher, "input_shape"):  # too small / too elongated: named with the file
         for path, image in ((args.image0, image0), (args.image1, image1)):
-            check_aspect(
-                *image.shape[:2], matcher.input_height, matcher.input_width, matcher.min_side, str(path)
-            )
+            matcher.input_shape(*image.shape[:2], name=str(path))
     result = matcher(image0, image1)
     k0, k1, conf = result["keypoints0"], result["keypoints1"], result["confidence"]
     homography, inliers = estimate_homography(k0, k1, method=args.ransac, threshold=args.ransac_threshold)

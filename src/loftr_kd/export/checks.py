@@ -185,6 +185,10 @@ CONDITIONAL_OPS: dict[str, str] = {
 }
 
 
+# Two runtimes agree on a refined match position when they differ by at most this (pixels).
+POINTS_ATOL_PX = 0.01
+
+
 class CheckError(RuntimeError):
     """Raised when an exported graph fails a check."""
 
@@ -216,16 +220,24 @@ class ParityResult:
     min_match_agreement: float
     # largest |points1| difference (px) over cells matched in both runtimes; None for older graphs
     points1_max_abs_diff_px: float | None = None
-    points_atol_px: float = 0.01
+    points_atol_px: float = POINTS_ATOL_PX
+    # fraction of those cells whose points1 agree within points_atol_px. The refinement's local
+    # expectation is centred on an ArgMax: where two window positions tie to float32 rounding, one
+    # runtime may pick the other and that one cell moves by a fine pixel or more, so the bar is a
+    # fraction (min_match_agreement), like match_ids, not the maximum.
+    points1_equal_fraction: float | None = None
 
     @property
     def ok(self) -> bool:
         diffs = [self.match_confidence_max_abs_diff]
         if self.confidence_max_abs_diff is not None:
             diffs.append(self.confidence_max_abs_diff)
-        points_ok = (
-            self.points1_max_abs_diff_px is None or self.points1_max_abs_diff_px <= self.points_atol_px
-        )
+        if self.points1_equal_fraction is not None:
+            points_ok = self.points1_equal_fraction >= self.min_match_agreement
+        else:
+            points_ok = (
+                self.points1_max_abs_diff_px is None or self.points1_max_abs_diff_px <= self.points_atol_px
+            )
         return (
             all(d <= self.atol for d in diffs)
             and self.match_ids_equal_fraction >= self.min_match_agreement
@@ -358,6 +370,7 @@ def check_parity(
     conf_diff = 0.0
     full_diff: float | None = 0.0 if "confidence" in output_names else None
     points_diff: float | None = 0.0 if "points1" in output_names else None
+    points_close = points_total = 0
     equal = total = n_torch = n_onnx = 0
     model = model.eval()
     for image0, image1 in pairs:
@@ -376,8 +389,10 @@ def check_parity(
         if points_diff is not None:
             both = (ids_ref >= 0) & (ids_got >= 0) & (ids_ref == ids_got)
             if both.any():
-                diff = np.abs(ref.points1.numpy() - got["points1"])[both]
+                diff = np.abs(ref.points1.numpy() - got["points1"])[both].max(-1)
                 points_diff = max(points_diff, float(diff.max()))
+                points_close += int((diff <= POINTS_ATOL_PX).sum())
+                points_total += int(diff.size)
         equal += int((ids_ref == ids_got).sum())
         total += ids_ref.size
         n_torch += int((ids_ref[0] >= 0).sum())
@@ -392,6 +407,7 @@ def check_parity(
         atol=atol,
         min_match_agreement=min_match_agreement,
         points1_max_abs_diff_px=points_diff,
+        points1_equal_fraction=points_close / points_total if points_total else None,
     )
 
 

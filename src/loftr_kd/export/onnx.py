@@ -8,9 +8,14 @@ Choices (see docs/deployment.md):
 - ``match_ids`` is exported as **int32**: TensorRT computes indices (ArgMax/TopK) in INT32 and before
   version 10 has no INT64 I/O at all, so int32 avoids a cast and a parser warning on every version.
   Consumers cast it back to int64 (the PyTorch contract); -1 still means "no match".
-- Shapes are static by default. ``dynamic=True`` makes the **batch** dimension dynamic only: the
-  student's position encoding is precomputed for one image size, so height/width stay fixed; export
-  another size by loading the checkpoint at that size (``load_student(..., input_height, input_width)``).
+- Shapes are static by default (what TensorRT on small devices wants). ``dynamic=True`` (or
+  ``"shape"``) makes batch, height and width dynamic: the position encoding is precomputed for the
+  model's maximum grid and sliced at run time, the grid arithmetic is traced from the input shapes, and the
+  two images get their own height and width (``height0/width0``, ``height1/width1``), so one file serves
+  every size that is a multiple of the coarse stride up to the model's ``max_height x max_width``; the
+  per-cell outputs then have ``cells0 = height0/s * width0/s`` entries. ``dynamic="batch"`` makes only the
+  batch dynamic (the earlier meaning of ``dynamic=True``). Every dynamic graph is run at sizes it was
+  not traced with before it is written, so a size baked in during tracing fails the export.
 - ``metadata_props`` carry ``student_config`` (JSON of ``StudentConfig``), ``loftr_kd_version``,
   the input size, stride and output dtypes, so a Matcher can rebuild cell geometry from the .onnx alone.
 """
@@ -19,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +35,40 @@ import torch
 from torch import nn
 
 from loftr_kd._version import __version__
+from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
+from loftr_kd.files import replacing
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 
 MATCH_IDS_DTYPE = "int32"
+# ``dynamic`` values: which input dims a graph leaves free.
+DYNAMIC_MODES = {False: (), "batch": ("batch",), "shape": ("batch", "height", "width")}
+
+
+def dynamic_mode(dynamic: bool | str | None) -> str | bool:
+    """Normalise ``dynamic`` (``False``/``None``, ``True`` = ``"shape"``, ``"batch"``, ``"shape"``)."""
+    if dynamic is None or dynamic is False:
+        return False
+    if dynamic is True:
+        return "shape"
+    if isinstance(dynamic, str) and dynamic.lower() in ("true", "false"):
+        return dynamic_mode(dynamic.lower() == "true")
+    if dynamic not in DYNAMIC_MODES:
+        raise ValueError(f"dynamic must be false, true (= 'shape') or 'batch', got {dynamic!r}")
+    return dynamic
+
+
+def dynamic_probe_sizes(height: int, width: int, stride: int, max_height: int, max_width: int):
+    """Sizes ``(h, w)`` a dynamic-shape graph is checked at besides the traced one: portrait/landscape
+    swapped and a wider aspect (3/4 of the height), clipped to the maximum and >= 5 cells a side."""
+
+    def fit(h: int, w: int) -> tuple[int, int]:
+        h = min(max(round(h / stride), 5) * stride, max_height)
+        w = min(max(round(w / stride), 5) * stride, max_width)
+        return int(h), int(w)
+
+    sizes = [fit(width, height), fit(height * 3 / 4, width)]
+    return [s for i, s in enumerate(sizes) if s != (height, width) and s not in sizes[:i]]
 
 
 class ExportError(RuntimeError):
@@ -93,7 +126,7 @@ def export_onnx(
     path: str | Path,
     *,
     batch: int = 1,
-    dynamic: bool = False,
+    dynamic: bool | str = False,
     opset: int = 17,
     with_confidence: bool = False,
     height: int | None = None,
@@ -107,7 +140,8 @@ def export_onnx(
         model: student (``forward(image0, image1) -> CoarseMatchOutput``); exported in eval mode on CPU.
         path: destination ``.onnx``.
         batch: batch size of the static graph (and of the example input when dynamic).
-        dynamic: dynamic **batch** dimension (height/width stay fixed, see module docstring).
+        dynamic: ``False`` (static), ``True``/``"shape"`` (batch, height and width dynamic) or ``"batch"``
+            (batch only); see the module docstring.
         opset: ONNX opset (17 by default; the dynamo exporter needs >= 18).
         with_confidence: also output the (B, L0, L1) confidence matrix (debugging; large).
         height, width: input size; default from the model's ``StudentConfig``.
@@ -129,6 +163,13 @@ def export_onnx(
     if exporter == "dynamo" and opset < 18:
         raise ValueError("the dynamo exporter writes opset >= 18; use exporter='torchscript' for opset 17")
 
+    dynamic = dynamic_mode(dynamic)
+    stride = int((config or {}).get("coarse_stride", 1) or 1)
+    max_height = int((config or {}).get("max_height", height))
+    max_width = int((config or {}).get("max_width", width))
+    if dynamic == "shape" and (height % stride or width % stride):
+        raise ValueError(f"export size {width}x{height} must be a multiple of the coarse stride {stride}")
+
     was_training = model.training
     model = model.eval()
     # RepVGG-style blocks (the `fast` backbone) are fused to plain convolutions on a copy; a no-op otherwise.
@@ -138,83 +179,142 @@ def export_onnx(
     ).eval()
     # A dynamic dim traced at size 1 gets specialised by torch.export (0/1 specialisation): trace at >= 2.
     example_batch = max(batch, 2) if dynamic else batch
-    example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, height, width))
+    size1 = (height, width)
+    if dynamic == "shape":
+        # image1 traced at another size: the pair takes the model's two-size paths, and any size taken
+        # from one image where the other's belongs shows up in the checks below
+        # (another number of cells too: the transformer stacks same-length pairs)
+        size1 = (dynamic_probe_sizes(height, width, stride, max_height, max_width) or [(height, width)])[-1]
+    example = (torch.rand(example_batch, 1, height, width), torch.rand(example_batch, 1, *size1))
     with torch.no_grad():
         probe = wrapper(*example)
     output_names = [*OUTPUT_NAMES[: len(probe) - int(with_confidence)]] + (
         ["confidence"] if with_confidence else []
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        kwargs: dict[str, Any] = dict(
-            input_names=["image0", "image1"], output_names=output_names, opset_version=opset
-        )
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            if exporter == "torchscript":
-                if dynamic:
-                    kwargs["dynamic_axes"] = {
-                        name: {0: "batch"} for name in ["image0", "image1", *output_names]
-                    }
-                torch.onnx.export(
-                    wrapper, example, str(tmp), dynamo=False, do_constant_folding=True, **kwargs
-                )
-            else:
-                if dynamic:
-                    b = torch.export.Dim("batch", min=1, max=64)
-                    kwargs["dynamic_shapes"] = {"image0": {0: b}, "image1": {0: b}}
-                torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
-        proto = onnx.load(str(tmp))
-        if not dynamic:
-            _declare_static_output_shapes(proto, probe)
-        metadata = {
-            "producer": "loftr_kd.export.onnx",
-            "loftr_kd_version": __version__,
-            "student_config": json.dumps(config) if config is not None else "",
-            "input_height": str(height),
-            "input_width": str(width),
-            "batch": "dynamic" if dynamic else str(batch),
-            "dynamic_axes": "batch" if dynamic else "",
-            "coarse_stride": str((config or {}).get("coarse_stride", "")),
-            "refine": str((config or {}).get("refine", "none")),
-            "refine_window": json.dumps(_window_metadata(config)),
-            "match_ids_dtype": MATCH_IDS_DTYPE,
-            "outputs": ",".join(output_names),
-        }
-        for key, value in (extra_metadata or {}).items():
-            metadata[key] = value if isinstance(value, str) else json.dumps(value)
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            proto.metadata_props.add(key=key, value=value)
-        proto.producer_name = "loftr_kd"
-        proto.producer_version = __version__
-        onnx.save(proto, str(tmp))
-        if dynamic:
-            _verify_dynamic_batch(tmp, example_batch + 1, height, width)
-        os.replace(tmp, path)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
+        with replacing(path, suffix=".tmp.onnx") as tmp:  # readers never see a half-written graph
+            kwargs: dict[str, Any] = dict(
+                input_names=["image0", "image1"], output_names=output_names, opset_version=opset
+            )
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+                if exporter == "torchscript":
+                    if dynamic:
+                        kwargs["dynamic_axes"] = _dynamic_axes(dynamic, output_names)
+                    torch.onnx.export(
+                        wrapper, example, str(tmp), dynamo=False, do_constant_folding=True, **kwargs
+                    )
+                else:
+                    if dynamic:
+                        b = torch.export.Dim("batch", min=1, max=64)
+                        shapes = {"image0": {0: b}, "image1": {0: b}}
+                        if dynamic == "shape":
+                            for i, name in enumerate(("image0", "image1")):
+                                shapes[name][2] = stride * torch.export.Dim(
+                                    f"rows{i}", min=2, max=max_height // stride
+                                )
+                                shapes[name][3] = stride * torch.export.Dim(
+                                    f"cols{i}", min=2, max=max_width // stride
+                                )
+                        kwargs["dynamic_shapes"] = shapes
+                    torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
+            proto = onnx.load(str(tmp))
+            _declare_output_shapes(proto, probe, kwargs.get("dynamic_axes", {}) if dynamic else None)
+            metadata = {
+                "producer": "loftr_kd.export.onnx",
+                "loftr_kd_version": __version__,
+                "student_config": json.dumps(config) if config is not None else "",
+                "input_height": str(height),
+                "input_width": str(width),
+                "batch": "dynamic" if dynamic else str(batch),
+                "dynamic_axes": ",".join(DYNAMIC_MODES[dynamic]),
+                # a dynamic-shape graph takes any multiple of size_multiple up to max_height x max_width
+                "size_multiple": str(stride) if dynamic == "shape" else "",
+                "max_height": str(max_height if dynamic == "shape" else height),
+                "max_width": str(max_width if dynamic == "shape" else width),
+                "coarse_stride": str((config or {}).get("coarse_stride", "")),
+                "refine": str((config or {}).get("refine", "none")),
+                "refine_window": json.dumps(_window_metadata(config)),
+                "match_ids_dtype": MATCH_IDS_DTYPE,
+                "outputs": ",".join(output_names),
+            }
+            for key, value in (extra_metadata or {}).items():
+                metadata[key] = value if isinstance(value, str) else json.dumps(value)
+            del proto.metadata_props[:]
+            for key, value in metadata.items():
+                proto.metadata_props.add(key=key, value=value)
+            proto.producer_name = "loftr_kd"
+            proto.producer_version = __version__
+            onnx.save(proto, str(tmp))
+            if dynamic == "batch":
+                _verify_dynamic_batch(tmp, example_batch + 1, height, width)
+            elif dynamic == "shape":
+                sizes = [(height, width), *dynamic_probe_sizes(height, width, stride, max_height, max_width)]
+                _verify_dynamic_shape(tmp, example_batch + 1, sizes, stride)
     finally:
         model.train(was_training)
     return path
 
 
-def _declare_static_output_shapes(proto: onnx.ModelProto, outputs: tuple[torch.Tensor, ...]) -> None:
-    """Write the traced outputs' sizes (``outputs``: the wrapper run on the example) into the graph's
-    output types.
+def _dynamic_axes(dynamic: str, output_names: list[str]) -> dict[str, dict[int, str]]:
+    """``dynamic_axes`` of the TorchScript exporter: batch, and per image its height and width."""
+    if dynamic == "batch":
+        return {name: {0: "batch"} for name in ["image0", "image1", *output_names]}
+    axes: dict[str, dict[int, str]] = {
+        "image0": {0: "batch", 2: "height0", 3: "width0"},
+        "image1": {0: "batch", 2: "height1", 3: "width1"},
+    }
+    for name in output_names:
+        axes[name] = {0: "batch", 1: "cells0"}
+    if "confidence" in output_names:
+        axes["confidence"] = {0: "batch", 1: "cells0", 2: "cells1"}
+    return axes
 
-    The tracer leaves a symbolic batch dim on outputs computed through reshapes of runtime shapes (the
-    refinement's gathers); the sizes are fixed, and TensorRT and users reading the graph should see so.
+
+def _verify_dynamic_shape(path: Path, batch: int, sizes: list[tuple[int, int]], stride: int) -> None:
+    """Run a dynamic-shape graph on pairs of sizes it was not traced with (image0 and image1 differing);
+    a size baked in during tracing fails here, or gives outputs of the wrong number of cells."""
+    session = checks.ort_session(path, threads=1)
+    for (h0, w0), (h1, w1) in zip(sizes, sizes[1:] + sizes[:1]):
+        feed = {
+            "image0": np.zeros((batch, 1, h0, w0), np.float32),
+            "image1": np.zeros((batch, 1, h1, w1), np.float32),
+        }
+        try:
+            outputs = session.run(None, feed)
+        except Exception as e:
+            raise ExportError(
+                f"the dynamic-shape graph does not run on a {w0}x{h0} / {w1}x{h1} pair at batch {batch}: a size "
+                f"was baked in during tracing. onnxruntime: {str(e).splitlines()[0][:300]}"
+            ) from e
+        cells = (h0 // stride) * (w0 // stride)
+        if any(o.shape[:2] != (batch, cells) for o in outputs):
+            raise ExportError(
+                f"the dynamic-shape graph returned {[o.shape for o in outputs]} for a {w0}x{h0} image0 at batch "
+                f"{batch}; expected ({batch}, {cells}, ...)"
+            )
+
+
+def _declare_output_shapes(
+    proto: onnx.ModelProto, outputs: tuple[torch.Tensor, ...], dynamic_axes: dict[str, dict[int, str]] | None
+) -> None:
+    """Write the output sizes into the graph's output types (``outputs``: the wrapper run on the example):
+    the traced size of every fixed dim, the axis name of every dynamic one (``dynamic_axes``; ``None`` for a
+    static graph).
+
+    The tracer leaves symbolic dims on outputs computed through reshapes of runtime shapes (the
+    refinement's gathers) and names others after the op that made them; TensorRT and users reading the
+    graph should see which dims are fixed and what the free ones mean.
     """
     for value, tensor in zip(proto.graph.output, outputs):
+        free = (dynamic_axes or {}).get(value.name, {})
         dims = value.type.tensor_type.shape.dim
-        for dim, size in zip(dims, tensor.shape):
+        for axis, (dim, size) in enumerate(zip(dims, tensor.shape)):
             dim.Clear()
-            dim.dim_value = int(size)
+            if axis in free:
+                dim.dim_param = free[axis]
+            else:
+                dim.dim_value = int(size)
 
 
 def _window_metadata(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -241,6 +341,23 @@ def _verify_dynamic_batch(path: Path, batch: int, height: int, width: int) -> No
         ) from e
     if any(o.shape[0] != batch for o in outputs):
         raise ExportError(f"the dynamic-batch graph returned outputs of the wrong batch for batch {batch}")
+
+
+def _probe(config, height: int, width: int) -> list[tuple[int, int]]:
+    return dynamic_probe_sizes(height, width, config.coarse_stride, config.max_height, config.max_width)
+
+
+def _other_size_pairs(config, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Photo pairs with a known warp at the probe sizes, and one pair of two different sizes."""
+    import cv2
+
+    pairs = []
+    for i, (h, w) in enumerate(_probe(config, height, width)):
+        pairs += [(a, b) for a, b, _ in real_image_pairs(h, w, 2, seed=10 + i)]
+    (a, b, _), size = real_image_pairs(height, width, 1, seed=20)[0], _probe(config, height, width)
+    if size:
+        b = cv2.resize(b, (size[-1][1], size[-1][0]), interpolation=cv2.INTER_AREA)
+    return pairs + [(a, b)]
 
 
 @dataclass
@@ -278,7 +395,7 @@ def export_student(
     height: int,
     width: int,
     batch: int = 1,
-    dynamic: bool = False,
+    dynamic: bool | str = False,
     opset: int = 17,
     parity_pairs=None,
     with_confidence: bool = False,
@@ -301,6 +418,8 @@ def export_student(
         batch, dynamic, opset, with_confidence: see ``export_onnx``.
         parity_pairs: image pairs ``(image0, image1, ...)`` at the export size ((H,W) or (1,H,W) arrays
             or tensors in [0, 1]); default: 4 real photos with a known warp (``loftr_kd.data.homography.real_image_pairs``).
+            A dynamic-shape graph is also compared at the other sizes of :func:`dynamic_probe_sizes`
+            (portrait/landscape swapped, a wider aspect) and on a pair whose two images differ in size.
         atol, min_match_agreement: parity tolerances (see ``checks.check_parity``).
         strict: raise ``ExportError`` when an op or parity check fails (else only report it).
         name: file stem; default ``student_{height}x{width}``.
@@ -344,12 +463,13 @@ def export_student(
         raise ExportError(f"ONNX export of {checkpoint} failed: {type(e).__name__}: {e}") from e
 
     errors: list[str] = []
+    dynamic = dynamic_mode(dynamic)
     report: dict[str, Any] = {
         "onnx_path": str(onnx_path),
         "checkpoint": str(checkpoint),
         "loftr_kd_version": __version__,
         "opset": opset,
-        "dynamic": "batch" if dynamic else False,
+        "dynamic": ",".join(DYNAMIC_MODES[dynamic]) if dynamic else False,
         "batch": batch,
         "height": height,
         "width": width,
@@ -372,13 +492,21 @@ def export_student(
         errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
     try:
         if parity_pairs is None or len(parity_pairs) == 0:
-            from loftr_kd.data.homography import real_image_pairs
-
             pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, 4)]
             report["parity_pairs_source"] = "scikit-image photos with a random homography"
         else:
             pairs = _as_pairs(parity_pairs, height, width)
             report["parity_pairs_source"] = "given pairs, resized to the export size where needed"
+        if dynamic == "shape":
+            pairs += _other_size_pairs(model.config, height, width)
+            report["parity_pairs_source"] += (
+                "; dynamic shape: also photo pairs at "
+                + ", ".join(f"{w}x{h}" for h, w in _probe(model.config, height, width))
+                + " and one pair whose images differ in size"
+            )
+        report["parity_sizes"] = sorted(
+            {f"{a.shape[1]}x{a.shape[0]} / {b.shape[1]}x{b.shape[0]}" for a, b in pairs}
+        )
         parity = checks.check_parity(
             model, onnx_path, pairs, atol=atol, min_match_agreement=min_match_agreement, batch=batch
         )
@@ -388,7 +516,8 @@ def export_student(
                 f"onnxruntime/PyTorch parity failed: match_confidence max diff "
                 f"{parity.match_confidence_max_abs_diff:.2e} (atol {atol}), match_ids equal "
                 f"{parity.match_ids_equal_fraction:.4f} (min {min_match_agreement}), points1 max diff "
-                f"{parity.points1_max_abs_diff_px} px (atol {parity.points_atol_px})"
+                f"{parity.points1_max_abs_diff_px} px, within {parity.points_atol_px} px "
+                f"{parity.points1_equal_fraction} (min {min_match_agreement})"
             )
     except Exception as e:
         errors.append(f"parity check could not run: {type(e).__name__}: {e}")

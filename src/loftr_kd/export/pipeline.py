@@ -33,6 +33,9 @@ class TensorRTSettings:
     enabled: bool = True  # skipped with one line when tensorrt or a CUDA GPU is missing
     fp16: bool = True
     workspace_mb: int = 1024
+    # Optimisation profile of a dynamic-shape file: {"min": [h, w], "opt": [h, w], "max": [h, w],
+    # "max_batch": n}; checked (against the file) by the engine build. None: TensorRT's default profile.
+    profile: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.workspace_mb < 1:
@@ -47,7 +50,7 @@ class ExportSettings:
     height: int = 480
     width: int = 640
     batch: int = 1
-    dynamic: bool = False
+    dynamic: bool | str = False  # False: static; True: batch, height and width; "batch": batch only
     opset: int = 17
     with_confidence: bool = False
     parity_pairs: int = 4
@@ -68,6 +71,8 @@ class ExportSettings:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.parity_pairs < 0:
             raise ValueError(f"parity_pairs must be >= 0, got {self.parity_pairs}")
+        if self.dynamic not in (False, True, "batch"):
+            raise ValueError(f"dynamic must be false, true or batch, got {self.dynamic!r}")
         if not 0.0 <= self.min_match_agreement <= 1.0:
             raise ValueError(f"min_match_agreement must be in [0, 1], got {self.min_match_agreement}")
 
@@ -168,7 +173,13 @@ def _engine(onnx_path: Path, settings: TensorRTSettings, say: Callable[[str], No
 
     engine_path = onnx_path.with_suffix(".fp16.engine" if settings.fp16 else ".fp32.engine")
     try:
-        build_engine(onnx_path, engine_path, fp16=settings.fp16, workspace_mb=settings.workspace_mb)
+        build_engine(
+            onnx_path,
+            engine_path,
+            fp16=settings.fp16,
+            workspace_mb=settings.workspace_mb,
+            shape_profile=dict(settings.profile) if settings.profile else None,
+        )
     except TensorRTUnavailable as why:
         say(f"TensorRT: engine build skipped: {why.reason}")
         return {"engine_skipped": why.reason}

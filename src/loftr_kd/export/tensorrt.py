@@ -55,19 +55,83 @@ def _shape_str(shape: Shape) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def default_profiles(onnx_path: str | Path, *, max_batch: int = 8) -> list[dict[str, tuple]] | None:
-    """One profile (batch 1..max_batch, opt 1) for a dynamic-batch graph; None for a static one."""
+def default_profiles(
+    onnx_path: str | Path, *, max_batch: int = 8, settings: Mapping[str, Any] | None = None
+) -> list[dict[str, tuple]] | None:
+    """The optimisation profile of a graph: ``None`` for a static one; batch 1..``max_batch`` (opt 1) for
+    a dynamic-batch one; for a dynamic-shape one, ``settings`` (:func:`shape_profile`'s arguments:
+    ``min``/``opt``/``max`` ``(height, width)`` and optionally ``max_batch``), required there.
+
+    Raises:
+        ValueError: a dynamic-shape graph without ``settings``, or a profile it cannot take.
+    """
     inputs = io_shapes(onnx_path)["inputs"]
+    dynamic = {name: info["shape"] for name, info in inputs.items() if not _static(info["shape"])}
+    if not dynamic:
+        return None
+    if any(not _static(dims[1:]) for dims in dynamic.values()):
+        if not settings:
+            raise ValueError(
+                f"{onnx_path} has dynamic height and width: give the TensorRT optimisation profile "
+                "(tensorrt.profile.min/opt/max as [height, width] in conf/export.yaml, or profiles=)"
+            )
+        settings = dict(settings)
+        return [
+            shape_profile(
+                onnx_path,
+                settings["min"],
+                settings["opt"],
+                settings["max"],
+                max_batch=int(settings.get("max_batch", 1) or 1),
+            )
+        ]
     profile = {}
-    for name, info in inputs.items():
-        dims = info["shape"]
-        if all(isinstance(d, int) and d > 0 for d in dims):
-            continue
-        if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
-            raise ValueError(f"input {name} has dynamic dims beyond batch {dims}: pass profiles= explicitly")
+    for name, dims in dynamic.items():
         rest = [int(d) for d in dims[1:]]
         profile[name] = ((1, *rest), (1, *rest), (max_batch, *rest))
-    return [profile] if profile else None
+    return [profile]
+
+
+def _static(dims: Sequence[Any]) -> bool:
+    return all(isinstance(d, int) and d > 0 for d in dims)
+
+
+def shape_profile(
+    onnx_path: str | Path, min_size: Shape, opt_size: Shape, max_size: Shape, *, max_batch: int = 1
+) -> dict[str, tuple]:
+    """A TensorRT profile for a dynamic-shape student graph: both images from ``min_size`` to ``max_size``
+    ``(height, width)``, tuned for ``opt_size``, batch 1..``max_batch`` (opt 1).
+
+    Every size must be a multiple of the graph's coarse stride (its ``size_multiple`` metadata), within its
+    ``max_height x max_width`` and ordered ``min <= opt <= max`` per axis; otherwise ``ValueError`` says which.
+    """
+    meta = read_metadata(onnx_path)
+    multiple = int(meta.get("size_multiple") or meta.get("coarse_stride") or 1)
+    limit = (int(meta.get("max_height") or 1 << 30), int(meta.get("max_width") or 1 << 30))
+    sizes = {
+        "min": tuple(map(int, min_size)),
+        "opt": tuple(map(int, opt_size)),
+        "max": tuple(map(int, max_size)),
+    }
+    for key, (h, w) in sizes.items():
+        if h % multiple or w % multiple or min(h, w) < 2 * multiple:
+            raise ValueError(
+                f"TensorRT profile {key} size {h}x{w} (height x width) must be multiples of the coarse stride "
+                f"{multiple} and at least two cells ({2 * multiple} px) per side"
+            )
+        if h > limit[0] or w > limit[1]:
+            raise ValueError(
+                f"TensorRT profile {key} size {h}x{w} exceeds the graph's maximum {limit[0]}x{limit[1]} "
+                f"(height x width; {onnx_path})"
+            )
+    if not all(sizes["min"][i] <= sizes["opt"][i] <= sizes["max"][i] for i in range(2)):
+        raise ValueError(f"TensorRT profile sizes must satisfy min <= opt <= max per axis, got {sizes}")
+    if max_batch < 1:
+        raise ValueError(f"TensorRT profile max_batch must be >= 1, got {max_batch}")
+    names = list(io_shapes(onnx_path)["inputs"])
+    return {
+        name: ((1, 1, *sizes["min"]), (1, 1, *sizes["opt"]), (max_batch, 1, *sizes["max"])) for name in names
+    }
 
 
 def trtexec_command(
@@ -103,6 +167,7 @@ def build_engine(
     fp16: bool = True,
     workspace_mb: int = 1024,
     profiles: Sequence[Profile] | None = None,
+    shape_profile: Mapping[str, Any] | None = None,
     verbose: bool = False,
 ) -> Path:
     """Build and save a TensorRT engine from an ONNX file, with a sidecar metadata JSON.
@@ -112,8 +177,11 @@ def build_engine(
         engine_path: destination (``.engine``); metadata goes to ``<engine_path>.json``.
         fp16: allow fp16 kernels (``BuilderFlag.FP16``); fp32 otherwise.
         workspace_mb: ``MemoryPoolType.WORKSPACE`` limit.
-        profiles: optimisation profiles for dynamic inputs (input -> (min, opt, max)); default: batch
-            1..8 for a dynamic-batch graph, none for a static one.
+        profiles: optimisation profiles for dynamic inputs (input -> (min, opt, max)); default
+            (:func:`default_profiles`): none for a static graph, batch 1..8 for a dynamic-batch one,
+            ``shape_profile`` for a dynamic-shape one.
+        shape_profile: ``{"min": [h, w], "opt": [h, w], "max": [h, w], "max_batch": n}`` for a
+            dynamic-shape graph (``tensorrt.profile`` in conf/export.yaml).
 
     Returns:
         ``engine_path``. Prints the equivalent ``trtexec`` line.
@@ -121,13 +189,14 @@ def build_engine(
     Raises:
         TensorRTUnavailable: no ``tensorrt`` or no CUDA GPU.
         RuntimeError: the parser or the builder failed (parser errors included).
+        ValueError: the profile does not fit the graph (checked before TensorRT is needed).
     """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if profiles is None:
+        profiles = default_profiles(onnx_path, settings=shape_profile)
     trt = require_tensorrt()
     import torch
 
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    if profiles is None:
-        profiles = default_profiles(onnx_path)
     command = trtexec_command(onnx_path, engine_path, fp16=fp16, workspace_mb=workspace_mb, profiles=profiles)
     print(f"equivalent trtexec command: {command}")
 

@@ -138,8 +138,8 @@ def mutual_nearest_matches(
 class CoarseMatching(nn.Module):
     """Similarity, dual-softmax confidence and fixed-shape matches from coarse features.
 
-    The border mask for the configured grid is a non-persistent buffer (not in checkpoints); other grid
-    sizes get masks computed on the fly.
+    The border mask is derived from each call's grids (cheap integer arithmetic, folded to a constant in
+    a static export and computed at run time in a dynamic-shape one).
 
     Args:
         height: coarse grid height ``h`` of the configured input.
@@ -157,14 +157,12 @@ class CoarseMatching(nn.Module):
         self.threshold = threshold
         self.border_removal = border_removal
         self.grid = (height, width)
-        self.register_buffer("valid", border_mask(height, width, border_removal), persistent=False)
 
     def _valid(self, grid: CoarseGrid | tuple[int, int], reference: torch.Tensor) -> torch.Tensor:
-        """Border mask ``(h*w,)`` for a grid: the buffer when it is the configured one."""
-        shape = grid.shape if isinstance(grid, CoarseGrid) else tuple(grid)
-        if shape == self.grid:
-            return self.valid
-        return border_mask(shape[0], shape[1], self.border_removal).to(reference.device)
+        """Border mask ``(h*w,)`` of a grid, on ``reference``'s device."""
+        if not isinstance(grid, CoarseGrid):
+            grid = CoarseGrid(1, *grid)
+        return grid.border_mask(self.border_removal, device=reference.device)
 
     def forward(
         self,

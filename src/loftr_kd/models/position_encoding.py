@@ -41,37 +41,50 @@ def sine_position_encoding(d_model: int, height: int, width: int, temp_bug_fix: 
 
 
 class PositionEncodingSine(nn.Module):
-    """Adds LoFTR's sine position encoding, precomputed for a fixed coarse grid.
+    """Adds LoFTR's sine position encoding, precomputed once for a maximum coarse grid and sliced to the
+    input's grid, as LoFTR's ``PositionEncodingSine(max_shape=...)`` does.
 
-    The table is a non-persistent buffer: it is not stored in checkpoints, so the same weights load
-    into a model built for any input size. A feature map of another size gets an encoding computed on
-    the fly (same values as LoFTR's sliced table); exported graphs use the precomputed one.
+    The encoding at ``(r, c)`` does not depend on the grid size, so the slice equals the encoding computed
+    for the input's grid exactly (bit for bit): one model serves every size up to the maximum. The table
+    is a non-persistent buffer: it is not stored in checkpoints, so the same weights load into a model
+    built for any maximum. An exported graph with dynamic height and width slices it at run time.
 
     Args:
         d_model: number of channels, a multiple of 4.
-        height: coarse grid height ``h``.
-        width: coarse grid width ``w``.
+        max_height: largest coarse grid height ``h``.
+        max_width: largest coarse grid width ``w``.
         temp_bug_fix: see :func:`sine_position_encoding`.
     """
 
-    def __init__(self, d_model: int, height: int, width: int, temp_bug_fix: bool = True) -> None:
+    def __init__(self, d_model: int, max_height: int, max_width: int, temp_bug_fix: bool = True) -> None:
         super().__init__()
         self.d_model = d_model
         self.temp_bug_fix = temp_bug_fix
         self.register_buffer(
-            "pe", sine_position_encoding(d_model, height, width, temp_bug_fix), persistent=False
+            "pe", sine_position_encoding(d_model, max_height, max_width, temp_bug_fix), persistent=False
         )
+
+    @property
+    def max_grid(self) -> tuple[int, int]:
+        """``(h, w)`` of the largest grid the table covers."""
+        return int(self.pe.shape[2]), int(self.pe.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Add the encoding.
 
         Args:
-            x: features ``(B, C, h, w)``.
+            x: features ``(B, C, h, w)`` with ``h, w`` at most :attr:`max_grid`.
 
         Returns:
-            ``x + pe`` with shape ``(B, C, h, w)``.
+            ``x + pe[:, :, :h, :w]`` with shape ``(B, C, h, w)``.
+
+        Raises:
+            ValueError: the grid is larger than the precomputed table.
         """
-        pe = self.pe
-        if tuple(x.shape[2:]) != tuple(pe.shape[2:]):
-            pe = sine_position_encoding(self.d_model, x.shape[2], x.shape[3], self.temp_bug_fix)
-        return x + pe.to(device=x.device, dtype=x.dtype)
+        h, w = x.shape[2], x.shape[3]
+        if h > self.pe.shape[2] or w > self.pe.shape[3]:
+            raise ValueError(
+                f"coarse grid {int(h)}x{int(w)} exceeds the position encoding's maximum grid "
+                f"{self.max_grid[0]}x{self.max_grid[1]}; build the model with a larger max_height/max_width"
+            )
+        return x + self.pe[:, :, :h, :w].to(dtype=x.dtype)

@@ -47,8 +47,9 @@ class StudentConfig:
     """Sizes of the coarse student (defaults: the published Coarse_LoFTR_TRT student's sizes).
 
     Attributes:
-        input_height: image height ``H`` the model is built for (position encoding, border mask).
-        input_width: image width ``W``.
+        input_height: default image height ``H`` (export size, the Matcher's default long side); the model
+            takes any size that is a multiple of ``coarse_stride`` up to ``max_height x max_width``.
+        input_width: default image width ``W``.
         backbone: backbone type (``'resnet_fpn'``: LoFTR's ResNet-FPN trimmed to the coarse output).
         coarse_stride: coarse grid stride ``s`` (8 or 16); grid is ``H/s x W/s``.
         initial_dim: backbone stem channels.
@@ -79,6 +80,10 @@ class StudentConfig:
         refine_local: side of the neighbourhood of the heatmap's peak whose expectation is the refined
             position (odd; ``0`` = the whole window, LoFTR's expectation).
         refine_head: fine descriptor head, ``'conv'`` (full 3x3) or ``'separable'`` (depthwise 3x3 + 1x1).
+        max_height: largest image height the model takes (its position encoding is precomputed for the
+            grid ``max_height/s x max_width/s`` once and sliced to each input's grid, as LoFTR does);
+            larger images are an error. Not stored in the weights: load with another value freely.
+        max_width: largest image width.
     """
 
     input_height: int = 480
@@ -104,6 +109,8 @@ class StudentConfig:
     refine_hidden: int = 64
     refine_local: int = 3
     refine_head: str = "conv"
+    max_height: int = 2048
+    max_width: int = 2048
 
     def __post_init__(self) -> None:
         for name in ("block_dims", "block_depths", "layer_names"):  # frozen: tuples keep it hashable
@@ -117,6 +124,13 @@ class StudentConfig:
             if size < self.coarse_stride or size % self.coarse_stride != 0:
                 raise ValueError(
                     f"{name}={size} must be a positive multiple of coarse_stride={self.coarse_stride}"
+                )
+        for name, size in (("max_height", self.input_height), ("max_width", self.input_width)):
+            limit = getattr(self, name)
+            if limit % self.coarse_stride or limit < size:
+                raise ValueError(
+                    f"{name}={limit} must be a multiple of coarse_stride={self.coarse_stride} and at least "
+                    f"the input size {size}"
                 )
         if self.d_model < 4 or self.d_model % 4 != 0:
             raise ValueError(f"d_model must be a positive multiple of 4 (sine encoding), got {self.d_model}")
@@ -199,7 +213,10 @@ class CoarseLoFTRStudent(nn.Module):
             keep_unused_fpn=config.keep_unused_fpn,
             block_depths=config.block_depths,
         )
-        self.pos_encoding = PositionEncodingSine(config.d_model, h, w, temp_bug_fix=config.pe_temp_bug_fix)
+        max_grid = CoarseGrid.for_image(config.max_height, config.max_width, config.coarse_stride)
+        self.pos_encoding = PositionEncodingSine(
+            config.d_model, max_grid.height, max_grid.width, temp_bug_fix=config.pe_temp_bug_fix
+        )
         self.loftr_coarse = LocalFeatureTransformer(
             config.d_model, config.nhead, config.layer_names, d_ffn=config.d_ffn
         )
@@ -233,6 +250,12 @@ class CoarseLoFTRStudent(nn.Module):
                 raise ValueError(
                     f"{name} size {tuple(image.shape[2:])} must be divisible by coarse_stride {stride}"
                 )
+            if image.shape[2] > self.config.max_height or image.shape[3] > self.config.max_width:
+                raise ValueError(
+                    f"{name} of {int(image.shape[3])}x{int(image.shape[2])} pixels is larger than the model's "
+                    f"maximum {self.config.max_width}x{self.config.max_height} (StudentConfig max_width/"
+                    f"max_height); resize it or load the student with larger max_height/max_width"
+                )
         if image0.shape[0] != image1.shape[0]:
             raise ValueError(f"batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
 
@@ -258,7 +281,8 @@ class CoarseLoFTRStudent(nn.Module):
 
         Args:
             image0: ``(B, 1, H0, W0)`` float in [0, 1].
-            image1: ``(B, 1, H1, W1)`` float in [0, 1]; normally the configured size, like ``image0``.
+            image1: ``(B, 1, H1, W1)`` float in [0, 1]; any multiple of the stride up to the maximum, like
+                ``image0`` (the two may differ).
 
         Returns:
             :class:`CoarseMatchOutput` with ``L0 = H0/s * W0/s`` and ``L1 = H1/s * W1/s``, every field set.
@@ -309,7 +333,7 @@ class CoarseLoFTRStudent(nn.Module):
         h, w = cfg.grid
         lines = [
             f"CoarseLoFTRStudent: input {cfg.input_height}x{cfg.input_width}, stride {cfg.coarse_stride} "
-            f"-> grid {h}x{w} ({h * w} cells)",
+            f"-> grid {h}x{w} ({h * w} cells); any size up to {cfg.max_height}x{cfg.max_width}",
             f"  backbone     {cfg.backbone}: initial_dim {cfg.initial_dim}, block_dims {list(cfg.block_dims)}"
             + (" (+ unused published FPN layers, frozen)" if cfg.keep_unused_fpn else ""),
             f"  transformer  d_model {cfg.d_model}, d_ffn {cfg.d_ffn}, nhead {cfg.nhead}, "
@@ -444,6 +468,10 @@ def load_student(
         values["input_height"] = input_height
     if input_width is not None:
         values["input_width"] = input_width
+    for side in ("height", "width"):  # an input size above the stored maximum raises the maximum
+        default = StudentConfig.__dataclass_fields__[f"max_{side}"].default
+        size = values.get(f"input_{side}", 0)
+        values[f"max_{side}"] = max(int(values.get(f"max_{side}", default)), int(size or 0))
     config = StudentConfig.from_dict(values)
 
     state_dict = checkpoint["state_dict"]
