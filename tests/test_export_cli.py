@@ -1,4 +1,4 @@
-"""loftr-kd-export config and entry point (loftr_kd.export.cli)."""
+"""loftr-kd-export config and entry point (loftr_kd.cli.export)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
+from loftr_kd.cli.export import run_export
 from loftr_kd.config import CONFIG_DIR
-from loftr_kd.export.cli import run_export
 from loftr_kd.export.onnx import ExportError
 from loftr_kd.models.student import build_student, save_student
 

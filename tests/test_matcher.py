@@ -323,7 +323,7 @@ def test_a_refining_student_returns_sub_pixel_positions_in_original_pixels(tmp_p
 
 def test_one_backend_vocabulary_both_spellings():
     """The Matcher and the benchmark accept each other's backend names (loftr_kd.runtime)."""
-    from loftr_kd.bench import BenchSettings
+    from loftr_kd.cli.bench import BenchSettings
     from loftr_kd.runtime import bench_backend, matcher_backend
 
     assert [matcher_backend(b) for b in ("onnxruntime", "tensorrt-fp16", "torch", "onnx")] == [
