@@ -377,14 +377,15 @@ def check_output_dir(output_dir: Path) -> None:
         )
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | list[float] | None:
     """Train a student as configured; return the optimised metric (for sweepers).
 
     Args:
         cfg: composed ``conf/train.yaml``.
 
     Returns:
-        The best value of ``cfg.optimized_metric`` (``None`` if it was never logged).
+        The best value of ``cfg.optimized_metric`` (``None`` if it was never logged); in a student search
+        (``cfg.search``) the trial's objective (:func:`loftr_kd.search.finish_trial`).
     """
     register_resolvers()
     # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
@@ -403,8 +404,17 @@ def train(cfg: DictConfig) -> float | None:
         OmegaConf.to_yaml(OmegaConf.create(resolved), resolve=True)
     )
 
+    trial = None
+    if cfg.get("search"):
+        # Student search (hparams_search=student_latency): measure the untrained student's latency first
+        # and stop here, before any data is loaded, when it is over the budget (loftr_kd.search).
+        from loftr_kd.search import begin_trial
+
+        trial = begin_trial(cfg, output_dir)
+        if trial.done is not None:
+            return trial.done
     datamodule = hydra.utils.instantiate(cfg.data)
-    student = hydra.utils.instantiate(cfg.student)
+    student = trial.student if trial is not None else hydra.utils.instantiate(cfg.student)
     _say(f"Student: {count_parameters(student):,} parameters — {student.config}")
     if cfg.get("init_weights"):
         # Fine-tuning: start from trained weights (a fresh run: new optimizer, epochs from 0).
@@ -425,10 +435,15 @@ def train(cfg: DictConfig) -> float | None:
     )
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
-    if cfg.get("validate_before_training") and not ckpt_path:
-        results = trainer.validate(model, datamodule=datamodule, verbose=False)
-        start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        if cfg.get("validate_before_training") and not ckpt_path:
+            results = trainer.validate(model, datamodule=datamodule, verbose=False)
+            start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except Exception as error:
+        if trial is not None:
+            trial.fail(error)  # the search's report lists it with the reason
+        raise
 
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
@@ -459,11 +474,16 @@ def train(cfg: DictConfig) -> float | None:
                 f"Learning: {metric_name} {start[metric_name]:.3f} before training -> {best_score:.3f} best ({best})."
             )
         _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
-    return best_score if best_score is not None else metrics.get(metric_name)
+    score = best_score if best_score is not None else metrics.get(metric_name)
+    if trial is not None:
+        from loftr_kd.search import finish_trial
+
+        return finish_trial(trial, score, summary)
+    return score
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list[float] | None:
     """Hydra wrapper around :func:`train`: a bad input ends in one line and exit status 2.
 
     ``LOFTR_KD_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
