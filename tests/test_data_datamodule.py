@@ -250,3 +250,25 @@ def test_a_file_given_as_data_root_is_named_as_such(tmp_path):
         PairDataModule(root=file, num_workers=0).setup("fit")
     with pytest.raises(NotADirectoryError, match="is a file"):
         PairDataModule(kind="homography", root=file, num_workers=0).setup("fit")
+
+
+def test_ddp_ranks_validate_disjoint_shares_of_the_fixed_set(toy_root):
+    """Under DDP each rank gets its own pairs: together exactly the validation set, none twice."""
+    from types import SimpleNamespace
+
+    dm = PairDataModule(
+        kind="blendedmvs", root=toy_root, height=H, width=W, batch_size=2, num_workers=0, val_pairs=5
+    )
+    dm.setup("validate")
+    assert dm.val_sampler() is None  # one process: the whole set, in order
+    everything = [pid for b in dm.val_dataloader() for pid in b["pair_id"]]
+    shares = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        shares.append([pid for b in dm.val_dataloader() for pid in b["pair_id"]])
+    assert [len(s) for s in shares] == [3, 2]  # uneven shares; no pair repeated to even them out
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(everything) and len(set(everything)) == 5
+    dm.trainer = SimpleNamespace(world_size=6, global_rank=0)
+    with pytest.raises(ValueError, match="every rank needs at least one.*val_pairs >= 6"):
+        dm.val_dataloader()
