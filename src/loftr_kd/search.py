@@ -147,8 +147,8 @@ def search_student_values(
 ) -> dict[str, Any]:
     """:class:`~loftr_kd.models.student.StudentConfig` fields from the search's scalar knobs.
 
-    Stage widths start at ``width`` (the stem's channels, also the first stage's) and double per stage up to
-    ``d_model``; the last stage is ``d_model``. The ``fast`` backbone has ``depth`` stride-1 RepVGG blocks
+    Stage widths start at ``min(width, d_model)`` (the stem's channels, also the first stage's) and double
+    per stage up to ``d_model``; the last stage is ``d_model``. The ``fast`` backbone has ``depth`` stride-1 RepVGG blocks
     after each stage's stride-2 conv and ``last_depth`` in the last (1/s) stage; ``resnet_fpn`` has LoFTR's
     fixed two blocks per stage, so the depth knobs do not apply to it. ``attention_layers`` is the number
     of (self, cross) pairs. Every other keyword is a ``StudentConfig`` field passed through as it is.
@@ -157,10 +157,7 @@ def search_student_values(
     for name, value in (("width", width), ("d_model", d_model), ("attention_layers", attention_layers)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if width > d_model:
-        raise ValueError(
-            f"width ({width}) must not exceed d_model ({d_model}): stage widths grow up to d_model"
-        )
+    width = min(width, d_model)  # stage widths grow up to d_model, never beyond
     stages = int(math.log2(coarse_stride)) - (1 if backbone == "fast" else 0)
     if stages < 1:
         raise ValueError(f"coarse_stride {coarse_stride} is too small for the {backbone} backbone")
@@ -568,6 +565,14 @@ def _sweeper_distributions(config: Any) -> dict[str, Any]:
     return {k: v for k, v in distributions.items() if k not in fixed}
 
 
+def _contains(distribution: Any, value: Any) -> bool:
+    """Whether an Optuna distribution holds ``value`` (enqueuing one it does not hold ends the sweep)."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
 def _preset_trial_params(name: str, config: Any, distributions: Mapping[str, Any]) -> dict[str, Any]:
     """Values of every searched parameter for a preset: its knobs, the config's defaults for the rest."""
     from omegaconf import OmegaConf
@@ -579,7 +584,7 @@ def _preset_trial_params(name: str, config: Any, distributions: Mapping[str, Any
             value = knobs.get(key.removeprefix("student."), OmegaConf.select(config, key))
         else:
             value = OmegaConf.select(config, key)
-        if not distribution._contains(distribution.to_internal_repr(value)):
+        if not _contains(distribution, value):
             raise ValueError(f"{key}={value!r} is outside the search space {distribution}")
         params[key] = value
     return params
@@ -634,12 +639,18 @@ class SearchCallback(_HydraCallback):
                 continue
             study.enqueue_trial(params)
             log.info("Search: preset %s enqueued as a trial: %s", name, params)
-        for params in OmegaConf.to_container(OmegaConf.select(config, "search.enqueue", default=[]) or []):
-            unknown = sorted(set(params) - set(distributions))
-            if unknown:
-                log.warning(
-                    "Search: enqueued trial %s names parameters outside the search: %s", params, unknown
-                )
+        for params in extra:
+            params = OmegaConf.to_container(params) if OmegaConf.is_config(params) else dict(params)
+            problems = [
+                f"{k} is not searched"
+                if k not in distributions
+                else f"{k}={v!r} is outside {distributions[k]}"
+                for k, v in params.items()
+                if k not in distributions or not _contains(distributions[k], v)
+            ]
+            if problems:
+                log.warning("Search: trial %s is not enqueued: %s", params, "; ".join(problems))
+                continue
             study.enqueue_trial(params)
             log.info("Search: trial enqueued: %s", params)
 
