@@ -240,7 +240,9 @@ def measure_latency(config: Any, settings: SearchSettings) -> dict[str, Any]:
 
     The candidate and, with ``budget_reference``, that preset are timed round-robin in one process
     (:func:`loftr_kd.models.profile_students.time_interleaved`) on one real image pair
-    (:func:`loftr_kd.export.checks.real_image_pairs`, as ``loftr-kd-bench``), batch 1.
+    (:func:`loftr_kd.export.checks.real_image_pairs`, as ``loftr-kd-bench``), batch 1, with
+    onnxruntime's thread spinning off in both sessions: a spinning idle session steals the cores of the
+    one being timed (on 2 cores it made the same graph look 20 % slower or faster than itself).
 
     Returns:
         ``median_ms``, ``p90_ms`` of the candidate; ``reference``, ``reference_median_ms`` and ``ratio``
@@ -268,7 +270,7 @@ def measure_latency(config: Any, settings: SearchSettings) -> dict[str, Any]:
                     reference, height, width, Path(tmp) / "reference.onnx"
                 )
             sessions = {
-                key: (onnxruntime_session(path, threads=settings.threads), feeds)
+                key: (onnxruntime_session(path, threads=settings.threads, spinning=False), feeds)
                 for key, path in graphs.items()
             }
             timings = time_interleaved(sessions, settings.repeats, warmup=settings.warmup)

@@ -348,15 +348,26 @@ def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
 
 
 def onnxruntime_session(
-    path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    spinning: bool = True,
 ):
-    """An onnxruntime session with a fixed intra-op thread count (None = onnxruntime's default)."""
+    """An onnxruntime session with a fixed intra-op thread count (None = onnxruntime's default).
+
+    ``spinning=False`` stops the intra-op threads from busy-waiting after a run (onnxruntime's
+    ``session.intra_op.allow_spinning``): needed when several sessions are timed in turn on few cores,
+    where an idle session's spinning threads would steal the next one's.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
