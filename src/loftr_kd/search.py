@@ -303,13 +303,6 @@ def measure_latency(config: Any, settings: SearchSettings) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ trials
-def _is_rank_zero() -> bool:
-    """Rank 0 of a (possibly distributed) job, before Lightning has set anything up."""
-    return all(
-        int(os.environ.get(name, 0) or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
-    )
-
-
 def _write_record(path: Path, record: Mapping[str, Any]) -> None:
     from loftr_kd.export.checks import atomic_write_text, to_jsonable
 
@@ -405,7 +398,9 @@ def begin_trial(cfg: Any, output_dir: Path) -> Trial:
         "settings": asdict(settings),
         "optimized_metric": str(cfg.get("optimized_metric")),
     }
-    rank_zero = _is_rank_zero()
+    from loftr_kd.train import is_rank_zero_process
+
+    rank_zero = is_rank_zero_process()
     if not rank_zero:
         return _follow_rank_zero(path, settings, cfg)
     output_dir.mkdir(parents=True, exist_ok=True)

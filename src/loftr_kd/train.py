@@ -357,12 +357,22 @@ def check_init_weights(path: str | None) -> None:
         raise ValueError(f"init_weights={path}: {one_line(error)}") from error
 
 
+def is_rank_zero_process() -> bool:
+    """Rank 0 of a (possibly distributed) job, before Lightning has set anything up.
+
+    Lightning's own DDP launcher starts ranks > 0 with ``LOCAL_RANK`` / ``NODE_RANK``; ``torchrun`` sets
+    ``RANK``; SLURM (``srun``, one task per GPU, e.g. through the submitit launcher) sets ``SLURM_PROCID``.
+    """
+    names = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+    return all(int(os.environ.get(name, 0) or 0) == 0 for name in names)
+
+
 def check_output_dir(output_dir: Path) -> None:
     """Refuse a run directory that already holds another run: a run never overwrites one.
 
     Hydra's own ``.hydra/`` and ``<task>.log`` are written before ``train`` runs and are not looked at.
     """
-    if int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
+    if not is_rank_zero_process():
         return  # DDP ranks > 0 share rank 0's run directory
     previous = [
         name
