@@ -34,7 +34,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +181,6 @@ def build_search_student(**knobs: Any):
     from loftr_kd.models.student import build_student
 
     return build_student(**search_student_values(**knobs))
-
-
-KNOB_NAMES = ("backbone", "coarse_stride", "width", "depth", "last_depth", "d_model", "nhead")
-KNOB_NAMES += ("attention_layers",)
 
 
 def preset_knobs(name: str, config_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -342,7 +338,6 @@ class Trial:
     student: Any = None
     done: Any = None  # the objective to return at once (pruned trial), else None
     rank_zero: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, error: BaseException) -> None:
         """Record a failure during training (rank 0), so the report lists it with its reason."""
@@ -509,7 +504,7 @@ def _matching_preset(
     config: Any, names: Sequence[str] = ("paper", "fast", "paper_refine", "fast_refine")
 ) -> str | None:
     """The preset whose architecture this is (ignoring the input size and ``paper``'s two quirks)."""
-    from loftr_kd.models.student import preset_values
+    from loftr_kd.models.student import StudentConfig, preset_values
 
     ignore = {"input_height", "input_width", "pe_temp_bug_fix", "keep_unused_fpn"}
     mine = {k: v for k, v in asdict(config).items() if k not in ignore}
@@ -518,8 +513,6 @@ def _matching_preset(
             values = preset_values(name)
         except FileNotFoundError:
             continue
-        from loftr_kd.models.student import StudentConfig
-
         theirs = asdict(
             StudentConfig.from_dict(
                 {**values, "input_height": config.input_height, "input_width": config.input_width}
@@ -875,6 +868,9 @@ def _plot(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mapping[st
         ax.axvline(
             meta["budget_line"], color="tab:green", ls="--", lw=1.2, label=f"budget ({meta['budget']})"
         )
+    shown = [r["latency_ms"] for r in rows if r["latency_ms"]]
+    if shown and max(shown) > 5 * min(shown):
+        ax.set_xscale("log")  # pruned students can be many times the budget
     ax.set_xlabel(f"latency, ms (onnxruntime, {meta.get('size')}, {meta.get('threads')} threads)")
     ax.set_ylabel(str(meta.get("metric")))
     ax.set_title("Student search: quality vs latency")
