@@ -188,17 +188,14 @@ def test_ddp_ranks_follow_rank_zeros_decision(tmp_path: Path, monkeypatch: pytes
 
 
 # ------------------------------------------------------------------------------------------ a sweep
-@pytest.fixture(scope="module")
-def sweep(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 trials: the fast preset (trained), a far slower student (pruned), d_model % nhead != 0 (failed)."""
-    sweep_dir = tmp_path_factory.mktemp("search") / "sweep"
+def _run_sweep(sweep_dir: Path, scenes: Path, *overrides: str) -> None:
+    """A real sweep through the command line, on tiny settings (one epoch of 8 pairs per trained trial)."""
     out = subprocess.run(
         [
             sys.executable,
             "-m",
             "loftr_kd.train",
             "-m",
-            "hparams_search=student_latency",
             "debug=fast",
             f"data.root={scenes}",
             f"data.height={HEIGHT}",
@@ -214,10 +211,8 @@ def sweep(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "search.warmup=1",
             "search.budget_factor=1.5",
             "search.presets=[fast]",
-            f"search.enqueue=[{BIG},{{student.nhead:3,student.d_model:32}}]",
-            "student.nhead=choice(1,2,3,4)",  # a command-line search space, as the sweeper allows
-            "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep_dir}",
+            *overrides,
         ],
         capture_output=True,
         text=True,
@@ -225,6 +220,20 @@ def sweep(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def sweep(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 trials: the fast preset (trained), a far slower student (pruned), d_model % nhead != 0 (failed)."""
+    sweep_dir = tmp_path_factory.mktemp("search") / "sweep"
+    _run_sweep(
+        sweep_dir,
+        scenes,
+        "hparams_search=student_latency",
+        f"search.enqueue=[{BIG},{{student.nhead:3,student.d_model:32}}]",
+        "student.nhead=choice(1,2,3,4)",  # a command-line search space, as the sweeper allows
+        "hydra.sweeper.n_trials=3",
+    )
     return sweep_dir
 
 
@@ -254,6 +263,27 @@ def test_three_trial_search_writes_table_and_plot(sweep: Path) -> None:
     image = cv2.imread(str(sweep / "search_report.png"))
     assert image is not None and image.shape[0] > 200 and image.shape[1] > 300
     assert "best_params" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_pareto_study_reports_both_objectives(scenes: Path, tmp_path: Path) -> None:
+    """hparams_search=student_pareto: Optuna's own front holds (quality, latency) of the trained trial."""
+    import yaml
+
+    sweep_dir = tmp_path / "pareto"
+    _run_sweep(
+        sweep_dir,
+        scenes,
+        "hparams_search=student_pareto",
+        f"search.enqueue=[{BIG}]",
+        "hydra.sweeper.n_trials=2",
+    )
+    trials = json.loads((sweep_dir / "search_report.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["trained", "pruned"]
+    trained, pruned = trials
+    assert trained["optuna_values"] == [trained["quality"], pytest.approx(trained["measured_ms"])]
+    assert pruned["optuna_values"] == [0.0, pytest.approx(pruned["measured_ms"])]  # dominated
+    solutions = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["solutions"]
+    assert [s["values"] for s in solutions] == [trained["optuna_values"]]
 
 
 def test_report_command_rewrites_the_report(sweep: Path, tmp_path: Path) -> None:
