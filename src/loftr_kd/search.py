@@ -723,7 +723,7 @@ def _rows(records: Sequence[dict[str, Any]], study: Any) -> list[dict[str, Any]]
                 "depths": cfg.get("block_depths"),
                 "d_model": cfg.get("d_model", (r.get("knobs") or {}).get("d_model")),
                 "nhead": cfg.get("nhead", (r.get("knobs") or {}).get("nhead")),
-                "layers": len(cfg["layer_names"]) if cfg.get("layer_names") else None,
+                "attention_pairs": len(cfg["layer_names"]) // 2 if cfg.get("layer_names") else None,
                 "refine": _refine_label(cfg),
                 "w_kd": (r.get("loss") or {}).get("w_kd"),
                 "w_refine": (r.get("loss") or {}).get("w_refine"),
@@ -739,6 +739,17 @@ def _rows(records: Sequence[dict[str, Any]], study: Any) -> list[dict[str, Any]]
                 "run_dir": r.get("run_dir"),
             }
         )
+    # Hydra's Optuna sweeper (Optuna 2.x) can ask for a point it has already tried: say so in the table.
+    seen: dict[str, Any] = {}
+    for row, r in zip(rows, records):
+        config = dict(r.get("student_config") or {})
+        if config.get("refine") == "none":  # the refinement's sizes do not exist then
+            config = {k: v for k, v in config.items() if not k.startswith("refine_")}
+        key = json.dumps([config, r.get("loss")], sort_keys=True, default=str)
+        if r.get("student_config") and key in seen:
+            row["same_as"] = seen[key]
+        else:
+            seen.setdefault(key, row["trial"])
     return rows
 
 
@@ -774,7 +785,7 @@ def _markdown(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mappin
         ),
         f"Quality: best {meta.get('metric')} of the trial's training run. Pareto front: *.",
         "",
-        "| trial | status | preset | backbone | stride | widths | depths | d_model | heads | layers | refine "
+        "| trial | status | preset | backbone | stride | widths | depths | d_model | heads | attn pairs | refine "
         "| w_kd | w_refine | params | latency ms | ×ref | quality | reason |",
         "| ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
         "| ---: | ---: | --- |",
@@ -784,9 +795,9 @@ def _markdown(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mappin
         lines.append(
             f"| {_fmt(r['trial'])}{star} | {r['status']} | {_fmt(r['preset'])} | {_fmt(r['backbone'])} | "
             f"{_fmt(r['stride'])} | {_fmt(r['widths'])} | {_fmt(r['depths'])} | {_fmt(r['d_model'])} | "
-            f"{_fmt(r['nhead'])} | {_fmt(r['layers'])} | {_fmt(r['refine'])} | {_fmt(r['w_kd'], 2)} | "
+            f"{_fmt(r['nhead'])} | {_fmt(r['attention_pairs'])} | {_fmt(r['refine'])} | {_fmt(r['w_kd'], 2)} | "
             f"{_fmt(r['w_refine'], 2)} | {_fmt(r['parameters'])} | {_fmt(r['latency_ms'], 2)} | "
-            f"{_fmt(r['ratio'], 2)} | {_fmt(r['quality'])} | {_fmt(r['reason'])} |"
+            f"{_fmt(r['ratio'], 2)} | {_fmt(r['quality'])} | {_fmt(_note(r))} |"
         )
     counts = {s: sum(r["status"] == s for r in rows) for s in ("trained", "pruned", "failed")}
     others = len(rows) - sum(counts.values())
@@ -796,6 +807,14 @@ def _markdown(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mappin
         f"budget), {counts['failed']} failed" + (f", {others} unfinished" if others else "") + ".",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _note(row: Mapping[str, Any]) -> str | None:
+    """The reason of a pruned/failed trial, and whether it repeats an earlier trial's student."""
+    parts = [row["reason"]] if row.get("reason") else []
+    if row.get("same_as") is not None:
+        parts.append(f"same student and loss weights as trial {row['same_as']}")
+    return "; ".join(parts) or None
 
 
 def _plot(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mapping[str, Any], path: Path) -> Path:
