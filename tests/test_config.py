@@ -39,6 +39,10 @@ def _compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
         ["data=blendedmvs", "data.root=/nonexistent"],
         ["data=homography", "data.root=/nonexistent"],
         ["hparams_search=optuna"],
+        ["hparams_search=student_latency"],
+        ["hparams_search=student_pareto"],
+        ["hparams_search=student_latency_cpu"],
+        ["hparams_search=student_latency", "cluster=slurm"],
     ],
 )
 def test_train_config_composes(overrides: list[str], tmp_path: Path) -> None:
@@ -89,3 +93,20 @@ def test_depth_tolerance_is_a_supervision_setting_with_its_old_name_kept(overrid
     assert supervision.depth_tolerance == tolerance
     with pytest.raises(ValueError, match="depth_tolerance"):
         SupervisionConfig(depth_tolerance=-1.0)
+
+
+def test_student_search_configs(tmp_path: Path) -> None:
+    """The search student's defaults are the fast preset; the Pareto variant is a two-objective study."""
+    import dataclasses
+
+    from loftr_kd.search import SearchSettings
+
+    cfg = _compose(["hparams_search=student_latency"], tmp_path)
+    fast = instantiate(_compose(["student=fast"], tmp_path).student).config
+    # (its refinement head, used only when the search turns refinement on, is fast_refine's separable one)
+    assert instantiate(cfg.student).config == dataclasses.replace(fast, refine_head="separable")
+    assert SearchSettings.from_config(OmegaConf.to_container(cfg.search)).budget_reference == "fast"
+    assert cfg.hydra.sweeper.max_failure_rate == 1.0 and cfg.hydra.sweeper.sampler.seed == cfg.seed
+    pareto = _compose(["hparams_search=student_pareto"], tmp_path)
+    assert list(pareto.hydra.sweeper.direction) == ["maximize", "minimize"]
+    assert pareto.search.objective == "pareto" and pareto.hydra.sweeper.params == cfg.hydra.sweeper.params

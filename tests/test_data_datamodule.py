@@ -266,3 +266,25 @@ def test_each_kind_owns_its_settings(tmp_path):
         PairDataModule(kind="homography", root=tmp_path, train_scenes=["a"])
     with pytest.raises(ValueError, match="unknown data setting"):
         PairDataModule(kind="homography", root=tmp_path, max_zoom=2.0)
+
+
+def test_ddp_ranks_validate_disjoint_shares_of_the_fixed_set(toy_root):
+    """Under DDP each rank gets its own pairs: together exactly the validation set, none twice."""
+    from types import SimpleNamespace
+
+    dm = PairDataModule(
+        kind="blendedmvs", root=toy_root, height=H, width=W, batch_size=2, num_workers=0, val_pairs=5
+    )
+    dm.setup("validate")
+    assert dm.val_sampler() is None  # one process: the whole set, in order
+    everything = [pid for b in dm.val_dataloader() for pid in b["pair_id"]]
+    shares = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        shares.append([pid for b in dm.val_dataloader() for pid in b["pair_id"]])
+    assert [len(s) for s in shares] == [3, 2]  # uneven shares; no pair repeated to even them out
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(everything) and len(set(everything)) == 5
+    dm.trainer = SimpleNamespace(world_size=6, global_rank=0)
+    with pytest.raises(ValueError, match="every rank needs at least one.*val_pairs >= 6"):
+        dm.val_dataloader()

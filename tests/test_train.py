@@ -327,17 +327,48 @@ def test_training_learns(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(scenes: Path, tmp_path: Path) -> None:
-    """Lightning DDP (gloo) under Hydra: two ranks, disjoint pair shards, one run directory."""
+    """Lightning DDP (gloo) under Hydra: two ranks, disjoint pair shards, one run directory.
+
+    Validation is sharded too (each rank its own pairs, PairDataModule.val_sampler) and its statistics are
+    summed over the ranks: the figures of the DDP run equal those of one process validating the same
+    weights on the same set, and the pair count is the set's size (replicated validation would count
+    every pair twice, a padding DistributedSampler one pair of the 5 twice).
+    """
     run = tmp_path / "ddp"
     subprocess.run(
-        _train_cmd(run, scenes, "trainer=ddp_cpu", "data.pairs_per_epoch=16"),
+        _train_cmd(run, scenes, "trainer=ddp_cpu", "data.pairs_per_epoch=16", "data.val_pairs=5"),
         check=True,
         capture_output=True,
         timeout=600,
     )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4  # 16 pairs / 2 ranks / batch 2
-    assert json.loads((run / "summary.json").read_text())["best_checkpoint"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_checkpoint"]
+    ddp = summary["final_metrics"]
+
+    # One process, the weights the DDP run validated last (last.ckpt is written after that validation).
+    single_run = tmp_path / "single"
+    train(
+        _cfg(
+            single_run,
+            scenes,
+            f"init_weights={run / 'checkpoints' / 'last.ckpt'}",
+            "data.val_pairs=5",
+            "trainer.max_epochs=0",
+            "trainer.min_epochs=0",
+            "validate_before_training=true",
+            "deploy.enabled=false",
+        )
+    )
+    single = {tag: values[-1][1] for tag, values in _scalars(single_run).items()}  # step-0 validation
+    assert ddp["val/pairs"] == single["val/pairs"] == 5
+    figures = [k for k in ddp if k.startswith("val/student/") and not k.endswith("mae")]
+    assert {"val/student/precision@1px", "val/student/recall", "val/student/f1"} <= set(figures)
+    # (val/loss is a mean of per-batch losses normalised within each batch, so it depends on how the
+    # pairs are batched, which sharding changes; the match statistics are per pair and additive.)
+    for key in figures:
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
 
 
 @pytest.mark.slow

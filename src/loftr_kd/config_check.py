@@ -180,6 +180,17 @@ def check_train_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a file path")
+    if cfg.get("search"):  # a student search (hparams_search=student_latency)
+        from loftr_kd.search import SearchSettings
+
+        try:
+            values = _plain(cfg.search)
+            check_arguments(SearchSettings.__init__, values, "search")
+            SearchSettings.from_config(values)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from error
 
 
 try:  # Hydra >= 1.1

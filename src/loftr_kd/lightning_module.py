@@ -239,8 +239,14 @@ class DistillationModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for who, stats in self._val_stats.items():
             if self.trainer.world_size > 1:
-                gathered = self.all_gather(stats.as_tensor().to(self.device, torch.float32))
-                stats = MatchStats.from_tensor(gathered.reshape(-1, gathered.shape[-1]).sum(0))
+                # Each rank validated its own disjoint share (PairDataModule.val_sampler): the additive
+                # counts summed over ranks (float64: exact) are those of one pass over the whole set.
+                total = self.trainer.strategy.reduce(
+                    stats.as_tensor().to(self.device, torch.float64), reduce_op="sum"
+                )
+                stats = MatchStats.from_tensor(total)
+            if who == "student":
+                self.log("val/pairs", stats.count("pairs"), sync_dist=False, rank_zero_only=False)
             # The statistics are already summed over ranks, so every rank logs the same values.
             for name, value in stats.summary().items():
                 if name == "num_pairs" or not np.isfinite(value):

@@ -7,6 +7,7 @@ same thing everywhere.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ def ort_session(
     threads: int | None = None,
     providers: Sequence[str] | None = None,
     profile_prefix: str | None = None,
+    spinning: bool = True,
 ):
     """An onnxruntime session over ``path``.
 
@@ -29,6 +31,9 @@ def ort_session(
         threads: intra-op threads (one inter-op thread); ``None``/0 keeps onnxruntime's default (all cores).
         providers: execution providers in order of preference; default CPU only.
         profile_prefix: turn on onnxruntime's per-node profiling, writing ``<prefix>_<time>.json``.
+        spinning: ``False`` stops the intra-op threads from busy-waiting after a run (onnxruntime's
+            ``session.intra_op.allow_spinning``): needed when several sessions are timed in turn on few
+            cores, where an idle session's spinning threads would steal the next one's.
     """
     import onnxruntime as ort
 
@@ -36,6 +41,8 @@ def ort_session(
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     if profile_prefix:
         options.enable_profiling = True
@@ -92,6 +99,17 @@ def time_interleaved(
             out[key]["wall_ms"].append((time.perf_counter() - t0) * 1e3)
             out[key]["cpu_ms"].append((time.process_time() - c0) * 1e3)
     return out
+
+
+def time_sessions(
+    sessions: dict[Any, tuple[Any, dict[str, np.ndarray]]], repeats: int, warmup: int = 3
+) -> dict[Any, dict[str, float]]:
+    """Interleaved timing of ``(session, feeds)`` pairs: median / min / p90 wall and median CPU ms."""
+    runs = {key: functools.partial(session.run, None, feeds) for key, (session, feeds) in sessions.items()}
+    return {
+        key: {**timing_summary(t["wall_ms"]), "cpu_median_ms": float(np.median(t["cpu_ms"]))}
+        for key, t in time_interleaved(runs, repeats, warmup).items()
+    }
 
 
 def timing_summary(wall_ms: Sequence[float]) -> dict[str, float]:

@@ -1,14 +1,11 @@
-"""Training entry point: ``loftr-kd-train`` / ``make train``.
-
-``train(cfg)`` does the work on a composed config (tests call it with ``hydra.compose``); ``main`` only
-wraps it with ``@hydra.main`` so overrides, multirun sweeps and the saved ``.hydra/`` config work the same
-everywhere.
+"""Training: ``train(cfg)`` does the work on a composed ``conf/train.yaml`` (tests call it with
+``hydra.compose``); the command ``loftr-kd-train`` / ``make train`` (``loftr_kd.cli.train``) only wraps it
+with ``@hydra.main`` so overrides, multirun sweeps and the saved ``.hydra/`` config work the same everywhere.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -22,9 +19,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from loftr_kd.config import CONFIG_DIR, register_resolvers
+from loftr_kd.config import register_resolvers
 from loftr_kd.config_check import check_train_config
-from loftr_kd.errors import debug_enabled, is_user_error, one_line, report, root_cause
+from loftr_kd.distributed import is_rank_zero_process
+from loftr_kd.errors import one_line
 from loftr_kd.files import torch_save, write_json
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
@@ -330,7 +328,7 @@ def check_output_dir(output_dir: Path) -> None:
 
     Hydra's own ``.hydra/`` and ``<task>.log`` are written before ``train`` runs and are not looked at.
     """
-    if int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
+    if not is_rank_zero_process():
         return  # DDP ranks > 0 share rank 0's run directory
     previous = [
         name
@@ -345,14 +343,15 @@ def check_output_dir(output_dir: Path) -> None:
         )
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | list[float] | None:
     """Train a student as configured; return the optimised metric (for sweepers).
 
     Args:
         cfg: composed ``conf/train.yaml``.
 
     Returns:
-        The best value of ``cfg.optimized_metric`` (``None`` if it was never logged).
+        The best value of ``cfg.optimized_metric`` (``None`` if it was never logged); in a student search
+        (``cfg.search``) the trial's objective (:func:`loftr_kd.search.finish_trial`).
     """
     register_resolvers()
     # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
@@ -371,8 +370,17 @@ def train(cfg: DictConfig) -> float | None:
         OmegaConf.to_yaml(OmegaConf.create(resolved), resolve=True)
     )
 
+    trial = None
+    if cfg.get("search"):
+        # Student search (hparams_search=student_latency): measure the untrained student's latency first
+        # and stop here, before any data is loaded, when it is over the budget (loftr_kd.search).
+        from loftr_kd.search import begin_trial
+
+        trial = begin_trial(cfg, output_dir)
+        if trial.done is not None:
+            return trial.done
     datamodule = hydra.utils.instantiate(cfg.data)
-    student = hydra.utils.instantiate(cfg.student)
+    student = trial.student if trial is not None else hydra.utils.instantiate(cfg.student)
     _say(f"Student: {count_parameters(student):,} parameters — {student.config}")
     if cfg.get("init_weights"):
         # Fine-tuning: start from trained weights (a fresh run: new optimizer, epochs from 0).
@@ -395,10 +403,15 @@ def train(cfg: DictConfig) -> float | None:
     )
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
-    if cfg.get("validate_before_training") and not ckpt_path:
-        results = trainer.validate(model, datamodule=datamodule, verbose=False)
-        start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        if cfg.get("validate_before_training") and not ckpt_path:
+            results = trainer.validate(model, datamodule=datamodule, verbose=False)
+            start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except Exception as error:
+        if trial is not None:
+            trial.fail(error)  # the search's report lists it with the reason
+        raise
 
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
@@ -429,27 +442,15 @@ def train(cfg: DictConfig) -> float | None:
                 f"Learning: {metric_name} {start[metric_name]:.3f} before training -> {best_score:.3f} best ({best})."
             )
         _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
-    return best_score if best_score is not None else metrics.get(metric_name)
+    score = best_score if best_score is not None else metrics.get(metric_name)
+    if trial is not None:
+        from loftr_kd.search import finish_trial
+
+        return finish_trial(trial, score, summary)
+    return score
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra wrapper around :func:`train`: a bad input ends in one line and exit status 2.
+if __name__ == "__main__":  # `python -m loftr_kd.train` is the older spelling of loftr-kd-train
+    from loftr_kd.cli.train import main
 
-    ``LOFTR_KD_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
-    """
-    try:
-        return train(cfg)
-    except Exception as error:
-        if debug_enabled() or not is_user_error(error):
-            raise
-        status = report("loftr-kd-train", error)  # stderr
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, one_line(root_cause(error)), None, None)
-        for handler in logging.getLogger().handlers:  # and the run's log file, not the console again
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
-        raise SystemExit(status) from None
-
-
-if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ process CPU time (all onnxruntime threads; less sensitive to other processes tha
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ from torch import nn
 
 from loftr_kd.config import CONFIG_DIR, preset_values
 from loftr_kd.models.student import CoarseLoFTRStudent, build_student, count_parameters
-from loftr_kd.runtime import op_histogram, ort_session, time_interleaved, timing_summary
+from loftr_kd.runtime import op_histogram, ort_session, time_sessions
 
 CONF_DIR = CONFIG_DIR / "student"
 
@@ -134,17 +133,6 @@ def export_graph(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path
             input_names=[f"input{i}" for i in range(len(inputs))],
         )
     return path
-
-
-def time_sessions(
-    sessions: dict[Any, tuple[Any, dict[str, np.ndarray]]], repeats: int, warmup: int = 3
-) -> dict[Any, dict[str, float]]:
-    """Interleaved timing of ``(session, feeds)`` pairs: median / min / p90 wall and median CPU ms."""
-    runs = {key: functools.partial(session.run, None, feeds) for key, (session, feeds) in sessions.items()}
-    return {
-        key: {**timing_summary(t["wall_ms"]), "cpu_median_ms": float(np.median(t["cpu_ms"]))}
-        for key, t in time_interleaved(runs, repeats, warmup).items()
-    }
 
 
 STAGE_OF_NODE = (("backbone", "backbone"), ("loftr_coarse", "transformer"), ("pos_encoding", "transformer"))

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd import images
+import loftr_kd.images as images
 
 PathLike = str | os.PathLike
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -404,4 +405,25 @@ class PairDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             self.setup("validate")
-        return self._loader(self.val_dataset)
+        return self._loader(self.val_dataset, sampler=self.val_sampler())
+
+    def val_sampler(self) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, this rank's disjoint share of the fixed validation pairs (``None`` on one process).
+
+        Lightning's ``UnrepeatedDistributedSampler``: rank ``r`` of ``n`` takes pairs ``r, r + n, ...`` and no
+        pair is repeated to even out the shares (a ``DistributedSampler`` would pad with repeats and count
+        them twice), so the statistics summed over ranks are exactly those of one pass over the set.
+        ``use_distributed_sampler`` stays off: the training sampler splits its draw itself.
+        """
+        trainer = getattr(self, "trainer", None)
+        world_size = int(getattr(trainer, "world_size", 1) or 1)
+        if world_size <= 1:
+            return None
+        if len(self.val_dataset) < world_size:
+            raise ValueError(
+                f"data.val_pairs: {len(self.val_dataset)} validation pairs for {world_size} DDP ranks; every "
+                f"rank needs at least one, so give data.val_pairs >= {world_size}"
+            )
+        return UnrepeatedDistributedSampler(
+            self.val_dataset, num_replicas=world_size, rank=int(trainer.global_rank), shuffle=False
+        )

@@ -37,7 +37,7 @@ from torch import nn
 from loftr_kd._version import __version__
 from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
-from loftr_kd.files import replacing
+from loftr_kd.files import replacing, to_jsonable
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 
 MATCH_IDS_DTYPE = "int32"
@@ -487,7 +487,7 @@ def export_student(
         errors.append(str(e))
     report["io_shapes"] = checks.io_shapes(onnx_path)
     op_check = checks.check_tensorrt_ops(onnx_path)
-    report["op_check"] = checks.to_jsonable(op_check)
+    report["op_check"] = to_jsonable(op_check)
     if not op_check.ok:
         errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
     try:
@@ -510,7 +510,7 @@ def export_student(
         parity = checks.check_parity(
             model, onnx_path, pairs, atol=atol, min_match_agreement=min_match_agreement, batch=batch
         )
-        report["parity"] = checks.to_jsonable(parity)
+        report["parity"] = to_jsonable(parity)
         if not parity.ok:
             errors.append(
                 f"onnxruntime/PyTorch parity failed: match_confidence max diff "

@@ -1,0 +1,39 @@
+"""``loftr-kd-search-report SWEEP_DIR``: (re)write the table and plot of a student search.
+
+The end of every ``hparams_search=student_latency`` sweep writes them itself (``loftr_kd.search.SearchCallback``);
+this rewrites them from the trials' ``search_trial.json`` files, e.g. for a sweep that was interrupted or
+after more trials (another sweep into a sub-folder) were added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from loftr_kd.errors import report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
+    parser = argparse.ArgumentParser(prog="loftr-kd-search-report", description=__doc__)
+    parser.add_argument("sweep_dir", help="the sweep directory (holds <job>/search_trial.json)")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from loftr_kd.search import write_report
+
+    sweep_dir = Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        return report("loftr-kd-search-report", NotADirectoryError(f"{sweep_dir}: no such sweep directory"))
+    try:
+        paths = write_report(sweep_dir)
+    except FileNotFoundError as error:
+        return report("loftr-kd-search-report", error)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The package's shape: no import cycles, and every command lives in ``loftr_kd.cli``."""
+
+from __future__ import annotations
+
+import ast
+from importlib import metadata
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> package modules it imports (anywhere in the file, lazy imports included; code under
+    ``if __name__ == "__main__":`` is left out: it never runs on import)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        tree.body = [
+            n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))
+        ]
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([node.module] if node.module else []))
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_inside_the_package():
+    graph = import_graph()
+    assert "loftr_kd.models.fast_backbone" in graph["loftr_kd.models.backbone"]  # the graph sees imports
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_command_lives_in_cli():
+    scripts = {
+        e.name: e.value
+        for e in metadata.distribution("loftr-kd").entry_points
+        if e.group == "console_scripts"
+    }
+    assert len(scripts) >= 10
+    outside = {name: target for name, target in scripts.items() if not target.startswith("loftr_kd.cli.")}
+    assert outside == {}
+    graph = import_graph()
+    library = [m for m in graph if not m.startswith("loftr_kd.cli")]
+    # Library code never reaches into the commands.
+    assert {m: sorted(t for t in graph[m] if t.startswith("loftr_kd.cli")) for m in library} == {
+        m: [] for m in library
+    }
