@@ -55,7 +55,6 @@ class DemoApp:
 
     def step(self, frame: np.ndarray) -> np.ndarray:
         """Match ``frame`` against the reference; return the annotated side-by-side canvas."""
-        from loftr_kd.visualization import draw_matches
 
         start = time.perf_counter()
         if self.reference is None:
@@ -64,14 +63,7 @@ class DemoApp:
         match_ms = (time.perf_counter() - start) * 1000.0
         n = len(result["keypoints0"])
         title = f"{self.fps:5.1f} FPS  {match_ms:6.1f} ms  {n} matches"
-        canvas = draw_matches(
-            self.reference,
-            frame,
-            result["keypoints0"],
-            result["keypoints1"],
-            confidence=result["confidence"],
-            title=title,
-        )
+        canvas = self._draw(frame, result, title)
         total_ms = (time.perf_counter() - start) * 1000.0
         instant = 1000.0 / max(total_ms, 1e-3)
         self.fps = instant if self.fps == 0.0 else 0.9 * self.fps + 0.1 * instant  # smoothed counter
@@ -81,12 +73,17 @@ class DemoApp:
 
     def snapshot(self) -> np.ndarray | None:
         """Canvas of the latest frame with numbered matches (the ``p`` key)."""
-        from loftr_kd.visualization import draw_matches
 
         if self.last is None or self.reference is None:
             return None
         frame, result = self.last
         title = f"snapshot: {len(result['keypoints0'])} matches (p: resume, s: set reference, q: quit)"
+        return self._draw(frame, result, title, numbered=True)
+
+    def _draw(self, frame: np.ndarray, result: dict, title: str, numbered: bool = False) -> np.ndarray:
+        """The reference and ``frame`` side by side with ``result``'s matches."""
+        from loftr_kd.visualization import draw_matches
+
         return draw_matches(
             self.reference,
             frame,
@@ -94,7 +91,7 @@ class DemoApp:
             result["keypoints1"],
             confidence=result["confidence"],
             title=title,
-            numbered=True,
+            numbered=numbered,
         )
 
     def handle_key(self, key: int) -> bool:
