@@ -106,3 +106,27 @@ def test_every_command_lives_in_cli():
     assert {m: sorted(t for t in graph[m] if t.startswith("loftr_kd.cli")) for m in library} == {
         m: [] for m in library
     }
+
+
+def test_architecture_table_names_every_module():
+    """docs/ARCHITECTURE.md's tables and the tree agree (``loftr_kd.pkg.{a,b}`` rows name several)."""
+    import re
+
+    doc = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text()
+    groups = {
+        (pkg, leaf.strip())
+        for pkg, leaves in re.findall(r"`(loftr_kd[\w.]*)\.\{([^}]*)\}`", doc)
+        for leaf in leaves.split(",")
+    }
+    shared_row = re.search(r"\| `loftr_kd\.config` /([^|]*)\|", doc)
+    named = (
+        {f"loftr_kd.{leaf}" for leaf in re.findall(r"`(\w+)`", shared_row.group(1))} if shared_row else set()
+    )
+    missing = []
+    for module in _modules():
+        pkg, _, leaf = module.rpartition(".")
+        if module.count(".") == 0 or (SRC / Path(*module.split("."))).is_dir():
+            continue  # the packages themselves
+        if f"`{module}`" not in doc and (pkg, leaf) not in groups and module not in named:
+            missing.append(module)
+    assert missing == []
