@@ -336,3 +336,13 @@ def test_one_backend_vocabulary_both_spellings():
     assert bench_backend("onnxruntime-int8") == "onnxruntime-int8"
     with pytest.raises(ValueError, match="also spelt"):
         Matcher(backend="tflite")
+
+
+@pytest.mark.skipif(
+    not __import__("loftr_kd.paths", fromlist=["x"]).DEFAULT_STUDENT_WEIGHTS.is_file(),
+    reason="no shipped student in weights/",
+)
+def test_the_default_student_is_the_refined_one():
+    """weights/MODEL_CARD.md: the default returns sub-pixel (refined) positions."""
+    matcher = Matcher(backend="torch")
+    assert matcher.config["refine"] != "none" and matcher.weights.name == "student_paper_refine.pt"

@@ -12,4 +12,4 @@ OUTPUTS_DIR = REPO_ROOT / "outputs"
 DATA_DIR = REPO_ROOT / "data"
 
 # The student shipped with the project (trained by `make train`-style runs, see weights/README.md).
-DEFAULT_STUDENT_WEIGHTS = WEIGHTS_DIR / "student_paper.pt"
+DEFAULT_STUDENT_WEIGHTS = WEIGHTS_DIR / "student_paper_refine.pt"

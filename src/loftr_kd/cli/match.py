@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         type=Path,
         default=None,
-        help="student .pt/.ckpt, exported .onnx, or TensorRT .engine (default: weights/student_paper.pt)",
+        help="student .pt/.ckpt, exported .onnx, or TensorRT .engine (default: weights/student_paper_refine.pt)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (torch/onnx backends)")
     parser.add_argument(
