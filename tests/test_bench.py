@@ -125,3 +125,25 @@ def test_aspect_rows_time_the_one_dynamic_file_against_static_files(tmp_path):
     assert "traced at 64x48" in got[("onnxruntime-dynamic", 32, 64)]["notes"]  # one file, sizes[0]
     with pytest.raises(ValueError, match="multiples of 16"):
         BenchSettings(aspect_sizes=((360, 640),))
+
+
+def test_a_bad_bench_setting_is_one_line_and_exit_status_2():
+    """loftr-kd-bench follows the one-line error convention (loftr_kd.errors)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loftr_kd.cli.bench",
+            "backends=[tflite]",
+            "hydra.run.dir=/tmp/loftr_kd_bench_bad",
+        ],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "LOFTR_KD_DEBUG": "0", "HYDRA_FULL_ERROR": "0"},
+    )
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and lines[-1].startswith("loftr-kd-bench: error: ")
+    assert "tflite" in lines[-1] and "Traceback" not in run.stderr

@@ -48,3 +48,21 @@ def test_run_export_missing_checkpoint(tmp_path):
     cfg = _cfg(f"ckpt_path={tmp_path / 'nope.pt'}", f"out_dir={tmp_path}")
     with pytest.raises(ExportError):
         run_export(cfg)
+
+
+def test_failed_export_is_one_line_on_stderr(tmp_path):
+    """loftr-kd-export: a failed export is one line naming the file (exit 1); a bad setting exits 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOFTR_KD_DEBUG": "0", "HYDRA_FULL_ERROR": "0"}
+    command = [sys.executable, "-m", "loftr_kd.cli.export", f"hydra.run.dir={tmp_path / 'run'}"]
+    missing = subprocess.run(
+        [*command, f"ckpt_path={tmp_path / 'nope.pt'}"], capture_output=True, text=True, env=env
+    )
+    last = [line for line in missing.stderr.splitlines() if line.strip()][-1]
+    assert missing.returncode == 1 and last.startswith("loftr-kd-export: error: ") and "nope.pt" in last
+    bad = subprocess.run([*command, "ckpt_path=x.pt", "batch=0"], capture_output=True, text=True, env=env)
+    last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
+    assert bad.returncode == 2 and "batch must be >= 1" in last and "Traceback" not in bad.stderr

@@ -683,8 +683,16 @@ def _hydra_main():
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
     def main(cfg) -> None:
+        from loftr_kd.errors import debug_enabled, is_user_error, report
+
         register_resolvers()
-        bench(settings_from_config(cfg))
+        try:
+            settings = settings_from_config(cfg)
+        except Exception as error:  # a bad setting: one line and exit status 2 (loftr_kd.errors)
+            if debug_enabled() or not is_user_error(error):
+                raise
+            raise SystemExit(report("loftr-kd-bench", error)) from None
+        bench(settings)
 
     return main
 
