@@ -215,3 +215,34 @@ def test_unreadable_init_weights_is_one_line_before_any_work(tmp_path):
     (line,) = _error_lines(result.stderr)
     assert f"init_weights={empty}" in line and "the file is empty (0 bytes)" in line
     assert "weights_only=False" not in result.stderr and not (run / "run_info.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+data.val_fration=0.2",
+            r"data.val_fration is not a setting of PairDataModule \(did you mean data.val_fraction\?\)",
+        ),
+        ("+data.val_fraction=high", r"data.val_fraction=.high.: expected"),
+    ],
+)
+def test_kind_settings_are_checked_before_the_run_directory(override, message, tmp_path):
+    """PairDataModule takes its kind's settings as **source_options: they are still checked up front."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from loftr_kd.config import CONFIG_DIR
+    from loftr_kd.config_check import ConfigError, check_train_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=[override, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(cfg)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        good = compose(
+            config_name="train", overrides=["data.train_scenes=[a,b]", f"paths.output_dir={tmp_path}"]
+        )
+    check_train_config(good)  # a list where the source keeps a tuple is fine

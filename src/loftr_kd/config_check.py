@@ -10,7 +10,9 @@ the signatures cannot express are listed here.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import difflib
+import importlib
 import inspect
 import types
 import typing
@@ -170,7 +172,22 @@ def check_train_config(cfg: DictConfig) -> None:
     trainer, data = _plain(cfg.trainer), _plain(cfg.data)
     check_arguments(_target(str(trainer.get("_target_", "pytorch_lightning.Trainer"))), trainer, "trainer")
     _check_ranges("trainer", trainer)
-    check_arguments(_target(str(data["_target_"])), data, "data")
+    data_target = _target(str(data["_target_"]))
+    check_arguments(data_target, data, "data")
+    sources = getattr(importlib.import_module(data_target.__module__), "_SOURCE_OF_KIND", {})
+    if data.get("kind") in sources:  # PairDataModule: the kind's own settings, by the source that owns them
+        own = {f.name for f in dataclasses.fields(sources[data["kind"]])}
+        known = set(inspect.signature(data_target).parameters) | own
+        check_arguments(
+            sources[data["kind"]], {k: v for k, v in data.items() if k in own and k != "root"}, "data"
+        )
+        unknown = sorted(k for k in data if not k.startswith("_") and k not in known)
+        others = {f.name for src in sources.values() for f in dataclasses.fields(src)}
+        for key in unknown:
+            if key not in others:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean data.{close[0]}?)" if close else ""
+                raise ConfigError(f"data.{key} is not a setting of {_name(data_target)}{hint}")
     _check_ranges("data", data)
     for key, kind in (("seed", int), ("validate_before_training", bool)):
         value = cfg.get(key)
