@@ -10,9 +10,7 @@ the signatures cannot express are listed here.
 from __future__ import annotations
 
 import collections.abc
-import dataclasses
 import difflib
-import importlib
 import inspect
 import types
 import typing
@@ -149,6 +147,14 @@ def _target(path: str) -> Callable[..., Any]:
     return cls.__init__ if inspect.isclass(cls) else cls
 
 
+def _class_or_none(path: str) -> type | None:
+    """The class a ``_target_`` names, or ``None`` when it names a function."""
+    from hydra.utils import get_object
+
+    target = get_object(path)
+    return target if inspect.isclass(target) else None
+
+
 def _plain(node: DictConfig) -> dict[str, Any]:
     """Resolved plain values of a config group; keys that do not resolve here are left out."""
     values = {}
@@ -174,20 +180,19 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_ranges("trainer", trainer)
     data_target = _target(str(data["_target_"]))
     check_arguments(data_target, data, "data")
-    sources = getattr(importlib.import_module(data_target.__module__), "_SOURCE_OF_KIND", {})
-    if data.get("kind") in sources:  # PairDataModule: the kind's own settings, by the source that owns them
-        own = {f.name for f in dataclasses.fields(sources[data["kind"]])}
+    from loftr_kd.data.datamodule import KINDS, PairDataModule, kind_settings
+
+    data_class = _class_or_none(str(data["_target_"]))
+    if data_class is not None and issubclass(data_class, PairDataModule) and data.get("kind") in KINDS:
+        # The kind's own settings reach PairDataModule as **source_options: check them by their source.
+        source, own, other = kind_settings(data["kind"])
+        check_arguments(source, {k: v for k, v in data.items() if k in own}, "data")
         known = set(inspect.signature(data_target).parameters) | own
-        check_arguments(
-            sources[data["kind"]], {k: v for k, v in data.items() if k in own and k != "root"}, "data"
-        )
-        unknown = sorted(k for k in data if not k.startswith("_") and k not in known)
-        others = {f.name for src in sources.values() for f in dataclasses.fields(src)}
-        for key in unknown:
-            if key not in others:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" (did you mean data.{close[0]}?)" if close else ""
-                raise ConfigError(f"data.{key} is not a setting of {_name(data_target)}{hint}")
+        unknown = [k for k in data if not k.startswith("_") and k not in known | other]
+        if unknown:  # (another kind's setting is PairDataModule's own error, naming the kind)
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f" (did you mean data.{close[0]}?)" if close else ""
+            raise ConfigError(f"data.{unknown[0]} is not a setting of {_name(data_target)}{hint}")
     _check_ranges("data", data)
     for key, kind in (("seed", int), ("validate_before_training", bool)):
         value = cfg.get(key)

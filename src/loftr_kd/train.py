@@ -103,7 +103,7 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
         return None
     from hydra.errors import InstantiationException
 
-    from loftr_kd.models.teacher import TeacherCheckpointNotFound
+    from loftr_kd.models.teacher import LoFTRTeacher, TeacherCheckpointNotFound
 
     try:
         teacher = hydra.utils.instantiate(cfg.teacher)
@@ -115,7 +115,7 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
         _say(f"Teacher: none — {missing} Training on ground truth only.")
         return None
     source = getattr(teacher, "checkpoint_path", cfg.teacher.get("weights"))
-    kind = "LoFTR outdoor" if type(teacher).__name__ == "LoFTRTeacher" else "student"
+    kind = "LoFTR outdoor" if isinstance(teacher, LoFTRTeacher) else "student"
     _say(
         f"Teacher: {kind} from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen, "
         f"stride {teacher.stride})."

@@ -43,11 +43,18 @@ def _dropped(root: Path, scenes: Sequence[str], index: BlendedMVSIndex) -> str:
     )
 
 
+def kind_settings(kind: str) -> tuple[type, frozenset[str], frozenset[str]]:
+    """The source class of ``kind``, its own settings, and the settings only other kinds have (``root``
+    is a shared argument, in neither set)."""
+    source = _SOURCE_OF_KIND[kind]
+    own = frozenset(f.name for f in fields(source)) - {"root"}
+    other = frozenset(f.name for s in _SOURCE_OF_KIND.values() for f in fields(s)) - own - {"root"}
+    return source, own, other
+
+
 def _make_source(kind: str, root: Path, options: Mapping[str, Any]) -> SceneSource | PhotoSource:
     """The source of ``kind`` from the kind-specific config keys (``None`` = not set)."""
-    source = _SOURCE_OF_KIND[kind]
-    own = {f.name for f in fields(source)} - {"root"}
-    other = {f.name for s in _SOURCE_OF_KIND.values() for f in fields(s)} - own - {"root"}
+    source, own, other = kind_settings(kind)
     unknown = sorted(set(options) - own - other)
     if unknown:
         raise ValueError(f"unknown data setting(s) {unknown} for kind {kind!r}; known: {sorted(own)}")
