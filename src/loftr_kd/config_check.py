@@ -175,6 +175,11 @@ def check_train_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: the first problem, as one line naming the key.
     """
+    if "recipe" in cfg:  # a multi-stage experiment (conf/experiment/student_default.yaml ...)
+        raise ConfigError(
+            f"this experiment is a recipe ({cfg.recipe.get('name')}), not one training run: "
+            f"run loftr-kd-recipe experiment={cfg.recipe.get('name')}"
+        )
     trainer, data = _plain(cfg.trainer), _plain(cfg.data)
     check_arguments(_target(str(trainer.get("_target_", "pytorch_lightning.Trainer"))), trainer, "trainer")
     _check_ranges("trainer", trainer)

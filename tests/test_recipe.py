@@ -1,0 +1,183 @@
+"""Multi-stage recipes (loftr_kd.recipe, loftr-kd-recipe): steps run in order, finished steps are
+skipped, an interrupted training stage resumes, the last step ships a .pt and a checked ONNX file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from loftr_kd.cli.recipe import main as recipe_main
+from loftr_kd.models.student import load_student
+from loftr_kd.recipe import Recipe, RecipeError, Step, steps_from_config
+
+HEIGHT, WIDTH = 128, 192
+
+
+def _train(*extra: str) -> list[str]:
+    return [
+        "debug=fast",
+        "data.root={out_dir}/scenes",
+        f"data.height={HEIGHT}",
+        f"data.width={WIDTH}",
+        "validate_before_training=false",
+        "deploy.enabled=false",
+        "paths.weights_dir={out_dir}/no_weights",
+        "monitoring.log_match_images=false",
+        *extra,
+    ]
+
+
+def _steps() -> list[dict]:
+    return [
+        {
+            "name": "scenes",
+            "command": [
+                "loftr-kd-synth",
+                "--out",
+                "{out_dir}/scenes",
+                "--scenes",
+                "2",
+                "--views",
+                "4",
+                "--height",
+                "144",
+                "--width",
+                "192",
+                "--seed",
+                "3",
+            ],
+            "creates": "{out_dir}/scenes/synthetic_info.json",
+        },
+        {"name": "stage1", "train": _train()},
+        {"name": "stage2", "train": _train("init_weights={stage1.best_checkpoint}", "trainer.max_epochs=1")},
+        {
+            "name": "ship",
+            "ship": {
+                "from": "stage2",
+                "name": "tiny",
+                "height": HEIGHT,
+                "width": WIDTH,
+                "export": ["parity_pairs=1", "tensorrt.enabled=false"],
+            },
+        },
+    ]
+
+
+def test_steps_are_checked() -> None:
+    with pytest.raises(RecipeError, match="exactly one of"):
+        Step.from_mapping({"name": "a", "command": ["x"], "train": ["y"], "creates": "z"})
+    with pytest.raises(RecipeError, match="creates"):
+        Step.from_mapping({"name": "a", "command": ["x"]})
+    with pytest.raises(RecipeError, match="unknown keys"):
+        Step.from_mapping({"name": "a", "train": ["y"], "typo": 1})
+    with pytest.raises(RecipeError, match="unique"):
+        Recipe(steps_from_config([{"name": "a", "train": ["y"]}, {"name": "a", "train": ["z"]}]), "/tmp/x")
+    with pytest.raises(RecipeError, match="has not finished"):
+        Recipe(steps_from_config(_steps()), "/nonexistent/recipe").best_checkpoint("stage1")
+
+
+def test_recipe_runs_resumes_an_interrupted_stage_and_ships(tmp_path: Path) -> None:
+    out = tmp_path / "recipe"
+    steps = steps_from_config(_steps())
+    # An interrupted first attempt of stage 1 (one of its two epochs done): checkpoints, no summary.
+    interrupted = steps_from_config(
+        _steps()[:1] + [{"name": "stage1", "train": _train("trainer.max_epochs=1")}]
+    )
+    Recipe(interrupted, out).run()
+    first = out / "stage1-1"
+    (first / "summary.json").unlink()
+    recipe = Recipe(steps, out, ship_to=tmp_path / "weights")
+    assert [status for _, status in recipe.plan()] == ["done", "resume", "run", "run"]
+
+    state = recipe.run()
+    assert (out / "stage1-2" / "summary.json").is_file()
+    resumed = json.loads((out / "stage1-2" / "run_info.json").read_text())["command"]
+    assert f"ckpt_path={first}" in resumed
+    final = torch.load(out / "stage1-2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 1  # the resumed run ended where the uninterrupted one would (2 epochs)
+    assert recipe.finished_run("stage1") == out / "stage1-2"
+    assert (
+        "init_weights=" + str(recipe.best_checkpoint("stage1"))
+        in json.loads((out / "stage2-1" / "run_info.json").read_text())["command"]
+    )
+
+    for name in ("scenes", "stage1", "stage2", "ship"):
+        entry = state["steps"][name]
+        assert entry["status"] == "done" and entry["wall_s"] > 0 and entry["hardware"]["cpu_cores"] >= 1
+    assert json.loads((out / "recipe.json").read_text()) == state
+
+    student = load_student(out / "tiny.pt")
+    assert (student.config.input_height, student.config.input_width) == (HEIGHT, WIDTH)
+    for path in (out / "tiny.pt", out / "tiny.onnx"):
+        assert (tmp_path / "weights" / path.name).read_bytes() == path.read_bytes()
+    session = ort.InferenceSession(str(out / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 1, HEIGHT, WIDTH), dtype=np.float32)
+    outputs = session.run(None, {i.name: image for i in session.get_inputs()})
+    assert outputs[0].shape[0] == 1
+
+    # Everything done: a rerun changes nothing.
+    mtime = (out / "tiny.pt").stat().st_mtime_ns
+    again = Recipe(steps, out).run()
+    assert [s for _, s in Recipe(steps, out).plan()] == ["done"] * 4
+    assert (out / "tiny.pt").stat().st_mtime_ns == mtime
+    assert again["steps"] == state["steps"]
+
+
+def test_a_failing_step_names_itself_and_its_log(tmp_path: Path) -> None:
+    steps = steps_from_config([{"name": "bad", "train": ["no_such_key=1"]}])
+    with pytest.raises(RecipeError, match=r"step bad failed .*bad\.log"):
+        Recipe(steps, tmp_path).run()
+    assert json.loads((tmp_path / "recipe.json").read_text())["steps"]["bad"]["status"] == "interrupted"
+
+
+def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    recipe_main(
+        [
+            "experiment=student_default",
+            "plan_only=true",
+            f"paths.log_dir={tmp_path}",
+            f"paths.data_dir={tmp_path}/data",
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "synthetic_scenes",
+        "training_photos",
+        "heldout_photos",
+        "heldout_pairs",
+        "stage1",
+        "stage2",
+        "ship",
+    ]
+    assert all(line.split()[-1] == "run" for line in lines)
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main([f"paths.log_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert "experiment=<name>" in capsys.readouterr().err
+    assert os.environ.get("LOFTR_KD_DEBUG", "0") in ("", "0")
+
+
+def test_a_recipe_is_not_a_training_experiment() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from loftr_kd.config import CONFIG_DIR, register_resolvers
+    from loftr_kd.config_check import ConfigError, check_train_config
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="train", overrides=["experiment=student_default"])
+        stage2 = compose(
+            config_name="train", overrides=["experiment=student_default_stage2", "init_weights=x"]
+        )
+    with pytest.raises(ConfigError, match="loftr-kd-recipe experiment=student_default"):
+        check_train_config(cfg)
+    check_train_config(stage2)
+    assert stage2.data.root.endswith("data/photos_train_wide")
