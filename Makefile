@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format tensorboard bench export evaluate synth rerun clean
+.PHONY: help install train test test-all lint format tensorboard bench export evaluate synth rerun default-model clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outpu
 	@test -n "$(RUN)" || { echo "usage: make rerun RUN=outputs/train/runs/<run>"; exit 2; }
 	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config \
 		"hydra.run.dir=outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(ARGS)
+
+default-model: $(STAMP) ## Rebuild the shipped default student end to end (resumable; docs in weights/MODEL_CARD.md)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/loftr-kd-recipe experiment=student_default $(ARGS)
 
 clean: ## Remove caches and build artefacts (keeps .venv, data/, outputs/, weights/)
 	rm -rf build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -402,6 +402,9 @@ def test_run_evaluation_writes_reports(tmp_path, hpatches, pose_data):
     assert results["methods"]["random"]["homography"]["auc"][10.0] < 0.05
     markdown = (tmp_path / "run" / "results.md").read_text()
     assert "| oracle-h | 100.0 | 100.0 | 100.0 |" in markdown and "| random |" in markdown
+    split = saved["methods"]["oracle-h"]["homography"]["by_difficulty"]
+    assert split["mild"]["num_pairs"] + split["hard"]["num_pairs"] == len(h_pairs)
+    assert "By difficulty of the true homography" in markdown
     assert (tmp_path / "run" / "homography_auc.png").stat().st_size > 1000
     assert (tmp_path / "pose" / "pose_auc.png").is_file()
     assert "AUC@5°" in (tmp_path / "pose" / "results.md").read_text()
@@ -430,3 +433,15 @@ def test_coarse_report_separates_cell_centres_from_refined_positions():
     assert gain["num_matches"] > 50
     assert gain["refined_epe_median_px"] < 0.1 < 2.0 < gain["coarse_epe_median_px"] < 8.0
     assert "matches whose coarse cell is right" in ev.markdown_report({"methods": {"m": {"coarse": result}}})
+
+
+@pytest.mark.parametrize(("angle", "scale"), [(40.0, 2.5), (-10.0, 0.5), (0.0, 1.0)])
+def test_rotation_and_zoom_of_a_known_similarity(angle: float, scale: float) -> None:
+    width, height = 640, 480
+    centre = ((width - 1) / 2, (height - 1) / 2)
+    similarity = np.vstack([cv2.getRotationMatrix2D(centre, angle, scale), [0, 0, 1]])
+    # plus a perspective part that is 1 at the centre and a translation: neither changes the answer
+    shift = np.array([[1, 0, 17.0], [0, 1, -9.0], [0, 0, 1]])
+    rotation, zoom = ev.homography_rotation_zoom(shift @ similarity, width, height)
+    assert rotation == pytest.approx(abs(angle), abs=1e-6)
+    assert zoom == pytest.approx(max(scale, 1 / scale), rel=1e-6)

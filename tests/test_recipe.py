@@ -63,6 +63,7 @@ def _steps() -> list[dict]:
                 "name": "tiny",
                 "height": HEIGHT,
                 "width": WIDTH,
+                "match_threshold": 0.1,
                 "export": ["parity_pairs=1", "tensorrt.enabled=false"],
             },
         },
@@ -114,6 +115,7 @@ def test_recipe_runs_resumes_an_interrupted_stage_and_ships(tmp_path: Path) -> N
 
     student = load_student(out / "tiny.pt")
     assert (student.config.input_height, student.config.input_width) == (HEIGHT, WIDTH)
+    assert student.config.match_threshold == 0.1
     for path in (out / "tiny.pt", out / "tiny.onnx"):
         assert (tmp_path / "weights" / path.name).read_bytes() == path.read_bytes()
     session = ort.InferenceSession(str(out / "tiny.onnx"), providers=["CPUExecutionProvider"])
@@ -151,6 +153,7 @@ def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: 
         "training_photos",
         "heldout_photos",
         "heldout_pairs",
+        "validation_pairs",
         "stage1",
         "stage2",
         "ship",
@@ -181,3 +184,43 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
         check_train_config(cfg)
     check_train_config(stage2)
     assert stage2.data.root.endswith("data/photos_train_wide")
+
+
+def test_sigterm_stops_the_step_records_it_and_the_next_run_resumes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "recipe"
+    scenes_cmd = _steps()[0]["command"]
+    specs = [
+        {"name": "scenes", "command": scenes_cmd, "creates": "{out_dir}/scenes/synthetic_info.json"},
+        {"name": "stage1", "train": _train("data.pairs_per_epoch=400")},
+    ]
+    script = (
+        "import json, sys; from loftr_kd.recipe import Recipe, steps_from_config; "
+        "Recipe(steps_from_config(json.loads(sys.argv[1])), sys.argv[2]).run()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(specs), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    step_ckpt = out / "stage1-1" / "checkpoints" / "step.ckpt"
+    deadline = time.time() + 240
+    while not step_ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert step_ckpt.exists(), "no step checkpoint before the deadline"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    time.sleep(1.0)
+    survivors = subprocess.run(
+        ["pgrep", "-f", f"hydra.run.dir={out}/stage1-1"], capture_output=True, text=True
+    )
+    assert survivors.stdout.strip() == "", "the training process outlived the recipe"
+    state = json.loads((out / "recipe.json").read_text())["steps"]["stage1"]
+    assert state["status"] == "interrupted" and state["wall_s"] > 0
+    assert not (out / "stage1-1" / "summary.json").exists()
+    steps = steps_from_config(specs)
+    assert [s for _, s in Recipe(steps, out).plan()] == ["done", "resume"]

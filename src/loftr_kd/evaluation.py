@@ -100,6 +100,31 @@ def corner_error(h_est: np.ndarray | None, h_true: np.ndarray, width: int, heigh
     return float(error) if np.isfinite(error) else math.inf
 
 
+def homography_rotation_zoom(h: np.ndarray, width: int, height: int) -> tuple[float, float]:
+    """Rotation (degrees, absolute) and zoom (>= 1, either way) of ``h`` around the image centre.
+
+    From the Jacobian ``J`` of ``h`` at the centre: the rotation of the closest similarity
+    ``atan2(J10 - J01, J00 + J11)`` and the scale ``sqrt(|det J|)``, reported as ``max(s, 1/s)``.
+    """
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    x, y, w = h @ np.array([cx, cy, 1.0])
+    u, v = x / w, y / w
+    jac = np.array(
+        [
+            [(h[0, 0] - u * h[2, 0]) / w, (h[0, 1] - u * h[2, 1]) / w],
+            [(h[1, 0] - v * h[2, 0]) / w, (h[1, 1] - v * h[2, 1]) / w],
+        ]
+    )
+    rotation = math.degrees(math.atan2(jac[1, 0] - jac[0, 1], jac[0, 0] + jac[1, 1]))
+    scale = math.sqrt(abs(float(np.linalg.det(jac))))
+    return abs(rotation), max(scale, 1.0 / scale) if scale > 0 else math.inf
+
+
+# Pairs split by how hard their true homography is (rotation, zoom at the centre): "mild" is within
+# what an upright, single-scale matcher is usually trained for.
+MILD_ROTATION_DEG, MILD_ZOOM = 30.0, 2.0
+
+
 def reprojection_errors(keypoints0: np.ndarray, keypoints1: np.ndarray, h_true: np.ndarray) -> np.ndarray:
     """(N,) distance between keypoints1 and keypoints0 warped by the true homography."""
     if len(keypoints0) == 0:
@@ -419,9 +444,12 @@ def evaluate_homography(
         )
         height, width = image0.shape[:2]
         errors = reprojection_errors(result["keypoints0"], result["keypoints1"], h_true)
+        rotation, zoom = homography_rotation_zoom(h_true, width, height)
         records.append(
             {
                 "pair": pair.name,
+                "rotation_deg": rotation,
+                "zoom": zoom,
                 "corner_error": corner_error(h_est, h_true, width, height),
                 "num_matches": len(errors),
                 "num_inliers": int(inliers.sum()),
@@ -432,9 +460,22 @@ def evaluate_homography(
             }
         )
     errors = [r["corner_error"] for r in records]
+    mild = [r["rotation_deg"] <= MILD_ROTATION_DEG and r["zoom"] <= MILD_ZOOM for r in records]
+    by_difficulty = {
+        name: {
+            "num_pairs": len(chosen),
+            "auc": error_auc(chosen, thresholds) if chosen else {float(t): float("nan") for t in thresholds},
+        }
+        for name, chosen in (
+            ("mild", [e for e, m in zip(errors, mild) if m]),
+            ("hard", [e for e, m in zip(errors, mild) if not m]),
+        )
+    }
     return {
         "num_pairs": len(records),
         "auc": error_auc(errors, thresholds),
+        # mild: rotation <= 30 deg and zoom <= 2x at the image centre; hard: the rest
+        "by_difficulty": by_difficulty,
         "precision": {
             float(t): float(np.mean([r["precision"][float(t)] for r in records]))
             for t in precision_thresholds
@@ -642,6 +683,26 @@ def markdown_report(results: dict[str, Any]) -> str:
                 + f" | {r['num_matches']:.0f} | {r['failures']}/{r['num_pairs']} | {r['time_ms']:.1f} |"
             )
         lines.append("")
+        if all("by_difficulty" in r for r in homography.values()):
+            split = first["by_difficulty"]
+            lines += [
+                f"By difficulty of the true homography (mild: rotation ≤ {MILD_ROTATION_DEG:g}° and zoom ≤ "
+                f"{MILD_ZOOM:g}×, {split['mild']['num_pairs']} pairs; hard: the other "
+                f"{split['hard']['num_pairs']}), AUC %:",
+                "",
+                "| method | "
+                + " | ".join(f"mild @{k:g}px" for k in auc_keys)
+                + " | "
+                + " | ".join(f"hard @{k:g}px" for k in auc_keys)
+                + " |",
+                "|---" * (1 + 2 * len(auc_keys)) + "|",
+            ]
+            for name, r in homography.items():
+                cells = [
+                    pct(r["by_difficulty"][part]["auc"][k]) for part in ("mild", "hard") for k in auc_keys
+                ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
     pose = {n: e["pose"] for n, e in methods.items() if "pose" in e}
     if pose:
         auc_keys = list(next(iter(pose.values()))["auc"])

@@ -380,19 +380,20 @@ class Matcher:
 
     def _load_torch(self, input_size: tuple[int, int] | None):
         """Load the student checkpoint (optionally with a new input size / threshold)."""
-        from loftr_kd.models.student import build_student, load_student
+        from loftr_kd.models.student import load_student
 
         height, width = input_size if input_size is not None else (None, None)
         try:
-            model = load_student(self.weights, map_location="cpu", input_height=height, input_width=width)
+            model = load_student(
+                self.weights,
+                map_location="cpu",
+                input_height=height,
+                input_width=width,
+                match_threshold=self._threshold_override,
+            )
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise MatcherError(f"cannot load student weights {self.weights}: {err}") from err
         config = model.config
-        if self._threshold_override is not None:
-            config = dataclasses.replace(config, match_threshold=float(self._threshold_override))
-            rebuilt = build_student(**dataclasses.asdict(config))
-            rebuilt.load_state_dict(model.state_dict())
-            model = rebuilt
         model = model.prepare_for_inference(inplace=True).to(self.device)
         self.config = dataclasses.asdict(config)
         self._set_geometry(config.input_height, config.input_width, config.coarse_stride)

@@ -7,7 +7,8 @@ A recipe is a list of steps, run in order, each as its own process (the same com
 - ``train``: ``loftr-kd-train`` overrides; the run lands in ``<out_dir>/<step>-<attempt>``. A stage whose
   attempt wrote ``summary.json`` is done; an interrupted one is resumed into the next attempt directory
   with ``ckpt_path=<previous attempt>`` (a run directory is never overwritten).
-- ``ship``: a finished stage's best checkpoint -> ``<name>.pt`` (``save_student``) and ``<name>.onnx``
+- ``ship``: a finished stage's best checkpoint (optionally with a new ``match_threshold``) -> ``<name>.pt``
+  (``save_student``) and ``<name>.onnx``
   (``loftr-kd-export``, its checks and report), copied to ``ship_to`` when set.
 
 Arguments may name earlier results: ``{<step>.best_checkpoint}``, ``{<step>.run_dir}``, ``{out_dir}``.
@@ -250,9 +251,9 @@ class Recipe:
         name = str(spec.get("name", "student"))
         source = self.best_checkpoint(str(spec["from"]))
         height, width = int(spec.get("height", 480)), int(spec.get("width", 640))
-        pt = save_student(
-            load_student(source, input_height=height, input_width=width), self.out_dir / f"{name}.pt"
-        )
+        threshold = spec.get("match_threshold")  # chosen on validation data, see the recipe's notes
+        student = load_student(source, input_height=height, input_width=width, match_threshold=threshold)
+        pt = save_student(student, self.out_dir / f"{name}.pt")
         export_dir = self.out_dir / f"{step.name}_export"
         if export_dir.exists():
             shutil.rmtree(export_dir)  # an interrupted export: its files are rebuilt from the .pt

@@ -406,6 +406,7 @@ def load_student(
     input_height: int | None = None,
     input_width: int | None = None,
     weights_only: bool = True,
+    match_threshold: float | None = None,
 ) -> CoarseLoFTRStudent:
     """Rebuild a student from a ``save_student`` file, a Lightning checkpoint or a published
     Coarse_LoFTR_TRT checkpoint (``model_state_dict``, recognised by its keys: :func:`published_checkpoint`).
@@ -420,6 +421,7 @@ def load_student(
         input_width: likewise for the width.
         weights_only: passed to ``torch.load``; set ``False`` for a trusted Lightning checkpoint whose
             hyper-parameters hold objects other than plain containers.
+        match_threshold: build with this match-confidence threshold instead of the stored one.
 
     Returns:
         The student in eval mode, on ``map_location``'s device.
@@ -468,6 +470,8 @@ def load_student(
         values["input_height"] = input_height
     if input_width is not None:
         values["input_width"] = input_width
+    if match_threshold is not None:
+        values["match_threshold"] = float(match_threshold)
     for side in ("height", "width"):  # an input size above the stored maximum raises the maximum
         default = StudentConfig.__dataclass_fields__[f"max_{side}"].default
         size = values.get(f"input_{side}", 0)
