@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loftr_kd.files import write_json
+from loftr_kd.files import replacing, write_json
 
 PathLike = str | os.PathLike
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\.(best_checkpoint|run_dir)\}")
@@ -270,18 +270,16 @@ class Recipe:
         onnx_files = sorted(export_dir.glob(f"{name}*.onnx"))
         if not onnx_files:
             raise RecipeError(f"step {step.name}: loftr-kd-export wrote no {name}*.onnx in {export_dir}")
-        onnx = self.out_dir / f"{name}.onnx"
-        shutil.copyfile(onnx_files[0], onnx)
+        onnx = _copy_atomically(onnx_files[0], self.out_dir / f"{name}.onnx")
         shipped = [str(pt), str(onnx)]
-        if self.ship_to is not None:
-            self.ship_to.mkdir(parents=True, exist_ok=True)
-            for path in (pt, onnx):
-                shutil.copyfile(path, self.ship_to / path.name)
-            shipped += [str(self.ship_to / pt.name), str(self.ship_to / onnx.name)]
+        if self.ship_to is not None:  # the shipped files are replaced whole or not at all
+            shipped += [str(_copy_atomically(path, self.ship_to / path.name)) for path in (pt, onnx)]
         return [*argv, f"# from {source}; wrote {', '.join(shipped)}"]
 
     def _run_step(self, step: Step) -> None:
-        previous = float(self.state["steps"].get(step.name, {}).get("wall_s", 0.0))
+        entry = self.state["steps"].get(step.name, {})
+        # an interrupted step's time counts towards its total; a step run again from scratch starts at 0
+        previous = float(entry.get("wall_s", 0.0)) if entry.get("status") == "interrupted" else 0.0
         started = time.time()
         self._record(step, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), hardware=hardware())
         try:
@@ -336,6 +334,12 @@ class Recipe:
                 self._run_step(step)
             if step.name == until:
                 break
+
+
+def _copy_atomically(source: Path, target: Path) -> Path:
+    with replacing(target, suffix=target.suffix) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
