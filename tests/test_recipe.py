@@ -123,8 +123,15 @@ def test_recipe_runs_resumes_an_interrupted_stage_and_ships(tmp_path: Path) -> N
     outputs = session.run(None, {i.name: image for i in session.get_inputs()})
     assert outputs[0].shape[0] == 1
 
+    # Shipping to another folder later is still to do; it ships the same files.
+    late = Recipe(steps, out, ship_to=tmp_path / "weights2")
+    assert [s for _, s in late.plan()][-1] == "run"
+    late.run()
+    assert (tmp_path / "weights2" / "tiny.onnx").read_bytes() == (out / "tiny.onnx").read_bytes()
+
     # Everything done: a rerun changes nothing.
     mtime = (out / "tiny.pt").stat().st_mtime_ns
+    state = json.loads((out / "recipe.json").read_text())
     again = Recipe(steps, out).run()
     assert [s for _, s in Recipe(steps, out).plan()] == ["done"] * 4
     assert (out / "tiny.pt").stat().st_mtime_ns == mtime
