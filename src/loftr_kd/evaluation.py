@@ -653,6 +653,12 @@ def run_evaluation(
     return results
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Markdown table lines (header, separator, rows) and a blank line after it."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     """Markdown tables (one per benchmark) comparing the methods."""
     methods = results["methods"]
@@ -665,24 +671,16 @@ def markdown_report(results: dict[str, Any]) -> str:
     if homography:
         first = next(iter(homography.values()))
         auc_keys, prec_keys = list(first["auc"]), list(first["precision"])
-        lines += [
-            "## Homography (corner error AUC, %)",
-            "",
-            "| method | "
-            + " | ".join(f"AUC@{k:g}px" for k in auc_keys)
-            + " | "
-            + " | ".join(f"prec@{k:g}px" for k in prec_keys)
-            + " | matches | failures | ms/pair |",
-            "|---" * (1 + len(auc_keys) + len(prec_keys) + 3) + "|",
-        ]
-        for name, r in homography.items():
-            cells = [pct(r["auc"][k]) for k in auc_keys] + [pct(r["precision"][k]) for k in prec_keys]
-            lines.append(
-                f"| {name} | "
-                + " | ".join(cells)
-                + f" | {r['num_matches']:.0f} | {r['failures']}/{r['num_pairs']} | {r['time_ms']:.1f} |"
-            )
-        lines.append("")
+        lines += ["## Homography (corner error AUC, %)", ""]
+        lines += _table(
+            ["method", *(f"AUC@{k:g}px" for k in auc_keys), *(f"prec@{k:g}px" for k in prec_keys)]
+            + ["matches", "failures", "ms/pair"],
+            [
+                [name, *(pct(r["auc"][k]) for k in auc_keys), *(pct(r["precision"][k]) for k in prec_keys)]
+                + [f"{r['num_matches']:.0f}", f"{r['failures']}/{r['num_pairs']}", f"{r['time_ms']:.1f}"]
+                for name, r in homography.items()
+            ],
+        )
         if all("by_difficulty" in r for r in homography.values()):
             split = first["by_difficulty"]
             lines += [
@@ -690,68 +688,69 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"{MILD_ZOOM:g}×, {split['mild']['num_pairs']} pairs; hard: the other "
                 f"{split['hard']['num_pairs']}), AUC %:",
                 "",
-                "| method | "
-                + " | ".join(f"mild @{k:g}px" for k in auc_keys)
-                + " | "
-                + " | ".join(f"hard @{k:g}px" for k in auc_keys)
-                + " |",
-                "|---" * (1 + 2 * len(auc_keys)) + "|",
             ]
-            for name, r in homography.items():
-                cells = [
-                    pct(r["by_difficulty"][part]["auc"][k]) for part in ("mild", "hard") for k in auc_keys
-                ]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += _table(
+                ["method", *(f"{part} @{k:g}px" for part in ("mild", "hard") for k in auc_keys)],
+                [
+                    [
+                        name,
+                        *(
+                            pct(r["by_difficulty"][part]["auc"][k])
+                            for part in ("mild", "hard")
+                            for k in auc_keys
+                        ),
+                    ]
+                    for name, r in homography.items()
+                ],
+            )
     pose = {n: e["pose"] for n, e in methods.items() if "pose" in e}
     if pose:
         auc_keys = list(next(iter(pose.values()))["auc"])
-        lines += [
-            "## Relative pose (AUC of max(R, t) angle error, %)",
-            "",
-            "| method | "
-            + " | ".join(f"AUC@{k:g}°" for k in auc_keys)
-            + " | epi. prec. | matches | failures | ms/pair |",
-            "|---" * (1 + len(auc_keys) + 4) + "|",
-        ]
-        for name, r in pose.items():
-            lines.append(
-                f"| {name} | "
-                + " | ".join(pct(r["auc"][k]) for k in auc_keys)
-                + f" | {pct(r['epipolar_precision'])} | {r['num_matches']:.0f} | {r['failures']}/{r['num_pairs']}"
-                f" | {r['time_ms']:.1f} |"
-            )
-        lines.append("")
+        lines += ["## Relative pose (AUC of max(R, t) angle error, %)", ""]
+        lines += _table(
+            ["method", *(f"AUC@{k:g}°" for k in auc_keys), "epi. prec.", "matches", "failures", "ms/pair"],
+            [
+                [name, *(pct(r["auc"][k]) for k in auc_keys), pct(r["epipolar_precision"])]
+                + [f"{r['num_matches']:.0f}", f"{r['failures']}/{r['num_pairs']}", f"{r['time_ms']:.1f}"]
+                for name, r in pose.items()
+            ],
+        )
     coarse = {n: e["coarse"] for n, e in methods.items() if "coarse" in e}
     if coarse:
-        lines += [
-            "## Matches against exact ground truth (loftr_kd.metrics)",
-            "",
-            "| method | precision @1 / 3 / 5 px % | recall % | EPE median / p90 px | matches | pairs |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, r in coarse.items():
-            precision = " / ".join(pct(r[f"precision@{t}px"]) for t in (1, 3, 5))
-            lines.append(
-                f"| {name} | {precision} | {pct(r['recall'])} | {r['epe_median_px']:.2f} / {r['epe_p90_px']:.2f} | "
-                f"{r['num_matches']:.0f} | {r['num_pairs']} |"
-            )
-        lines.append("")
+        lines += ["## Matches against exact ground truth (loftr_kd.metrics)", ""]
+        lines += _table(
+            ["method", "precision @1 / 3 / 5 px %", "recall %", "EPE median / p90 px", "matches", "pairs"],
+            [
+                [
+                    name,
+                    " / ".join(pct(r[f"precision@{t}px"]) for t in (1, 3, 5)),
+                    pct(r["recall"]),
+                    f"{r['epe_median_px']:.2f} / {r['epe_p90_px']:.2f}",
+                    f"{r['num_matches']:.0f}",
+                    f"{r['num_pairs']}",
+                ]
+                for name, r in coarse.items()
+            ],
+        )
         gains = {n: r["correct_cells"] for n, r in coarse.items() if r.get("correct_cells")}
         if gains:
             lines += [
                 "End-point error of the matches whose coarse cell is right: at the cell centre vs as returned "
                 "(refined where the model refines).",
                 "",
-                "| method | matches | cell centre median / p90 px | returned median / p90 px |",
-                "|---|---|---|---|",
             ]
-            for name, g in gains.items():
-                lines.append(
-                    f"| {name} | {g['num_matches']:.0f} | {g['coarse_epe_median_px']:.2f} / "
-                    f"{g['coarse_epe_p90_px']:.2f} | {g['refined_epe_median_px']:.2f} / {g['refined_epe_p90_px']:.2f} |"
-                )
-            lines.append("")
+            lines += _table(
+                ["method", "matches", "cell centre median / p90 px", "returned median / p90 px"],
+                [
+                    [
+                        name,
+                        f"{g['num_matches']:.0f}",
+                        f"{g['coarse_epe_median_px']:.2f} / {g['coarse_epe_p90_px']:.2f}",
+                        f"{g['refined_epe_median_px']:.2f} / {g['refined_epe_p90_px']:.2f}",
+                    ]
+                    for name, g in gains.items()
+                ],
+            )
     return "\n".join(lines)
 
 
