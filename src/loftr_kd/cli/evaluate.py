@@ -5,15 +5,12 @@ relative pose from a pair list, and coarse ground truth of validation scenes (Hy
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from loftr_kd.config import CONFIG_DIR
+from loftr_kd.cli import hydra_command
 from loftr_kd.files import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -122,29 +119,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def _hydra_main(cfg: DictConfig) -> None:
-    from loftr_kd.errors import debug_enabled, is_user_error, report
-
-    try:
-        evaluate(cfg)
-    except Exception as error:
-        if debug_enabled() or not is_user_error(error):
-            raise
-        raise SystemExit(report("loftr-kd-evaluate", error)) from None
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point; ``argv`` (Hydra overrides) defaults to the command line."""
-    if argv is None:
-        _hydra_main()
-        return
-    saved = sys.argv
-    sys.argv = ["loftr-kd-evaluate", *argv]
-    try:
-        _hydra_main()
-    finally:
-        sys.argv = saved
+main = hydra_command("loftr-kd-evaluate", "evaluate", evaluate)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,9 @@ config ``conf/recipe.yaml``; recipes in ``conf/experiment/``, e.g. ``student_def
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from loftr_kd.config import CONFIG_DIR
+from loftr_kd.cli import hydra_command
 
 
 def run(cfg: DictConfig) -> dict:
@@ -27,29 +23,7 @@ def run(cfg: DictConfig) -> dict:
     return recipe.run(until=cfg.until)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="recipe")
-def _hydra_main(cfg: DictConfig) -> None:
-    from loftr_kd.errors import debug_enabled, is_user_error, report
-
-    try:
-        run(cfg)
-    except Exception as error:
-        if debug_enabled() or not is_user_error(error):
-            raise
-        raise SystemExit(report("loftr-kd-recipe", error)) from None
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point; ``argv`` (Hydra overrides) defaults to the command line."""
-    if argv is None:
-        _hydra_main()
-        return
-    saved = sys.argv
-    sys.argv = ["loftr-kd-recipe", *argv]
-    try:
-        _hydra_main()
-    finally:
-        sys.argv = saved
+main = hydra_command("loftr-kd-recipe", "recipe", run)
 
 
 if __name__ == "__main__":
