@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from loftr_kd.data.photos import PHOTO_SETS, collect_photos, missing_photos, photo_set
+from loftr_kd.data.photos import PHOTO_SETS, collect_photos, photo_set
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -25,9 +25,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     photos = photo_set(args.set)
     if args.list:
-        missing = {p.name for p in missing_photos(photos)}
         for p in photos:
-            where = "MISSING, " + p.install_hint if p.name in missing else str(p.locate())
+            source = p.locate()
+            where = str(source) if source is not None else "MISSING, " + p.install_hint
             print(f"{p.name:24s} {p.package:28s} {where}")
         return
     if not args.out:

@@ -147,11 +147,6 @@ def photo_set(name: str) -> tuple[Photo, ...]:
         raise ValueError(f"unknown photo set {name!r}; known: {', '.join(PHOTO_SETS)}") from None
 
 
-def missing_photos(photos: Sequence[Photo]) -> list[Photo]:
-    """The photos of ``photos`` whose package is not installed."""
-    return [p for p in photos if p.locate() is None]
-
-
 def collect_photos(
     photos: Sequence[Photo], out_dir: PathLike, *, max_side: int = 1600, allow_missing: bool = False
 ) -> list[dict]:
@@ -167,7 +162,8 @@ def collect_photos(
     """
     from loftr_kd.files import write_bytes, write_json
 
-    missing = missing_photos(photos)
+    located = [(photo, photo.locate()) for photo in photos]
+    missing = [photo for photo, source in located if source is None]
     if missing and not allow_missing:
         packages = sorted({p.install_hint for p in missing})
         raise FileNotFoundError(
@@ -178,8 +174,7 @@ def collect_photos(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for photo in photos:
-        source = photo.locate()
+    for photo, source in located:
         if source is None:
             continue
         data = source.read_bytes()
@@ -217,6 +212,5 @@ __all__ = [
     "TRAIN_WIDE",
     "Photo",
     "collect_photos",
-    "missing_photos",
     "photo_set",
 ]
