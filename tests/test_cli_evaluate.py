@@ -106,3 +106,33 @@ def test_coarse_benchmark_on_synthetic_blendedmvs_scenes(tmp_path):
     assert sift["num_pairs"] == 4 and sift["num_matches"] > 10
     assert sift["precision"] > 0.3 and 0 < sift["recall"] <= 1
     assert "## Matches against exact ground truth" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_guided_student_is_a_method_setting_and_reports_the_epe_of_correct_matches(data, tmp_path):
+    """``guided`` in a method's spec wraps the student (loftr_kd.registration); every homography row gets
+    the end-point error of its correct matches, ORB's too."""
+    from loftr_kd.paths import WEIGHTS_DIR
+
+    root, _, _ = data
+    shipped = WEIGHTS_DIR / "student_paper_refine.onnx"
+    cfg = compose_cfg(
+        [
+            f"homography.root={root / 'hpatches'}",
+            "~methods.sift",
+            "~methods.student",
+            "+methods.guided.backend=onnx",
+            f"+methods.guided.weights={shipped}",
+            "+methods.guided.guided={rotations:[0,45],scales:[1],stop_inliers:1000}",
+            "threads=1",
+        ]
+    )
+    results = evaluate(cfg, out_dir=tmp_path / "run")
+    assert "GuidedMatcher(" in results["methods"]["guided"]["matcher"]
+    assert "rotations=[0.0, 45.0]" in results["methods"]["guided"]["matcher"]
+    for name in ("orb", "guided"):
+        h = results["methods"][name]["homography"]
+        epe = h["epe_correct"]
+        assert epe["threshold_px"] == 5.0 and epe["count"] > 0 and 0 <= epe["median"] <= epe["p90"] <= 5.0
+        assert h["time_ms_mean"] > 0
+    markdown = (tmp_path / "run" / "results.md").read_text()
+    assert "EPE ≤5px median / p90" in markdown and "| guided |" in markdown

@@ -189,3 +189,28 @@ def test_json_over_an_input_image_is_refused(pair, tmp_path, capsys):
     assert _sift(pair[0], pair[1], tmp_path / "o", "--json", str(pair[0])) == 2
     assert "would overwrite an input file" in capsys.readouterr().err
     assert pair[0].read_bytes() == before
+
+
+def test_guided_registers_a_turned_pair_and_reports_its_prior(tmp_path, capsys):
+    """55 degrees and 1.5x zoom: --guided finds a prior, rewarps and registers to a few px; the JSON says
+    which hypothesis gave the prior and holds it. ORB has no guided mode: a one-line error."""
+    from loftr_kd.paths import WEIGHTS_DIR
+
+    w, h = 640, 480
+    image0 = cv2.resize(skdata.camera(), (w, h), interpolation=cv2.INTER_AREA)
+    truth = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 55.0, 1.5)  # image0 -> image1
+    truth = np.vstack([truth, [0, 0, 1]])
+    cv2.imwrite(str(tmp_path / "a.png"), image0)
+    cv2.imwrite(str(tmp_path / "b.png"), cv2.warpPerspective(image0, truth, (w, h)))
+    json_path = tmp_path / "m.json"
+    weights = WEIGHTS_DIR / "student_paper_refine.onnx"
+    argv = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--weights", str(weights), "--threads", "2"]
+    assert main([*argv, "--guided", "--out", str(tmp_path / "o"), "--json", str(json_path)]) == 0
+    record = json.loads(json_path.read_text())
+    assert corner_error(np.array(record["homography"]), truth, w, h) < 3.0
+    guided = record["guided"]
+    assert guided["rotation_deg"] in (0.0, 45.0, -45.0) and guided["zoom"] in (1.0, 0.5, 2.0)
+    assert guided["rewarped"] and guided["search_inliers"] >= 6
+    assert corner_error(np.array(guided["prior_homography"]), truth, w, h) < 50.0
+    assert main([*argv[:2], "--backend", "orb", "--guided", "--out", str(tmp_path / "p")]) == 2
+    assert "guided matching is for the student" in capsys.readouterr().err

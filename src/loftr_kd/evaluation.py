@@ -421,10 +421,13 @@ def evaluate_homography(
     ransac: str = "magsac",
     ransac_threshold: float = 3.0,
     short_side: int | None = 480,
+    correct_threshold: float = 5.0,
 ) -> dict[str, Any]:
     """Corner-error AUC, match precision and match count of a matcher on homography pairs.
 
     Args:
+        correct_threshold: a match within this many pixels of the true homography's point is correct;
+            ``epe_correct`` is the end-point error of the correct matches (median, p90) over all pairs.
         short_side: both images are resized so their shorter side has this many pixels before
             matching (LoFTR's HPatches protocol uses 480; ``None`` keeps the stored size); errors are
             measured in the pixels of the resized images.
@@ -433,7 +436,7 @@ def evaluate_homography(
         ``{"auc": {thr: auc}, "precision": {thr: mean}, "num_matches": mean, "time_ms": median,
         "per_pair": [...], "errors": [...]}``.
     """
-    records = []
+    records, correct_errors = [], []
     for pair in pairs:
         image0, scale0 = _resize_short_side(read_image(pair.path0), short_side)
         image1, scale1 = _resize_short_side(read_image(pair.path1), short_side)
@@ -445,6 +448,7 @@ def evaluate_homography(
         height, width = image0.shape[:2]
         errors = reprojection_errors(result["keypoints0"], result["keypoints1"], h_true)
         rotation, zoom = homography_rotation_zoom(h_true, width, height)
+        correct_errors.append(errors[errors <= correct_threshold])
         records.append(
             {
                 "pair": pair.name,
@@ -483,8 +487,24 @@ def evaluate_homography(
         "num_matches": float(np.mean([r["num_matches"] for r in records])),
         "failures": int(sum(not math.isfinite(e) for e in errors)),
         "time_ms": float(np.median([r["time_ms"] for r in records])),
+        "time_ms_mean": float(np.mean([r["time_ms"] for r in records])),
+        "epe_correct": _epe_summary(
+            np.concatenate(correct_errors) if correct_errors else np.zeros(0), correct_threshold
+        ),
         "errors": errors,
         "per_pair": records,
+    }
+
+
+def _epe_summary(errors: np.ndarray, threshold: float) -> dict[str, float]:
+    """Median and p90 end-point error of the correct matches (NaN when there are none)."""
+    if len(errors) == 0:
+        return {"threshold_px": float(threshold), "count": 0, "median": float("nan"), "p90": float("nan")}
+    return {
+        "threshold_px": float(threshold),
+        "count": int(len(errors)),
+        "median": float(np.median(errors)),
+        "p90": float(np.percentile(errors, 90)),
     }
 
 
@@ -529,6 +549,7 @@ def evaluate_pose(
         "num_matches": float(np.mean([r["num_matches"] for r in records])),
         "failures": int(sum(not math.isfinite(e) for e in errors)),
         "time_ms": float(np.median([r["time_ms"] for r in records])),
+        "time_ms_mean": float(np.mean([r["time_ms"] for r in records])),
         "errors": errors,
         "per_pair": records,
     }
@@ -672,15 +693,31 @@ def markdown_report(results: dict[str, Any]) -> str:
         first = next(iter(homography.values()))
         auc_keys, prec_keys = list(first["auc"]), list(first["precision"])
         lines += ["## Homography (corner error AUC, %)", ""]
+        epe = first.get("epe_correct")
         lines += _table(
             ["method", *(f"AUC@{k:g}px" for k in auc_keys), *(f"prec@{k:g}px" for k in prec_keys)]
-            + ["matches", "failures", "ms/pair"],
+            + ["matches", "failures", "ms/pair"]
+            + ([f"EPE ≤{epe['threshold_px']:g}px median / p90", "ms mean"] if epe else []),
             [
                 [name, *(pct(r["auc"][k]) for k in auc_keys), *(pct(r["precision"][k]) for k in prec_keys)]
                 + [f"{r['num_matches']:.0f}", f"{r['failures']}/{r['num_pairs']}", f"{r['time_ms']:.1f}"]
+                + (
+                    [
+                        f"{r['epe_correct']['median']:.2f} / {r['epe_correct']['p90']:.2f}",
+                        f"{r['time_ms_mean']:.1f}",
+                    ]
+                    if epe and "epe_correct" in r
+                    else (["—", "—"] if epe else [])
+                )
                 for name, r in homography.items()
             ],
         )
+        if epe:
+            lines += [
+                "ms/pair is the median matcher call, ms mean its mean; EPE: end-point error of the matches within "
+                f"{epe['threshold_px']:g} px of the true homography's point, over all pairs.",
+                "",
+            ]
         if all("by_difficulty" in r for r in homography.values()):
             split = first["by_difficulty"]
             lines += [

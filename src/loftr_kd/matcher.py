@@ -628,8 +628,11 @@ class Matcher:
             self._grid = self.coarse_grid.centers().numpy().astype(np.float64)
         return self._grid
 
-    def input_shape(self, height: int, width: int, name: str = "image") -> tuple[int, int]:
-        """Model input ``(H, W)`` for an image of ``height x width`` (aspect-true, or the static input).
+    def input_shape(
+        self, height: int, width: int, name: str = "image", size: int | None = None
+    ) -> tuple[int, int]:
+        """Model input ``(H, W)`` for an image of ``height x width`` (aspect-true, or the static input);
+        ``size`` overrides the long side (models that take any size only).
 
         Raises:
             ImageError: the image is too small or too elongated to match (message names ``name``).
@@ -642,31 +645,41 @@ class Matcher:
                 )
             check_aspect(height, width, self.input_height, self.input_width, self.min_side, name)
             return self.input_height, self.input_width
+        size = self.size if size is None else self._check_size(size)
         shape = aspect_true_size(
-            height, width, self.size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
+            height, width, size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
         )[:2]
         if self.min_size and (shape[0] < self.min_size[0] or shape[1] < self.min_size[1]):
             raise MatcherError(
-                f"{name} of {width}x{height} pixels becomes {shape[1]}x{shape[0]} at size {self.size}, below the "
+                f"{name} of {width}x{height} pixels becomes {shape[1]}x{shape[0]} at size {size}, below the "
                 f"smallest input of the engine's optimisation profile {self.min_size[1]}x{self.min_size[0]} "
                 f"({self.weights.name}); use a larger size or rebuild the engine with a smaller profile min"
             )
         return shape
 
-    def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, Letterbox]:
-        """Image as given -> ((H_in, W_in) float32 model input, its resize geometry)."""
+    def prepare(
+        self, image: np.ndarray, name: str = "image", size: int | None = None
+    ) -> tuple[np.ndarray, Letterbox]:
+        """Image as given -> ((H_in, W_in) float32 model input, its resize geometry); ``size`` overrides
+        the long side for this image (models that take any size only)."""
         gray = to_gray_float(image, name)
         if not self.dynamic:
+            self._check_size(size)  # a static input cannot take another size: the error says so
             self.input_shape(*gray.shape, name=name)
             return letterbox(gray, self.input_height, self.input_width, self.min_side)
-        self.input_shape(*gray.shape, name=name)  # the engine profile's limits
+        size = self.size if size is None else self._check_size(size)
+        self.input_shape(*gray.shape, name=name, size=size)  # the engine profile's limits
         return resize_aspect_true(
-            gray, self.size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
+            gray, size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
         )
 
-    def __call__(self, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
-        input0, box0 = self.prepare(image0, "image0")
-        input1, box1 = self.prepare(image1, "image1")
+    def __call__(
+        self, image0: np.ndarray, image1: np.ndarray, *, size0: int | None = None, size1: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Match two images; ``size0`` / ``size1`` override each image's long side for this call (any-size
+        models only), e.g. to show one image at half the resolution of the other."""
+        input0, box0 = self.prepare(image0, "image0", size0)
+        input1, box1 = self.prepare(image1, "image1", size1)
         match_ids, match_conf, all_points0, all_points1 = self._run(input0, input1)
         keep = match_ids >= 0
         if self.threshold is not None:
@@ -776,10 +789,21 @@ class OpenCVMatcher:
 
 
 def build_matcher(
-    backend: str = "onnx", weights: str | os.PathLike | None = None, **kwargs: Any
-) -> Matcher | OpenCVMatcher:
-    """``Matcher`` for a student backend (onnx/torch/trt) or ``OpenCVMatcher`` for orb/sift."""
+    backend: str = "onnx", weights: str | os.PathLike | None = None, guided: Any = None, **kwargs: Any
+):
+    """``Matcher`` for a student backend (onnx/torch/trt) or ``OpenCVMatcher`` for orb/sift.
+
+    ``guided``: ``True`` or a mapping of :class:`~loftr_kd.registration.GuidedSettings` fields wraps the
+    student in a :class:`~loftr_kd.registration.GuidedMatcher` (rotation/zoom search + rewarp, for
+    registration); ``None``/``False``: the plain matcher.
+    """
+    from loftr_kd.registration import GuidedMatcher, GuidedSettings
+
+    settings = GuidedSettings.from_value(guided)
     if backend in CLASSICAL_METHODS:
+        if settings is not None:
+            raise ValueError(f"guided matching is for the student; {backend} has no guided mode")
         allowed = {k: v for k, v in kwargs.items() if k in ("max_features", "ratio", "max_side")}
         return OpenCVMatcher(backend, **allowed)
-    return Matcher(weights=weights, backend=backend, **kwargs)
+    matcher = Matcher(weights=weights, backend=backend, **kwargs)
+    return matcher if settings is None else GuidedMatcher(matcher, settings)

@@ -99,6 +99,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
                 "ransac": h.ransac,
                 "ransac_threshold": h.ransac_threshold,
                 "short_side": h.short_side,
+                "correct_threshold": h.get("correct_threshold", 5.0),
             },
             pose_kwargs={
                 "thresholds": list(p.thresholds),

@@ -4,7 +4,7 @@ Writes under ``--out``: ``matches.png`` (lines coloured by confidence, inliers o
 ``--inliers-only``), ``homography.txt`` (image0 pixels -> image1 pixels), ``registered_overlay.png``
 (image1 warped onto image0, 50/50 blend) and ``registered_checkerboard.png``; ``--json FILE`` (and
 ``matches.json`` in ``--out``) holds ``keypoints0``, ``keypoints1``, ``confidence``, ``inliers`` and
-``homography``.
+``homography`` (and with ``--guided`` the search's prior and hypothesis).
 """
 
 from __future__ import annotations
@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ransac-threshold", type=float, default=3.0, help="inlier threshold in pixels (default 3)"
     )
+    parser.add_argument(
+        "--guided",
+        action="store_true",
+        help="student only: register through a rotation/zoom search and a rewarp pass (about 4x the time of "
+        "one pass; for pairs with large rotation or zoom, docs/guided.md)",
+    )
     parser.add_argument("--inliers-only", action="store_true", help="draw only the homography inliers")
     parser.add_argument("--tile", type=int, default=32, help="checkerboard tile size in pixels")
     return parser
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
     for path, image in ((args.image0, image0), (args.image1, image1)):
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
     kwargs = {"device": args.device, "threshold": args.threshold, "threads": args.threads, "size": args.size}
-    matcher = build_matcher(args.backend, weights=args.weights, **kwargs)
+    matcher = build_matcher(args.backend, weights=args.weights, guided=args.guided or None, **kwargs)
     if hasattr(matcher, "input_shape"):  # too small / too elongated: named with the file
         for path, image in ((args.image0, image0), (args.image1, image1)):
             matcher.input_shape(*image.shape[:2], name=str(path))
@@ -198,6 +204,18 @@ def run(args: argparse.Namespace) -> dict:
         "homography_maps": "image0 pixels -> image1 pixels (x, y, 1)",
         "ransac": {"method": args.ransac, "threshold_px": args.ransac_threshold},
     }
+    if args.guided:  # the search's prior and the hypothesis it came from (loftr_kd.registration)
+        from loftr_kd.registration import HYPOTHESIS_KEY, PRIOR_KEY
+
+        rotation, scale, search_inliers, final_pass = result[HYPOTHESIS_KEY].tolist()
+        prior = result[PRIOR_KEY]
+        record["guided"] = {
+            "prior_homography": prior.tolist() if np.all(np.isfinite(prior)) else None,
+            "rotation_deg": rotation,
+            "zoom": scale,
+            "search_inliers": int(search_inliers),
+            "rewarped": final_pass == 2,
+        }
     text = json.dumps(record)
     (out / "matches.json").write_text(text)
     if args.json is not None:

@@ -1,0 +1,174 @@
+"""Guided matching (loftr_kd.registration): coordinate bookkeeping of rotations, zooms and the rewarp
+against exact warps, the search's choice, a hard pair registered better than one pass, clear errors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from loftr_kd.evaluation import corner_error, warp_points
+from loftr_kd.matcher import Matcher, MatcherError, OpenCVMatcher, build_matcher
+from loftr_kd.paths import WEIGHTS_DIR
+from loftr_kd.registration import GuidedMatcher, GuidedSettings, rotation_about_centre
+
+SHIPPED_ONNX = WEIGHTS_DIR / "student_paper_refine.onnx"
+
+
+@pytest.fixture(scope="module")
+def matcher() -> Matcher:
+    """The shipped default student (dynamic ONNX), the model the guided mode is measured with."""
+    return Matcher(SHIPPED_ONNX, backend="onnx", threads=2)
+
+
+def gray_photo(width: int, height: int) -> np.ndarray:
+    """scikit-image's camera man, resized: a real photograph with texture everywhere."""
+    return cv2.resize(skdata.camera(), (width, height), interpolation=cv2.INTER_AREA)
+
+
+def errors(result: dict, truth) -> np.ndarray:
+    """Distance of each match's image1 point from where the exact warp puts its image0 point."""
+    k0 = np.asarray(result["keypoints0"], np.float64)
+    return np.linalg.norm(truth(k0) - np.asarray(result["keypoints1"], np.float64), axis=1)
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_settings_order_hypotheses_nearest_first_and_reject_nonsense():
+    hyps = GuidedSettings(rotations=(45, 0, -45), scales=(2, 1, 0.5)).hypotheses()
+    assert hyps[0] == (0.0, 1.0) and hyps[1:3] == [(0.0, 0.5), (0.0, 2.0)] and len(hyps) == 9
+    assert {abs(r) for r, _ in hyps[3:]} == {45.0}
+    for bad, match in [
+        ({"scales": (0.0,)}, "positive zoom"),
+        ({"rotations": ()}, "at least one rotation"),
+        ({"min_inliers": 3}, "at least 4"),
+        ({"stop_inliers": 5, "min_inliers": 6}, "stop_inliers"),
+        ({"rotations": (float("nan"),)}, "finite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            GuidedSettings(**bad)
+    assert GuidedSettings.from_value(None) is None and GuidedSettings.from_value(False) is None
+    assert GuidedSettings.from_value(True) == GuidedSettings()
+    assert GuidedSettings.from_value({"rotations": [0]}).rotations == (0.0,)
+    with pytest.raises(ValueError, match="unknown guided-matching setting.*rotation'"):
+        GuidedSettings.from_value({"rotation": [0]})
+
+
+def test_rotation_about_centre_is_numpys_quarter_turn():
+    """np.rot90 turns an image a quarter counter-clockwise: the same map as rotation_about_centre(90)."""
+    n = 7
+    image = np.zeros((n, n), np.uint8)
+    image[1, 5] = 255  # x=5, y=1
+    turned = np.rot90(image)
+    y, x = np.argwhere(turned == 255)[0]
+    np.testing.assert_allclose(warp_points(np.array([[5.0, 1.0]]), rotation_about_centre(90, n, n)), [[x, y]])
+
+
+# ------------------------------------------------------------------------ exact bookkeeping
+def test_rotation_hypothesis_maps_matches_back_into_the_turned_image(matcher):
+    """image1 is image0 turned a quarter (exact, np.rot90): the -90 hypothesis turns it back, so the
+    student matches two identical images, and the matches must land where the quarter turn puts them."""
+    n = 480
+    image0 = gray_photo(n, n)
+    image1 = np.ascontiguousarray(np.rot90(image0))
+    turn = rotation_about_centre(90, n, n)
+    guided = GuidedMatcher(
+        matcher,
+        GuidedSettings(rotations=(0, -90), scales=(1,), search_size=None, stop_inliers=10**6, rewarp=False),
+    )
+    result = guided(image0, image1)
+    rotation, scale, inliers, final_pass = result["hypothesis"]
+    assert (rotation, scale, final_pass) == (-90.0, 1.0, 1.0)
+    assert inliers >= 100 and len(result["keypoints0"]) >= 100
+    err = errors(result, lambda k: warp_points(k, turn))
+    assert np.median(err) < 1.0, np.median(err)
+    assert corner_error(result["prior_homography"], turn, n, n) < 1.0
+
+
+def test_zoom_hypothesis_matches_the_zoomed_image_at_half_resolution(matcher):
+    """image1 is the centre of image0 enlarged 2x (exact resize): the zoom-2 hypothesis shows image1 at half
+    the resolution, and its matches must map to 2 * (x - offset) in image1's own pixels."""
+    image0 = gray_photo(640, 480)
+    image1 = cv2.resize(image0[120:360, 160:480], (640, 480), interpolation=cv2.INTER_LINEAR)
+
+    def truth(k):  # cv2.resize by 2: x' = (x + 0.5) * 2 - 0.5, pixel centres at integers
+        return (k - np.array([160.0, 120.0]) + 0.5) * 2.0 - 0.5
+
+    guided = GuidedMatcher(
+        matcher,
+        GuidedSettings(rotations=(0,), scales=(1, 2), search_size=640, stop_inliers=10**6, rewarp=False),
+    )
+    result = guided(image0, image1)
+    assert tuple(result["hypothesis"][:2]) == (0.0, 2.0)
+    k0 = result["keypoints0"]
+    in_crop = (k0[:, 0] >= 160) & (k0[:, 0] <= 479) & (k0[:, 1] >= 120) & (k0[:, 1] <= 359)
+    err = errors(result, truth)[in_crop]  # outside the crop image0 has no counterpart in image1
+    # image1 pixels are half image0's: 3 px here is 1.5 px of image0; a missed 2x would be 100s of px off
+    assert len(err) >= 50 and np.median(err) < 3.0, (len(err), np.median(err))
+    zoom = np.array([[2.0, 0, -320 + 0.5], [0, 2.0, -240 + 0.5], [0, 0, 1]])  # truth() as a matrix
+    assert corner_error(result["prior_homography"], zoom, 640, 480) < 6.0
+
+
+def test_rewarp_maps_matches_back_through_the_prior(matcher):
+    """With the exact prior (a sub-pixel shift), the rewarped image1 is image0 again; the matches, mapped
+    back through the prior, must sit on the shift."""
+    image0 = gray_photo(640, 480).astype(np.float32) / 255
+    shift = np.array([[1.0, 0.0, 12.3], [0.0, 1.0, -7.6], [0.0, 0.0, 1.0]])  # image0 -> image1
+    image1 = cv2.warpAffine(image0, shift[:2], (640, 480), flags=cv2.INTER_LINEAR)
+    guided = GuidedMatcher(matcher)
+    result = guided.rewarp(image0, image1, shift)
+    err = errors(result, lambda k: warp_points(k, shift))
+    # the student's own accuracy on a twice-resampled image; ignoring the prior would be ~14 px off
+    assert len(err) >= 100 and np.median(err) < 1.5, (len(err), np.median(err))
+    k1 = result["keypoints1"]
+    assert k1[:, 0].min() >= 0 and k1[:, 1].min() >= 0 and k1[:, 0].max() <= 639 and k1[:, 1].max() <= 479
+
+
+# ------------------------------------------------------------------------------- the point of it
+def test_a_rotated_zoomed_pair_registers_better_guided_than_in_one_pass(matcher):
+    """50 degrees and 1.7x zoom, beyond what the upright student matches in one pass: the guided default
+    finds the hypothesis near the truth and registers to a few pixels."""
+    w, h = 640, 480
+    image0 = gray_photo(w, h)
+    centre = np.array([[1, 0, -(w - 1) / 2], [0, 1, -(h - 1) / 2], [0, 0, 1.0]])
+    angle = np.deg2rad(50)
+    turn_zoom = np.diag([1.7, 1.7, 1.0]) @ np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]]
+    )
+    truth = np.linalg.inv(centre) @ turn_zoom @ centre  # image0 -> image1, about the centre
+    image1 = cv2.warpPerspective(image0, truth, (w, h), flags=cv2.INTER_LINEAR)
+
+    from loftr_kd.evaluation import estimate_homography
+
+    def error_of(result):
+        homography, _ = estimate_homography(result["keypoints0"], result["keypoints1"])
+        return corner_error(homography, truth, w, h)
+
+    one_pass = error_of(matcher(image0, image1))
+    result = GuidedMatcher(matcher)(image0, image1)
+    guided = error_of(result)
+    assert guided < 3.0 and guided < one_pass, (guided, one_pass)
+    rotation, scale, _, final_pass = result["hypothesis"]
+    assert abs(rotation) == 45.0 and final_pass == 2.0  # some 45-degree hypothesis, then the rewarp
+
+
+# ---------------------------------------------------------------------------------------- errors
+def test_guided_wraps_students_only_and_needs_any_size_for_zoom(matcher, tmp_path):
+    with pytest.raises(TypeError, match="student Matcher"):
+        GuidedMatcher(OpenCVMatcher("orb"))
+    with pytest.raises(ValueError, match="guided matching is for the student"):
+        build_matcher("orb", guided=True)
+    assert isinstance(
+        build_matcher("onnx", SHIPPED_ONNX, guided={"rotations": [0]}, threads=1), GuidedMatcher
+    )
+    assert isinstance(build_matcher("onnx", SHIPPED_ONNX, guided=False, threads=1), Matcher)
+    with pytest.raises(ValueError, match="size 8 must be between"):
+        GuidedMatcher(matcher, GuidedSettings(search_size=8))
+
+    from loftr_kd.export.onnx import export_onnx
+    from loftr_kd.models.student import build_student
+
+    static = Matcher(export_onnx(build_student(input_height=96, input_width=128), tmp_path / "s.onnx"))
+    with pytest.raises(MatcherError, match="static input of 128x96.*dynamic=true"):
+        GuidedMatcher(static)
+    GuidedMatcher(static, GuidedSettings(scales=(1,), search_size=None))  # rotations and rewarp work there
