@@ -70,6 +70,11 @@ def test_student_backend_writes_json(pair, tmp_path):
     points = np.array(record["keypoints0"])
     cells = (points + 0.5) / 16 - 0.5  # the images are at the model size: keypoints are cell centres
     np.testing.assert_allclose(cells, np.round(cells), atol=1e-3)
+    assert "guided" in record  # the student registers guided by default (loftr_kd.registration)
+    one_pass = tmp_path / "one.json"
+    assert main([*argv, "--no-guided", "--out", str(tmp_path / "o1"), "--json", str(one_pass)]) == 0
+    record = json.loads(one_pass.read_text())
+    assert "guided" not in record and "GuidedMatcher" not in record["matcher"]
 
 
 def test_clear_errors(pair, tmp_path, capsys, monkeypatch):
