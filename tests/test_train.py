@@ -139,11 +139,19 @@ def test_distills_from_a_teacher_checkpoint_in_weights(scenes: Path, tmp_path: P
     teacher = LoFTRTeacher(temp_bug_fix=False)
     torch.save({"state_dict": teacher.matcher.state_dict()}, weights / "outdoor_ds.ckpt")
     run = tmp_path / "run"
-    train(_cfg(run, scenes, "deploy.enabled=false", "trainer.max_epochs=1", weights_dir=weights))
+    # a refining student also distils its refinement from the teacher's fine stage (loss.w_refine_kd)
+    overrides = (
+        "deploy.enabled=false",
+        "trainer.max_epochs=1",
+        "student=paper_refine",
+        "loss.w_refine_kd=1.0",
+    )
+    train(_cfg(run, scenes, *overrides, weights_dir=weights))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["teacher"] is True
     scalars = _scalars(run)
     assert "train/loss_kd" in scalars and "val/teacher/precision" in scalars
+    assert "train/loss_refine_kd" in scalars and "val/loss_refine_kd" in scalars
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
 

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from loftr_kd.geometry import CoarseGrid, RefineWindow
-from loftr_kd.losses import LossConfig, LossOutput, refinement_loss, total_loss
+from loftr_kd.losses import (
+    LossConfig,
+    LossOutput,
+    refinement_loss,
+    teacher_fine_cells,
+    teacher_refine_targets,
+    total_loss,
+)
 from loftr_kd.metrics import MatchStats, student_match_stats
 from loftr_kd.models.matching import CoarseMatchOutput, mutual_nearest_matches
 from loftr_kd.models.student import CoarseLoFTRStudent
@@ -106,7 +113,16 @@ class DistillationModule(pl.LightningModule):
         grid, teacher_grid = self._grids(batch)
         out = self.student(batch["image0"], batch["image1"])
         gt = self._ground_truth(batch, grid)
-        teacher_out = None if self.teacher is None else self.teacher(batch["image0"], batch["image1"])
+        teacher_out = None
+        if self.teacher is not None:
+            fine_cells = None
+            if self._distils_refinement:
+                fine_cells = teacher_fine_cells(grid, teacher_grid).reshape(-1).to(batch["image0"].device)
+            teacher_out = (
+                self.teacher(batch["image0"], batch["image1"])
+                if fine_cells is None
+                else self.teacher(batch["image0"], batch["image1"], fine_cells=fine_cells)
+            )
         terms = total_loss(
             out.confidence,
             gt.match_ids,
@@ -118,26 +134,53 @@ class DistillationModule(pl.LightningModule):
         )
         window = self.student.config.refine_window
         if window is not None:
-            refine = self._refinement_loss(out, gt, grid, window)
-            terms = terms._replace(total=terms.total + self.loss_config.w_refine * refine, refine=refine)
+            fine = None if teacher_out is None else teacher_out.fine
+            refine, refine_kd = self._refinement_loss(out, gt, grid, window, fine)
+            total = terms.total + self.loss_config.w_refine * refine
+            if refine_kd is not None:
+                total = total + self.loss_config.w_refine_kd * refine_kd
+            terms = terms._replace(total=total, refine=refine, refine_kd=refine_kd)
         return terms, out, gt, teacher_out, grid, teacher_grid
 
+    @property
+    def _distils_refinement(self) -> bool:
+        """The refinement learns from the teacher's fine matches too (a LoFTR teacher, a refining student,
+        ``loss.w_refine_kd > 0``)."""
+        from loftr_kd.models.teacher import LoFTRTeacher
+
+        return (
+            self.loss_config.w_refine_kd > 0
+            and self.student.config.refine_window is not None
+            and isinstance(self.teacher, LoFTRTeacher)
+        )
+
     def _refinement_loss(
-        self, out: CoarseMatchOutput, gt: CoarseGroundTruth, grid: CoarseGrid, window: RefineWindow
-    ) -> torch.Tensor:
-        """Refinement loss on every row it can learn from.
+        self,
+        out: CoarseMatchOutput,
+        gt: CoarseGroundTruth,
+        grid: CoarseGrid,
+        window: RefineWindow,
+        teacher_fine: Any | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Refinement loss on every row it can learn from, and its distillation term (or ``None``).
 
         A row's own candidate is used when the window around it reaches the truth (what inference will
         see); otherwise, where the ground truth has a match, the refinement is run again around the true
         cell, so rows whose coarse match is still wrong teach the refinement too (LoFTR pads ground-truth
-        matches into the fine stage the same way, but inside its model).
+        matches into the fine stage the same way, but inside its model). With the teacher's fine matches,
+        the same windows are also scored against them, moved to the student's cell centres
+        (:func:`~loftr_kd.losses.teacher_refine_targets`), wherever the window reaches them.
         """
         centres = grid.ids_to_pixels(out.candidate_ids)
         reachable = gt.valid & ((gt.points1 - centres).abs().amax(-1) <= window.reach)
         forced = ~reachable & (gt.match_ids >= 0)
         ids = torch.where(forced, gt.match_ids, out.candidate_ids)
         refined = self.student.refinement(*out.fine_maps, ids, grid)
-        return refinement_loss(
+        settings = {
+            "inverse_std": self.loss_config.refine_inverse_std,
+            "ce_weight": self.loss_config.refine_ce_weight,
+        }
+        loss = refinement_loss(
             refined.points1,
             refined.uncertainty,
             refined.logits,
@@ -145,9 +188,24 @@ class DistillationModule(pl.LightningModule):
             gt.points1,
             gt.valid,
             window,
-            inverse_std=self.loss_config.refine_inverse_std,
-            ce_weight=self.loss_config.refine_ce_weight,
+            **settings,
         )
+        if teacher_fine is None:
+            return loss, None
+        targets, valid = teacher_refine_targets(
+            teacher_fine.points0, teacher_fine.points1, teacher_fine.valid, grid
+        )
+        distilled = refinement_loss(
+            refined.points1,
+            refined.uncertainty,
+            refined.logits,
+            grid.ids_to_pixels(ids),
+            targets,
+            valid,
+            window,
+            **settings,
+        )
+        return loss, distilled
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms, _, gt, *_ = self._forward(batch)
@@ -158,6 +216,8 @@ class DistillationModule(pl.LightningModule):
             self.log("train/loss_kd", terms.kd, batch_size=batch_size)
         if terms.refine is not None:
             self.log("train/loss_refine", terms.refine, batch_size=batch_size)
+        if terms.refine_kd is not None:
+            self.log("train/loss_refine_kd", terms.refine_kd, batch_size=batch_size)
         self.log("train/gt_matches_per_pair", (gt.match_ids >= 0).sum() / batch_size, batch_size=batch_size)
         return terms.total
 
@@ -183,6 +243,8 @@ class DistillationModule(pl.LightningModule):
         self.log("val/loss", terms.total, batch_size=batch_size, sync_dist=True)
         if terms.refine is not None:
             self.log("val/loss_refine", terms.refine, batch_size=batch_size, sync_dist=True)
+        if terms.refine_kd is not None:
+            self.log("val/loss_refine_kd", terms.refine_kd, batch_size=batch_size, sync_dist=True)
         self.log(
             "val/student/mae",
             confidence_mae(out.confidence, gt.match_ids),

@@ -83,6 +83,9 @@ class LossConfig:
         refine_inverse_std: weight each refined match by the inverse of its predicted spread (LoFTR's
             fine loss); ``False``: plain mean.
         refine_ce_weight: weight of the refinement's cross-entropy term (0: LoFTR's L2 alone).
+        w_refine_kd: weight of the refinement's distillation term: the same loss against the LoFTR
+            teacher's own fine matches (:func:`teacher_refine_targets`); used with a LoFTR teacher and a
+            refining student only, 0 (default) = off.
         depth_tolerance: the older name of ``supervision.depth_tolerance``, kept so older commands
             work; ``None`` (the default) leaves the ground-truth setting alone. No loss reads it.
     """
@@ -97,6 +100,7 @@ class LossConfig:
     refine_inverse_std: bool = True
     refine_ce_weight: float = 1.0
     depth_tolerance: float | None = None
+    w_refine_kd: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.focal, Mapping):
@@ -107,6 +111,8 @@ class LossConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.w_refine < 0:
             raise ValueError(f"w_refine must be >= 0, got {self.w_refine}")
+        if self.w_refine_kd < 0:
+            raise ValueError(f"w_refine_kd must be >= 0, got {self.w_refine_kd}")
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`total_loss` (weights, temperature, focal settings)."""
@@ -128,6 +134,57 @@ class LossOutput(NamedTuple):
     gt: torch.Tensor
     kd: torch.Tensor
     refine: torch.Tensor | None = None
+    refine_kd: torch.Tensor | None = None  # refinement against the teacher's fine matches, where used
+
+
+def teacher_fine_cells(student: CoarseGrid, teacher: CoarseGrid) -> torch.Tensor:
+    """``(3, L_student)`` teacher image0 cells whose fine matches give each student cell's target: the
+    *anchor* (the teacher cell at LoFTR's pixel ``stride * (x, y)`` nearest the student cell centre) and
+    its horizontal and vertical neighbours (towards the centre where possible), for the local affine
+    correction of :func:`teacher_refine_targets`."""
+    centres = student.centers()  # (L, 2) xy
+    x = torch.round(centres[:, 0] / teacher.stride).long().clamp(0, teacher.width - 1)
+    y = torch.round(centres[:, 1] / teacher.stride).long().clamp(0, teacher.height - 1)
+    nx = torch.where(x > 0, x - 1, x + 1)
+    ny = torch.where(y > 0, y - 1, y + 1)
+    return torch.stack([y * teacher.width + x, y * teacher.width + nx, ny * teacher.width + x])
+
+
+def teacher_refine_targets(
+    points0: torch.Tensor, points1: torch.Tensor, valid: torch.Tensor, student: CoarseGrid
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's fine matches moved to the student's cell centres: refinement targets ``(B, L, 2)``.
+
+    The teacher refines at its own cell positions (LoFTR: ``8 * (x, y)``), half a pixel or more from the
+    student's centres; each target is the anchor's fine match plus the offset to the student centre
+    mapped by the local affine map of the anchor and its two neighbours (exact where the true mapping is
+    affine over those 8 px).
+
+    Args:
+        points0, points1, valid: :class:`~loftr_kd.models.teacher.TeacherFine` fields for the cells of
+            :func:`teacher_fine_cells` (flattened: anchors, then x-neighbours, then y-neighbours), shapes
+            ``(B, 3L, 2)``, ``(B, 3L, 2)``, ``(B, 3L)``.
+        student: the student's grid.
+
+    Returns:
+        ``(targets (B, L, 2), valid (B, L))``: valid where all three fine matches are LoFTR matches and the
+        neighbours moved by at most three times their spacing (not across a depth edge).
+    """
+    b, n3 = valid.shape
+    n = student.num_cells
+    if n3 != 3 * n:
+        raise ValueError(f"expected 3 x {n} teacher fine matches (teacher_fine_cells), got {n3}")
+    p0 = points0.float().view(b, 3, n, 2)
+    p1 = points1.float().view(b, 3, n, 2)
+    ok = valid.view(b, 3, n).all(1)  # (B, L)
+    offset = student.centers(device=p0.device).unsqueeze(0) - p0[:, 0]  # (B, L, 2) centre - anchor
+    target = p1[:, 0].clone()
+    for axis, k in ((0, 1), (1, 2)):  # columns of the local affine map from finite differences
+        spacing = p0[:, 0, :, axis] - p0[:, k, :, axis]  # (B, L) +-teacher stride
+        step = p1[:, 0] - p1[:, k]  # (B, L, 2)
+        target = target + step * (offset[..., axis] / spacing).unsqueeze(-1)
+        ok &= step.norm(dim=-1) <= 3 * spacing.abs()
+    return target, ok
 
 
 def _bilinear_window_target(offsets: torch.Tensor, window: RefineWindow) -> torch.Tensor:

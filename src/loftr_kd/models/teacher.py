@@ -2,8 +2,10 @@
 
 The teacher is kornia's full ``LoFTR`` (so every checkpoint loads strictly, fine stage included), but
 ``forward`` runs only the coarse path: backbone up to 1/8, positional encoding, coarse transformer and
-the dual-softmax normalisation of kornia's ``CoarseMatching``. It is frozen (no gradients, always in eval
-mode) and computes in float32 even under autocast.
+the dual-softmax normalisation of kornia's ``CoarseMatching``. Asked for ``fine_cells``, it also runs
+kornia's fine stage (5x5 windows of the 1/2 map, fine transformer, expectation) on its own coarse matches
+of those image0 cells: the targets that distil a student's refinement (:class:`TeacherFine`). It is frozen
+(no gradients, always in eval mode) and computes in float32 even under autocast.
 
 Weights come from a local file only; nothing is ever downloaded. Two files are known:
 
@@ -37,6 +39,7 @@ __all__ = [
     "StudentTeacher",
     "TeacherCheckpointError",
     "TeacherCheckpointNotFound",
+    "TeacherFine",
     "TeacherOutput",
     "build_student_teacher",
     "build_teacher",
@@ -76,16 +79,33 @@ _OUTDOOR_DS = {
 _MAX_LISTED_KEYS = 5
 
 
+class TeacherFine(NamedTuple):
+    """LoFTR's fine matches (kornia's fine stage) of requested image0 cells, float32, no grad.
+
+    Attributes:
+        points0: ``(B, N, 2)`` xy pixels of the requested image0 cells, LoFTR's ``stride * (x, y)``.
+        points1: ``(B, N, 2)`` refined image1 position of each cell's coarse match (its row's best).
+        valid: ``(B, N)`` bool: that coarse match is a LoFTR match (mutual nearest, confidence at least the
+            teacher's threshold, off its border) -- elsewhere ``points1`` means nothing.
+    """
+
+    points0: Tensor
+    points1: Tensor
+    valid: Tensor
+
+
 class TeacherOutput(NamedTuple):
     """Coarse matrices of the teacher at stride 8, float32, no grad.
 
     Attributes:
         similarity: dual-softmax logits ``f0 f1ᵀ / C / temperature``, (B, L0, L1).
         confidence: ``softmax(similarity, 1) * softmax(similarity, 2)``, (B, L0, L1).
+        fine: the fine matches of the requested cells (``forward(..., fine_cells=)``), else ``None``.
     """
 
     similarity: Tensor
     confidence: Tensor
+    fine: TeacherFine | None = None
 
 
 class TeacherCheckpointError(RuntimeError):
@@ -199,28 +219,95 @@ class LoFTRTeacher(nn.Module):
         x = backbone.layer3(backbone.layer2(backbone.layer1(x)))  # (B, 256, H/8, W/8)
         return backbone.layer3_outconv(x)  # (B, 256, H/8, W/8)
 
-    def _encoded_tokens(self, image0: Tensor, image1: Tensor) -> tuple[Tensor, Tensor]:
-        """Position-encoded coarse features of both images as token sequences (B, L, C)."""
+    def _features(self, image: Tensor, fine: bool) -> tuple[Tensor, Tensor | None]:
+        """Coarse map (B, 256, H/8, W/8) and, with ``fine``, the 1/2 map (B, 128, H/2, W/2)."""
+        if not fine:
+            return self._coarse_features(image), None
+        coarse, fine_map = self.matcher.backbone(image)  # kornia's ResNetFPN_8_2: the same coarse output
+        return coarse, fine_map
+
+    def _encoded_tokens(
+        self, image0: Tensor, image1: Tensor, fine: bool = False
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """Position-encoded coarse features of both images as token sequences (B, L, C), and with ``fine``
+        the two 1/2 maps."""
         if image0.shape == image1.shape:  # one backbone pass for both, as kornia does
-            feat0, feat1 = self._coarse_features(torch.cat([image0, image1])).chunk(2)
+            coarse, fine_map = self._features(torch.cat([image0, image1]), fine)
+            feats = coarse.chunk(2)
+            fine_maps = None if fine_map is None else tuple(fine_map.chunk(2))
         else:
-            feat0, feat1 = self._coarse_features(image0), self._coarse_features(image1)
+            (c0, f0), (c1, f1) = self._features(image0, fine), self._features(image1, fine)
+            feats, fine_maps = (c0, c1), (None if f0 is None else (f0, f1))
         tokens = []
-        for feat in (feat0, feat1):
+        for feat in feats:
             feat = self.matcher.pos_encoding(feat)  # (B, C, h, w)
             tokens.append(feat.flatten(2).transpose(1, 2).contiguous())  # (B, h*w, C), row-major cells
-        return tokens[0], tokens[1]
+        return tokens[0], tokens[1], fine_maps
 
-    def forward(self, image0: Tensor, image1: Tensor) -> TeacherOutput:
+    def _fine_matches(
+        self,
+        confidence: Tensor,
+        tokens: tuple[Tensor, Tensor],
+        fine_maps: tuple[Tensor, Tensor],
+        shapes: tuple[tuple[int, int], tuple[int, int]],
+        fine_cells: Tensor,
+    ) -> TeacherFine:
+        """kornia's fine stage on the teacher's own coarse match of each requested image0 cell."""
+        (h0, w0), (h1, w1) = shapes
+        b, l0, _ = confidence.shape
+        if fine_cells.ndim != 1 or (fine_cells.numel() and (fine_cells.min() < 0 or fine_cells.max() >= l0)):
+            raise ValueError(
+                f"fine_cells must be (N,) image0 cell ids in [0, {l0}), got {tuple(fine_cells.shape)}"
+            )
+        cells = fine_cells.to(confidence.device, torch.long)
+        n = cells.numel()
+        best1 = confidence.argmax(-1)  # (B, L0) each image0 cell's best image1 cell
+        best0 = confidence.argmax(1)  # (B, L1)
+        j = best1[:, cells]  # (B, N)
+        mutual = best0.gather(1, j) == cells.unsqueeze(0)
+        strong = (
+            confidence[:, cells].gather(-1, j.unsqueeze(-1)).squeeze(-1) >= self.matcher.coarse_matching.thr
+        )
+        border = int(self.matcher.coarse_matching.border_rm)
+
+        def inside(ids: Tensor, h: int, w: int) -> Tensor:
+            row, col = ids // w, ids % w
+            return (row >= border) & (row < h - border) & (col >= border) & (col < w - border)
+
+        valid = mutual & strong & inside(cells, h0, w0).unsqueeze(0) & inside(j, h1, w1)
+        stride_c, stride_f = self.config["resolution"]
+        b_ids = torch.arange(b, device=cells.device).repeat_interleave(n)
+        i_ids, j_ids = cells.repeat(b), j.reshape(-1)
+        points0 = torch.stack([i_ids % w0, i_ids // w0], -1).float() * stride_c  # LoFTR's mkpts0_c
+        coarse1 = torch.stack([j_ids % w1, j_ids // w1], -1).float() * stride_c
+        data: dict[str, Any] = {
+            "stride_c": stride_c,
+            "stride_f": stride_f,
+            "b_ids": b_ids,
+            "i_ids": i_ids,
+            "j_ids": j_ids,
+            "mkpts0_c": points0,
+            "mkpts1_c": coarse1,
+            "mconf": torch.ones(b * n, device=cells.device),
+        }
+        windows0, windows1 = self.matcher.fine_preprocess(*fine_maps, *tokens, data)
+        if windows0.shape[0]:
+            windows0, windows1 = self.matcher.loftr_fine(windows0, windows1)
+        self.matcher.fine_matching(windows0, windows1, data)
+        return TeacherFine(points0.view(b, n, 2), data["mkpts1_f"].float().view(b, n, 2), valid)
+
+    def forward(self, image0: Tensor, image1: Tensor, fine_cells: Tensor | None = None) -> TeacherOutput:
         """Coarse similarity and dual-softmax confidence of LoFTR at stride 8.
 
         Args:
             image0: grayscale images in [0, 1], (B, 1, H0, W0); any float dtype, computed in float32.
             image1: grayscale images in [0, 1], (B, 1, H1, W1).
+            fine_cells: ``(N,)`` image0 cell ids whose fine matches to compute (:class:`TeacherFine`);
+                ``None``: the coarse path only.
 
         Returns:
             TeacherOutput with ``similarity`` and ``confidence`` of shape (B, L0, L1), float32,
-            ``L = (H // 8) * (W // 8)``, cells flattened row-major.
+            ``L = (H // 8) * (W // 8)``, cells flattened row-major; ``fine`` for ``fine_cells``.
         """
         image0 = _crop_to_grid(image0, "image0", self.stride)
         image1 = _crop_to_grid(image1, "image1", self.stride)
@@ -235,15 +322,22 @@ class LoFTRTeacher(nn.Module):
             )
         # Half precision is where LoFTR's NaNs come from (#188, #285), and the distillation target must not
         # change with the AMP setting: float32 always.
+        want_fine = fine_cells is not None
         with torch.no_grad(), torch.autocast(device_type=image0.device.type, enabled=False):
-            tokens0, tokens1 = self._encoded_tokens(image0.float(), image1.float())
+            tokens0, tokens1, fine_maps = self._encoded_tokens(image0.float(), image1.float(), want_fine)
             tokens0, tokens1 = self.matcher.loftr_coarse(tokens0, tokens1)  # (B, L0, C), (B, L1, C)
             # kornia's CoarseMatching: each side scaled by 1/sqrt(C), then the product divided by the temperature.
             scale = tokens0.shape[-1] ** 0.5
             similarity = torch.matmul(tokens0 / scale, (tokens1 / scale).transpose(1, 2))  # (B, L0, L1)
             similarity = similarity / self.temperature
             confidence = F.softmax(similarity, dim=1) * F.softmax(similarity, dim=2)  # (B, L0, L1)
-        return TeacherOutput(similarity=similarity, confidence=confidence)
+            fine = None
+            if want_fine:
+                shapes = tuple(
+                    (im.shape[-2] // self.stride, im.shape[-1] // self.stride) for im in (image0, image1)
+                )
+                fine = self._fine_matches(confidence, (tokens0, tokens1), fine_maps, shapes, fine_cells)
+        return TeacherOutput(similarity=similarity, confidence=confidence, fine=fine)
 
 
 def _crop_to_grid(image: Tensor, name: str, stride: int) -> Tensor:
