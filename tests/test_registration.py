@@ -11,7 +11,7 @@ from skimage import data as skdata
 from loftr_kd.evaluation import corner_error, warp_points
 from loftr_kd.matcher import Matcher, MatcherError, OpenCVMatcher, build_matcher
 from loftr_kd.paths import WEIGHTS_DIR
-from loftr_kd.registration import GuidedMatcher, GuidedSettings, rotation_about_centre
+from loftr_kd.registration import GuidedMatcher, GuidedSettings, rotation_about_centre, with_guidance
 
 SHIPPED_ONNX = WEIGHTS_DIR / "student_paper_refine.onnx"
 
@@ -157,11 +157,9 @@ def test_guided_wraps_students_only_and_needs_any_size_for_zoom(matcher, tmp_pat
     with pytest.raises(TypeError, match="student Matcher"):
         GuidedMatcher(OpenCVMatcher("orb"))
     with pytest.raises(ValueError, match="guided matching is for the student"):
-        build_matcher("orb", guided=True)
-    assert isinstance(
-        build_matcher("onnx", SHIPPED_ONNX, guided={"rotations": [0]}, threads=1), GuidedMatcher
-    )
-    assert isinstance(build_matcher("onnx", SHIPPED_ONNX, guided=False, threads=1), Matcher)
+        with_guidance(build_matcher("orb"), True)
+    assert isinstance(with_guidance(matcher, {"rotations": [0]}), GuidedMatcher)
+    assert with_guidance(matcher, False) is matcher and with_guidance(matcher, None) is matcher
     with pytest.raises(ValueError, match="size 8 must be between"):
         GuidedMatcher(matcher, GuidedSettings(search_size=8))
 

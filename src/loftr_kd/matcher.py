@@ -789,21 +789,11 @@ class OpenCVMatcher:
 
 
 def build_matcher(
-    backend: str = "onnx", weights: str | os.PathLike | None = None, guided: Any = None, **kwargs: Any
-):
-    """``Matcher`` for a student backend (onnx/torch/trt) or ``OpenCVMatcher`` for orb/sift.
-
-    ``guided``: ``True`` or a mapping of :class:`~loftr_kd.registration.GuidedSettings` fields wraps the
-    student in a :class:`~loftr_kd.registration.GuidedMatcher` (rotation/zoom search + rewarp, for
-    registration); ``None``/``False``: the plain matcher.
-    """
-    from loftr_kd.registration import GuidedMatcher, GuidedSettings
-
-    settings = GuidedSettings.from_value(guided)
+    backend: str = "onnx", weights: str | os.PathLike | None = None, **kwargs: Any
+) -> Matcher | OpenCVMatcher:
+    """``Matcher`` for a student backend (onnx/torch/trt) or ``OpenCVMatcher`` for orb/sift (wrap a student
+    in guided matching with :func:`loftr_kd.registration.with_guidance`)."""
     if backend in CLASSICAL_METHODS:
-        if settings is not None:
-            raise ValueError(f"guided matching is for the student; {backend} has no guided mode")
         allowed = {k: v for k, v in kwargs.items() if k in ("max_features", "ratio", "max_side")}
         return OpenCVMatcher(backend, **allowed)
-    matcher = Matcher(weights=weights, backend=backend, **kwargs)
-    return matcher if settings is None else GuidedMatcher(matcher, settings)
+    return Matcher(weights=weights, backend=backend, **kwargs)

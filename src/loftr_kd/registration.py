@@ -34,9 +34,9 @@ import numpy as np
 
 from loftr_kd.evaluation import estimate_homography, warp_points
 from loftr_kd.images import to_gray_float
-from loftr_kd.matcher import Matcher, MatcherError
+from loftr_kd.matcher import Matcher, MatcherError, OpenCVMatcher
 
-__all__ = ["GuidedMatcher", "GuidedSettings", "rotation_about_centre"]
+__all__ = ["GuidedMatcher", "GuidedSettings", "rotation_about_centre", "with_guidance"]
 
 # extra keys of a guided result (besides the Matcher's keypoints0/keypoints1/confidence/coarse_keypoints1)
 PRIOR_KEY = "prior_homography"  # (3, 3) float64, image0 -> image1 pixels; NaN where no prior was found
@@ -241,3 +241,18 @@ class GuidedMatcher:
             f"GuidedMatcher({self.matcher!r}, rotations={list(s.rotations)}, scales={list(s.scales)}, "
             f"search_size={self.search_size}, stop_inliers={s.stop_inliers}, rewarp={s.rewarp})"
         )
+
+
+def with_guidance(matcher: Matcher | OpenCVMatcher, guided: Any) -> Matcher | OpenCVMatcher | GuidedMatcher:
+    """``matcher`` wrapped in a :class:`GuidedMatcher` when ``guided`` asks for it (``True`` or a mapping of
+    :class:`GuidedSettings` fields), else unchanged (``None``/``False``).
+
+    Raises:
+        ValueError: guidance asked for a classical matcher (ORB/SIFT have no guided mode).
+    """
+    settings = GuidedSettings.from_value(guided)
+    if settings is None:
+        return matcher
+    if isinstance(matcher, OpenCVMatcher):
+        raise ValueError(f"guided matching is for the student; {matcher.method} has no guided mode")
+    return GuidedMatcher(matcher, settings)

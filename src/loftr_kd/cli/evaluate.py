@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
     """Matchers named in ``cfg.methods``; students with missing weights are skipped when allowed."""
     from loftr_kd.matcher import build_matcher
+    from loftr_kd.registration import with_guidance
 
     methods, skipped = {}, {}
     for name, spec in (cfg.methods or {}).items():
@@ -27,10 +28,11 @@ def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
         spec = OmegaConf.to_container(spec, resolve=True)
         backend = spec.pop("backend", "onnx")
         weights = spec.pop("weights", None)
+        guided = spec.pop("guided", None)
         if "threads" not in spec and "num_threads" not in spec:
             spec["threads"] = cfg.get("threads")
         try:
-            methods[name] = build_matcher(backend, weights=weights, **spec)
+            methods[name] = with_guidance(build_matcher(backend, weights=weights, **spec), guided)
         except FileNotFoundError as err:
             if not cfg.get("skip_missing_weights", True):
                 raise

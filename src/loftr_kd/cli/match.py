@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     from loftr_kd.images import read_image, to_gray_float
     from loftr_kd.matcher import CLASSICAL_METHODS, build_matcher
     from loftr_kd.paths import OUTPUTS_DIR
+    from loftr_kd.registration import with_guidance
     from loftr_kd.visualization import draw_matches
 
     out = args.out or OUTPUTS_DIR / "match" / f"{args.image0.stem}_{args.image1.stem}"
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
     kwargs = {"device": args.device, "threshold": args.threshold, "threads": args.threads, "size": args.size}
     guided = args.guided if args.guided is not None else args.backend not in CLASSICAL_METHODS
-    matcher = build_matcher(args.backend, weights=args.weights, guided=guided, **kwargs)
+    matcher = with_guidance(build_matcher(args.backend, weights=args.weights, **kwargs), guided)
     if hasattr(matcher, "input_shape"):  # too small / too elongated: named with the file
         for path, image in ((args.image0, image0), (args.image1, image1)):
             matcher.input_shape(*image.shape[:2], name=str(path))
