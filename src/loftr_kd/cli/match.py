@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="student: register through a rotation/zoom search and a rewarp pass (default on for the student; "
-        "about 4x the time of one pass, AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided "
+        "about 5x the time of one pass, AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided "
         "matches in one pass. Not for orb/sift",
     )
     parser.add_argument("--inliers-only", action="store_true", help="draw only the homography inliers")
