@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +161,6 @@ class GuidedMatcher:
                 "`loftr-kd-export dynamic=true`), or use guided scales=[1] search_size=null"
             )
         self.search_size = matcher.size if size is None else matcher._check_size(size)
-        self.last_timing: dict[str, float] = {}
 
     # the Matcher's geometry, for callers that ask a matcher for it (evaluation, loftr-kd-match)
     @property
@@ -215,9 +213,7 @@ class GuidedMatcher:
     def __call__(self, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
         s = self.settings
         gray0, gray1 = to_gray_float(image0, "image0"), to_gray_float(image1, "image1")
-        start = time.perf_counter()
         prior, count, result, (rotation, scale) = self.search(gray0, gray1)
-        searched = time.perf_counter()
         final_pass = 1
         if s.rewarp and prior is not None and count >= s.min_inliers:
             second = self.rewarp(gray0, gray1, prior)
@@ -226,10 +222,6 @@ class GuidedMatcher:
             )
             if int(inliers.sum()) >= count:
                 result, final_pass = second, 2
-        self.last_timing = {
-            "search_ms": (searched - start) * 1000.0,
-            "rewarp_ms": (time.perf_counter() - searched) * 1000.0,
-        }
         out = {k: np.asarray(v) for k, v in result.items()}
         out[PRIOR_KEY] = prior if prior is not None else np.full((3, 3), np.nan)
         out[HYPOTHESIS_KEY] = np.array([rotation, scale, count, final_pass], np.float64)
