@@ -33,6 +33,9 @@ from kornia.feature import LoFTR
 from kornia.feature.loftr import loftr as kornia_loftr
 from torch import Tensor, nn
 
+from loftr_kd.geometry import CoarseGrid
+from loftr_kd.models.matching import mutual_nearest_matches
+
 __all__ = [
     "KNOWN_CHECKPOINT_NAMES",
     "LoFTRTeacher",
@@ -85,7 +88,7 @@ class TeacherFine(NamedTuple):
     Attributes:
         points0: ``(B, N, 2)`` xy pixels of the requested image0 cells, LoFTR's ``stride * (x, y)``.
         points1: ``(B, N, 2)`` refined image1 position of each cell's coarse match (its row's best).
-        valid: ``(B, N)`` bool: that coarse match is a LoFTR match (mutual nearest, confidence at least the
+        valid: ``(B, N)`` bool: that coarse match is a LoFTR match (mutual nearest, confidence above the
             teacher's threshold, off its border) -- elsewhere ``points1`` means nothing.
     """
 
@@ -253,7 +256,6 @@ class LoFTRTeacher(nn.Module):
         fine_cells: Tensor,
     ) -> TeacherFine:
         """kornia's fine stage on the teacher's own coarse match of each requested image0 cell."""
-        (h0, w0), (h1, w1) = shapes
         b, l0, _ = confidence.shape
         if fine_cells.ndim != 1 or (fine_cells.numel() and (fine_cells.min() < 0 or fine_cells.max() >= l0)):
             raise ValueError(
@@ -261,25 +263,28 @@ class LoFTRTeacher(nn.Module):
             )
         cells = fine_cells.to(confidence.device, torch.long)
         n = cells.numel()
-        best1 = confidence.argmax(-1)  # (B, L0) each image0 cell's best image1 cell
-        best0 = confidence.argmax(1)  # (B, L1)
-        j = best1[:, cells]  # (B, N)
-        mutual = best0.gather(1, j) == cells.unsqueeze(0)
-        strong = (
-            confidence[:, cells].gather(-1, j.unsqueeze(-1)).squeeze(-1) >= self.matcher.coarse_matching.thr
-        )
+        # LoFTR's own match rule (mutual nearest, above its threshold, off its border): the project's
+        # mutual_nearest_matches, which the student's matching and the teacher's validation use too
+        grid0, grid1 = (CoarseGrid(self.stride, h, w) for h, w in shapes)
         border = int(self.matcher.coarse_matching.border_rm)
-
-        def inside(ids: Tensor, h: int, w: int) -> Tensor:
-            row, col = ids // w, ids % w
-            return (row >= border) & (row < h - border) & (col >= border) & (col < w - border)
-
-        valid = mutual & strong & inside(cells, h0, w0).unsqueeze(0) & inside(j, h1, w1)
+        match_ids, _, candidates = mutual_nearest_matches(
+            confidence,
+            float(self.matcher.coarse_matching.thr),
+            grid0.border_mask(border, device=confidence.device),
+            grid1.border_mask(border, device=confidence.device),
+            return_candidates=True,
+        )
+        valid = match_ids[:, cells] >= 0  # (B, N)
+        j = candidates[:, cells]  # (B, N) each cell's best image1 cell
         stride_c, stride_f = self.config["resolution"]
         b_ids = torch.arange(b, device=cells.device).repeat_interleave(n)
         i_ids, j_ids = cells.repeat(b), j.reshape(-1)
-        points0 = torch.stack([i_ids % w0, i_ids // w0], -1).float() * stride_c  # LoFTR's mkpts0_c
-        coarse1 = torch.stack([j_ids % w1, j_ids // w1], -1).float() * stride_c
+
+        def loftr_pixels(ids: Tensor, grid: CoarseGrid) -> Tensor:  # LoFTR's mkpts_c: stride * (x, y)
+            row, col = grid.rows_cols(ids)
+            return torch.stack([col, row], -1).float() * stride_c
+
+        points0, coarse1 = loftr_pixels(i_ids, grid0), loftr_pixels(j_ids, grid1)
         data: dict[str, Any] = {
             "stride_c": stride_c,
             "stride_f": stride_f,
