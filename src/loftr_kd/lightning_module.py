@@ -27,6 +27,7 @@ from loftr_kd.losses import (
 from loftr_kd.metrics import MatchStats, student_match_stats
 from loftr_kd.models.matching import CoarseMatchOutput, mutual_nearest_matches
 from loftr_kd.models.student import CoarseLoFTRStudent
+from loftr_kd.models.teacher import LoFTRTeacher
 from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth
 
 
@@ -115,14 +116,11 @@ class DistillationModule(pl.LightningModule):
         gt = self._ground_truth(batch, grid)
         teacher_out = None
         if self.teacher is not None:
-            fine_cells = None
+            fine = {}  # only a LoFTR teacher has a fine stage (StudentTeacher takes no fine_cells)
             if self._distils_refinement:
-                fine_cells = teacher_fine_cells(grid, teacher_grid).reshape(-1).to(batch["image0"].device)
-            teacher_out = (
-                self.teacher(batch["image0"], batch["image1"])
-                if fine_cells is None
-                else self.teacher(batch["image0"], batch["image1"], fine_cells=fine_cells)
-            )
+                cells = teacher_fine_cells(grid, teacher_grid).reshape(-1)
+                fine["fine_cells"] = cells.to(batch["image0"].device)
+            teacher_out = self.teacher(batch["image0"], batch["image1"], **fine)
         terms = total_loss(
             out.confidence,
             gt.match_ids,
@@ -146,8 +144,6 @@ class DistillationModule(pl.LightningModule):
     def _distils_refinement(self) -> bool:
         """The refinement learns from the teacher's fine matches too (a LoFTR teacher, a refining student,
         ``loss.w_refine_kd > 0``)."""
-        from loftr_kd.models.teacher import LoFTRTeacher
-
         return (
             self.loss_config.w_refine_kd > 0
             and self.student.config.refine_window is not None
