@@ -135,4 +135,4 @@ def test_guided_student_is_a_method_setting_and_reports_the_epe_of_correct_match
         assert epe["threshold_px"] == 5.0 and epe["count"] > 0 and 0 <= epe["median"] <= epe["p90"] <= 5.0
         assert h["time_ms_mean"] > 0
     markdown = (tmp_path / "run" / "results.md").read_text()
-    assert "EPE ≤5px median / p90" in markdown and "| guided |" in markdown
+    assert "EPE <5px median / p90" in markdown and "| guided |" in markdown

@@ -426,7 +426,7 @@ def evaluate_homography(
     """Corner-error AUC, match precision and match count of a matcher on homography pairs.
 
     Args:
-        correct_threshold: a match within this many pixels of the true homography's point is correct;
+        correct_threshold: a match closer than this many pixels to the true homography's point is correct;
             ``epe_correct`` is the end-point error of the correct matches (median, p90) over all pairs.
         short_side: both images are resized so their shorter side has this many pixels before
             matching (LoFTR's HPatches protocol uses 480; ``None`` keeps the stored size); errors are
@@ -448,7 +448,7 @@ def evaluate_homography(
         height, width = image0.shape[:2]
         errors = reprojection_errors(result["keypoints0"], result["keypoints1"], h_true)
         rotation, zoom = homography_rotation_zoom(h_true, width, height)
-        correct_errors.append(errors[errors <= correct_threshold])
+        correct_errors.append(errors[errors < correct_threshold])  # "correct at t px" as in precision
         records.append(
             {
                 "pair": pair.name,
@@ -697,7 +697,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += _table(
             ["method", *(f"AUC@{k:g}px" for k in auc_keys), *(f"prec@{k:g}px" for k in prec_keys)]
             + ["matches", "failures", "ms/pair"]
-            + ([f"EPE ≤{epe['threshold_px']:g}px median / p90", "ms mean"] if epe else []),
+            + ([f"EPE <{epe['threshold_px']:g}px median / p90", "ms mean"] if epe else []),
             [
                 [name, *(pct(r["auc"][k]) for k in auc_keys), *(pct(r["precision"][k]) for k in prec_keys)]
                 + [f"{r['num_matches']:.0f}", f"{r['failures']}/{r['num_pairs']}", f"{r['time_ms']:.1f}"]
