@@ -13,6 +13,7 @@ from skimage import data as skdata
 
 from loftr_kd.cli.match import checkerboard, main, warp_onto
 from loftr_kd.evaluation import corner_error
+from loftr_kd.files import OUTPUT_MANIFEST
 from loftr_kd.models.student import build_student, save_student
 
 W, H = 320, 240
@@ -168,17 +169,20 @@ def test_reused_out_never_keeps_a_stale_homography(pair, tmp_path, capsys):
     assert _sift(flat, pair[1], out) == 0
     assert "replaced the outputs of a previous" in capsys.readouterr().out
     assert json.loads((out / "matches.json").read_text())["homography"] is None
-    assert sorted(p.name for p in out.iterdir()) == ["matches.json", "matches.png"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MANIFEST, "matches.json", "matches.png"]
 
 
-def test_out_holding_other_files_is_refused_and_left_byte_identical(pair, tmp_path, capsys):
+def test_out_holding_a_users_file_of_an_output_name_is_refused_and_left_byte_identical(
+    pair, tmp_path, capsys
+):
     out = tmp_path / "o"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "matches.png").write_bytes(b"my own picture")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert _sift(pair[0], pair[1], out) == 2
-    assert "notes.txt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "matches.png already exists and was not written by loftr-kd" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from loftr_kd.checkpoints import CheckpointError
 from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import ExportError, _verify_dynamic_batch, export_onnx, export_student
@@ -255,7 +256,7 @@ def test_export_student_raises_export_error(tmp_path):
         export_student(tmp_path / "missing.pt", tmp_path, height=H, width=W)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ExportError, match="could not load"):
+    with pytest.raises(CheckpointError, match="bad.pt: truncated, corrupt or not a torch checkpoint"):
         export_student(bad, tmp_path / "out", height=H, width=W)
     assert bad.read_bytes() == b"not a checkpoint"
 

@@ -9,7 +9,6 @@ from hydra import compose, initialize_config_dir
 
 from loftr_kd.cli.export import run_export
 from loftr_kd.config import CONFIG_DIR
-from loftr_kd.export.onnx import ExportError
 from loftr_kd.models.student import build_student, save_student
 
 
@@ -46,12 +45,13 @@ def test_run_export_end_to_end(tmp_path, capsys):
 
 def test_run_export_missing_checkpoint(tmp_path):
     cfg = _cfg(f"ckpt_path={tmp_path / 'nope.pt'}", f"out_dir={tmp_path}")
-    with pytest.raises(ExportError):
+    with pytest.raises(FileNotFoundError, match="nope.pt: no such checkpoint file or run folder"):
         run_export(cfg)
 
 
 def test_failed_export_is_one_line_on_stderr(tmp_path):
-    """loftr-kd-export: a failed export is one line naming the file (exit 1); a bad setting exits 2."""
+    """loftr-kd-export: a missing checkpoint or a bad setting is one line naming it (exit 2), before the
+    run folder exists."""
     import os
     import subprocess
     import sys
@@ -62,7 +62,8 @@ def test_failed_export_is_one_line_on_stderr(tmp_path):
         [*command, f"ckpt_path={tmp_path / 'nope.pt'}"], capture_output=True, text=True, env=env
     )
     last = [line for line in missing.stderr.splitlines() if line.strip()][-1]
-    assert missing.returncode == 1 and last.startswith("loftr-kd-export: error: ") and "nope.pt" in last
+    assert missing.returncode == 2 and last.startswith("loftr-kd-export: error: ") and "nope.pt" in last
+    assert not (tmp_path / "run").exists()
     bad = subprocess.run([*command, "ckpt_path=x.pt", "batch=0"], capture_output=True, text=True, env=env)
     last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
     assert bad.returncode == 2 and "batch must be >= 1" in last and "Traceback" not in bad.stderr

@@ -12,6 +12,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
+from loftr_kd.checkpoints import CheckpointError
 from loftr_kd.matcher import (
     Letterbox,
     Matcher,
@@ -171,7 +172,7 @@ def test_weights_that_do_not_fit_their_config(student_weights, tmp_path):
         Matcher(bad, backend="torch", num_threads=1)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(MatcherError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match="junk.pt"):
         Matcher(junk, backend="onnx")
 
 
@@ -272,11 +273,13 @@ def test_one_nan_pixel_is_an_error_not_zero_matches(student_weights):
 def test_empty_or_garbage_checkpoint_is_named_without_unsafe_advice(tmp_path):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    with pytest.raises(MatcherError, match=r"empty.pt: the file is empty \(0 bytes\)"):
+    with pytest.raises(ValueError, match=r"empty.pt: the file is empty \(0 bytes\)"):
         Matcher(empty, backend="torch")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(MatcherError, match="garbage.pt: truncated, corrupt or not a checkpoint") as info:
+    with pytest.raises(
+        CheckpointError, match="garbage.pt: truncated, corrupt or not a torch checkpoint"
+    ) as info:
         Matcher(garbage, backend="torch")
     assert "weights_only=False" not in str(info.value)
 

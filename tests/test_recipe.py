@@ -100,7 +100,7 @@ def test_recipe_runs_resumes_an_interrupted_stage_and_ships(tmp_path: Path) -> N
     assert (out / "stage1-2" / "summary.json").is_file()
     resumed = json.loads((out / "stage1-2" / "run_info.json").read_text())["command"]
     assert f"ckpt_path={first}" in resumed
-    final = torch.load(out / "stage1-2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(out / "stage1-2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["epoch"] == 1  # the resumed run ended where the uninterrupted one would (2 epochs)
     assert recipe.finished_run("stage1") == out / "stage1-2"
     assert (

@@ -19,6 +19,7 @@ from kornia.feature.loftr import loftr as kornia_loftr
 from omegaconf import OmegaConf
 from torch import nn
 
+from loftr_kd.checkpoints import UnsafeCheckpointError
 from loftr_kd.models.teacher import (
     KNOWN_CHECKPOINT_NAMES,
     KORNIA_OUTDOOR_TEMP_BUG_FIX,
@@ -392,14 +393,14 @@ def test_wrong_shapes_are_listed(tmp_path, source_state):
         load_teacher(_save(tmp_path / "outdoor_ds.ckpt", {"state_dict": state}))
 
 
-def test_pickled_objects_need_trust(tmp_path, source_state):
+def test_pickled_objects_are_refused_never_unpickled(tmp_path, source_state):
     path = _save(
         tmp_path / "outdoor_ds.ckpt", {"state_dict": source_state, "saved": datetime.date(2021, 4, 1)}
     )
-    with pytest.raises(TeacherCheckpointError, match="datetime.date.*trust_checkpoint") as info:
+    with pytest.raises(UnsafeCheckpointError, match="datetime.date.*could run code") as info:
         load_teacher(path)
     assert str(path) in str(info.value)
-    assert load_teacher(path, trust_checkpoint=True).temp_bug_fix is False
+    assert "weights_only=False" not in str(info.value)
 
 
 # --- finding and building ----------------------------------------------------------------------------

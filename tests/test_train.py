@@ -85,7 +85,7 @@ def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
     assert (checkpoints / "last.ckpt").is_file()
     assert len(list(checkpoints.glob("best-*.ckpt"))) == 1
     assert (checkpoints / "step.ckpt").is_file()
-    ckpt = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["student_config"]["coarse_stride"] == 16
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8  # 2 epochs x 8 pairs / batch 2
@@ -152,7 +152,7 @@ def test_distills_from_a_teacher_checkpoint_in_weights(scenes: Path, tmp_path: P
     scalars = _scalars(run)
     assert "train/loss_kd" in scalars and "val/teacher/precision" in scalars
     assert "train/loss_refine_kd" in scalars and "val/loss_refine_kd" in scalars
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
 
 
@@ -181,7 +181,7 @@ def test_a_trained_student_in_the_published_layout_is_the_teacher(scenes: Path, 
     scalars = _scalars(run)
     assert "train/loss_kd" in scalars and "val/teacher/precision" in scalars
     assert all(math.isfinite(v) for _, v in scalars["train/loss_kd"])
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
     assert ckpt["student_config"]["backbone"] == "fast"
     # The teacher file is read, never written, and the teacher stays frozen.
@@ -248,7 +248,7 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
     try:
         while time.time() < deadline:
             if step_ckpt.exists():
-                state = torch.load(step_ckpt, map_location="cpu", weights_only=False)
+                state = torch.load(step_ckpt, map_location="cpu", weights_only=True)
                 if state["global_step"] >= 6:
                     break
             if proc.poll() is not None:
@@ -259,7 +259,7 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    saved = torch.load(step_ckpt, map_location="cpu", weights_only=False)
+    saved = torch.load(step_ckpt, map_location="cpu", weights_only=True)
     done = saved["global_step"]
     assert 0 < done < 100  # killed mid-epoch (100 steps per epoch)
 
@@ -272,7 +272,7 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
         env=env,
         timeout=600,
     )
-    final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # The epoch finished exactly: no step lost, none repeated.
     assert final["global_step"] == 100
     assert final["epoch"] == 0
@@ -287,9 +287,7 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
         env=env,
         timeout=600,
     )
-    reference = torch.load(
-        uninterrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    reference = torch.load(uninterrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     for key, value in reference["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
@@ -349,7 +347,7 @@ def test_ddp_on_two_cpu_processes(scenes: Path, tmp_path: Path) -> None:
         capture_output=True,
         timeout=600,
     )
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4  # 16 pairs / 2 ranks / batch 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_checkpoint"]
@@ -420,9 +418,7 @@ def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> No
             "deploy.enabled=false",
         )
     )
-    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
-        "state_dict"
-    ]
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     for name, param in start.named_parameters():
         torch.testing.assert_close(final[f"student.{name}"], param.detach(), msg=name)
 

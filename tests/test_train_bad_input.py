@@ -158,14 +158,19 @@ def test_resume_with_no_intact_checkpoint_names_each_file(tmp_path):
         resolve_resume_checkpoint(str(tmp_path / "nothing.ckpt"))
 
 
-def test_a_run_directory_holding_a_run_is_never_overwritten(tmp_path):
+def test_a_run_directory_holding_a_run_is_never_overwritten(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    check_output_dir(run)  # new: fine
     (run / ".hydra").mkdir(parents=True)
-    check_output_dir(run)  # only Hydra's own files: fine
-    (run / "summary.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"already holds a run \(summary.json\)"):
+    check_output_dir(run)  # only Hydra's own files: fine, and now claimed by this process
+    check_output_dir(run)  # claimed by this process already: fine
+    monkeypatch.delenv("LOFTR_KD_RUN_CLAIM")  # as another process sees it
+    with pytest.raises(ValueError, match=r"already holds a running train run started .* by pid"):
         check_output_dir(run)
+    older = tmp_path / "older"  # written by a version that did not claim its folder
+    older.mkdir()
+    (older / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"already holds a run \(summary.json\)"):
+        check_output_dir(older)
 
 
 class _BrokenDataset(torch.utils.data.Dataset):

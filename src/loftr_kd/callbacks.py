@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 
 class DataHealth(pl.Callback):
@@ -21,3 +25,25 @@ class DataHealth(pl.Callback):
         if any(counts.values()):
             listed = ", ".join(f"{name} {value}" for name, value in counts.items())
             rank_zero_info(f"[data] epoch {trainer.current_epoch}: bad data so far — {listed}")
+
+
+class InterruptCheckpoint(pl.Callback):
+    """On SIGTERM (batch systems, Kubernetes, ``timeout``), write ``interrupted.ckpt`` to resume from.
+
+    Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary; this callback saves a
+    full (resumable) checkpoint then, atomically like every checkpoint. ``train()`` says how to resume
+    and exits 143. Other exceptions are left to the regular checkpoints.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.global_step == 0:
+            return
+        path = self.dirpath / "interrupted.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = path

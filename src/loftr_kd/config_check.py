@@ -19,6 +19,8 @@ from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
 
+from loftr_kd.rundir import ClaimRunDir
+
 
 class ConfigError(ValueError):
     """A config value has the wrong type or range; the message names the key."""
@@ -140,6 +142,35 @@ def _check_ranges(group: str, values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{group}.{key}={values[key]!r}: expected one of {', '.join(choices)}")
 
 
+# Optimizer settings whose range a signature cannot express: (test, what is expected).
+_OPTIMIZER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v >= 0, "a learning rate >= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    """``optim.optimizer``: known arguments of its ``_target_`` with the right types, and sane ranges."""
+    optim = cfg.get("optim")
+    if optim is None or optim.get("optimizer") is None:
+        return
+    values = _plain(optim.optimizer)
+    target = values.get("_target_")
+    if target:
+        check_arguments(_target(str(target)), values, "optim.optimizer", skip=("params",))
+    for key, (ok, what) in _OPTIMIZER_RANGES.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            raise ConfigError(f"optim.optimizer.{key}={value!r}: expected {what}")
+    betas = values.get("betas")
+    if isinstance(betas, (list, tuple)) and not all(
+        isinstance(b, (int, float)) and 0 <= b < 1 for b in betas
+    ):
+        raise ConfigError(f"optim.optimizer.betas={list(betas)!r}: expected two numbers in [0, 1)")
+
+
 def _target(path: str) -> Callable[..., Any]:
     from hydra.utils import get_class
 
@@ -207,6 +238,14 @@ def check_train_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a file path")
+    _check_optimizer(cfg)
+    if cfg.get("deploy") is not None:  # the end-of-run export: a bad setting is found now, not after training
+        from loftr_kd.export.pipeline import ExportSettings
+
+        try:
+            ExportSettings.from_mapping(_plain(cfg.deploy))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"deploy: {error}") from None
     if cfg.get("search"):  # a student search (hparams_search=student_latency)
         from loftr_kd.search import SearchSettings
 
@@ -220,34 +259,12 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(str(error)) from error
 
 
-try:  # Hydra >= 1.1
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover
-    _HydraCallback = object  # type: ignore[assignment,misc]
+class CheckTrainConfig(ClaimRunDir):
+    """Hydra callback of ``conf/train.yaml``: check the training config, then claim the run folder,
+    before Hydra creates or writes anything (:class:`loftr_kd.rundir.ClaimRunDir`)."""
 
-
-class CheckTrainConfig(_HydraCallback):
-    """Hydra callback (``conf/train.yaml``): check the config before Hydra creates the run directory.
-
-    A problem is one line on stderr and exit status 2; ``LOFTR_KD_DEBUG=1`` raises instead.
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
-
-    @staticmethod
-    def _check(config: DictConfig) -> None:
-        from loftr_kd.errors import debug_enabled, report
-
-        try:
-            check_train_config(config)
-        except ConfigError as error:
-            if debug_enabled():
-                raise
-            raise SystemExit(report("loftr-kd-train", error)) from None
+    def __init__(self, check: str | None = None, program: str | None = None) -> None:
+        super().__init__(check or "loftr_kd.config_check.check_train_config", program or "loftr-kd-train")
 
 
 __all__ = ["CheckTrainConfig", "ConfigError", "check_arguments", "check_train_config", "matches_hint"]

@@ -8,12 +8,16 @@ traceback instead. Programming errors (``TypeError``, ``AttributeError`` ...) al
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
 
 DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
 EXIT_USAGE = 2
+EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM after writing a resumable checkpoint (the shell's convention)
+# The machine's state, not a bug: a read-only, full or forbidden output location.
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def debug_enabled() -> bool:
@@ -26,6 +30,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from loftr_kd.matcher import MatcherError
 
     return (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, MatcherError)
+
+
+def _is_write_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in WRITE_ERRNOS
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -42,6 +50,14 @@ def root_cause(error: BaseException) -> BaseException:
 
 def one_line(error: BaseException) -> str:
     """The last meaningful line of an error message (a DataLoader worker's message holds a traceback)."""
+    if _is_write_error(error):
+        where = error.filename or "the output location"
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
+            error.errno, "the location is read-only or not writable"
+        )
+        return (
+            f"cannot write {where}: {error.strerror} ({what}); choose another output location or free space"
+        )
     text = str(error)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
@@ -54,7 +70,8 @@ def one_line(error: BaseException) -> str:
 
 
 def is_user_error(error: BaseException) -> bool:
-    return isinstance(root_cause(error), user_error_types())
+    cause = root_cause(error)
+    return isinstance(cause, user_error_types()) or _is_write_error(cause)
 
 
 def report(program: str, error: BaseException) -> int:
@@ -64,4 +81,13 @@ def report(program: str, error: BaseException) -> int:
     return EXIT_USAGE
 
 
-__all__ = ["DEBUG_VARIABLES", "debug_enabled", "is_user_error", "one_line", "report", "root_cause"]
+__all__ = [
+    "DEBUG_VARIABLES",
+    "EXIT_SIGTERM",
+    "EXIT_USAGE",
+    "debug_enabled",
+    "is_user_error",
+    "one_line",
+    "report",
+    "root_cause",
+]

@@ -7,17 +7,55 @@ reader — or a run killed mid-write — sees either the previous complete file 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """A path that can be read as a file: it exists, is a regular file (not a folder, a named pipe, a
+    device or a socket, which would hang or never end) and is not empty.
+
+    Raises:
+        FileNotFoundError: no such path.
+        IsADirectoryError: a folder.
+        ValueError: not a regular file, or empty; the message names the path.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} not found") from None
+    except OSError as error:
+        raise ValueError(f"{what} {path}: cannot read it ({error.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a named pipe"
+            if stat.S_ISFIFO(mode)
+            else "a character device"
+            if stat.S_ISCHR(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise ValueError(f"{what} {path} is {kind}, not a regular file; give a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path}: the file is empty (0 bytes)")
+    return path
 
 
 @contextmanager
@@ -36,6 +74,10 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename is None or str(error.filename) == str(tmp):  # name the target, not the temp file
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -99,3 +141,114 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs the commands wrote: recognised by content, never by name alone
+# --------------------------------------------------------------------------------------------------
+
+OUTPUT_MANIFEST = ".loftr-kd-outputs.json"
+
+
+class OutputExistsError(ValueError):
+    """An output path holds a file that loftr-kd did not write there; it is never replaced silently."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / OUTPUT_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def is_own_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file a loftr-kd command wrote there, unchanged since.
+
+    The folder's ``.loftr-kd-outputs.json`` lists what the commands wrote with the SHA-256 of each file;
+    a file of that name with other content (edited, or put there by someone else) is not ours.
+    """
+    path = Path(path)
+    entry = _manifest(path.parent).get(path.name)
+    if not isinstance(entry, dict) or not path.is_file() or path.is_symlink():
+        return False
+    try:
+        return entry.get("sha256") == _sha256(path)
+    except OSError:
+        return False
+
+
+def check_outputs(
+    paths: Iterable[str | os.PathLike], force: bool = False, force_hint: str = "--force"
+) -> None:
+    """Refuse, before any work, to replace a file that loftr-kd did not write.
+
+    A path that does not exist, or holds an unchanged earlier output of a loftr-kd command, is free.
+    Anything else (a user's file of the same name, a folder, a device) is refused in one line naming the
+    path and the option that allows replacing it; ``force`` allows replacing regular files.
+
+    Raises:
+        OutputExistsError: the first path that may not be replaced.
+    """
+    for path in map(Path, paths):
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_dir():
+            raise OutputExistsError(f"output {path} is a folder; choose a file path")
+        if not path.is_file() or path.is_symlink():
+            raise OutputExistsError(f"output {path} exists and is not a regular file; choose another path")
+        if force or is_own_output(path):
+            continue
+        raise OutputExistsError(
+            f"output {path} already exists and was not written by loftr-kd; it is never replaced "
+            f"without {force_hint}: choose another path, or pass {force_hint} to replace it"
+        )
+
+
+def record_outputs(paths: Iterable[str | os.PathLike], command: str) -> None:
+    """Add written files to their folders' manifests (so a later run may replace or remove them)."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in map(Path, paths):
+        if path.is_file():
+            by_folder.setdefault(path.parent, []).append(path)
+    for folder, written in by_folder.items():
+        files = _manifest(folder)
+        for path in written:
+            files[path.name] = {"sha256": _sha256(path), "command": command}
+        write_json(folder / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
+
+
+def remove_own_output(path: str | os.PathLike) -> bool:
+    """Delete ``path`` only if it is an unchanged loftr-kd output (:func:`is_own_output`)."""
+    path = Path(path)
+    if not is_own_output(path):
+        return False
+    path.unlink()
+    files = _manifest(path.parent)
+    files.pop(path.name, None)
+    write_json(path.parent / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
+    return True
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Encode ``image`` by its file extension (OpenCV) and write it atomically.
+
+    ``cv2.imwrite`` only returns False on failure; this raises ``OSError`` (a read-only or full location)
+    or ``ValueError`` (an extension OpenCV cannot encode).
+    """
+    import cv2
+
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
+    return write_bytes(path, encoded.tobytes())

@@ -40,10 +40,105 @@ class ImageError(ValueError):
 
 
 def _check_path(path: Path) -> None:
+    """Missing, a folder, a named pipe or a device (which would hang or never end), or empty."""
+    from loftr_kd.files import check_input_file
+
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file")
     if not path.exists():
         raise FileNotFoundError(f"image {path} not found")
+    try:
+        check_input_file(path, "image")
+    except ValueError as error:
+        if "is empty" in str(error):
+            raise ImageError(f"{path}: image file is empty (0 bytes)") from None
+        raise ImageError(str(error)) from None
+
+
+# Images above this many pixels are decoded reduced (1/2, 1/4 or 1/8) for matching: the model sees a
+# 640-pixel long side anyway, and a 12000x9000 photo would otherwise take gigabytes on the way.
+MAX_MATCH_PIXELS = 24_000_000
+# Decoding may take at most this share of the memory the machine has available.
+_MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_decode_memory(path: Path, height: int, width: int, reduce: int = 1) -> None:
+    """Refuse, before allocating, an image whose decode cannot fit in the free memory."""
+    free = available_memory()
+    if free is None:
+        return
+    # 3 channels of up to 16 bits, plus the float32 gray copy the matcher makes.
+    need = height * width // (reduce * reduce) * (3 * 2 + 4)
+    if need > free * _MEMORY_SHARE:
+        raise ImageError(
+            f"{path}: a {width}x{height} image needs about {need / 2**30:.1f} GiB to decode and convert, more "
+            f"than half of the {free / 2**30:.1f} GiB this machine has free; downscale it first"
+        )
+
+
+def read_image_for_matching(path: PathLike, max_pixels: int = MAX_MATCH_PIXELS) -> tuple[np.ndarray, int]:
+    """Read an image to match, decoded at 1/2, 1/4 or 1/8 when it has more than ``max_pixels`` pixels.
+
+    JPEG decodes reduced natively (libjpeg's DCT scaling), so a 12000x9000 photo never takes its
+    full-size memory; PNG is checked against the free memory first; other formats, whose size the
+    header reader does not know, are read as :func:`read_image` reads them. A reduced decode is 8-bit
+    colour and is said with a warning.
+
+    Returns:
+        ``(image, factor)``: the array and the reduction (1, 2, 4 or 8); pixel ``(x, y)`` of the array is
+        ``((x + 0.5) * factor - 0.5, (y + 0.5) * factor - 0.5)`` in the file's image.
+
+    Raises:
+        FileNotFoundError, ImageError: as :func:`read_image`, or the decode would not fit in memory.
+    """
+    import warnings
+
+    path = Path(path)
+    _check_path(path)
+    size = _header_size(path)
+    if size is None:  # not JPEG/PNG: no size before decoding
+        return read_image(path), 1
+    height, width = size
+    factor = 1
+    while height * width > max_pixels * factor * factor and factor < 8:
+        factor *= 2
+    if factor == 1:
+        return read_image(path), 1
+    is_jpeg = _is_jpeg(path)
+    _check_decode_memory(path, height, width, factor if is_jpeg else 1)
+    data = path.read_bytes()
+    check_complete(data, path)
+    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[
+        factor
+    ]
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    if image is None or image.size == 0:
+        raise ImageError(f"{path}: cannot read as an image (corrupt file or a format OpenCV does not decode)")
+    warnings.warn(
+        f"{path}: {width}x{height} pixels is more than the {max_pixels / 1e6:.0f} MP matched at full "
+        f"resolution; decoded at 1/{factor} ({image.shape[1]}x{image.shape[0]}) to bound memory. Keypoints "
+        "and homographies are reported in the pixels of the full image; pictures are drawn at 1/"
+        f"{factor}.",
+        stacklevel=2,
+    )
+    return image, factor
+
+
+def _is_jpeg(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\xff\xd8"
 
 
 def check_complete(data: bytes, path: PathLike) -> None:
@@ -81,6 +176,9 @@ def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
     """
     path = Path(path)
     _check_path(path)
+    size = _header_size(path)
+    if size is not None:
+        _check_decode_memory(path, *size)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -95,6 +193,19 @@ def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] == 2:
         image = image[:, :, 0]  # gray + alpha -> gray
     return image
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from a JPEG/PNG header, ``None`` for other formats or odd files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16384)
+            size = _png_size(head) or _jpeg_size(head)
+            if size is None and head[:2] == b"\xff\xd8":
+                size = _jpeg_size(head + f.read(1 << 20))
+    except OSError:
+        return None
+    return size
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
@@ -277,6 +388,7 @@ __all__ = [
     "check_complete",
     "featureless_reason",
     "read_image",
+    "read_image_for_matching",
     "read_image_size",
     "to_gray_float",
     "too_small_reason",

@@ -19,7 +19,9 @@ Conventions (kornia's LoFTR docstring):
   frame of this project and of :class:`~loftr_kd.matcher.Matcher`).
 - ``mask0`` / ``mask1`` (padding masks) and precomputed ``features0`` / ``features1`` are not supported:
   passing them is an error, not silently ignored. Degenerate images (a side under two coarse cells,
-  NaN/Inf values, a batch size mismatch) are errors too.
+  NaN/Inf values, a batch size mismatch) are errors too, and so are integer tensors and values outside
+  [0, 1] (``uint8`` or 0–255 floats would give no matches, so they are refused, as kornia's LoFTR refuses
+  integer tensors).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = ["KEYPOINT_FRAMES", "StudentLoFTR"]
 
 KEYPOINT_FRAMES = ("loftr", "kornia")
 _UNSUPPORTED_KEYS = ("mask0", "mask1", "features0", "features1")
+# Resampling and colour conversion can leave values a hair outside [0, 1]; more than this is a wrong range.
+_RANGE_SLACK = 1e-3
 
 
 class StudentLoFTR(nn.Module):
@@ -84,9 +88,20 @@ class StudentLoFTR(nn.Module):
             )
         if image.numel() == 0:
             raise ValueError(f"{name} is empty: shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(
+                f"{name} is {image.dtype}: kornia's LoFTR takes float images in [0, 1]; convert it "
+                f"with {name}.float() / 255 (for 8-bit images)"
+            )
         if not torch.isfinite(image).all():
             raise ValueError(
                 f"{name} has NaN or infinite values; replace them (torch.nan_to_num) before matching"
+            )
+        low, high = float(image.min()), float(image.max())
+        if low < -_RANGE_SLACK or high > 1.0 + _RANGE_SLACK:
+            hint = " (0-255 values: divide by 255)" if high > 1.0 + _RANGE_SLACK and high <= 255.0 else ""
+            raise ValueError(
+                f"{name} has values in [{low:.4g}, {high:.4g}]: kornia's LoFTR takes images in [0, 1]{hint}"
             )
         h, w = int(image.shape[2]), int(image.shape[3])
         size = self.size if self.size is not None else max(h, w)

@@ -316,8 +316,11 @@ class Matcher:
         self.weights = Path(weights)
         if self.weights.is_dir():
             raise IsADirectoryError(f"weights {self.weights} is a directory, not a weights file")
-        if not self.weights.is_file():
+        if not self.weights.exists():
             raise FileNotFoundError(f"weights file not found: {self.weights}")
+        from loftr_kd.files import check_input_file
+
+        check_input_file(self.weights, "weights")  # a pipe or a device would hang; an empty file is named
         self.backend = backend
         self.device = device
         self.use_refinement = bool(use_refinement)
@@ -380,6 +383,7 @@ class Matcher:
 
     def _load_torch(self, input_size: tuple[int, int] | None):
         """Load the student checkpoint (optionally with a new input size / threshold)."""
+        from loftr_kd.checkpoints import CheckpointError
         from loftr_kd.models.student import load_student
 
         height, width = input_size if input_size is not None else (None, None)
@@ -391,6 +395,8 @@ class Matcher:
                 input_width=width,
                 match_threshold=self._threshold_override,
             )
+        except CheckpointError:
+            raise  # the file's own one line (code refused, truncated, not a checkpoint)
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise MatcherError(f"cannot load student weights {self.weights}: {err}") from err
         config = model.config
@@ -793,7 +799,21 @@ def build_matcher(
 ) -> Matcher | OpenCVMatcher:
     """``Matcher`` for a student backend (onnx/torch/trt) or ``OpenCVMatcher`` for orb/sift (wrap a student
     in guided matching with :func:`loftr_kd.registration.with_guidance`)."""
+    import difflib
+    import inspect
+
+    student = set(inspect.signature(Matcher.__init__).parameters) - {"self", "backend"}
+    classical = set(inspect.signature(OpenCVMatcher.__init__).parameters) - {"self", "method"}
+    known = student | classical
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known | {"weights"}), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"{key!r} is not a matcher setting{hint}; students take {', '.join(sorted(student))}, "
+                f"orb/sift take {', '.join(sorted(classical))}"
+            )
     if backend in CLASSICAL_METHODS:
-        allowed = {k: v for k, v in kwargs.items() if k in ("max_features", "ratio", "max_side")}
-        return OpenCVMatcher(backend, **allowed)
-    return Matcher(weights=weights, backend=backend, **kwargs)
+        # The students' settings (threads, size, ...) that a command passes to every method do not apply.
+        return OpenCVMatcher(backend, **{k: v for k, v in kwargs.items() if k in classical})
+    return Matcher(weights=weights, backend=backend, **{k: v for k, v in kwargs.items() if k in student})

@@ -18,15 +18,18 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from loftr_kd.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from loftr_kd.config import register_resolvers
 from loftr_kd.config_check import check_train_config
 from loftr_kd.distributed import is_rank_zero_process
-from loftr_kd.errors import one_line
-from loftr_kd.files import torch_save, write_json
+from loftr_kd.errors import EXIT_SIGTERM, one_line
+from loftr_kd.files import torch_save, write_json, write_text
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
 from loftr_kd.paths import REPO_ROOT
+from loftr_kd.rundir import RunDirError, claim_run_dir, end_state, mark_run
 from loftr_kd.supervision import SupervisionConfig
 
 log = logging.getLogger("loftr_kd.train")
@@ -111,7 +114,7 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
         # Hydra wraps the target's exception; only a missing *optional* default checkpoint is tolerated.
         missing = error.__cause__
         if not isinstance(missing, TeacherCheckpointNotFound) or str(cfg.teacher.get("weights")) != "auto":
-            raise
+            raise (missing or error) from None  # the teacher's own one-line message, not Hydra's wrapper
         _say(f"Teacher: none — {missing} Training on ground truth only.")
         return None
     source = getattr(teacher, "checkpoint_path", cfg.teacher.get("weights"))
@@ -159,6 +162,16 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
     """The Lightning trainer with callbacks, loggers and atomic checkpoint IO from config."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if not loggers:
+        from pytorch_lightning.callbacks import LearningRateMonitor
+
+        dropped = [type(c).__name__ for c in callbacks if isinstance(c, LearningRateMonitor)]
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if dropped:
+            _say(f"Logger: none (logger=none); {', '.join(dropped)} needs a logger and is left out.")
+    from loftr_kd.callbacks import InterruptCheckpoint
+
+    callbacks.append(InterruptCheckpoint(output_dir / "checkpoints"))
     precision = _resolve_precision(cfg)
     plugins: list[Any] = [AtomicCheckpointIO(), *_amp_plugins(precision, cfg)]
     overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "plugins": plugins}
@@ -236,19 +249,56 @@ def _parity_pairs(datamodule: Any, count: int) -> list[tuple[Any, Any]]:
     return pairs
 
 
+def _preset_name(cfg: DictConfig) -> str:
+    """The student preset this run chose (``student=...``), for messages."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get("student"))
+    except Exception:  # noqa: BLE001 - train(cfg) outside a Hydra run
+        return "<this config>"
+
+
+def _stopped_by_sigterm(trainer: pl.Trainer, output_dir: Path) -> None:
+    """SIGTERM (batch systems, ``timeout``): say where the resumable checkpoint is, exit 143."""
+    from loftr_kd.callbacks import InterruptCheckpoint
+
+    saved = next((c.saved for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
+    if trainer.is_global_zero:
+        where = (
+            f"resumable checkpoint {saved} (global step {trainer.global_step})"
+            if saved
+            else "no checkpoint could be written"
+        )
+        _say(
+            f"Stopped by SIGTERM at global step {trainer.global_step}: {where}. Resume with the same "
+            f"settings and ckpt_path={output_dir} (or make rerun RUN={output_dir} ckpt_path={output_dir})."
+        )
+    mark_run(output_dir, end_state(output_dir), error="SIGTERM")
+    raise SystemExit(EXIT_SIGTERM)
+
+
 class ResumeError(ValueError):
     """``ckpt_path`` names no readable checkpoint; the message names the files and what to do."""
 
 
+# Checkpoints a run folder can be resumed from (conf/callbacks/default.yaml, callbacks.InterruptCheckpoint).
+RESUMABLE_NAMES = ("last.ckpt", "step.ckpt", "interrupted.ckpt")
+
+
 def _read_global_step(path: Path) -> tuple[int | None, str | None]:
-    """``(global_step, None)`` of a readable Lightning checkpoint, else ``(None, why)``."""
+    """``(global_step, None)`` of a readable Lightning checkpoint, else ``(None, why)``.
+
+    Raises:
+        UnsafeCheckpointError: the file holds objects beyond weights (it may carry code): never passed over.
+    """
     try:
-        if path.stat().st_size == 0:
-            return None, "the file is empty (0 bytes)"
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return None, f"unreadable, probably truncated ({type(error).__name__}: {reason})"
+        state = load_checkpoint(path, "checkpoint")
+    except UnsafeCheckpointError:
+        raise
+    except (CheckpointError, OSError) as error:
+        reason = str(error).removeprefix(f"checkpoint {path}: ").removeprefix(f"checkpoint {path} ")
+        return None, reason if reason.startswith("the file is empty") else f"unreadable: {reason}"
     if not isinstance(state, dict) or "global_step" not in state or "state_dict" not in state:
         return None, "not a Lightning checkpoint of this project (no global_step/state_dict)"
     return int(state["global_step"]), None
@@ -258,7 +308,8 @@ def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
     """The checkpoint to resume from, checked to be readable before any work.
 
     ``ckpt_path`` is a checkpoint file, or a run directory: then its newest *intact* checkpoint among
-    ``checkpoints/last.ckpt`` and ``checkpoints/step.ckpt`` (highest global step; the later file on a tie).
+    ``checkpoints/last.ckpt``, ``step.ckpt`` and ``interrupted.ckpt`` (highest global step; the later file
+    on a tie).
     An unreadable one is named and passed over, and the choice is said in one line.
 
     Raises:
@@ -269,9 +320,9 @@ def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
     path = Path(ckpt_path)
     if path.is_dir():
         folder = path / "checkpoints"
-        candidates = [folder / name for name in ("last.ckpt", "step.ckpt") if (folder / name).is_file()]
+        candidates = [folder / name for name in RESUMABLE_NAMES if (folder / name).is_file()]
         if not candidates:
-            raise ResumeError(f"ckpt_path={ckpt_path}: no last.ckpt or step.ckpt in {folder}")
+            raise ResumeError(f"ckpt_path={ckpt_path}: no {', '.join(RESUMABLE_NAMES)} in {folder}")
         steps, broken = {}, {}
         for candidate in candidates:
             step, why = _read_global_step(candidate)
@@ -289,7 +340,7 @@ def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
             f"{ckpt_path}{passed}."
         )
         return str(chosen)
-    if path.is_dir() or not path.is_file():
+    if not path.exists():
         raise ResumeError(f"ckpt_path={ckpt_path}: no such checkpoint file to resume from")
     step, why = _read_global_step(path)
     if why is not None:
@@ -319,28 +370,56 @@ def check_init_weights(path: str | None) -> None:
 
     try:
         load_student(path)
-    except (KeyError, RuntimeError) as error:
+    except (KeyError, RuntimeError, ValueError) as error:
         raise ValueError(f"init_weights={path}: {one_line(error)}") from error
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse a run directory that already holds another run: a run never overwrites one.
+def check_resumed_student(ckpt_path: str | None, student: torch.nn.Module, preset: str) -> None:
+    """The checkpoint to resume must hold this run's student: another preset is one line, not a
+    state-dict mismatch inside Lightning.
 
-    Hydra's own ``.hydra/`` and ``<task>.log`` are written before ``train`` runs and are not looked at.
+    Raises:
+        ResumeError: the checkpoint's weights do not fit ``student``; names the differing settings.
+    """
+    if not ckpt_path:
+        return
+    from dataclasses import asdict
+
+    checkpoint = load_checkpoint(ckpt_path, "checkpoint")
+    stored = checkpoint.get("student_config") if isinstance(checkpoint, dict) else None
+    weights = {
+        k.removeprefix("student."): v.shape
+        for k, v in (checkpoint.get("state_dict") or {}).items()
+        if k.startswith("student.")
+    }
+    own = {k: v.shape for k, v in student.state_dict().items()}
+    if weights == own:
+        return
+    current = asdict(student.config)
+    differ = sorted(
+        k for k in current if isinstance(stored, dict) and k in stored and stored[k] != current[k]
+    )
+    listed = ", ".join(f"{k}: {stored[k]!r} there, {current[k]!r} here" for k in differ[:6]) or (
+        f"{len(set(weights) ^ set(own))} weights differ"
+    )
+    raise ResumeError(
+        f"ckpt_path={ckpt_path}: the checkpoint holds another student than this run's (student={preset}): "
+        f"{listed}. Resume with the run's own settings (make rerun RUN=<its folder> ckpt_path=...), or "
+        "start a new run from its weights with init_weights=<checkpoint>"
+    )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Claim the run directory (:func:`loftr_kd.rundir.claim_run_dir`): one that holds another run is
+    refused and left untouched. Under ``loftr-kd-train`` the Hydra callback claimed it already, before
+    Hydra wrote ``.hydra/`` into it.
+
+    Raises:
+        RunDirError: taken by another run, read-only or full.
     """
     if not is_rank_zero_process():
         return  # DDP ranks > 0 share rank 0's run directory
-    previous = [
-        name
-        for name in ("run_info.json", "summary.json", "config_resolved.yaml", "checkpoints", "export")
-        if (output_dir / name).exists()
-    ]
-    if previous:
-        raise ValueError(
-            f"run directory {output_dir} already holds a run ({', '.join(previous)}); training never "
-            "overwrites one: give a new hydra.run.dir (or leave it to the default), or resume that run "
-            f"into a new directory with ckpt_path={output_dir}"
-        )
+    claim_run_dir(output_dir, "train")
 
 
 def train(cfg: DictConfig) -> float | list[float] | None:
@@ -357,17 +436,34 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
     # the run directory.
     check_train_config(cfg)
-    check_init_weights(cfg.get("init_weights"))
-    ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
     output_dir = Path(cfg.paths.output_dir)
-    check_output_dir(output_dir)
+    try:
+        check_init_weights(cfg.get("init_weights"))
+        ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
+        check_output_dir(output_dir)
+    except RunDirError:
+        raise
+    except BaseException as error:
+        mark_run(output_dir, end_state(output_dir), error=one_line(error))  # the callback's claim
+        raise
+    try:
+        score = _train(cfg, output_dir, ckpt_path)
+    except BaseException as error:
+        mark_run(output_dir, end_state(output_dir), error=one_line(error))
+        raise
+    mark_run(output_dir, "finished")
+    return score
+
+
+def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | list[float] | None:
+    """:func:`train` once its inputs are checked and its run directory is claimed."""
     pl.seed_everything(int(cfg.seed), workers=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "run_info.json", run_metadata())
     # .hydra/config.yaml keeps the interpolations (it is what `make rerun` composes); this one is resolved.
     resolved = {k: v for k, v in cfg.items() if k != "hydra"}
-    (output_dir / "config_resolved.yaml").write_text(
-        OmegaConf.to_yaml(OmegaConf.create(resolved), resolve=True)
+    write_text(
+        output_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved), resolve=True)
     )
 
     trial = None
@@ -379,8 +475,10 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         trial = begin_trial(cfg, output_dir)
         if trial.done is not None:
             return trial.done
-    datamodule = hydra.utils.instantiate(cfg.data)
     student = trial.student if trial is not None else hydra.utils.instantiate(cfg.student)
+    check_resumed_student(ckpt_path, student, _preset_name(cfg))
+    teacher = teacher_from_config(cfg)  # before the data: a bad teacher file stops the run at once
+    datamodule = hydra.utils.instantiate(cfg.data)
     _say(f"Student: {count_parameters(student):,} parameters — {student.config}")
     if cfg.get("init_weights"):
         # Fine-tuning: start from trained weights (a fresh run: new optimizer, epochs from 0).
@@ -389,7 +487,6 @@ def train(cfg: DictConfig) -> float | list[float] | None:
             f"Student: initialised from {cfg.init_weights}"
             + (f" ({len(fresh)} refinement weights start fresh)." if fresh else ".")
         )
-    teacher = teacher_from_config(cfg)
     loss, supervision = build_loss_and_supervision(cfg)
     model = DistillationModule(
         student=student,
@@ -407,7 +504,9 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         if cfg.get("validate_before_training") and not ckpt_path:
             results = trainer.validate(model, datamodule=datamodule, verbose=False)
             start = results[0] if results else {}  # no validation batches (e.g. limit_val_batches=0)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        _stopped_by_sigterm(trainer, output_dir)
     except Exception as error:
         if trial is not None:
             trial.fail(error)  # the search's report lists it with the reason

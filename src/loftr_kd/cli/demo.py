@@ -12,8 +12,8 @@ first frame (``--reference-frame N`` picks another).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import json
 import logging
 import sys
 import time
@@ -145,21 +145,42 @@ def write_timing_paths(stem: Path) -> tuple[Path, Path]:
 
 
 def write_timing(app: DemoApp, stem: Path, extra: dict) -> tuple[Path, Path]:
-    """Per-frame CSV and summary JSON next to ``stem`` (``<stem>.timing.csv/json``)."""
+    """Per-frame CSV and summary JSON next to ``stem`` (``<stem>.timing.csv/json``), written atomically."""
+    import io
+
+    from loftr_kd.files import write_json, write_text
+
     csv_path, json_path = write_timing_paths(stem)
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["frame", "match_ms", "total_ms", "num_matches"])
-        for t in app.timings:
-            writer.writerow([t.frame, f"{t.match_ms:.3f}", f"{t.total_ms:.3f}", t.num_matches])
-    json_path.write_text(json.dumps({**extra, **app.timing_summary()}, indent=2))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["frame", "match_ms", "total_ms", "num_matches"])
+    for t in app.timings:
+        writer.writerow([t.frame, f"{t.match_ms:.3f}", f"{t.total_ms:.3f}", t.num_matches])
+    write_text(csv_path, buffer.getvalue())
+    write_json(json_path, {**extra, **app.timing_summary()})
     return csv_path, json_path
 
 
+class StreamEndedEarly(ValueError):
+    """A video file ended before the frames its container announced (corrupt or truncated)."""
+
+
+def announced_frames(capture: cv2.VideoCapture, source: str) -> int | None:
+    """The frame count a video file's container announces; ``None`` for cameras and unknown counts."""
+    if source.isdigit():
+        return None
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    return count if count > 0 else None
+
+
 def run_demo(args: argparse.Namespace) -> dict:
+    from loftr_kd.files import check_outputs, record_outputs, replacing
     from loftr_kd.matcher import build_matcher
 
+    outputs = [args.out, *write_timing_paths(args.out)] if args.out is not None else []
+    check_outputs(outputs, force=args.force, force_hint="--force")
     capture = open_source(str(args.source))
+    announced = announced_frames(capture, str(args.source))
     matcher = build_matcher(
         args.backend,
         weights=args.weights,
@@ -169,66 +190,87 @@ def run_demo(args: argparse.Namespace) -> dict:
         size=args.size,
     )
     app = DemoApp(matcher)
-    writer = None
     frames_read = 0
-    try:
+    consumed = 0  # frames taken from the source, skipped reference frames included
+    stopped = False  # by --max-frames or a key, not by the end of the stream
+    with contextlib.ExitStack() as stack:
+        stack.callback(capture.release)
+        if not args.headless:
+            stack.callback(cv2.destroyAllWindows)
+        video = None  # (temporary path, writer) while writing --out: renamed into place at the end
         for _ in range(args.reference_frame):
-            capture.read()
+            consumed += bool(capture.read()[0])
         ok, frame = capture.read()
         if not ok:
-            raise RuntimeError(f"no frame could be read from {args.source}")
+            raise ValueError(f"no frame could be read from {args.source}")
+        consumed += 1
         app.set_reference(frame)
         while ok:
             if app.frozen is None:
                 frames_read += 1
                 canvas = app.step(frame)
             if args.headless:
-                if writer is None:
+                if video is None:
                     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
                     fps = fps if 0 < fps < 240 else 10.0
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    size = (canvas.shape[1], canvas.shape[0])
-                    writer = cv2.VideoWriter(str(args.out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                    expected = (canvas.shape[1], canvas.shape[0])
+                    tmp = stack.enter_context(replacing(args.out, suffix=args.out.suffix or ".mp4"))
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, expected)
                     if not writer.isOpened():
-                        raise RuntimeError(f"cannot write the video {args.out} (mp4v codec unavailable?)")
-                    expected = size
+                        raise ValueError(
+                            f"cannot write the video {args.out} (mp4v codec unavailable, or the folder is "
+                            "read-only or full)"
+                        )
+                    stack.callback(writer.release)  # runs before the rename of `replacing`
+                    video = (tmp, writer)
                 if (canvas.shape[1], canvas.shape[0]) != expected:
                     canvas = cv2.resize(canvas, expected)
-                writer.write(canvas)
+                video[1].write(canvas)
             else:
                 cv2.imshow(WINDOW, app.frozen if app.frozen is not None else canvas)
                 if not app.handle_key(cv2.waitKey(30 if app.frozen is not None else 1)):
+                    stopped = True
                     break
                 if app.frozen is not None and args.snapshots is not None:
-                    args.snapshots.mkdir(parents=True, exist_ok=True)
+                    from loftr_kd.files import write_image
+
                     path = args.snapshots / f"snapshot_{len(app.timings):05d}.png"
                     if not path.exists():
-                        cv2.imwrite(str(path), app.frozen)
+                        write_image(path, app.frozen)
             if args.max_frames and frames_read >= args.max_frames:
+                stopped = True
                 break
             if app.frozen is None:
                 ok, frame = capture.read()
-            # The source ending (ok False) ends the loop: a finished video is not an error.
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-        if not args.headless:
-            cv2.destroyAllWindows()
+                consumed += ok
+            # The source ending (ok False) ends the loop; a video file that ends before the frames its
+            # container announced is reported below, after its outputs are written.
     summary = app.timing_summary()
+    summary.update(frames_consumed=consumed, frames_announced=announced)
+    early = not stopped and announced is not None and consumed < announced
     if args.headless:
         extra = {
             "source": str(args.source),
             "backend": args.backend,
             "matcher": repr(matcher),
             "video": str(args.out),
+            "frames_consumed": consumed,
+            "frames_announced": announced,
+            "ended_early": early,
         }
         csv_path, json_path = write_timing(app, args.out, extra)
+        record_outputs([args.out, csv_path, json_path], "loftr-kd-demo")
         summary.update(timing_csv=str(csv_path), timing_json=str(json_path))
     print(
         f"{summary['frames']} frames, median {summary['median_match_ms']:.1f} ms matching, "
         f"{summary['fps']:.1f} FPS" + (f"; wrote {args.out}" if args.headless else "")
     )
+    if early:
+        raise StreamEndedEarly(
+            f"{args.source}: the video ended after {consumed} of the {announced} frames its container "
+            "announces (corrupt or truncated file); the frames read were processed"
+            + (f" and written to {args.out}" if args.headless else "")
+        )
     return summary
 
 
@@ -256,12 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-frame", type=int, default=0, help="index of the reference frame")
     parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = all)")
     parser.add_argument("--snapshots", type=Path, default=None, help="folder to save p-key snapshots to")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out and its timing files when they exist and loftr-kd did not write them",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from loftr_kd.errors import debug_enabled
-    from loftr_kd.matcher import MatcherError
+    from loftr_kd.errors import debug_enabled, is_user_error, report
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -276,11 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run_demo(args)
-    except (FileNotFoundError, IsADirectoryError, RuntimeError, ValueError, MatcherError) as err:
-        if debug_enabled():
+    except Exception as err:
+        # A camera that cannot be opened is a RuntimeError of open_source: the machine's state, one line.
+        if debug_enabled() or not (is_user_error(err) or isinstance(err, RuntimeError)):
             raise
-        print(f"loftr-kd-demo: error: {err}", file=sys.stderr)
-        return 2
+        return report("loftr-kd-demo", err)
     except KeyboardInterrupt:
         return 130
     return 0

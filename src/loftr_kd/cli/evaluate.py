@@ -33,6 +33,8 @@ def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
             spec["threads"] = cfg.get("threads")
         try:
             methods[name] = with_guidance(build_matcher(backend, weights=weights, **spec), guided)
+        except ValueError as err:
+            raise ValueError(f"methods.{name}: {err}") from None
         except FileNotFoundError as err:
             if not cfg.get("skip_missing_weights", True):
                 raise

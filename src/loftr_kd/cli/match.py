@@ -27,7 +27,8 @@ from loftr_kd.runtime import MATCHER_BACKEND
 log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("onnx", "torch", "trt", "orb", "sift", *MATCHER_BACKEND)  # runtime.py: one vocabulary
-# Everything run() writes into --out; a folder holding only these is a previous run's output folder.
+# Everything run() may write into --out. A file of one of these names is replaced (or removed when this
+# run does not write it) only when loftr-kd wrote it there and it is unchanged (loftr_kd.files manifest).
 OUTPUT_NAMES = (
     "matches.png",
     "matches.json",
@@ -37,25 +38,44 @@ OUTPUT_NAMES = (
 )
 
 
-def check_output_folder(out: Path, extra: Sequence[Path] = ()) -> list[Path]:
-    """The previous outputs in ``out``; an error when it holds anything loftr-kd-match does not write.
+def check_output_folder(out: Path, extra: Sequence[Path] = (), force: bool = False) -> list[Path]:
+    """The earlier outputs of loftr-kd-match in ``out`` (replaced or removed by this run).
 
-    ``extra`` are further files this run writes (``--json`` inside ``out``).
+    Other files in the folder are left alone; a file this run would write over that loftr-kd did not
+    write (a user's ``homography.txt``) is an error unless ``force``. ``extra`` are further files this run
+    writes (``--json``).
+
+    Raises:
+        ValueError: ``out`` is a file, or an output path holds a file loftr-kd did not write.
     """
+    from loftr_kd.files import check_outputs, is_own_output
+
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the outputs")
-    if not out.exists():
-        return []
-    ours = set(OUTPUT_NAMES) | {p.name for p in extra if p.parent.resolve() == out.resolve()}
-    entries = sorted(out.iterdir())
-    foreign = [p.name for p in entries if p.name not in ours or not p.is_file()]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise ValueError(
-            f"--out {out} holds files loftr-kd-match did not write ({shown}); it never deletes or replaces "
-            "those: choose a new or empty folder"
-        )
-    return entries
+    planned = [out / name for name in OUTPUT_NAMES]
+    check_outputs([*planned, *extra], force=force, force_hint="--force")
+    return [path for path in planned if is_own_output(path)]
+
+
+def _reduction(factor: int) -> np.ndarray:
+    """The pixel map of a 1/``factor`` decode to the full image: ``x -> (x + 0.5) * factor - 0.5``."""
+    shift = (factor - 1) / 2.0
+    return np.array([[factor, 0.0, shift], [0.0, factor, shift], [0.0, 0.0, 1.0]])
+
+
+def _from_reduced(points: np.ndarray, factor: int) -> np.ndarray:
+    """Keypoints of a 1/``factor`` decode in the full image's pixels."""
+    points = np.asarray(points, np.float64)
+    return points if factor == 1 else (points + 0.5) * factor - 0.5
+
+
+def _homography_text(homography: np.ndarray) -> str:
+    """``homography.txt``: the 3x3 matrix as ``np.savetxt`` writes it."""
+    import io
+
+    buffer = io.StringIO()
+    np.savetxt(buffer, homography)
+    return buffer.getvalue()
 
 
 def warp_onto(image0: np.ndarray, image1: np.ndarray, homography: np.ndarray) -> np.ndarray:
@@ -152,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         "about 5x the time of one pass, AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided "
         "matches in one pass. Not for orb/sift",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace output files that loftr-kd did not write (a user's file of the same name); without "
+        "it such files are never replaced",
+    )
     parser.add_argument("--inliers-only", action="store_true", help="draw only the homography inliers")
     parser.add_argument("--tile", type=int, default=32, help="checkerboard tile size in pixels")
     return parser
@@ -160,18 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Match, estimate, write the outputs; returns the JSON record."""
     from loftr_kd.evaluation import estimate_homography
-    from loftr_kd.images import read_image, to_gray_float
+    from loftr_kd.files import record_outputs, remove_own_output, write_image, write_text
+    from loftr_kd.images import read_image_for_matching, to_gray_float
     from loftr_kd.matcher import CLASSICAL_METHODS, build_matcher
     from loftr_kd.paths import OUTPUTS_DIR
     from loftr_kd.registration import with_guidance
     from loftr_kd.visualization import draw_matches
 
     out = args.out or OUTPUTS_DIR / "match" / f"{args.image0.stem}_{args.image1.stem}"
-    previous = check_output_folder(out, [args.json] if args.json is not None else [])
     inputs = {Path(p).resolve() for p in (args.image0, args.image1, args.weights) if p is not None}
     if args.json is not None and args.json.resolve() in inputs:
         raise ValueError(f"--json {args.json} would overwrite an input file; choose another file")
-    image0, image1 = read_image(args.image0), read_image(args.image1)
+    previous = check_output_folder(out, [args.json] if args.json is not None else [], force=args.force)
+    (image0, factor0), (image1, factor1) = map(read_image_for_matching, (args.image0, args.image1))
     for path, image in ((args.image0, image0), (args.image1, image1)):
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
     kwargs = {"device": args.device, "threshold": args.threshold, "threads": args.threads, "size": args.size}
@@ -182,7 +209,11 @@ def run(args: argparse.Namespace) -> dict:
             matcher.input_shape(*image.shape[:2], name=str(path))
     result = matcher(image0, image1)
     k0, k1, conf = result["keypoints0"], result["keypoints1"], result["confidence"]
-    homography, inliers = estimate_homography(k0, k1, method=args.ransac, threshold=args.ransac_threshold)
+    # Keypoints and the homography in the pixels of the files (images above 24 MP are decoded reduced).
+    full0, full1 = _from_reduced(k0, factor0), _from_reduced(k1, factor1)
+    homography, inliers = estimate_homography(
+        full0, full1, method=args.ransac, threshold=args.ransac_threshold
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     shown = inliers if args.inliers_only else np.ones(len(k0), bool)
@@ -190,21 +221,24 @@ def run(args: argparse.Namespace) -> dict:
     canvas = draw_matches(
         to_uint8(image0), to_uint8(image1), k0[shown], k1[shown], confidence=conf[shown], title=title
     )
-    cv2.imwrite(str(out / "matches.png"), canvas)
+    written = [write_image(out / "matches.png", canvas)]
     if homography is not None:
-        np.savetxt(out / "homography.txt", homography)
-        warped = warp_onto(to_uint8(image0), to_uint8(image1), homography)
-        cv2.imwrite(str(out / "registered_overlay.png"), overlay(to_uint8(image0), warped))
-        cv2.imwrite(
-            str(out / "registered_checkerboard.png"), checkerboard(to_uint8(image0), warped, args.tile)
+        written.append(write_text(out / "homography.txt", _homography_text(homography)))
+        shown_h = np.linalg.inv(_reduction(factor1)) @ homography @ _reduction(factor0)
+        warped = warp_onto(to_uint8(image0), to_uint8(image1), shown_h)
+        written.append(write_image(out / "registered_overlay.png", overlay(to_uint8(image0), warped)))
+        written.append(
+            write_image(
+                out / "registered_checkerboard.png", checkerboard(to_uint8(image0), warped, args.tile)
+            )
         )
     record = {
         "image0": str(args.image0),
         "image1": str(args.image1),
         "backend": args.backend,
         "matcher": repr(matcher),
-        "keypoints0": np.asarray(k0, float).round(3).tolist(),
-        "keypoints1": np.asarray(k1, float).round(3).tolist(),
+        "keypoints0": np.asarray(full0, float).round(3).tolist(),
+        "keypoints1": np.asarray(full1, float).round(3).tolist(),
         "confidence": np.asarray(conf, float).round(5).tolist(),
         "inliers": inliers.astype(bool).tolist(),
         "homography": homography.tolist() if homography is not None else None,
@@ -215,7 +249,7 @@ def run(args: argparse.Namespace) -> dict:
         from loftr_kd.registration import HYPOTHESIS_KEY, PRIOR_KEY
 
         rotation, scale, search_inliers, final_pass = result[HYPOTHESIS_KEY].tolist()
-        prior = result[PRIOR_KEY]
+        prior = _reduction(factor1) @ result[PRIOR_KEY] @ np.linalg.inv(_reduction(factor0))
         record["guided"] = {
             "prior_homography": prior.tolist() if np.all(np.isfinite(prior)) else None,
             "rotation_deg": rotation,
@@ -224,16 +258,13 @@ def run(args: argparse.Namespace) -> dict:
             "rewarped": final_pass == 2,
         }
     text = json.dumps(record)
-    (out / "matches.json").write_text(text)
+    written.append(write_text(out / "matches.json", text))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    written = {"matches.png", "matches.json"}
-    if homography is not None:
-        written |= {"homography.txt", "registered_overlay.png", "registered_checkerboard.png"}
-    stale = [p for p in previous if p.name in OUTPUT_NAMES and p.name not in written]
-    for path in stale:  # a previous run's output that this run does not replace would contradict it
-        path.unlink(missing_ok=True)
+        written.append(write_text(args.json, text))
+    stale = [p for p in previous if p not in written]
+    for path in stale:  # an earlier output this run does not replace would contradict it
+        remove_own_output(path)
+    record_outputs(written, "loftr-kd-match")
     if previous:
         print(f"replaced the outputs of a previous loftr-kd-match run in {out}")
     status = (

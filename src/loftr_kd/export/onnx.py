@@ -403,7 +403,6 @@ def export_student(
     min_match_agreement: float = 0.99,
     strict: bool = True,
     name: str | None = None,
-    trust_checkpoint: bool = False,
 ) -> ExportResult:
     """Load a student checkpoint at the export size, export it, check it and write the report.
 
@@ -423,18 +422,19 @@ def export_student(
         atol, min_match_agreement: parity tolerances (see ``checks.check_parity``).
         strict: raise ``ExportError`` when an op or parity check fails (else only report it).
         name: file stem; default ``student_{height}x{width}``.
-        trust_checkpoint: unpickle objects other than tensors/containers (``weights_only=False``).
 
     Returns:
         ``ExportResult`` with the paths and the report dict.
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise ExportError(f"checkpoint not found: {checkpoint}")
     name = name or f"student_{height}x{width}"
     onnx_path = out_dir / f"{name}.onnx"
     report_path = out_dir / f"{name}.export_report.json"
+    from loftr_kd.checkpoints import CheckpointError
+
     try:
         from loftr_kd.models.student import load_student
 
@@ -443,8 +443,9 @@ def export_student(
             map_location="cpu",
             input_height=height,
             input_width=width,
-            weights_only=not trust_checkpoint,
         ).eval()
+    except CheckpointError:
+        raise  # the file's own one line (code refused, truncated, not a checkpoint)
     except Exception as e:
         raise ExportError(f"could not load the student from {checkpoint}: {type(e).__name__}: {e}") from e
     try:

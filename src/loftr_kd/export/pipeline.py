@@ -16,6 +16,25 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# ONNX opsets the model exports to: 11 is the first with every op it needs (strided slices); 20 is the
+# last that torch's TorchScript exporter writes (the dynamo exporter, exporter="dynamo", writes >= 18).
+SUPPORTED_OPSETS = (11, 20)
+
+
+def _check_keys(cls: type, values: Mapping[str, Any], prefix: str) -> None:
+    """Every key of ``values`` is a field of the dataclass ``cls`` (nested settings checked too)."""
+    import difflib
+
+    names = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), list(names), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ValueError(f"{prefix}{key} is not an export setting{hint}")
+        nested = {"int8": Int8Settings, "tensorrt": TensorRTSettings}.get(key)
+        if nested is not None and isinstance(value, Mapping):
+            _check_keys(nested, value, f"{key}.")
+
 
 @dataclass
 class Int8Settings:
@@ -75,12 +94,22 @@ class ExportSettings:
             raise ValueError(f"dynamic must be false, true or batch, got {self.dynamic!r}")
         if not 0.0 <= self.min_match_agreement <= 1.0:
             raise ValueError(f"min_match_agreement must be in [0, 1], got {self.min_match_agreement}")
+        low, high = SUPPORTED_OPSETS
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not low <= self.opset <= high:
+            raise ValueError(
+                f"opset={self.opset!r}: the exporter writes ONNX opsets {low} to {high} for this model "
+                f"(default 17; TensorRT 10 reads them all)"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ExportSettings:
-        """Settings from a plain mapping; keys that are not export settings (``ckpt_path`` ...) are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        """Settings from a plain mapping of export settings only.
+
+        Raises:
+            ValueError: a key that is not an export setting (with the closest one), or a bad value.
+        """
+        _check_keys(cls, values, "")
+        return cls(**values)
 
 
 def run_pipeline(
@@ -90,6 +119,7 @@ def run_pipeline(
     *,
     parity_pairs: Sequence[tuple[Any, ...]] | None = None,
     say: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` into ``out_dir`` and run what ``settings`` asks for; returns a summary.
 
@@ -97,6 +127,7 @@ def run_pipeline(
         parity_pairs: image pairs at any size for the onnxruntime parity check; ``None``: real photos
             with a known warp (``loftr_kd.data.homography.real_image_pairs``).
         say: where the one-line progress messages go (print, or the training log).
+        force: replace output files in ``out_dir`` that loftr-kd did not write (never without it).
 
     Returns:
         ``{"checkpoint", "onnx", "onnx_report", "parity", ["int8", "int8_comparison"],
@@ -104,12 +135,16 @@ def run_pipeline(
 
     Raises:
         ExportError: the export or one of its checks failed (the checkpoint is untouched).
+        OutputExistsError: an output file exists that loftr-kd did not write (before any work).
     """
     from loftr_kd.data.homography import real_image_pairs
     from loftr_kd.export.onnx import export_student
+    from loftr_kd.files import check_outputs, record_outputs
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     height, width = settings.height, settings.width
+    planned = planned_outputs(out_dir, settings)
+    check_outputs(planned, force=force, force_hint="force=true")
     if parity_pairs is None:
         parity_pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, settings.parity_pairs, seed=0)]
     result = export_student(
@@ -124,7 +159,7 @@ def run_pipeline(
         with_confidence=settings.with_confidence,
         atol=settings.atol,
         min_match_agreement=settings.min_match_agreement,
-        name=settings.name,
+        name=output_name(settings),
     )
     parity = result.report.get("parity") or {}
     summary: dict[str, Any] = {
@@ -139,10 +174,34 @@ def run_pipeline(
         f"{parity.get('match_confidence_max_abs_diff', float('nan')):.2e}, match_ids equal "
         f"{parity.get('match_ids_equal_fraction', float('nan')):.4f}); report {result.report_path} (+ .md)."
     )
-    if settings.int8.enabled:
-        summary.update(_int8(result.onnx_path, settings, say))
-    summary.update(_engine(result.onnx_path, settings.tensorrt, say))
+    try:
+        if settings.int8.enabled:
+            summary.update(_int8(result.onnx_path, settings, say))
+        summary.update(_engine(result.onnx_path, settings.tensorrt, say))
+    finally:
+        record_outputs(planned, "loftr-kd-export")  # what was written, so a rerun may replace it
     return summary
+
+
+def output_name(settings: ExportSettings) -> str:
+    """The file stem of an export: ``name``, else ``student_<height>x<width>``."""
+    return settings.name or f"student_{settings.height}x{settings.width}"
+
+
+def planned_outputs(out_dir: Path, settings: ExportSettings) -> list[Path]:
+    """Every file an export with ``settings`` may write into ``out_dir``."""
+    from loftr_kd.export.tensorrt import engine_metadata_path
+
+    onnx_path = out_dir / f"{output_name(settings)}.onnx"
+    report = onnx_path.with_name(f"{onnx_path.stem}.export_report.json")
+    paths = [onnx_path, report, report.with_suffix(".md")]
+    if settings.int8.enabled:
+        int8 = onnx_path.with_suffix(".int8.onnx")
+        paths += [int8, int8.with_suffix(".json")]
+    if settings.tensorrt.enabled:
+        engine = onnx_path.with_suffix(".fp16.engine" if settings.tensorrt.fp16 else ".fp32.engine")
+        paths += [engine, engine_metadata_path(engine)]
+    return paths
 
 
 def _int8(onnx_path: Path, settings: ExportSettings, say: Callable[[str], None]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from loftr_kd.checkpoints import load_checkpoint
 from loftr_kd.files import torch_save
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.backbone import build_backbone, check_backbone_config
@@ -405,7 +406,6 @@ def load_student(
     map_location: str | torch.device = "cpu",
     input_height: int | None = None,
     input_width: int | None = None,
-    weights_only: bool = True,
     match_threshold: float | None = None,
 ) -> CoarseLoFTRStudent:
     """Rebuild a student from a ``save_student`` file, a Lightning checkpoint or a published
@@ -419,37 +419,22 @@ def load_student(
         map_location: passed to ``torch.load``.
         input_height: build for this input height instead of the stored one (weights are size-free).
         input_width: likewise for the width.
-        weights_only: passed to ``torch.load``; set ``False`` for a trusted Lightning checkpoint whose
-            hyper-parameters hold objects other than plain containers.
         match_threshold: build with this match-confidence threshold instead of the stored one.
 
     Returns:
         The student in eval mode, on ``map_location``'s device.
 
+    The file is read through :func:`loftr_kd.checkpoints.load_checkpoint`: weights only, never code.
+
     Raises:
         FileNotFoundError: no such file.
+        CheckpointError: not a regular file, empty, truncated, corrupt or not a checkpoint.
+        UnsafeCheckpointError: the file holds objects beyond weights (it may carry code); refused.
         KeyError: no ``student_config`` / ``state_dict`` in the file.
         RuntimeError: state-dict keys don't match the config (missing and unexpected keys listed).
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"student checkpoint {path} is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"student checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise RuntimeError(
-            f"cannot read student checkpoint {path}: the file is empty (0 bytes); save or copy it again"
-        )
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as error:
-        # No advice to load with weights_only=False: that runs code from the file, unsafe if untrusted.
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")]
-        detail = after[0] if after else lines[0] if lines else ""
-        raise RuntimeError(
-            f"cannot read student checkpoint {path}: truncated, corrupt or not a checkpoint ({detail or type(error).__name__})"
-        ) from error
+    checkpoint = load_checkpoint(path, "student checkpoint", map_location=map_location)
     if (
         isinstance(checkpoint, Mapping)
         and "student_config" not in checkpoint

@@ -21,8 +21,6 @@ Both were trained with the buggy positional encoding (``temp_bug_fix=False``, Lo
 from __future__ import annotations
 
 import copy
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,6 +31,7 @@ from kornia.feature import LoFTR
 from kornia.feature.loftr import loftr as kornia_loftr
 from torch import Tensor, nn
 
+from loftr_kd.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from loftr_kd.geometry import CoarseGrid
 from loftr_kd.models.matching import mutual_nearest_matches
 
@@ -111,7 +110,7 @@ class TeacherOutput(NamedTuple):
     fine: TeacherFine | None = None
 
 
-class TeacherCheckpointError(RuntimeError):
+class TeacherCheckpointError(ValueError):
     """A teacher checkpoint exists but cannot be used (not a checkpoint, no state_dict, wrong keys)."""
 
 
@@ -389,44 +388,33 @@ def infer_temp_bug_fix(path: str | Path) -> bool:
     )
 
 
-def read_loftr_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Tensor]:
+def read_loftr_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read LoFTR weights from a local checkpoint, keys returned without the ``matcher.`` prefix.
 
     Accepts ``{"state_dict": {...}}`` (zju3dv, kornia, Lightning; keys with or without ``matcher.``) and
-    a bare mapping of tensors (``torch.save(model.state_dict())``).
+    a bare mapping of tensors (``torch.save(model.state_dict())``). The file is read through
+    :func:`loftr_kd.checkpoints.load_checkpoint`: weights only, never code.
 
     Args:
         path: local file; nothing is downloaded.
-        trust_checkpoint: allow a full unpickle when the file holds Python objects besides tensors
-            (e.g. Lightning callback state). Only for files from a trusted source: unpickling runs code.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file holds objects beyond weights (it may carry code); refused.
         TeacherCheckpointError: not a torch checkpoint, no state_dict, or non-tensor entries.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
-            f"LoFTR teacher checkpoint {path} not found{' (it is a directory)' if path.is_dir() else ''}. "
-            f"Put {CHECKPOINT_SOURCES} at that path, or use weights=auto with a weights_dir; "
-            "nothing is downloaded."
+            f"LoFTR teacher checkpoint {path} not found. Put {CHECKPOINT_SOURCES} at that path, or use "
+            "weights=auto with a weights_dir; nothing is downloaded."
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as error:
-        # A weights-only refusal of a real checkpoint names the global it refused; garbage does not.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if refused is None:
-            inner = error.__context__ or error  # torch wraps the unpickler's own, more telling error
-            raise TeacherCheckpointError(f"{path} is not a torch checkpoint: {_first_line(inner)}") from error
-        raise TeacherCheckpointError(
-            f"{path} holds Python objects besides tensors ({refused.group(1)}). If you trust the file, "
-            "pass trust_checkpoint=True (teacher.trust_checkpoint=true), or keep only its weights: "
-            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, '{path}')\""
-        ) from error
-    except Exception as error:  # torch raises RuntimeError, EOFError, ValueError... for non-checkpoints
-        raise TeacherCheckpointError(f"{path} is not a torch checkpoint: {_first_line(error)}") from error
+        checkpoint = load_checkpoint(path, "LoFTR teacher checkpoint")
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointError as error:
+        raise TeacherCheckpointError(str(error)) from None
 
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         state_dict = checkpoint["state_dict"]
@@ -464,17 +452,14 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
-def load_teacher(
-    path: str | Path, temp_bug_fix: bool | None = None, trust_checkpoint: bool = False
-) -> LoFTRTeacher:
+def load_teacher(path: str | Path, temp_bug_fix: bool | None = None) -> LoFTRTeacher:
     """A frozen teacher with the weights of a local LoFTR checkpoint.
 
     Args:
         path: zju3dv ``outdoor_ds.ckpt``, kornia ``loftr_outdoor.ckpt`` or a Lightning checkpoint of LoFTR.
         temp_bug_fix: positional encoding; None decides from the file name (:func:`infer_temp_bug_fix`).
-        trust_checkpoint: see :func:`read_loftr_state_dict`.
     """
-    state_dict = read_loftr_state_dict(path, trust_checkpoint=trust_checkpoint)
+    state_dict = read_loftr_state_dict(path)
     if temp_bug_fix is None:
         temp_bug_fix = infer_temp_bug_fix(path)
     teacher = LoFTRTeacher(temp_bug_fix=temp_bug_fix)
@@ -498,7 +483,6 @@ def build_teacher(
     weights: str | Path,
     temp_bug_fix: bool | None = None,
     weights_dir: str | Path | None = None,
-    trust_checkpoint: bool = False,
 ) -> LoFTRTeacher:
     """Hydra entry point (``conf/teacher/loftr_outdoor.yaml``).
 
@@ -506,7 +490,6 @@ def build_teacher(
         weights: a checkpoint path, or ``"auto"`` for the first known file in ``weights_dir``.
         temp_bug_fix: positional encoding; None decides from the file name (:func:`infer_temp_bug_fix`).
         weights_dir: folder searched by ``"auto"``.
-        trust_checkpoint: see :func:`read_loftr_state_dict`.
 
     Raises:
         TeacherCheckpointNotFound: ``"auto"`` found no checkpoint (callers may go on without a teacher).
@@ -523,7 +506,7 @@ def build_teacher(
                 f"Put {CHECKPOINT_SOURCES} there; nothing is downloaded."
             )
         weights = found
-    return load_teacher(weights, temp_bug_fix=temp_bug_fix, trust_checkpoint=trust_checkpoint)
+    return load_teacher(weights, temp_bug_fix=temp_bug_fix)
 
 
 class StudentTeacher(nn.Module):
@@ -561,16 +544,13 @@ class StudentTeacher(nn.Module):
         return TeacherOutput(similarity=out.similarity.float(), confidence=out.confidence.float())
 
 
-def build_student_teacher(
-    weights: str | Path, input_height: int, input_width: int, trust_checkpoint: bool = False
-) -> StudentTeacher:
+def build_student_teacher(weights: str | Path, input_height: int, input_width: int) -> StudentTeacher:
     """Hydra entry point of ``conf/teacher/student.yaml``: a student checkpoint as a frozen teacher.
 
     Args:
         weights: a ``save_student`` file, a Lightning checkpoint or a published Coarse_LoFTR_TRT checkpoint
             (anything :func:`loftr_kd.models.student.load_student` reads).
         input_height, input_width: the training size.
-        trust_checkpoint: unpickle objects other than tensors/containers (``weights_only=False``).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist (a student teacher has no ``auto``).
@@ -578,13 +558,11 @@ def build_student_teacher(
     from loftr_kd.models.student import load_student
 
     path = Path(weights)
-    if str(weights) in ("", "auto", "None") or not path.is_file():
+    if str(weights) in ("", "auto", "None") or not path.exists():
         raise FileNotFoundError(
             f"teacher=student needs teacher.weights=<student checkpoint>; {weights!r} is not a file"
         )
-    model = load_student(
-        path, input_height=int(input_height), input_width=int(input_width), weights_only=not trust_checkpoint
-    )
+    model = load_student(path, input_height=int(input_height), input_width=int(input_width))
     teacher = StudentTeacher(model)
     teacher.checkpoint_path = path
     return teacher

@@ -1,0 +1,279 @@
+"""Run folders that belong to one run: claimed before anything is written, marked when a run fails.
+
+A Hydra command writes ``.hydra/`` and its log into the run folder before the job starts. So that a run
+refused because the folder already holds another one touches nothing of it, the folder is *claimed*
+first, by the Hydra callback :class:`ClaimRunDir` (``conf/hydra/default.yaml``) in ``on_run_start``:
+the claim file ``.loftr-kd-run.json`` is created with ``O_EXCL``, so of two runs started into the same
+folder at once exactly one wins and the other stops without writing a byte. Claiming also finds a
+read-only or full output location before any work (one line, exit status 2).
+
+A run that fails is marked in its claim (by ``train()`` and the Hydra commands' wrapper):
+``failed`` when it never wrote a checkpoint (a later run may reuse the folder; the failed run's own files
+are cleared first), ``interrupted`` when it did (resume it with ``ckpt_path=<folder>``). A finished run is
+``finished``. A ``running`` claim whose process no longer exists on this host counts as ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from loftr_kd.distributed import is_rank_zero_process
+
+__all__ = [
+    "CLAIM_NAME",
+    "ClaimRunDir",
+    "RunDirError",
+    "claim_run_dir",
+    "holds_a_run",
+    "mark_run",
+    "read_claim",
+]
+
+CLAIM_NAME = ".loftr-kd-run.json"
+# What a run writes into its folder (loftr_kd.train and Hydra): cleared when a failed run's folder is reused.
+RUN_FILES = (
+    ".hydra",
+    "run_info.json",
+    "summary.json",
+    "config_resolved.yaml",
+    "checkpoints",
+    "export",
+    "tensorboard",
+    "search_trial.json",
+)
+_CLAIMED_ENV = "LOFTR_KD_RUN_CLAIM"  # "<folder>:<pid>" of the folder this process claimed
+# A run needs room for its config, logs, checkpoints and exports: less free space than this is "full".
+MIN_FREE_BYTES = 64 * 2**20
+
+
+class RunDirError(ValueError):
+    """The run folder is taken, unwritable or full; the message names it and what to do."""
+
+
+def read_claim(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The claim of a run folder (``None``: none, or unreadable)."""
+    try:
+        return json.loads((Path(folder) / CLAIM_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def holds_a_run(folder: str | os.PathLike) -> list[str]:
+    """What in ``folder`` shows a run (claimed, or written by a version that did not claim)."""
+    folder = Path(folder)
+    return [name for name in (CLAIM_NAME, *RUN_FILES[1:]) if (folder / name).exists()]
+
+
+def _claimed_here(folder: Path) -> bool:
+    return os.environ.get(_CLAIMED_ENV) == f"{folder.resolve()}:{os.getpid()}"
+
+
+def _write_error(folder: Path, error: OSError) -> RunDirError:
+    where = error.filename or folder
+    return RunDirError(
+        f"cannot write the run folder {folder} ({where}: {error.strerror}); the location is read-only, "
+        "full or not allowed: choose another one (hydra.run.dir=...)"
+    )
+
+
+def claim_run_dir(folder: str | os.PathLike, task: str = "train") -> Path:
+    """Claim ``folder`` for this process before anything is written into it.
+
+    A folder claimed by this process already is returned as is. A folder whose earlier run ``failed``
+    before writing a checkpoint is taken over: that run's own files are removed first.
+
+    Raises:
+        RunDirError: the folder holds another run (running, finished or interrupted, or written by an
+            older version), or it cannot be written (read-only, full, a file in the way).
+    """
+    folder = Path(folder)
+    if _claimed_here(folder):
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunDirError(f"run folder {folder} is a file; choose another hydra.run.dir") from None
+    except OSError as error:
+        raise _write_error(folder, error) from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise RunDirError(
+            f"cannot write the run folder {folder}: only {free / 2**20:.1f} MiB free there (the disk is "
+            f"nearly full; a run needs at least {MIN_FREE_BYTES // 2**20} MiB): free space or choose another "
+            "location (hydra.run.dir=...)"
+        )
+    claim = folder / CLAIM_NAME
+    existing = read_claim(folder)
+    if existing is not None and _state(folder, existing) == "failed":
+        _take_over_failed(folder, existing)
+    elif existing is None:
+        found = [name for name in holds_a_run(folder) if name != CLAIM_NAME]
+        if found:
+            raise RunDirError(_taken_message(folder, None, found, task))
+    record = {
+        "task": task,
+        "state": "running",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise RunDirError(_taken_message(folder, read_claim(folder), [CLAIM_NAME], task)) from None
+    except OSError as error:
+        raise _write_error(folder, error) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        claim.unlink(missing_ok=True)
+        raise _write_error(folder, error) from None
+    os.environ[_CLAIMED_ENV] = f"{folder.resolve()}:{os.getpid()}"
+    return folder
+
+
+def _state(folder: Path, claim: dict[str, Any]) -> str | None:
+    """The claim's state; a ``running`` claim whose process is gone (killed) ended as :func:`end_state`."""
+    state = claim.get("state")
+    if state == "running" and claim.get("host") == socket.gethostname() and not _alive(claim.get("pid")):
+        return end_state(folder)
+    return state
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take_over_failed(folder: Path, existing: dict[str, Any]) -> None:
+    """Clear a failed run's own files so that a new run starts in a clean folder."""
+    claim = folder / CLAIM_NAME
+    taken = folder / f"{CLAIM_NAME}.{os.getpid()}.taken"
+    try:
+        os.rename(claim, taken)  # of two runs taking over at once, one rename wins
+    except FileNotFoundError:
+        return  # another run took it first; the O_EXCL create decides
+    except OSError as error:
+        raise _write_error(folder, error) from None
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    log = folder / f"{existing.get('task', 'train')}.log"  # Hydra's job log (conf/hydra/default.yaml)
+    if log.is_file():
+        log.unlink()
+    taken.unlink(missing_ok=True)
+
+
+def _taken_message(folder: Path, claim: dict[str, Any] | None, found: list[str], task: str) -> str:
+    state = _state(folder, claim) if claim else None
+    has_checkpoint = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").glob("*.ckpt"))
+    if state == "running":
+        what = f"a running {claim.get('task', task)} run started {claim.get('started')} by pid {claim.get('pid')} on {claim.get('host')}"
+    elif state is not None:
+        what = f"a {state} {(claim or {}).get('task', task)} run"
+    else:
+        what = f"a run ({', '.join(found)})"
+    advice = "give a new hydra.run.dir (or leave it to the default)"
+    if task == "train" and has_checkpoint:
+        advice += f", or resume that run into a new folder with ckpt_path={folder}"
+    return f"run folder {folder} already holds {what}; a run never overwrites one and nothing in it was touched: {advice}"
+
+
+def mark_run(folder: str | os.PathLike, state: str, **details: Any) -> None:
+    """Record the run's end in its claim (``finished``, ``failed``, ``interrupted``); best effort."""
+    folder = Path(folder)
+    claim = read_claim(folder)
+    if claim is None or claim.get("pid") != os.getpid():
+        return
+    claim.update(state=state, ended=time.strftime("%Y-%m-%d %H:%M:%S"), **details)
+    try:
+        from loftr_kd.files import write_json
+
+        write_json(folder / CLAIM_NAME, claim)
+    except OSError:
+        pass
+
+
+def end_state(folder: str | os.PathLike) -> str:
+    """``interrupted`` when the folder holds a checkpoint to resume from, else ``failed``."""
+    checkpoints = Path(folder) / "checkpoints"
+    return "interrupted" if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")) else "failed"
+
+
+try:  # Hydra >= 1.1
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class ClaimRunDir(_HydraCallback):
+    """Hydra callback: check the config, then claim the run folder, before Hydra writes into it.
+
+    Args:
+        check: dotted path of a function ``check(cfg)`` that raises ``ValueError`` on a bad config
+            (``loftr_kd.config_check.check_train_config``); it runs first, so a bad config creates nothing.
+        program: the command's name for error lines (default ``loftr-kd-<task_name>``).
+
+    A bad config, or a taken, read-only or full folder, is one line on stderr and exit status 2
+    (``LOFTR_KD_DEBUG=1`` raises instead). In a multirun only the check runs here and each job's folder is
+    claimed by the job itself (``train()``); the end of a run is recorded by the code that runs it
+    (:func:`mark_run`), which also sees ``SystemExit``.
+    """
+
+    def __init__(self, check: str | None = None, program: str | None = None) -> None:
+        self.check = check
+        self.program = program
+
+    def _program(self, config: Any) -> str:
+        from omegaconf import OmegaConf
+
+        return self.program or f"loftr-kd-{OmegaConf.select(config, 'task_name', default='run')}"
+
+    def _guarded(self, config: Any, work: Any) -> None:
+        from loftr_kd.errors import EXIT_USAGE, debug_enabled, is_user_error, report
+
+        try:
+            if self.check:
+                from hydra.utils import get_method
+
+                get_method(self.check)(config)
+            work()
+        except Exception as error:
+            if not is_user_error(error):
+                raise  # Hydra turns a callback's exception into a warning; the job then fails on its own
+            if debug_enabled():  # the traceback, then stop: an exception would only become a warning
+                import traceback
+
+                traceback.print_exc()
+                raise SystemExit(EXIT_USAGE) from None
+            raise SystemExit(report(self._program(config), error)) from None
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        def claim() -> None:
+            if is_rank_zero_process():  # DDP ranks > 0 share rank 0's run folder
+                folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+                claim_run_dir(folder, str(OmegaConf.select(config, "task_name", default="run")))
+
+        self._guarded(config, claim)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._guarded(config, lambda: None)
