@@ -19,7 +19,7 @@ from conftest import instantiate_preset
 from loftr_kd.geometry import CoarseGrid
 from loftr_kd.lightning_module import DistillationModule
 from loftr_kd.losses import LossConfig, teacher_fine_cells, teacher_refine_targets
-from loftr_kd.models.teacher import LoFTRTeacher
+from loftr_kd.teachers import LoFTRTeacher
 
 H_IMG, W_IMG = 96, 128
 SHIFT = np.array([[1.0, 0.03, 3.3], [-0.02, 1.0, 2.1], [0.0, 0.0, 1.0]])  # image0 -> image1
@@ -111,8 +111,8 @@ def test_distillation_term_trains_the_refinement(teacher, pair):
         module = DistillationModule(
             student, teacher, LossConfig(w_refine_kd=1.0), optimizer=partial(torch.optim.AdamW, lr=1e-3)
         )
-        assert module._distils_refinement
-        terms, *_ = module._forward(batch)
+        assert module.criterion.distils_refinement
+        terms = module._step(batch).terms
         assert terms.refine_kd is not None and torch.isfinite(terms.refine_kd) and terms.refine_kd > 0
         student.zero_grad()
         terms.refine_kd.backward()
@@ -121,7 +121,7 @@ def test_distillation_term_trains_the_refinement(teacher, pair):
         off = DistillationModule(
             student, teacher, LossConfig(), optimizer=partial(torch.optim.AdamW, lr=1e-3)
         )
-        assert not off._distils_refinement and off._forward(batch)[0].refine_kd is None
+        assert not off.criterion.distils_refinement and off._step(batch).terms.refine_kd is None
     finally:
         teacher.matcher.coarse_matching.thr = saved
     with pytest.raises(ValueError, match="w_refine_kd must be >= 0"):

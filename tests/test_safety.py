@@ -113,7 +113,7 @@ def test_every_python_door_refuses_a_checkpoint_carrying_code(evil, tmp_path):
     from loftr_kd.kornia_loftr import StudentLoFTR
     from loftr_kd.matcher import Matcher
     from loftr_kd.models.student import build_student, init_student_weights, load_student
-    from loftr_kd.models.teacher import build_student_teacher, build_teacher
+    from loftr_kd.teachers import build_student_teacher, build_teacher
     from loftr_kd.train import check_init_weights, resolve_resume_checkpoint
 
     path, marker = evil

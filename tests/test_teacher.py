@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from loftr_kd.checkpoints import UnsafeCheckpointError
-from loftr_kd.models.teacher import (
+from loftr_kd.teachers import (
     KNOWN_CHECKPOINT_NAMES,
     KORNIA_OUTDOOR_TEMP_BUG_FIX,
     LoFTRTeacher,

@@ -131,7 +131,7 @@ def test_same_seed_gives_same_losses(scenes: Path, tmp_path: Path) -> None:
 
 
 def test_distills_from_a_teacher_checkpoint_in_weights(scenes: Path, tmp_path: Path) -> None:
-    from loftr_kd.models.teacher import LoFTRTeacher
+    from loftr_kd.teachers import LoFTRTeacher
 
     weights = tmp_path / "weights"
     weights.mkdir()

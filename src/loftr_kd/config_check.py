@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 
 
 # (lowest allowed value, what it means) for integer/float settings; None values pass.
+# Lightning's Trainer checks these only once it runs; the data settings are checked by their own dataclasses
+# (loftr_kd.data.datamodule.LoaderSettings, SceneSource).
 _RANGES: dict[str, dict[str, tuple[float, str]]] = {
     "trainer": {
         "max_epochs": (-1, "-1 (no limit) or a positive number of epochs"),
@@ -39,17 +41,7 @@ _RANGES: dict[str, dict[str, tuple[float, str]]] = {
         "gradient_clip_val": (0, ">= 0"),
         "num_sanity_val_steps": (-1, ">= -1"),
     },
-    "data": {
-        "height": (1, ">= 1 pixel"),
-        "width": (1, ">= 1 pixel"),
-        "batch_size": (1, ">= 1"),
-        "num_workers": (0, ">= 0"),
-        "pairs_per_epoch": (1, ">= 1"),
-        "val_pairs": (1, ">= 1"),
-        "val_fraction": (0, "between 0 and 1"),
-    },
 }
-_CHOICES = {"data": {"on_bad_data": ("raise", "skip")}}
 
 
 def _describe(hint: Any) -> str:
@@ -137,9 +129,6 @@ def _check_ranges(group: str, values: Mapping[str, Any]) -> None:
             continue
         if value < low or (key == "val_fraction" and value > 1):
             raise ConfigError(f"{group}.{key}={value!r}: expected {what}")
-    for key, choices in _CHOICES.get(group, {}).items():
-        if key in values and values[key] not in choices:
-            raise ConfigError(f"{group}.{key}={values[key]!r}: expected one of {', '.join(choices)}")
 
 
 # Optimizer settings whose range a signature cannot express: (test, what is expected).
@@ -169,6 +158,26 @@ def _check_optimizer(cfg: DictConfig) -> None:
         isinstance(b, (int, float)) and 0 <= b < 1 for b in betas
     ):
         raise ConfigError(f"optim.optimizer.betas={list(betas)!r}: expected two numbers in [0, 1)")
+
+
+def _check_data_ranges(data_class: type | None, data: Mapping[str, Any]) -> None:
+    """The loader settings' ranges, checked by the dataclass that owns them (``LoaderSettings``), and the
+    source's own (``SceneSource.val_fraction`` ...) for a ``PairDataModule``."""
+    from dataclasses import fields
+
+    from loftr_kd.data.datamodule import KINDS, LoaderSettings, PairDataModule, kind_settings
+
+    if data_class is None or not issubclass(data_class, PairDataModule):
+        return
+    names = {f.name for f in fields(LoaderSettings)}
+    try:
+        LoaderSettings(**{k: v for k, v in data.items() if k in names and v is not None})
+        if data.get("kind") in KINDS:
+            source, own, _ = kind_settings(data["kind"])
+            checked = {k: v for k, v in data.items() if k in own and isinstance(v, (int, float, str, bool))}
+            source(root=".", **checked)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def _target(path: str) -> Callable[..., Any]:
@@ -229,7 +238,7 @@ def check_train_config(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
             hint = f" (did you mean data.{close[0]}?)" if close else ""
             raise ConfigError(f"data.{unknown[0]} is not a setting of {_name(data_target)}{hint}")
-    _check_ranges("data", data)
+    _check_data_ranges(data_class, data)
     for key, kind in (("seed", int), ("validate_before_training", bool)):
         value = cfg.get(key)
         if value is not None and not matches_hint(value, kind):

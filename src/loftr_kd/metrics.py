@@ -22,10 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torchmetrics import Metric
 
 from loftr_kd.geometry import CoarseGrid
 
-__all__ = ["PIXEL_THRESHOLDS", "RECALL_THRESHOLD_PX", "MatchStats", "match_stats", "student_match_stats"]
+__all__ = [
+    "PIXEL_THRESHOLDS",
+    "RECALL_THRESHOLD_PX",
+    "MatchStats",
+    "MatchStatsMetric",
+    "confidence_mae",
+    "match_stats",
+    "student_match_stats",
+]
 
 PIXEL_THRESHOLDS = (1.0, 3.0, 5.0)
 # 5 px: above the half-diagonal of an 8-px cell, so a coarse-only teacher's exact-cell matches count,
@@ -181,3 +190,54 @@ def student_match_stats(
 def cell_positions(match_ids: torch.Tensor, grid: CoarseGrid) -> torch.Tensor:
     """``(B, L0, 2)`` image1 cell centres of coarse ``match_ids`` (a teacher's, or a coarse-only model's)."""
     return grid.ids_to_pixels(match_ids)
+
+
+class MatchStatsMetric(Metric):
+    """:class:`MatchStats` as a torchmetrics ``Metric``: per-batch statistics added up, and summed over
+    DDP ranks by torchmetrics itself when computed (each rank validates its own share of the pairs).
+
+    ``update`` takes :func:`student_match_stats`'s arguments; ``compute`` gives :meth:`MatchStats.summary`.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("counts", torch.zeros(len(_COUNTS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "histogram", torch.zeros(HISTOGRAM_BINS + 1, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+
+    def update(
+        self,
+        points1: torch.Tensor,
+        match_ids: torch.Tensor,
+        truth1: torch.Tensor,
+        truth_valid: torch.Tensor,
+        gt_match_ids: torch.Tensor,
+    ) -> None:
+        stats = student_match_stats(points1, match_ids, truth1, truth_valid, gt_match_ids)
+        # New tensors, not in-place sums: the states may come from a reset inside inference mode.
+        self.counts = self.counts + stats.counts.to(self.counts)
+        self.histogram = self.histogram + stats.histogram.to(self.histogram)
+
+    def stats(self) -> MatchStats:
+        """The (rank-summed, once computed) statistics so far."""
+        return MatchStats(self.counts.detach().cpu(), self.histogram.detach().cpu())
+
+    def compute(self) -> dict[str, float]:
+        return self.stats().summary()
+
+
+def confidence_mae(confidence: torch.Tensor, gt_match_ids: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between the confidence matrix and the binary ground-truth matrix (paper's MAE).
+
+    Args:
+        confidence: ``(B, L0, L1)`` dual-softmax confidence.
+        gt_match_ids: ``(B, L0)`` ground-truth match in image1, ``-1`` = none.
+    """
+    target = torch.zeros_like(confidence, dtype=torch.float32)
+    rows = gt_match_ids >= 0
+    target[rows] = target[rows].scatter(-1, gt_match_ids[rows].unsqueeze(-1), 1.0)
+    return (confidence.float() - target).abs().mean()

@@ -106,7 +106,7 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
         return None
     from hydra.errors import InstantiationException
 
-    from loftr_kd.models.teacher import LoFTRTeacher, TeacherCheckpointNotFound
+    from loftr_kd.teachers import TeacherCheckpointNotFound
 
     try:
         teacher = hydra.utils.instantiate(cfg.teacher)
@@ -118,10 +118,11 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
         _say(f"Teacher: none — {missing} Training on ground truth only.")
         return None
     source = getattr(teacher, "checkpoint_path", cfg.teacher.get("weights"))
-    kind = "LoFTR outdoor" if isinstance(teacher, LoFTRTeacher) else "student"
+    provides = ", ".join(sorted(teacher.provides))
+    grid = f", stride {teacher.stride}" if teacher.stride else ""
     _say(
-        f"Teacher: {kind} from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen, "
-        f"stride {teacher.stride})."
+        f"Teacher: {teacher.name} from {source} ({count_parameters(teacher) / 1e6:.2f} M parameters, frozen{grid}; "
+        f"provides {provides})."
     )
     return teacher
 

@@ -43,6 +43,45 @@ def _dropped(root: Path, scenes: Sequence[str], index: BlendedMVSIndex) -> str:
     )
 
 
+ON_BAD_DATA = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The loader settings every kind of data shares (``conf/data/*.yaml``), each range checked here once.
+
+    ``loftr_kd.config_check`` builds one from the config before any work; :class:`PairDataModule` keeps
+    the one it builds. Messages name the config key (``data.batch_size=0: expected >= 1``).
+    """
+
+    height: int = 480
+    width: int = 640
+    batch_size: int = 8
+    num_workers: int = 2
+    pairs_per_epoch: int = 5000
+    val_pairs: int = 200
+    seed: int = 0
+    on_bad_data: str = "raise"
+
+    def __post_init__(self) -> None:
+        lowest = {
+            "height": (1, ">= 1 pixel"),
+            "width": (1, ">= 1 pixel"),
+            "batch_size": (1, ">= 1"),
+            "num_workers": (0, ">= 0"),
+            "pairs_per_epoch": (1, ">= 1"),
+            "val_pairs": (1, ">= 1"),
+        }
+        for key, (low, what) in lowest.items():
+            value = getattr(self, key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+                raise ValueError(f"data.{key}={value!r}: expected {what}")
+        if self.on_bad_data not in ON_BAD_DATA:
+            raise ValueError(
+                f"data.on_bad_data={self.on_bad_data!r}: expected one of {', '.join(ON_BAD_DATA)}"
+            )
+
+
 def kind_settings(kind: str) -> tuple[type, frozenset[str], frozenset[str]]:
     """The source class of ``kind``, its own settings, and the settings only other kinds have (``root``
     is a shared argument, in neither set)."""
@@ -102,7 +141,7 @@ class SceneSource:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"data.val_fraction={self.val_fraction!r}: expected between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -166,17 +205,25 @@ class PairDataModule(pl.LightningDataModule):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"data kind must be one of {KINDS}, got {kind!r}")
-        if on_bad_data not in ("raise", "skip"):
-            raise ValueError(f"on_bad_data must be 'raise' or 'skip', got {on_bad_data!r}")
+        self.loader = LoaderSettings(
+            int(height),
+            int(width),
+            int(batch_size),
+            int(num_workers),
+            int(pairs_per_epoch),
+            int(val_pairs),
+            int(seed),
+            on_bad_data,
+        )
         self.kind = kind
         self.source = _make_source(kind, Path(root), source_options)
         self.root = self.source.root
-        self.height, self.width = int(height), int(width)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pairs_per_epoch = int(pairs_per_epoch)
-        self.val_pairs = int(val_pairs)
-        self.seed = int(seed)
+        self.height, self.width = self.loader.height, self.loader.width
+        self.batch_size = self.loader.batch_size
+        self.num_workers = self.loader.num_workers
+        self.pairs_per_epoch = self.loader.pairs_per_epoch
+        self.val_pairs = self.loader.val_pairs
+        self.seed = self.loader.seed
         self.on_bad_data = on_bad_data
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None

@@ -25,7 +25,7 @@ from loftr_kd.models.backbone import build_backbone, check_backbone_config
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
 from loftr_kd.models.position_encoding import PositionEncodingSine
-from loftr_kd.models.refinement import REFINE_KINDS, build_refinement
+from loftr_kd.models.refinement import REFINE_KINDS, RefineOutput, build_refinement
 from loftr_kd.models.transformer import LocalFeatureTransformer
 
 __all__ = [
@@ -327,6 +327,34 @@ class CoarseLoFTRStudent(nn.Module):
             refine_logits=refine_logits,
             fine_maps=None if self.refinement is None else (fine0, fine1),
         )
+
+    @property
+    def refines(self) -> bool:
+        """Whether the student has a sub-pixel refinement stage."""
+        return self.refinement is not None
+
+    def refine(self, out: CoarseMatchOutput, match_ids: torch.Tensor) -> RefineOutput:
+        """The refinement of every image0 cell around a given image1 cell, from ``out``'s fine maps.
+
+        Training scores the refinement around the true cell where a row's own candidate is still wrong
+        (:func:`loftr_kd.losses.refinement_ids`; LoFTR pads ground-truth matches into its fine stage the
+        same way, inside its model).
+
+        Args:
+            out: this student's output for the pair (``fine_maps`` set).
+            match_ids: ``(B, L0)`` image1 cell around which each row is refined.
+
+        Returns:
+            ``RefineOutput``: ``points1 (B, L0, 2)``, ``uncertainty (B, L0)``, ``logits (B, L0, K)``.
+        """
+        if self.refinement is None or out.fine_maps is None:
+            raise ValueError("this student has no refinement stage (refine='none'): nothing to refine")
+        fine0, fine1 = out.fine_maps
+        ratio = self.fine_stride
+        grid1 = CoarseGrid.for_image(
+            fine1.shape[2] * ratio, fine1.shape[3] * ratio, self.config.coarse_stride
+        )
+        return self.refinement(fine0, fine1, match_ids, grid1)
 
     def summary(self) -> str:
         """Human-readable sizes and parameter counts."""
