@@ -34,6 +34,7 @@ __all__ = [
     "points_to_cells",
     "warp_points_depth",
     "warp_points_homography",
+    "warp_points_matches",
 ]
 
 # Relative depth-consistency tolerance |z_warped - depth1| / depth1 of the depth path.
@@ -227,6 +228,79 @@ def warp_points_homography(
     return points1, visible & _inside_image(points1, image1_hw)
 
 
+# Pseudo ground truth from a teacher's sparse matches (pairs without geometry): the local map around each
+# point is fitted to the matches within MATCH_RADIUS cells, weighted by a Gaussian of MATCH_SIGMA cells and
+# the match confidence, robustly (Cauchy reweighting); it holds where MATCH_MIN_SUPPORT matches support it
+# and they agree with the fit to MATCH_MAX_RESIDUAL px (weighted RMS).
+MATCH_RADIUS = 1.5
+MATCH_SIGMA = 0.5
+MATCH_MIN_SUPPORT = 4
+MATCH_MAX_RESIDUAL = 2.0
+MATCH_KEYS = ("matches0", "matches1", "match_confidence", "match_valid")
+
+
+def warp_points_matches(
+    points0: torch.Tensor,
+    keypoints0: torch.Tensor,
+    keypoints1: torch.Tensor,
+    weight: torch.Tensor,
+    image1_hw: tuple[int, int],
+    cell: float,
+    iterations: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp pixel points of image0 into image1 through a local affine map fitted to sparse matches.
+
+    For each point, an affine map ``p1 = A (p0 - point) + t`` is fitted by weighted least squares to the
+    matches ``keypoints0 -> keypoints1`` within ``MATCH_RADIUS * cell`` pixels of it (weights: a Gaussian
+    of ``MATCH_SIGMA * cell`` px times ``weight``), with Cauchy reweighting of the residuals so that a few
+    wrong matches do not move it; the point lands at ``t``. A teacher's matches on a plane give the plane's
+    homography locally; across a depth edge the residual test rejects the point.
+
+    Args:
+        points0: ``(B, L, 2)`` xy pixels in image0.
+        keypoints0, keypoints1: ``(B, N, 2)`` matched xy pixels in image0 and image1.
+        weight: ``(B, N)`` match weight (confidence; 0 for padding).
+        image1_hw: ``(H1, W1)`` size of image1.
+        cell: the grid's cell size in pixels (radius and width of the neighbourhood).
+        iterations: reweighting passes.
+
+    Returns:
+        ``points1 (B, L, 2)`` and ``valid (B, L)``: at least ``MATCH_MIN_SUPPORT`` matches of the
+        neighbourhood within ``2 * MATCH_MAX_RESIDUAL`` px of the fit, a weighted RMS residual under
+        ``MATCH_MAX_RESIDUAL`` px, inside image1.
+    """
+    _check_batched("points0", points0, (None, None, 2))
+    b = points0.shape[0]
+    _check_batched("keypoints0", keypoints0, (b, None, 2))
+    _check_batched("keypoints1", keypoints1, (b, keypoints0.shape[1], 2))
+    _check_batched("weight", weight, (b, keypoints0.shape[1]))
+    offsets = keypoints0.unsqueeze(1) - points0.unsqueeze(2)  # (B, L, N, 2)
+    distance2 = offsets.pow(2).sum(-1)  # (B, L, N)
+    near = distance2 <= (MATCH_RADIUS * cell) ** 2
+    base = torch.where(
+        near, torch.exp(-distance2 / (2 * (MATCH_SIGMA * cell) ** 2)) * weight.unsqueeze(1), 0.0
+    )
+    design = torch.cat([offsets / cell, torch.ones_like(offsets[..., :1])], dim=-1)  # (B, L, N, 3)
+    target = keypoints1.unsqueeze(1).expand(-1, points0.shape[1], -1, -1)  # (B, L, N, 2)
+    ridge = 1e-3 * torch.eye(3, device=points0.device, dtype=points0.dtype)
+    robust = torch.ones_like(base)
+    for _ in range(iterations):
+        w = base * robust
+        weighted = design * w.unsqueeze(-1)  # (B, L, N, 3)
+        normal = weighted.transpose(-1, -2) @ design + ridge  # (B, L, 3, 3)
+        solution = torch.linalg.solve(normal, weighted.transpose(-1, -2) @ target)  # (B, L, 3, 2)
+        residual2 = (design @ solution - target).pow(2).sum(-1)  # (B, L, N)
+        robust = 1.0 / (1.0 + residual2 / MATCH_MAX_RESIDUAL**2)  # Cauchy
+    w = base * robust
+    rms = torch.sqrt((w * residual2).sum(-1) / w.sum(-1).clamp(min=1e-12))  # (B, L)
+    agreeing = near & (weight.unsqueeze(1) > 0) & (residual2 <= (2 * MATCH_MAX_RESIDUAL) ** 2)
+    support = agreeing.sum(-1)  # (B, L) matches that agree with the fit
+    points1 = solution[..., 2, :]  # (B, L, 2) the map at the point itself
+    points1 = torch.where(torch.isfinite(points1), points1, torch.zeros_like(points1))
+    valid = (support >= MATCH_MIN_SUPPORT) & (rms <= MATCH_MAX_RESIDUAL) & _inside_image(points1, image1_hw)
+    return points1, valid
+
+
 def _require(batch: Mapping[str, torch.Tensor], keys: tuple[str, ...], path: str) -> None:
     """Raise a KeyError listing the keys the ``path`` ground truth needs and the batch lacks."""
     missing = [k for k in keys if k not in batch]
@@ -240,9 +314,12 @@ def coarse_ground_truth(
 ) -> CoarseGroundTruth:
     """Mutual-nearest-cell ground truth at one coarse stride (call once per stride: 8 teacher, 16 student).
 
-    Dispatches on the batch: with ``H_0to1`` the homography path (its inverse warps back), otherwise the
-    depth path (``depth0/1``, ``K0/1``, ``T_0to1`` and ``T_1to0``, the latter inverted from ``T_0to1`` when
-    absent). Runs in float32 on the device of ``image0``, outside autocast, without gradients.
+    Dispatches on the batch: with ``H_0to1`` the homography path (its inverse warps back); with a teacher's
+    sparse matches (``matches0/1``, ``match_confidence``, ``match_valid``: pairs without geometry, labelled
+    by a sparse teacher) the matches path, each direction through a local affine fit of the matches
+    (:func:`warp_points_matches`); otherwise the depth path (``depth0/1``, ``K0/1``, ``T_0to1`` and
+    ``T_1to0``, the latter inverted from ``T_0to1`` when absent). Every path ends in the same mutual-cell
+    rule. Runs in float32 on the device of ``image0``, outside autocast, without gradients.
 
     Args:
         batch: the batch contract of docs/ARCHITECTURE.md (``image0/1 (B, 1, H, W)`` give the sizes).
@@ -284,6 +361,12 @@ def coarse_ground_truth(
             H_1to0 = torch.linalg.inv(H_0to1.double()).float()
             points01, valid01 = warp_points_homography(centres0, H_0to1, hw1, hw0)
             points10, valid10 = warp_points_homography(centres1, H_1to0, hw0, hw1)
+        elif "matches0" in batch:
+            _require(batch, MATCH_KEYS, "matches")
+            k0, k1, confidence = f32("matches0"), f32("matches1"), f32("match_confidence")
+            weight = torch.where(batch["match_valid"].to(device).bool(), confidence, 0.0)
+            points01, valid01 = warp_points_matches(centres0, k0, k1, weight, hw1, float(stride))
+            points10, valid10 = warp_points_matches(centres1, k1, k0, weight, hw0, float(stride))
         else:
             _require(batch, ("depth0", "depth1", "K0", "K1", "T_0to1"), "depth")
             depth0, depth1, K0, K1, T_0to1 = (f32(k) for k in ("depth0", "depth1", "K0", "K1", "T_0to1"))

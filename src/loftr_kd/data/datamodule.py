@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from loftr_kd.data.sampling import EpochPairSampler
 
 log = logging.getLogger(__name__)
 
-KINDS = ("blendedmvs", "homography")
+KINDS = ("blendedmvs", "homography", "unlabeled")
 
 
 def _dropped(root: Path, scenes: Sequence[str], index: BlendedMVSIndex) -> str:
@@ -110,6 +111,11 @@ def _make_source(kind: str, root: Path, options: Mapping[str, Any]) -> SceneSour
         values["val_root"] = Path(values["val_root"])
     if "homography" in values:
         values["homography"] = dict(values["homography"])
+    for key in ("pairs", "verify"):
+        if key in values:
+            values[key] = dict(values[key])
+    if "labels_dir" in values:
+        values["labels_dir"] = Path(values["labels_dir"])
     return source(root=root, **values)
 
 
@@ -161,8 +167,52 @@ class PhotoSource:
     homography: Mapping[str, Any] = field(default_factory=dict)
 
 
-# Which source owns each kind-specific argument (the rest are loader settings shared by both kinds).
-_SOURCE_OF_KIND = {"blendedmvs": SceneSource, "homography": PhotoSource}
+@dataclass(frozen=True)
+class UnlabeledSource:
+    """``kind: unlabeled``: real pairs without geometry (videos, numbered frames, photos; see
+    :mod:`loftr_kd.data.unlabeled`), with a sparse teacher's RANSAC-checked matches as pseudo ground
+    truth, labelled once into a cache (:mod:`loftr_kd.data.labels`).
+
+    Attributes:
+        root: folder of videos and images.
+        labeller: a function building the sparse teacher (``conf/data/unlabeled.yaml``: ``_partial_``),
+            called only when pairs are left to label.
+        pairs: :class:`~loftr_kd.data.unlabeled.UnlabeledSettings` fields (frame gaps, caps, seed).
+        verify: :class:`~loftr_kd.data.labels.VerifySettings` fields (RANSAC model, threshold, inliers).
+        labels_dir: where label caches (and decoded video frames) live.
+        max_matches: match slots per pair in a batch.
+        label_batch_size: pairs per labelling batch.
+        val_fraction: share of the labelled pairs kept for validation (never trained on).
+    """
+
+    root: Path
+    labeller: Any = None
+    pairs: Mapping[str, Any] = field(default_factory=dict)
+    verify: Mapping[str, Any] = field(default_factory=dict)
+    labels_dir: Path | None = None
+    max_matches: int = 1024
+    label_batch_size: int = 4
+    val_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        from loftr_kd.data.labels import VerifySettings
+        from loftr_kd.data.unlabeled import UnlabeledSettings
+
+        UnlabeledSettings(**_tuples(self.pairs))
+        VerifySettings(**dict(self.verify))
+        if self.max_matches < 8:
+            raise ValueError(f"data.max_matches={self.max_matches!r}: expected >= 8")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={self.val_fraction!r}: expected between 0 and 1")
+
+
+def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Config lists as tuples (frozen dataclasses hold tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(values).items()}
+
+
+# Which source owns each kind-specific argument (the rest are loader settings shared by every kind).
+_SOURCE_OF_KIND = {"blendedmvs": SceneSource, "homography": PhotoSource, "unlabeled": UnlabeledSource}
 
 
 class PairDataModule(pl.LightningDataModule):
@@ -242,6 +292,9 @@ class PairDataModule(pl.LightningDataModule):
         ``data.root`` is an error, not a new data set. A folder holding anything else is an error that
         names it and says what to do.
         """
+        if self.kind == "unlabeled":
+            self.label()
+            return
         generate = getattr(self.source, "generate", None)
         if not generate:
             return
@@ -295,6 +348,8 @@ class PairDataModule(pl.LightningDataModule):
             return
         if self.kind == "blendedmvs":
             self._setup_blendedmvs()
+        elif self.kind == "unlabeled":
+            self._setup_unlabeled()
         else:
             self._setup_homography()
         counts = self.bad_data_counts()
@@ -385,6 +440,74 @@ class PairDataModule(pl.LightningDataModule):
             "train images": len(self.train_dataset.images),
             "val images": len(val_images) if self.source.val_root is not None else "same as train",
             "train pairs (virtual)": len(self.train_dataset),
+            "val pairs": len(self.val_dataset),
+            "pairs per epoch": self.pairs_per_epoch,
+            "size": f"{self.width}x{self.height}",
+        }
+
+    # ------------------------------------------------------------------------------ unlabeled pairs
+    def _label_cache(self, teacher: Any = None):
+        """The candidate pairs and their label cache (:func:`loftr_kd.data.labels.pairs_and_cache`)."""
+        from loftr_kd.data.labels import pairs_and_cache
+
+        return pairs_and_cache(
+            self.root,
+            self.source.labels_dir or self.root.parent / "labels",
+            self.source.pairs,
+            self.source.verify,
+            (self.height, self.width),
+            self.seed,
+            teacher if teacher is not None else self._labeller,
+        )
+
+    def _labeller(self) -> Any:
+        if self.source.labeller is None:
+            raise ValueError(
+                "data.labeller is not set: unlabeled pairs need a sparse teacher to label them "
+                "(conf/data/unlabeled.yaml: teacher=lightglue features)"
+            )
+        return self.source.labeller()
+
+    def label(self, trainer_options: Mapping[str, Any] | None = None) -> Any:
+        """Label the candidate pairs not labelled yet (the cache is shared by every later run)."""
+        from loftr_kd.data.labels import label_pairs
+
+        pairs, cache, teacher, verify = self._label_cache()
+        return label_pairs(
+            cache,
+            pairs,
+            teacher,
+            verify,
+            batch_size=self.source.label_batch_size,
+            trainer_options=trainer_options,
+            say=lambda line: rank_zero_info(f"[data] {line}"),
+        )
+
+    def _setup_unlabeled(self) -> None:
+        from loftr_kd.data.labels import LabelledPairDataset
+
+        pairs, cache, _, verify = self._label_cache()
+        if not cache.complete:
+            raise FileNotFoundError(
+                f"{cache.folder}: the pairs of {self.root} are not labelled yet; run loftr-kd-label with the "
+                "same data settings (training labels them itself in prepare_data on one device)"
+            )
+        dataset = LabelledPairDataset(pairs, cache, verify.min_inliers, self.source.max_matches, self.seed)
+        every = max(2, round(1 / self.source.val_fraction)) if self.source.val_fraction > 0 else 0
+        val_items = [item for k, item in enumerate(dataset.items) if every and k % every == every - 1]
+        train_items = [item for k, item in enumerate(dataset.items) if not (every and k % every == every - 1)]
+        self.train_dataset = copy.copy(dataset)
+        self.train_dataset.items = train_items
+        self.val_dataset = copy.copy(dataset)
+        self.val_dataset.items = val_items or train_items[: self.val_pairs]
+        self.val_dataset.swap = False
+        self.val_dataset = self._fixed_subset(self.val_dataset)
+        self.summary = {
+            "kind": self.kind,
+            "root": str(self.root),
+            "labels": str(cache.folder),
+            "labelled pairs": len(dataset),
+            "train pairs": len(train_items),
             "val pairs": len(self.val_dataset),
             "pairs per epoch": self.pairs_per_epoch,
             "size": f"{self.width}x{self.height}",

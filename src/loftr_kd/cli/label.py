@@ -1,0 +1,32 @@
+"""``loftr-kd-label``: label unlabeled pairs with their sparse teacher into the cache training reads
+(``conf/label.yaml``; Hydra, so DDP and the SLURM launcher work as for training)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from loftr_kd.cli import hydra_command
+
+
+def run(cfg: DictConfig) -> list[Any]:
+    """Label every unlabeled source of ``cfg.data`` (the source itself, or each of a mixture's)."""
+    import hydra
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    sources = getattr(datamodule, "sources", {"data": datamodule})
+    unlabeled = [s for s in sources.values() if getattr(s, "kind", None) == "unlabeled"]
+    if not unlabeled:
+        raise ValueError(
+            "no unlabeled data source to label: use data=unlabeled data.root=FOLDER (or data=mixed)"
+        )
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return [source.label(options) for source in unlabeled]
+
+
+main = hydra_command("loftr-kd-label", "label", run)
+
+
+if __name__ == "__main__":
+    main()

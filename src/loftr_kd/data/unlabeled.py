@@ -1,0 +1,215 @@
+"""Pairs of real images without geometry: sequences (videos, numbered frames) and unordered photos.
+
+``data=unlabeled data.root=FOLDER`` trains on such pairs with a sparse teacher's matches as pseudo ground
+truth (:mod:`loftr_kd.data.labels` labels them once, checks them with RANSAC and caches them;
+:func:`loftr_kd.supervision.coarse_ground_truth` turns the matches into coarse ground truth). What counts
+as what under ``root``:
+
+- a **video** (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.mpeg``, ``.mpg``, ``.webm``) is a sequence; its
+  frames are decoded once into the label cache;
+- a **folder whose images end in frame numbers** (``image0001.pgm``, ``frame_12.png``: at least
+  ``min_sequence`` of them, one name stem with a varying number) is a sequence in number order;
+- any other images of a folder are **unordered photos**: every pair of them is a candidate, and the
+  teacher decides which overlap (pairs without enough RANSAC-checked matches are dropped).
+
+Sequence pairs are frames ``gap`` apart for every ``gap`` in ``gaps`` (small gaps: easy pairs; large: wide
+baselines). At most ``max_pairs`` pairs are drawn, deterministically from ``seed``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loftr_kd.data.homography import IMAGE_EXTENSIONS
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "FrameRef",
+    "PairSpec",
+    "UnlabeledSettings",
+    "candidate_pairs",
+    "discover",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".mpeg", ".mpg", ".webm", ".m4v")
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One image: a file (``frame`` is ``None``) or frame ``frame`` of a video file."""
+
+    path: str
+    frame: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.path if self.frame is None else f"{self.path}#{self.frame}"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """A candidate pair and where it came from (``sequence`` with its frame gap, or ``photos``)."""
+
+    image0: FrameRef
+    image1: FrameRef
+    kind: str
+    gap: int = 0
+
+
+@dataclass(frozen=True)
+class UnlabeledSettings:
+    """How candidate pairs are drawn from a folder (``conf/data/unlabeled.yaml``)."""
+
+    gaps: tuple[int, ...] = (2, 4, 8, 16)
+    min_sequence: int = 8
+    max_pairs: int = 3000
+    max_photo_pairs_per_folder: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.gaps or any(int(g) < 1 for g in self.gaps):
+            raise ValueError(f"data.pairs.gaps={list(self.gaps)!r}: expected frame gaps >= 1")
+        if self.min_sequence < 2:
+            raise ValueError(f"data.pairs.min_sequence={self.min_sequence!r}: expected >= 2")
+        if self.max_pairs < 1:
+            raise ValueError(f"data.pairs.max_pairs={self.max_pairs!r}: expected >= 1")
+
+
+def _frame_number(path: Path) -> tuple[str, int] | None:
+    match = _NUMBERED.match(path.stem)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def discover(root: str | Path, min_sequence: int = 8) -> tuple[list[list[FrameRef]], list[list[FrameRef]]]:
+    """Sequences and groups of unordered photos under ``root`` (recursive, deterministic order).
+
+    Returns:
+        ``(sequences, photo_groups)``: each a list of frames in order (videos as one entry per video with
+        ``frame=None`` until decoded: see :func:`video_frames`).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no image and no video.
+        NotADirectoryError: ``root`` is a file.
+    """
+    root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(
+            f"data.root={root} is a file; unlabeled data needs a folder of images or videos"
+        )
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={root}: folder does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.endswith("_masked")]
+    if not videos and not images:
+        raise FileNotFoundError(
+            f"data.root={root}: no images ({', '.join(IMAGE_EXTENSIONS)}) and no videos "
+            f"({', '.join(VIDEO_EXTENSIONS)}) found"
+        )
+    sequences: list[list[FrameRef]] = [[FrameRef(str(v))] for v in videos]
+    groups: list[list[FrameRef]] = []
+    by_folder: dict[Path, list[Path]] = {}
+    for image in images:
+        by_folder.setdefault(image.parent, []).append(image)
+    for folder in sorted(by_folder):
+        numbered: dict[str, list[tuple[int, Path]]] = {}
+        loose = []
+        for image in by_folder[folder]:
+            key = _frame_number(image)
+            if key is None:
+                loose.append(image)
+            else:
+                numbered.setdefault(key[0] + image.suffix.lower(), []).append((key[1], image))
+        for stem in sorted(numbered):
+            frames = sorted(numbered[stem])
+            if len(frames) >= min_sequence:
+                sequences.append([FrameRef(str(p)) for _, p in frames])
+            else:
+                loose.extend(p for _, p in frames)
+        if len(loose) >= 2:
+            groups.append([FrameRef(str(p)) for p in sorted(loose)])
+    return sequences, groups
+
+
+def candidate_pairs(
+    sequences: Sequence[Sequence[FrameRef]], groups: Sequence[Sequence[FrameRef]], settings: UnlabeledSettings
+) -> list[PairSpec]:
+    """The candidate pairs: frames ``gap`` apart in each sequence, and pairs of photos within a folder.
+
+    Sequences and photo pairs share ``max_pairs`` in proportion to how many candidates each gives; the
+    draw is deterministic from ``settings.seed``.
+    """
+    rng = np.random.default_rng([settings.seed, 11])
+    from_sequences: list[PairSpec] = []
+    for frames in sequences:
+        for gap in sorted({int(g) for g in settings.gaps}):
+            from_sequences += [
+                PairSpec(frames[i], frames[i + gap], "sequence", gap) for i in range(len(frames) - gap)
+            ]
+    from_photos: list[PairSpec] = []
+    for photos in groups:
+        pairs = [(i, j) for i in range(len(photos)) for j in range(i + 1, len(photos))]
+        if len(pairs) > settings.max_photo_pairs_per_folder:
+            keep = rng.choice(len(pairs), settings.max_photo_pairs_per_folder, replace=False)
+            pairs = [pairs[k] for k in sorted(keep)]
+        from_photos += [PairSpec(photos[i], photos[j], "photos") for i, j in pairs]
+    everything = from_sequences + from_photos
+    if len(everything) <= settings.max_pairs:
+        return everything
+    keep = np.sort(rng.choice(len(everything), settings.max_pairs, replace=False))
+    return [everything[k] for k in keep]
+
+
+def video_frames(path: str | Path, out_dir: Path, every: int = 1) -> list[FrameRef]:
+    """Decode a video's frames once into ``out_dir`` (PNG, atomically); reuse frames already there.
+
+    Raises:
+        ValueError: the video cannot be opened or gives no frame.
+    """
+    import cv2
+
+    from loftr_kd.files import write_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = out_dir / "frames.txt"
+    if done.is_file():
+        return [FrameRef(str(out_dir / name)) for name in done.read_text().split()]
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path}: cannot open the video (unsupported codec or corrupt file)")
+    names = []
+    index = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                name = f"frame_{index:06d}.png"
+                write_image(out_dir / name, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+                names.append(name)
+            index += 1
+    finally:
+        capture.release()
+    if not names:
+        raise ValueError(f"{path}: the video gave no frame")
+    from loftr_kd.files import write_text
+
+    write_text(done, "\n".join(names) + "\n")
+    return [FrameRef(str(out_dir / name)) for name in names]
+
+
+def describe(pairs: Sequence[PairSpec]) -> dict[str, Any]:
+    """Counts by kind and gap, for logs and the cache's record."""
+    kinds: dict[str, int] = {}
+    for pair in pairs:
+        key = pair.kind if pair.kind != "sequence" else f"sequence gap {pair.gap}"
+        kinds[key] = kinds.get(key, 0) + 1
+    return {"pairs": len(pairs), "by_kind": dict(sorted(kinds.items()))}

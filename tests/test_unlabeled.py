@@ -1,0 +1,193 @@
+"""Pairs without geometry: candidate pairs from sequences and photos, pseudo ground truth from a teacher's
+matches (against the exact ground truth of a known homography), the label cache's key, and the mixture of
+sources by weight."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from loftr_kd.data.labels import LabelCache, LabelledPairDataset, VerifySettings, verify_matches
+from loftr_kd.data.mixed import MixedBatchSampler
+from loftr_kd.data.unlabeled import (
+    FrameRef,
+    PairSpec,
+    UnlabeledSettings,
+    candidate_pairs,
+    discover,
+    video_frames,
+)
+from loftr_kd.supervision import coarse_ground_truth
+
+H, W = 240, 320
+WARP = torch.tensor([[1.1, 0.15, -20.0], [-0.1, 1.05, 10.0], [1e-4, 5e-5, 1.0]])
+
+
+def _matches(count: int, noise: float, outliers: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` matches of the known homography, with pixel noise and a share of random outliers."""
+    g = torch.Generator().manual_seed(seed)
+    k0 = torch.rand(1, count, 2, generator=g) * torch.tensor([W - 1, H - 1])
+    h = torch.cat([k0, torch.ones(1, count, 1)], -1) @ WARP.T
+    k1 = h[..., :2] / h[..., 2:] + noise * torch.randn(1, count, 2, generator=g)
+    bad = torch.rand(1, count, generator=g) < outliers
+    k1 = torch.where(bad[..., None], torch.rand(1, count, 2, generator=g) * torch.tensor([W - 1, H - 1]), k1)
+    return k0, k1
+
+
+@pytest.mark.parametrize(("count", "noise", "outliers"), [(1000, 0.3, 0.0), (500, 0.5, 0.1)])
+def test_pseudo_ground_truth_agrees_with_the_exact_homography(count, noise, outliers):
+    images = torch.rand(1, 1, H, W)
+    exact = coarse_ground_truth({"image0": images, "image1": images, "H_0to1": WARP[None]}, 16)
+    k0, k1 = _matches(count, noise, outliers)
+    inside = (k1 >= 0).all(-1) & (k1[..., 0] < W) & (k1[..., 1] < H)
+    batch = {
+        "image0": images,
+        "image1": images,
+        "matches0": k0,
+        "matches1": k1,
+        "match_confidence": torch.ones(1, count),
+        "match_valid": inside,
+    }
+    pseudo = coarse_ground_truth(batch, 16)
+    labelled = pseudo.match_ids >= 0
+    both = labelled & (exact.match_ids >= 0)
+    assert labelled.sum() >= 0.4 * (exact.match_ids >= 0).sum()  # most cells get a label
+    assert (pseudo.match_ids[both] == exact.match_ids[both]).float().mean() > 0.95  # cell borders may flip
+    assert (labelled & (exact.match_ids < 0)).sum() <= 3  # almost never a cell the truth has no match for
+    error = (pseudo.points1 - exact.points1).norm(dim=-1)[labelled & exact.valid]
+    assert error.median() < max(2 * noise, 0.5) and error.quantile(0.9) < 2.5  # sub-pixel positions
+
+
+def test_cells_without_nearby_matches_get_no_label():
+    images = torch.rand(1, 1, H, W)
+    k0, k1 = _matches(400, 0.2, 0.0)
+    left = k0[..., 0] < W / 2  # matches only in the left half of image0
+    batch = {
+        "image0": images,
+        "image1": images,
+        "matches0": k0,
+        "matches1": k1,
+        "match_confidence": torch.ones(1, 400),
+        "match_valid": left,
+    }
+    pseudo = coarse_ground_truth(batch, 16)
+    columns = torch.arange(pseudo.match_ids.shape[1]) % (W // 16)
+    assert (pseudo.match_ids[0, columns >= W // 16 // 2 + 2] < 0).all()
+
+
+def test_verify_keeps_a_homography_and_drops_noise():
+    k0, k1 = _matches(300, 0.3, 0.3, seed=3)
+    inliers = verify_matches(k0[0].numpy(), k1[0].numpy(), VerifySettings(model="homography", threshold=2.0))
+    h = np.c_[k0[0].numpy(), np.ones(300)] @ WARP.numpy().T
+    truth = np.linalg.norm(h[:, :2] / h[:, 2:] - k1[0].numpy(), axis=1) < 2.0
+    assert (inliers == truth).mean() > 0.95
+    assert not verify_matches(k0[0, :5].numpy(), k1[0, :5].numpy(), VerifySettings()).any()
+
+
+def test_discovery_tells_sequences_from_photos_and_draws_gapped_pairs(tmp_path):
+    photo = cv2.resize(skdata.coffee(), (W, H))
+    (tmp_path / "seq").mkdir()
+    for i in range(10):
+        cv2.imwrite(str(tmp_path / "seq" / f"frame{i:04d}.png"), np.roll(photo, 3 * i, axis=1))
+    (tmp_path / "photos").mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        cv2.imwrite(str(tmp_path / "photos" / name), photo)
+    sequences, groups = discover(tmp_path, min_sequence=8)
+    assert [len(s) for s in sequences] == [10] and [len(g) for g in groups] == [3]
+    assert sequences[0][0].path.endswith("frame0000.png") and sequences[0][-1].path.endswith("frame0009.png")
+    pairs = candidate_pairs(sequences, groups, UnlabeledSettings(gaps=(2, 4)))
+    gaps = sorted(p.gap for p in pairs if p.kind == "sequence")
+    assert gaps == [2] * 8 + [4] * 6 and sum(p.kind == "photos" for p in pairs) == 3
+    capped = candidate_pairs(sequences, groups, UnlabeledSettings(gaps=(2, 4), max_pairs=5, seed=1))
+    assert len(capped) == 5 and capped == candidate_pairs(
+        sequences, groups, UnlabeledSettings(gaps=(2, 4), max_pairs=5, seed=1)
+    )
+    with pytest.raises(FileNotFoundError, match="no images"):
+        discover(tmp_path / "seq" / "none") if False else discover(_empty(tmp_path))
+
+
+def _empty(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no images here")
+    return folder
+
+
+def test_video_frames_are_decoded_once(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    for i in range(6):
+        writer.write(np.roll(cv2.resize(skdata.astronaut(), (W, H)), 4 * i, axis=1))
+    writer.release()
+    frames = video_frames(path, tmp_path / "frames")
+    assert len(frames) == 6 and all(FrameRef(f.path).path == f.path for f in frames)
+    stamp = (tmp_path / "frames" / "frames.txt").stat().st_mtime_ns
+    assert video_frames(path, tmp_path / "frames") == frames
+    assert (tmp_path / "frames" / "frames.txt").stat().st_mtime_ns == stamp
+
+
+def test_the_cache_key_changes_with_any_input_and_shards_resume(tmp_path):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), cv2.resize(skdata.camera(), (W, H)))
+    other = tmp_path / "b.png"
+    cv2.imwrite(str(other), cv2.resize(skdata.camera(), (W, H))[:, ::-1])
+    pairs = [PairSpec(FrameRef(str(image)), FrameRef(str(other)), "photos")]
+    teacher = {"class": "T", "weights": {"w.pth": "abc"}}
+    cache = LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings())
+    same = LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings())
+    assert cache.folder == same.folder
+    variants = [
+        LabelCache.for_pairs(
+            tmp_path / "labels", pairs, {**teacher, "weights": {"w.pth": "abd"}}, (H, W), VerifySettings()
+        ),
+        LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, 2 * W), VerifySettings()),
+        LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings(min_inliers=50)),
+    ]
+    assert len({cache.folder, *(v.folder for v in variants)}) == 4
+    cv2.imwrite(str(image), cv2.resize(skdata.camera(), (W, H))[::-1])  # the image changed
+    import os
+
+    os.utime(image, (1, 1))
+    assert (
+        LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings()).folder
+        != cache.folder
+    )
+    # shards: written atomically, read back, the done set resumes labelling; a broken shard is redone
+    cache.start()
+    k = np.random.default_rng(0).random((40, 2)).astype(np.float32) * 100
+    cache.write_shard(
+        [{"index": 0, "keypoints0": k, "keypoints1": k + 1, "confidence": np.ones(40), "candidates": 50}]
+    )
+    (cache.folder / "shard_9999999_1.npz").write_bytes(b"cut")
+    assert cache.done() == {0} and json.loads((cache.folder / "labels.json").read_text())["size"] == [H, W]
+    dataset = LabelledPairDataset(pairs, cache, min_inliers=30, max_matches=64, swap=False)
+    item = dataset[0]
+    assert item["matches0"].shape == (64, 2) and int(item["match_valid"].sum()) == 40
+    assert torch.allclose(item["matches1"][:40] - item["matches0"][:40], torch.ones(40, 2))
+    with pytest.raises(ValueError, match="checked matches"):
+        LabelledPairDataset(pairs, cache, min_inliers=41)
+
+
+def test_mixed_batches_come_whole_from_one_source_by_weight():
+    sampler = MixedBatchSampler([100, 50, 10], [2.0, 1.0, 1.0], batch_size=4, batches=400, seed=3)
+    batches = sampler.epoch_batches(0)
+    sources = [np.searchsorted([100, 150, 160], max(b), side="right") for b in batches]
+    assert all(
+        np.searchsorted([100, 150, 160], i, side="right") == s for b, s in zip(batches, sources) for i in b
+    )
+    share = np.bincount(sources, minlength=3) / len(batches)
+    assert abs(share[0] - 0.5) < 0.07 and abs(share[1] - 0.25) < 0.07 and abs(share[2] - 0.25) < 0.07
+    assert batches == MixedBatchSampler([100, 50, 10], [2.0, 1.0, 1.0], 4, 400, seed=3).epoch_batches(0)
+    assert batches != sampler.epoch_batches(1)
+    ranks = [
+        list(MixedBatchSampler([100, 50, 10], [2, 1, 1], 4, 400, 3, rank=r, world_size=2)) for r in (0, 1)
+    ]
+    assert ranks[0] + ranks[1] and sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, batches))
+    resumed = MixedBatchSampler([100, 50, 10], [2, 1, 1], 4, 400, 3)
+    resumed.resume_within_epoch(0, 10)
+    assert list(resumed) == batches[10:]
