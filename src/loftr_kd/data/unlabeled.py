@@ -18,6 +18,7 @@ baselines). At most ``max_pairs`` pairs are drawn, deterministically from ``seed
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,14 @@ def discover(root: str | Path, min_sequence: int = 8) -> tuple[list[list[FrameRe
         )
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root}: folder does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    # os.walk follows symlinked folders (a data folder of links to sequences elsewhere); pathlib's rglob
+    # does not.
+    files = sorted(
+        Path(folder) / name
+        for folder, _, names in os.walk(root, followlinks=True)
+        for name in names
+        if (Path(folder) / name).is_file()
+    )
     videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.endswith("_masked")]
     if not videos and not images:
