@@ -108,6 +108,28 @@ def test_every_command_lives_in_cli():
     }
 
 
+def test_training_knows_nothing_of_the_search():
+    """``train()`` drives a sweep's trial through the hook its config builds (``search._target_``), and
+    only the command layer talks to the Optuna sweeper (its private modules included)."""
+    graph = import_graph()
+    assert graph["loftr_kd.train"] and not {
+        t for t in graph["loftr_kd.train"] if t == "loftr_kd.search" or t.startswith("loftr_kd.search.")
+    }
+    sweeper_users = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(m.startswith("hydra_plugins") for m in modules):
+                sweeper_users.add(name)
+    assert sweeper_users == {"loftr_kd.cli.search_sweeper"}
+
+
 def test_architecture_table_names_every_module():
     """docs/ARCHITECTURE.md's tables and the tree agree (``loftr_kd.pkg.{a,b}`` rows name several)."""
     import re

@@ -255,17 +255,31 @@ def check_train_config(cfg: DictConfig) -> None:
             ExportSettings.from_mapping(_plain(cfg.deploy))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"deploy: {error}") from None
-    if cfg.get("search"):  # a student search (hparams_search=student_latency)
-        from loftr_kd.search import SearchSettings
-
+    hook = trial_hook_config(cfg)
+    if hook is not None:  # a sweep's trial hook (hparams_search=student_latency: the student search)
         try:
-            values = _plain(cfg.search)
-            check_arguments(SearchSettings.__init__, values, "search")
-            SearchSettings.from_config(values)
+            check_arguments(_target(hook["_target_"]), hook, "search")
+            from hydra.utils import get_object
+
+            # Built once here, so its own validation (SearchSettings') speaks before the sweep starts.
+            get_object(hook["_target_"])(**{k: v for k, v in hook.items() if not k.startswith("_")})
         except ConfigError:
             raise
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from error
+
+
+# A `search:` block saved before it named its hook (`.hydra/config.yaml` of an earlier student search's
+# trial, which `make rerun` composes) holds the student search's settings alone.
+_SAVED_SEARCH_HOOK = "loftr_kd.search.StudentSearch"
+
+
+def trial_hook_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """``cfg.search``, the sweep's trial hook that ``train()`` builds: plain, resolved, with its
+    ``_target_``; ``None`` outside such a sweep."""
+    if not cfg.get("search"):
+        return None
+    return {"_target_": _SAVED_SEARCH_HOOK, **_plain(cfg.search)}
 
 
 class CheckTrainConfig(ClaimRunDir):
@@ -276,4 +290,11 @@ class CheckTrainConfig(ClaimRunDir):
         super().__init__(check or "loftr_kd.config_check.check_train_config", program or "loftr-kd-train")
 
 
-__all__ = ["CheckTrainConfig", "ConfigError", "check_arguments", "check_train_config", "matches_hint"]
+__all__ = [
+    "CheckTrainConfig",
+    "ConfigError",
+    "check_arguments",
+    "check_train_config",
+    "matches_hint",
+    "trial_hook_config",
+]

@@ -9,9 +9,10 @@ import logging
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hydra
 import pytorch_lightning as pl
@@ -22,7 +23,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loftr_kd.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from loftr_kd.config import register_resolvers
-from loftr_kd.config_check import check_train_config
+from loftr_kd.config_check import check_train_config, trial_hook_config
 from loftr_kd.distributed import is_rank_zero_process
 from loftr_kd.errors import EXIT_SIGTERM, one_line
 from loftr_kd.files import torch_save, write_json, write_text
@@ -260,6 +261,49 @@ def _preset_name(cfg: DictConfig) -> str:
         return "<this config>"
 
 
+def _sweep_job() -> dict[str, Any] | None:
+    """This job's number, overrides and student choice in a Hydra sweep (a trial hook records them)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        return {
+            "num": int(hydra_cfg.job.num),
+            "overrides": list(hydra_cfg.overrides.task),
+            "student_choice": hydra_cfg.runtime.choices.get("student"),
+        }
+    except Exception:  # noqa: BLE001 - train(cfg) outside a Hydra sweep
+        return None
+
+
+class SweepTrial(Protocol):
+    """One run of a sweep as its trial hook sees it (:class:`TrialHook`)."""
+
+    student: torch.nn.Module | None  # the student to train
+    done: Any  # not None: the value to return at once, without loading data or training
+
+    def fail(self, error: BaseException) -> None:
+        """Training raised ``error`` (it is raised on)."""
+
+    def finish(self, best_score: float | None, summary: dict[str, Any]) -> float | list[float]:
+        """The run ended with ``best_score``: what ``train()`` returns to the sweeper."""
+
+
+class TrialHook(Protocol):
+    """What a ``search:`` block builds (its ``_target_``, e.g. :class:`loftr_kd.search.StudentSearch`):
+    ``train()`` asks it before any data is loaded and hands it the end of the run."""
+
+    def begin(
+        self,
+        output_dir: Path,
+        config: dict[str, Any],
+        build_student: Callable[[], torch.nn.Module],
+        job: dict[str, Any] | None,
+    ) -> SweepTrial:
+        """Start the trial of a run: ``config`` is its resolved config (plain), ``job`` its sweep job
+        (``None`` outside a Hydra sweep)."""
+
+
 def _stopped_by_sigterm(trainer: pl.Trainer, output_dir: Path) -> None:
     """SIGTERM (batch systems, ``timeout``): say where the resumable checkpoint is, exit 143."""
     from loftr_kd.callbacks import InterruptCheckpoint
@@ -430,8 +474,9 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         cfg: composed ``conf/train.yaml``.
 
     Returns:
-        The best value of ``cfg.optimized_metric`` (``None`` if it was never logged); in a student search
-        (``cfg.search``) the trial's objective (:func:`loftr_kd.search.finish_trial`).
+        The best value of ``cfg.optimized_metric`` (``None`` if it was never logged); in a sweep with a
+        trial hook (``cfg.search``, e.g. the student search) the trial's objective
+        (:meth:`SweepTrial.finish`).
     """
     register_resolvers()
     # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
@@ -468,12 +513,13 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
     )
 
     trial = None
-    if cfg.get("search"):
-        # Student search (hparams_search=student_latency): measure the untrained student's latency first
-        # and stop here, before any data is loaded, when it is over the budget (loftr_kd.search).
-        from loftr_kd.search import begin_trial
-
-        trial = begin_trial(cfg, output_dir)
+    hook_config = trial_hook_config(cfg)
+    if hook_config is not None:
+        # A sweep's trial (the student search: the untrained student's latency is measured first) may end
+        # here, before any data is loaded.
+        hook: TrialHook = hydra.utils.instantiate(hook_config, _convert_="all")
+        run_config = OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
+        trial = hook.begin(output_dir, run_config, lambda: hydra.utils.instantiate(cfg.student), _sweep_job())
         if trial.done is not None:
             return trial.done
     student = trial.student if trial is not None else hydra.utils.instantiate(cfg.student)
@@ -544,9 +590,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
     score = best_score if best_score is not None else metrics.get(metric_name)
     if trial is not None:
-        from loftr_kd.search import finish_trial
-
-        return finish_trial(trial, score, summary)
+        return trial.finish(score, summary)
     return score
 
 

@@ -1,8 +1,9 @@
 """``loftr-kd-search-report SWEEP_DIR``: (re)write the table and plot of a student search.
 
-The end of every ``hparams_search=student_latency`` sweep writes them itself (``loftr_kd.search.SearchCallback``);
-this rewrites them from the trials' ``search_trial.json`` files, e.g. for a sweep that was interrupted or
-after more trials (another sweep into a sub-folder) were added.
+The end of every ``hparams_search=student_latency`` sweep writes them itself
+(``loftr_kd.cli.search_sweeper.SearchCallback``); this rewrites them from the trials' ``search_trial.json``
+files, e.g. for a sweep that was interrupted or after more trials (another sweep into a sub-folder) were
+added.
 """
 
 from __future__ import annotations
