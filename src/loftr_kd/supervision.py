@@ -24,7 +24,7 @@ from kornia.geometry.camera.perspective import project_points, unproject_points
 from kornia.geometry.conversions import convert_points_from_homogeneous, convert_points_to_homogeneous
 from kornia.geometry.linalg import transform_points
 
-from loftr_kd.geometry import _COORD_LIMIT, CoarseGrid, cell_centers, points_to_cells
+from loftr_kd.geometry.grid import _COORD_LIMIT, CoarseGrid, cell_centers, points_to_cells
 
 __all__ = [
     "DEFAULT_DEPTH_TOLERANCE",
