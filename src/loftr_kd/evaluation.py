@@ -29,13 +29,19 @@ import cv2
 import numpy as np
 
 from loftr_kd.files import write_json, write_text
+from loftr_kd.geometry import (
+    essential_from_pose,
+    estimate_homography,
+    estimate_relative_pose,
+    normalize_keypoints,
+    warp_points,
+)
 
 log = logging.getLogger(__name__)
 
 MatcherFn = Callable[[np.ndarray, np.ndarray], dict]
 HOMOGRAPHY_THRESHOLDS = (3.0, 5.0, 10.0)
 POSE_THRESHOLDS = (5.0, 10.0, 20.0)
-_RANSAC_METHODS = {"magsac": "USAC_MAGSAC", "ransac": "RANSAC", "lmeds": "LMEDS", "usac": "USAC_DEFAULT"}
 _IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff")
 
 
@@ -76,13 +82,6 @@ def cumulative_curve(
         return x, np.zeros_like(x)
     errors = np.where(np.isfinite(errors), errors, np.inf)
     return x, (errors[None, :] <= x[:, None]).mean(axis=1)
-
-
-def warp_points(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
-    """(N, 2) points through a 3x3 homography."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    homogeneous = np.c_[points, np.ones(len(points))] @ np.asarray(homography, dtype=np.float64).T
-    return homogeneous[:, :2] / homogeneous[:, 2:3]
 
 
 def image_corners(width: int, height: int) -> np.ndarray:
@@ -132,39 +131,6 @@ def reprojection_errors(keypoints0: np.ndarray, keypoints1: np.ndarray, h_true: 
     return np.linalg.norm(warp_points(keypoints0, h_true) - np.asarray(keypoints1, np.float64), axis=1)
 
 
-def estimate_homography(
-    keypoints0: np.ndarray,
-    keypoints1: np.ndarray,
-    method: str = "magsac",
-    threshold: float = 3.0,
-    confidence: float = 0.99999,
-    max_iters: int = 10000,
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Homography mapping image0 pixels to image1 pixels, with OpenCV RANSAC/MAGSAC.
-
-    Returns:
-        ``(H (3, 3) or None, inliers (N,) bool)``; ``None`` when there are fewer than 4 matches or
-        OpenCV finds no model.
-    """
-    if method not in _RANSAC_METHODS:
-        raise ValueError(f"unknown robust estimator {method!r}; choose one of {', '.join(_RANSAC_METHODS)}")
-    n = len(keypoints0)
-    if n < 4:
-        return None, np.zeros(n, dtype=bool)
-    flag = getattr(cv2, _RANSAC_METHODS[method])
-    h, mask = cv2.findHomography(
-        np.asarray(keypoints0, np.float64).reshape(-1, 1, 2),
-        np.asarray(keypoints1, np.float64).reshape(-1, 1, 2),
-        flag,
-        threshold,
-        maxIters=max_iters,
-        confidence=confidence,
-    )
-    if h is None or h.shape != (3, 3) or not np.all(np.isfinite(h)):
-        return None, np.zeros(n, dtype=bool)
-    return h / h[2, 2], mask.ravel().astype(bool)
-
-
 def angle_error_rotation(r_est: np.ndarray, r_true: np.ndarray) -> float:
     """Angle (degrees) of the rotation between two rotation matrices."""
     cos = (np.trace(r_est.T @ r_true) - 1.0) / 2.0
@@ -178,42 +144,6 @@ def angle_error_translation(t_est: np.ndarray, t_true: np.ndarray) -> float:
         return math.inf
     angle = float(np.degrees(np.arccos(np.clip(np.dot(t_est.ravel(), t_true.ravel()) / n, -1.0, 1.0))))
     return min(angle, 180.0 - angle)
-
-
-def estimate_relative_pose(
-    keypoints0: np.ndarray,
-    keypoints1: np.ndarray,
-    K0: np.ndarray,
-    K1: np.ndarray,
-    threshold_px: float = 0.5,
-    confidence: float = 0.99999,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(R, t, inliers) of camera 1 w.r.t. camera 0 from matches, as LoFTR's ``estimate_pose``.
-
-    Keypoints are normalised by the intrinsics; the RANSAC threshold is ``threshold_px`` divided by
-    the mean focal length. Of the essential-matrix candidates, the one with most cheirality inliers
-    wins. Returns ``None`` with fewer than 5 matches or no model.
-    """
-    if len(keypoints0) < 5:
-        return None
-    K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
-    points0 = (np.asarray(keypoints0, np.float64) - K0[[0, 1], [2, 2]]) / K0[[0, 1], [0, 1]]
-    points1 = (np.asarray(keypoints1, np.float64) - K1[[0, 1], [2, 2]]) / K1[[0, 1], [0, 1]]
-    threshold = threshold_px / np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
-    essential, mask = cv2.findEssentialMat(
-        points0, points1, np.eye(3), threshold=threshold, prob=confidence, method=cv2.RANSAC
-    )
-    if essential is None:
-        return None
-    mask = mask.ravel().astype(bool)
-    best, best_count = None, -1
-    for e in np.split(essential, len(essential) // 3):
-        count, r, t, pose_mask = cv2.recoverPose(
-            e, points0, points1, np.eye(3), 1e9, mask=mask.astype(np.uint8)
-        )
-        if count > best_count:
-            best_count, best = count, (r, t.ravel(), pose_mask.ravel() > 0)
-    return best
 
 
 def relative_pose_error(
@@ -230,22 +160,15 @@ def symmetric_epipolar_errors(
     keypoints0: np.ndarray, keypoints1: np.ndarray, K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray
 ) -> np.ndarray:
     """(N,) squared symmetric epipolar distance in normalised coordinates under the true pose (LoFTR)."""
-    import kornia.geometry.epipolar as epipolar
     import torch
+    from kornia.geometry.epipolar import symmetrical_epipolar_distance
 
     if len(keypoints0) == 0:
         return np.zeros(0)
-    K0, K1, T = (np.asarray(a, np.float64) for a in (K0, K1, T_0to1))
-    points0 = (np.asarray(keypoints0, np.float64) - K0[[0, 1], [2, 2]]) / K0[[0, 1], [0, 1]]
-    points1 = (np.asarray(keypoints1, np.float64) - K1[[0, 1], [2, 2]]) / K1[[0, 1], [0, 1]]
-    t = T[:3, 3]
-    t_cross = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    essential = t_cross @ T[:3, :3]  # x1^T E x0 = 0 for X1 = R X0 + t
-    distance = epipolar.symmetrical_epipolar_distance(
-        torch.from_numpy(points0)[None],
-        torch.from_numpy(points1)[None],
-        torch.from_numpy(essential)[None],
-        squared=True,
+    points0, points1 = normalize_keypoints(keypoints0, K0), normalize_keypoints(keypoints1, K1)
+    essential = essential_from_pose(torch.from_numpy(np.asarray(T_0to1, np.float64)))  # x1^T E x0 = 0
+    distance = symmetrical_epipolar_distance(
+        torch.from_numpy(points0)[None], torch.from_numpy(points1)[None], essential[None], squared=True
     )
     return distance[0].numpy()
 
@@ -559,7 +482,7 @@ def _true_positions(batch: dict, b: int, keypoints0: np.ndarray) -> tuple[np.nda
     """Exact image1 positions and visibility of image0 keypoints of sample ``b`` (depth or homography)."""
     import torch
 
-    from loftr_kd.supervision import DEFAULT_DEPTH_TOLERANCE, warp_points_depth, warp_points_homography
+    from loftr_kd.geometry import DEFAULT_DEPTH_TOLERANCE, warp_points_depth, warp_points_homography
 
     points = torch.from_numpy(np.asarray(keypoints0, np.float32).reshape(1, -1, 2))
     hw1 = tuple(batch["image1"].shape[-2:])
