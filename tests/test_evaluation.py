@@ -176,21 +176,6 @@ def test_corner_error_of_a_translation():
     assert ev.corner_error(None, np.eye(3), WIDTH, HEIGHT) == math.inf
 
 
-def test_estimate_homography_recovers_truth_and_flags_outliers():
-    rng = np.random.default_rng(1)
-    H = random_homography(rng, WIDTH, HEIGHT)
-    k0 = rng.uniform([0, 0], [WIDTH, HEIGHT], size=(100, 2))
-    k1 = ev.warp_points(k0, H)
-    k1[:20] += rng.uniform(30, 60, size=(20, 2))  # gross outliers
-    for method in ("magsac", "ransac"):
-        H_est, inliers = ev.estimate_homography(k0, k1, method=method)
-        assert ev.corner_error(H_est, H, WIDTH, HEIGHT) < 1e-3
-        assert not inliers[:20].any() and inliers[20:].all()
-    assert ev.estimate_homography(k0[:3], k1[:3])[0] is None
-    with pytest.raises(ValueError, match="robust estimator"):
-        ev.estimate_homography(k0, k1, method="nope")
-
-
 def test_pose_error_angles():
     R = rotation(0, 10, 0)
     assert ev.angle_error_rotation(R, np.eye(3)) == pytest.approx(10.0, abs=1e-6)

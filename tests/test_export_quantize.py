@@ -11,13 +11,7 @@ import torch
 from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import export_onnx
-from loftr_kd.export.quantize import (
-    PairCalibrationReader,
-    compare_int8,
-    homography_match_stats,
-    quantize_int8,
-)
-from loftr_kd.geometry import CoarseGrid
+from loftr_kd.export.quantize import PairCalibrationReader, compare_int8, quantize_int8
 from loftr_kd.models.student import build_student
 
 H, W = 64, 96
@@ -32,27 +26,6 @@ def test_calibration_reader_from_pairs_and_batches():
         {"image0": torch.zeros(3, 1, H, W), "image1": torch.ones(3, 1, H, W), "pair_id": ["a", "b", "c"]}
     ]
     assert len(list(PairCalibrationReader(batches, max_pairs=10))) == 3
-
-
-def test_homography_match_stats_against_known_warps():
-    stride, h, w = 16, 4, 6
-    grid = CoarseGrid(stride, h, w)
-    centres = grid.centers().numpy()
-    ids = np.arange(h * w)
-    identity = np.eye(3)
-    exact = homography_match_stats(ids, centres, centres, identity, h * stride, w * stride, stride)
-    assert exact.count("correct@1px") == h * w and exact.summary()["epe_median_px"] < 0.1
-    # a shift by 2.5 px: matches at the cell centres are 2.5 px off, correct at 3 px but not at 1 px
-    shift = np.array([[1, 0, 2.5], [0, 1, 0], [0, 0, 1]], float)
-    off = homography_match_stats(ids, centres, centres, shift, h * stride, w * stride, stride).summary()
-    assert off["precision@1px"] == 0.0 and off["precision@3px"] == pytest.approx(1.0)
-    # the same shift with refined positions that follow it: exact again
-    moved = homography_match_stats(ids, centres, centres + [2.5, 0], shift, h * stride, w * stride, stride)
-    assert moved.summary()["precision@1px"] == pytest.approx(1.0)
-    none = homography_match_stats(
-        np.full(h * w, -1), centres, centres, identity, h * stride, w * stride, stride
-    )
-    assert none.count("predicted") == 0 and none.count("judged") == 0
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from loftr_kd.metrics import MatchStats, match_stats, student_match_stats
+from loftr_kd.geometry import CoarseGrid
+from loftr_kd.metrics import MatchStats, homography_match_stats, match_stats, student_match_stats
 
 
 def test_known_errors_give_known_figures() -> None:
@@ -52,3 +54,24 @@ def test_student_stats_select_the_matched_cells() -> None:
     assert (
         stats.count("predicted") == 2 and stats.count("correct@1px") == 1 and stats.count("correct@5px") == 2
     )
+
+
+def test_homography_match_stats_against_known_warps():
+    stride, h, w = 16, 4, 6
+    grid = CoarseGrid(stride, h, w)
+    centres = grid.centers().numpy()
+    ids = np.arange(h * w)
+    identity = np.eye(3)
+    exact = homography_match_stats(ids, centres, centres, identity, h * stride, w * stride, stride)
+    assert exact.count("correct@1px") == h * w and exact.summary()["epe_median_px"] < 0.1
+    # a shift by 2.5 px: matches at the cell centres are 2.5 px off, correct at 3 px but not at 1 px
+    shift = np.array([[1, 0, 2.5], [0, 1, 0], [0, 0, 1]], float)
+    off = homography_match_stats(ids, centres, centres, shift, h * stride, w * stride, stride).summary()
+    assert off["precision@1px"] == 0.0 and off["precision@3px"] == pytest.approx(1.0)
+    # the same shift with refined positions that follow it: exact again
+    moved = homography_match_stats(ids, centres, centres + [2.5, 0], shift, h * stride, w * stride, stride)
+    assert moved.summary()["precision@1px"] == pytest.approx(1.0)
+    none = homography_match_stats(
+        np.full(h * w, -1), centres, centres, identity, h * stride, w * stride, stride
+    )
+    assert none.count("predicted") == 0 and none.count("judged") == 0

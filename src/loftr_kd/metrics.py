@@ -1,4 +1,5 @@
-"""Pixel-level match quality: one definition for validation, ``loftr-kd-evaluate`` and the INT8 report.
+"""Pixel-level match quality: one definition for validation, ``loftr-kd-evaluate`` and the INT8 report
+(:func:`homography_match_stats`).
 
 A predicted match ``(p0, p1)`` is *judged* when the exact image1 position ``t1`` of ``p0`` is known
 (depth or homography ground truth: visible, in view, not occluded) and its *end-point error* is
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from loftr_kd.geometry import CoarseGrid
+from loftr_kd.geometry import CoarseGrid, warp_points_homography
+from loftr_kd.supervision import coarse_ground_truth
 
 __all__ = [
     "PIXEL_THRESHOLDS",
@@ -32,6 +34,7 @@ __all__ = [
     "MatchStats",
     "MatchStatsMetric",
     "confidence_mae",
+    "homography_match_stats",
     "match_stats",
     "student_match_stats",
 ]
@@ -185,6 +188,41 @@ def student_match_stats(
             points1[b][keep], truth1[b][keep], truth_valid[b][keep], cells[keep], gt_match_ids[b]
         )
     return total
+
+
+def homography_match_stats(
+    match_ids: np.ndarray,
+    points0: np.ndarray,
+    points1: np.ndarray,
+    h_0to1: np.ndarray,
+    height: int,
+    width: int,
+    stride: int,
+) -> MatchStats:
+    """Statistics of one pair's fixed-shape outputs (an exported graph's) against an exact homography.
+
+    Args:
+        match_ids: ``(L0,)`` matched image1 cell, ``-1`` = none.
+        points0: ``(L0, 2)`` image0 match positions.
+        points1: ``(L0, 2)`` image1 match positions (refined where the model refines).
+        h_0to1: ``(3, 3)`` image0 -> image1 homography.
+        height: image height (both images).
+        width: image width (both images).
+        stride: coarse stride of the grid.
+
+    Returns:
+        :class:`MatchStats` of this pair.
+    """
+    ids = torch.as_tensor(np.asarray(match_ids).reshape(-1).astype(np.int64))
+    keep = ids >= 0
+    H = torch.as_tensor(np.asarray(h_0to1, np.float32))[None]
+    p0 = torch.as_tensor(np.asarray(points0, np.float32).reshape(-1, 2))[keep]
+    truth, valid = warp_points_homography(p0[None], H, (height, width), (height, width))
+    image = torch.zeros(1, 1, height, width)
+    gt = coarse_ground_truth({"image0": image, "image1": image, "H_0to1": H}, stride)
+    cells = torch.arange(len(ids))[keep]
+    p1 = torch.as_tensor(np.asarray(points1, np.float32).reshape(-1, 2))[keep]
+    return match_stats(p1, truth[0], valid[0], cells, gt.match_ids[0])
 
 
 def cell_positions(match_ids: torch.Tensor, grid: CoarseGrid) -> torch.Tensor:

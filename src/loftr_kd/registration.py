@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from loftr_kd.evaluation import estimate_homography, warp_points
+from loftr_kd.geometry import estimate_homography, warp_points
 from loftr_kd.images import to_gray_float
 from loftr_kd.matcher import Matcher, MatcherError, OpenCVMatcher
 

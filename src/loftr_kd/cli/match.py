@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Match, estimate, write the outputs; returns the JSON record."""
-    from loftr_kd.evaluation import estimate_homography
     from loftr_kd.files import record_outputs, remove_own_output, write_image, write_text
+    from loftr_kd.geometry import estimate_homography
     from loftr_kd.images import read_image_for_matching, to_gray_float
     from loftr_kd.matcher import CLASSICAL_METHODS, build_matcher
     from loftr_kd.paths import OUTPUTS_DIR

@@ -40,6 +40,7 @@ from loftr_kd.data.blendedmvs_io import (
     read_pfm_header,
 )
 from loftr_kd.data.transforms import resize_depth_with_intrinsics, resize_with_intrinsics
+from loftr_kd.geometry import relative_pose
 from loftr_kd.images import featureless_reason
 
 log = logging.getLogger(__name__)
@@ -279,11 +280,6 @@ class BlendedMVSIndex:
 # --------------------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------------------
-
-
-def relative_pose(extrinsic0: np.ndarray, extrinsic1: np.ndarray) -> np.ndarray:
-    """``T_0to1 = E1 @ inv(E0)`` for world→camera extrinsics: ``X_cam1 = T_0to1 @ X_cam0``."""
-    return extrinsic1 @ np.linalg.inv(extrinsic0)
 
 
 class BlendedMVSPairDataset(Dataset):

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from loftr_kd.data.blendedmvs_io import (
     Camera,
@@ -59,6 +60,7 @@ from loftr_kd.data.blendedmvs_io import (
     write_pfm,
 )
 from loftr_kd.files import write_text
+from loftr_kd.geometry import depth_at_nearest_pixel, relative_pose, reproject_points
 
 GENERATOR_VERSION = "1"
 SCENE_PREFIX = "synth_"
@@ -723,27 +725,28 @@ def covisibility(
     step: int = 8,
     tolerance: float = 0.01,
 ) -> float:
-    """Fraction of the valid pixels of view 0 (on a ``step`` grid) that view 1 sees at the same depth."""
+    """Fraction of the valid pixels of view 0 (on a ``step`` grid) that view 1 sees at the same depth.
+
+    A pixel is seen when it reprojects (:func:`loftr_kd.geometry.reproject_points`) in front of camera 1,
+    inside view 1, and within ``tolerance`` (relative) of the depth at its nearest pixel there.
+    """
     h0, w0 = depth0.shape
-    h1, w1 = depth1.shape
     v, u = np.mgrid[step // 2 : h0 : step, step // 2 : w0 : step]
     z = depth0[v, u].astype(np.float64)
     valid = z > 0
     if not valid.any():
         return 0.0
-    pix = np.stack([u[valid], v[valid], np.ones(valid.sum())]).astype(np.float64)
-    cam0 = np.linalg.solve(K0, pix) * z[valid]
-    world = E0[:3, :3].T @ (cam0 - E0[:3, 3:4])
-    cam1 = E1[:3, :3] @ world + E1[:3, 3:4]
-    proj = K1 @ cam1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x1 = np.rint(proj[0] / proj[2])
-        y1 = np.rint(proj[1] / proj[2])
-    inside = (cam1[2] > NEAR) & (x1 >= 0) & (x1 < w1) & (y1 >= 0) & (y1 < h1)
-    d1 = np.zeros_like(x1)
-    d1[inside] = depth1[y1[inside].astype(int), x1[inside].astype(int)]
-    seen = inside & (np.abs(d1 - cam1[2]) <= tolerance * cam1[2])
-    return float(seen.sum() / valid.sum())
+    pixels = np.stack([u[valid], v[valid]], -1)  # (N, 2)
+    T_0to1 = relative_pose(E0, E1)
+    points1, z1 = reproject_points(*(_one_batch(a) for a in (pixels, z[valid], K0, K1, T_0to1)))
+    d1, inside = depth_at_nearest_pixel(torch.from_numpy(np.ascontiguousarray(depth1))[None], points1)
+    seen = inside & (z1 > NEAR) & ((d1 - z1).abs() <= tolerance * z1)
+    return int(seen.sum()) / int(valid.sum())
+
+
+def _one_batch(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a float64 tensor with a batch axis of one in front."""
+    return torch.from_numpy(np.asarray(array, np.float64))[None]
 
 
 def pair_table(

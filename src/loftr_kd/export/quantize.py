@@ -24,6 +24,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from loftr_kd.export.checks import read_metadata
+from loftr_kd.metrics import MatchStats, homography_match_stats
 from loftr_kd.runtime import ort_session, time_interleaved
 
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -193,39 +194,6 @@ def quantize_int8(
     return out_path
 
 
-def homography_match_stats(
-    match_ids: np.ndarray,
-    points0: np.ndarray,
-    points1: np.ndarray,
-    h_0to1: np.ndarray,
-    height: int,
-    width: int,
-    stride: int,
-):
-    """:class:`loftr_kd.metrics.MatchStats` of one pair's fixed-shape outputs against an exact homography.
-
-    Args:
-        match_ids: ``(L0,)`` matched image1 cell, ``-1`` = none.
-        points0, points1: ``(L0, 2)`` match positions (refined where the model refines).
-        h_0to1: ``(3, 3)`` image0 -> image1 homography; ``height``, ``width``: image size; ``stride``: grid.
-    """
-    import torch
-
-    from loftr_kd.metrics import match_stats
-    from loftr_kd.supervision import coarse_ground_truth, warp_points_homography
-
-    ids = torch.as_tensor(np.asarray(match_ids).reshape(-1).astype(np.int64))
-    keep = ids >= 0
-    H = torch.as_tensor(np.asarray(h_0to1, np.float32))[None]
-    p0 = torch.as_tensor(np.asarray(points0, np.float32).reshape(-1, 2))[keep]
-    truth, valid = warp_points_homography(p0[None], H, (height, width), (height, width))
-    image = torch.zeros(1, 1, height, width)
-    gt = coarse_ground_truth({"image0": image, "image1": image, "H_0to1": H}, stride)
-    cells = torch.arange(len(ids))[keep]
-    p1 = torch.as_tensor(np.asarray(points1, np.float32).reshape(-1, 2))[keep]
-    return match_stats(p1, truth[0], valid[0], cells, gt.match_ids[0])
-
-
 def compare_int8(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -245,7 +213,6 @@ def compare_int8(
     import torch
 
     from loftr_kd.geometry import CoarseGrid
-    from loftr_kd.metrics import MatchStats
 
     meta = read_metadata(fp32_path)
     config = json.loads(meta.get("student_config") or "{}")

@@ -1,4 +1,4 @@
-"""The one owner of match geometry: the coarse grid, its cells, and the refinement window.
+"""The coarse grid, its cells, and the refinement window (``loftr_kd.geometry`` re-exports them).
 
 Every other module (student, teacher, supervision, losses, metrics, Matcher, export, quantisation) takes
 the grid from here instead of re-deriving ``H // stride`` or guessing a stride from a number of cells.
@@ -8,7 +8,7 @@ stride ``s`` covers pixels ``[c*s, c*s + s - 1]``, its centre is ``((c + 0.5)*s 
 and its area ``[c*s - 0.5, (c + 1)*s - 0.5)``, so a sub-pixel point ``x`` belongs to cell
 ``floor((x + 0.5) / s)``. Cells are numbered row-major, ``i = r*w + c``.
 
-Only torch is imported: the module is safe to use from data loaders, exporters and runtimes alike.
+Only torch is used here (the warps and estimators beside it add kornia and OpenCV).
 """
 
 from __future__ import annotations

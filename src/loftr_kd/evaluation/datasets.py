@@ -1,0 +1,167 @@
+"""The benchmarks' data: HPatches-layout homography pairs, relative-pose pair lists (read and written),
+and the images of both, read by :func:`loftr_kd.images.read_image` and resized as the protocol says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from loftr_kd.images import read_image
+
+__all__ = [
+    "HomographyPair",
+    "PosePair",
+    "load_hpatches",
+    "load_pose_pairs",
+    "read_image",
+    "resize_short_side",
+    "write_pose_pairs",
+]
+
+_IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class HomographyPair:
+    """One HPatches pair: image ``1`` of a sequence against image ``index``; ``H`` maps 1 -> index."""
+
+    sequence: str
+    index: int
+    path0: Path
+    path1: Path
+    H: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{self.sequence}/1-{self.index}"
+
+
+@dataclass(frozen=True)
+class PosePair:
+    """One relative-pose pair: intrinsics of both images and ``X_cam1 = T_0to1 @ X_cam0``."""
+
+    path0: Path
+    path1: Path
+    K0: np.ndarray
+    K1: np.ndarray
+    T_0to1: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{self.path0.name}-{self.path1.name}"
+
+
+def _find_image(directory: Path, stem: str) -> Path | None:
+    for suffix in _IMAGE_SUFFIXES:
+        path = directory / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_hpatches(root: str | Path, sequences: Iterable[str] | None = None) -> list[HomographyPair]:
+    """Pairs of an HPatches-layout folder: ``<seq>/1.ppm ... 6.ppm`` and ``<seq>/H_1_2 ... H_1_6``.
+
+    Raises:
+        FileNotFoundError: no sequence folder (with image 1 and at least one ``H_1_k``) under ``root``.
+        ValueError: a homography file that is not a 3x3 matrix of numbers.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"HPatches root {root} is not a directory")
+    names = (
+        sorted(sequences) if sequences is not None else sorted(p.name for p in root.iterdir() if p.is_dir())
+    )
+    pairs = []
+    for name in names:
+        directory = root / name
+        first = _find_image(directory, "1")
+        if first is None:
+            continue
+        for h_path in sorted(directory.glob("H_1_*"), key=lambda p: p.name):
+            index = int(h_path.name.split("_")[-1])
+            other = _find_image(directory, str(index))
+            if other is None:
+                raise FileNotFoundError(f"{h_path} has no image {index} next to it in {directory}")
+            try:
+                H = np.loadtxt(h_path, dtype=np.float64)
+            except ValueError as err:
+                raise ValueError(f"cannot read the homography {h_path}: {err}") from err
+            if H.shape != (3, 3):
+                raise ValueError(f"{h_path} must hold a 3x3 matrix, got shape {H.shape}")
+            pairs.append(HomographyPair(name, index, first, other, H))
+    if not pairs:
+        raise FileNotFoundError(f"no HPatches sequence (<seq>/1.ppm with H_1_k files) under {root}")
+    return pairs
+
+
+def load_pose_pairs(pair_list: str | Path, image_root: str | Path | None = None) -> list[PosePair]:
+    """Pairs of a SuperGlue/LoFTR-style list: one line per pair with 38 values
+
+    ``path0 path1 rot0 rot1 K0(9, row-major) K1(9) T_0to1(16)``; paths relative to ``image_root``
+    (default: the list's folder). EXIF rotations must be 0. Blank lines and ``#`` comments are skipped.
+    """
+    pair_list = Path(pair_list)
+    if not pair_list.is_file():
+        raise FileNotFoundError(f"pair list {pair_list} not found")
+    image_root = Path(image_root) if image_root is not None else pair_list.parent
+    pairs = []
+    for number, line in enumerate(pair_list.read_text().splitlines(), start=1):
+        tokens = line.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        where = f"{pair_list}:{number}"
+        if len(tokens) != 38:
+            raise ValueError(
+                f"{where}: expected 38 values (path0 path1 rot0 rot1 K0 K1 T_0to1), got {len(tokens)}"
+            )
+        try:
+            values = np.array(tokens[2:], dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        if values[0] != 0 or values[1] != 0:
+            raise ValueError(f"{where}: EXIF rotations are not supported; rotate the images and fix K/T")
+        path0, path1 = image_root / tokens[0], image_root / tokens[1]
+        for path in (path0, path1):
+            if not path.is_file():
+                raise FileNotFoundError(f"{where}: image {path} not found")
+        pairs.append(
+            PosePair(
+                path0,
+                path1,
+                values[2:11].reshape(3, 3),
+                values[11:20].reshape(3, 3),
+                values[20:36].reshape(4, 4),
+            )
+        )
+    if not pairs:
+        raise ValueError(f"pair list {pair_list} holds no pairs")
+    return pairs
+
+
+def write_pose_pairs(path: str | Path, pairs: Iterable[PosePair], image_root: str | Path) -> None:
+    """Write pairs in the format ``load_pose_pairs`` reads (paths relative to ``image_root``)."""
+    lines = []
+    for pair in pairs:
+        numbers = np.r_[0, 0, pair.K0.ravel(), pair.K1.ravel(), pair.T_0to1.ravel()]
+        rel0, rel1 = (Path(p).relative_to(image_root).as_posix() for p in (pair.path0, pair.path1))
+        lines.append(" ".join([rel0, rel1, *(f"{v:.10g}" for v in numbers)]))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def resize_short_side(image: np.ndarray, short_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Image resized so its shorter side is ``short_side`` (None: unchanged) and the 3x3 scaling."""
+    if not short_side:
+        return image, np.eye(3)
+    h, w = image.shape[:2]
+    scale = short_side / min(h, w)
+    new_w, new_h = round(w * scale), round(h * scale)
+    resized = cv2.resize(
+        image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    sx, sy = new_w / w, new_h / h
+    return resized, np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])

@@ -1,0 +1,160 @@
+"""Two-view geometry from matches and from cameras: robust homography and relative-pose estimates, the
+essential matrix of a known pose, and the relative pose of two cameras.
+
+The robust estimators are OpenCV's (RANSAC / MAGSAC, LoFTR's protocol); the camera algebra around them is
+kornia's (``normalize_points_with_intrinsics``, ``essential_from_Rt``). Arrays in, arrays out: the callers
+(registration, ``loftr-kd-match``, the benchmarks, the data sets) hold NumPy keypoints and matrices.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from kornia.geometry.conversions import normalize_points_with_intrinsics
+from kornia.geometry.epipolar import essential_from_Rt
+
+__all__ = [
+    "RANSAC_METHODS",
+    "essential_from_pose",
+    "estimate_homography",
+    "estimate_relative_pose",
+    "normalize_keypoints",
+    "relative_pose",
+]
+
+# name -> OpenCV flag (an attribute of cv2) of the robust estimators
+RANSAC_METHODS = {"magsac": "USAC_MAGSAC", "ransac": "RANSAC", "lmeds": "LMEDS", "usac": "USAC_DEFAULT"}
+
+
+def estimate_homography(
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    method: str = "magsac",
+    threshold: float = 3.0,
+    confidence: float = 0.99999,
+    max_iters: int = 10000,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Homography mapping image0 pixels to image1 pixels, with OpenCV RANSAC/MAGSAC.
+
+    Args:
+        keypoints0: ``(N, 2)`` xy matches in image0.
+        keypoints1: ``(N, 2)`` xy matches in image1.
+        method: robust estimator, one of :data:`RANSAC_METHODS`.
+        threshold: inlier threshold in pixels of image1.
+        confidence: RANSAC confidence.
+        max_iters: RANSAC iteration limit.
+
+    Returns:
+        ``(H (3, 3) or None, inliers (N,) bool)``; ``None`` when there are fewer than 4 matches or
+        OpenCV finds no model.
+    """
+    if method not in RANSAC_METHODS:
+        raise ValueError(f"unknown robust estimator {method!r}; choose one of {', '.join(RANSAC_METHODS)}")
+    n = len(keypoints0)
+    if n < 4:
+        return None, np.zeros(n, dtype=bool)
+    flag = getattr(cv2, RANSAC_METHODS[method])
+    h, mask = cv2.findHomography(
+        np.asarray(keypoints0, np.float64).reshape(-1, 1, 2),
+        np.asarray(keypoints1, np.float64).reshape(-1, 1, 2),
+        flag,
+        threshold,
+        maxIters=max_iters,
+        confidence=confidence,
+    )
+    if h is None or h.shape != (3, 3) or not np.all(np.isfinite(h)):
+        return None, np.zeros(n, dtype=bool)
+    return h / h[2, 2], mask.ravel().astype(bool)
+
+
+def normalize_keypoints(keypoints: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """NumPy adapter of kornia's ``normalize_points_with_intrinsics``: ``((u - cx) / fx, (v - cy) / fy)``.
+
+    Args:
+        keypoints: ``(N, 2)`` xy pixel coordinates.
+        K: ``(3, 3)`` zero-skew intrinsics.
+
+    Returns:
+        ``(N, 2)`` float64 normalised camera coordinates.
+    """
+    points = torch.from_numpy(np.asarray(keypoints, np.float64).reshape(-1, 2))
+    return normalize_points_with_intrinsics(points, torch.from_numpy(np.asarray(K, np.float64))).numpy()
+
+
+def estimate_relative_pose(
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    K0: np.ndarray,
+    K1: np.ndarray,
+    threshold_px: float = 0.5,
+    confidence: float = 0.99999,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(R, t, inliers) of camera 1 w.r.t. camera 0 from matches, as LoFTR's ``estimate_pose``.
+
+    Keypoints are normalised by the intrinsics; the RANSAC threshold is ``threshold_px`` divided by
+    the mean focal length. Of the essential-matrix candidates, the one with most cheirality inliers
+    wins.
+
+    Args:
+        keypoints0: ``(N, 2)`` xy matches in image0.
+        keypoints1: ``(N, 2)`` xy matches in image1.
+        K0: ``(3, 3)`` intrinsics of image0.
+        K1: ``(3, 3)`` intrinsics of image1.
+        threshold_px: RANSAC threshold in pixels.
+        confidence: RANSAC confidence.
+
+    Returns:
+        ``(R (3, 3), t (3,) unit, inliers (N,) bool)`` with ``X1 = R X0 + t`` up to the scale of ``t``;
+        ``None`` with fewer than 5 matches or no model.
+    """
+    if len(keypoints0) < 5:
+        return None
+    K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
+    points0, points1 = normalize_keypoints(keypoints0, K0), normalize_keypoints(keypoints1, K1)
+    threshold = threshold_px / np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
+    essential, mask = cv2.findEssentialMat(
+        points0, points1, np.eye(3), threshold=threshold, prob=confidence, method=cv2.RANSAC
+    )
+    if essential is None:
+        return None
+    mask = mask.ravel().astype(bool)
+    best, best_count = None, -1
+    for e in np.split(essential, len(essential) // 3):
+        count, r, t, pose_mask = cv2.recoverPose(
+            e, points0, points1, np.eye(3), 1e9, mask=mask.astype(np.uint8)
+        )
+        if count > best_count:
+            best_count, best = count, (r, t.ravel(), pose_mask.ravel() > 0)
+    return best
+
+
+def essential_from_pose(T_0to1: torch.Tensor) -> torch.Tensor:
+    """Essential matrix of a relative pose: kornia's ``essential_from_Rt`` with camera 0 at the origin.
+
+    Args:
+        T_0to1: ``(*, 4, 4)`` relative pose, ``X_cam1 = T_0to1 @ X_cam0``.
+
+    Returns:
+        ``(*, 3, 3)`` ``E = [t]x R``, so that ``x1^T E x0 = 0`` for normalised coordinates ``x0``, ``x1``.
+    """
+    rotation, translation = T_0to1[..., :3, :3], T_0to1[..., :3, 3:]
+    origin = torch.eye(3, dtype=T_0to1.dtype, device=T_0to1.device).expand_as(rotation)
+    return essential_from_Rt(origin, torch.zeros_like(translation), rotation, translation)
+
+
+def relative_pose(extrinsic0: np.ndarray, extrinsic1: np.ndarray) -> np.ndarray:
+    """Relative pose of two cameras, ``T_0to1 = E1 @ inv(E0)``, so that ``X_cam1 = T_0to1 @ X_cam0``.
+
+    A general 4x4 inverse rather than kornia's ``relative_camera_motion`` (which transposes the rotation):
+    stored extrinsics (BlendedMVS ``*_cam.txt``) hold rotations rounded to a few digits, and the training
+    data has always been built with the exact inverse of the matrix given.
+
+    Args:
+        extrinsic0: ``(4, 4)`` world -> camera0.
+        extrinsic1: ``(4, 4)`` world -> camera1.
+
+    Returns:
+        ``(4, 4)`` ``T_0to1``.
+    """
+    return extrinsic1 @ np.linalg.inv(extrinsic0)
