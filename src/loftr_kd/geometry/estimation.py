@@ -106,16 +106,20 @@ def estimate_relative_pose(
 
     Returns:
         ``(R (3, 3), t (3,) unit, inliers (N,) bool)`` with ``X1 = R X0 + t`` up to the scale of ``t``;
-        ``None`` with fewer than 5 matches or no model.
+        ``None`` with fewer than 5 matches or no model (a degenerate set that OpenCV's solver refuses
+        included: a failed pair, not a crash).
     """
     if len(keypoints0) < 5:
         return None
     K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
     points0, points1 = normalize_keypoints(keypoints0, K0), normalize_keypoints(keypoints1, K1)
     threshold = threshold_px / np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
-    essential, mask = cv2.findEssentialMat(
-        points0, points1, np.eye(3), threshold=threshold, prob=confidence, method=cv2.RANSAC
-    )
+    try:
+        essential, mask = cv2.findEssentialMat(
+            points0, points1, np.eye(3), threshold=threshold, prob=confidence, method=cv2.RANSAC
+        )
+    except cv2.error:  # degenerate match sets make OpenCV's 5-point solver assert (solvePoly): no model
+        return None
     if essential is None:
         return None
     mask = mask.ravel().astype(bool)
