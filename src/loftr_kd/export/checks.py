@@ -18,10 +18,11 @@ import numpy as np
 import onnx
 
 from loftr_kd.files import to_jsonable, write_json, write_text
-from loftr_kd.runtime import load_model as _load
-from loftr_kd.runtime import op_histogram, ort_session
+from loftr_kd.runtime.sessions import load_model as _load
+from loftr_kd.runtime.sessions import op_histogram, ort_session, read_metadata
 
-__all__ = ["op_histogram", "ort_session", "to_jsonable"]  # re-exported: long-standing import paths
+# re-exported: long-standing import paths
+__all__ = ["op_histogram", "ort_session", "read_metadata", "to_jsonable"]
 
 # Operators the TensorRT ONNX parser supports (onnx-tensorrt support matrix, TensorRT 8.4+), plus the
 # opset 17/18 normalisation ops TensorRT 8.6+ parses. Ops outside this set make the parse fail or
@@ -328,11 +329,6 @@ def parameter_count(model: onnx.ModelProto | str | Path) -> int:
             if i.data_type in floats
         )
     )
-
-
-def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of a model as a dict."""
-    return {p.key: p.value for p in _load(model).metadata_props}
 
 
 def check_parity(
