@@ -23,11 +23,9 @@ the evaluation and the apps.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,8 +36,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from loftr_kd.files import replacing
 from loftr_kd.images import ImageError, check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+from loftr_kd.runtime import MatcherError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +50,6 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 # 840 ms median / 5 s p90 under the same load (OpenMP threads waiting on each other). One thread never
 # collapses; raise it with ``threads=`` on an idle machine.
 DEFAULT_TORCH_THREADS = 1
-
-
-class MatcherError(RuntimeError):
-    """A matcher could not be built or run (missing/unfitting weights, unavailable backend)."""
 
 
 @dataclass(frozen=True)
@@ -227,19 +221,6 @@ def _empty_result() -> dict[str, np.ndarray]:
         "confidence": np.zeros((0,), np.float32),
         "coarse_keypoints1": np.zeros((0, 2), np.float32),
     }
-
-
-def _check_cached_onnx(path: Path, weights: Path) -> None:
-    """A cached export must parse; a corrupt one is never silently reused (nor deleted: it says how)."""
-    import onnx
-
-    try:
-        onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf/onnx raise several types
-        raise MatcherError(
-            f"the cached ONNX export {path} of {weights} is corrupt ({type(err).__name__}); delete it "
-            f"(rm '{path}') and run again to export it anew"
-        ) from err
 
 
 def _missing_weights_message(path: Path) -> str:
@@ -417,39 +398,10 @@ class Matcher:
         self._grid = None
 
     def _export_cached(self, model, cache_dir) -> Path:
-        """Export the checkpoint to a dynamic-shape ONNX file once; reuse it while the weights and settings
-        are unchanged."""
-        from loftr_kd.export.onnx import export_onnx
+        """The checkpoint's dynamic-shape ONNX export (:func:`loftr_kd.export.cache.cached_onnx_export`)."""
+        from loftr_kd.export.cache import cached_onnx_export
 
-        stat = self.weights.stat()
-        key = json.dumps(
-            [str(self.weights.resolve()), stat.st_size, stat.st_mtime_ns, self.config, "dynamic"],
-            sort_keys=True,
-        )
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        name = f"{self.weights.stem}-dynamic-{digest}.onnx"
-        candidates = [Path(cache_dir)] if cache_dir is not None else []
-        candidates += [
-            self.weights.parent / ".onnx_cache",
-            Path(tempfile.gettempdir()) / "loftr_kd_onnx_cache",
-        ]
-        for directory in candidates:
-            path = directory / name
-            if path.is_file():
-                _check_cached_onnx(path, self.weights)
-                return path
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                with replacing(path, suffix=".tmp.onnx") as tmp:  # concurrent readers never see half a file
-                    export_onnx(model.cpu(), tmp, batch=1, dynamic=True)
-                log.info("exported %s to %s", self.weights, path)
-                return path
-            except PermissionError:
-                continue
-            except OSError as err:
-                log.warning("cannot write the ONNX cache in %s (%s)", directory, err)
-                continue
-        raise MatcherError(f"could not export {self.weights} to ONNX in any of {candidates}")
+        return cached_onnx_export(self.weights, model, cache_dir)
 
     def _init_onnx_session(self, path: Path) -> None:
         from loftr_kd.runtime import ort_session
