@@ -4,6 +4,7 @@
   :class:`ModelGeometry` (the one reader of a model file's geometry metadata), the backend names.
 - :mod:`~loftr_kd.runtime.torch_backend`, :mod:`~loftr_kd.runtime.onnx_backend`,
   :mod:`~loftr_kd.runtime.tensorrt_backend`: the three backends.
+- :mod:`~loftr_kd.runtime.factory`: :func:`open_backend`, a model file to its backend.
 - :mod:`~loftr_kd.runtime.sessions`: ``ort_session``, ``op_histogram``, interleaved timing.
 
 Importing this package imports neither torch nor onnxruntime.
@@ -21,6 +22,7 @@ from loftr_kd.runtime.backend import (
     check_backend,
     matcher_backend,
 )
+from loftr_kd.runtime.factory import open_backend
 from loftr_kd.runtime.onnx_backend import OnnxBackend
 from loftr_kd.runtime.sessions import (
     load_model,
@@ -54,6 +56,7 @@ __all__ = [
     "load_model",
     "matcher_backend",
     "op_histogram",
+    "open_backend",
     "ort_session",
     "read_metadata",
     "time_interleaved",
