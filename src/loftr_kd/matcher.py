@@ -315,14 +315,17 @@ class Matcher:
 
     @property
     def input_height(self) -> int:
+        """The configured input's height (a static file's only one)."""
         return self.geometry.input_height
 
     @property
     def input_width(self) -> int:
+        """The configured input's width (a static file's only one)."""
         return self.geometry.input_width
 
     @property
     def stride(self) -> int:
+        """Coarse stride in pixels (from the weights' metadata)."""
         return self.geometry.stride
 
     @property
@@ -332,10 +335,12 @@ class Matcher:
 
     @property
     def max_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` limit of a model that takes any size, else ``None``."""
         return self.geometry.max_size
 
     @property
     def min_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` smallest input (an engine profile's), else ``None``."""
         return self.geometry.min_size
 
     def _check_size(self, size: int | None) -> int:
