@@ -1,4 +1,4 @@
-"""loftr-kd-bench in quick mode at a tiny size (loftr_kd.cli.bench)."""
+"""loftr-kd-bench in quick mode at a tiny size (loftr_kd.bench, its Hydra entry point loftr_kd.cli.bench)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from loftr_kd.cli.bench import ROW_KEYS, BenchSettings, add_speedups, bench, settings_from_config
+from loftr_kd.bench import ROW_KEYS, BenchSettings, add_speedups, bench
+from loftr_kd.cli.bench import settings_from_config
 from loftr_kd.config import CONFIG_DIR
 
 

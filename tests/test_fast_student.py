@@ -297,7 +297,7 @@ def test_profile_students_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_profile_students_preset_overrides() -> None:
-    from loftr_kd.cli.profile_students import load_preset
+    from loftr_kd.bench.profiling import load_preset
 
     model = load_preset("fast+block_depths=[0,1,3]+initial_dim=16", 64, 96, fuse=False)
     assert model.config.block_depths == (0, 1, 3) and model.config.initial_dim == 16

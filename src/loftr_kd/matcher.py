@@ -1,6 +1,7 @@
 """User-facing matcher: two images in, matched keypoints in their own pixels out.
 
-``Matcher`` wraps the coarse student behind one of three backends (PyTorch, onnxruntime, TensorRT).
+``Matcher`` wraps the coarse student behind one of three backends (PyTorch, onnxruntime, TensorRT: the
+:mod:`loftr_kd.runtime` backends, which run the model and read its geometry from the file's metadata).
 Images of any size and colour mode are converted to grayscale and resized **aspect-true**: the long side
 becomes the configured ``size`` and each side is rounded to a multiple of the coarse stride, with no
 padding, so the two images of a pair may differ in size. That needs a model that takes any size: the
@@ -22,15 +23,8 @@ the evaluation and the apps.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,24 +32,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from loftr_kd.files import replacing
 from loftr_kd.images import ImageError, check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+from loftr_kd.runtime import (  # noqa: F401 - BACKENDS, MatcherError and torch_threads are public here
+    BACKENDS,
+    DEFAULT_TORCH_THREADS,
+    Backend,
+    MatcherError,
+    ModelGeometry,
+    check_backend,
+    open_backend,
+    torch_threads,
+)
 
-log = logging.getLogger(__name__)
-
-BACKENDS = ("onnx", "torch", "trt")
 CLASSICAL_METHODS = ("orb", "sift")
-_ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
-_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
-# Torch backend threads unless told otherwise. Measured on 2 cores (docs/usage.md): 1 thread 62 ms per
-# 640x480 pair idle and 170 ms while two other processes kept the cores busy; 2 threads 39 ms idle but
-# 840 ms median / 5 s p90 under the same load (OpenMP threads waiting on each other). One thread never
-# collapses; raise it with ``threads=`` on an idle machine.
-DEFAULT_TORCH_THREADS = 1
-
-
-class MatcherError(RuntimeError):
-    """A matcher could not be built or run (missing/unfitting weights, unavailable backend)."""
 
 
 @dataclass(frozen=True)
@@ -198,21 +187,6 @@ def resize_aspect_true(
     )
 
 
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run a block with ``threads`` intra-op torch threads and restore the caller's setting afterwards."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if previous != threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if previous != threads:
-            torch.set_num_threads(previous)
-
-
 def grid_cell_centers(h: int, w: int, stride: int) -> np.ndarray:
     """(h*w, 2) xy centres of a row-major coarse grid (:class:`loftr_kd.geometry.CoarseGrid`)."""
     from loftr_kd.geometry import CoarseGrid
@@ -227,19 +201,6 @@ def _empty_result() -> dict[str, np.ndarray]:
         "confidence": np.zeros((0,), np.float32),
         "coarse_keypoints1": np.zeros((0, 2), np.float32),
     }
-
-
-def _check_cached_onnx(path: Path, weights: Path) -> None:
-    """A cached export must parse; a corrupt one is never silently reused (nor deleted: it says how)."""
-    import onnx
-
-    try:
-        onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf/onnx raise several types
-        raise MatcherError(
-            f"the cached ONNX export {path} of {weights} is corrupt ({type(err).__name__}); delete it "
-            f"(rm '{path}') and run again to export it anew"
-        ) from err
 
 
 def _missing_weights_message(path: Path) -> str:
@@ -278,7 +239,8 @@ class Matcher:
     Calling ``matcher(image0, image1)`` returns ``{"keypoints0": (N, 2), "keypoints1": (N, 2),
     "confidence": (N,), "coarse_keypoints1": (N, 2)}`` as float32, keypoints in the pixels of the images
     as given (pixel centres at integers, always inside the image); ``coarse_keypoints1`` is each match's
-    image1 cell centre.
+    image1 cell centre. The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
+    built by :func:`~loftr_kd.runtime.open_backend`); the Matcher resizes, letterboxes and maps back.
     """
 
     def __init__(
@@ -294,14 +256,7 @@ class Matcher:
         size: int | None = None,
         threads: int | None = None,
     ) -> None:
-        from loftr_kd.runtime import MATCHER_BACKEND, matcher_backend
-
-        backend = matcher_backend(backend)
-        if backend not in BACKENDS:
-            raise ValueError(
-                f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
-                f"(also spelt {', '.join(MATCHER_BACKEND)})"
-            )
+        backend = check_backend(backend)
         if threads is not None and num_threads is not None and int(threads) != int(num_threads):
             raise ValueError(f"threads={threads} and num_threads={num_threads} disagree; give one")
         threads = threads if threads is not None else num_threads
@@ -322,46 +277,72 @@ class Matcher:
 
         check_input_file(self.weights, "weights")  # a pipe or a device would hang; an empty file is named
         self.backend = backend
-        self.device = device
         self.use_refinement = bool(use_refinement)
         default_threads = DEFAULT_TORCH_THREADS if backend == "torch" else os.cpu_count() or 1
         self.num_threads = int(threads or default_threads)
-        self._threshold_override = threshold
         self.name = f"student-{backend}"
-        # what sizes the model takes: set by the backend (dynamic shapes or one static input size)
-        self.dynamic = False
-        self.max_size: tuple[int, int] | None = None
-        self.min_size: tuple[int, int] | None = None
-        suffix = self.weights.suffix.lower()
-        if backend == "trt":
-            self._init_trt(input_size)
-        elif suffix == ".onnx":
-            if backend != "onnx":
-                raise MatcherError(f"{self.weights} is an ONNX graph: use backend='onnx', not {backend!r}")
-            if input_size is not None:
-                raise MatcherError("input_size cannot be changed for an exported ONNX graph")
-            self._init_onnx_session(self.weights)
-        elif suffix in _ENGINE_SUFFIXES:
-            raise MatcherError(f"{self.weights} is a TensorRT engine: use backend='trt'")
-        else:
-            model = self._load_torch(input_size)
-            if backend == "torch":
-                self._model = model
-                self._run = self._run_torch
-            else:
-                self._init_onnx_session(self._export_cached(model, cache_dir))
-        self.threshold = self._baked_threshold if threshold is None else float(threshold)
-        if threshold is not None and self._baked_threshold is not None and threshold < self._baked_threshold:
+        self.runner: Backend = open_backend(
+            self.weights,
+            backend,
+            device=device,
+            threads=self.num_threads,
+            threshold=threshold,
+            input_size=input_size,
+            cache_dir=cache_dir,
+        )
+        self.device = self.runner.device
+        if backend == "onnx":
+            self.onnx_path = self.runner.path
+        self.geometry: ModelGeometry = self.runner.geometry
+        baked = self.geometry.baked_threshold
+        self.threshold = baked if threshold is None else float(threshold)
+        if threshold is not None and baked is not None and threshold < baked:
             raise MatcherError(
-                f"threshold {threshold} is below {self._baked_threshold} baked into {self.weights.name}; "
+                f"threshold {threshold} is below {baked} baked into {self.weights.name}; "
                 f"export again with a lower match_threshold or use the checkpoint"
             )
         self.min_side = 2 * self.stride
         # border removal drops `border` cells on every side: a side needs 2 * border + 1 cells to keep one
         self.min_cells = max(2, 2 * int(self.config.get("border_removal", 0) or 0) + 1)
+        self._grid: np.ndarray | None = None
         self.size = self._check_size(size)
 
-    # ------------------------------------------------------------------ construction
+    # ------------------------------------------------------------------ the model's geometry
+    @property
+    def config(self) -> dict[str, Any]:
+        """The weights' ``student_config``."""
+        return self.geometry.config
+
+    @property
+    def input_height(self) -> int:
+        """The configured input's height (a static file's only one)."""
+        return self.geometry.input_height
+
+    @property
+    def input_width(self) -> int:
+        """The configured input's width (a static file's only one)."""
+        return self.geometry.input_width
+
+    @property
+    def stride(self) -> int:
+        """Coarse stride in pixels (from the weights' metadata)."""
+        return self.geometry.stride
+
+    @property
+    def dynamic(self) -> bool:
+        """The model takes any size (aspect-true resizing); else images are letterboxed into its input."""
+        return self.geometry.dynamic
+
+    @property
+    def max_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` limit of a model that takes any size, else ``None``."""
+        return self.geometry.max_size
+
+    @property
+    def min_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` smallest input (an engine profile's), else ``None``."""
+        return self.geometry.min_size
+
     def _check_size(self, size: int | None) -> int:
         """The long side images are resized to (dynamic models), validated against the model's limits."""
         if not self.dynamic:
@@ -381,241 +362,7 @@ class Matcher:
             )
         return size
 
-    def _load_torch(self, input_size: tuple[int, int] | None):
-        """Load the student checkpoint (optionally with a new input size / threshold)."""
-        from loftr_kd.checkpoints import CheckpointError
-        from loftr_kd.models.student import load_student
-
-        height, width = input_size if input_size is not None else (None, None)
-        try:
-            model = load_student(
-                self.weights,
-                map_location="cpu",
-                input_height=height,
-                input_width=width,
-                match_threshold=self._threshold_override,
-            )
-        except CheckpointError:
-            raise  # the file's own one line (code refused, truncated, not a checkpoint)
-        except (RuntimeError, KeyError, ValueError, TypeError) as err:
-            raise MatcherError(f"cannot load student weights {self.weights}: {err}") from err
-        config = model.config
-        model = model.prepare_for_inference(inplace=True).to(self.device)
-        self.config = dataclasses.asdict(config)
-        self._set_geometry(config.input_height, config.input_width, config.coarse_stride)
-        self.dynamic, self.max_size = True, (config.max_height, config.max_width)
-        self._baked_threshold = None  # a checkpoint takes any threshold
-        return model
-
-    def _set_geometry(self, height: int, width: int, stride: int) -> None:
-        self.input_height, self.input_width, self.stride = int(height), int(width), int(stride)
-        if self.input_height % self.stride or self.input_width % self.stride:
-            raise MatcherError(
-                f"model input {self.input_width}x{self.input_height} is not a multiple of the coarse "
-                f"stride {self.stride}"
-            )
-        self._grid = None
-
-    def _export_cached(self, model, cache_dir) -> Path:
-        """Export the checkpoint to a dynamic-shape ONNX file once; reuse it while the weights and settings
-        are unchanged."""
-        from loftr_kd.export.onnx import export_onnx
-
-        stat = self.weights.stat()
-        key = json.dumps(
-            [str(self.weights.resolve()), stat.st_size, stat.st_mtime_ns, self.config, "dynamic"],
-            sort_keys=True,
-        )
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        name = f"{self.weights.stem}-dynamic-{digest}.onnx"
-        candidates = [Path(cache_dir)] if cache_dir is not None else []
-        candidates += [
-            self.weights.parent / ".onnx_cache",
-            Path(tempfile.gettempdir()) / "loftr_kd_onnx_cache",
-        ]
-        for directory in candidates:
-            path = directory / name
-            if path.is_file():
-                _check_cached_onnx(path, self.weights)
-                return path
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                with replacing(path, suffix=".tmp.onnx") as tmp:  # concurrent readers never see half a file
-                    export_onnx(model.cpu(), tmp, batch=1, dynamic=True)
-                log.info("exported %s to %s", self.weights, path)
-                return path
-            except PermissionError:
-                continue
-            except OSError as err:
-                log.warning("cannot write the ONNX cache in %s (%s)", directory, err)
-                continue
-        raise MatcherError(f"could not export {self.weights} to ONNX in any of {candidates}")
-
-    def _init_onnx_session(self, path: Path) -> None:
-        from loftr_kd.runtime import ort_session
-
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self._session = ort_session(path, threads=self.num_threads, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise MatcherError(f"onnxruntime cannot load {path}: {err}") from err
-        self.onnx_path = Path(path)
-        meta = self._session.get_modelmeta().custom_metadata_map
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = {o.name for o in self._session.get_outputs()}
-        missing = {"image0", "image1"} - set(inputs) | {"match_ids", "match_confidence"} - outputs
-        if missing:
-            raise MatcherError(f"{path} is not an exported student: missing inputs/outputs {sorted(missing)}")
-        config = json.loads(meta["student_config"]) if meta.get("student_config") else None
-        if config is None:  # the geometry comes from the export metadata; nothing is guessed
-            raise MatcherError(
-                f"{path} carries no student_config metadata (input size, coarse stride): it was not written "
-                f"by loftr-kd-export; export the checkpoint again with loftr-kd-export"
-            )
-        self.config = config
-        self._set_geometry(config["input_height"], config["input_width"], config["coarse_stride"])
-        self._baked_threshold = float(config.get("match_threshold", 0.0))
-        self._has_points = {"points0", "points1"} <= outputs
-        batch = inputs["image0"].shape[0]
-        self._onnx_batch = batch if isinstance(batch, int) else 1
-        self._set_dynamic_from_metadata(meta)
-        self._run = self._run_onnx
-
-    def _set_dynamic_from_metadata(self, meta: dict[str, str]) -> None:
-        """Dynamic height/width and the size limits, from an export's ``metadata_props``."""
-        self.dynamic = "height" in (meta.get("dynamic_axes") or "").split(",")
-        if self.dynamic:
-            self.max_size = (int(meta["max_height"]), int(meta["max_width"]))
-
-    def _init_trt(self, input_size) -> None:
-        try:
-            from loftr_kd.export.tensorrt import TensorRTRunner, TensorRTUnavailable
-        except ImportError as err:
-            raise MatcherError(f"the TensorRT backend is not available in this installation: {err}") from err
-        if self.weights.suffix.lower() not in _ENGINE_SUFFIXES:
-            raise MatcherError(
-                f"backend 'trt' needs a TensorRT engine (.engine/.trt/.plan built by loftr-kd-export), "
-                f"got {self.weights}"
-            )
-        try:
-            self._trt = TensorRTRunner(self.weights)
-        except TensorRTUnavailable as err:
-            raise MatcherError(
-                f"TensorRT is unavailable here ({err}); install `loftr-kd[trt]` on a machine with a CUDA "
-                f"GPU, or use backend='onnx'"
-            ) from err
-        config = self._trt_config()
-        if config is None and input_size is None:
-            raise MatcherError(
-                f"cannot tell the input geometry of {self.weights}: no metadata found; pass input_size"
-            )
-        config = dict(config or {})
-        if input_size is not None:
-            config.update(input_height=input_size[0], input_width=input_size[1])
-        if "coarse_stride" not in config:
-            raise MatcherError(
-                f"cannot tell the coarse stride of {self.weights}: no student_config metadata (engine "
-                f"metadata, its .json sidecar or the ONNX it was built from); rebuild it with loftr-kd-export"
-            )
-        self.config = config
-        self._set_geometry(config["input_height"], config["input_width"], config["coarse_stride"])
-        self._baked_threshold = float(config["match_threshold"]) if "match_threshold" in config else None
-        metadata = getattr(self._trt, "metadata", None) or {}
-        self._set_dynamic_from_metadata(metadata.get("onnx_metadata") or {})
-        profiles = metadata.get("profiles") or []
-        if self.dynamic and profiles and "image0" in profiles[0]:
-            low, _, high = profiles[0]["image0"]  # (min, opt, max) of (B, 1, H, W)
-            self.min_size, self.max_size = (int(low[2]), int(low[3])), (int(high[2]), int(high[3]))
-        self.device = "cuda"
-        self._run = self._run_trt
-
-    def _trt_config(self) -> dict | None:
-        """Student config of an engine: its metadata, the ONNX it was built from, or its tensor shapes."""
-        metadata = getattr(self._trt, "metadata", None)
-        if not isinstance(metadata, dict) or not metadata:
-            sidecar = Path(str(self.weights) + ".json")
-            metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-            self._trt.metadata = metadata
-        config = metadata.get("student_config")
-        if isinstance(config, str) and config:
-            config = json.loads(config)
-        if isinstance(config, dict) and "input_height" in config:
-            return config
-        for onnx_path in (metadata.get("onnx_path"), self.weights.with_suffix(".onnx")):
-            if onnx_path and Path(onnx_path).is_file():
-                import onnx
-
-                model = onnx.load(str(onnx_path), load_external_data=False)
-                meta = {p.key: p.value for p in model.metadata_props}
-                metadata.setdefault("onnx_metadata", meta)
-                if meta.get("student_config"):
-                    return json.loads(meta["student_config"])
-        return None
-
     # ------------------------------------------------------------------ inference
-    def _cell_points(
-        self, match_ids: np.ndarray, shape0: tuple[int, int], shape1: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Cell centres of matches, for graphs exported before the ``points0/points1`` outputs."""
-        import torch
-
-        ids = torch.from_numpy(np.asarray(match_ids, np.int64))
-        own = torch.where(ids >= 0, torch.arange(ids.shape[-1]), torch.full_like(ids, -1))
-        points0 = self.input_grid(shape0).ids_to_pixels(own)
-        return points0.numpy(), self.input_grid(shape1).ids_to_pixels(ids).numpy()
-
-    def _run_torch(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
-        import torch
-
-        with torch_threads(self.num_threads), torch.inference_mode():
-            t0 = torch.from_numpy(image0)[None, None].to(self.device)
-            t1 = torch.from_numpy(image1)[None, None].to(self.device)
-            out = self._model(t0, t1)
-        return (
-            out.match_ids[0].cpu().numpy(),
-            out.match_confidence[0].float().cpu().numpy(),
-            out.points0[0].float().cpu().numpy(),
-            out.points1[0].float().cpu().numpy(),
-        )
-
-    def _run_onnx(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
-        feed = {
-            name: np.broadcast_to(image, (self._onnx_batch, 1, *image.shape)).astype(np.float32)
-            for name, image in (("image0", image0), ("image1", image1))
-        }
-        names = ["match_ids", "match_confidence"] + (["points0", "points1"] if self._has_points else [])
-        outputs = self._session.run(names, feed)
-        ids = np.asarray(outputs[0][0]).astype(np.int64)
-        conf = np.asarray(outputs[1][0], dtype=np.float32)
-        if self._has_points:
-            points0, points1 = outputs[2][0], outputs[3][0]
-        else:
-            points0, points1 = self._cell_points(ids, image0.shape, image1.shape)
-        return ids, conf, np.asarray(points0, np.float32), np.asarray(points1, np.float32)
-
-    def _run_trt(self, image0: np.ndarray, image1: np.ndarray) -> tuple[np.ndarray, ...]:
-        import torch
-
-        t0 = torch.from_numpy(image0)[None, None].cuda()
-        t1 = torch.from_numpy(image1)[None, None].cuda()
-        out = self._trt(t0, t1)
-        if not isinstance(out, dict):
-            out = (
-                out._asdict()
-                if hasattr(out, "_asdict")
-                else dict(zip(("match_ids", "match_confidence"), out))
-            )
-        ids = out["match_ids"][0].long().cpu().numpy()
-        conf = out["match_confidence"][0].float().cpu().numpy()
-        if "points1" in out:
-            return ids, conf, out["points0"][0].float().cpu().numpy(), out["points1"][0].float().cpu().numpy()
-        return (ids, conf, *self._cell_points(ids, image0.shape, image1.shape))
-
     def input_grid(self, shape: tuple[int, int]):
         """The :class:`~loftr_kd.geometry.CoarseGrid` of a model input of ``shape`` ``(H, W)``."""
         from loftr_kd.geometry import CoarseGrid
@@ -686,7 +433,9 @@ class Matcher:
         models only), e.g. to show one image at half the resolution of the other."""
         input0, box0 = self.prepare(image0, "image0", size0)
         input1, box1 = self.prepare(image1, "image1", size1)
-        match_ids, match_conf, all_points0, all_points1 = self._run(input0, input1)
+        outputs = self.runner.run(self.runner.feed(input0[None, None], input1[None, None]))
+        match_ids, match_conf = outputs.match_ids[0], outputs.match_confidence[0]
+        all_points0, all_points1 = outputs.points0[0], outputs.points1[0]
         keep = match_ids >= 0
         if self.threshold is not None:
             keep &= match_conf >= self.threshold

@@ -18,10 +18,11 @@ import numpy as np
 import onnx
 
 from loftr_kd.files import to_jsonable, write_json, write_text
-from loftr_kd.runtime import load_model as _load
-from loftr_kd.runtime import op_histogram, ort_session
+from loftr_kd.runtime.sessions import load_model as _load
+from loftr_kd.runtime.sessions import op_histogram, ort_session, read_metadata
 
-__all__ = ["op_histogram", "ort_session", "to_jsonable"]  # re-exported: long-standing import paths
+# re-exported: long-standing import paths
+__all__ = ["op_histogram", "ort_session", "read_metadata", "to_jsonable"]
 
 # Operators the TensorRT ONNX parser supports (onnx-tensorrt support matrix, TensorRT 8.4+), plus the
 # opset 17/18 normalisation ops TensorRT 8.6+ parses. Ops outside this set make the parse fail or
@@ -330,11 +331,6 @@ def parameter_count(model: onnx.ModelProto | str | Path) -> int:
     )
 
 
-def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of a model as a dict."""
-    return {p.key: p.value for p in _load(model).metadata_props}
-
-
 def check_parity(
     model,
     onnx_path: str | Path,
@@ -344,11 +340,12 @@ def check_parity(
     min_match_agreement: float = 0.99,
     batch: int | None = None,
 ) -> ParityResult:
-    """Run PyTorch and onnxruntime on the same pairs and compare.
+    """Run PyTorch and onnxruntime on the same pairs and compare (both through :mod:`loftr_kd.runtime`'s
+    backends, onnxruntime at its default threads, PyTorch at the caller's).
 
     Args:
         model: the student (``forward(image0, image1) -> CoarseMatchOutput``), on CPU.
-        onnx_path: exported graph (inputs ``image0``/``image1``).
+        onnx_path: exported graph (inputs ``image0``/``image1``, ``loftr-kd-export`` metadata).
         pairs: grayscale pairs, each image (H, W) float32 in [0, 1] at the export size.
         atol: tolerance on confidences (probabilities in [0, 1]); float32 reorderings give ~1e-6.
         min_match_agreement: minimum fraction of cells whose match index is identical; a cell whose
@@ -358,38 +355,33 @@ def check_parity(
     Returns:
         ``ParityResult``; check ``.ok``.
     """
-    import torch
+    from loftr_kd.runtime.onnx_backend import OnnxBackend
+    from loftr_kd.runtime.torch_backend import TorchBackend
 
     if not pairs:
         raise ValueError("check_parity needs at least one image pair")
-    session = ort_session(onnx_path)
-    input_dims = session.get_inputs()[0].shape
-    if batch is None:
-        batch = input_dims[0] if isinstance(input_dims[0], int) else 1
-    output_names = [o.name for o in session.get_outputs()]
+    onnx_backend = OnnxBackend(onnx_path, with_confidence=True)
+    with_confidence = "confidence" in onnx_backend.output_names  # exported with_confidence=True
+    torch_backend = TorchBackend(model, with_confidence=with_confidence)
+    batch = onnx_backend.geometry.batch if batch is None else batch
     conf_diff = 0.0
-    full_diff: float | None = 0.0 if "confidence" in output_names else None
-    points_diff: float | None = 0.0 if "points1" in output_names else None
+    full_diff: float | None = 0.0 if with_confidence else None
+    points_diff: float | None = 0.0 if "points1" in onnx_backend.output_names else None
     points_close = points_total = 0
     equal = total = n_torch = n_onnx = 0
-    model = model.eval()
     for image0, image1 in pairs:
         a = np.repeat(np.asarray(image0, np.float32)[None, None], batch, axis=0)
         b = np.repeat(np.asarray(image1, np.float32)[None, None], batch, axis=0)
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(a), torch.from_numpy(b))
-        got = dict(zip(output_names, session.run(None, {"image0": a, "image1": b})))
-        ids_ref = ref.match_ids.numpy().astype(np.int64)
-        ids_got = got["match_ids"].astype(np.int64)
-        conf_diff = max(
-            conf_diff, float(np.abs(ref.match_confidence.numpy() - got["match_confidence"]).max())
-        )
+        ref = torch_backend.run(torch_backend.feed(a, b))
+        got = onnx_backend.run(onnx_backend.feed(a, b))
+        ids_ref, ids_got = ref.match_ids, got.match_ids
+        conf_diff = max(conf_diff, float(np.abs(ref.match_confidence - got.match_confidence).max()))
         if full_diff is not None:
-            full_diff = max(full_diff, float(np.abs(ref.confidence.numpy() - got["confidence"]).max()))
+            full_diff = max(full_diff, float(np.abs(ref.confidence - got.confidence).max()))
         if points_diff is not None:
             both = (ids_ref >= 0) & (ids_got >= 0) & (ids_ref == ids_got)
             if both.any():
-                diff = np.abs(ref.points1.numpy() - got["points1"])[both].max(-1)
+                diff = np.abs(ref.points1 - got.points1)[both].max(-1)
                 points_diff = max(points_diff, float(diff.max()))
                 points_close += int((diff <= POINTS_ATOL_PX).sum())
                 points_total += int(diff.size)

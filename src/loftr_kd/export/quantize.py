@@ -25,7 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from loftr_kd.export.checks import read_metadata
 from loftr_kd.metrics import MatchStats, homography_match_stats
-from loftr_kd.runtime import ort_session, time_interleaved
+from loftr_kd.runtime.sessions import time_interleaved
 
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
@@ -208,22 +208,18 @@ def compare_int8(
     ``pairs`` are ``(image0, image1)`` or ``(image0, image1, H_0to1)``. With homographies, match
     match quality against ground truth is reported for both (``homography_match_stats``, the
     metrics of :mod:`loftr_kd.metrics`);
-    ``agreement`` (fraction of cells with the same match index as fp32) is always reported.
+    ``agreement`` (fraction of cells with the same match index as fp32) is always reported. Both graphs
+    run through the onnxruntime backend (:class:`~loftr_kd.runtime.onnx_backend.OnnxBackend`).
     """
-    import torch
+    from loftr_kd.runtime.backend import MatcherError
+    from loftr_kd.runtime.onnx_backend import OnnxBackend
 
-    from loftr_kd.geometry import CoarseGrid
-
-    meta = read_metadata(fp32_path)
-    config = json.loads(meta.get("student_config") or "{}")
-    if not config.get("coarse_stride"):
-        raise ValueError(f"{fp32_path} has no student_config metadata; export it with loftr-kd-export")
-    stride = int(config["coarse_stride"])
-    fp32 = ort_session(fp32_path, threads=threads)
-    int8 = ort_session(int8_path, threads=threads)
-    has_points = {"points0", "points1"} <= {o.name for o in fp32.get_outputs()}
-    names = ["match_ids", "points0", "points1"] if has_points else ["match_ids"]
-    batch = _graph_batch(fp32_path)
+    try:
+        fp32 = OnnxBackend(fp32_path, threads=threads)
+        int8 = OnnxBackend(int8_path, threads=threads)
+    except MatcherError as err:  # not an exported student (no student_config metadata ...): bad input
+        raise ValueError(str(err)) from err
+    stride = fp32.geometry.stride
     same = total = 0
     stats = {"fp32": MatchStats(), "int8": MatchStats()}
     has_gt = all(len(p) >= 3 and p[2] is not None for p in pairs)
@@ -231,24 +227,17 @@ def compare_int8(
     for pair in pairs:
         a, b = _to_numpy(pair[0]), _to_numpy(pair[1])
         a, b = a.reshape(a.shape[-2:]), b.reshape(b.shape[-2:])
-        feeds = {"image0": np.repeat(a[None, None], batch, 0), "image1": np.repeat(b[None, None], batch, 0)}
-        out32 = [o[0] for o in fp32.run(names, feeds)]
-        out8 = [o[0] for o in int8.run(names, feeds)]
-        same += int((out32[0] == out8[0]).sum())
-        total += out32[0].size
+        feeds = fp32.feed(a[None, None], b[None, None])  # a static batch is filled by repeating the pair
+        outputs = {"fp32": fp32.run(feeds), "int8": int8.run(feeds)}
+        same += int((outputs["fp32"].match_ids[0] == outputs["int8"].match_ids[0]).sum())
+        total += outputs["fp32"].match_ids[0].size
         if has_gt:
-            grid = CoarseGrid.for_image(a.shape[0], a.shape[1], stride)
-            for key, out in (("fp32", out32), ("int8", out8)):
-                ids = np.asarray(out[0]).astype(np.int64)
-                if has_points:
-                    points0, points1 = out[1], out[2]
-                else:  # graphs exported before the points outputs: cell centres
-                    points0, points1 = (v.numpy() for v in grid.match_points(torch.from_numpy(ids)))
+            for key, out in outputs.items():
                 stats[key] = stats[key] + homography_match_stats(
-                    ids, points0, points1, pair[2], a.shape[0], a.shape[1], stride
+                    out.match_ids[0], out.points0[0], out.points1[0], pair[2], a.shape[0], a.shape[1], stride
                 )
     times = time_interleaved(
-        {"fp32": lambda: fp32.run(None, feeds), "int8": lambda: int8.run(None, feeds)}, iters, warmup
+        {"fp32": lambda: fp32.run(feeds), "int8": lambda: int8.run(feeds)}, iters, warmup
     )
     m32, m8 = (statistics.median(times[key]["wall_ms"]) for key in ("fp32", "int8"))
     result: dict[str, Any] = {

@@ -1,8 +1,9 @@
-"""TensorRT 10 engine build (Python API) and a runner with torch CUDA tensors as buffers.
+"""TensorRT 10 engine build (Python API), its optimisation profiles and the equivalent ``trtexec`` line.
 
 An engine is specific to the GPU model and the TensorRT version it was built with (Coarse_LoFTR_TRT
 issue #4: prebuilt engines fail elsewhere), so every engine gets a sidecar ``<engine>.json`` recording
-both, and ``TensorRTRunner`` refuses, with a clear message, an engine built by another TensorRT.
+both. Running an engine is the runtime's (:mod:`loftr_kd.runtime.tensorrt_backend`: ``TensorRTRunner``,
+which refuses, with a clear message, an engine built by another TensorRT); its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,40 +16,30 @@ from typing import Any
 
 from loftr_kd.export.checks import io_shapes, read_metadata
 from loftr_kd.files import write_bytes, write_json
+from loftr_kd.runtime.tensorrt_backend import (
+    TensorRTRunner,
+    TensorRTUnavailable,
+    engine_metadata_path,
+    require_tensorrt,
+    tensorrt_available,
+)
+
+# re-exported: long-standing import paths (docs/deployment.md, tests)
+__all__ = [
+    "TensorRTRunner",
+    "TensorRTUnavailable",
+    "build_engine",
+    "default_profiles",
+    "engine_metadata_path",
+    "require_tensorrt",
+    "shape_profile",
+    "tensorrt_available",
+    "trtexec_command",
+]
 
 Shape = Sequence[int]
 # A profile: input name -> (min, opt, max) shapes.
 Profile = Mapping[str, tuple[Shape, Shape, Shape]]
-
-
-class TensorRTUnavailable(RuntimeError):
-    """``tensorrt`` cannot be imported or no CUDA GPU is present; ``reason`` says which."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def require_tensorrt():
-    """Import ``tensorrt`` and check for a CUDA GPU; raises ``TensorRTUnavailable`` otherwise."""
-    try:
-        import tensorrt as trt
-    except Exception as e:  # ImportError, or a broken install failing to load libnvinfer
-        raise TensorRTUnavailable(f"TensorRT is not available (import tensorrt failed: {e})") from e
-    import torch
-
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable("TensorRT needs a CUDA GPU and torch.cuda.is_available() is False")
-    return trt
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """``(True, version)`` or ``(False, reason)``."""
-    try:
-        trt = require_tensorrt()
-    except TensorRTUnavailable as e:
-        return False, e.reason
-    return True, trt.__version__
 
 
 def _shape_str(shape: Shape) -> str:
@@ -259,88 +250,3 @@ def build_engine(
     }
     write_json(engine_metadata_path(engine_path), metadata)
     return engine_path
-
-
-def engine_metadata_path(engine_path: str | Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-class TensorRTRunner:
-    """Run an engine with torch CUDA tensors as I/O buffers (no pycuda).
-
-    Call it like the other backends: ``runner(image0, image1)`` with (B,1,H,W) float32 arrays or
-    tensors (moved to the GPU) returns a dict of CUDA tensors keyed by output name (``match_ids`` as
-    int64, the PyTorch contract).
-    """
-
-    def __init__(self, engine_path: str | Path, device: int | str = 0) -> None:
-        trt = require_tensorrt()
-        import torch
-
-        self.trt = trt
-        self.engine_path = Path(engine_path)
-        meta_path = engine_metadata_path(self.engine_path)
-        self.metadata: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        built_with = self.metadata.get("tensorrt_version")
-        if built_with and built_with != trt.__version__:
-            raise RuntimeError(
-                f"{self.engine_path} was built with TensorRT {built_with} on "
-                f"{self.metadata.get('gpu_name')}; this is TensorRT {trt.__version__}: rebuild it here"
-            )
-        self.device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(
-                f"TensorRT could not deserialize {self.engine_path}: engines only load on the GPU and "
-                f"TensorRT version that built them (built on {self.metadata.get('gpu_name', '?')})"
-            )
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.stream = torch.cuda.Stream(device=self.device)
-
-    def _torch_dtype(self, name: str):
-        import torch
-
-        trt = self.trt
-        mapping = {
-            trt.float32: torch.float32,
-            trt.float16: torch.float16,
-            trt.int32: torch.int32,
-            trt.int8: torch.int8,
-            trt.bool: torch.bool,
-        }
-        if hasattr(trt, "int64"):
-            mapping[trt.int64] = torch.int64
-        return mapping[self.engine.get_tensor_dtype(name)]
-
-    def __call__(self, image0, image1) -> dict[str, Any]:
-        import torch
-
-        feeds = {}
-        for name, value in zip(self.input_names, (image0, image1)):
-            t = torch.as_tensor(value).to(self.device, self._torch_dtype(name)).contiguous()
-            feeds[name] = t
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            out = torch.empty(shape, dtype=self._torch_dtype(name), device=self.device)
-            outputs[name] = out
-            self.context.set_tensor_address(name, out.data_ptr())
-        # Inputs were produced on the current stream; run after them, then hand back in order.
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        for t in (*feeds.values(), *outputs.values()):
-            t.record_stream(self.stream)
-        if "match_ids" in outputs:
-            outputs["match_ids"] = outputs["match_ids"].long()
-        return outputs

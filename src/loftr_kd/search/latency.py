@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from loftr_kd.search.space import SearchSettings
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 
 def _export_for_timing(config: Any, height: int, width: int, path: Path) -> Path:
@@ -23,19 +23,6 @@ def _export_for_timing(config: Any, height: int, width: int, path: Path) -> Path
     values = {**asdict(config), "input_height": height, "input_width": width}
     model = build_student(**values).eval()
     return export_onnx(model, path, height=height, width=width)
-
-
-def _time_graphs(
-    graphs: dict[str, Path], feeds: dict[str, np.ndarray], settings: SearchSettings
-) -> dict[str, dict[str, float]]:
-    """Median / p90 ms of each ONNX file, timed round-robin in onnxruntime with thread spinning off."""
-    from loftr_kd.runtime import ort_session, time_sessions
-
-    sessions = {
-        key: (ort_session(path, threads=settings.threads, spinning=False), feeds)
-        for key, path in graphs.items()
-    }
-    return time_sessions(sessions, settings.repeats, warmup=settings.warmup)
 
 
 def measure_latency(config: Any, settings: SearchSettings) -> dict[str, Any]:
@@ -60,6 +47,7 @@ def measure_latency(config: Any, settings: SearchSettings) -> dict[str, Any]:
     from loftr_kd.config import preset_values
     from loftr_kd.data.homography import real_image_pairs
     from loftr_kd.models.student import StudentConfig
+    from loftr_kd.runtime.sessions import time_onnx
 
     height, width = settings.height, settings.width
     image0, image1, _ = real_image_pairs(height, width, 1, seed=7)[0]
@@ -76,7 +64,9 @@ def measure_latency(config: Any, settings: SearchSettings) -> dict[str, Any]:
                 graphs["reference"] = _export_for_timing(
                     reference, height, width, Path(tmp) / "reference.onnx"
                 )
-            timings = _time_graphs(graphs, feeds, settings)
+            timings = time_onnx(
+                graphs, feeds, threads=settings.threads, repeats=settings.repeats, warmup=settings.warmup
+            )
     finally:
         torch.set_num_threads(threads_before)
     result: dict[str, Any] = {

@@ -1,8 +1,9 @@
-"""onnxruntime for every caller: one way to open a session, count a graph's ops, and time sessions.
+"""onnxruntime for every caller: one way to open a session, read and count a graph, and time sessions.
 
-Export checks, the INT8 report, the Matcher, the benchmark and the student profiler all open their
-sessions here, so thread settings (``intra_op_num_threads``, one inter-op thread) and providers mean the
-same thing everywhere.
+The onnxruntime backend (:mod:`loftr_kd.runtime.onnx_backend`), the export checks, the INT8 report, the
+benchmark, the student profiler and the latency search all open their sessions here, so thread settings
+(``intra_op_num_threads``, one inter-op thread) and providers mean the same thing everywhere. Nothing
+here imports torch.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def load_model(model: Any):
     import onnx
 
     return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+
+
+def read_metadata(model: Any) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model or file as a dict (a file's external weights are not read)."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def _all_nodes(graph) -> Iterator[Any]:
@@ -122,19 +131,30 @@ def timing_summary(wall_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-# One backend vocabulary for the Matcher (``onnx``/``torch``/``trt``, also in loftr-kd-match, -demo and
-# -evaluate) and the benchmark (``onnxruntime``/``onnxruntime-int8``/``tensorrt-fp16``/``tensorrt-fp32``):
-# each command prints its own spelling, and every command accepts both.
-MATCHER_BACKEND = {"onnxruntime": "onnx", "tensorrt": "trt", "tensorrt-fp16": "trt", "tensorrt-fp32": "trt"}
-BENCH_BACKEND = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime-int8", "trt": "tensorrt-fp16"}
-BENCH_BACKEND |= {"trt-fp16": "tensorrt-fp16", "trt-fp32": "tensorrt-fp32"}
+def time_onnx(
+    graphs: Mapping[Any, str | Path],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int | None,
+    repeats: int,
+    warmup: int = 3,
+    spinning: bool = False,
+) -> dict[Any, dict[str, float]]:
+    """Time ONNX files on the same inputs, each in its own CPU session, round-robin (:func:`time_sessions`).
 
+    Args:
+        graphs: key -> ``.onnx`` path; every graph takes ``feeds``.
+        feeds: input name -> array (e.g. ``image0``/``image1`` ``(1, 1, H, W)`` float32).
+        threads: intra-op threads per session (``None``: onnxruntime's default).
+        repeats, warmup: timed rounds and untimed rounds before them.
+        spinning: off by default: with several sessions on few cores, an idle session's spinning threads
+            steal the cores of the one being timed (on 2 cores, 20 % either way on the same graph).
 
-def matcher_backend(name: str) -> str:
-    """The Matcher's name (``onnx`` / ``torch`` / ``trt``) of a backend given in either spelling."""
-    return MATCHER_BACKEND.get(name, name)
-
-
-def bench_backend(name: str) -> str:
-    """The benchmark's name (``onnxruntime`` ... ``tensorrt-fp16``) of a backend given in either spelling."""
-    return BENCH_BACKEND.get(name, name)
+    Returns:
+        Per key ``median_ms``, ``min_ms``, ``p90_ms`` and ``cpu_median_ms``.
+    """
+    sessions = {
+        key: (ort_session(path, threads=threads, spinning=spinning), dict(feeds))
+        for key, path in graphs.items()
+    }
+    return time_sessions(sessions, repeats, warmup)

@@ -1,0 +1,87 @@
+"""The ONNX export cache: a student checkpoint exported once to a dynamic-shape ``.onnx`` for onnxruntime.
+
+The onnxruntime backend runs checkpoints through this cache (``Matcher(weights.pt, backend="onnx")``). A
+cached file is keyed by the checkpoint's resolved path, size, modification time and the student config it
+was loaded with (input size and threshold overrides included), so changed weights or settings export anew.
+It is written atomically (concurrent readers never see half a file) and never silently replaced: a corrupt
+one is an error saying how to remove it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loftr_kd.files import replacing
+from loftr_kd.runtime.backend import MatcherError
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = ".onnx_cache"  # beside the weights, where that is writable
+
+
+def cache_candidates(weights: Path, cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders tried in order: ``cache_dir``, ``.onnx_cache`` beside the weights, a temporary folder."""
+    candidates = [Path(cache_dir)] if cache_dir is not None else []
+    return candidates + [weights.parent / CACHE_FOLDER, Path(tempfile.gettempdir()) / "loftr_kd_onnx_cache"]
+
+
+def cached_onnx_export(
+    weights: str | os.PathLike, model: Any, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """The dynamic-shape ONNX export of ``model`` (loaded from ``weights``), exported on first use.
+
+    Args:
+        weights: the checkpoint the model was loaded from (its path, size and time key the cache).
+        model: the student as loaded (its ``config`` keys the cache too).
+        cache_dir: preferred cache folder (see :func:`cache_candidates`).
+
+    Raises:
+        MatcherError: a cached file is corrupt, or no folder could take the export.
+    """
+    from loftr_kd.export.onnx import export_onnx
+
+    weights = Path(weights)
+    stat = weights.stat()
+    config = dataclasses.asdict(model.config)
+    key = json.dumps(
+        [str(weights.resolve()), stat.st_size, stat.st_mtime_ns, config, "dynamic"], sort_keys=True
+    )
+    name = f"{weights.stem}-dynamic-{hashlib.sha1(key.encode()).hexdigest()[:12]}.onnx"
+    candidates = cache_candidates(weights, cache_dir)
+    for directory in candidates:
+        path = directory / name
+        if path.is_file():
+            _check_cached_onnx(path, weights)
+            return path
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with replacing(path, suffix=".tmp.onnx") as tmp:  # concurrent readers never see half a file
+                export_onnx(model.cpu(), tmp, batch=1, dynamic=True)
+            log.info("exported %s to %s", weights, path)
+            return path
+        except PermissionError:
+            continue
+        except OSError as err:
+            log.warning("cannot write the ONNX cache in %s (%s)", directory, err)
+            continue
+    raise MatcherError(f"could not export {weights} to ONNX in any of {candidates}")
+
+
+def _check_cached_onnx(path: Path, weights: Path) -> None:
+    """A cached export must parse; a corrupt one is never silently reused (nor deleted: it says how)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf/onnx raise several types
+        raise MatcherError(
+            f"the cached ONNX export {path} of {weights} is corrupt ({type(err).__name__}); delete it "
+            f"(rm '{path}') and run again to export it anew"
+        ) from err

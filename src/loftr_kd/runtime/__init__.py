@@ -1,0 +1,67 @@
+"""Running exported and trained students: backends, onnxruntime sessions, timing, the backend vocabulary.
+
+- :mod:`~loftr_kd.runtime.backend`: the :class:`Backend` protocol, :class:`ModelOutputs`,
+  :class:`ModelGeometry` (the one reader of a model file's geometry metadata), the backend names.
+- :mod:`~loftr_kd.runtime.torch_backend`, :mod:`~loftr_kd.runtime.onnx_backend`,
+  :mod:`~loftr_kd.runtime.tensorrt_backend`: the three backends.
+- :mod:`~loftr_kd.runtime.factory`: :func:`open_backend`, a model file to its backend.
+- :mod:`~loftr_kd.runtime.sessions`: ``ort_session``, ``op_histogram``, interleaved timing.
+
+Importing this package imports neither torch nor onnxruntime.
+"""
+
+from loftr_kd.runtime.backend import (
+    BACKENDS,
+    BENCH_BACKEND,
+    MATCHER_BACKEND,
+    Backend,
+    MatcherError,
+    ModelGeometry,
+    ModelOutputs,
+    bench_backend,
+    check_backend,
+    matcher_backend,
+)
+from loftr_kd.runtime.factory import open_backend
+from loftr_kd.runtime.onnx_backend import OnnxBackend
+from loftr_kd.runtime.sessions import (
+    load_model,
+    op_histogram,
+    ort_session,
+    read_metadata,
+    time_interleaved,
+    time_onnx,
+    time_sessions,
+    timing_summary,
+)
+from loftr_kd.runtime.tensorrt_backend import TensorRTBackend, TensorRTRunner, TensorRTUnavailable
+from loftr_kd.runtime.torch_backend import DEFAULT_TORCH_THREADS, TorchBackend, torch_threads
+
+__all__ = [
+    "BACKENDS",
+    "BENCH_BACKEND",
+    "DEFAULT_TORCH_THREADS",
+    "MATCHER_BACKEND",
+    "Backend",
+    "MatcherError",
+    "ModelGeometry",
+    "ModelOutputs",
+    "OnnxBackend",
+    "TensorRTBackend",
+    "TensorRTRunner",
+    "TensorRTUnavailable",
+    "TorchBackend",
+    "bench_backend",
+    "check_backend",
+    "load_model",
+    "matcher_backend",
+    "op_histogram",
+    "open_backend",
+    "ort_session",
+    "read_metadata",
+    "time_interleaved",
+    "time_onnx",
+    "time_sessions",
+    "timing_summary",
+    "torch_threads",
+]

@@ -1,0 +1,262 @@
+"""What every backend is: a model file in, its fixed-shape outputs as NumPy out, its geometry from metadata.
+
+A **backend** runs one student model file: a checkpoint in PyTorch (:class:`~loftr_kd.runtime.torch_backend.
+TorchBackend`), an ``.onnx`` file in onnxruntime (:class:`~loftr_kd.runtime.onnx_backend.OnnxBackend`), or
+a TensorRT engine (:class:`~loftr_kd.runtime.tensorrt_backend.TensorRTBackend`). All three follow
+:class:`Backend`: ``feed`` turns a batch of image pairs into what the runtime takes (tensors on the device,
+an onnxruntime feed), ``run`` calls the model on it and returns :class:`ModelOutputs`. The two steps are
+separate so that inputs can be prepared once and timed runs measure the model alone, and so that a later
+backend can split the call into "encode one image" and "match two encodings" without touching callers.
+
+:class:`ModelGeometry` is what a model file says about the inputs it takes (stride, configured or fixed
+input size, dynamic shapes and their limits, the threshold baked into a graph, refinement); it is read
+here, from the checkpoint's ``student_config``, the ONNX ``metadata_props`` or the engine's sidecar JSON,
+and nowhere else.
+
+The backend vocabulary lives here too: the Matcher's names (``onnx`` / ``torch`` / ``trt``, also in
+loftr-kd-match, -demo and -evaluate) and the benchmark's (``onnxruntime`` / ``onnxruntime-int8`` /
+``tensorrt-fp16`` / ``tensorrt-fp32``): each command prints its own spelling, and every command accepts both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+BACKENDS = ("onnx", "torch", "trt")
+MATCHER_BACKEND = {"onnxruntime": "onnx", "tensorrt": "trt", "tensorrt-fp16": "trt", "tensorrt-fp32": "trt"}
+BENCH_BACKEND = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime-int8", "trt": "tensorrt-fp16"}
+BENCH_BACKEND |= {"trt-fp16": "tensorrt-fp16", "trt-fp32": "tensorrt-fp32"}
+ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
+
+
+class MatcherError(RuntimeError):
+    """A matcher could not be built or run (missing/unfitting weights, unavailable backend)."""
+
+
+def matcher_backend(name: str) -> str:
+    """The Matcher's name (``onnx`` / ``torch`` / ``trt``) of a backend given in either spelling."""
+    return MATCHER_BACKEND.get(name, name)
+
+
+def bench_backend(name: str) -> str:
+    """The benchmark's name (``onnxruntime`` ... ``tensorrt-fp16``) of a backend given in either spelling."""
+    return BENCH_BACKEND.get(name, name)
+
+
+def check_backend(name: str) -> str:
+    """The Matcher's name of a backend given in either spelling.
+
+    Raises:
+        ValueError: not a backend, listing both spellings.
+    """
+    backend = matcher_backend(name)
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+            f"(also spelt {', '.join(MATCHER_BACKEND)})"
+        )
+    return backend
+
+
+class ModelOutputs(NamedTuple):
+    """A student's fixed-shape outputs for a batch of ``B`` pairs, as NumPy (``L0`` = image0's cells).
+
+    Attributes:
+        match_ids: ``(B, L0)`` int64 index of the matched image1 cell, ``-1`` = none.
+        match_confidence: ``(B, L0)`` float32, ``0`` where none.
+        points0: ``(B, L0, 2)`` float32 xy model-input pixels of each match in image0 (its cell centre).
+        points1: ``(B, L0, 2)`` float32 xy in image1 (refined where the model refines, else the cell centre).
+        match_uncertainty: ``(B, L0)`` float32 px where the model outputs it, else ``None``.
+        confidence: ``(B, L0, L1)`` dual-softmax matrix where asked for and exported, else ``None``.
+    """
+
+    match_ids: np.ndarray
+    match_confidence: np.ndarray
+    points0: np.ndarray
+    points1: np.ndarray
+    match_uncertainty: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """The inputs a model file takes, read from its metadata (never guessed).
+
+    Attributes:
+        config: the file's ``student_config`` (``StudentConfig`` as a dict).
+        input_height, input_width: the configured input; for a static file the only one it takes.
+        stride: coarse stride (pixels per cell side).
+        dynamic: takes any multiple of ``stride`` up to ``max_size`` (checkpoints, ``dynamic=true`` exports).
+        max_size, min_size: ``(height, width)`` limits of a dynamic model (``min_size``: an engine profile's).
+        batch: a static graph's batch (inputs are repeated to fill it); 1 otherwise.
+        baked_threshold: match threshold inside an exported graph (only raised afterwards); ``None``: any.
+    """
+
+    config: dict[str, Any]
+    input_height: int
+    input_width: int
+    stride: int
+    dynamic: bool = False
+    max_size: tuple[int, int] | None = None
+    min_size: tuple[int, int] | None = None
+    batch: int = 1
+    baked_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input_height", "input_width", "stride", "batch"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if self.input_height % self.stride or self.input_width % self.stride:
+            raise MatcherError(
+                f"model input {self.input_width}x{self.input_height} is not a multiple of the coarse "
+                f"stride {self.stride}"
+            )
+
+    @property
+    def refine(self) -> str:
+        """The refinement stage (``none`` / ``corr`` / ``mlp``)."""
+        return str(self.config.get("refine") or "none")
+
+    @classmethod
+    def from_student_config(cls, config: Mapping[str, Any]) -> ModelGeometry:
+        """A checkpoint's geometry: any size up to the config's maximum, any threshold."""
+        return cls(
+            config=dict(config),
+            input_height=config["input_height"],
+            input_width=config["input_width"],
+            stride=config["coarse_stride"],
+            dynamic=True,
+            max_size=(int(config["max_height"]), int(config["max_width"])),
+        )
+
+    @classmethod
+    def from_onnx_metadata(cls, metadata: Mapping[str, str], path: Path, batch: int = 1) -> ModelGeometry:
+        """An exported graph's geometry from its ``metadata_props`` (written by ``loftr-kd-export``).
+
+        Raises:
+            MatcherError: the graph carries no ``student_config``.
+        """
+        config = json.loads(metadata["student_config"]) if metadata.get("student_config") else None
+        if config is None:
+            raise MatcherError(
+                f"{path} carries no student_config metadata (input size, coarse stride): it was not written "
+                f"by loftr-kd-export; export the checkpoint again with loftr-kd-export"
+            )
+        return cls(
+            config=config,
+            input_height=config["input_height"],
+            input_width=config["input_width"],
+            stride=config["coarse_stride"],
+            batch=batch,
+            baked_threshold=float(config.get("match_threshold", 0.0)),
+            **_dynamic_shapes(metadata),
+        )
+
+    @classmethod
+    def from_engine_metadata(
+        cls, metadata: Mapping[str, Any], path: Path, input_size: tuple[int, int] | None = None
+    ) -> ModelGeometry:
+        """A TensorRT engine's geometry: its sidecar metadata, else the ONNX file it was built from;
+        ``input_size`` ``(height, width)`` overrides the input size (engines without metadata).
+
+        Raises:
+            MatcherError: neither names the input size (without ``input_size``) or the coarse stride.
+        """
+        config, onnx_metadata = _engine_student_config(metadata, path)
+        if config is None and input_size is None:
+            raise MatcherError(
+                f"cannot tell the input geometry of {path}: no metadata found; pass input_size"
+            )
+        config = dict(config or {})
+        if input_size is not None:
+            config.update(input_height=input_size[0], input_width=input_size[1])
+        if "coarse_stride" not in config:
+            raise MatcherError(
+                f"cannot tell the coarse stride of {path}: no student_config metadata (engine "
+                f"metadata, its .json sidecar or the ONNX it was built from); rebuild it with loftr-kd-export"
+            )
+        shapes = _dynamic_shapes(onnx_metadata)
+        profiles = metadata.get("profiles") or []
+        if shapes["dynamic"] and profiles and "image0" in profiles[0]:
+            low, _, high = profiles[0]["image0"]  # (min, opt, max) of (B, 1, H, W)
+            shapes.update(min_size=(int(low[2]), int(low[3])), max_size=(int(high[2]), int(high[3])))
+        return cls(
+            config=config,
+            input_height=config["input_height"],
+            input_width=config["input_width"],
+            stride=config["coarse_stride"],
+            baked_threshold=float(config["match_threshold"]) if "match_threshold" in config else None,
+            **shapes,
+        )
+
+
+def _dynamic_shapes(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """Dynamic height/width and the size limits, from an export's ``metadata_props``."""
+    dynamic = "height" in (metadata.get("dynamic_axes") or "").split(",")
+    max_size = (int(metadata["max_height"]), int(metadata["max_width"])) if dynamic else None
+    return {"dynamic": dynamic, "max_size": max_size}
+
+
+def _engine_student_config(metadata: Mapping[str, Any], path: Path) -> tuple[dict | None, dict[str, str]]:
+    """Student config and ONNX metadata of an engine: its own metadata, or the ONNX it was built from."""
+    from loftr_kd.runtime.sessions import read_metadata
+
+    onnx_metadata = metadata.get("onnx_metadata") if "onnx_metadata" in metadata else None
+    config = metadata.get("student_config")
+    if isinstance(config, str) and config:
+        config = json.loads(config)
+    if isinstance(config, dict) and "input_height" in config:
+        return config, dict(onnx_metadata or {})
+    for onnx_path in (metadata.get("onnx_path"), path.with_suffix(".onnx")):
+        if onnx_path and Path(onnx_path).is_file():
+            meta = read_metadata(onnx_path)
+            if "onnx_metadata" not in metadata and onnx_metadata is None:
+                onnx_metadata = meta  # the first ONNX found describes the engine's shapes
+            if meta.get("student_config"):
+                return json.loads(meta["student_config"]), dict(onnx_metadata or {})
+    return None, dict(onnx_metadata or {})
+
+
+def cell_centre_points(
+    match_ids: np.ndarray, shape0: tuple[int, int], shape1: tuple[int, int], stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, L0, 2)`` float32 ``points0`` / ``points1`` at cell centres, for graphs exported before those
+    outputs existed; ``shape0`` / ``shape1`` are the model inputs' ``(H, W)``."""
+    import torch
+
+    from loftr_kd.geometry import CoarseGrid
+
+    ids = torch.from_numpy(np.asarray(match_ids, np.int64))
+    points0 = CoarseGrid.for_image(int(shape0[0]), int(shape0[1]), stride).match_points(ids)[0]
+    points1 = CoarseGrid.for_image(int(shape1[0]), int(shape1[1]), stride).ids_to_pixels(ids)
+    return points0.numpy(), points1.numpy()
+
+
+class Backend(Protocol):
+    """A student model file behind one runtime.
+
+    Attributes:
+        name: the Matcher's name of the backend (``torch`` / ``onnx`` / ``trt``).
+        path: the file it runs (for a checkpoint on onnxruntime: the cached export).
+        device: where it runs (``cpu``, ``cuda``).
+        geometry: what the file's metadata says about its inputs.
+    """
+
+    name: str
+    path: Path | None
+    device: str
+    geometry: ModelGeometry
+
+    def feed(self, images0: np.ndarray, images1: np.ndarray) -> Any:
+        """``(B, 1, H0, W0)`` and ``(B, 1, H1, W1)`` float32 images in [0, 1] -> the runtime's inputs
+        (done once per pair; a benchmark times :meth:`run` alone)."""
+        ...
+
+    def run(self, inputs: Any) -> ModelOutputs:
+        """The model on inputs from :meth:`feed`."""
+        ...

@@ -1,0 +1,183 @@
+"""The TensorRT backend: an engine run through the TensorRT 10 Python API, torch CUDA tensors as buffers.
+
+An engine is specific to the GPU model and the TensorRT version it was built with (Coarse_LoFTR_TRT
+issue #4: prebuilt engines fail elsewhere), so every engine has a sidecar ``<engine>.json``
+(:func:`engine_metadata_path`, written by :func:`loftr_kd.export.tensorrt.build_engine`) recording both,
+and :class:`TensorRTRunner` refuses, with a clear message, an engine built by another TensorRT. Where
+``tensorrt`` does not import or there is no CUDA GPU, :class:`TensorRTUnavailable` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loftr_kd.runtime.backend import ModelGeometry, ModelOutputs, cell_centre_points
+
+
+class TensorRTUnavailable(RuntimeError):
+    """``tensorrt`` cannot be imported or no CUDA GPU is present; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def require_tensorrt():
+    """Import ``tensorrt`` and check for a CUDA GPU; raises ``TensorRTUnavailable`` otherwise."""
+    try:
+        import tensorrt as trt
+    except Exception as e:  # ImportError, or a broken install failing to load libnvinfer
+        raise TensorRTUnavailable(f"TensorRT is not available (import tensorrt failed: {e})") from e
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("TensorRT needs a CUDA GPU and torch.cuda.is_available() is False")
+    return trt
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """``(True, version)`` or ``(False, reason)``."""
+    try:
+        trt = require_tensorrt()
+    except TensorRTUnavailable as e:
+        return False, e.reason
+    return True, trt.__version__
+
+
+def engine_metadata_path(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+class TensorRTRunner:
+    """Run an engine with torch CUDA tensors as I/O buffers (no pycuda).
+
+    Call it like the other backends: ``runner(image0, image1)`` with (B,1,H,W) float32 arrays or
+    tensors (moved to the GPU) returns a dict of CUDA tensors keyed by output name (``match_ids`` as
+    int64, the PyTorch contract).
+    """
+
+    def __init__(self, engine_path: str | Path, device: int | str = 0) -> None:
+        trt = require_tensorrt()
+        import torch
+
+        self.trt = trt
+        self.engine_path = Path(engine_path)
+        meta_path = engine_metadata_path(self.engine_path)
+        self.metadata: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        built_with = self.metadata.get("tensorrt_version")
+        if built_with and built_with != trt.__version__:
+            raise RuntimeError(
+                f"{self.engine_path} was built with TensorRT {built_with} on "
+                f"{self.metadata.get('gpu_name')}; this is TensorRT {trt.__version__}: rebuild it here"
+            )
+        self.device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(
+                f"TensorRT could not deserialize {self.engine_path}: engines only load on the GPU and "
+                f"TensorRT version that built them (built on {self.metadata.get('gpu_name', '?')})"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.stream = torch.cuda.Stream(device=self.device)
+
+    def _torch_dtype(self, name: str):
+        import torch
+
+        trt = self.trt
+        mapping = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int8: torch.int8,
+            trt.bool: torch.bool,
+        }
+        if hasattr(trt, "int64"):
+            mapping[trt.int64] = torch.int64
+        return mapping[self.engine.get_tensor_dtype(name)]
+
+    def __call__(self, image0, image1) -> dict[str, Any]:
+        import torch
+
+        feeds = {}
+        for name, value in zip(self.input_names, (image0, image1)):
+            t = torch.as_tensor(value).to(self.device, self._torch_dtype(name)).contiguous()
+            feeds[name] = t
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out = torch.empty(shape, dtype=self._torch_dtype(name), device=self.device)
+            outputs[name] = out
+            self.context.set_tensor_address(name, out.data_ptr())
+        # Inputs were produced on the current stream; run after them, then hand back in order.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        for t in (*feeds.values(), *outputs.values()):
+            t.record_stream(self.stream)
+        if "match_ids" in outputs:
+            outputs["match_ids"] = outputs["match_ids"].long()
+        return outputs
+
+
+class TensorRTBackend:
+    """A TensorRT engine behind :class:`~loftr_kd.runtime.backend.Backend` (:class:`TensorRTRunner` inside).
+
+    Args:
+        path: the engine (``.engine``/``.trt``/``.plan``), with its sidecar JSON or the ONNX it was built
+            from beside it for the geometry.
+        input_size: ``(height, width)`` of an engine without metadata.
+
+    Raises:
+        TensorRTUnavailable: no ``tensorrt`` or no CUDA GPU (``reason`` says which).
+        MatcherError: the geometry cannot be told from the metadata.
+    """
+
+    name = "trt"
+    device = "cuda"
+
+    def __init__(self, path: str | os.PathLike, *, input_size: tuple[int, int] | None = None) -> None:
+        self.path = Path(path)
+        self.runner = TensorRTRunner(self.path)
+        self.geometry = ModelGeometry.from_engine_metadata(self.runner.metadata, self.path, input_size)
+
+    def feed(self, images0: np.ndarray, images1: np.ndarray) -> tuple[Any, Any]:
+        """``(B, 1, H, W)`` float32 arrays -> CUDA tensors."""
+        import torch
+
+        return tuple(
+            torch.from_numpy(np.asarray(x, np.float32)).to(self.runner.device) for x in (images0, images1)
+        )
+
+    def run(self, inputs: tuple[Any, Any]) -> ModelOutputs:
+        """The engine on tensors from :meth:`feed` (copied back to the host, which waits for it)."""
+        out = self.runner(*inputs)
+        match_ids = out["match_ids"].long().cpu().numpy()
+        if "points1" in out:
+            points0, points1 = (out[key].float().cpu().numpy() for key in ("points0", "points1"))
+        else:
+            points0, points1 = cell_centre_points(
+                match_ids, inputs[0].shape[-2:], inputs[1].shape[-2:], self.geometry.stride
+            )
+        uncertainty = out.get("match_uncertainty")
+        return ModelOutputs(
+            match_ids=match_ids,
+            match_confidence=out["match_confidence"].float().cpu().numpy(),
+            points0=points0,
+            points1=points1,
+            match_uncertainty=None if uncertainty is None else uncertainty.float().cpu().numpy(),
+        )
