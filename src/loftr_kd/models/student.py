@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from loftr_kd.models.transformer import LocalFeatureTransformer
 __all__ = [
     "CoarseLoFTRStudent",
     "CoarseMatchOutput",
+    "EncodedImages",
     "StudentConfig",
     "build_student",
     "count_parameters",
@@ -193,6 +194,20 @@ class StudentConfig:
         return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
 
 
+class EncodedImages(NamedTuple):
+    """The per-image part of a student (:meth:`CoarseLoFTRStudent.encode`): everything before the first
+    cross layer lets one image see the other.
+
+    Attributes:
+        coarse: ``(B, C, h, w)`` coarse features: backbone map + position encoding, through the transformer's
+            leading self layers (a map, so the grid ``h x w`` travels with it).
+        fine: ``(B, refine_dim, H/f, W/f)`` unit fine descriptors of the refinement stage, ``None`` without one.
+    """
+
+    coarse: torch.Tensor
+    fine: torch.Tensor | None = None
+
+
 class CoarseLoFTRStudent(nn.Module):
     """Coarse-only LoFTR: ResNet-FPN backbone, sine position encoding, linear transformer, dual softmax.
 
@@ -241,24 +256,52 @@ class CoarseLoFTRStudent(nn.Module):
             )
         )
 
-    def _check_images(self, image0: torch.Tensor, image1: torch.Tensor) -> None:
-        """Raise ``ValueError`` on images the model cannot take (shapes only: static, export-safe)."""
+    def _check_image(self, name: str, image: torch.Tensor) -> None:
+        """Raise ``ValueError`` on an image the model cannot take (shapes only: static, export-safe)."""
         stride = self.config.coarse_stride
-        for name, image in (("image0", image0), ("image1", image1)):
-            if image.dim() != 4 or image.shape[1] != 1:
-                raise ValueError(f"{name} must be (B, 1, H, W) grayscale, got shape {tuple(image.shape)}")
-            if image.shape[2] % stride or image.shape[3] % stride:
-                raise ValueError(
-                    f"{name} size {tuple(image.shape[2:])} must be divisible by coarse_stride {stride}"
-                )
-            if image.shape[2] > self.config.max_height or image.shape[3] > self.config.max_width:
-                raise ValueError(
-                    f"{name} of {int(image.shape[3])}x{int(image.shape[2])} pixels is larger than the model's "
-                    f"maximum {self.config.max_width}x{self.config.max_height} (StudentConfig max_width/"
-                    f"max_height); resize it or load the student with larger max_height/max_width"
-                )
+        if image.dim() != 4 or image.shape[1] != 1:
+            raise ValueError(f"{name} must be (B, 1, H, W) grayscale, got shape {tuple(image.shape)}")
+        if image.shape[2] % stride or image.shape[3] % stride:
+            raise ValueError(
+                f"{name} size {tuple(image.shape[2:])} must be divisible by coarse_stride {stride}"
+            )
+        if image.shape[2] > self.config.max_height or image.shape[3] > self.config.max_width:
+            raise ValueError(
+                f"{name} of {int(image.shape[3])}x{int(image.shape[2])} pixels is larger than the model's "
+                f"maximum {self.config.max_width}x{self.config.max_height} (StudentConfig max_width/"
+                f"max_height); resize it or load the student with larger max_height/max_width"
+            )
+
+    def _check_images(self, image0: torch.Tensor, image1: torch.Tensor) -> None:
+        """Raise ``ValueError`` on a pair the model cannot take (shapes only: static, export-safe)."""
+        self._check_image("image0", image0)
+        self._check_image("image1", image1)
         if image0.shape[0] != image1.shape[0]:
             raise ValueError(f"batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
+
+    def _check_encoded(self, encoded0: EncodedImages, encoded1: EncodedImages) -> None:
+        """Raise ``ValueError`` on encodings this model did not make (shapes only: export-safe)."""
+        for name, encoded in (("encoded0", encoded0), ("encoded1", encoded1)):
+            coarse, fine = encoded
+            if coarse.dim() != 4 or coarse.shape[1] != self.config.d_model:
+                raise ValueError(
+                    f"{name}.coarse must be (B, {self.config.d_model}, h, w), got {tuple(coarse.shape)}"
+                )
+            if (fine is None) != (self.refinement is None):
+                raise ValueError(
+                    f"{name}.fine must be {'None' if self.refinement is None else 'given'} for this student "
+                    f"(refine={self.config.refine!r})"
+                )
+            ratio = self.config.coarse_stride // (self.fine_stride or 1)
+            if fine is not None and (
+                tuple(fine.shape[2:]) != (coarse.shape[2] * ratio, coarse.shape[3] * ratio)
+                or fine.shape[:2] != (coarse.shape[0], self.config.refine_dim)
+            ):
+                raise ValueError(
+                    f"{name}.fine of shape {tuple(fine.shape)} does not belong to coarse {tuple(coarse.shape)}"
+                )
+        if encoded0.coarse.shape[0] != encoded1.coarse.shape[0]:
+            raise ValueError(f"batch sizes differ: {encoded0.coarse.shape[0]} vs {encoded1.coarse.shape[0]}")
 
     def prepare_for_inference(self, inplace: bool = False) -> CoarseLoFTRStudent:
         """The model as it is deployed: eval mode, re-parameterisable blocks (the fast backbone's RepVGG
@@ -304,13 +347,75 @@ class CoarseLoFTRStudent(nn.Module):
         feat1 = self.pos_encoding(feat_c1).flatten(2).transpose(1, 2)  # (B, L1, C)
         feat0, feat1 = self.loftr_coarse(feat0, feat1)  # (B, L0, C), (B, L1, C)
         coarse_out = self.coarse_matching(feat0, feat1, grid0, grid1)
+        refined = (
+            None
+            if self.refinement is None
+            else self.refinement(fine0, fine1, coarse_out.candidate_ids, grid1)
+        )
+        fine_maps = None if self.refinement is None else (fine0, fine1)
+        return self._with_positions(coarse_out, grid0, grid1, refined, fine_maps)
+
+    def encode(self, image: torch.Tensor) -> EncodedImages:
+        """The per-image part of :meth:`forward`: backbone, position encoding, the transformer's leading self
+        layers and the refinement's fine descriptors. :meth:`match` finishes a pair from two encodings with
+        the result of ``forward`` (up to float rounding where a batch is stacked differently); an image
+        encoded once can be matched against many others.
+
+        Args:
+            image: ``(B, 1, H, W)`` float in [0, 1], any multiple of the stride up to the maximum.
+
+        Returns:
+            :class:`EncodedImages`: ``coarse (B, C, H/s, W/s)``, ``fine (B, refine_dim, H/f, W/f)`` or ``None``.
+        """
+        self._check_image("image", image)
+        coarse, fine = self.backbone.forward_features(image, self.fine_stride)  # (B, C, h, w)
+        coarse = self.pos_encoding(coarse)
+        batch, channels, height, width = coarse.shape
+        feat = self.loftr_coarse.encode(coarse.flatten(2).transpose(1, 2))  # (B, L, C), row-major cells
+        coarse = feat.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, h, w)
+        return EncodedImages(coarse, None if self.refinement is None else self.refinement.describe(fine))
+
+    def match(self, encoded0: EncodedImages, encoded1: EncodedImages) -> CoarseMatchOutput:
+        """The pairwise part of :meth:`forward` on two :meth:`encode` results (same batch size ``B``).
+
+        Returns:
+            :class:`CoarseMatchOutput` as :meth:`forward`'s, without ``fine_maps`` (inference only).
+        """
+        self._check_encoded(encoded0, encoded1)
+        stride = self.config.coarse_stride
+        coarse0, coarse1 = encoded0.coarse, encoded1.coarse
+        grid0 = CoarseGrid.for_image(coarse0.shape[2] * stride, coarse0.shape[3] * stride, stride)
+        grid1 = CoarseGrid.for_image(coarse1.shape[2] * stride, coarse1.shape[3] * stride, stride)
+        feat0 = coarse0.flatten(2).transpose(1, 2)  # (B, L0, C)
+        feat1 = coarse1.flatten(2).transpose(1, 2)  # (B, L1, C)
+        feat0, feat1 = self.loftr_coarse(feat0, feat1, start=self.loftr_coarse.leading_self_layers)
+        coarse_out = self.coarse_matching(feat0, feat1, grid0, grid1)
+        refined = (
+            None
+            if self.refinement is None
+            else self.refinement.refine_described(
+                encoded0.fine, encoded1.fine, coarse_out.candidate_ids, grid1
+            )
+        )
+        return self._with_positions(coarse_out, grid0, grid1, refined)
+
+    def _with_positions(
+        self,
+        coarse_out: CoarseMatchOutput,
+        grid0: CoarseGrid,
+        grid1: CoarseGrid,
+        refined: RefineOutput | None,
+        fine_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> CoarseMatchOutput:
+        """The coarse matches completed with their positions (refined where the model refines)."""
         candidates = coarse_out.candidate_ids  # (B, L0)
         refine_logits = None
-        if self.refinement is None:
+        if refined is None:
             candidate_points1 = grid1.ids_to_pixels(candidates)  # (B, L0, 2) cell centres
-            uncertainty = torch.full(candidates.shape, stride / 6**0.5, device=candidates.device)
+            uncertainty = torch.full(
+                candidates.shape, self.config.coarse_stride / 6**0.5, device=candidates.device
+            )
         else:
-            refined = self.refinement(fine0, fine1, candidates, grid1)
             candidate_points1, uncertainty, refine_logits = refined
         matched = coarse_out.match_ids >= 0  # (B, L0)
         centres0 = grid0.centers(device=candidates.device).unsqueeze(0).expand(matched.shape[0], -1, -1)
@@ -325,7 +430,7 @@ class CoarseLoFTRStudent(nn.Module):
             candidate_points1=candidate_points1,
             candidate_uncertainty=uncertainty,
             refine_logits=refine_logits,
-            fine_maps=None if self.refinement is None else (fine0, fine1),
+            fine_maps=fine_maps,
         )
 
     @property
