@@ -7,7 +7,8 @@ Writes under ``--out``: ``matches.png`` (lines coloured by confidence, inliers o
 ``homography`` (and, for the student, ``guided``: the search's prior and hypothesis).
 
 The student registers through :class:`~loftr_kd.registration.GuidedMatcher` by default (a rotation/zoom
-search, then a rewarp pass: docs/guided.md); ``--no-guided`` matches in one pass.
+search, then a rewarp pass: docs/guided.md); ``--no-guided`` matches in one pass, ``--rotations full``
+searches every 45 degrees (upside-down and sideways photos) or ``--rotations 0,90,180,270`` any list.
 """
 
 from __future__ import annotations
@@ -113,6 +114,21 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def rotations_argument(text: str) -> str | tuple[float, ...]:
+    """``--rotations``: a preset name (``default``, ``full``) or degrees separated by commas."""
+    from loftr_kd.registration import ROTATION_PRESETS
+
+    if text in ROTATION_PRESETS:
+        return text
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a preset ({', '.join(ROTATION_PRESETS)}) nor degrees separated by commas "
+            "(e.g. 0,90,180,270)"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loftr-kd-match",
@@ -169,8 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="student: register through a rotation/zoom search and a rewarp pass (default on for the student; "
-        "about 5x the time of one pass, AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided "
-        "matches in one pass. Not for orb/sift",
+        "AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided matches in one pass. Not for orb/sift",
+    )
+    parser.add_argument(
+        "--rotations",
+        type=rotations_argument,
+        default=None,
+        metavar="PRESET|DEGREES",
+        help="rotations of image1 the guided search tries: 'default' (0,-45,45), 'full' (every 45 degrees: "
+        "upside-down and sideways photos, at more cost) or degrees separated by commas (0,90,180,270)",
     )
     parser.add_argument(
         "--force",
@@ -203,6 +226,10 @@ def run(args: argparse.Namespace) -> dict:
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
     kwargs = {"device": args.device, "threshold": args.threshold, "threads": args.threads, "size": args.size}
     guided = args.guided if args.guided is not None else args.backend not in CLASSICAL_METHODS
+    if args.rotations is not None:
+        if args.guided is False:
+            raise ValueError("--rotations sets the guided search's rotations; drop --no-guided to use them")
+        guided = {"rotations": args.rotations}  # orb/sift: with_guidance says they have no guided mode
     matcher = with_guidance(build_matcher(args.backend, weights=args.weights, **kwargs), guided)
     if hasattr(matcher, "input_shape"):  # too small / too elongated: named with the file
         for path, image in ((args.image0, image0), (args.image1, image1)):
