@@ -509,6 +509,26 @@ def report_markdown(report: dict[str, Any]) -> str:
     if parity:
         lines += ["", "## onnxruntime vs PyTorch", "", "| figure | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in parity.items()]
+    split = report.get("split")
+    if split:
+        lines += [
+            "",
+            "## Split export (encoder, matcher)",
+            "",
+            "| graph | bytes | onnx.checker | ops outside the allow-list |",
+        ]
+        lines += ["| --- | ---: | --- | --- |"]
+        for part in ("encoder", "matcher"):
+            entry = split.get(part) or {}
+            violations = (entry.get("op_check") or {}).get("violations") or "none"
+            lines.append(
+                f"| `{Path(str(entry.get('path', '?'))).name}` | {entry.get('size_bytes', '?')} | "
+                f"{entry.get('onnx_checker', '?')} | {violations} |"
+            )
+        split_parity = split.get("parity") or {}
+        lines += ["", "| figure | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in split_parity.items() if k != "vs_pytorch"]
+        lines += [f"| vs PyTorch: {k} | {v} |" for k, v in (split_parity.get("vs_pytorch") or {}).items()]
     return "\n".join(lines) + "\n"
 
 

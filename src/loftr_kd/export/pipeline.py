@@ -172,8 +172,6 @@ def run_pipeline(
         "onnx_report": str(result.report_path),
         "parity": parity,
     }
-    if settings.split:
-        summary.update(_split(result, settings, say))
     say(
         f"Export: ONNX written to {result.onnx_path} and verified (onnx.checker, TensorRT op allow-list, "
         f"onnxruntime parity: match_confidence max diff "
@@ -181,6 +179,8 @@ def run_pipeline(
         f"{parity.get('match_ids_equal_fraction', float('nan')):.4f}); report {result.report_path} (+ .md)."
     )
     try:
+        if settings.split:
+            summary.update(_split(result, settings, say))
         if settings.int8.enabled:
             summary.update(_int8(result.onnx_path, settings, say))
         summary.update(_engine(result.onnx_path, settings.tensorrt, say))
