@@ -294,7 +294,10 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
 
 def test_cli_prints_composed_config() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "loftr_kd.train", "--cfg", "job"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "loftr_kd.cli.train", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "student:" in out and "coarse_stride: 16" in out and "seed: 42" in out
 
