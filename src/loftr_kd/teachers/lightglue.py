@@ -6,15 +6,16 @@ decreasing LightGlue score, cut to the ``max_matches`` best and padded to that c
 confidence. Keypoints are in the pixels of the training images (integer pixel centres). No similarity: it
 is pseudo ground truth for pairs without geometry, not a KL target.
 
-Speed per pair on one CPU thread (median of 5 after a warm-up, docs/teachers.md; the machine was shared):
+Speed per pair on one CPU thread (the whole call, both images; median of 5 after a warm-up on a shared
+2-core machine, two runs at load average 2.6-5.3; docs/teachers.md):
 
-==================  ===========  ===========
-features            320x240      640x480
-==================  ===========  ===========
-``xfeat``           see docs     see docs
-``disk``            see docs     see docs
-``aliked``          see docs     see docs
-==================  ===========  ===========
+============  ==============  ==============
+features      320x240         640x480
+============  ==============  ==============
+``xfeat``     0.25-0.35 s     3.2-3.3 s
+``aliked``    0.67-0.91 s     2.4-2.5 s
+``disk``      1.85-1.88 s     8.2-8.8 s
+============  ==============  ==============
 """
 
 from __future__ import annotations

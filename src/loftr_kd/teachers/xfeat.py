@@ -14,7 +14,10 @@ Two grids (``stride``):
   is exactly a student cell and describes the same 16x16 pixels.
 
 The default (16) was chosen by measuring which target the student's grid gets right more often, on
-scikit-image photos warped by known homographies (docs/teachers.md).
+scikit-image photos warped by known homographies (24 pairs per size, docs/teachers.md): its mutual-nearest
+cells are within one student cell of the truth for 94.4 % at 320x240 and 92.4 % at 640x480 (recall 61 %,
+56 %), against 92.1 % and 90.7 % (57 %, 53 %) for stride 8. Per pair on one CPU thread: 0.03 s at 320x240
+and 0.10 s at 640x480 for stride 16, 0.05-0.07 s and 0.61 s for stride 8.
 
 Conventions: the input is the project's grayscale ``(B, 1, H, W)`` in [0, 1] (XFeat averages its input's
 channels and instance-normalises it, so gray is what it sees anyway). Rows and columns beyond a multiple of
