@@ -167,6 +167,18 @@ class SparsePairMatcher(nn.Module):
         """Stay in eval mode (the networks' BatchNorm statistics are part of the weights)."""
         return super().train(False)
 
+    def _describe(self, rgb: Tensor) -> list:
+        """DISK's or ALIKED's features of ``(B, 3, H, W)`` images."""
+        if self.settings.features == "disk":
+            return self.extractor(
+                rgb,
+                n=self.settings.keypoint_budget,
+                window_size=_DISK_NMS_WINDOW,
+                score_threshold=self.settings.threshold,
+                pad_if_not_divisible=True,
+            )
+        return self.extractor(rgb)
+
     def extract(self, images: Tensor) -> list[SparseFeatures]:
         """Keypoints and descriptors of each image.
 
@@ -188,16 +200,8 @@ class SparsePairMatcher(nn.Module):
                     out.append(SparseFeatures(f["keypoints"][inside].float(), f["descriptors"][inside]))
             else:
                 rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-                if settings.features == "disk":
-                    found = self.extractor(
-                        rgb,
-                        n=settings.keypoint_budget,
-                        window_size=_DISK_NMS_WINDOW,
-                        score_threshold=settings.threshold,
-                        pad_if_not_divisible=True,
-                    )
-                else:
-                    found = self.extractor(rgb)
+                # One image at a time: DISK's full-resolution U-Net holds ~0.65 GB per 640x480 image.
+                found = [f for image in rgb.split(1) for f in self._describe(image)]
                 out = [SparseFeatures(f.keypoints.float(), f.descriptors.float()) for f in found]
         # Clones are ordinary tensors: XFeat's come from inference mode, which a loss could not save.
         return [SparseFeatures(f.keypoints.clone(), f.descriptors.clone()) for f in out]
