@@ -70,7 +70,13 @@ class LightGlueTeacher(FrozenTeacher):
         self.max_matches = max_matches
         self.name = _NAMES[settings.features]
         self.pipeline = SparsePairMatcher(settings, search_path)
+        self.settings = settings
         self.checkpoint_path = weight_file(LIGHTGLUE_WEIGHTS[settings.features], search_path)  # for logs
+        extractor = {"xfeat": "xfeat.pt", "disk": "disk-depth-save.pth"}.get(
+            settings.features, f"{settings.aliked_model}.pth"
+        )
+        # What its matches depend on (the label cache's key): the extractor's and LightGlue's files.
+        self.weight_files = (weight_file(extractor, search_path), self.checkpoint_path)
         self.freeze()
 
     def forward(self, image0: Tensor, image1: Tensor) -> TeacherOutput:
