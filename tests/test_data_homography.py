@@ -196,8 +196,8 @@ def test_a_folder_of_only_blank_images_is_an_error(tmp_path):
         dataset[0]
 
 
-def test_homographies_command_and_its_older_module_spelling(tmp_path):
-    """``loftr-kd-homographies`` and ``python -m loftr_kd.data.homography`` write the same pairs."""
+def test_homographies_command_and_its_module_spelling(tmp_path):
+    """``loftr-kd-homographies`` and ``python -m loftr_kd.cli.homography`` write the same pairs."""
     import subprocess
     import sys
 
@@ -212,7 +212,7 @@ def test_homographies_command_and_its_older_module_spelling(tmp_path):
 
     main([*args, "--out", str(tmp_path / "new")])
     subprocess.run(
-        [sys.executable, "-m", "loftr_kd.data.homography", *args, "--out", str(tmp_path / "old")], check=True
+        [sys.executable, "-m", "loftr_kd.cli.homography", *args, "--out", str(tmp_path / "old")], check=True
     )
     for name in ("h_0000/H_1_2", "h_0001/H_1_2", "h_0001/2.png"):
         assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "old" / name).read_bytes()

@@ -194,7 +194,7 @@ def _run_sweep(sweep_dir: Path, scenes: Path, *overrides: str) -> None:
         [
             sys.executable,
             "-m",
-            "loftr_kd.train",
+            "loftr_kd.cli.train",
             "-m",
             "debug=fast",
             f"data.root={scenes}",

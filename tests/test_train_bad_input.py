@@ -32,7 +32,14 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 
 def _train(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loftr_kd.train", f"hydra.run.dir={run_dir}", "debug=fast", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "loftr_kd.cli.train",
+        f"hydra.run.dir={run_dir}",
+        "debug=fast",
+        *overrides,
+    ]
     environment = {k: v for k, v in os.environ.items() if k not in ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")}
     return subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**environment, **(env or {})}

@@ -21,7 +21,7 @@ from loftr_kd.losses import DistillationLoss, LossConfig, LossOutput
 from loftr_kd.metrics import MatchStatsMetric, confidence_mae
 from loftr_kd.models.matching import CoarseMatchOutput
 from loftr_kd.models.student import CoarseLoFTRStudent
-from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth
+from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth, has_ground_truth
 from loftr_kd.teachers.base import SIMILARITY, TeacherOutput, teacher_coarse_matches
 
 # Validation statistics: the student's matches, and (refining students) its matches whose coarse cell is
@@ -105,11 +105,13 @@ class DistillationModule(pl.LightningModule):
         if self.teacher is not None and SIMILARITY in self.teacher.provides:
             teacher_grid = CoarseGrid.for_image(height, width, int(self.teacher.stride), exact=False)
         out = self.student(image0, image1)
-        gt = coarse_ground_truth(batch, stride=grid.stride, depth_tolerance=self.supervision.depth_tolerance)
         teacher_out = None
         if self.teacher is not None:
             request = self.criterion.teacher_request(self.teacher, grid, teacher_grid, image0.device)
             teacher_out = self.teacher(image0, image1, **request)
+            if not has_ground_truth(batch) and teacher_out.matches is not None:
+                batch = {**batch, **teacher_out.matches.as_batch()}  # a sparse teacher labels online
+        gt = coarse_ground_truth(batch, stride=grid.stride, depth_tolerance=self.supervision.depth_tolerance)
         refine_ids = self.criterion.refinement_ids(out, gt, grid)
         refined = None if refine_ids is None else self.student.refine(out, refine_ids)
         terms = self.criterion(out, gt, grid, teacher_out, teacher_grid, refine_ids, refined)

@@ -40,6 +40,7 @@ __all__ = [
     "CoarseGroundTruth",
     "cell_centers",
     "coarse_ground_truth",
+    "has_ground_truth",
     "points_to_cells",
     "warp_points_depth",
     "warp_points_homography",
@@ -78,6 +79,12 @@ class CoarseGroundTruth(NamedTuple):
     match_ids: torch.Tensor
     points1: torch.Tensor
     valid: torch.Tensor
+
+
+def has_ground_truth(batch: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a batch carries what ground truth is derived from (a homography, depth, or a teacher's
+    cached matches); pairs without it need an online sparse teacher's matches."""
+    return "H_0to1" in batch or "depth0" in batch or "matches0" in batch
 
 
 def _require(batch: Mapping[str, torch.Tensor], keys: tuple[str, ...], path: str) -> None:

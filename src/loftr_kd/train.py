@@ -1,6 +1,6 @@
 """Training: ``train(cfg)`` does the work on a composed ``conf/train.yaml`` (tests call it with
 ``hydra.compose``); the command ``loftr-kd-train`` / ``make train`` (``loftr_kd.cli.train``) only wraps it
-with ``@hydra.main`` so overrides, multirun sweeps and the saved ``.hydra/`` config work the same everywhere.
+as a Hydra app so overrides, multirun sweeps and the saved ``.hydra/`` config work the same everywhere.
 """
 
 from __future__ import annotations
@@ -592,9 +592,3 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
     if trial is not None:
         return trial.finish(score, summary)
     return score
-
-
-if __name__ == "__main__":  # `python -m loftr_kd.train` is the older spelling of loftr-kd-train
-    from loftr_kd.cli.train import main
-
-    main()

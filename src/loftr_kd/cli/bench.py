@@ -19,6 +19,7 @@ from loftr_kd.bench import (  # noqa: F401 - re-exported: long-standing import p
     measure_row,
     plan_rows,
 )
+from loftr_kd.cli import hydra_command
 
 
 def settings_from_config(cfg) -> BenchSettings:
@@ -38,30 +39,12 @@ def settings_from_config(cfg) -> BenchSettings:
     return BenchSettings(**kwargs)
 
 
-def _hydra_main():
-    import hydra
-
-    from loftr_kd.config import CONFIG_DIR, register_resolvers
-
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
-    def main(cfg) -> None:
-        from loftr_kd.errors import debug_enabled, is_user_error, report
-
-        register_resolvers()
-        try:
-            settings = settings_from_config(cfg)
-        except Exception as error:  # a bad setting: one line and exit status 2 (loftr_kd.errors)
-            if debug_enabled() or not is_user_error(error):
-                raise
-            raise SystemExit(report("loftr-kd-bench", error)) from None
-        bench(settings)
-
-    return main
+def run(cfg) -> dict:
+    """The benchmark of a composed ``conf/bench.yaml``."""
+    return bench(settings_from_config(cfg))
 
 
-def main() -> None:
-    """``loftr-kd-bench`` (see conf/bench.yaml)."""
-    _hydra_main()()
+main = hydra_command("loftr-kd-bench", "bench", run)
 
 
 if __name__ == "__main__":

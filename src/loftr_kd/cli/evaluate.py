@@ -78,13 +78,17 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
             "overwrites them: give a new hydra.run.dir (or leave it to the default)"
         )
     h, p, c = cfg.homography, cfg.pose, cfg.coarse
-    if not (h.get("root") or p.get("pairs") or c.get("root")):
-        raise ValueError("nothing to evaluate: set homography.root, pose.pairs and/or coarse.root")
+    if not (h.get("root") or p.get("pairs") or p.get("scenes") or c.get("root")):
+        raise ValueError(
+            "nothing to evaluate: set homography.root, pose.pairs, pose.scenes and/or coarse.root"
+        )
     homography_pairs = pose_pairs = None
     if h.get("root"):
         homography_pairs = ev.load_hpatches(h.root, h.get("sequences"))[: h.get("max_pairs")]
     if p.get("pairs"):
         pose_pairs = ev.load_pose_pairs(p.pairs, p.get("image_root"))[: p.get("max_pairs")]
+    elif p.get("scenes"):  # the held-out scenes of a BlendedMVS-layout set (synthetic or real)
+        pose_pairs = ev.pose_pairs_from_scenes(p.scenes, max_pairs=p.get("max_pairs"), seed=cfg.seed)
     coarse = _coarse_batches(cfg)
     methods, skipped = build_methods(cfg)
 

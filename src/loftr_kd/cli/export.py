@@ -12,10 +12,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from loftr_kd.config import CONFIG_DIR, register_resolvers
+from loftr_kd.cli import hydra_command
 
 # conf/export.yaml's own keys; every other top-level key is an export setting (ExportSettings).
 COMMAND_KEYS = ("ckpt_path", "out_dir", "force", "paths", "hydra", "task_name")
@@ -91,21 +90,14 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     return run_pipeline(checkpoint, Path(cfg.out_dir), settings, force=bool(cfg.get("force", False)))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
-def main(cfg: DictConfig) -> None:
-    """``loftr-kd-export ckpt_path=...`` (see conf/export.yaml)."""
-    from loftr_kd.errors import debug_enabled, is_user_error, report
+def _export_error() -> type[BaseException]:
     from loftr_kd.export.onnx import ExportError
 
-    register_resolvers()
-    try:
-        run_export(cfg)
-    except Exception as error:
-        if debug_enabled() or not (isinstance(error, ExportError) or is_user_error(error)):
-            raise
-        status = report("loftr-kd-export", error)  # one line on stderr
-        # A failed export or check is exit status 1 (as before); a bad setting is 2 (usage).
-        raise SystemExit(1 if isinstance(error, ExportError) else status) from None
+    return ExportError
+
+
+# A failed export or check is exit status 1 (the checkpoint is fine); a bad setting or file is 2 (usage).
+main = hydra_command("loftr-kd-export", "export", run_export, exit_codes={_export_error(): 1})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``loftr-kd-homographies``: a folder of photos -> HPatches-layout pairs with exact homographies, for
-``loftr-kd-evaluate homography.root=`` (``loftr_kd.data.homography``). ``python -m loftr_kd.data.homography``
-is the older spelling and still works."""
+``loftr-kd-evaluate homography.root=`` (``loftr_kd.data.homography``); ``python -m loftr_kd.cli.homography``
+is the same command."""
 
 from __future__ import annotations
 

@@ -369,9 +369,3 @@ def real_image_pairs(
         image1 = cv2.warpPerspective(image0, h_0to1, (width, height), flags=cv2.INTER_LINEAR)
         out.append((image0, image1.astype(np.float32), h_0to1.astype(np.float32)))
     return out
-
-
-if __name__ == "__main__":  # the older spelling of loftr-kd-homographies
-    from loftr_kd.cli.homography import main
-
-    main()

@@ -274,6 +274,9 @@ MATCH_RADIUS = 1.5
 MATCH_SIGMA = 0.5
 MATCH_MIN_SUPPORT = 4
 MATCH_MAX_RESIDUAL = 2.0
+# The point must lie within its matches' support, not beyond it: the fit's leverage at the point (the
+# variance factor of the value there, relative to that at the matches' weighted centre) at most this.
+MATCH_MAX_LEVERAGE = 2.0
 MATCH_KEYS = ("matches0", "matches1", "match_confidence", "match_valid")
 
 
@@ -333,7 +336,14 @@ def warp_points_matches(
     rms = torch.sqrt((w * residual2).sum(-1) / w.sum(-1).clamp(min=1e-12))  # (B, L)
     agreeing = near & (weight.unsqueeze(1) > 0) & (residual2 <= (2 * MATCH_MAX_RESIDUAL) ** 2)
     support = agreeing.sum(-1)  # (B, L) matches that agree with the fit
+    # Leverage at the point (local coordinates 0, 0, 1) with the weights normalised to sum 1: 1 at the
+    # matches' weighted centre, growing outside them (an extrapolated affine map drifts at image borders).
+    normal = (design * w.unsqueeze(-1)).transpose(-1, -2) @ design + ridge
+    origin = torch.tensor([0.0, 0.0, 1.0], device=points0.device, dtype=points0.dtype)
+    leverage = torch.linalg.solve(normal, origin.expand(*normal.shape[:-1]).unsqueeze(-1))[..., 2, 0]
+    leverage = leverage * w.sum(-1)
     points1 = solution[..., 2, :]  # (B, L, 2) the map at the point itself
     points1 = torch.where(torch.isfinite(points1), points1, torch.zeros_like(points1))
-    valid = (support >= MATCH_MIN_SUPPORT) & (rms <= MATCH_MAX_RESIDUAL) & inside_image(points1, image1_hw)
+    valid = (support >= MATCH_MIN_SUPPORT) & (rms <= MATCH_MAX_RESIDUAL) & (leverage <= MATCH_MAX_LEVERAGE)
+    valid &= inside_image(points1, image1_hw)
     return points1, valid

@@ -69,6 +69,15 @@ class TeacherMatches(NamedTuple):
     confidence: Tensor
     valid: Tensor
 
+    def as_batch(self) -> dict[str, Tensor]:
+        """The batch keys of pseudo ground truth (``loftr_kd.supervision``'s matches path)."""
+        return {
+            "matches0": self.keypoints0,
+            "matches1": self.keypoints1,
+            "match_confidence": self.confidence,
+            "match_valid": self.valid,
+        }
+
 
 class TeacherOutput(NamedTuple):
     """What a teacher gives for a batch of pairs; the fields it does not provide are ``None``.
