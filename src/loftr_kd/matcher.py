@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.backends import open_backend
 from loftr_kd.features import ImageFeatures
 from loftr_kd.images import ImageError, check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
 from loftr_kd.resizing import (  # noqa: F401 - public here since before they moved
@@ -51,7 +52,6 @@ from loftr_kd.runtime import (  # noqa: F401 - BACKENDS, MatcherError and torch_
     ModelOutputs,
     check_backend,
     no_split_error,
-    open_backend,
     torch_threads,
 )
 
@@ -113,7 +113,7 @@ class Matcher:
     "confidence": (N,), "coarse_keypoints1": (N, 2)}`` as float32, keypoints in the pixels of the images
     as given (pixel centres at integers, always inside the image); ``coarse_keypoints1`` is each match's
     image1 cell centre. The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
-    built by :func:`~loftr_kd.runtime.open_backend`); the Matcher resizes, letterboxes and maps back.
+    built by :func:`~loftr_kd.backends.open_backend`); the Matcher resizes, letterboxes and maps back.
     """
 
     def __init__(

@@ -276,7 +276,7 @@ def _teacher_model(kind: str):
                 return model({"image0": a, "image1": b})
 
         return Full(), "kornia LoFTR with fine stage, random init (timing only)"
-    from loftr_kd.models.teacher import LoFTRTeacher, find_teacher_checkpoint, load_teacher
+    from loftr_kd.teachers import LoFTRTeacher, find_teacher_checkpoint, load_teacher
 
     ckpt = find_teacher_checkpoint(WEIGHTS_DIR)
     if ckpt is not None:

@@ -5,7 +5,6 @@
   one reader of a model file's geometry metadata), the backend names.
 - :mod:`~loftr_kd.runtime.torch_backend`, :mod:`~loftr_kd.runtime.onnx_backend`,
   :mod:`~loftr_kd.runtime.tensorrt_backend`: the three backends.
-- :mod:`~loftr_kd.runtime.factory`: :func:`open_backend`, a model file to its backend.
 - :mod:`~loftr_kd.runtime.sessions`: ``ort_session``, ``op_histogram``, interleaved timing.
 
 Importing this package imports neither torch nor onnxruntime.
@@ -27,7 +26,6 @@ from loftr_kd.runtime.backend import (
     no_split_error,
     split_path,
 )
-from loftr_kd.runtime.factory import open_backend
 from loftr_kd.runtime.onnx_backend import OnnxBackend
 from loftr_kd.runtime.sessions import (
     load_model,
@@ -64,7 +62,6 @@ __all__ = [
     "matcher_backend",
     "no_split_error",
     "op_histogram",
-    "open_backend",
     "ort_session",
     "read_metadata",
     "split_path",

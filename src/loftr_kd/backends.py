@@ -1,4 +1,6 @@
-"""One door from a model file to its backend: :func:`open_backend` (what ``Matcher`` builds on)."""
+"""One door from a model file to the backend that runs it: :func:`open_backend` (what ``Matcher`` builds
+on). It sits above :mod:`loftr_kd.runtime` (the backends) and :mod:`loftr_kd.export` (whose cache turns a
+checkpoint into the ONNX graph onnxruntime runs), so neither of those reaches up to the other."""
 
 from __future__ import annotations
 
