@@ -131,7 +131,7 @@ def test_video_frames_are_decoded_once(tmp_path):
     assert (tmp_path / "frames" / "frames.txt").stat().st_mtime_ns == stamp
 
 
-def test_the_cache_key_changes_with_any_input_and_shards_resume(tmp_path):
+def test_the_cache_key_changes_with_any_input_and_shards_resume(tmp_path, monkeypatch):
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), cv2.resize(skdata.camera(), (W, H)))
     other = tmp_path / "b.png"
@@ -157,6 +157,15 @@ def test_the_cache_key_changes_with_any_input_and_shards_resume(tmp_path):
         LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings()).folder
         != cache.folder
     )
+    # the same images spelt relative to another working folder: the same cache
+    monkeypatch.chdir(tmp_path)
+    relative = [PairSpec(FrameRef("b.png"), FrameRef("a.png"), "photos")]
+    absolute = [PairSpec(FrameRef(str(other)), FrameRef(str(image)), "photos")]
+    spelt = {
+        LabelCache.for_pairs("labels", ps, teacher, (H, W), VerifySettings(), data_root=root).folder.name
+        for ps, root in ((relative, "."), (absolute, tmp_path), (absolute, "."))
+    }
+    assert len(spelt) == 1
     # shards: written atomically, read back, the done set resumes labelling; a broken shard is redone
     cache.start()
     k = np.random.default_rng(0).random((40, 2)).astype(np.float32) * 100

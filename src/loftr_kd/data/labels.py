@@ -149,15 +149,25 @@ class LabelCache:
         teacher: Mapping[str, Any],
         size: tuple[int, int],
         verify: VerifySettings,
+        data_root: str | Path | None = None,
     ) -> LabelCache:
-        """The cache of these pairs under ``root`` (its folder name is the hash of the record)."""
+        """The cache of these pairs under ``root`` (its folder name is the hash of the record). Image paths
+        enter the record relative to ``data_root`` (resolved), so ``data.root=data/real`` and its absolute
+        spelling, or a run from another folder, find the same cache."""
+        base = Path(data_root).resolve() if data_root is not None else None
+
+        def name(path: str) -> str:
+            return Path(os.path.relpath(Path(path).resolve(), base)).as_posix() if base else path
+
         images = sorted({ref.path for pair in pairs for ref in (pair.image0, pair.image1)})
         record = {
             "teacher": dict(teacher),
             "size": list(size),
             "verify": asdict(verify),
-            "images": [_file_identity(p) for p in images],
-            "pairs": [[pair.image0.path, pair.image1.path, pair.kind, pair.gap] for pair in pairs],
+            "images": [[name(p), *_file_identity(p)[1:]] for p in images],
+            "pairs": [
+                [name(pair.image0.path), name(pair.image1.path), pair.kind, pair.gap] for pair in pairs
+            ],
         }
         key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
         return cls(Path(root) / key, record)
@@ -276,7 +286,7 @@ def pairs_and_cache(
         raise ValueError(f"data.root={root}: no candidate pair (sequences shorter than the frame gaps?)")
     model = teacher() if callable(teacher) and not isinstance(teacher, torch.nn.Module) else teacher
     verify = VerifySettings(**dict(verify_settings))
-    cache = LabelCache.for_pairs(labels_dir, pairs, teacher_identity(model), size, verify)
+    cache = LabelCache.for_pairs(labels_dir, pairs, teacher_identity(model), size, verify, data_root=root)
     return pairs, cache, model, verify
 
 
