@@ -18,7 +18,6 @@ import venv
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from loftr_kd.paths import IN_CHECKOUT, REPO_ROOT
