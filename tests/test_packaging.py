@@ -49,7 +49,18 @@ def installed(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LOFTR_KD_ROOT")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work), "."],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work),
+            ".",
+        ],
         tree,
         env,
     )
@@ -57,7 +68,9 @@ def installed(tmp_path_factory):
     prefix = work / "venv"
     venv.create(prefix, with_pip=False, symlinks=True)
     python = prefix / "bin" / "python"
-    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], work, env)
+    purelib = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], work, env
+    )
     # This environment's dependencies, after the venv's own site-packages (its loftr_kd wins).
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(purelib.stdout.strip(), "borrowed_dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
