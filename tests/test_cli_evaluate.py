@@ -168,3 +168,11 @@ def test_guided_student_is_a_method_setting_and_reports_the_epe_of_correct_match
         assert h["time_ms_mean"] > 0
     markdown = (tmp_path / "run" / "results.md").read_text()
     assert "EPE <5px median / p90" in markdown and "| guided |" in markdown
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "x"
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"homography.root={tmp_path / 'nowhere'}", f"hydra.run.dir={run_dir}"])
+    assert exit_info.value.code == 2 and "nowhere" in capsys.readouterr().err
+    assert not run_dir.exists()
