@@ -430,3 +430,18 @@ def test_rotation_and_zoom_of_a_known_similarity(angle: float, scale: float) -> 
     rotation, zoom = ev.homography_rotation_zoom(shift @ similarity, width, height)
     assert rotation == pytest.approx(abs(angle), abs=1e-6)
     assert zoom == pytest.approx(max(scale, 1 / scale), rel=1e-6)
+
+
+def test_pose_pairs_of_held_out_scenes_come_from_their_cameras(tmp_path):
+    """Toy scenes: cameras translated along x by 0.2 per view, identity rotation (write_toy_dataset)."""
+    from loftr_kd.data.synthetic import write_toy_dataset
+    from loftr_kd.evaluation import pose_pairs_from_scenes
+
+    write_toy_dataset(tmp_path, scenes=2, views=4, height=96, width=128, baseline=0.2)
+    pairs = pose_pairs_from_scenes(tmp_path)
+    assert pairs and all(p.path0.is_file() and p.path1.is_file() for p in pairs)
+    for pair in pairs:
+        view0, view1 = (int(p.stem) for p in (pair.path0, pair.path1))
+        np.testing.assert_allclose(pair.T_0to1[:3, :3], np.eye(3), atol=1e-6)
+        np.testing.assert_allclose(pair.T_0to1[:3, 3], [-0.2 * (view1 - view0), 0, 0], atol=1e-6)
+    assert len(pose_pairs_from_scenes(tmp_path, max_pairs=2)) == 2

@@ -496,3 +496,25 @@ def test_reference_matchers_on_vga_photos(name: str) -> None:
             _warp(out["keypoints0"].astype(np.float64), h_0to1) - out["keypoints1"], axis=1
         )
         assert len(errors) > 100 and np.mean(errors < 3) > least
+
+
+def test_reference_matchers_are_evaluation_methods(pairs) -> None:
+    """``loftr-kd-evaluate +methods.x.backend=xfeat`` (and the other reference names) builds them through
+    ``build_matcher``, at the students' long side and threads."""
+    from omegaconf import OmegaConf
+
+    from loftr_kd.cli.evaluate import build_methods
+    from loftr_kd.matcher import REFERENCE_METHODS
+    from loftr_kd.teachers.matchers import REFERENCE_MATCHERS
+
+    assert set(REFERENCE_METHODS) == set(REFERENCE_MATCHERS)
+    methods, skipped = build_methods(
+        OmegaConf.create({"threads": 1, "methods": {"xfeat": {"backend": "xfeat", "size": WIDTH}}})
+    )
+    matcher = methods["xfeat"]
+    assert not skipped and matcher.long_side == WIDTH and matcher.threads == 1
+    image0, image1, h_0to1 = pairs[0]
+    found = matcher(image0[0, 0].numpy(), image1[0, 0].numpy())
+    warped = np.c_[found["keypoints0"], np.ones(len(found["keypoints0"]))] @ h_0to1.T
+    errors = np.linalg.norm(warped[:, :2] / warped[:, 2:] - found["keypoints1"], axis=1)
+    assert len(errors) > 100 and np.median(errors) < 3.0

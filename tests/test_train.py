@@ -245,7 +245,7 @@ def _train_cmd(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "loftr_kd.train",
+        "loftr_kd.cli.train",
         f"hydra.run.dir={run_dir}",
         f"data.root={data_root}",
         f"data.height={HEIGHT}",

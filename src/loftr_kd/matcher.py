@@ -46,6 +46,8 @@ from loftr_kd.runtime import (  # noqa: F401 - BACKENDS, MatcherError and torch_
 from loftr_kd.runtime.backend import cell_centres
 
 CLASSICAL_METHODS = ("orb", "sift")
+# Pretrained matchers from the teachers' wheels (loftr_kd.teachers.matchers; `make teachers`).
+REFERENCE_METHODS = ("xfeat", "xfeat_lighterglue", "disk_lightglue", "aliked_lightglue")
 
 
 @dataclass(frozen=True)
@@ -561,4 +563,11 @@ def build_matcher(
     if backend in CLASSICAL_METHODS:
         # The students' settings (threads, size, ...) that a command passes to every method do not apply.
         return OpenCVMatcher(backend, **{k: v for k, v in kwargs.items() if k in classical})
+    if backend in REFERENCE_METHODS:
+        # A pretrained matcher a user would pick instead (loftr_kd.teachers.matchers): at the same long
+        # side and CPU threads as the students.
+        from loftr_kd.teachers.matchers import build_reference_matcher
+
+        options = {"long_side": kwargs.get("size") or 640, "threads": kwargs.get("threads")}
+        return build_reference_matcher(backend, **options)
     return Matcher(weights=weights, backend=backend, **{k: v for k, v in kwargs.items() if k in student})

@@ -103,13 +103,15 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
         )
     h, p, c = cfg.homography, cfg.pose, cfg.coarse
     homography_root = h.get("root")
-    if not (homography_root or p.get("pairs") or c.get("root")):
+    if not (homography_root or p.get("pairs") or p.get("scenes") or c.get("root")):
         homography_root = heldout_pairs(cfg.heldout)
     homography_pairs = pose_pairs = None
     if homography_root:
         homography_pairs = ev.load_hpatches(homography_root, h.get("sequences"))[: h.get("max_pairs")]
     if p.get("pairs"):
         pose_pairs = ev.load_pose_pairs(p.pairs, p.get("image_root"))[: p.get("max_pairs")]
+    elif p.get("scenes"):  # the held-out scenes of a BlendedMVS-layout set (synthetic or real)
+        pose_pairs = ev.pose_pairs_from_scenes(p.scenes, max_pairs=p.get("max_pairs"), seed=cfg.seed)
     coarse = _coarse_batches(cfg)
     methods, skipped = build_methods(cfg)
 

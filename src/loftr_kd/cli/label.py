@@ -22,7 +22,12 @@ def run(cfg: DictConfig) -> list[Any]:
             "no unlabeled data source to label: use data=unlabeled data.root=FOLDER (or data=mixed)"
         )
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return [source.label(options) for source in unlabeled]
+    caches = [source.label(options) for source in unlabeled]
+    if cfg.get("done_file"):  # a recipe's marker that the labels are complete (recipe `creates:`)
+        from loftr_kd.files import write_json
+
+        write_json(cfg.done_file, {"caches": [str(c.folder) for c in caches]})
+    return caches
 
 
 main = hydra_command(

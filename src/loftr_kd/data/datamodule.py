@@ -456,7 +456,6 @@ class PairDataModule(pl.LightningDataModule):
             self.source.pairs,
             self.source.verify,
             (self.height, self.width),
-            self.seed,
             teacher if teacher is not None else self._labeller,
         )
 

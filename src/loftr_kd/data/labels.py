@@ -231,10 +231,12 @@ def pairs_and_cache(
     pair_settings: Mapping[str, Any],
     verify_settings: Mapping[str, Any],
     size: tuple[int, int],
-    seed: int,
     teacher: Callable[[], torch.nn.Module] | torch.nn.Module,
 ) -> tuple[list[PairSpec], LabelCache, torch.nn.Module, VerifySettings]:
     """The candidate pairs of a folder and the label cache they map to.
+
+    The draw of the pairs depends on ``pair_settings`` only (``pairs.seed``), never on a run's seed, so
+    every training run and ``loftr-kd-label`` find the same cache.
 
     Videos are decoded once into ``labels_dir/frames/<hash of the video>``; the teacher is built (when
     ``teacher`` is a function) because its weight files are part of the cache's key.
@@ -251,7 +253,7 @@ def pairs_and_cache(
     )
 
     settings = UnlabeledSettings(
-        **{"seed": seed, **{k: tuple(v) if isinstance(v, list) else v for k, v in pair_settings.items()}}
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in pair_settings.items()}
     )
     sequences, groups = discover(root, settings.min_sequence)
     decoded = []

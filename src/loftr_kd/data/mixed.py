@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import ConcatDataset, DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Sampler, Subset
 
 __all__ = ["MixedBatchSampler", "MixedDataModule"]
 
@@ -136,6 +136,8 @@ class MixedDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         seed: seeds the draws.
         validate_on: sources whose validation pairs are validated (default: every source with weight).
+        val_pairs: at most this many validation pairs of each validated source (``None``: all of them).
+        height, width: the training size, checked against the sources' (``${data.height}`` for the student).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class MixedDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         seed: int = 0,
         validate_on: Sequence[str] | None = None,
+        val_pairs: int | None = None,
         height: int | None = None,
         width: int | None = None,
     ) -> None:
@@ -173,6 +176,9 @@ class MixedDataModule(pl.LightningDataModule):
         missing = sorted(set(self.validate_on) - set(self.sources))
         if missing:
             raise ValueError(f"data.validate_on names sources that are not in data.sources: {missing}")
+        if val_pairs is not None and int(val_pairs) < 1:
+            raise ValueError(f"data.val_pairs={val_pairs!r}: expected >= 1")
+        self.val_pairs = None if val_pairs is None else int(val_pairs)
         self.train_dataset: ConcatDataset | None = None
         self.val_dataset: ConcatDataset | None = None
         self._training = [n for n, w in self.weights.items() if w > 0]
@@ -188,11 +194,19 @@ class MixedDataModule(pl.LightningDataModule):
         for name in dict.fromkeys(self._training + self.validate_on):
             self.sources[name].setup(stage)
         self.train_dataset = ConcatDataset([self.sources[n].train_dataset for n in self._training])
-        self.val_dataset = ConcatDataset([self.sources[n].val_dataset for n in self.validate_on])
+        self.val_dataset = ConcatDataset(
+            [self._val_subset(self.sources[n].val_dataset) for n in self.validate_on]
+        )
         shares = ", ".join(
             f"{n} {self.weights[n]:g} ({len(self.sources[n].train_dataset)} pairs)" for n in self._training
         )
         rank_zero_info(f"[data] mixed: {shares}; validating on {', '.join(self.validate_on)}")
+
+    def _val_subset(self, dataset: Any) -> Any:
+        """The first ``val_pairs`` of a source's (already fixed, deterministic) validation pairs."""
+        if self.val_pairs is None or len(dataset) <= self.val_pairs:
+            return dataset
+        return Subset(dataset, list(range(self.val_pairs)))
 
     def bad_data_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -230,7 +244,7 @@ class MixedDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         world_size = int(getattr(trainer, "world_size", 1) or 1)
         rank = int(getattr(trainer, "global_rank", 0) or 0)
-        sizes = [len(self.sources[n].val_dataset) for n in self.validate_on]
+        sizes = [len(d) for d in self.val_dataset.datasets]
         return DataLoader(
             self.val_dataset,
             batch_sampler=_SourceBatches(sizes, self.batch_size, rank, world_size),

@@ -17,6 +17,7 @@ __all__ = [
     "PosePair",
     "load_hpatches",
     "load_pose_pairs",
+    "pose_pairs_from_scenes",
     "read_image",
     "resize_short_side",
     "write_pose_pairs",
@@ -165,3 +166,42 @@ def resize_short_side(image: np.ndarray, short_side: int | None) -> tuple[np.nda
     )
     sx, sy = new_w / w, new_h / h
     return resized, np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+
+
+def pose_pairs_from_scenes(
+    root: str | Path, scenes: Iterable[str] | None = None, max_pairs: int | None = None, seed: int = 0
+) -> list[PosePair]:
+    """Relative-pose pairs of BlendedMVS-layout scenes (real BlendedMVS or synthetic), from their cameras.
+
+    Args:
+        root: the data set.
+        scenes: scene names; ``None``: the validation scenes (``validation_list.txt``, else the same
+            split training uses), never trained on.
+        max_pairs: at most this many pairs, drawn deterministically from ``seed`` over all scenes.
+        seed: the draw.
+
+    Returns:
+        One :class:`PosePair` per ordered pair of ``cams/pair.txt``, with ``T_0to1`` from the two
+        cameras' extrinsics (``loftr_kd.geometry.relative_pose``).
+    """
+    from loftr_kd.data.blendedmvs import BlendedMVSIndex, split_scenes
+    from loftr_kd.geometry import relative_pose
+
+    root = Path(root)
+    if scenes is None:
+        _, scenes, _ = split_scenes(root)
+    index = BlendedMVSIndex.build(root, list(scenes))
+    records = index.pairs
+    if max_pairs is not None and len(records) > max_pairs:
+        chosen = np.sort(np.random.default_rng([seed, 5]).choice(len(records), max_pairs, replace=False))
+        records = [records[i] for i in chosen]
+    pairs = []
+    for record in records:
+        view0, view1 = (index.views[(record.scene, v)] for v in (record.view0, record.view1))
+        T_0to1 = relative_pose(view0.camera.extrinsic, view1.camera.extrinsic)
+        pairs.append(
+            PosePair(
+                view0.image, view1.image, view0.camera.intrinsic, view1.camera.intrinsic, np.asarray(T_0to1)
+            )
+        )
+    return pairs

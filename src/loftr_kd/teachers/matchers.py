@@ -54,6 +54,7 @@ class ReferenceMatcher:
         settings: the extractor and matcher settings (``features`` and ``matcher`` must agree with ``name``).
         long_side: pixels of each image's longer side as matched; ``None`` or 0: as given.
         search_path: folders searched for the weight packages instead of the Python path.
+        threads: torch CPU threads during a call (``None``: torch's setting), as the students' ``threads``.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class ReferenceMatcher:
         settings: SparseSettings,
         long_side: int | None = 640,
         search_path: Sequence[str | Path] | None = None,
+        threads: int | None = None,
     ) -> None:
         if (settings.features, settings.matcher) != REFERENCE_MATCHERS.get(name):
             raise ValueError(f"{name!r} does not run {settings.features} with {settings.matcher}")
@@ -71,6 +73,7 @@ class ReferenceMatcher:
         self.settings = settings
         self.long_side = long_side or None
         self.threshold = None  # as OpenCVMatcher: no confidence threshold to report
+        self.threads = threads
         self._pipeline = SparsePairMatcher(settings, search_path)
 
     def _prepare(self, image: np.ndarray, name: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -96,9 +99,12 @@ class ReferenceMatcher:
             ``keypoints0``, ``keypoints1`` ``(K, 2)`` float32 xy pixels of the given images, ``confidence``
             ``(K,)`` float32, in decreasing confidence.
         """
+        from loftr_kd.runtime.torch_backend import torch_threads
+
         tensor0, scale0 = self._prepare(image0, "image0")
         tensor1, scale1 = self._prepare(image1, "image1")
-        found = self._pipeline(tensor0, tensor1)[0]
+        with torch_threads(self.threads):
+            found = self._pipeline(tensor0, tensor1)[0]
 
         def to_given(points: torch.Tensor, scale: np.ndarray) -> np.ndarray:
             return ((points.numpy().astype(np.float64) + 0.5) / scale - 0.5).astype(np.float32)
@@ -128,7 +134,7 @@ def build_reference_matcher(name: str, **settings: Any) -> ReferenceMatcher:
     if name not in REFERENCE_MATCHERS:
         raise ValueError(f"unknown reference matcher {name!r}; choose one of {', '.join(REFERENCE_MATCHERS)}")
     features, matcher = REFERENCE_MATCHERS[name]
-    own = {"long_side", "search_path"}
+    own = {"long_side", "search_path", "threads"}
     known = own | (set(SparseSettings.__dataclass_fields__) - {"features", "matcher"})
     for key in settings:
         if key not in known:
