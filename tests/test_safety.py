@@ -700,6 +700,7 @@ def test_a_huge_jpeg_is_decoded_reduced_and_matched_in_its_own_pixels(tmp_path):
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), cv2.resize(photo, (1200, 900), interpolation=cv2.INTER_AREA))
     del photo
+
     def peak_rss_mb(image0: Path, out: str) -> tuple[float, subprocess.CompletedProcess]:
         code = (
             "import resource, sys; from loftr_kd.cli.match import main; "
@@ -716,7 +717,9 @@ def test_a_huge_jpeg_is_decoded_reduced_and_matched_in_its_own_pixels(tmp_path):
     baseline_mb, _ = peak_rss_mb(small, "baseline")
     max_rss_mb, result = peak_rss_mb(big, "o")
     assert "decoded at 1/4" in result.stderr
-    assert max_rss_mb - baseline_mb < 200, f"{max_rss_mb:.0f} MB against {baseline_mb:.0f} MB for the small pair"
+    assert max_rss_mb - baseline_mb < 200, (
+        f"{max_rss_mb:.0f} MB against {baseline_mb:.0f} MB for the small pair"
+    )
     record = json.loads((tmp_path / "o" / "matches.json").read_text())
     homography = np.array(record["homography"])
     # big -> small is a 1/10 scaling: the homography is in the full image's pixels.
