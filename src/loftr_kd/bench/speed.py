@@ -50,6 +50,9 @@ STUDENT_BACKENDS = (
 )
 TEACHERS = ("teacher", "loftr_full")
 CLASSICAL = ("orb", "sift")
+# Pretrained matchers a user would pick instead (the teachers extra): seconds per pair on a CPU, timed
+# like the teacher (teacher_iters).
+REFERENCES = ("xfeat", "xfeat_lighterglue", "disk_lightglue", "aliked_lightglue")
 ROW_KEYS = (
     "model",
     "backend",
@@ -77,6 +80,7 @@ class BenchSettings:
     backends: tuple[str, ...] = STUDENT_BACKENDS
     teachers: tuple[str, ...] = ("teacher",)
     classical: tuple[str, ...] = CLASSICAL
+    references: tuple[str, ...] = ()
     pairs: int = 4
     iters: int = 20
     warmup: int = 3
@@ -94,13 +98,14 @@ class BenchSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(tuple(int(v) for v in s) for s in self.sizes))
         object.__setattr__(self, "aspect_sizes", tuple(tuple(int(v) for v in s) for s in self.aspect_sizes))
-        for name in ("students", "backends", "aspect_backends", "teachers", "classical"):
+        for name in ("students", "backends", "aspect_backends", "teachers", "classical", "references"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "backends", tuple(bench_backend(b) for b in self.backends))
         object.__setattr__(self, "student_checkpoints", dict(self.student_checkpoints))
         unknown = (set(self.backends) | set(self.aspect_backends)) - set(STUDENT_BACKENDS)
         unknown |= set(self.teachers) - set(TEACHERS)
         unknown |= set(self.classical) - set(CLASSICAL)
+        unknown |= set(self.references) - set(REFERENCES)
         if unknown:
             raise ValueError(f"unknown bench entries {sorted(unknown)}")
         for h, w in self.sizes + self.aspect_sizes:
@@ -224,6 +229,19 @@ def _classical_runner(kind: str, pairs, features: int) -> Callable[[int], Any]:
     return run
 
 
+def _reference_runner(name: str, pairs, long_side: int, threads: int) -> Callable[[int], Any]:
+    """The evaluation's own pretrained matcher (``build_matcher(name)``) at the row's long side."""
+    from loftr_kd.teachers.matchers import build_reference_matcher
+
+    matcher = build_reference_matcher(name, long_side=long_side, threads=threads)
+
+    def run(i: int):
+        a, b, _ = pairs[i % len(pairs)]
+        return matcher(a, b)
+
+    return run
+
+
 def _teacher_model(kind: str):
     from loftr_kd.paths import WEIGHTS_DIR
 
@@ -271,6 +289,12 @@ def _prepare_and_build(spec: dict[str, Any], settings: BenchSettings, pairs, wor
             (lambda: None),
             (lambda: _classical_runner(name, pairs, settings.features)),
             "OpenCV: ORB cross-check BF, SIFT Lowe ratio 0.8 (as loftr-kd-evaluate)",
+        )
+    if kind == "reference":
+        return (
+            (lambda: None),
+            (lambda: _reference_runner(name, pairs, max(h, w), threads)),
+            "pretrained, published settings (as loftr-kd-evaluate); timed like the teacher",
         )
     if kind == "teacher":
         device = _torch_device(settings)
@@ -347,7 +371,7 @@ def measure_row(spec: dict[str, Any], settings: BenchSettings, pairs) -> dict[st
     cv2.setNumThreads(threads)
     row = {k: spec.get(k) for k in ("model", "backend", "height", "width")}
     row.update(threads=threads, kind=spec["kind"])
-    teacher_like = spec["kind"] == "teacher"
+    teacher_like = spec["kind"] in ("teacher", "reference")
     iters = settings.teacher_iters if teacher_like else settings.iters
     warmup = settings.teacher_warmup if teacher_like else settings.warmup
     try:
@@ -410,6 +434,7 @@ def plan_rows(settings: BenchSettings, threads: int) -> list[dict[str, Any]]:
         for s in settings.students:
             specs += [{**base, "kind": "student", "model": s, "backend": b} for b in settings.backends]
         specs += [{**base, "kind": "classical", "model": c, "backend": "opencv"} for c in settings.classical]
+        specs += [{**base, "kind": "reference", "model": r, "backend": "torch"} for r in settings.references]
     for h, w in settings.aspect_sizes:
         base = {"height": h, "width": w, "threads": threads, "kind": "student"}
         for s in settings.students:
