@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from loftr_kd.data.blendedmvs import BlendedMVSIndex, BlendedMVSPairDataset, split_scenes
 from loftr_kd.data.homography import HomographyPairDataset, find_images
-from loftr_kd.data.sampling import EpochPairSampler
+from loftr_kd.data.sampling import EpochPairSampler, ResumableDraw
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
 _SOURCE_OF_KIND = {"blendedmvs": SceneSource, "homography": PhotoSource, "unlabeled": UnlabeledSource}
 
 
-class PairDataModule(pl.LightningDataModule):
+class PairDataModule(ResumableDraw, pl.LightningDataModule):
     """Training and validation pairs for distillation.
 
     The flat arguments are those of ``conf/data/*.yaml`` (``data.root=...`` and so on); the kind-specific
@@ -278,7 +278,6 @@ class PairDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.summary: dict[str, Any] = {}
-        self._resume_position: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------------------------------------
 
@@ -559,19 +558,6 @@ class PairDataModule(pl.LightningDataModule):
             sampler.resume_within_epoch(epoch, batches_done * self.batch_size)
             self._resume_position = None
         return sampler
-
-    # Lightning stores these in every checkpoint and restores them before the loaders are built, so a
-    # run resumed mid-epoch continues that epoch's draw instead of starting it again.
-    def state_dict(self) -> dict[str, Any]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches_done": int(progress.processed)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "epoch" in state_dict:
-            self._resume_position = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, DataLoader, Sampler, Subset
+
+from loftr_kd.data.sampling import ResumableDraw, placement
 
 __all__ = ["MixedBatchSampler", "MixedDataModule"]
 
@@ -73,11 +74,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self._resume = (int(epoch), max(0, int(batches_done)))
 
     def _placement(self) -> tuple[int, int]:
-        if self._world_size is not None:
-            return self._rank, self._world_size
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return placement(self._rank, self._world_size)
 
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
         """All ranks' batches of an epoch."""
@@ -125,7 +122,7 @@ class _SourceBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-class MixedDataModule(pl.LightningDataModule):
+class MixedDataModule(ResumableDraw, pl.LightningDataModule):
     """Training batches from several sources by weight; validation on the named sources.
 
     Args:
@@ -182,7 +179,6 @@ class MixedDataModule(pl.LightningDataModule):
         self.train_dataset: ConcatDataset | None = None
         self.val_dataset: ConcatDataset | None = None
         self._training = [n for n, w in self.weights.items() if w > 0]
-        self._resume: tuple[int, int] | None = None
 
     def prepare_data(self) -> None:
         for name in dict.fromkeys(self._training + self.validate_on):
@@ -227,9 +223,9 @@ class MixedDataModule(pl.LightningDataModule):
             max(1, self.pairs_per_epoch // self.batch_size),
             self.seed,
         )
-        if self._resume is not None:
-            sampler.resume_within_epoch(*self._resume)
-            self._resume = None
+        if self._resume_position is not None:
+            sampler.resume_within_epoch(*self._resume_position)
+            self._resume_position = None
         return DataLoader(
             self.train_dataset,
             batch_sampler=sampler,
@@ -251,15 +247,3 @@ class MixedDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    # Stored in every checkpoint, so a run resumed mid-epoch continues that epoch's draw.
-    def state_dict(self) -> dict[str, Any]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches_done": int(progress.processed)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "epoch" in state_dict:
-            self._resume = (int(state_dict["epoch"]), int(state_dict["batches_done"]))

@@ -4,10 +4,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+
+def placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's ``(rank, world size)``: the given ones, else torch.distributed's, else ``(0, 1)``."""
+    if world_size is not None:
+        return int(rank or 0), int(world_size)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ResumableDraw:
+    """Data-module state Lightning stores in every checkpoint and restores before the loaders are built:
+    where in its epoch's draw the run stopped, so a run resumed mid-epoch continues that epoch's draw
+    instead of starting it again (``_resume_position``: ``(epoch, batches done)``, consumed once)."""
+
+    _resume_position: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches_done": int(progress.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "epoch" in state_dict:
+            self._resume_position = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
 
 class EpochPairSampler(Sampler[int]):
@@ -67,11 +96,7 @@ class EpochPairSampler(Sampler[int]):
         self._resume = (int(epoch), max(0, int(consumed)))
 
     def _placement(self) -> tuple[int, int]:
-        if self._world_size is not None:
-            return self._rank, self._world_size
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return placement(self._rank, self._world_size)
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """All ranks' indices of an epoch (length rounded up to a multiple of the world size)."""
