@@ -150,6 +150,41 @@ def test_a_bad_bench_setting_is_one_line_and_exit_status_2():
     assert "tflite" in lines[-1] and "Traceback" not in run.stderr
 
 
+def test_matcher_rows_time_whole_calls_side_by_side(tmp_path):
+    """The Matcher rows (issue 24): whole API calls, interleaved, each over the same rounds' full pair."""
+    from loftr_kd.paths import WEIGHTS_DIR
+
+    rows_wanted = ("pair", "cached", "guided", "guided_sequential")
+    settings = BenchSettings(
+        sizes=((96, 128),),
+        students=(),
+        backends=(),
+        teachers=(),
+        classical=(),
+        references=(),
+        matcher_rows=rows_wanted,
+        matcher_weights=str(WEIGHTS_DIR / "student_paper_refine.onnx"),
+        pairs=1,
+        iters=2,
+        warmup=1,
+        threads=1,
+        isolate=False,
+        out_dir=str(tmp_path / "run"),
+        latest_dir=str(tmp_path),
+    )
+    rows = {r["row"]: r for r in bench(settings, log=lambda _: None)["rows"]}
+    assert set(rows) == set(rows_wanted)
+    assert rows["pair"]["vs_pair"] == pytest.approx(1.0)
+    for row in rows.values():
+        assert row["kind"] == "matcher" and (row["height"], row["width"]) == (96, 128)
+        assert row["median_ms"] > 0 and row["vs_pair_p10"] <= row["vs_pair"] <= row["vs_pair_p90"]
+    assert "one call per hypothesis" in rows["guided_sequential"]["backend"]
+    text = (tmp_path / "run" / "bench.md").read_text()
+    assert "| Matcher: frame vs cached reference | 128×96 |" in text and "target ≤ 0.6×" in text
+    with pytest.raises(ValueError, match="unknown bench entries"):
+        BenchSettings(matcher_rows=("pairs",))
+
+
 def test_reference_rows_time_the_evaluations_pretrained_matcher(tmp_path):
     """``references=[xfeat]``: a row of the pretrained matcher a user would pick instead, timed like the
     teacher, with its matches counted on the bench's real photo pairs."""
@@ -160,6 +195,7 @@ def test_reference_rows_time_the_evaluations_pretrained_matcher(tmp_path):
         teachers=(),
         classical=(),
         references=("xfeat",),
+        matcher_rows=(),
         pairs=1,
         teacher_iters=2,
         teacher_warmup=1,

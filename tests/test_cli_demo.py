@@ -133,3 +133,34 @@ def test_directory_source_and_out_over_the_source_are_refused(video, tmp_path, c
         main(["--source", str(video), "--out", str(video), *out])
     assert "would overwrite the source video" in capsys.readouterr().err
     assert Path(video).read_bytes() == before
+
+
+def test_the_student_encodes_the_reference_once(tmp_path):
+    """Each frame costs its own encoding and the matching: the reference is encoded when it is set (the
+    first frame, then the s key), never again per frame, and the matches are the whole pair's."""
+    from loftr_kd.matcher import Matcher
+
+    torch.manual_seed(0)
+    weights = save_student(
+        build_student(input_height=H, input_width=W, match_threshold=0.0), tmp_path / "s.pt"
+    )
+    matcher = Matcher(weights, backend="torch")
+    encoded = []  # (name, image) of every encoding
+    encode = matcher.encode
+    matcher.encode = lambda image, **kwargs: (
+        encoded.append((kwargs.get("name"), image)) or encode(image, **kwargs)
+    )
+    frames = [np.roll(cv2.resize(skdata.astronaut()[:, :, ::-1], (W, H)), 6 * i, axis=1) for i in range(3)]
+    app = DemoApp(matcher)
+    for frame in frames:
+        app.step(frame)
+    assert [name for name, _ in encoded] == ["reference", "image1", "image1", "image1"]
+    assert np.array_equal(encoded[0][1], frames[0]) and app.reference_features is not None
+    whole = matcher(frames[0], frames[2])
+    np.testing.assert_allclose(app.last[1]["keypoints1"], whole["keypoints1"], atol=1e-3)
+    assert (
+        app.handle_key(ord("s"))
+        and encoded[-1][0] == "reference"
+        and np.array_equal(encoded[-1][1], frames[2])
+    )
+    assert len(app.timings) == 3

@@ -278,3 +278,40 @@ def test_a_static_export_registers_in_one_pass_with_a_warning(pair, tmp_path, ca
     record = json.loads((tmp_path / "o" / "matches.json").read_text())
     assert "guided" not in record and "GuidedMatcher" not in record["matcher"]
     assert not json_path.exists()
+    capsys.readouterr()
+    argv = [str(pair[0]), str(pair[1]), "--weights", str(static), "--out", str(tmp_path / "p")]
+    assert main([*argv, "--rotations", "full"]) == 2
+    assert "--rotations needs guided registration" in capsys.readouterr().err
+
+
+def test_rotations_option_takes_a_preset_or_degrees(tmp_path, capsys):
+    """--rotations 0,180 registers an upside-down copy (the default's +-45 degrees cannot); a bad value, or
+    --rotations with --no-guided, is a one-line error."""
+    from loftr_kd.cli.match import build_parser
+    from loftr_kd.paths import WEIGHTS_DIR
+
+    parser = build_parser()
+    assert parser.parse_args(["a", "b", "--rotations", "full"]).rotations == "full"
+    assert parser.parse_args(["a", "b", "--rotations", "0,90,-90"]).rotations == (0.0, 90.0, -90.0)
+    w, h = 640, 480
+    image0 = cv2.resize(skdata.camera(), (w, h), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "a.png"), image0)
+    cv2.imwrite(str(tmp_path / "b.png"), np.ascontiguousarray(image0[::-1, ::-1]))  # upside down
+    weights = WEIGHTS_DIR / "student_paper_refine.onnx"
+    argv = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--weights", str(weights), "--threads", "2"]
+    json_path = tmp_path / "m.json"
+    assert main([*argv, "--rotations", "0,180", "--out", str(tmp_path / "o"), "--json", str(json_path)]) == 0
+    record = json.loads(json_path.read_text())
+    truth = np.array([[-1.0, 0, w - 1], [0, -1.0, h - 1], [0, 0, 1]])
+    assert (
+        record["guided"]["rotation_deg"] == 180.0
+        and corner_error(np.array(record["homography"]), truth, w, h) < 2
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--rotations", "upside"])
+    assert (
+        exit_info.value.code == 2
+        and "neither a preset (default, full) nor degrees" in capsys.readouterr().err
+    )
+    assert main([*argv, "--rotations", "full", "--no-guided", "--out", str(tmp_path / "p")]) == 2
+    assert "drop --no-guided" in capsys.readouterr().err

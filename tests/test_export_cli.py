@@ -37,7 +37,16 @@ def test_run_export_end_to_end(tmp_path, capsys):
     summary = run_export(cfg)
     out = capsys.readouterr().out
     assert (tmp_path / "out" / "student_64x96.onnx").is_file()
-    assert json.loads((tmp_path / "out" / "student_64x96.export_report.json").read_text())["ok"]
+    report = json.loads((tmp_path / "out" / "student_64x96.export_report.json").read_text())
+    assert report["ok"]
+    # the split export beside it, checked the same way (issue 24)
+    for part in ("encoder", "matcher"):
+        assert (tmp_path / "out" / f"student_64x96.{part}.onnx").is_file()
+        assert (
+            report["split"][part]["onnx_checker"] == "passed"
+            and not report["split"][part]["op_check"]["violations"]
+        )
+    assert report["split"]["parity"]["vs_pytorch"]["ok"] and summary["encoder"].endswith(".encoder.onnx")
     assert summary["int8"].endswith(".int8.onnx") and "speedup" in summary["int8_comparison"]
     # TensorRT: either an engine or exactly one line saying why not
     assert "engine" in summary or sum("engine build skipped" in line for line in out.splitlines()) == 1

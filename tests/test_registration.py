@@ -19,6 +19,7 @@ from loftr_kd.registration import (
     judge,
     register,
     rotation_about_centre,
+    rotation_map,
     with_guidance,
 )
 
@@ -61,6 +62,35 @@ def test_settings_order_hypotheses_nearest_first_and_reject_nonsense():
     assert GuidedSettings.from_value({"rotations": [0]}).rotations == (0.0,)
     with pytest.raises(ValueError, match="unknown guided-matching setting.*rotation'"):
         GuidedSettings.from_value({"rotation": [0]})
+
+
+def test_rotation_presets_and_the_waves_a_search_batches():
+    assert GuidedSettings(rotations="full").rotations == (0.0, -45.0, 45.0, -90.0, 90.0, -135.0, 135.0, 180.0)
+    assert GuidedSettings(rotations="default") == GuidedSettings()
+    with pytest.raises(ValueError, match="rotations='all' is not a preset; choose one of default, full"):
+        GuidedSettings(rotations="all")
+    waves = GuidedSettings().waves()
+    assert waves[0] == [(0.0, 1.0)] and waves[1] == [(0.0, 0.5), (0.0, 2.0)] and len(waves) == 3
+    assert sorted(waves[2]) == sorted((r, s) for r in (-45.0, 45.0) for s in (0.5, 1.0, 2.0))
+    assert [h for wave in waves for h in wave] == GuidedSettings().hypotheses()  # the same order
+    turns = GuidedSettings(rotations=(0, 270, 180, 90), scales=(1,)).waves()
+    assert turns == [[(0.0, 1.0)], [(270.0, 1.0), (90.0, 1.0)], [(180.0, 1.0)]]  # 270 is -90: one wave
+
+
+def test_quarter_turns_are_exact_and_turn_the_canvas():
+    """rotation_map of a multiple of 90 degrees is np.rot90's pixel map (canvas W x H -> H x W)."""
+    w, h = 7, 4
+    image = np.arange(w * h, dtype=np.float32).reshape(h, w)
+    for degrees, k in ((90, 1), (180, 2), (270, 3), (-90, 3), (450, 1)):
+        matrix, size = rotation_map(degrees, w, h)
+        turned = np.rot90(image, k)
+        assert size == (turned.shape[1], turned.shape[0])
+        ys, xs = np.mgrid[0:h, 0:w]
+        points = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+        moved = np.rint(warp_points(points, matrix)).astype(int)
+        np.testing.assert_array_equal(turned[moved[:, 1], moved[:, 0]], image.ravel())
+    matrix, size = rotation_map(45, w, h)
+    assert size == (w, h) and np.allclose(matrix, rotation_about_centre(45, w, h))
 
 
 def test_rotation_about_centre_is_numpys_quarter_turn():
@@ -159,6 +189,49 @@ def test_a_rotated_zoomed_pair_registers_better_guided_than_in_one_pass(matcher)
     assert guided < 3.0 and guided < one_pass, (guided, one_pass)
     rotation, scale, _, final_pass = result["hypothesis"]
     assert abs(rotation) == 45.0 and final_pass == 2.0  # some 45-degree hypothesis, then the rewarp
+
+
+def test_the_batched_search_picks_what_one_call_per_hypothesis_picks(matcher, tmp_path):
+    """The shipped file with its split export (image0 encoded once, waves of batched calls) against the same
+    whole graph alone (one whole-pair call per hypothesis, the search before the split): the same
+    hypothesis, the same rewarp decision, the matches to float rounding."""
+    import shutil
+
+    alone = tmp_path / SHIPPED_ONNX.name
+    shutil.copyfile(SHIPPED_ONNX, alone)
+    sequential = Matcher(alone, backend="onnx", threads=2)
+    assert matcher.can_encode and not sequential.can_encode
+    w, h = 640, 480
+    image0 = gray_photo(w, h)
+    truth = np.vstack([cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), -50.0, 1.3), [0, 0, 1]])
+    image1 = cv2.warpPerspective(image0, truth, (w, h), flags=cv2.INTER_LINEAR)
+    settings = GuidedSettings(stop_inliers=10**6)  # every hypothesis, every wave
+    batched = GuidedMatcher(matcher, settings)(image0, image1)
+    one_by_one = GuidedMatcher(sequential, settings)(image0, image1)
+    np.testing.assert_array_equal(batched["hypothesis"][[0, 1, 3]], one_by_one["hypothesis"][[0, 1, 3]])
+    assert abs(batched["hypothesis"][2] - one_by_one["hypothesis"][2]) <= 2  # search inliers (RANSAC)
+    assert abs(len(batched["keypoints0"]) - len(one_by_one["keypoints0"])) <= 2
+    assert corner_error(batched["prior_homography"], one_by_one["prior_homography"], w, h) < 1.0
+
+
+def test_the_full_preset_registers_an_upside_down_photo(matcher):
+    """An upside-down copy (exact half turn) is beyond the default's +-45 degrees: there the search finds
+    nothing to rewarp from; ``rotations="full"`` gets within 45 degrees of it and registers it."""
+    from loftr_kd.evaluation import estimate_homography
+
+    w, h = 640, 480
+    image0 = gray_photo(w, h)
+    image1 = np.ascontiguousarray(np.rot90(image0, 2))
+    truth, _ = rotation_map(180, w, h)
+
+    def error_of(result):
+        homography, _ = estimate_homography(result["keypoints0"], result["keypoints1"])
+        return corner_error(homography, truth, w, h) if homography is not None else np.inf
+
+    full = GuidedMatcher(matcher, GuidedSettings(rotations="full"))(image0, image1)
+    assert abs(full["hypothesis"][0]) >= 135.0 and full["hypothesis"][3] == 2.0
+    assert error_of(full) < 2.0
+    assert error_of(GuidedMatcher(matcher)(image0, image1)) > 50.0
 
 
 # ---------------------------------------------------------------------------------------- errors

@@ -161,3 +161,14 @@ def test_library_modules_have_no_main_blocks():
         if any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body):
             shims.append(name)
     assert shims == []
+
+
+def test_no_import_cycles_between_the_packages():
+    """Collapsed to ``loftr_kd.<package>``, the arrows still go one way (no arrow back up a layer)."""
+    packages: dict[str, set[str]] = {}
+    for name, targets in import_graph().items():
+        top = ".".join(name.split(".")[:2])
+        packages.setdefault(top, set()).update(".".join(t.split(".")[:2]) for t in targets)
+    for top, targets in packages.items():
+        targets.discard(top)
+    assert cycles(packages) == []

@@ -450,3 +450,22 @@ def test_none_config_means_no_teacher():
     cfg = OmegaConf.load(CONF_DIR / "none.yaml")
     assert OmegaConf.to_container(cfg) == {"teacher": None}
     assert instantiate(cfg.teacher) is None
+
+
+def test_a_config_saved_before_the_teachers_package_still_builds_its_teacher():
+    """Runs saved before ``loftr_kd.teachers`` name ``loftr_kd.models.teacher.<builder>`` (``make rerun``)."""
+    from loftr_kd.paths import WEIGHTS_DIR
+    from loftr_kd.teachers import StudentTeacher
+    from loftr_kd.train import teacher_from_config
+
+    cfg = OmegaConf.create(
+        {
+            "teacher": {
+                "_target_": "loftr_kd.models.teacher.build_student_teacher",
+                "weights": str(WEIGHTS_DIR / "student_paper_refine.pt"),
+                "input_height": 240,
+                "input_width": 320,
+            }
+        }
+    )
+    assert isinstance(teacher_from_config(cfg), StudentTeacher)

@@ -280,3 +280,16 @@ def test_labelled_pairs_give_pseudo_ground_truth_of_the_pan(labelled):
             assert (gt.match_ids[0] >= 0).sum() >= 20
     errors = torch.cat(errors)
     assert errors.median() < 0.5 and errors.quantile(0.9) < 1.0 and errors.max() < 3.0
+
+
+def test_verification_of_a_degenerate_match_set_finds_no_inliers():
+    """MAGSAC asserts on matches along one line or on one point: the pair has no inliers, labelling goes on."""
+    import numpy as np
+
+    from loftr_kd.data.labels import VerifySettings, verify_matches
+
+    line = np.stack([np.linspace(0, 100, 40)] * 2, axis=1).astype(np.float32)
+    point = np.zeros((40, 2), np.float32)
+    for model in ("fundamental", "homography"):
+        for k0 in (line, point):
+            assert not verify_matches(k0, k0 + 1, VerifySettings(model=model)).any()

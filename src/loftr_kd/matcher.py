@@ -23,24 +23,35 @@ the evaluation and the apps.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
-import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from loftr_kd.backends import open_backend
+from loftr_kd.features import ImageFeatures
 from loftr_kd.images import ImageError, check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+from loftr_kd.resizing import (  # noqa: F401 - public here since before they moved
+    Letterbox,
+    aspect_true_size,
+    letterbox,
+    resize_aspect_true,
+)
 from loftr_kd.runtime import (  # noqa: F401 - BACKENDS, MatcherError and torch_threads are public here
     BACKENDS,
     DEFAULT_TORCH_THREADS,
     Backend,
+    EncodedBatch,
     MatcherError,
     ModelGeometry,
+    ModelOutputs,
     check_backend,
-    open_backend,
+    no_split_error,
     torch_threads,
 )
 from loftr_kd.runtime.backend import cell_centres
@@ -48,146 +59,6 @@ from loftr_kd.runtime.backend import cell_centres
 CLASSICAL_METHODS = ("orb", "sift")
 # Pretrained matchers from the teachers' wheels (loftr_kd.teachers.matchers; `make teachers`).
 REFERENCE_METHODS = ("xfeat", "xfeat_lighterglue", "disk_lightglue", "aliked_lightglue")
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Geometry of an image resized (aspect kept) and padded at the bottom/right to the model input; an
-    aspect-true resize is the case without padding (content size = input size)."""
-
-    orig_height: int
-    orig_width: int
-    content_height: int  # size of the resized image inside the padded input
-    content_width: int
-    input_height: int
-    input_width: int
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """Per-axis scale (x, y) from original to model pixels."""
-        return self.content_width / self.orig_width, self.content_height / self.orig_height
-
-    def to_original(self, points: np.ndarray) -> np.ndarray:
-        """Map (N, 2) xy model-input pixels to original pixels (pixel centres at integers)."""
-        sx, sy = self.scale
-        return (points + 0.5) / np.array([sx, sy], dtype=np.float64) - 0.5
-
-    def to_model(self, points: np.ndarray) -> np.ndarray:
-        """Map (N, 2) xy original pixels to model-input pixels."""
-        sx, sy = self.scale
-        return (points + 0.5) * np.array([sx, sy], dtype=np.float64) - 0.5
-
-    def in_content(self, points: np.ndarray) -> np.ndarray:
-        """(N,) bool: the model-input point lies on the resized image, not in the padding."""
-        return (points[:, 0] <= self.content_width - 0.5) & (points[:, 1] <= self.content_height - 0.5)
-
-
-def letterbox(
-    gray: np.ndarray, input_height: int, input_width: int, min_side: int = 1
-) -> tuple[np.ndarray, Letterbox]:
-    """Resize (H, W) float32 keeping aspect to fit (input_height, input_width); pad bottom/right with 0.
-
-    Raises:
-        ValueError: if the image's shorter side is below ``min_side`` pixels.
-    """
-    h, w = gray.shape[:2]
-    if min(h, w) < min_side:
-        raise ValueError(
-            f"image of {w}x{h} pixels is too small: the shorter side must be at least {min_side} px "
-            f"(two coarse cells)"
-        )
-    check_aspect(h, w, input_height, input_width, min_side)
-    scale = min(input_height / h, input_width / w)
-    new_w = min(input_width, max(1, round(w * scale)))
-    new_h = min(input_height, max(1, round(h * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    resized = (
-        cv2.resize(gray, (new_w, new_h), interpolation=interpolation) if (new_w, new_h) != (w, h) else gray
-    )
-    padded = np.zeros((input_height, input_width), dtype=np.float32)
-    padded[:new_h, :new_w] = resized
-    return padded, Letterbox(h, w, new_h, new_w, input_height, input_width)
-
-
-def aspect_true_size(
-    height: int,
-    width: int,
-    size: int,
-    stride: int,
-    *,
-    min_cells: int = 2,
-    max_size: tuple[int, int] | None = None,
-    name: str = "image",
-) -> tuple[int, int, bool]:
-    """Model input ``(height, width)`` of an image: the long side scaled to ``size``, each side rounded to
-    a multiple of ``stride`` (no padding), within ``max_size``.
-
-    A side that would get fewer than ``min_cells`` cells is raised to ``min_cells`` cells, the other side
-    scaled with it (``enlarged`` is then True), so a thin strip still has cells to match.
-
-    Returns:
-        ``(input_height, input_width, enlarged)``.
-
-    Raises:
-        ImageError: a side of the image is shorter than two cells, or the enlarged strip exceeds ``max_size``.
-    """
-    if min(height, width) < 2 * stride:
-        raise ImageError(
-            f"{name} of {width}x{height} pixels is too small: the shorter side must be at least {2 * stride} px "
-            f"(two coarse cells of {stride} px)"
-        )
-    max_h, max_w = max_size or (1 << 30, 1 << 30)
-    scale = min(size / max(height, width), max_h / height, max_w / width)
-    floor_px = min_cells * stride
-    enlarged = min(height, width) * scale < floor_px - stride / 2
-    if enlarged:
-        scale = floor_px / min(height, width)
-
-    def side(length: int) -> int:
-        return int(max(round(length * scale / stride), 1) * stride)
-
-    input_h, input_w = side(height), side(width)
-    if enlarged and (input_h > max_h or input_w > max_w):
-        raise ImageError(
-            f"{name} of {width}x{height} pixels is too elongated: with its short side at {floor_px} px "
-            f"({min_cells} coarse cells, the least that survives border removal) the long side would exceed the "
-            f"model's maximum {max_w}x{max_h}; crop it first"
-        )
-    return min(input_h, max_h // stride * stride), min(input_w, max_w // stride * stride), enlarged
-
-
-def resize_aspect_true(
-    gray: np.ndarray,
-    size: int,
-    stride: int,
-    *,
-    min_cells: int = 2,
-    max_size: tuple[int, int] | None = None,
-    name: str = "image",
-) -> tuple[np.ndarray, Letterbox]:
-    """Resize (H, W) float32 so the long side is ``size`` and both sides are multiples of ``stride``
-    (:func:`aspect_true_size`); warns when a thin image had to be enlarged."""
-    h, w = gray.shape[:2]
-    input_h, input_w, enlarged = aspect_true_size(
-        h, w, size, stride, min_cells=min_cells, max_size=max_size, name=name
-    )
-    if enlarged:
-        warnings.warn(
-            f"{name} of {w}x{h} pixels is too elongated for a long side of {size} px: its short side would get "
-            f"fewer than {min_cells} coarse cells (border removal leaves none), so it is matched at "
-            f"{input_w}x{input_h} instead",
-            UserWarning,
-            stacklevel=3,
-        )
-    interpolation = cv2.INTER_AREA if input_h * input_w < h * w else cv2.INTER_LINEAR
-    resized = (
-        cv2.resize(gray, (input_w, input_h), interpolation=interpolation)
-        if (input_h, input_w) != (h, w)
-        else gray
-    )
-    return np.ascontiguousarray(resized, dtype=np.float32), Letterbox(
-        h, w, input_h, input_w, input_h, input_w
-    )
 
 
 def grid_cell_centers(h: int, w: int, stride: int) -> np.ndarray:
@@ -244,7 +115,7 @@ class Matcher:
     "confidence": (N,), "coarse_keypoints1": (N, 2)}`` as float32, keypoints in the pixels of the images
     as given (pixel centres at integers, always inside the image); ``coarse_keypoints1`` is each match's
     image1 cell centre. The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
-    built by :func:`~loftr_kd.runtime.open_backend`); the Matcher resizes, letterboxes and maps back.
+    built by :func:`~loftr_kd.backends.open_backend`); the Matcher resizes, letterboxes and maps back.
     """
 
     def __init__(
@@ -431,15 +302,144 @@ class Matcher:
         )
 
     def __call__(
-        self, image0: np.ndarray, image1: np.ndarray, *, size0: int | None = None, size1: int | None = None
+        self,
+        image0: np.ndarray | ImageFeatures,
+        image1: np.ndarray | ImageFeatures,
+        *,
+        size0: int | None = None,
+        size1: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Match two images; ``size0`` / ``size1`` override each image's long side for this call (any-size
-        models only), e.g. to show one image at half the resolution of the other."""
-        input0, box0 = self.prepare(image0, "image0", size0)
-        input1, box1 = self.prepare(image1, "image1", size1)
-        outputs = self.runner.run(self.runner.feed(input0[None, None], input1[None, None]))
-        match_ids, match_conf = outputs.match_ids[0], outputs.match_confidence[0]
-        all_points0, all_points1 = outputs.points0[0], outputs.points1[0]
+        models only), e.g. to show one image at half the resolution of the other.
+
+        Either image may be given encoded (:meth:`encode`): the image is then not encoded again, and the
+        result is the one for the image itself (bit for bit on an onnxruntime file whose whole graph encodes
+        the two images apart, as dynamic-shape exports do; float rounding elsewhere, docs/usage.md).
+
+        Raises:
+            MatcherError: features from another model, or encoded at another long side than this call's.
+        """
+        if not isinstance(image0, ImageFeatures) and not isinstance(image1, ImageFeatures):
+            input0, box0 = self.prepare(image0, "image0", size0)
+            input1, box1 = self.prepare(image1, "image1", size1)
+            outputs = self.runner.run(self.runner.feed(input0[None, None], input1[None, None]))
+            return self._result(outputs, 0, box0, box1)
+        features0 = self._features(image0, "image0", size0)
+        features1 = self._features(image1, "image1", size1)
+        return self.match_batch([(features0, features1)])[0]
+
+    # ------------------------------------------------------------------ encode once, match many
+    @property
+    def can_encode(self) -> bool:
+        """The model runs in two halves, so :meth:`encode` works: always for a checkpoint; for an exported
+        file, where ``loftr-kd-export``'s encoder and matcher graphs lie beside it."""
+        return self.runner.can_encode
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """The weights (name and content digest) and backend; features carry it, another model's are refused."""
+        digest = hashlib.sha1(self.weights.read_bytes()).hexdigest()[:12]
+        return f"{self.weights.name} on {self.backend}, sha1 {digest}"
+
+    def encode(self, image: np.ndarray, *, size: int | None = None, name: str = "image") -> ImageFeatures:
+        """The per-image half of the model for ``image`` (resized as a call resizes it), to match against
+        many others without encoding it again: ``matcher(features, frame)``.
+
+        Args:
+            image: any size, gray or colour (as :meth:`__call__` takes).
+            size: long side (any-size models); default the matcher's ``size``. A call that uses these
+                features must match them at the same long side (``size0=`` / ``size1=``).
+            name: the image's name in error messages.
+
+        Raises:
+            MatcherError: the file has no split export beside it (:attr:`can_encode`).
+            ImageError: the image cannot be matched (too small, too elongated, NaN pixels).
+        """
+        return self.encode_batch([image], size=size, name=name)[0]
+
+    def encode_batch(
+        self, images: Sequence[np.ndarray], *, size: int | None = None, name: str = "image"
+    ) -> list[ImageFeatures]:
+        """:meth:`encode` for several images; those of one model-input shape are encoded in one batched call."""
+        if not self.can_encode:
+            raise no_split_error(self.weights, self.backend)
+        rule = self._size_rule(size)
+        names = [name if len(images) == 1 else f"{name}[{i}]" for i in range(len(images))]
+        prepared = [self.prepare(image, n, size) for image, n in zip(images, names)]
+        features: list[ImageFeatures | None] = [None] * len(prepared)
+        for rows in self._batches([prepared[i][0].shape for i in range(len(prepared))]):
+            encoded = self.runner.encode(np.stack([prepared[i][0] for i in rows])[:, None])
+            for row, i in enumerate(rows):
+                part = encoded.take(row)
+                features[i] = ImageFeatures(part.coarse, part.fine, prepared[i][1], rule, self.model_id)
+        return features
+
+    def match_batch(
+        self, pairs: Sequence[tuple[ImageFeatures, ImageFeatures]]
+    ) -> list[dict[str, np.ndarray]]:
+        """Match encoded pairs; pairs of the same shapes go through the matcher half in one batched call.
+
+        Returns:
+            One :meth:`__call__` result per pair, in order.
+        """
+        for i, (features0, features1) in enumerate(pairs):
+            self._check_features(features0, f"pairs[{i}][0]")
+            self._check_features(features1, f"pairs[{i}][1]")
+        results: list[dict[str, np.ndarray] | None] = [None] * len(pairs)
+        for rows in self._batches([(f0.coarse.shape, f1.coarse.shape) for f0, f1 in pairs]):
+            encoded0, encoded1 = (_stack([pairs[i][side] for i in rows]) for side in (0, 1))
+            outputs = self.runner.match(encoded0, encoded1)
+            for row, i in enumerate(rows):
+                results[i] = self._result(outputs, row, pairs[i][0].box, pairs[i][1].box)
+        return results
+
+    def _batches(self, keys: Sequence[Any]) -> list[list[int]]:
+        """Indices grouped by equal ``keys`` (shapes), in order, each group cut to the backend's batch limit."""
+        groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        limit = self.runner.split_batch or max(len(keys), 1)
+        return [rows[k : k + limit] for rows in groups.values() for k in range(0, len(rows), limit)]
+
+    def _size_rule(self, size: int | None) -> int | None:
+        """The long side an image is encoded at (``None``: a static file's letterbox)."""
+        if not self.dynamic:
+            self._check_size(size)  # a static input cannot take another size: the error says so
+            return None
+        return self.size if size is None else self._check_size(size)
+
+    def _features(self, image: np.ndarray | ImageFeatures, name: str, size: int | None) -> ImageFeatures:
+        """``image`` encoded, or features checked against this call (model, long side)."""
+        if not isinstance(image, ImageFeatures):
+            return self.encode(image, size=size, name=name)
+        self._check_features(image, name)
+        rule = self._size_rule(size)
+        if image.size != rule:
+            side = f"size{name[-1]}"
+            raise MatcherError(
+                f"{name} was encoded at long side {image.size}, but this call matches it at {rule}: pass "
+                f"{side}={image.size}, or encode it at {rule}"
+            )
+        return image
+
+    def _check_features(self, features: ImageFeatures, name: str) -> None:
+        """Features this matcher can match (encoded by the same weights and backend)."""
+        if not isinstance(features, ImageFeatures):
+            raise TypeError(
+                f"{name} must be ImageFeatures from Matcher.encode, got {type(features).__name__}"
+            )
+        if features.model != self.model_id:
+            raise MatcherError(
+                f"{name} was encoded by another model ({features.model}), not this matcher's ({self.model_id}); "
+                f"encode the image with this matcher"
+            )
+
+    def _result(
+        self, outputs: ModelOutputs, row: int, box0: Letterbox, box1: Letterbox
+    ) -> dict[str, np.ndarray]:
+        """Row ``row`` of the model's outputs as matches in the pixels of the images as given."""
+        match_ids, match_conf = outputs.match_ids[row], outputs.match_confidence[row]
+        all_points0, all_points1 = outputs.points0[row], outputs.points1[row]
         keep = match_ids >= 0
         if self.threshold is not None:
             keep &= match_conf >= self.threshold
@@ -448,7 +448,7 @@ class Matcher:
             return _empty_result()
         points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
         points1 = all_points1[idx0].astype(np.float64)
-        cells1 = cell_centres(match_ids[idx0], input1.shape, self.stride)
+        cells1 = cell_centres(match_ids[idx0], (box1.input_height, box1.input_width), self.stride)
         if not self.use_refinement:
             points1 = cells1.astype(np.float64)
         inside = box0.in_content(points0) & box1.in_content(points1)
@@ -472,6 +472,12 @@ class Matcher:
             f"Matcher(weights={str(self.weights)!r}, backend={self.backend!r}, {mode}, stride={self.stride}, "
             f"threshold={self.threshold}, threads={self.num_threads})"
         )
+
+
+def _stack(features: Sequence[ImageFeatures]) -> EncodedBatch:
+    """Features of one shape as a batch for the backend's matcher half."""
+    fine = None if features[0].fine is None else np.stack([f.fine for f in features])
+    return EncodedBatch(np.stack([f.coarse for f in features]), fine)
 
 
 def _inside_image(points: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:

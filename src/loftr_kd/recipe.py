@@ -8,7 +8,7 @@ A recipe is a list of steps, run in order, each as its own process (the same com
   attempt wrote ``summary.json`` is done; an interrupted one is resumed into the next attempt directory
   with ``ckpt_path=<previous attempt>`` (a run directory is never overwritten).
 - ``ship``: a finished stage's best checkpoint (optionally with a new ``match_threshold``) -> ``<name>.pt``
-  (``save_student``) and ``<name>.onnx``
+  (``save_student``) and ``<name>.onnx`` with its encoder and matcher graphs
   (``loftr-kd-export``, its checks and report), copied to ``ship_to`` when set.
 
 Arguments may name earlier results: ``{<step>.best_checkpoint}``, ``{<step>.run_dir}``, ``{out_dir}``.
@@ -254,6 +254,7 @@ class Recipe:
 
     def _ship(self, step: Step) -> list[str]:
         from loftr_kd.models.student import load_student, save_student
+        from loftr_kd.runtime.backend import SPLIT_PARTS, split_path
 
         spec = dict(step.ship)
         name = str(spec.get("name", "student"))
@@ -275,13 +276,15 @@ class Recipe:
             *(str(a) for a in spec.get("export", ())),
         ]
         self._run_process(step, argv)
-        onnx_files = sorted(export_dir.glob(f"{name}*.onnx"))
-        if not onnx_files:
-            raise RecipeError(f"step {step.name}: loftr-kd-export wrote no {name}*.onnx in {export_dir}")
-        onnx = _copy_atomically(onnx_files[0], self.out_dir / f"{name}.onnx")
-        shipped = [str(pt), str(onnx)]
+        whole = export_dir / f"{name}.onnx"
+        if not whole.is_file():
+            raise RecipeError(f"step {step.name}: loftr-kd-export wrote no {whole.name} in {export_dir}")
+        # the whole graph and, where the export wrote them, its encoder and matcher graphs beside it
+        exported = [whole] + [p for p in (split_path(whole, part) for part in SPLIT_PARTS) if p.is_file()]
+        onnx = [_copy_atomically(path, self.out_dir / path.name) for path in exported]
+        shipped = [str(pt), *map(str, onnx)]
         if self.ship_to is not None:  # the shipped files are replaced whole or not at all
-            shipped += [str(_copy_atomically(path, self.ship_to / path.name)) for path in (pt, onnx)]
+            shipped += [str(_copy_atomically(path, self.ship_to / path.name)) for path in (pt, *onnx)]
         return [*argv, f"# from {source}; wrote {', '.join(shipped)}"]
 
     def _run_step(self, step: Step) -> None:

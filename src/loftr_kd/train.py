@@ -97,6 +97,11 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
+# The teachers' module before they became the ``loftr_kd.teachers`` package: configs saved by earlier runs
+# (``make rerun``) name their builders there.
+_FORMER_TEACHER_MODULE = "loftr_kd.models.teacher."
+
+
 def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
     """Instantiate the teacher, or ``None`` for ``teacher=none``.
 
@@ -110,8 +115,14 @@ def teacher_from_config(cfg: DictConfig) -> torch.nn.Module | None:
 
     from loftr_kd.teachers import TeacherCheckpointNotFound
 
+    teacher_cfg = cfg.teacher
+    target = str(teacher_cfg.get("_target_", ""))
+    if target.startswith(_FORMER_TEACHER_MODULE):  # a run saved before the teachers became a package
+        teacher_cfg = OmegaConf.merge(
+            teacher_cfg, {"_target_": "loftr_kd.teachers." + target.rpartition(".")[2]}
+        )
     try:
-        teacher = hydra.utils.instantiate(cfg.teacher)
+        teacher = hydra.utils.instantiate(teacher_cfg)
     except InstantiationException as error:
         # Hydra wraps the target's exception; only a missing *optional* default checkpoint is tolerated.
         missing = error.__cause__

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from loftr_kd.bench.matching import MATCHER_ROWS, measure_matcher_rows
 from loftr_kd.bench.report import add_speedups, machine_info, markdown_table, number, write_outputs
 from loftr_kd.runtime import bench_backend
 
@@ -92,13 +93,25 @@ class BenchSettings:
     calibration_pairs: int = 8
     features: int = 2000  # ORB/SIFT keypoints per image
     config_dir: str | None = None  # where student/<preset>.yaml live (default: the repo's conf/)
+    # Matcher rows (loftr_kd.bench.matching): whole API calls, interleaved, at the first of `sizes`;
+    # matcher_weights: the student they run (None: the Matcher's default)
+    matcher_rows: tuple[str, ...] = ()
+    matcher_weights: str | None = None
     out_dir: str | None = None
     latest_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(tuple(int(v) for v in s) for s in self.sizes))
         object.__setattr__(self, "aspect_sizes", tuple(tuple(int(v) for v in s) for s in self.aspect_sizes))
-        for name in ("students", "backends", "aspect_backends", "teachers", "classical", "references"):
+        for name in (
+            "students",
+            "backends",
+            "aspect_backends",
+            "teachers",
+            "classical",
+            "references",
+            "matcher_rows",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "backends", tuple(bench_backend(b) for b in self.backends))
         object.__setattr__(self, "student_checkpoints", dict(self.student_checkpoints))
@@ -106,6 +119,7 @@ class BenchSettings:
         unknown |= set(self.teachers) - set(TEACHERS)
         unknown |= set(self.classical) - set(CLASSICAL)
         unknown |= set(self.references) - set(REFERENCES)
+        unknown |= set(self.matcher_rows) - set(MATCHER_ROWS)
         if unknown:
             raise ValueError(f"unknown bench entries {sorted(unknown)}")
         for h, w in self.sizes + self.aspect_sizes:
@@ -262,7 +276,7 @@ def _teacher_model(kind: str):
                 return model({"image0": a, "image1": b})
 
         return Full(), "kornia LoFTR with fine stage, random init (timing only)"
-    from loftr_kd.models.teacher import LoFTRTeacher, find_teacher_checkpoint, load_teacher
+    from loftr_kd.teachers import LoFTRTeacher, find_teacher_checkpoint, load_teacher
 
     ckpt = find_teacher_checkpoint(WEIGHTS_DIR)
     if ckpt is not None:
@@ -415,10 +429,10 @@ def measure_row(spec: dict[str, Any], settings: BenchSettings, pairs) -> dict[st
     return row
 
 
-def _measure_isolated(spec, settings, pairs):
+def _measure_isolated(spec, settings, pairs, measure=None):
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(measure_row, spec, settings, pairs).result()
+        return pool.submit(measure or measure_row, spec, settings, pairs).result()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -471,6 +485,27 @@ def bench(settings: BenchSettings, *, log: Callable[[str], None] = print) -> dic
                 f"  median {row['median_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms, peak {number(row['peak_mem_mb'])} MB"
             )
         rows.append(row)
+    for size in settings.sizes[:1] if settings.matcher_rows else ():  # the first size (640x480 by default)
+        from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
+
+        model = Path(settings.matcher_weights or DEFAULT_STUDENT_WEIGHTS).stem
+        spec = {"kind": "matcher", "model": model, "height": size[0], "width": size[1], "threads": threads}
+        log(f"bench: {model} / Matcher rows {', '.join(settings.matcher_rows)} at {size[1]}x{size[0]} ...")
+        if settings.isolate:
+            matcher_rows = _measure_isolated(spec, settings, pairs[size], measure_matcher_rows)
+        else:
+            matcher_rows = measure_matcher_rows(spec, settings, pairs[size])
+        for row in matcher_rows:
+            shown = "" if row.get("vs_pair") is None else f", {row['vs_pair']:.2f}x the full pair"
+            log(
+                f"  {row['backend']}: "
+                + (
+                    f"skipped: {row['error']}"
+                    if row.get("error")
+                    else f"median {row['median_ms']:.2f} ms{shown}"
+                )
+            )
+        rows += matcher_rows
     add_speedups(rows)
     result = {
         "timestamp": timestamp,

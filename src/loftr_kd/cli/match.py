@@ -9,7 +9,8 @@ the title; inliers only with ``--inliers-only``), ``homography.txt`` (image0 pix
 :func:`loftr_kd.registration.register`) and, for the student, ``guided``: the search's prior and hypothesis.
 
 The student registers through :class:`~loftr_kd.registration.GuidedMatcher` by default (a rotation/zoom
-search, then a rewarp pass: docs/guided.md); ``--no-guided`` matches in one pass.
+search, then a rewarp pass: docs/guided.md); ``--no-guided`` matches in one pass, ``--rotations full``
+searches every 45 degrees (upside-down and sideways photos) or ``--rotations 0,90,180,270`` any list.
 """
 
 from __future__ import annotations
@@ -142,6 +143,21 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def rotations_argument(text: str) -> str | tuple[float, ...]:
+    """``--rotations``: a preset name (``default``, ``full``) or degrees separated by commas."""
+    from loftr_kd.registration import ROTATION_PRESETS
+
+    if text in ROTATION_PRESETS:
+        return text
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a preset ({', '.join(ROTATION_PRESETS)}) nor degrees separated by commas "
+            "(e.g. 0,90,180,270)"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loftr-kd-match",
@@ -191,8 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="student: register through a rotation/zoom search and a rewarp pass (default on for the student; "
-        "about 5x the time of one pass, AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided "
-        "matches in one pass, as a static-shape .onnx/.engine always does. Not for orb/sift",
+        "AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided matches in one pass, as a static-shape "
+        ".onnx/.engine always does. Not for orb/sift",
+    )
+    parser.add_argument(
+        "--rotations",
+        type=rotations_argument,
+        default=None,
+        metavar="PRESET|DEGREES",
+        help="rotations of image1 the guided search tries: 'default' (0,-45,45), 'full' (every 45 degrees: "
+        "upside-down and sideways photos, at more cost) or degrees separated by commas (0,90,180,270)",
     )
     parser.add_argument(
         "--force",
@@ -213,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
     """Match, estimate, write the outputs; returns the JSON record."""
     from loftr_kd.files import record_outputs, remove_own_output, write_image, write_text
     from loftr_kd.images import read_image_for_matching, to_gray_float
-    from loftr_kd.matcher import CLASSICAL_METHODS, build_matcher
+    from loftr_kd.matcher import CLASSICAL_METHODS, Matcher, build_matcher
     from loftr_kd.registration import GuidedMatcher, register, with_guidance
     from loftr_kd.visualization import draw_matches
 
@@ -227,7 +251,17 @@ def run(args: argparse.Namespace) -> dict:
         to_gray_float(image, name=str(path))  # NaN, range and dtype problems named with the file
     kwargs = {"device": args.device, "threshold": args.threshold, "threads": args.threads, "size": args.size}
     guided = args.guided if args.guided is not None else args.backend not in CLASSICAL_METHODS
-    matcher = with_guidance(build_matcher(args.backend, weights=args.weights, **kwargs), guided)
+    if args.rotations is not None:
+        if args.guided is False:
+            raise ValueError("--rotations sets the guided search's rotations; drop --no-guided to use them")
+        guided = {"rotations": args.rotations}  # orb/sift: with_guidance says they have no guided mode
+    matcher = build_matcher(args.backend, weights=args.weights, **kwargs)
+    if args.rotations is not None and isinstance(matcher, Matcher) and not matcher.dynamic:
+        raise ValueError(
+            f"--rotations needs guided registration, and {matcher.weights.name} has a static input: give its "
+            "checkpoint (.ckpt/.pt) or an export with `loftr-kd-export dynamic=true`, or drop --rotations"
+        )
+    matcher = with_guidance(matcher, guided)
     guided = isinstance(matcher, GuidedMatcher)  # a static-shape file falls back to one pass, with a warning
     if hasattr(matcher, "input_shape"):  # too small / too elongated: named with the file
         for path, image in ((args.image0, image0), (args.image1, image1)):

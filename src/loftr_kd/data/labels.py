@@ -70,12 +70,16 @@ def verify_matches(keypoints0: np.ndarray, keypoints1: np.ndarray, settings: Ver
     if len(keypoints0) < max(8, settings.min_inliers):
         return inliers
     k0, k1 = keypoints0.astype(np.float64), keypoints1.astype(np.float64)
-    if settings.model == "homography":
-        _, mask = cv2.findHomography(
-            k0, k1, cv2.USAC_MAGSAC, settings.threshold, confidence=settings.confidence
-        )
-    else:
-        _, mask = cv2.findFundamentalMat(k0, k1, cv2.USAC_MAGSAC, settings.threshold, settings.confidence)
+    try:
+        if settings.model == "homography":
+            _, mask = cv2.findHomography(
+                k0, k1, cv2.USAC_MAGSAC, settings.threshold, confidence=settings.confidence
+            )
+        else:
+            _, mask = cv2.findFundamentalMat(k0, k1, cv2.USAC_MAGSAC, settings.threshold, settings.confidence)
+    except cv2.error:
+        # MAGSAC asserts on degenerate sets (every match on a line or one point): no model, no inliers.
+        return inliers
     if mask is None:
         return inliers
     return mask.ravel().astype(bool)

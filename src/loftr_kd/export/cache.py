@@ -1,4 +1,5 @@
-"""The ONNX export cache: a student checkpoint exported once to a dynamic-shape ``.onnx`` for onnxruntime.
+"""The ONNX export cache: a student checkpoint exported once to a dynamic-shape ``.onnx`` for onnxruntime
+(and its split export beside it, on first use: :func:`cached_split_export`).
 
 The onnxruntime backend runs checkpoints through this cache (``Matcher(weights.pt, backend="onnx")``). A
 cached file is keyed by the checkpoint's resolved path, size, modification time and the student config it
@@ -75,6 +76,29 @@ def cached_onnx_export(
             log.warning("cannot write the ONNX cache in %s (%s)", directory, err)
             continue
     raise MatcherError(f"could not export {weights} to ONNX in any of {candidates}")
+
+
+def cached_split_export(path: Path, weights: Path, model: Any) -> tuple[Path, Path]:
+    """The split export (encoder and matcher graphs) beside a cached export ``path`` of ``weights``,
+    written on first use (:func:`loftr_kd.export.split.export_split`); cached exports never change, so
+    files already there are kept.
+
+    Raises:
+        MatcherError: the cache folder cannot take them.
+    """
+    from loftr_kd.export.split import export_split, split_paths
+
+    paths = split_paths(path)
+    if all(p.is_file() for p in paths):
+        for part in paths:
+            _check_cached_onnx(part, weights)
+        return paths
+    try:
+        export_split(model.cpu(), path, dynamic=True)
+    except OSError as err:
+        raise MatcherError(f"cannot write the split export of {weights} beside {path}: {err}") from err
+    log.info("exported the encoder and matcher of %s beside %s", weights, path)
+    return paths
 
 
 def _check_cached_onnx(path: Path, weights: Path) -> None:

@@ -9,7 +9,7 @@ means an engine can also be built on a Jetson whose JetPack is stuck on an older
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,27 +358,100 @@ def check_parity(
     from loftr_kd.runtime.onnx_backend import OnnxBackend
     from loftr_kd.runtime.torch_backend import TorchBackend
 
-    if not pairs:
-        raise ValueError("check_parity needs at least one image pair")
     onnx_backend = OnnxBackend(onnx_path, with_confidence=True)
     with_confidence = "confidence" in onnx_backend.output_names  # exported with_confidence=True
     torch_backend = TorchBackend(model, with_confidence=with_confidence)
     batch = onnx_backend.geometry.batch if batch is None else batch
+    return _compare(
+        lambda a, b: torch_backend.run(torch_backend.feed(a, b)),
+        lambda a, b: onnx_backend.run(onnx_backend.feed(a, b)),
+        pairs,
+        batch=batch,
+        atol=atol,
+        min_match_agreement=min_match_agreement,
+        compare_points="points1" in onnx_backend.output_names,  # older graphs: cell centres, not compared
+    )
+
+
+def check_split_parity(
+    model,
+    onnx_path: str | Path,
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    atol: float = 1e-4,
+    min_match_agreement: float = 0.99,
+) -> dict[str, Any]:
+    """The split export beside ``onnx_path`` (encoder, then matcher) against PyTorch, as :func:`check_parity`
+    checks the whole graph, and against the whole graph itself.
+
+    Returns:
+        ``{"vs_pytorch": ParityResult, "pairs_identical_to_whole_graph": fraction of pairs whose outputs
+        are bit for bit the whole graph's, "max_abs_diff_vs_whole_graph": largest difference of any
+        output, "ok": the PyTorch parity's}``.
+    """
+    from loftr_kd.runtime.onnx_backend import OnnxBackend
+    from loftr_kd.runtime.torch_backend import TorchBackend
+
+    onnx_backend = OnnxBackend(onnx_path)
+    torch_backend = TorchBackend(model)
+    identical, largest = 0, 0.0
+
+    def split(a: np.ndarray, b: np.ndarray):
+        nonlocal identical, largest
+        got = onnx_backend.match(onnx_backend.encode(a), onnx_backend.encode(b))
+        whole = onnx_backend.run(onnx_backend.feed(a, b))
+        fields = [(x, y) for x, y in zip(got, whole) if x is not None and y is not None]
+        identical += all(np.array_equal(x, y) for x, y in fields)
+        largest = max(
+            [largest] + [float(np.abs(x.astype(np.float64) - y).max()) for x, y in fields if x.size]
+        )
+        return got
+
+    parity = _compare(
+        lambda a, b: torch_backend.run(torch_backend.feed(a, b)),
+        split,
+        pairs,
+        batch=1,
+        atol=atol,
+        min_match_agreement=min_match_agreement,
+    )
+    return {
+        "vs_pytorch": parity,
+        "pairs_identical_to_whole_graph": identical / len(pairs),
+        "max_abs_diff_vs_whole_graph": largest,
+        "ok": parity.ok,
+    }
+
+
+def _compare(
+    reference: Callable[[np.ndarray, np.ndarray], Any],
+    candidate: Callable[[np.ndarray, np.ndarray], Any],
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    batch: int,
+    atol: float,
+    min_match_agreement: float,
+    compare_points: bool = True,
+) -> ParityResult:
+    """Two runs of a student (``(B, 1, H, W)`` pairs -> ``ModelOutputs``) on the same pairs, compared."""
+    if not pairs:
+        raise ValueError("check_parity needs at least one image pair")
     conf_diff = 0.0
-    full_diff: float | None = 0.0 if with_confidence else None
-    points_diff: float | None = 0.0 if "points1" in onnx_backend.output_names else None
+    full_diff: float | None = None
+    points_diff: float | None = None
     points_close = points_total = 0
     equal = total = n_torch = n_onnx = 0
     for image0, image1 in pairs:
         a = np.repeat(np.asarray(image0, np.float32)[None, None], batch, axis=0)
         b = np.repeat(np.asarray(image1, np.float32)[None, None], batch, axis=0)
-        ref = torch_backend.run(torch_backend.feed(a, b))
-        got = onnx_backend.run(onnx_backend.feed(a, b))
+        ref = reference(a, b)
+        got = candidate(a, b)
         ids_ref, ids_got = ref.match_ids, got.match_ids
         conf_diff = max(conf_diff, float(np.abs(ref.match_confidence - got.match_confidence).max()))
-        if full_diff is not None:
-            full_diff = max(full_diff, float(np.abs(ref.confidence - got.confidence).max()))
-        if points_diff is not None:
+        if ref.confidence is not None and got.confidence is not None:
+            full_diff = max(full_diff or 0.0, float(np.abs(ref.confidence - got.confidence).max()))
+        if compare_points:
+            points_diff = points_diff or 0.0
             both = (ids_ref >= 0) & (ids_got >= 0) & (ids_ref == ids_got)
             if both.any():
                 diff = np.abs(ref.points1 - got.points1)[both].max(-1)
@@ -436,6 +509,26 @@ def report_markdown(report: dict[str, Any]) -> str:
     if parity:
         lines += ["", "## onnxruntime vs PyTorch", "", "| figure | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in parity.items()]
+    split = report.get("split")
+    if split:
+        lines += [
+            "",
+            "## Split export (encoder, matcher)",
+            "",
+            "| graph | bytes | onnx.checker | ops outside the allow-list |",
+        ]
+        lines += ["| --- | ---: | --- | --- |"]
+        for part in ("encoder", "matcher"):
+            entry = split.get(part) or {}
+            violations = (entry.get("op_check") or {}).get("violations") or "none"
+            lines.append(
+                f"| `{Path(str(entry.get('path', '?'))).name}` | {entry.get('size_bytes', '?')} | "
+                f"{entry.get('onnx_checker', '?')} | {violations} |"
+            )
+        split_parity = split.get("parity") or {}
+        lines += ["", "| figure | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in split_parity.items() if k != "vs_pytorch"]
+        lines += [f"| vs PyTorch: {k} | {v} |" for k, v in (split_parity.get("vs_pytorch") or {}).items()]
     return "\n".join(lines) + "\n"
 
 

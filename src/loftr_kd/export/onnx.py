@@ -91,14 +91,18 @@ class ExportWrapper(nn.Module):
         self.with_confidence = with_confidence
 
     def forward(self, image0: torch.Tensor, image1: torch.Tensor):
-        out = self.model(image0, image1)
-        match_ids = out.match_ids.to(torch.int32)  # (B, L0), -1 = none
-        outputs = (match_ids, out.match_confidence)
-        if getattr(out, "points1", None) is not None:  # every student; a bare coarse matcher has none
-            outputs += (out.points0, out.points1, out.match_uncertainty)
-        if self.with_confidence:
-            return (*outputs, out.confidence)  # + (B, L0, L1)
-        return outputs
+        return graph_outputs(self.model(image0, image1), self.with_confidence)
+
+
+def graph_outputs(out: Any, with_confidence: bool = False) -> tuple[torch.Tensor, ...]:
+    """A model's ``CoarseMatchOutput`` as an exported graph's outputs (:data:`OUTPUT_NAMES` [+ confidence])."""
+    match_ids = out.match_ids.to(torch.int32)  # (B, L0), -1 = none
+    outputs = (match_ids, out.match_confidence)
+    if getattr(out, "points1", None) is not None:  # every student; a bare coarse matcher has none
+        outputs += (out.points0, out.points1, out.match_uncertainty)
+    if with_confidence:
+        return (*outputs, out.confidence)  # + (B, L0, L1)
+    return outputs
 
 
 def student_config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -220,31 +224,8 @@ def export_onnx(
                     torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
             proto = onnx.load(str(tmp))
             _declare_output_shapes(proto, probe, kwargs.get("dynamic_axes", {}) if dynamic else None)
-            metadata = {
-                "producer": "loftr_kd.export.onnx",
-                "loftr_kd_version": __version__,
-                "student_config": json.dumps(config) if config is not None else "",
-                "input_height": str(height),
-                "input_width": str(width),
-                "batch": "dynamic" if dynamic else str(batch),
-                "dynamic_axes": ",".join(DYNAMIC_MODES[dynamic]),
-                # a dynamic-shape graph takes any multiple of size_multiple up to max_height x max_width
-                "size_multiple": str(stride) if dynamic == "shape" else "",
-                "max_height": str(max_height if dynamic == "shape" else height),
-                "max_width": str(max_width if dynamic == "shape" else width),
-                "coarse_stride": str((config or {}).get("coarse_stride", "")),
-                "refine": str((config or {}).get("refine", "none")),
-                "refine_window": json.dumps(_window_metadata(config)),
-                "match_ids_dtype": MATCH_IDS_DTYPE,
-                "outputs": ",".join(output_names),
-            }
-            for key, value in (extra_metadata or {}).items():
-                metadata[key] = value if isinstance(value, str) else json.dumps(value)
-            del proto.metadata_props[:]
-            for key, value in metadata.items():
-                proto.metadata_props.add(key=key, value=value)
-            proto.producer_name = "loftr_kd"
-            proto.producer_version = __version__
+            metadata = graph_metadata(config, height, width, batch, dynamic, output_names, extra_metadata)
+            write_metadata(proto, metadata)
             onnx.save(proto, str(tmp))
             if dynamic == "batch":
                 _verify_dynamic_batch(tmp, example_batch + 1, height, width)
@@ -254,6 +235,49 @@ def export_onnx(
     finally:
         model.train(was_training)
     return path
+
+
+def graph_metadata(
+    config: dict[str, Any] | None,
+    height: int,
+    width: int,
+    batch: int,
+    dynamic: str | bool,
+    output_names: list[str],
+    extra_metadata: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """The ``metadata_props`` of an exported graph (what a runtime reads instead of guessing)."""
+    stride = int((config or {}).get("coarse_stride", 1) or 1)
+    metadata = {
+        "producer": "loftr_kd.export.onnx",
+        "loftr_kd_version": __version__,
+        "student_config": json.dumps(config) if config is not None else "",
+        "input_height": str(height),
+        "input_width": str(width),
+        "batch": "dynamic" if dynamic else str(batch),
+        "dynamic_axes": ",".join(DYNAMIC_MODES[dynamic]),
+        # a dynamic-shape graph takes any multiple of size_multiple up to max_height x max_width
+        "size_multiple": str(stride) if dynamic == "shape" else "",
+        "max_height": str(int((config or {}).get("max_height", height)) if dynamic == "shape" else height),
+        "max_width": str(int((config or {}).get("max_width", width)) if dynamic == "shape" else width),
+        "coarse_stride": str((config or {}).get("coarse_stride", "")),
+        "refine": str((config or {}).get("refine", "none")),
+        "refine_window": json.dumps(_window_metadata(config)),
+        "match_ids_dtype": MATCH_IDS_DTYPE,
+        "outputs": ",".join(output_names),
+    }
+    for key, value in (extra_metadata or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    return metadata
+
+
+def write_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace a graph's ``metadata_props`` and name the producer."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "loftr_kd"
+    proto.producer_version = __version__
 
 
 def _dynamic_axes(dynamic: str, output_names: list[str]) -> dict[str, dict[int, str]]:
@@ -369,6 +393,8 @@ class ExportResult:
     report_md_path: Path
     ok: bool
     report: dict[str, Any] = field(default_factory=dict)
+    model: Any = None  # the student as exported (loaded at the export size)
+    parity_pairs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # the pairs compared
 
 
 def _as_pairs(pairs, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -491,6 +517,7 @@ def export_student(
     report["op_check"] = to_jsonable(op_check)
     if not op_check.ok:
         errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
     try:
         if parity_pairs is None or len(parity_pairs) == 0:
             pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, 4)]
@@ -525,7 +552,9 @@ def export_student(
     report["errors"] = errors
     report["ok"] = not errors
     json_path, md_path = checks.write_report(report_path, report)
-    result = ExportResult(onnx_path, json_path, md_path, ok=not errors, report=report)
+    result = ExportResult(
+        onnx_path, json_path, md_path, ok=not errors, report=report, model=model, parity_pairs=pairs
+    )
     if errors and strict:
         raise ExportError(f"export checks failed for {onnx_path} (report: {json_path}): " + "; ".join(errors))
     return result

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# Smallest largest batch of the split export's TensorRT engines (default_profiles' batch 1..8 for a
+# dynamic-batch graph too): the default guided search's waves hold up to 6 hypotheses.
+SPLIT_MAX_BATCH = 8
 # ONNX opsets the model exports to: 11 is the first with every op it needs (strided slices); 20 is the
 # last that torch's TorchScript exporter writes (the dynamo exporter, exporter="dynamo", writes >= 18).
 SUPPORTED_OPSETS = (11, 20)
@@ -73,6 +76,7 @@ class ExportSettings:
     opset: int = 17
     with_confidence: bool = False
     parity_pairs: int = 4
+    split: bool = True  # also the encoder and matcher graphs (export.split), beside the whole one
     atol: float = 1e-4
     min_match_agreement: float = 0.99
     name: str | None = None
@@ -175,9 +179,13 @@ def run_pipeline(
         f"{parity.get('match_ids_equal_fraction', float('nan')):.4f}); report {result.report_path} (+ .md)."
     )
     try:
+        if settings.split:
+            summary.update(_split(result, settings, say))
         if settings.int8.enabled:
             summary.update(_int8(result.onnx_path, settings, say))
         summary.update(_engine(result.onnx_path, settings.tensorrt, say))
+        if settings.split and "engine" in summary:
+            summary.update(_split_engines(result.onnx_path, settings.tensorrt, say))
     finally:
         record_outputs(planned, "loftr-kd-export")  # what was written, so a rerun may replace it
     return summary
@@ -191,17 +199,88 @@ def output_name(settings: ExportSettings) -> str:
 def planned_outputs(out_dir: Path, settings: ExportSettings) -> list[Path]:
     """Every file an export with ``settings`` may write into ``out_dir``."""
     from loftr_kd.export.tensorrt import engine_metadata_path
+    from loftr_kd.runtime.backend import SPLIT_PARTS, split_path
 
     onnx_path = out_dir / f"{output_name(settings)}.onnx"
     report = onnx_path.with_name(f"{onnx_path.stem}.export_report.json")
     paths = [onnx_path, report, report.with_suffix(".md")]
+    if settings.split:
+        paths += [split_path(onnx_path, part) for part in SPLIT_PARTS]
     if settings.int8.enabled:
         int8 = onnx_path.with_suffix(".int8.onnx")
         paths += [int8, int8.with_suffix(".json")]
     if settings.tensorrt.enabled:
         engine = onnx_path.with_suffix(".fp16.engine" if settings.tensorrt.fp16 else ".fp32.engine")
-        paths += [engine, engine_metadata_path(engine)]
+        engines = [engine] + ([split_path(engine, part) for part in SPLIT_PARTS] if settings.split else [])
+        paths += [p for e in engines for p in (e, engine_metadata_path(e))]
     return paths
+
+
+def _split(result: Any, settings: ExportSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """The encoder and matcher graphs beside the checked whole graph, checked the same way (report section
+    ``split``).
+
+    Raises:
+        ExportError: a check of the split export failed (after writing the report).
+    """
+    from loftr_kd.export import checks
+    from loftr_kd.export.onnx import ExportError
+    from loftr_kd.export.split import check_split, export_split
+
+    try:
+        paths = export_split(
+            result.model,
+            result.onnx_path,
+            dynamic=settings.dynamic,
+            opset=settings.opset,
+            height=settings.height,
+            width=settings.width,
+            extra_metadata={"checkpoint": result.report.get("checkpoint", "")},
+        )
+    except Exception as e:
+        raise ExportError(f"split export of {result.onnx_path} failed: {type(e).__name__}: {e}") from e
+    section = check_split(
+        result.model,
+        result.onnx_path,
+        result.parity_pairs,
+        atol=settings.atol,
+        min_match_agreement=settings.min_match_agreement,
+    )
+    result.report["split"] = section
+    result.report["errors"] = [*result.report.get("errors", []), *section["errors"]]
+    result.report["ok"] = not result.report["errors"]
+    checks.write_report(result.report_path, result.report)
+    if section["errors"]:
+        raise ExportError(
+            f"export checks failed for the split export {paths[0].name} / {paths[1].name} (report: "
+            f"{result.report_path}): " + "; ".join(section["errors"])
+        )
+    parity = section.get("parity") or {}
+    say(
+        f"Split export: {paths[0]} and {paths[1]} written and verified (same checks; outputs identical to the "
+        f"whole graph's on {100 * parity.get('pairs_identical_to_whole_graph', 0):.0f} % of the pairs, max diff "
+        f"{parity.get('max_abs_diff_vs_whole_graph', float('nan')):.1e})."
+    )
+    return {"encoder": str(paths[0]), "matcher": str(paths[1]), "split_parity": parity}
+
+
+def _split_engines(onnx_path: Path, settings: TensorRTSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """TensorRT engines of the encoder and matcher graphs, beside the whole graph's engine; their profile takes
+    a batch of at least :data:`SPLIT_MAX_BATCH` (a guided search matches its hypotheses in one call)."""
+    import dataclasses
+
+    from loftr_kd.runtime.backend import SPLIT_PARTS, split_path
+
+    if settings.profile:
+        batch = max(int(settings.profile.get("max_batch", 1) or 1), SPLIT_MAX_BATCH)
+        settings = dataclasses.replace(settings, profile={**settings.profile, "max_batch": batch})
+    engines = {}
+    for part in SPLIT_PARTS:
+        built = _engine(split_path(onnx_path, part), settings, say)
+        if "engine" not in built:
+            return {f"{part}_engine_{key}": value for key, value in built.items()}
+        engines[f"{part}_engine"] = built["engine"]
+    return engines
 
 
 def _int8(onnx_path: Path, settings: ExportSettings, say: Callable[[str], None]) -> dict[str, Any]:

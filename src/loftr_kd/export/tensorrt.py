@@ -95,6 +95,8 @@ def shape_profile(
 
     Every size must be a multiple of the graph's coarse stride (its ``size_multiple`` metadata), within its
     ``max_height x max_width`` and ordered ``min <= opt <= max`` per axis; otherwise ``ValueError`` says which.
+    The halves of a split export take feature maps: an input's ``input_strides`` entry (metadata; 1 for
+    images) divides the image size into its rows and columns, its channels are the graph's.
     """
     meta = read_metadata(onnx_path)
     multiple = int(meta.get("size_multiple") or meta.get("coarse_stride") or 1)
@@ -119,9 +121,21 @@ def shape_profile(
         raise ValueError(f"TensorRT profile sizes must satisfy min <= opt <= max per axis, got {sizes}")
     if max_batch < 1:
         raise ValueError(f"TensorRT profile max_batch must be >= 1, got {max_batch}")
-    names = list(io_shapes(onnx_path)["inputs"])
+    inputs = io_shapes(onnx_path)["inputs"]
+    strides = json.loads(meta.get("input_strides") or "{}")
+
+    def shape(name: str, batch: int, size: tuple[int, int]) -> tuple[int, ...]:
+        stride = int(strides.get(name, 1))
+        channels = inputs[name]["shape"][1]
+        return (batch, channels if isinstance(channels, int) else 1, size[0] // stride, size[1] // stride)
+
     return {
-        name: ((1, 1, *sizes["min"]), (1, 1, *sizes["opt"]), (max_batch, 1, *sizes["max"])) for name in names
+        name: (
+            shape(name, 1, sizes["min"]),
+            shape(name, 1, sizes["opt"]),
+            shape(name, max_batch, sizes["max"]),
+        )
+        for name in inputs
     }
 
 

@@ -68,7 +68,7 @@ def teacher_refine_targets(
     affine over those 8 px).
 
     Args:
-        points0, points1, valid: :class:`~loftr_kd.models.teacher.TeacherFine` fields for the cells of
+        points0, points1, valid: :class:`~loftr_kd.teachers.TeacherFine` fields for the cells of
             :func:`teacher_fine_cells` (flattened: anchors, then x-neighbours, then y-neighbours), shapes
             ``(B, 3L, 2)``, ``(B, 3L, 2)``, ``(B, 3L)``.
         student: the student's grid.

@@ -180,9 +180,18 @@ class Refinement(nn.Module):
         Returns:
             :class:`RefineOutput` for every image0 cell.
         """
+        return self.refine_described(self.describe(fine0), self.describe(fine1), candidate_ids, grid1)
+
+    def describe(self, fine: torch.Tensor) -> torch.Tensor:
+        """Unit fine descriptors of one image ``(B, C_in, Hf, Wf) -> (B, dim, Hf, Wf)``: the per-image part
+        of the refinement (a student's ``encode`` runs it once per image)."""
+        return F.normalize(self.fine_head(fine), dim=1)
+
+    def refine_described(
+        self, desc0: torch.Tensor, desc1: torch.Tensor, candidate_ids: torch.Tensor, grid1: CoarseGrid
+    ) -> RefineOutput:
+        """:meth:`forward` on descriptors from :meth:`describe` (``(B, dim, h*r, w*r)`` per image)."""
         ratio = self.window.ratio
-        desc0 = F.normalize(self.fine_head(fine0), dim=1)  # (B, C, Hf0, Wf0)
-        desc1 = F.normalize(self.fine_head(fine1), dim=1)  # (B, C, Hf1, Wf1)
         query = _centre_descriptors(desc0, ratio)  # (B, L0, C)
         if self.kind == "corr":
             windows = self._gather_windows(desc1, candidate_ids)  # (B, L0, K, C)

@@ -1,4 +1,4 @@
-"""The coarse-only LoFTR student: config, model, save / load.
+"""The coarse-only LoFTR student: model, save / load (its sizes, ``StudentConfig``, in ``student_config``).
 
 ``StudentConfig`` is the single source of truth for sizes; its ``asdict`` travels in every checkpoint so
 ``load_student(path)`` rebuilds the model without Hydra. The default sizes are the published
@@ -8,29 +8,30 @@ switches (``pe_temp_bug_fix: false``, ``keep_unused_fpn: true``) to reproduce it
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from loftr_kd.checkpoints import load_checkpoint
 from loftr_kd.files import torch_save
-from loftr_kd.geometry import CoarseGrid, RefineWindow
-from loftr_kd.models.backbone import build_backbone, check_backbone_config
+from loftr_kd.geometry import CoarseGrid
+from loftr_kd.models.backbone import build_backbone
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
 from loftr_kd.models.position_encoding import PositionEncodingSine
-from loftr_kd.models.refinement import REFINE_KINDS, RefineOutput, build_refinement
+from loftr_kd.models.refinement import RefineOutput, build_refinement
+from loftr_kd.models.student_config import SUPPORTED_STRIDES, StudentConfig  # noqa: F401 - re-exported
 from loftr_kd.models.transformer import LocalFeatureTransformer
 
 __all__ = [
     "CoarseLoFTRStudent",
     "CoarseMatchOutput",
+    "EncodedImages",
     "StudentConfig",
     "build_student",
     "count_parameters",
@@ -40,157 +41,19 @@ __all__ = [
     "save_student",
 ]
 
-SUPPORTED_STRIDES = (8, 16)
 
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """Sizes of the coarse student (defaults: the published Coarse_LoFTR_TRT student's sizes).
+class EncodedImages(NamedTuple):
+    """The per-image part of a student (:meth:`CoarseLoFTRStudent.encode`): everything before the first
+    cross layer lets one image see the other.
 
     Attributes:
-        input_height: default image height ``H`` (export size, the Matcher's default long side); the model
-            takes any size that is a multiple of ``coarse_stride`` up to ``max_height x max_width``.
-        input_width: default image width ``W``.
-        backbone: backbone type (``'resnet_fpn'``: LoFTR's ResNet-FPN trimmed to the coarse output).
-        coarse_stride: coarse grid stride ``s`` (8 or 16); grid is ``H/s x W/s``.
-        initial_dim: backbone stem channels.
-        block_dims: backbone stage channels; ``len == log2(s)`` and the last equals ``d_model``.
-        block_depths: ``fast`` backbone only: stride-1 RepVGG blocks after each stage's stride-2 conv
-            (one count per ``block_dims`` entry); ``None`` is the backbone's default
-            (:func:`loftr_kd.models.fast_backbone.stage_depths`).
-        d_model: coarse feature / transformer size ``C``.
-        d_ffn: transformer MLP width is ``2 * d_ffn`` (LoFTR: ``d_ffn == d_model``).
-        nhead: attention heads; ``d_model % nhead == 0``.
-        layer_names: transformer layers, each ``'self'`` or ``'cross'``.
-        temperature: dual-softmax temperature.
-        match_threshold: minimum dual-softmax confidence of a match.
-        border_removal: coarse cells removed on each image border before matching.
-        pe_temp_bug_fix: ``False`` uses LoFTR's original (buggy) position-encoding frequencies, as the
-            published student (copied from the outdoor teacher config) does.
-        keep_unused_fpn: create the published model's top-down FPN layers that only feed LoFTR's fine
-            stage (33,920 parameters at paper sizes). Never run, frozen; only for parameter-count and
-            state-dict parity with Coarse_LoFTR_TRT.
-        refine: sub-pixel refinement stage: ``'none'`` (coarse only, the published student), ``'corr'``
-            (window correlation + expectation) or ``'mlp'`` (offset classification); see
-            :mod:`loftr_kd.models.refinement` and docs/refinement.md.
-        refine_fine_stride: stride of the backbone map the refinement reads (2 or 4, < coarse stride).
-        refine_margin: fine pixels added on each side of the matched cell's block (window size is
-            ``coarse_stride / refine_fine_stride + 2 * refine_margin`` fine pixels).
-        refine_dim: fine descriptor size.
-        refine_hidden: ``mlp`` hidden width.
-        refine_local: side of the neighbourhood of the heatmap's peak whose expectation is the refined
-            position (odd; ``0`` = the whole window, LoFTR's expectation).
-        refine_head: fine descriptor head, ``'conv'`` (full 3x3) or ``'separable'`` (depthwise 3x3 + 1x1).
-        max_height: largest image height the model takes (its position encoding is precomputed for the
-            grid ``max_height/s x max_width/s`` once and sliced to each input's grid, as LoFTR does);
-            larger images are an error. Not stored in the weights: load with another value freely.
-        max_width: largest image width.
+        coarse: ``(B, C, h, w)`` coarse features: backbone map + position encoding, through the transformer's
+            leading self layers (a map, so the grid ``h x w`` travels with it).
+        fine: ``(B, refine_dim, H/f, W/f)`` unit fine descriptors of the refinement stage, ``None`` without one.
     """
 
-    input_height: int = 480
-    input_width: int = 640
-    backbone: str = "resnet_fpn"
-    coarse_stride: int = 16
-    initial_dim: int = 8
-    block_dims: tuple[int, ...] = (8, 16, 32, 32)
-    block_depths: tuple[int, ...] | None = None
-    d_model: int = 32
-    d_ffn: int = 32
-    nhead: int = 1
-    layer_names: tuple[str, ...] = ("self", "cross", "self", "cross")
-    temperature: float = 0.1
-    match_threshold: float = 0.2
-    border_removal: int = 2
-    pe_temp_bug_fix: bool = True
-    keep_unused_fpn: bool = False
-    refine: str = "none"
-    refine_fine_stride: int = 4
-    refine_margin: int = 2
-    refine_dim: int = 16
-    refine_hidden: int = 64
-    refine_local: int = 3
-    refine_head: str = "conv"
-    max_height: int = 2048
-    max_width: int = 2048
-
-    def __post_init__(self) -> None:
-        for name in ("block_dims", "block_depths", "layer_names"):  # frozen: tuples keep it hashable
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if self.coarse_stride not in SUPPORTED_STRIDES:
-            raise ValueError(f"coarse_stride must be one of {SUPPORTED_STRIDES}, got {self.coarse_stride}")
-        for name in ("input_height", "input_width"):
-            size = getattr(self, name)
-            if size < self.coarse_stride or size % self.coarse_stride != 0:
-                raise ValueError(
-                    f"{name}={size} must be a positive multiple of coarse_stride={self.coarse_stride}"
-                )
-        for name, size in (("max_height", self.input_height), ("max_width", self.input_width)):
-            limit = getattr(self, name)
-            if limit % self.coarse_stride or limit < size:
-                raise ValueError(
-                    f"{name}={limit} must be a multiple of coarse_stride={self.coarse_stride} and at least "
-                    f"the input size {size}"
-                )
-        if self.d_model < 4 or self.d_model % 4 != 0:
-            raise ValueError(f"d_model must be a positive multiple of 4 (sine encoding), got {self.d_model}")
-        if self.nhead < 1 or self.d_model % self.nhead != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
-        if self.d_ffn < 1:
-            raise ValueError(f"d_ffn must be positive, got {self.d_ffn}")
-        if not self.layer_names or any(n not in ("self", "cross") for n in self.layer_names):
-            raise ValueError(
-                f"layer_names must be a non-empty list of 'self'/'cross', got {list(self.layer_names)}"
-            )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.match_threshold < 1.0:
-            raise ValueError(f"match_threshold must be in [0, 1), got {self.match_threshold}")
-        if self.border_removal < 0:
-            raise ValueError(f"border_removal must be >= 0, got {self.border_removal}")
-        check_backbone_config(
-            self.backbone,
-            self.coarse_stride,
-            self.initial_dim,
-            self.block_dims,
-            self.d_model,
-            block_depths=self.block_depths,
-        )
-        if self.refine not in REFINE_KINDS:
-            raise ValueError(f"refine must be one of {REFINE_KINDS}, got {self.refine!r}")
-        if self.refine != "none":
-            _ = self.refine_window  # validates strides and margin
-            if self.refine_dim < 1 or self.refine_hidden < 1:
-                raise ValueError(
-                    f"refine_dim and refine_hidden must be positive, got {self.refine_dim}, {self.refine_hidden}"
-                )
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Coarse grid ``(h, w)`` of the configured input."""
-        return self.coarse_grid.shape
-
-    @property
-    def coarse_grid(self) -> CoarseGrid:
-        """The :class:`~loftr_kd.geometry.CoarseGrid` of the configured input."""
-        return CoarseGrid.for_image(self.input_height, self.input_width, self.coarse_stride)
-
-    @property
-    def refine_window(self) -> RefineWindow | None:
-        """The refinement window, ``None`` without refinement."""
-        if self.refine == "none":
-            return None
-        return RefineWindow(self.coarse_stride, self.refine_fine_stride, self.refine_margin)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> StudentConfig:
-        """Build from a plain mapping (checkpoint ``student_config``, Hydra kwargs); lists become tuples."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown StudentConfig field(s) {unknown}; known: {sorted(fields)}")
-        return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
+    coarse: torch.Tensor
+    fine: torch.Tensor | None = None
 
 
 class CoarseLoFTRStudent(nn.Module):
@@ -241,24 +104,52 @@ class CoarseLoFTRStudent(nn.Module):
             )
         )
 
-    def _check_images(self, image0: torch.Tensor, image1: torch.Tensor) -> None:
-        """Raise ``ValueError`` on images the model cannot take (shapes only: static, export-safe)."""
+    def _check_image(self, name: str, image: torch.Tensor) -> None:
+        """Raise ``ValueError`` on an image the model cannot take (shapes only: static, export-safe)."""
         stride = self.config.coarse_stride
-        for name, image in (("image0", image0), ("image1", image1)):
-            if image.dim() != 4 or image.shape[1] != 1:
-                raise ValueError(f"{name} must be (B, 1, H, W) grayscale, got shape {tuple(image.shape)}")
-            if image.shape[2] % stride or image.shape[3] % stride:
-                raise ValueError(
-                    f"{name} size {tuple(image.shape[2:])} must be divisible by coarse_stride {stride}"
-                )
-            if image.shape[2] > self.config.max_height or image.shape[3] > self.config.max_width:
-                raise ValueError(
-                    f"{name} of {int(image.shape[3])}x{int(image.shape[2])} pixels is larger than the model's "
-                    f"maximum {self.config.max_width}x{self.config.max_height} (StudentConfig max_width/"
-                    f"max_height); resize it or load the student with larger max_height/max_width"
-                )
+        if image.dim() != 4 or image.shape[1] != 1:
+            raise ValueError(f"{name} must be (B, 1, H, W) grayscale, got shape {tuple(image.shape)}")
+        if image.shape[2] % stride or image.shape[3] % stride:
+            raise ValueError(
+                f"{name} size {tuple(image.shape[2:])} must be divisible by coarse_stride {stride}"
+            )
+        if image.shape[2] > self.config.max_height or image.shape[3] > self.config.max_width:
+            raise ValueError(
+                f"{name} of {int(image.shape[3])}x{int(image.shape[2])} pixels is larger than the model's "
+                f"maximum {self.config.max_width}x{self.config.max_height} (StudentConfig max_width/"
+                f"max_height); resize it or load the student with larger max_height/max_width"
+            )
+
+    def _check_images(self, image0: torch.Tensor, image1: torch.Tensor) -> None:
+        """Raise ``ValueError`` on a pair the model cannot take (shapes only: static, export-safe)."""
+        self._check_image("image0", image0)
+        self._check_image("image1", image1)
         if image0.shape[0] != image1.shape[0]:
             raise ValueError(f"batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
+
+    def _check_encoded(self, encoded0: EncodedImages, encoded1: EncodedImages) -> None:
+        """Raise ``ValueError`` on encodings this model did not make (shapes only: export-safe)."""
+        for name, encoded in (("encoded0", encoded0), ("encoded1", encoded1)):
+            coarse, fine = encoded
+            if coarse.dim() != 4 or coarse.shape[1] != self.config.d_model:
+                raise ValueError(
+                    f"{name}.coarse must be (B, {self.config.d_model}, h, w), got {tuple(coarse.shape)}"
+                )
+            if (fine is None) != (self.refinement is None):
+                raise ValueError(
+                    f"{name}.fine must be {'None' if self.refinement is None else 'given'} for this student "
+                    f"(refine={self.config.refine!r})"
+                )
+            ratio = self.config.coarse_stride // (self.fine_stride or 1)
+            if fine is not None and (
+                tuple(fine.shape[2:]) != (coarse.shape[2] * ratio, coarse.shape[3] * ratio)
+                or fine.shape[:2] != (coarse.shape[0], self.config.refine_dim)
+            ):
+                raise ValueError(
+                    f"{name}.fine of shape {tuple(fine.shape)} does not belong to coarse {tuple(coarse.shape)}"
+                )
+        if encoded0.coarse.shape[0] != encoded1.coarse.shape[0]:
+            raise ValueError(f"batch sizes differ: {encoded0.coarse.shape[0]} vs {encoded1.coarse.shape[0]}")
 
     def prepare_for_inference(self, inplace: bool = False) -> CoarseLoFTRStudent:
         """The model as it is deployed: eval mode, re-parameterisable blocks (the fast backbone's RepVGG
@@ -304,13 +195,75 @@ class CoarseLoFTRStudent(nn.Module):
         feat1 = self.pos_encoding(feat_c1).flatten(2).transpose(1, 2)  # (B, L1, C)
         feat0, feat1 = self.loftr_coarse(feat0, feat1)  # (B, L0, C), (B, L1, C)
         coarse_out = self.coarse_matching(feat0, feat1, grid0, grid1)
+        refined = (
+            None
+            if self.refinement is None
+            else self.refinement(fine0, fine1, coarse_out.candidate_ids, grid1)
+        )
+        fine_maps = None if self.refinement is None else (fine0, fine1)
+        return self._with_positions(coarse_out, grid0, grid1, refined, fine_maps)
+
+    def encode(self, image: torch.Tensor) -> EncodedImages:
+        """The per-image part of :meth:`forward`: backbone, position encoding, the transformer's leading self
+        layers and the refinement's fine descriptors. :meth:`match` finishes a pair from two encodings with
+        the result of ``forward`` (up to float rounding where a batch is stacked differently); an image
+        encoded once can be matched against many others.
+
+        Args:
+            image: ``(B, 1, H, W)`` float in [0, 1], any multiple of the stride up to the maximum.
+
+        Returns:
+            :class:`EncodedImages`: ``coarse (B, C, H/s, W/s)``, ``fine (B, refine_dim, H/f, W/f)`` or ``None``.
+        """
+        self._check_image("image", image)
+        coarse, fine = self.backbone.forward_features(image, self.fine_stride)  # (B, C, h, w)
+        coarse = self.pos_encoding(coarse)
+        batch, channels, height, width = coarse.shape
+        feat = self.loftr_coarse.encode(coarse.flatten(2).transpose(1, 2))  # (B, L, C), row-major cells
+        coarse = feat.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, h, w)
+        return EncodedImages(coarse, None if self.refinement is None else self.refinement.describe(fine))
+
+    def match(self, encoded0: EncodedImages, encoded1: EncodedImages) -> CoarseMatchOutput:
+        """The pairwise part of :meth:`forward` on two :meth:`encode` results (same batch size ``B``).
+
+        Returns:
+            :class:`CoarseMatchOutput` as :meth:`forward`'s, without ``fine_maps`` (inference only).
+        """
+        self._check_encoded(encoded0, encoded1)
+        stride = self.config.coarse_stride
+        coarse0, coarse1 = encoded0.coarse, encoded1.coarse
+        grid0 = CoarseGrid.for_image(coarse0.shape[2] * stride, coarse0.shape[3] * stride, stride)
+        grid1 = CoarseGrid.for_image(coarse1.shape[2] * stride, coarse1.shape[3] * stride, stride)
+        feat0 = coarse0.flatten(2).transpose(1, 2)  # (B, L0, C)
+        feat1 = coarse1.flatten(2).transpose(1, 2)  # (B, L1, C)
+        feat0, feat1 = self.loftr_coarse(feat0, feat1, start=self.loftr_coarse.leading_self_layers)
+        coarse_out = self.coarse_matching(feat0, feat1, grid0, grid1)
+        refined = (
+            None
+            if self.refinement is None
+            else self.refinement.refine_described(
+                encoded0.fine, encoded1.fine, coarse_out.candidate_ids, grid1
+            )
+        )
+        return self._with_positions(coarse_out, grid0, grid1, refined)
+
+    def _with_positions(
+        self,
+        coarse_out: CoarseMatchOutput,
+        grid0: CoarseGrid,
+        grid1: CoarseGrid,
+        refined: RefineOutput | None,
+        fine_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> CoarseMatchOutput:
+        """The coarse matches completed with their positions (refined where the model refines)."""
         candidates = coarse_out.candidate_ids  # (B, L0)
         refine_logits = None
-        if self.refinement is None:
+        if refined is None:
             candidate_points1 = grid1.ids_to_pixels(candidates)  # (B, L0, 2) cell centres
-            uncertainty = torch.full(candidates.shape, stride / 6**0.5, device=candidates.device)
+            uncertainty = torch.full(
+                candidates.shape, self.config.coarse_stride / 6**0.5, device=candidates.device
+            )
         else:
-            refined = self.refinement(fine0, fine1, candidates, grid1)
             candidate_points1, uncertainty, refine_logits = refined
         matched = coarse_out.match_ids >= 0  # (B, L0)
         centres0 = grid0.centers(device=candidates.device).unsqueeze(0).expand(matched.shape[0], -1, -1)
@@ -325,7 +278,7 @@ class CoarseLoFTRStudent(nn.Module):
             candidate_points1=candidate_points1,
             candidate_uncertainty=uncertainty,
             refine_logits=refine_logits,
-            fine_maps=None if self.refinement is None else (fine0, fine1),
+            fine_maps=fine_maps,
         )
 
     @property

@@ -113,18 +113,34 @@ class LocalFeatureTransformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, feat0: torch.Tensor, feat1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def leading_self_layers(self) -> int:
+        """How many layers run before the first ``'cross'`` one: each image sees only itself there, so
+        they belong to the per-image part of the model (:meth:`encode`)."""
+        return next((i for i, name in enumerate(self.layer_names) if name == "cross"), len(self.layer_names))
+
+    def encode(self, feat: torch.Tensor) -> torch.Tensor:
+        """The leading self layers on one image's features ``(B, L, C) -> (B, L, C)``; ``forward(...,
+        start=leading_self_layers)`` runs the rest on a pair."""
+        for layer in self.layers[: self.leading_self_layers]:
+            feat = layer(feat, feat)
+        return feat
+
+    def forward(
+        self, feat0: torch.Tensor, feat1: torch.Tensor, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Transform both feature sets.
 
         Args:
             feat0: image 0 features ``(B, L0, C)``.
             feat1: image 1 features ``(B, L1, C)``.
+            start: first layer to run (the ones before were run already, e.g. by :meth:`encode`).
 
         Returns:
             ``(feat0, feat1)`` with the same shapes.
         """
         batch = feat0.shape[0]
-        for layer, name in zip(self.layers, self.layer_names):
+        for layer, name in zip(self.layers[start:], self.layer_names[start:]):
             if name == "self":
                 if feat0.shape == feat1.shape:  # one call on the stacked pair: same result, fewer ops
                     stacked = torch.cat([feat0, feat1], dim=0)  # (2B, L, C)

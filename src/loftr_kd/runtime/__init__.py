@@ -1,10 +1,10 @@
 """Running exported and trained students: backends, onnxruntime sessions, timing, the backend vocabulary.
 
-- :mod:`~loftr_kd.runtime.backend`: the :class:`Backend` protocol, :class:`ModelOutputs`,
-  :class:`ModelGeometry` (the one reader of a model file's geometry metadata), the backend names.
+- :mod:`~loftr_kd.runtime.backend`: the :class:`Backend` protocol (whole pairs, or ``encode`` / ``match``
+  halves: :class:`EncodedBatch`, :func:`split_path`), :class:`ModelOutputs`, :class:`ModelGeometry` (the
+  one reader of a model file's geometry metadata), the backend names.
 - :mod:`~loftr_kd.runtime.torch_backend`, :mod:`~loftr_kd.runtime.onnx_backend`,
   :mod:`~loftr_kd.runtime.tensorrt_backend`: the three backends.
-- :mod:`~loftr_kd.runtime.factory`: :func:`open_backend`, a model file to its backend.
 - :mod:`~loftr_kd.runtime.sessions`: ``ort_session``, ``op_histogram``, interleaved timing.
 
 Importing this package imports neither torch nor onnxruntime.
@@ -14,15 +14,18 @@ from loftr_kd.runtime.backend import (
     BACKENDS,
     BENCH_BACKEND,
     MATCHER_BACKEND,
+    SPLIT_PARTS,
     Backend,
+    EncodedBatch,
     MatcherError,
     ModelGeometry,
     ModelOutputs,
     bench_backend,
     check_backend,
     matcher_backend,
+    no_split_error,
+    split_path,
 )
-from loftr_kd.runtime.factory import open_backend
 from loftr_kd.runtime.onnx_backend import OnnxBackend
 from loftr_kd.runtime.sessions import (
     load_model,
@@ -42,7 +45,9 @@ __all__ = [
     "BENCH_BACKEND",
     "DEFAULT_TORCH_THREADS",
     "MATCHER_BACKEND",
+    "SPLIT_PARTS",
     "Backend",
+    "EncodedBatch",
     "MatcherError",
     "ModelGeometry",
     "ModelOutputs",
@@ -55,10 +60,11 @@ __all__ = [
     "check_backend",
     "load_model",
     "matcher_backend",
+    "no_split_error",
     "op_histogram",
-    "open_backend",
     "ort_session",
     "read_metadata",
+    "split_path",
     "time_interleaved",
     "time_onnx",
     "time_sessions",

@@ -5,8 +5,14 @@ TorchBackend`), an ``.onnx`` file in onnxruntime (:class:`~loftr_kd.runtime.onnx
 a TensorRT engine (:class:`~loftr_kd.runtime.tensorrt_backend.TensorRTBackend`). All three follow
 :class:`Backend`: ``feed`` turns a batch of image pairs into what the runtime takes (tensors on the device,
 an onnxruntime feed), ``run`` calls the model on it and returns :class:`ModelOutputs`. The two steps are
-separate so that inputs can be prepared once and timed runs measure the model alone, and so that a later
-backend can split the call into "encode one image" and "match two encodings" without touching callers.
+separate so that inputs can be prepared once and timed runs measure the model alone.
+
+Every backend can also run the model in two halves where the file has them (``can_encode``): ``encode`` a
+batch of images (:class:`EncodedBatch`: everything of the model that sees one image only) and ``match`` two
+encodings. For a checkpoint that is the student's own ``encode`` / ``match``; for an exported graph, the
+two graphs ``loftr-kd-export`` writes beside it (:func:`split_path`: ``student.onnx`` ->
+``student.encoder.onnx`` and ``student.matcher.onnx``; ``student.fp16.engine`` ->
+``student.encoder.fp16.engine`` ...). An image encoded once is then matched against many others.
 
 :class:`ModelGeometry` is what a model file says about the inputs it takes (stride, configured or fixed
 input size, dynamic shapes and their limits, the threshold baked into a graph, refinement); it is read
@@ -21,6 +27,7 @@ loftr-kd-match, -demo and -evaluate) and the benchmark's (``onnxruntime`` / ``on
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,14 @@ MATCHER_BACKEND = {"onnxruntime": "onnx", "tensorrt": "trt", "tensorrt-fp16": "t
 BENCH_BACKEND = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime-int8", "trt": "tensorrt-fp16"}
 BENCH_BACKEND |= {"trt-fp16": "tensorrt-fp16", "trt-fp32": "tensorrt-fp32"}
 ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
+# The two halves of a split export (split_path), in the order they run, and their graphs' I/O names (the
+# matcher's outputs are the whole graph's); a student without refinement has no fine maps.
+SPLIT_PARTS = ("encoder", "matcher")
+ENCODER_INPUT = "image"
+ENCODER_OUTPUTS = ("coarse", "fine")
+MATCHER_INPUTS = ("coarse0", "coarse1", "fine0", "fine1")
+# Precision tags an export puts between a file's stem and its suffix (student.fp16.engine).
+_PRECISION_TAGS = (".fp16", ".fp32", ".int8")
 
 
 class MatcherError(RuntimeError):
@@ -82,6 +97,54 @@ class ModelOutputs(NamedTuple):
     points1: np.ndarray
     match_uncertainty: np.ndarray | None = None
     confidence: np.ndarray | None = None
+
+
+class EncodedBatch(NamedTuple):
+    """The per-image half of a student for a batch of ``B`` images, as NumPy (a split export's I/O).
+
+    Attributes:
+        coarse: ``(B, C, H/s, W/s)`` float32 coarse features (backbone + position encoding + the
+            transformer's leading self layers).
+        fine: ``(B, D, H/f, W/f)`` float32 unit fine descriptors of the refinement, ``None`` without one.
+    """
+
+    coarse: np.ndarray
+    fine: np.ndarray | None = None
+
+    def take(self, rows: Any) -> EncodedBatch:
+        """The encodings of some images of the batch (``rows``: an index array or slice)."""
+        return EncodedBatch(self.coarse[rows], None if self.fine is None else self.fine[rows])
+
+
+def split_path(path: str | os.PathLike, part: str) -> Path:
+    """Where the ``part`` (``encoder`` / ``matcher``) of a split export lies beside the whole graph ``path``.
+
+    ``student.onnx`` -> ``student.encoder.onnx``; an engine keeps its precision tag last:
+    ``student.fp16.engine`` -> ``student.encoder.fp16.engine`` (the engine built from
+    ``student.encoder.onnx``).
+    """
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"part must be one of {SPLIT_PARTS}, got {part!r}")
+    path = Path(path)
+    base = path.name[: len(path.name) - len(path.suffix)]
+    tag = next((t for t in _PRECISION_TAGS if base.endswith(t) and len(base) > len(t)), "")
+    return path.with_name(f"{base[: len(base) - len(tag)]}.{part}{tag}{path.suffix}")
+
+
+def check_split_config(
+    part_path: Path, config: Mapping[str, Any], whole: Path, expected: Mapping[str, Any]
+) -> None:
+    """A split export's half must come from the model of the whole graph beside it.
+
+    Raises:
+        MatcherError: its ``student_config`` differs from ``expected`` (the whole graph's).
+    """
+    if dict(config) != dict(expected):
+        differ = sorted(k for k in set(config) | set(expected) if config.get(k) != expected.get(k))
+        raise MatcherError(
+            f"{part_path} was exported from another model than {whole} (student_config differs in "
+            f"{', '.join(differ)}); export them together again with loftr-kd-export"
+        )
 
 
 @dataclass(frozen=True)
@@ -256,12 +319,17 @@ class Backend(Protocol):
         path: the file it runs (for a checkpoint on onnxruntime: the cached export).
         device: where it runs (``cpu``, ``cuda``).
         geometry: what the file's metadata says about its inputs.
+        can_encode: the model runs in two halves (:meth:`encode`, :meth:`match`): always for a checkpoint;
+            for an exported file, where its split export lies beside it (:func:`split_path`).
+        split_batch: the largest batch :meth:`encode` / :meth:`match` take (a TensorRT profile's); ``None``: any.
     """
 
     name: str
     path: Path | None
     device: str
     geometry: ModelGeometry
+    can_encode: bool
+    split_batch: int | None
 
     def feed(self, images0: np.ndarray, images1: np.ndarray) -> Any:
         """``(B, 1, H0, W0)`` and ``(B, 1, H1, W1)`` float32 images in [0, 1] -> the runtime's inputs
@@ -271,3 +339,26 @@ class Backend(Protocol):
     def run(self, inputs: Any) -> ModelOutputs:
         """The model on inputs from :meth:`feed`."""
         ...
+
+    def encode(self, images: np.ndarray) -> EncodedBatch:
+        """The per-image half of the model on ``(B, 1, H, W)`` float32 images in [0, 1].
+
+        Raises:
+            MatcherError: the file has no split export (``can_encode`` is False).
+        """
+        ...
+
+    def match(self, encoded0: EncodedBatch, encoded1: EncodedBatch) -> ModelOutputs:
+        """The pairwise half on two encodings of the same batch size: the outputs :meth:`run` gives for the
+        images they encode (up to float rounding where the whole graph stacks a batch otherwise)."""
+        ...
+
+
+def no_split_error(path: Path | None, name: str) -> MatcherError:
+    """The error of ``encode`` / ``match`` on a file without its split export."""
+    encoder, matcher = (split_path(path or Path("student.onnx"), part).name for part in SPLIT_PARTS)
+    return MatcherError(
+        f"{path} has no split export beside it ({encoder}, {matcher}), so the {name} backend cannot "
+        f"encode an image once and match it many times; export the checkpoint again with loftr-kd-export "
+        f"(it writes both), or match whole pairs"
+    )

@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from loftr_kd.runtime.backend import ModelGeometry, ModelOutputs, cell_centre_points
+from loftr_kd.runtime.backend import (
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    MATCHER_INPUTS,
+    SPLIT_PARTS,
+    EncodedBatch,
+    ModelGeometry,
+    ModelOutputs,
+    cell_centre_points,
+    check_split_config,
+    no_split_error,
+    split_path,
+)
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -60,7 +73,7 @@ class TensorRTRunner:
 
     Call it like the other backends: ``runner(image0, image1)`` with (B,1,H,W) float32 arrays or
     tensors (moved to the GPU) returns a dict of CUDA tensors keyed by output name (``match_ids`` as
-    int64, the PyTorch contract).
+    int64, the PyTorch contract); :meth:`run` takes inputs by name (the halves of a split export).
     """
 
     def __init__(self, engine_path: str | Path, device: int | str = 0) -> None:
@@ -108,11 +121,26 @@ class TensorRTRunner:
         return mapping[self.engine.get_tensor_dtype(name)]
 
     def __call__(self, image0, image1) -> dict[str, Any]:
+        return self.run(dict(zip(self.input_names, (image0, image1))))
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch of the engine's optimisation profile (``None``: a static engine's own)."""
+        profiles = self.metadata.get("profiles") or []
+        batches = [int(shapes[2][0]) for profile in profiles for shapes in profile.values()]
+        return min(batches) if batches else None
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run on inputs by name (arrays or tensors, moved to the GPU); returns the outputs by name as CUDA
+        tensors (``match_ids`` as int64)."""
         import torch
 
+        missing = set(self.input_names) - set(inputs)
+        if missing:
+            raise ValueError(f"{self.engine_path} needs inputs {sorted(missing)}")
         feeds = {}
-        for name, value in zip(self.input_names, (image0, image1)):
-            t = torch.as_tensor(value).to(self.device, self._torch_dtype(name)).contiguous()
+        for name in self.input_names:
+            t = torch.as_tensor(inputs[name]).to(self.device, self._torch_dtype(name)).contiguous()
             feeds[name] = t
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
@@ -137,6 +165,10 @@ class TensorRTRunner:
 class TensorRTBackend:
     """A TensorRT engine behind :class:`~loftr_kd.runtime.backend.Backend` (:class:`TensorRTRunner` inside).
 
+    The engines of a split export beside it (``student.encoder.fp16.engine``, ``student.matcher.fp16.engine``
+    for ``student.fp16.engine``: :func:`~loftr_kd.runtime.backend.split_path`) run :meth:`encode` and
+    :meth:`match`; they are loaded on first use.
+
     Args:
         path: the engine (``.engine``/``.trt``/``.plan``), with its sidecar JSON or the ONNX it was built
             from beside it for the geometry.
@@ -154,6 +186,55 @@ class TensorRTBackend:
         self.path = Path(path)
         self.runner = TensorRTRunner(self.path)
         self.geometry = ModelGeometry.from_engine_metadata(self.runner.metadata, self.path, input_size)
+        self.split_paths = tuple(split_path(self.path, part) for part in SPLIT_PARTS)
+        self._split: tuple[TensorRTRunner, TensorRTRunner] | None = None
+
+    @property
+    def can_encode(self) -> bool:
+        """The split export's engines lie beside this one."""
+        return self._split is not None or all(p.is_file() for p in self.split_paths)
+
+    @property
+    def split_batch(self) -> int | None:
+        """The largest batch both split engines' profiles take."""
+        if not self.can_encode:
+            return None
+        batches = [b for b in (runner.max_batch for runner in self._split_runners()) if b is not None]
+        return min(batches) if batches else None
+
+    def _split_runners(self) -> tuple[TensorRTRunner, TensorRTRunner]:
+        """The encoder and matcher engines, loaded (and checked against this engine) on first use."""
+        if self._split is None:
+            if not all(p.is_file() for p in self.split_paths):
+                raise no_split_error(self.path, self.name)
+            runners = tuple(TensorRTRunner(path) for path in self.split_paths)
+            for path, runner in zip(self.split_paths, runners):
+                part = ModelGeometry.from_engine_metadata(runner.metadata, path, None)
+                check_split_config(path, part.config, self.path, self.geometry.config)
+            self._split = runners
+        return self._split
+
+    def encode(self, images: np.ndarray) -> EncodedBatch:
+        """The encoder engine on ``(B, 1, H, W)`` float32 images (copied back to the host)."""
+        import torch
+
+        runner = self._split_runners()[0]
+        out = runner.run({ENCODER_INPUT: torch.from_numpy(np.asarray(images, np.float32)).to(runner.device)})
+        return EncodedBatch(*(out[name].float().cpu().numpy() for name in ENCODER_OUTPUTS if name in out))
+
+    def match(self, encoded0: EncodedBatch, encoded1: EncodedBatch) -> ModelOutputs:
+        """The matcher engine on two encodings (copied back to the host)."""
+        import torch
+
+        runner = self._split_runners()[1]
+        values = dict(zip(MATCHER_INPUTS, (encoded0.coarse, encoded1.coarse, encoded0.fine, encoded1.fine)))
+        feeds = {
+            name: torch.from_numpy(np.asarray(values[name], np.float32)).to(runner.device)
+            for name in runner.input_names
+        }
+        stride = self.geometry.stride
+        shapes = [tuple(int(n) * stride for n in e.coarse.shape[-2:]) for e in (encoded0, encoded1)]
+        return self._outputs(runner.run(feeds), *shapes)
 
     def feed(self, images0: np.ndarray, images1: np.ndarray) -> tuple[Any, Any]:
         """``(B, 1, H, W)`` float32 arrays -> CUDA tensors."""
@@ -165,14 +246,15 @@ class TensorRTBackend:
 
     def run(self, inputs: tuple[Any, Any]) -> ModelOutputs:
         """The engine on tensors from :meth:`feed` (copied back to the host, which waits for it)."""
-        out = self.runner(*inputs)
+        return self._outputs(self.runner(*inputs), inputs[0].shape[-2:], inputs[1].shape[-2:])
+
+    def _outputs(self, out: dict[str, Any], shape0: tuple[int, int], shape1: tuple[int, int]) -> ModelOutputs:
+        """An engine's outputs by name as :class:`ModelOutputs` (``shape0`` / ``shape1``: the inputs' ``(H, W)``)."""
         match_ids = out["match_ids"].long().cpu().numpy()
         if "points1" in out:
             points0, points1 = (out[key].float().cpu().numpy() for key in ("points0", "points1"))
         else:
-            points0, points1 = cell_centre_points(
-                match_ids, inputs[0].shape[-2:], inputs[1].shape[-2:], self.geometry.stride
-            )
+            points0, points1 = cell_centre_points(match_ids, shape0, shape1, self.geometry.stride)
         uncertainty = out.get("match_uncertainty")
         return ModelOutputs(
             match_ids=match_ids,

@@ -1,4 +1,5 @@
-"""The PyTorch backend: a student (from a checkpoint, or a model in memory) run in inference mode."""
+"""The PyTorch backend: a student (from a checkpoint, or a model in memory) run in inference mode, whole or
+in its two halves (``encode`` / ``match``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from loftr_kd.runtime.backend import MatcherError, ModelGeometry, ModelOutputs
+from loftr_kd.runtime.backend import EncodedBatch, MatcherError, ModelGeometry, ModelOutputs
 
 # Torch backend threads unless told otherwise. Measured on 2 cores (docs/usage.md): 1 thread 62 ms per
 # 640x480 pair idle and 170 ms while two other processes kept the cores busy; 2 threads 39 ms idle but
@@ -50,6 +51,8 @@ class TorchBackend:
     """
 
     name = "torch"
+    can_encode = True  # the student's own encode / match
+    split_batch = None
 
     def __init__(
         self,
@@ -112,6 +115,39 @@ class TorchBackend:
 
         with torch_threads(self.threads), torch.inference_mode():
             out = self.model(*inputs)
+        return self._outputs(out)
+
+    def encode(self, images: np.ndarray) -> EncodedBatch:
+        """The student's ``encode`` on ``(B, 1, H, W)`` float32 images, as NumPy."""
+        import torch
+
+        tensor = torch.from_numpy(np.asarray(images, np.float32)).to(self.device)
+        with torch_threads(self.threads), torch.inference_mode():
+            coarse, fine = self.model.encode(tensor)
+        return EncodedBatch(
+            coarse.float().cpu().numpy(), None if fine is None else fine.float().cpu().numpy()
+        )
+
+    def match(self, encoded0: EncodedBatch, encoded1: EncodedBatch) -> ModelOutputs:
+        """The student's ``match`` on two encodings."""
+        import torch
+
+        from loftr_kd.models.student import EncodedImages
+
+        def tensors(encoded: EncodedBatch) -> EncodedImages:
+            return EncodedImages(
+                *(
+                    None if x is None else torch.from_numpy(np.asarray(x, np.float32)).to(self.device)
+                    for x in encoded
+                )
+            )
+
+        with torch_threads(self.threads), torch.inference_mode():
+            out = self.model.match(tensors(encoded0), tensors(encoded1))
+        return self._outputs(out)
+
+    def _outputs(self, out: Any) -> ModelOutputs:
+        """A ``CoarseMatchOutput`` as NumPy."""
         return ModelOutputs(
             match_ids=out.match_ids.cpu().numpy(),
             match_confidence=out.match_confidence.float().cpu().numpy(),

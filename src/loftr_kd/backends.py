@@ -1,4 +1,6 @@
-"""One door from a model file to its backend: :func:`open_backend` (what ``Matcher`` builds on)."""
+"""One door from a model file to the backend that runs it: :func:`open_backend` (what ``Matcher`` builds
+on). It sits above :mod:`loftr_kd.runtime` (the backends) and :mod:`loftr_kd.export` (whose cache turns a
+checkpoint into the ONNX graph onnxruntime runs), so neither of those reaches up to the other."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def open_backend(
     Args:
         weights: ``.pt``/``.ckpt`` (student checkpoint), ``.onnx`` (exported student) or a TensorRT engine.
         backend: ``onnx`` (a checkpoint is exported once, with dynamic shapes, by
-            :func:`loftr_kd.export.cache.cached_onnx_export`), ``torch`` or ``trt``, in either spelling.
+            :func:`loftr_kd.export.cache.cached_onnx_export`; its split export on first ``encode``),
+            ``torch`` or ``trt``, in either spelling.
         device: ``cpu`` or ``cuda`` (torch and onnx).
         threads: intra-op CPU threads (``None``: the runtime's default).
         threshold: match threshold a checkpoint is rebuilt with (exported graphs keep theirs).
@@ -57,11 +60,15 @@ def open_backend(
     )
     if backend == "torch":
         return checkpoint
-    from loftr_kd.export.cache import cached_onnx_export
+    from loftr_kd.export.cache import cached_onnx_export, cached_split_export
     from loftr_kd.runtime.onnx_backend import OnnxBackend
 
+    path = cached_onnx_export(weights, checkpoint.model, cache_dir)
     return OnnxBackend(
-        cached_onnx_export(weights, checkpoint.model, cache_dir), threads=threads, device=device
+        path,
+        threads=threads,
+        device=device,
+        write_split=lambda: cached_split_export(path, weights, checkpoint.model),
     )
 
 
