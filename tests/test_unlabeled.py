@@ -293,3 +293,55 @@ def test_verification_of_a_degenerate_match_set_finds_no_inliers():
     for model in ("fundamental", "homography"):
         for k0 in (line, point):
             assert not verify_matches(k0, k0 + 1, VerifySettings(model=model)).any()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_labelling_after_a_batch_and_the_same_command_resumes(tmp_path):
+    """Lightning's predict loop only records SIGTERM: loftr-kd-label stops after the batch it is writing,
+    exits 143 with one line, keeps the labels so far, and the same command labels the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("kornia")
+    import re
+
+    _panning_sequence(tmp_path / "videos" / "pan", frames=10)
+    labels = tmp_path / "labels"
+
+    def command(run: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "loftr_kd.cli.label",
+            f"data.root={tmp_path / 'videos'}",
+            f"data.labels_dir={labels}",
+            f"data.height={H}",
+            f"data.width={W}",
+            "data.labeller.features=xfeat",
+            "+data.labeller.max_keypoints=512",
+            "data.label_batch_size=1",
+            "data.pairs.gaps=[1,2]",
+            "data.verify.model=homography",
+            f"hydra.run.dir={tmp_path / run}",
+        ]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command("first"), stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not list(labels.glob("*/shard_*.npz")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    (cache,) = labels.iterdir()
+    written = len(list(cache.glob("shard_*.npz")))
+    assert written >= 1 and not (cache / "complete.json").exists()
+    again = subprocess.run(command("second"), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = re.search(r"Labels: (\d+) of (\d+) pairs already labelled", again.stdout + again.stderr)
+    assert resumed and int(resumed[1]) == written < int(resumed[2]), again.stderr[-2000:]
+    assert (cache / "complete.json").exists()

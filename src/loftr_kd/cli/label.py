@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from loftr_kd.cli import hydra_command
+from loftr_kd.errors import EXIT_SIGTERM
 
 
 def run(cfg: DictConfig) -> list[Any]:
@@ -22,7 +25,15 @@ def run(cfg: DictConfig) -> list[Any]:
             "no unlabeled data source to label: use data=unlabeled data.root=FOLDER (or data=mixed)"
         )
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
-    caches = [source.label(options) for source in unlabeled]
+    try:
+        caches = [source.label(options) for source in unlabeled]
+    except SIGTERMException:
+        print(
+            "loftr-kd-label: stopped by SIGTERM; the labels written so far are kept, and the same command "
+            "labels the rest",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_SIGTERM) from None
     if cfg.get("done_file"):  # a recipe's marker that the labels are complete (recipe `creates:`)
         from loftr_kd.files import write_json
 

@@ -28,6 +28,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from loftr_kd.data.unlabeled import FrameRef, PairSpec
@@ -344,6 +345,10 @@ class _ShardWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ):
         self.cache.write_shard(prediction)
+        if trainer.received_sigterm:
+            # Lightning's predict loop records SIGTERM but goes on; stop after the batch just written (the
+            # labels so far are kept: the same command resumes), as training stops at a batch boundary.
+            raise SIGTERMException()
 
 
 def label_pairs(
