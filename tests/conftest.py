@@ -13,6 +13,18 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+    """The ONNX export cache of the tests' checkpoints in a temporary folder, not the user's ~/.cache."""
+    saved = os.environ.get("LOFTR_KD_CACHE")
+    os.environ["LOFTR_KD_CACHE"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("LOFTR_KD_CACHE", None)
+    else:
+        os.environ["LOFTR_KD_CACHE"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

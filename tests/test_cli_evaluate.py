@@ -60,7 +60,9 @@ def test_evaluate_compares_methods_and_writes_reports(data, tmp_path, monkeypatc
     )
     results = evaluate(cfg, out_dir=tmp_path / "run")
     assert set(results["methods"]) == {"orb", "mine"}
-    assert "absent.pt" in results["skipped"]["student"]  # missing shipped student: skipped, not fatal
+    # the missing shipped student (its .onnx, the onnx backend's default) is skipped, in both modes, not fatal
+    assert "absent.onnx" in results["skipped"]["student"]
+    assert "absent.onnx" in results["skipped"]["student_one_pass"]
     orb = results["methods"]["orb"]
     assert orb["homography"]["auc"][10.0] > 0.5 and orb["homography"]["num_pairs"] == 2
     assert orb["pose"]["num_pairs"] == 2 and 0 <= orb["pose"]["epipolar_precision"] <= 1
@@ -74,9 +76,31 @@ def test_evaluate_compares_methods_and_writes_reports(data, tmp_path, monkeypatc
         assert (tmp_path / "run" / name).stat().st_size > 1000
 
 
-def test_nothing_to_evaluate_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="nothing to evaluate"):
-        evaluate(compose_cfg([]), out_dir=tmp_path)
+def test_without_a_benchmark_it_builds_and_evaluates_the_heldout_pairs(tmp_path):
+    """``loftr-kd-evaluate`` with no argument: the held-out photo pairs, built once where heldout.root says (the
+    pairs of ``loftr-kd-homographies --photo-set heldout``), then reused."""
+    root = tmp_path / "data" / "photo_homographies_heldout"
+    overrides = [f"heldout.root={root}", "heldout.pairs=2", "~methods.student", "~methods.student_one_pass"]
+    results = evaluate(compose_cfg([*overrides, "~methods.sift"]), out_dir=tmp_path / "run1")
+    assert results["methods"]["orb"]["homography"]["num_pairs"] == 2
+    assert sorted(p.name for p in root.iterdir()) == ["h_0000", "h_0001"]
+    stamp = (root / "h_0001" / "H_1_2").stat().st_mtime_ns
+    evaluate(compose_cfg([*overrides, "~methods.orb"]), out_dir=tmp_path / "run2")
+    assert (root / "h_0001" / "H_1_2").stat().st_mtime_ns == stamp  # built once
+
+
+def test_a_heldout_root_holding_other_files_is_an_error_and_untouched(tmp_path):
+    (tmp_path / "mine.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds something other than .* nothing in it was touched"):
+        evaluate(compose_cfg([f"heldout.root={tmp_path}", "heldout.pairs=2"]), out_dir=tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_the_student_is_guided_and_its_one_pass_is_shown_beside_it():
+    """evaluate, loftr-kd-match and the docs agree: "the student" registers guided; its one pass is a row too."""
+    methods = compose_cfg([]).methods
+    assert methods.student.guided is True and methods.student_one_pass.guided is False
+    assert methods.student.weights is None and methods.student_one_pass.weights is None
 
 
 def test_main_runs_as_a_hydra_app(data, tmp_path):
@@ -86,6 +110,7 @@ def test_main_runs_as_a_hydra_app(data, tmp_path):
         [
             f"homography.root={root / 'hpatches'}",
             "~methods.student",
+            "~methods.student_one_pass",
             "~methods.sift",
             f"hydra.run.dir={run_dir}",
         ]
@@ -99,7 +124,13 @@ def test_coarse_benchmark_on_synthetic_blendedmvs_scenes(tmp_path):
 
     generate_dataset(out_dir=tmp_path / "synth", scenes=2, views=3, seed=0, height=240, width=320)
     cfg = compose_cfg(
-        [f"coarse.root={tmp_path / 'synth'}", "coarse.max_pairs=4", "~methods.student", "~methods.orb"]
+        [
+            f"coarse.root={tmp_path / 'synth'}",
+            "coarse.max_pairs=4",
+            "~methods.student",
+            "~methods.student_one_pass",
+            "~methods.orb",
+        ]
     )
     results = evaluate(cfg, out_dir=tmp_path / "run")
     sift = results["methods"]["sift"]["coarse"]
@@ -120,6 +151,7 @@ def test_guided_student_is_a_method_setting_and_reports_the_epe_of_correct_match
             f"homography.root={root / 'hpatches'}",
             "~methods.sift",
             "~methods.student",
+            "~methods.student_one_pass",
             "+methods.guided.backend=onnx",
             f"+methods.guided.weights={shipped}",
             "+methods.guided.guided={rotations:[0,45],scales:[1],stop_inliers:1000}",
@@ -136,3 +168,11 @@ def test_guided_student_is_a_method_setting_and_reports_the_epe_of_correct_match
         assert h["time_ms_mean"] > 0
     markdown = (tmp_path / "run" / "results.md").read_text()
     assert "EPE <5px median / p90" in markdown and "| guided |" in markdown
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "x"
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"homography.root={tmp_path / 'nowhere'}", f"hydra.run.dir={run_dir}"])
+    assert exit_info.value.code == 2 and "nowhere" in capsys.readouterr().err
+    assert not run_dir.exists()

@@ -225,6 +225,65 @@ def test_guided_registers_a_turned_pair_and_reports_its_prior(tmp_path, capsys):
     assert "guided matching is for the student" in capsys.readouterr().err
 
 
+def test_the_verdict_is_in_the_json_on_the_console_and_in_the_picture(pair, tmp_path, capsys):
+    """A right registration says reliable (JSON, console); inliers are drawn green, other matches red."""
+    out = tmp_path / "o"
+    assert main([str(pair[0]), str(pair[1]), "--backend", "sift", "--out", str(out)]) == 0
+    record = json.loads((out / "matches.json").read_text())
+    assert record["reliable"] is True and record["verdict"].startswith("reliable: ")
+    assert record["num_inliers"] == sum(record["inliers"]) and record["num_matches"] == len(record["inliers"])
+    assert record["inlier_ratio"] == round(record["num_inliers"] / record["num_matches"], 4)
+    assert "sift: reliable: " in capsys.readouterr().out
+    canvas = cv2.imread(str(out / "matches.png"))
+    green = np.all(canvas == (0, 220, 0), axis=-1).sum()
+    red = np.all(canvas == (0, 0, 255), axis=-1).sum()
+    assert green > 100 and (red > 0) == (record["num_inliers"] < record["num_matches"])
+
+
+def test_an_unrelated_pair_is_reported_unreliable_with_its_reason(tmp_path, capsys):
+    """Two different photographs: RANSAC still fits some homography, and the verdict says not to trust it."""
+    for name, image in (("a.png", skdata.camera()), ("b.png", skdata.moon())):
+        cv2.imwrite(str(tmp_path / name), image)
+    out = tmp_path / "o"
+    assert (
+        main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--backend", "orb", "--out", str(out)]) == 0
+    )
+    record = json.loads((out / "matches.json").read_text())
+    assert record["reliable"] is False and record["verdict"].startswith("unreliable: ")
+    assert "orb: unreliable: " in capsys.readouterr().out
+
+
+def test_default_out_folder_names_the_pair_with_its_folder(monkeypatch, tmp_path):
+    """HPatches-layout pairs (h_0103/1.png, h_0103/2.png) each get their own folder under the current one."""
+    from loftr_kd.cli.match import default_out
+
+    monkeypatch.chdir(tmp_path)
+    root = Path("data/photo_homographies_heldout")
+    assert default_out(root / "h_0103/1.png", root / "h_0103/2.png") == tmp_path / "outputs/match/h_0103_1_2"
+    assert default_out(root / "h_0104/1.png", root / "h_0104/2.png") != default_out(
+        root / "h_0103/1.png", root / "h_0103/2.png"
+    )
+    assert default_out(Path("x/a.jpg"), Path("y/b.jpg")) == tmp_path / "outputs/match/x_a_y_b"
+
+
+def test_a_static_export_registers_in_one_pass_with_a_warning(pair, tmp_path, capsys):
+    """What every training run exports (static 640x480 by default) works with the default command."""
+    from loftr_kd.export.onnx import export_onnx
+
+    static = export_onnx(build_student(input_height=H, input_width=W), tmp_path / "static.onnx")
+    json_path = tmp_path / "m.json"
+    with pytest.warns(UserWarning, match="--no-guided"):
+        code = main([str(pair[0]), str(pair[1]), "--weights", str(static), "--out", str(tmp_path / "o")])
+    assert code == 0
+    record = json.loads((tmp_path / "o" / "matches.json").read_text())
+    assert "guided" not in record and "GuidedMatcher" not in record["matcher"]
+    assert not json_path.exists()
+    capsys.readouterr()
+    argv = [str(pair[0]), str(pair[1]), "--weights", str(static), "--out", str(tmp_path / "p")]
+    assert main([*argv, "--rotations", "full"]) == 2
+    assert "--rotations needs guided registration" in capsys.readouterr().err
+
+
 def test_rotations_option_takes_a_preset_or_degrees(tmp_path, capsys):
     """--rotations 0,180 registers an upside-down copy (the default's +-45 degrees cannot); a bad value, or
     --rotations with --no-guided, is a one-line error."""

@@ -7,7 +7,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from loftr_kd.cli.export import run_export
+from loftr_kd.cli.export import resolve_checkpoint, run_export
 from loftr_kd.config import CONFIG_DIR
 from loftr_kd.models.student import build_student, save_student
 
@@ -56,6 +56,22 @@ def test_run_export_missing_checkpoint(tmp_path):
     cfg = _cfg(f"ckpt_path={tmp_path / 'nope.pt'}", f"out_dir={tmp_path}")
     with pytest.raises(FileNotFoundError, match="nope.pt: no such checkpoint file or run folder"):
         run_export(cfg)
+
+
+def test_a_training_run_folder_exports_its_best_checkpoint_as_training_resumes_from_one(tmp_path, capsys):
+    """``ckpt_path=<run dir>``: the newest best-*.ckpt of its checkpoints/, else last.ckpt; a folder
+    without either is one line naming it."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resolve_checkpoint(str(run)) == run / "checkpoints" / "last.ckpt"
+    (run / "checkpoints" / "best-epoch007.ckpt").write_bytes(b"")
+    assert resolve_checkpoint(str(run)) == run / "checkpoints" / "best-epoch007.ckpt"
+    assert f"from the run folder {run}" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"empty: a folder without best-\*\.ckpt or last\.ckpt"):
+        resolve_checkpoint(str(empty))
 
 
 def test_failed_export_is_one_line_on_stderr(tmp_path):

@@ -112,12 +112,15 @@ def test_matches_in_padding_are_dropped(student_weights):
     assert (result["keypoints0"][:, 1] <= 159.5).all() and (result["keypoints1"][:, 1] <= 159.5).all()
 
 
-def test_torch_and_onnx_agree_and_cache_is_reused(student_weights):
+def test_torch_and_onnx_agree_and_cache_is_reused(student_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOFTR_KD_CACHE", str(tmp_path / "user_cache"))
     image0, image1 = photo(320, 240, "chelsea"), photo(320, 240, "coffee")
     torch_out = Matcher(student_weights, backend="torch", num_threads=1)(image0, image1)
     first = Matcher(student_weights, backend="onnx", num_threads=1)
     cached = first.onnx_path
-    assert cached.parent == student_weights.parent / ".onnx_cache" and first.num_threads == 1
+    # the user's cache folder, never the folder of their weights
+    assert cached.parent == tmp_path / "user_cache" / "onnx" and first.num_threads == 1
+    assert not (student_weights.parent / ".onnx_cache").exists()
     mtime = cached.stat().st_mtime_ns
     second = Matcher(student_weights, backend="onnx")
     assert second.onnx_path == cached and cached.stat().st_mtime_ns == mtime

@@ -14,6 +14,10 @@ from loftr_kd.paths import WEIGHTS_DIR
 from loftr_kd.registration import (
     GuidedMatcher,
     GuidedSettings,
+    VerdictRule,
+    implausible_shape,
+    judge,
+    register,
     rotation_about_centre,
     rotation_map,
     with_guidance,
@@ -248,3 +252,70 @@ def test_guided_wraps_students_only_and_needs_any_size_for_zoom(matcher, tmp_pat
     with pytest.raises(MatcherError, match="static input of 128x96.*dynamic=true"):
         GuidedMatcher(static)
     GuidedMatcher(static, GuidedSettings(scales=(1,), search_size=None))  # rotations and rewarp work there
+
+
+def test_a_static_export_falls_back_to_one_pass_with_a_warning_naming_no_guided(tmp_path):
+    """What every training run exports (static shapes) given the default guided request: one pass, said once."""
+    from loftr_kd.export.onnx import export_onnx
+    from loftr_kd.models.student import build_student
+
+    static = Matcher(export_onnx(build_student(input_height=96, input_width=128), tmp_path / "s.onnx"))
+    with pytest.warns(UserWarning, match=r"static input of 128x96.*one pass.*--no-guided"):
+        assert with_guidance(static, True) is static
+    # settings that fit a static input are honoured; ones that do not are an error naming what exists
+    assert isinstance(with_guidance(static, {"scales": [1], "search_size": None}), GuidedMatcher)
+    with pytest.raises(MatcherError, match=r"GuidedSettings scales=\[1\], search_size=None"):
+        with_guidance(static, {"scales": [1, 2]})
+
+
+# ------------------------------------------------------------------------------------ the verdict
+def homography_of(rotation_deg: float, zoom: float, width: int = 640, height: int = 480) -> np.ndarray:
+    """A rotation and zoom about the image centre (image0 -> image1 pixels)."""
+    return (
+        rotation_about_centre(rotation_deg, width, height)
+        @ np.diag([zoom, zoom, 1.0])
+        @ np.array(
+            [[1, 0, -(width - 1) / 2 * (1 - 1 / zoom)], [0, 1, -(height - 1) / 2 * (1 - 1 / zoom)], [0, 0, 1]]
+        )
+    )
+
+
+def test_the_verdict_rests_on_inliers_their_share_their_spread_and_a_plausible_shape():
+    """Exact matches spread over the image are reliable; each failed criterion is named in the reason."""
+    rng = np.random.default_rng(0)
+    truth = homography_of(20.0, 1.3)
+    spread = rng.uniform([0, 0], [639, 479], (60, 2))
+    result = register(spread, warp_points(spread, truth), (480, 640))
+    assert result.reliable and result.num_inliers == 60 and result.inlier_ratio == 1.0
+    assert result.reason.startswith("reliable: 60 inliers of 60 matches (100%)") and result.coverage > 0.5
+    assert result.record()["reliable"] is True and result.record()["num_inliers"] == 60
+
+    few = register(spread[:10], warp_points(spread[:10], truth), (480, 640))  # 10 inliers
+    assert not few.reliable and "fewer than 15 inliers" in few.reason
+    noise = rng.uniform([0, 0], [639, 479], (280, 2))  # 60 right matches drowned in 280 random ones
+    drowned = register(
+        np.vstack([spread, noise]),
+        np.vstack([warp_points(spread, truth), rng.permutation(noise)]),
+        (480, 640),
+    )
+    assert not drowned.reliable and "under 20% of the matches" in drowned.reason
+    corner = rng.uniform([0, 0], [100, 80], (60, 2))  # all in a corner of image0: 2.6% of it
+    clustered = register(corner, warp_points(corner, truth), (480, 640))
+    assert not clustered.reliable and "over less than 10% of image0" in clustered.reason
+    mirror = np.diag([-1.0, 1.0, 1.0]) @ np.array([[1, 0, -639], [0, 1, 0], [0, 0, 1.0]])
+    assert implausible_shape(mirror, (480, 640), 8.0) == "it folds or mirrors image0"
+    assert "zooms image0 by 0.1x" in implausible_shape(homography_of(0.0, 0.1), (480, 640), 8.0)
+    horizon = np.array([[1, 0, 0], [0, 1, 0], [-1 / 320, 0, 1.0]])  # w = 0 at x = 320
+    assert "horizon" in implausible_shape(horizon, (480, 640), 8.0)
+    assert implausible_shape(truth, (480, 640), 8.0) is None
+    nothing = register(spread[:3], spread[:3], (480, 640))
+    assert not nothing.reliable and nothing.homography is None and "no homography" in nothing.reason
+    with pytest.raises(ValueError, match="min_coverage"):
+        VerdictRule(min_coverage=2.0)
+
+
+def test_the_issues_examples_are_unreliable():
+    """30 of 303 matches (14.6 px off) and 8 of 43 (293 px off) were reported as "homography estimated"."""
+    for inliers, matches in ((30, 303), (8, 43)):
+        reliable, reason = judge(matches, inliers, 0.5, None, True)
+        assert not reliable and reason.startswith(f"unreliable: {inliers} inliers of {matches} matches")

@@ -478,3 +478,24 @@ def test_training_a_refining_student_logs_refinement_and_exports_refined_points(
     assert checks.read_metadata(onnx_path)["refine"] == "corr"
     report = json.loads(next((run / "export").glob("*.export_report.json")).read_text())
     assert report["parity"]["ok"] and report["parity"]["points1_max_abs_diff_px"] is not None
+
+
+def test_training_runs_on_the_threads_of_its_policy_and_restores_the_callers(
+    scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``threads`` (default 1) is torch's thread count during the run only; a bad value is one line."""
+    from loftr_kd.config_check import ConfigError
+
+    seen = []
+    monkeypatch.setattr("loftr_kd.train._train", lambda *args: seen.append(torch.get_num_threads()))
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(_cfg(tmp_path / "one", scenes))
+        train(_cfg(tmp_path / "torch_default", scenes, "threads=null"))
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(callers)  # the rest of the session keeps its own setting
+    for bad in ("threads=0", "threads=two"):
+        with pytest.raises(ConfigError, match=r"threads=.*expected a number of CPU threads >= 1, or null"):
+            train(_cfg(tmp_path / "bad", scenes, bad))

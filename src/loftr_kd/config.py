@@ -1,5 +1,6 @@
-"""Hydra/OmegaConf glue shared by the entry points: the ``${loftr_kd_root:}`` resolver and reading a
-student preset (``conf/student/<name>.yaml``) without composing a whole config."""
+"""Hydra/OmegaConf glue shared by the entry points: the ``${loftr_kd_root:}``, ``${loftr_kd_weights:}`` and
+``${loftr_kd_repo:}`` resolvers (``conf/paths/default.yaml``, :mod:`loftr_kd.paths`) and reading a student
+preset (``conf/student/<name>.yaml``) without composing a whole config."""
 
 from __future__ import annotations
 
@@ -9,15 +10,25 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from loftr_kd.paths import CONFIG_DIR, REPO_ROOT
+from loftr_kd.paths import CONFIG_DIR, REPO_ROOT, WEIGHTS_DIR, work_dir
 
 __all__ = ["CONFIG_DIR", "preset_values", "register_resolvers"]
 
 
 def register_resolvers() -> None:
-    """Register the ``${loftr_kd_root:}`` resolver (idempotent); call before composing configs."""
-    if not OmegaConf.has_resolver("loftr_kd_root"):
-        OmegaConf.register_new_resolver("loftr_kd_root", lambda: str(REPO_ROOT))
+    """Register the path resolvers (idempotent); call before composing configs.
+
+    ``${loftr_kd_root:}`` is the work folder (data/ and outputs/: the current folder or ``$LOFTR_KD_ROOT``),
+    ``${loftr_kd_weights:}`` the shipped weights, ``${loftr_kd_repo:}`` the checkout (or the installed package).
+    """
+    resolvers = {
+        "loftr_kd_root": lambda: str(work_dir()),
+        "loftr_kd_weights": lambda: str(WEIGHTS_DIR),
+        "loftr_kd_repo": lambda: str(REPO_ROOT),
+    }
+    for name, resolve in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolve)
 
 
 register_resolvers()

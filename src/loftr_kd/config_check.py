@@ -243,6 +243,11 @@ def check_train_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if value is not None and not matches_hint(value, kind):
             raise ConfigError(f"{key}={value!r}: expected {_describe(kind)}")
+    threads = cfg.get("threads")
+    if threads is not None and not (matches_hint(threads, int) and threads >= 1):
+        raise ConfigError(
+            f"threads={threads!r}: expected a number of CPU threads >= 1, or null (torch's default)"
+        )
     for key in ("ckpt_path", "init_weights"):
         value = cfg.get(key)
         if value is not None and not isinstance(value, str):

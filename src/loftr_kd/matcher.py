@@ -54,6 +54,7 @@ from loftr_kd.runtime import (  # noqa: F401 - BACKENDS, MatcherError and torch_
     no_split_error,
     torch_threads,
 )
+from loftr_kd.runtime.backend import cell_centres
 
 CLASSICAL_METHODS = ("orb", "sift")
 # Pretrained matchers from the teachers' wheels (loftr_kd.teachers.matchers; `make teachers`).
@@ -89,7 +90,8 @@ class Matcher:
 
     Args:
         weights: ``.pt``/``.ckpt`` (student checkpoint), ``.onnx`` (exported student) or a TensorRT
-            engine; ``None`` = the student shipped in ``weights/``.
+            engine; ``None`` = the shipped student (:func:`loftr_kd.paths.default_student_weights`: its
+            ``.onnx`` for the onnx backend, which needs neither torch nor an export, its ``.pt`` for torch).
         backend: ``"onnx"`` (default; a checkpoint is exported on the fly, with dynamic shapes, to a
             cache), ``"torch"`` or ``"trt"``.
         device: ``"cpu"`` or ``"cuda"`` (torch and onnx backends).
@@ -104,8 +106,8 @@ class Matcher:
             :data:`DEFAULT_TORCH_THREADS` (1: more collapses when other processes use the CPU, see
             docs/usage.md), applied around each call only, so the caller's torch setting is untouched.
         num_threads: older name of ``threads``.
-        cache_dir: where checkpoints are exported to ONNX (default: ``.onnx_cache`` next to the
-            weights, else a temporary directory).
+        cache_dir: where checkpoints are exported to ONNX (default: the user's cache folder,
+            :func:`loftr_kd.paths.cache_dir`, else a temporary directory).
         use_refinement: return the refined (sub-pixel) image1 positions where the model has a
             refinement stage; ``False`` returns the matched cells' centres (to measure what refinement adds).
 
@@ -136,9 +138,9 @@ class Matcher:
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if weights is None:
-            from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
+            from loftr_kd.paths import default_student_weights
 
-            weights = DEFAULT_STUDENT_WEIGHTS
+            weights = default_student_weights(backend)
             if not Path(weights).is_file():
                 raise FileNotFoundError(_missing_weights_message(Path(weights)))
         self.weights = Path(weights)
@@ -446,8 +448,7 @@ class Matcher:
             return _empty_result()
         points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
         points1 = all_points1[idx0].astype(np.float64)
-        grid1 = self.input_grid((box1.input_height, box1.input_width))
-        cells1 = grid1.ids_to_pixels(_torch_ids(match_ids[idx0])).numpy()
+        cells1 = cell_centres(match_ids[idx0], (box1.input_height, box1.input_width), self.stride)
         if not self.use_refinement:
             points1 = cells1.astype(np.float64)
         inside = box0.in_content(points0) & box1.in_content(points1)
@@ -477,12 +478,6 @@ def _stack(features: Sequence[ImageFeatures]) -> EncodedBatch:
     """Features of one shape as a batch for the backend's matcher half."""
     fine = None if features[0].fine is None else np.stack([f.fine for f in features])
     return EncodedBatch(np.stack([f.coarse for f in features]), fine)
-
-
-def _torch_ids(ids: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.asarray(ids, np.int64))
 
 
 def _inside_image(points: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ __all__ = [
     "ClaimRunDir",
     "RunDirError",
     "claim_run_dir",
+    "discard_if_empty",
     "holds_a_run",
     "mark_run",
     "read_claim",
@@ -209,6 +210,24 @@ def mark_run(folder: str | os.PathLike, state: str, **details: Any) -> None:
         write_json(folder / CLAIM_NAME, claim)
     except OSError:
         pass
+
+
+def discard_if_empty(folder: str | os.PathLike, also: tuple[str, ...] = ()) -> bool:
+    """Remove the folder of a run of this process that failed before it wrote anything of its own: it holds
+    only its claim, Hydra's ``.hydra/`` and the names in ``also`` (the run's log). Returns whether it did.
+
+    A run that got further (a checkpoint, an export, results) keeps its folder, and so does one that recorded
+    its own end with :func:`mark_run` (a training: its claim says why it failed and the folder is reusable).
+    """
+    folder = Path(folder)
+    claim = read_claim(folder)
+    if claim is None or claim.get("pid") != os.getpid() or "ended" in claim or not folder.is_dir():
+        return False
+    own = {CLAIM_NAME, ".hydra", *also}
+    if any(child.name not in own for child in folder.iterdir()):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def end_state(folder: str | os.PathLike) -> str:

@@ -31,6 +31,7 @@ from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
 from loftr_kd.paths import REPO_ROOT
 from loftr_kd.rundir import RunDirError, claim_run_dir, end_state, mark_run
+from loftr_kd.runtime.torch_backend import torch_threads
 from loftr_kd.supervision import SupervisionConfig
 
 log = logging.getLogger("loftr_kd.train")
@@ -260,6 +261,16 @@ def _parity_pairs(datamodule: Any, count: int) -> list[tuple[Any, Any]]:
         item = dataset[index]
         pairs.append((item["image0"][0].numpy(), item["image1"][0].numpy()))
     return pairs
+
+
+def _how_to_use(best: Path, onnx: str | None) -> str:
+    """The run's last line: the commands that use its student."""
+    deploy = f"; for deployment: {onnx} (static shapes, one pass)" if onnx else ""
+    return (
+        f"Use the student: loftr-kd-match a.jpg b.jpg --weights {best} (guided registration; Python: "
+        f"Matcher('{best}')); loftr-kd-evaluate methods.student.weights={best} "
+        f"methods.student_one_pass.weights={best}{deploy}."
+    )
 
 
 def _preset_name(cfg: DictConfig) -> str:
@@ -504,7 +515,8 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         mark_run(output_dir, end_state(output_dir), error=one_line(error))  # the callback's claim
         raise
     try:
-        score = _train(cfg, output_dir, ckpt_path)
+        with torch_threads(cfg.get("threads")):  # the thread policy of conf/train.yaml, restored afterwards
+            score = _train(cfg, output_dir, ckpt_path)
     except BaseException as error:
         mark_run(output_dir, end_state(output_dir), error=one_line(error))
         raise
@@ -599,6 +611,8 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
                 f"Learning: {metric_name} {start[metric_name]:.3f} before training -> {best_score:.3f} best ({best})."
             )
         _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
+        if best is not None:
+            _say(_how_to_use(best, summary.get("export", {}).get("onnx")))
     score = best_score if best_score is not None else metrics.get(metric_name)
     if trial is not None:
         return trial.finish(score, summary)

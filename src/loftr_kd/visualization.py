@@ -31,7 +31,8 @@ def draw_matches(
         keypoints0: (N, 2) xy pixels in image0.
         keypoints1: (N, 2) xy pixels in image1.
         confidence: (N,) in [0, 1]; colours lines from blue (low) to red (high) with a jet map.
-        correct: (N,) bool; overrides the colour: green correct, red wrong (as in the LoFTR figures).
+        correct: (N,) bool; overrides the colour: green correct (or a homography inlier), red wrong (as in
+            the LoFTR figures, LightGlue's and kornia_moons' inlier plots).
         colors: (N, 3) BGR uint8 per match; overrides both.
         title: text drawn in the top-left corner.
         numbered: write the match index beside each keypoint (the demo's snapshot).
@@ -70,7 +71,8 @@ def draw_matches(
                 canvas, str(i), (b[0] + 3, b[1] - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA
             )
     if title:
-        cv2.putText(canvas, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+        (width, height), baseline = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+        cv2.rectangle(canvas, (4, 20 - height - 4), (12 + width, 24 + baseline), (0, 0, 0), -1)
         cv2.putText(canvas, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -13,6 +14,7 @@ def hydra_command(
     config_name: str,
     work: Callable[[Any], Any],
     *,
+    summary: str = "",
     exit_codes: Mapping[type[BaseException], int] | None = None,
 ) -> Callable[[Sequence[str] | None], Any]:
     """A console entry point running ``work(cfg)`` on ``conf/<config_name>.yaml`` as a Hydra app.
@@ -21,7 +23,8 @@ def hydra_command(
     (``loftr_kd.errors``); ``exit_codes`` maps other exception types to their own one-line exit
     status (``loftr-kd-export``: a failed export check is 1). ``work``'s return value is the app's, so
     sweepers see a training's objective. The returned ``main(argv)`` takes Hydra overrides (``None``:
-    the command line), so tests call it directly.
+    the command line), so tests call it directly. ``--help`` prints ``summary`` (plain text), the config
+    groups this command's config uses (only those) and its composed config.
     """
     import hydra
 
@@ -40,6 +43,7 @@ def hydra_command(
                 raise
             status = report(program, error)  # stderr
             _log_to_run_files(one_line(root_cause(error)))
+            _discard_empty_run()
             raise SystemExit(status if code is None else code) from None
 
     # Hydra names the job (hydra.job.name, its --help) after the task function's module: the command's.
@@ -47,6 +51,10 @@ def hydra_command(
     app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(app)
 
     def main(argv: Sequence[str] | None = None) -> Any:
+        args = sys.argv[1:] if argv is None else list(argv)
+        if "--help" in args or "-h" in args:
+            print(help_text(program, summary, config_name, [a for a in args if a not in ("--help", "-h")]))
+            return None
         if argv is None:
             return app()
         saved = sys.argv
@@ -58,6 +66,66 @@ def hydra_command(
 
     main.__doc__ = f"``{program}``: Hydra overrides in ``argv`` (default: the command line)."
     return main
+
+
+def help_text(program: str, summary: str, config_name: str, overrides: Sequence[str] = ()) -> str:
+    """``--help`` of a Hydra command: what it does, the config groups of *its* config (Hydra's own help
+    lists every group of conf/, training's included) and the composed config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from loftr_kd.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(
+            config_name, overrides=[o for o in overrides if not o.startswith("-")], return_hydra_config=True
+        )
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    groups = sorted(g for g in choices if not g.startswith("hydra") and (CONFIG_DIR / g).is_dir())
+    lines = [f"{program}: {summary}" if summary else program, ""]
+    lines += [
+        f"Usage: {program} [key=value ...]  (Hydra overrides: key=value sets, +key=value adds, ~key removes;",
+        "       --cfg job prints the composed config, -m runs a sweep)",
+        "",
+    ]
+    if groups:
+        lines.append("Config groups (group=option; the current choice first):")
+        for group in groups:
+            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+            current = choices[group]
+            shown = [str(current)] + [o for o in options if o != current] if current in options else options
+            lines.append(f"  {group}: {', '.join(shown)}" + ("" if current in options else " (none chosen)"))
+        lines.append("")
+    config = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    lines += [f"Config (conf/{config_name}.yaml):", OmegaConf.to_yaml(config, resolve=False).rstrip()]
+    lines += [
+        "",
+        "A bad input is one line on stderr and exit status 2; LOFTR_KD_DEBUG=1 shows the traceback.",
+    ]
+    return "\n".join(lines)
+
+
+def _discard_empty_run() -> None:
+    """A run that failed before writing anything leaves no empty run folder behind (the error is on stderr)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from loftr_kd.rundir import discard_if_empty
+
+    try:
+        folder = HydraConfig.get().runtime.output_dir
+    except ValueError:  # not inside a Hydra run
+        return
+    logs = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    names = tuple(Path(h.baseFilename).name for h in logs if Path(h.baseFilename).parent == Path(folder))
+    if not names or not discard_if_empty(folder, names):
+        return
+    for handler in logs:  # a closed FileHandler would create its file again on the next record
+        if Path(handler.baseFilename).parent == Path(folder):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
 
 
 def _log_to_run_files(line: str) -> None:

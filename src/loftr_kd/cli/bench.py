@@ -44,7 +44,12 @@ def run(cfg) -> dict:
     return bench(settings_from_config(cfg))
 
 
-main = hydra_command("loftr-kd-bench", "bench", run)
+main = hydra_command(
+    "loftr-kd-bench",
+    "bench",
+    run,
+    summary="measure the speed of the teacher, the students (PyTorch, onnxruntime, INT8, TensorRT) and ORB/SIFT",
+)
 
 
 if __name__ == "__main__":

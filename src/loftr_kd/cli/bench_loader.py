@@ -122,20 +122,25 @@ def benchmark(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loftr-kd-bench-loader", description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the BlendedMVS layout")
     parser.add_argument(
         "--make-toy", action="store_true", help="write toy 768x576 scenes to --root if it has none"
     )
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--height", type=int, default=480, help="image height (default 480)")
+    parser.add_argument("--width", type=int, default=640, help="image width (default 640)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (default 8)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default 2)")
     parser.add_argument("--pairs", type=int, default=256, help="pairs per measurement")
     parser.add_argument("--no-gt", action="store_true", help="measure loading only")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads of the main process")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``loftr-kd-bench-loader --root DIR``: loader throughput in pairs per second."""
+    args = build_parser().parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     if args.make_toy and not find_scenes(args.root):

@@ -9,16 +9,25 @@ import sys
 from collections.abc import Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="loftr-kd-convert", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loftr-kd-convert",
+        description="Convert any student checkpoint the project reads (a published Coarse_LoFTR_TRT "
+        "LoFTR_teacher.pt, a Lightning checkpoint, a save_student file) to the project's own save_student "
+        "format, optionally for another input size.",
+    )
     parser.add_argument("source", help="checkpoint to read")
     parser.add_argument("destination", help="save_student file to write (atomically; never the source)")
     parser.add_argument(
         "--height", type=int, default=None, help="input height to store (default: the source's)"
     )
     parser.add_argument("--width", type=int, default=None, help="input width to store")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
+    args = build_parser().parse_args(argv)
 
     from pathlib import Path
 

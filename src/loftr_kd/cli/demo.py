@@ -28,7 +28,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd.cli.match import BACKEND_CHOICES
+from loftr_kd.cli.match import (
+    BACKEND_CHOICES,
+    BACKEND_HELP,
+    BACKEND_METAVAR,
+    DEVICE_HELP,
+    THRESHOLD_HELP,
+    WEIGHTS_HELP,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +189,15 @@ def announced_frames(capture: cv2.VideoCapture, source: str) -> int | None:
     return count if count > 0 else None
 
 
+PROGRESS_EVERY = 50  # frames between the headless mode's progress lines
+
+
+def _progress(frames: int, total: int | None, fps: float) -> None:
+    """A progress line every :data:`PROGRESS_EVERY` frames (headless runs have no window to watch)."""
+    if frames % PROGRESS_EVERY == 0:
+        print(f"frame {frames}" + (f" of {total}" if total else "") + f", {fps:.1f} FPS", flush=True)
+
+
 def run_demo(args: argparse.Namespace) -> dict:
     from loftr_kd.files import check_outputs, record_outputs, replacing
     from loftr_kd.matcher import build_matcher
@@ -235,6 +251,7 @@ def run_demo(args: argparse.Namespace) -> dict:
                 if (canvas.shape[1], canvas.shape[0]) != expected:
                     canvas = cv2.resize(canvas, expected)
                 video[1].write(canvas)
+                _progress(frames_read, args.max_frames or announced, app.fps)
             else:
                 cv2.imshow(WINDOW, app.frozen if app.frozen is not None else canvas)
                 if not app.handle_key(cv2.waitKey(30 if app.frozen is not None else 1)):
@@ -290,12 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reference, p = freeze a snapshot with numbered matches, q = quit.",
     )
     parser.add_argument("--source", default="0", help="camera index (0, 1, ...) or a video file")
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnx")
     parser.add_argument(
-        "--weights", type=Path, default=None, help="student weights (default: the shipped student)"
+        "--backend", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR, default="onnx", help=BACKEND_HELP
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: all cores for onnx, 1 for torch)"
     )

@@ -1,6 +1,7 @@
 """``loftr-kd-evaluate``: compare students (weights x backends) and ORB/SIFT on HPatches homographies,
 relative pose from a pair list, and coarse ground truth of validation scenes (Hydra app, config
-``conf/evaluate.yaml``). The work is done by :func:`evaluate`, callable without Hydra's entry point."""
+``conf/evaluate.yaml``); with no benchmark given, on the held-out photo pairs, built on first use. The work
+is done by :func:`evaluate`, callable without Hydra's entry point."""
 
 from __future__ import annotations
 
@@ -45,6 +46,29 @@ def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
     return methods, skipped
 
 
+def heldout_pairs(heldout: DictConfig) -> Path:
+    """The held-out photo pairs at ``heldout.root``, built there on first use (``loftr-kd-evaluate`` with no
+    benchmark set).
+
+    Raises:
+        ValueError: the folder holds something other than the complete pairs (nothing in it is touched).
+    """
+    from loftr_kd.data.homography import write_photo_set_pairs
+
+    root = Path(str(heldout.root))
+    last = root / f"h_{int(heldout.pairs) - 1:04d}" / "H_1_2"
+    if last.is_file():
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(
+            f"heldout.root={root} holds something other than the {heldout.pairs} held-out photo pairs (no {last}); "
+            "nothing in it was touched: move it away, or evaluate it with homography.root="
+        )
+    print(f"building the {heldout.pairs} held-out photo pairs in {root} (once)", flush=True)
+    write_photo_set_pairs(str(heldout.photo_set), root, int(heldout.pairs), seed=int(heldout.seed))
+    return root
+
+
 def _coarse_batches(cfg: DictConfig):
     """Factory of validation batches for the coarse benchmark (None when not configured)."""
     if not cfg.coarse.get("root"):
@@ -78,13 +102,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
             "overwrites them: give a new hydra.run.dir (or leave it to the default)"
         )
     h, p, c = cfg.homography, cfg.pose, cfg.coarse
-    if not (h.get("root") or p.get("pairs") or p.get("scenes") or c.get("root")):
-        raise ValueError(
-            "nothing to evaluate: set homography.root, pose.pairs, pose.scenes and/or coarse.root"
-        )
+    homography_root = h.get("root")
+    if not (homography_root or p.get("pairs") or p.get("scenes") or c.get("root")):
+        homography_root = heldout_pairs(cfg.heldout)
     homography_pairs = pose_pairs = None
-    if h.get("root"):
-        homography_pairs = ev.load_hpatches(h.root, h.get("sequences"))[: h.get("max_pairs")]
+    if homography_root:
+        homography_pairs = ev.load_hpatches(homography_root, h.get("sequences"))[: h.get("max_pairs")]
     if p.get("pairs"):
         pose_pairs = ev.load_pose_pairs(p.pairs, p.get("image_root"))[: p.get("max_pairs")]
     elif p.get("scenes"):  # the held-out scenes of a BlendedMVS-layout set (synthetic or real)
@@ -128,7 +151,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     return results
 
 
-main = hydra_command("loftr-kd-evaluate", "evaluate", evaluate)
+main = hydra_command(
+    "loftr-kd-evaluate",
+    "evaluate",
+    evaluate,
+    summary="compare the student (guided and one pass) with ORB and SIFT on homography pairs, relative pose and coarse ground truth; without arguments, on the held-out photo pairs",
+)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,13 @@ def _export_error() -> type[BaseException]:
 
 
 # A failed export or check is exit status 1 (the checkpoint is fine); a bad setting or file is 2 (usage).
-main = hydra_command("loftr-kd-export", "export", run_export, exit_codes={_export_error(): 1})
+main = hydra_command(
+    "loftr-kd-export",
+    "export",
+    run_export,
+    summary="export a checkpoint or training run folder to ONNX (checked), optionally INT8 and a TensorRT engine (docs/deployment.md)",
+    exit_codes={_export_error(): 1},
+)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,12 @@ def run(cfg: DictConfig) -> list[Any]:
     return caches
 
 
-main = hydra_command("loftr-kd-label", "label", run)
+main = hydra_command(
+    "loftr-kd-label",
+    "label",
+    run,
+    summary="label unlabeled image pairs with a sparse teacher into the cache training reads",
+)
 
 
 if __name__ == "__main__":

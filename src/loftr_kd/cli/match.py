@@ -1,10 +1,12 @@
-"""``loftr-kd-match IMAGE0 IMAGE1``: match two images, estimate the homography, register them.
+"""``loftr-kd-match IMAGE0 IMAGE1``: match two images, estimate the homography, register them, and say
+whether the registration is reliable.
 
-Writes under ``--out``: ``matches.png`` (lines coloured by confidence, inliers only with
-``--inliers-only``), ``homography.txt`` (image0 pixels -> image1 pixels), ``registered_overlay.png``
-(image1 warped onto image0, 50/50 blend) and ``registered_checkerboard.png``; ``--json FILE`` (and
-``matches.json`` in ``--out``) holds ``keypoints0``, ``keypoints1``, ``confidence``, ``inliers`` and
-``homography`` (and, for the student, ``guided``: the search's prior and hypothesis).
+Writes under ``--out``: ``matches.png`` (homography inliers green, the other matches red, the verdict in
+the title; inliers only with ``--inliers-only``), ``homography.txt`` (image0 pixels -> image1 pixels),
+``registered_overlay.png`` (image1 warped onto image0, 50/50 blend) and ``registered_checkerboard.png``;
+``--json FILE`` (and ``matches.json`` in ``--out``) holds ``keypoints0``, ``keypoints1``, ``confidence``,
+``inliers``, ``homography``, the verdict (``reliable``, ``verdict``, ``num_inliers``, ``inlier_ratio``:
+:func:`loftr_kd.registration.register`) and, for the student, ``guided``: the search's prior and hypothesis.
 
 The student registers through :class:`~loftr_kd.registration.GuidedMatcher` by default (a rotation/zoom
 search, then a rewarp pass: docs/guided.md); ``--no-guided`` matches in one pass, ``--rotations full``
@@ -28,6 +30,20 @@ from loftr_kd.runtime import MATCHER_BACKEND
 log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("onnx", "torch", "trt", "orb", "sift", *MATCHER_BACKEND)  # runtime.py: one vocabulary
+# --help and the docs name the five backends; the runtime's other spellings (onnxruntime, tensorrt) are taken too.
+BACKEND_METAVAR = "{onnx,torch,trt,orb,sift}"
+BACKEND_HELP = (
+    "the student on onnxruntime (onnx, the default), PyTorch (torch) or TensorRT (trt), or a classical "
+    "reference (orb, sift)"
+)
+WEIGHTS_HELP = (
+    "student weights: a .pt/.ckpt from training, an .onnx from loftr-kd-export, or a TensorRT .engine "
+    "(default: the shipped student, student_paper_refine.onnx for onnx, .pt for torch)"
+)
+DEVICE_HELP = "cpu or cuda (torch and onnx backends; default cpu)"
+THRESHOLD_HELP = (
+    "match-confidence threshold (default: the model's; an exported .onnx/.engine can only raise it)"
+)
 # Everything run() may write into --out. A file of one of these names is replaced (or removed when this
 # run does not write it) only when loftr-kd wrote it there and it is unchanged (loftr_kd.files manifest).
 OUTPUT_NAMES = (
@@ -56,6 +72,19 @@ def check_output_folder(out: Path, extra: Sequence[Path] = (), force: bool = Fal
     planned = [out / name for name in OUTPUT_NAMES]
     check_outputs([*planned, *extra], force=force, force_hint="--force")
     return [path for path in planned if is_own_output(path)]
+
+
+def default_out(image0: Path, image1: Path) -> Path:
+    """``outputs/match/<name>`` of a pair: each image's folder and stem, so that the pairs of an HPatches-layout
+    folder (``h_0103/1.png h_0103/2.png``) do not all land in ``1_2``."""
+    from loftr_kd.paths import OUTPUTS_DIR
+
+    parent0, parent1 = (Path(p).resolve().parent.name for p in (image0, image1))
+    if parent0 == parent1:
+        name = f"{parent0}_{image0.stem}_{image1.stem}" if parent0 else f"{image0.stem}_{image1.stem}"
+    else:
+        name = "_".join(part for part in (parent0, image0.stem, parent1, image1.stem) if part)
+    return OUTPUTS_DIR / "match" / name
 
 
 def _reduction(factor: int) -> np.ndarray:
@@ -139,21 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("image0", type=Path, help="first image (any size, gray or colour)")
     parser.add_argument("image1", type=Path, help="second image")
     parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="onnx",
-        help="student backend (onnx, torch, trt) or a classical reference (orb, sift); default onnx",
+        "--backend", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR, default="onnx", help=BACKEND_HELP
     )
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help="student .pt/.ckpt, exported .onnx, or TensorRT .engine (default: weights/student_paper_refine.pt)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (torch/onnx backends)")
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="override the match-confidence threshold"
-    )
+    parser.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
     parser.add_argument(
         "--threads",
         type=int,
@@ -169,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
         "static ONNX/TensorRT files, which letterbox into their fixed input",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default outputs/match/<img0>_<img1>)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default outputs/match/<folder>_<img0>_<img1> under the current folder)",
     )
     parser.add_argument(
         "--json", type=Path, default=None, help="write the matches and homography to this JSON file"
@@ -185,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="student: register through a rotation/zoom search and a rewarp pass (default on for the student; "
-        "AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided matches in one pass. Not for orb/sift",
+        "AUC@5 on held-out photos 16 -> 51, docs/guided.md); --no-guided matches in one pass, as a static-shape "
+        ".onnx/.engine always does. Not for orb/sift",
     )
     parser.add_argument(
         "--rotations",
@@ -201,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace output files that loftr-kd did not write (a user's file of the same name); without "
         "it such files are never replaced",
     )
-    parser.add_argument("--inliers-only", action="store_true", help="draw only the homography inliers")
+    parser.add_argument(
+        "--inliers-only",
+        action="store_true",
+        help="draw only the homography inliers (default: all, outliers red)",
+    )
     parser.add_argument("--tile", type=int, default=32, help="checkerboard tile size in pixels")
     return parser
 
@@ -209,14 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Match, estimate, write the outputs; returns the JSON record."""
     from loftr_kd.files import record_outputs, remove_own_output, write_image, write_text
-    from loftr_kd.geometry import estimate_homography
     from loftr_kd.images import read_image_for_matching, to_gray_float
-    from loftr_kd.matcher import CLASSICAL_METHODS, build_matcher
-    from loftr_kd.paths import OUTPUTS_DIR
-    from loftr_kd.registration import with_guidance
+    from loftr_kd.matcher import CLASSICAL_METHODS, Matcher, build_matcher
+    from loftr_kd.registration import GuidedMatcher, register, with_guidance
     from loftr_kd.visualization import draw_matches
 
-    out = args.out or OUTPUTS_DIR / "match" / f"{args.image0.stem}_{args.image1.stem}"
+    out = args.out or default_out(args.image0, args.image1)
     inputs = {Path(p).resolve() for p in (args.image0, args.image1, args.weights) if p is not None}
     if args.json is not None and args.json.resolve() in inputs:
         raise ValueError(f"--json {args.json} would overwrite an input file; choose another file")
@@ -230,7 +255,14 @@ def run(args: argparse.Namespace) -> dict:
         if args.guided is False:
             raise ValueError("--rotations sets the guided search's rotations; drop --no-guided to use them")
         guided = {"rotations": args.rotations}  # orb/sift: with_guidance says they have no guided mode
-    matcher = with_guidance(build_matcher(args.backend, weights=args.weights, **kwargs), guided)
+    matcher = build_matcher(args.backend, weights=args.weights, **kwargs)
+    if args.rotations is not None and isinstance(matcher, Matcher) and not matcher.dynamic:
+        raise ValueError(
+            f"--rotations needs guided registration, and {matcher.weights.name} has a static input: give its "
+            "checkpoint (.ckpt/.pt) or an export with `loftr-kd-export dynamic=true`, or drop --rotations"
+        )
+    matcher = with_guidance(matcher, guided)
+    guided = isinstance(matcher, GuidedMatcher)  # a static-shape file falls back to one pass, with a warning
     if hasattr(matcher, "input_shape"):  # too small / too elongated: named with the file
         for path, image in ((args.image0, image0), (args.image1, image1)):
             matcher.input_shape(*image.shape[:2], name=str(path))
@@ -238,15 +270,19 @@ def run(args: argparse.Namespace) -> dict:
     k0, k1, conf = result["keypoints0"], result["keypoints1"], result["confidence"]
     # Keypoints and the homography in the pixels of the files (images above 24 MP are decoded reduced).
     full0, full1 = _from_reduced(k0, factor0), _from_reduced(k1, factor1)
-    homography, inliers = estimate_homography(
-        full0, full1, method=args.ransac, threshold=args.ransac_threshold
-    )
+    shape0 = tuple(int(side) * factor0 for side in image0.shape[:2])  # the file's pixels
+    registration = register(full0, full1, shape0, method=args.ransac, threshold=args.ransac_threshold)
+    homography, inliers = registration.homography, registration.inliers
 
     out.mkdir(parents=True, exist_ok=True)
     shown = inliers if args.inliers_only else np.ones(len(k0), bool)
-    title = f"{args.backend}{' guided' if guided else ''}: {len(k0)} matches, {int(inliers.sum())} inliers"
+    verdict = "RELIABLE" if registration.reliable else "UNRELIABLE"
+    title = (
+        f"{args.backend}{' guided' if guided else ''}: {verdict}, {registration.num_inliers} inliers (green) "
+        f"of {registration.num_matches} matches"
+    )
     canvas = draw_matches(
-        to_uint8(image0), to_uint8(image1), k0[shown], k1[shown], confidence=conf[shown], title=title
+        to_uint8(image0), to_uint8(image1), k0[shown], k1[shown], correct=inliers[shown], title=title
     )
     written = [write_image(out / "matches.png", canvas)]
     if homography is not None:
@@ -271,6 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         "homography": homography.tolist() if homography is not None else None,
         "homography_maps": "image0 pixels -> image1 pixels (x, y, 1)",
         "ransac": {"method": args.ransac, "threshold_px": args.ransac_threshold},
+        **registration.record(),
     }
     if guided:  # the search's prior and the hypothesis it came from (loftr_kd.registration)
         from loftr_kd.registration import HYPOTHESIS_KEY, PRIOR_KEY
@@ -294,10 +331,7 @@ def run(args: argparse.Namespace) -> dict:
     record_outputs(written, "loftr-kd-match")
     if previous:
         print(f"replaced the outputs of a previous loftr-kd-match run in {out}")
-    status = (
-        "no homography (fewer than 4 consistent matches)" if homography is None else "homography estimated"
-    )
-    print(f"{len(k0)} matches, {int(inliers.sum())} inliers, {status}; outputs in {out}")
+    print(f"{args.backend}{' guided' if guided else ''}: {registration.reason}; outputs in {out}")
     return record
 
 

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from loftr_kd.data.photos import PHOTO_SETS, collect_photos, photo_set
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``loftr-kd-photos --set train --out DIR``: copy a photo set out of the installed packages."""
-    parser = argparse.ArgumentParser(prog="loftr-kd-photos", description=main.__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loftr-kd-photos",
+        description="Write a named set of photographs from the installed packages to a folder (loftr-kd-photos "
+        "--set train --out DIR), for data=homography data.root=DIR or loftr-kd-homographies --images DIR.",
+    )
     parser.add_argument(
         "--set",
         default="train",
@@ -26,6 +29,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--allow-missing", action="store_true", help="write what is installed instead of failing"
     )
     parser.add_argument("--list", action="store_true", help="list the set and what is installed, then exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``loftr-kd-photos --set train --out DIR``: copy a photo set out of the installed packages."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.set == "sequences":
         _sequences(parser, args)

@@ -24,8 +24,7 @@ from loftr_kd.bench.profiling import (  # noqa: F401 - load_preset is public her
 )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point; prints a Markdown table, optionally writes JSON."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loftr-kd-profile",
         description="Time student presets in onnxruntime, whole model and per stage "
@@ -40,16 +39,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "(fast+block_depths=[1,2,3]); append ':unfused' to skip re-parameterisation"
         ),
     )
-    parser.add_argument("--sizes", nargs="+", default=["480x640", "240x320"], help="HxW")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--sizes", nargs="+", default=["480x640", "240x320"], help="input sizes HxW (default 480x640 240x320)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument(
         "--backbone-variants",
         action="store_true",
         help="instead: compare candidate backbones (fast_student.md's table) at the first size",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point; prints a Markdown table, optionally writes JSON."""
+    args = build_parser().parse_args(argv)
     sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
     if args.backbone_variants:
         with tempfile.TemporaryDirectory(prefix="profile_students_") as tmp:

@@ -23,7 +23,12 @@ def run(cfg: DictConfig) -> dict:
     return recipe.run(until=cfg.until)
 
 
-main = hydra_command("loftr-kd-recipe", "recipe", run)
+main = hydra_command(
+    "loftr-kd-recipe",
+    "recipe",
+    run,
+    summary="run a multi-stage recipe, resumably (experiment=student_default rebuilds the shipped student)",
+)
 
 
 if __name__ == "__main__":

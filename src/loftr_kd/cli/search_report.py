@@ -15,11 +15,19 @@ from collections.abc import Sequence
 from loftr_kd.errors import report
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loftr-kd-search-report",
+        description="(Re)write the table and plot of a student search (hparams_search=student_latency) from "
+        "its trials' search_trial.json files, e.g. for an interrupted sweep.",
+    )
+    parser.add_argument("sweep_dir", help="the sweep directory (holds <job>/search_trial.json)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="loftr-kd-search-report", description=__doc__)
-    parser.add_argument("sweep_dir", help="the sweep directory (holds <job>/search_trial.json)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     from pathlib import Path
 

@@ -9,15 +9,12 @@ from collections.abc import Sequence
 from loftr_kd.data.synthetic import generate_dataset
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``loftr-kd-synth``: write synthetic BlendedMVS-layout scenes."""
-    from loftr_kd.paths import DATA_DIR
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loftr-kd-synth", description="Generate synthetic scenes in the BlendedMVS layout."
     )
     parser.add_argument(
-        "--out", default=str(DATA_DIR / "synthetic"), help="output root (default: data/synthetic)"
+        "--out", default=None, help="output root (default: data/synthetic under the current folder)"
     )
     parser.add_argument("--scenes", type=int, default=12, help="number of scenes (default 12)")
     parser.add_argument("--views", type=int, default=8, help="views per scene (default 8)")
@@ -27,7 +24,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="parallel processes (default 1; output is the same)"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``loftr-kd-synth``: write synthetic BlendedMVS-layout scenes."""
+    from loftr_kd.paths import DATA_DIR
+
+    parser = build_parser()
     args = parser.parse_args(argv)
+    args.out = args.out or str(DATA_DIR / "synthetic")
     start = time.perf_counter()
     try:
         names = generate_dataset(

@@ -9,7 +9,12 @@ from __future__ import annotations
 from loftr_kd.cli import hydra_command
 from loftr_kd.train import train
 
-main = hydra_command("loftr-kd-train", "train", train)
+main = hydra_command(
+    "loftr-kd-train",
+    "train",
+    train,
+    summary="train a student (the embedded default: minutes on a CPU; README, docs/usage.md)",
+)
 
 
 if __name__ == "__main__":

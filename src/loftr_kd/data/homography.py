@@ -329,6 +329,45 @@ def write_hpatches_layout(dataset: HomographyPairDataset, out_dir: PathLike, cou
     return written
 
 
+def write_photo_set_pairs(
+    set_name: str, out_dir: PathLike, count: int, *, seed: int, height: int = 480, width: int = 640
+) -> list[Path]:
+    """``count`` HPatches-layout pairs of a named photo set (:mod:`loftr_kd.data.photos`) in a new folder.
+
+    The pairs are those of ``loftr-kd-photos --set NAME --out P`` followed by ``loftr-kd-homographies
+    --images P`` (the photos go to a temporary folder first, written as ``loftr-kd-photos`` writes them), so
+    ``set_name="heldout", count=120, seed=2026`` gives the README's held-out pairs. The folder appears
+    complete or not at all.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not empty (nothing in it is touched).
+        FileNotFoundError: a photo of the set is not installed.
+    """
+    import shutil
+    import tempfile
+
+    from loftr_kd.data.photos import collect_photos, photo_set
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"{out} already exists and is not empty; pairs are written only into a new folder"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        with tempfile.TemporaryDirectory() as photos:
+            collect_photos(photo_set(set_name), photos)
+            dataset = HomographyPairDataset(photos, height=height, width=width, seed=seed)
+            write_hpatches_layout(dataset, partial, count)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above)
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return sorted(out.glob("h_*"))
+
+
 def real_image_pairs(
     height: int, width: int, n: int = 4, *, seed: int = 0, max_angle_deg: float = 20.0, max_scale: float = 1.3
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from loftr_kd.evaluation.datasets import HomographyPair, read_image, resize_short_side
-from loftr_kd.evaluation.matching import MatcherFn, timed_matches
+from loftr_kd.evaluation.matching import MatcherFn, progress, timed_matches
 from loftr_kd.evaluation.scoring import corner_error, error_auc, reprojection_errors
 from loftr_kd.geometry import estimate_homography
 
@@ -77,7 +77,7 @@ def evaluate_homography(
         "per_pair": [...], "errors": [...]}``.
     """
     records, correct_errors = [], []
-    for pair in pairs:
+    for pair in progress(pairs, "homography"):
         image0, scale0 = resize_short_side(read_image(pair.path0), short_side)
         image1, scale1 = resize_short_side(read_image(pair.path1), short_side)
         h_true = scale1 @ pair.H @ np.linalg.inv(scale0)

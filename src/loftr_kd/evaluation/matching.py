@@ -4,12 +4,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["MatcherFn", "timed_matches"]
+__all__ = ["MatcherFn", "progress", "timed_matches"]
+
+log = logging.getLogger("loftr_kd.evaluation")
+Item = TypeVar("Item")
+PROGRESS_SECONDS = 10.0  # a benchmark says how far it is at most this often
 
 MatcherFn = Callable[[np.ndarray, np.ndarray], dict]
 
@@ -26,3 +32,14 @@ def timed_matches(matcher: MatcherFn, image0: np.ndarray, image1: np.ndarray) ->
     if "coarse_keypoints1" in result:  # a student's matched cell centres (what refinement started from)
         out["coarse_keypoints1"] = np.asarray(result["coarse_keypoints1"], np.float64).reshape(-1, 2)
     return out, elapsed
+
+
+def progress(items: Sequence[Item], what: str) -> Iterator[Item]:
+    """``items`` one by one, logging ``what: i/N pairs`` every :data:`PROGRESS_SECONDS` and at the end."""
+    start = last = time.perf_counter()
+    for index, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= PROGRESS_SECONDS or index == len(items):
+            log.info("%s: %d/%d pairs (%.0f s)", what, index, len(items), now - start)
+            last = now

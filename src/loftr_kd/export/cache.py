@@ -5,7 +5,8 @@ The onnxruntime backend runs checkpoints through this cache (``Matcher(weights.p
 cached file is keyed by the checkpoint's resolved path, size, modification time and the student config it
 was loaded with (input size and threshold overrides included), so changed weights or settings export anew.
 It is written atomically (concurrent readers never see half a file) and never silently replaced: a corrupt
-one is an error saying how to remove it.
+one is an error saying how to remove it. It lives in the user's cache folder (``~/.cache/loftr-kd/onnx``,
+:func:`loftr_kd.paths.cache_dir`), never in the user's weights folder.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from loftr_kd.runtime.backend import MatcherError
 
 log = logging.getLogger(__name__)
 
-CACHE_FOLDER = ".onnx_cache"  # beside the weights, where that is writable
+CACHE_FOLDER = "onnx"  # in the user's cache folder of loftr-kd
 
 
 def cache_candidates(weights: Path, cache_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders tried in order: ``cache_dir``, ``.onnx_cache`` beside the weights, a temporary folder."""
+    """Folders tried in order: ``cache_dir``, ``onnx/`` in the user's cache folder, a temporary folder."""
+    from loftr_kd.paths import cache_dir as user_cache
+
     candidates = [Path(cache_dir)] if cache_dir is not None else []
-    return candidates + [weights.parent / CACHE_FOLDER, Path(tempfile.gettempdir()) / "loftr_kd_onnx_cache"]
+    return candidates + [user_cache() / CACHE_FOLDER, Path(tempfile.gettempdir()) / "loftr_kd_onnx_cache"]
 
 
 def cached_onnx_export(

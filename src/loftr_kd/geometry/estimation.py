@@ -4,15 +4,19 @@ essential matrix of a known pose, and the relative pose of two cameras.
 The robust estimators are OpenCV's (RANSAC / MAGSAC, LoFTR's protocol); the camera algebra around them is
 kornia's (``normalize_points_with_intrinsics``, ``essential_from_Rt``). Arrays in, arrays out: the callers
 (registration, ``loftr-kd-match``, the benchmarks, the data sets) hold NumPy keypoints and matrices.
+Importing this module imports neither torch nor kornia (the two functions that use them import them), so
+registration through onnxruntime starts without torch.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-from kornia.geometry.conversions import normalize_points_with_intrinsics
-from kornia.geometry.epipolar import essential_from_Rt
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "RANSAC_METHODS",
@@ -21,7 +25,11 @@ __all__ = [
     "estimate_relative_pose",
     "normalize_keypoints",
     "relative_pose",
+    "warp_points",
 ]
+
+# |w| at or below this is the homography's horizon (kornia's convert_points_from_homogeneous eps).
+HORIZON_EPS = 1e-8
 
 # name -> OpenCV flag (an attribute of cv2) of the robust estimators
 RANSAC_METHODS = {"magsac": "USAC_MAGSAC", "ransac": "RANSAC", "lmeds": "LMEDS", "usac": "USAC_DEFAULT"}
@@ -68,6 +76,28 @@ def estimate_homography(
     return h / h[2, 2], mask.ravel().astype(bool)
 
 
+def warp_points(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
+    """Points through one homography, in float64 (the product and division of kornia's
+    ``transform_points``, in NumPy).
+
+    Args:
+        points: ``(N, 2)`` xy points (anything that reshapes to it).
+        homography: ``(3, 3)`` homography.
+
+    Returns:
+        ``(N, 2)`` float64 warped points; ``inf`` for points the homography sends to infinity.
+    """
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    homography = np.asarray(homography, np.float64).reshape(3, 3)
+    x, y = points[:, :1], points[:, 1:]
+    # (x h0 + y h1) + h2 per row: the sums in the order torch's float64 product takes (bit for bit)
+    homogeneous = (x * homography[:, 0] + y * homography[:, 1]) + homography[:, 2]  # (N, 3)
+    w = homogeneous[:, 2:]
+    at_infinity = np.abs(w) <= HORIZON_EPS
+    scale = np.where(at_infinity, 1.0, 1.0 / np.where(at_infinity, 1.0, w))
+    return np.where(at_infinity, np.inf, scale * homogeneous[:, :2])
+
+
 def normalize_keypoints(keypoints: np.ndarray, K: np.ndarray) -> np.ndarray:
     """NumPy adapter of kornia's ``normalize_points_with_intrinsics``: ``((u - cx) / fx, (v - cy) / fy)``.
 
@@ -78,6 +108,9 @@ def normalize_keypoints(keypoints: np.ndarray, K: np.ndarray) -> np.ndarray:
     Returns:
         ``(N, 2)`` float64 normalised camera coordinates.
     """
+    import torch
+    from kornia.geometry.conversions import normalize_points_with_intrinsics
+
     points = torch.from_numpy(np.asarray(keypoints, np.float64).reshape(-1, 2))
     return normalize_points_with_intrinsics(points, torch.from_numpy(np.asarray(K, np.float64))).numpy()
 
@@ -142,6 +175,9 @@ def essential_from_pose(T_0to1: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(*, 3, 3)`` ``E = [t]x R``, so that ``x1^T E x0 = 0`` for normalised coordinates ``x0``, ``x1``.
     """
+    import torch
+    from kornia.geometry.epipolar import essential_from_Rt
+
     rotation, translation = T_0to1[..., :3, :3], T_0to1[..., :3, 3:]
     origin = torch.eye(3, dtype=T_0to1.dtype, device=T_0to1.device).expand_as(rotation)
     return essential_from_Rt(origin, torch.zeros_like(translation), rotation, translation)

@@ -2,8 +2,9 @@
 
 One implementation of each warp, on tensors and built from kornia's camera and point transforms, serves the
 ground truth (:mod:`loftr_kd.supervision`), the benchmarks (:mod:`loftr_kd.evaluation`), the co-visibility
-of the synthetic scenes (:mod:`loftr_kd.data.synthetic`) and registration; :func:`warp_points` is the NumPy
-adapter for callers that hold arrays (OpenCV estimates, keypoint lists).
+of the synthetic scenes (:mod:`loftr_kd.data.synthetic`) and registration; :func:`warp_points` (defined in
+:mod:`loftr_kd.geometry.estimation`, without torch) is the NumPy one for callers that hold arrays (OpenCV
+estimates, keypoint lists).
 
 Pixel convention (docs/ARCHITECTURE.md): pixel centres sit at integer coordinates, so an ``H x W`` image
 covers ``[-0.5, W - 0.5) x [-0.5, H - 0.5)`` and the nearest pixel of a sub-pixel point ``x`` is
@@ -13,12 +14,13 @@ rounding rule reads every depth map here.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from kornia.geometry.camera.perspective import project_points, unproject_points
 from kornia.geometry.conversions import convert_points_from_homogeneous, convert_points_to_homogeneous
 from kornia.geometry.linalg import transform_points
 
+from loftr_kd.geometry.estimation import HORIZON_EPS as _HORIZON_EPS
+from loftr_kd.geometry.estimation import warp_points
 from loftr_kd.geometry.grid import _COORD_LIMIT
 
 __all__ = [
@@ -51,9 +53,6 @@ __all__ = [
 #   warps back elsewhere).
 # Synthetic scenes with exact depth could use less (0.02-0.05); the default has to suit both.
 DEFAULT_DEPTH_TOLERANCE = 0.1
-
-# |w| at or below which a homography sends a point to infinity (kornia's convert_points_from_homogeneous eps).
-_HORIZON_EPS = 1e-8
 
 
 def _check_batched(name: str, tensor: torch.Tensor, shape: tuple[int | None, ...]) -> None:
@@ -247,23 +246,6 @@ def warp_points_homography(
     visible = w * sign.unsqueeze(-1) > 1e-12
     points1 = torch.where(torch.isfinite(points1), points1, torch.zeros_like(points1))
     return points1, visible & inside_image(points1, image1_hw)
-
-
-def warp_points(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
-    """NumPy adapter: points through one homography, in float64.
-
-    Args:
-        points: ``(N, 2)`` xy points (anything that reshapes to it).
-        homography: ``(3, 3)`` homography.
-
-    Returns:
-        ``(N, 2)`` float64 warped points; ``inf`` for points the homography sends to infinity.
-    """
-    points = torch.from_numpy(np.asarray(points, np.float64).reshape(1, -1, 2))
-    homography = torch.from_numpy(np.asarray(homography, np.float64).reshape(1, 3, 3))
-    warped, w = _through_homography(points, homography)
-    at_infinity = (w.abs() <= _HORIZON_EPS).unsqueeze(-1)
-    return torch.where(at_infinity, torch.full_like(warped, float("inf")), warped)[0].numpy()
 
 
 # Pseudo ground truth from a teacher's sparse matches (pairs without geometry): the local map around each

@@ -285,19 +285,30 @@ def _engine_student_config(metadata: Mapping[str, Any], path: Path) -> tuple[dic
     return None, dict(onnx_metadata or {})
 
 
+def cell_centres(ids: np.ndarray, shape: tuple[int, int], stride: int, fill: float = -1.0) -> np.ndarray:
+    """``(..., 2)`` float32 xy centres of the cells ``ids`` (``(...)`` int) of a model input of ``shape``
+    ``(H, W)``; ``fill`` where ``ids < 0``.
+
+    The NumPy twin of :meth:`loftr_kd.geometry.CoarseGrid.ids_to_pixels` (the same float32 arithmetic; a
+    test holds them equal), so that matching through onnxruntime never imports torch.
+    """
+    ids = np.asarray(ids, np.int64)
+    row, col = np.divmod(np.maximum(ids, 0), int(shape[1]) // stride)
+    xy = np.stack(
+        ((col.astype(np.float32) + 0.5) * stride - 0.5, (row.astype(np.float32) + 0.5) * stride - 0.5), -1
+    ).astype(np.float32)
+    return np.where((ids >= 0)[..., None], xy, np.float32(fill))
+
+
 def cell_centre_points(
     match_ids: np.ndarray, shape0: tuple[int, int], shape1: tuple[int, int], stride: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(B, L0, 2)`` float32 ``points0`` / ``points1`` at cell centres, for graphs exported before those
     outputs existed; ``shape0`` / ``shape1`` are the model inputs' ``(H, W)``."""
-    import torch
-
-    from loftr_kd.geometry import CoarseGrid
-
-    ids = torch.from_numpy(np.asarray(match_ids, np.int64))
-    points0 = CoarseGrid.for_image(int(shape0[0]), int(shape0[1]), stride).match_points(ids)[0]
-    points1 = CoarseGrid.for_image(int(shape1[0]), int(shape1[1]), stride).ids_to_pixels(ids)
-    return points0.numpy(), points1.numpy()
+    match_ids = np.asarray(match_ids, np.int64)
+    own = np.broadcast_to(np.arange(match_ids.shape[-1]), match_ids.shape)
+    own = np.where(match_ids >= 0, own, -1)
+    return cell_centres(own, shape0, stride), cell_centres(match_ids, shape1, stride)
 
 
 class Backend(Protocol):

@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -260,14 +261,22 @@ def generate_dataset(
         write_text(out / PROGRESS_FILE, json.dumps(settings, indent=2) + "\n")
     todo = [i for i in range(scenes) if not (out / names[i]).is_dir()]
     args = [(out, seed, i, views, height, width) for i in todo]
+    start = time.perf_counter()
+
+    def progress(done: int) -> None:
+        """One line per scene: generation takes a while and is otherwise silent."""
+        say(f"  scene {scenes - len(args) + done}/{scenes} written ({time.perf_counter() - start:.0f} s)")
+
     if workers > 1 and len(args) > 1:
         # spawn, not fork: a forked OpenCV thread pool (or a parent holding CUDA) can hang the children.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(args)), mp_context=context) as pool:
-            list(pool.map(write_scene, *zip(*args)))
+            for done, _ in enumerate(pool.map(write_scene, *zip(*args)), 1):
+                progress(done)
     else:
-        for a in args:
+        for done, a in enumerate(args, 1):
             write_scene(*a)
+            progress(done)
     train, val = generated_scene_lists(names)
     write_text(out / "training_list.txt", "".join(f"{n}\n" for n in train))
     write_text(out / "validation_list.txt", "".join(f"{n}\n" for n in val))
