@@ -247,6 +247,7 @@ def _kornia_batch() -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
     return data, [h for _, _, h in pairs]
 
 
+@pytest.mark.slow
 @needs_weights
 def test_kornia_style_call_on_a_batch_of_two_feeds_kornias_own_tools():
     data, homographies = _kornia_batch()

@@ -101,6 +101,7 @@ def test_isolated_rows_run_in_their_own_process(tmp_path):
     assert row["median_ms"] > 0 and "isolated" in row["peak_mem_method"]
 
 
+@pytest.mark.slow
 def test_aspect_rows_time_the_one_dynamic_file_against_static_files(tmp_path):
     settings = BenchSettings(
         sizes=((48, 64),),

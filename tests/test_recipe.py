@@ -83,6 +83,7 @@ def test_steps_are_checked() -> None:
         Recipe(steps_from_config(_steps()), "/nonexistent/recipe").best_checkpoint("stage1")
 
 
+@pytest.mark.slow
 def test_recipe_runs_resumes_an_interrupted_stage_and_ships(tmp_path: Path) -> None:
     out = tmp_path / "recipe"
     steps = steps_from_config(_steps())

@@ -237,6 +237,7 @@ def sweep(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sweep_dir
 
 
+@pytest.mark.slow
 def test_three_trial_search_writes_table_and_plot(sweep: Path) -> None:
     report = json.loads((sweep / "search_report.json").read_text())
     trials = report["trials"]
@@ -265,6 +266,7 @@ def test_three_trial_search_writes_table_and_plot(sweep: Path) -> None:
     assert "best_params" in (sweep / "optimization_results.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_pareto_study_reports_both_objectives(scenes: Path, tmp_path: Path) -> None:
     """hparams_search=student_pareto: Optuna's own front holds (quality, latency) of the trained trial."""
     import yaml

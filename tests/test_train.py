@@ -262,6 +262,7 @@ def _train_cmd(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch(scenes: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
