@@ -28,14 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd.cli.match import (
-    BACKEND_CHOICES,
-    BACKEND_HELP,
-    BACKEND_METAVAR,
-    DEVICE_HELP,
-    THRESHOLD_HELP,
-    WEIGHTS_HELP,
-)
+from loftr_kd.cli.match import add_model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -307,12 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reference, p = freeze a snapshot with numbered matches, q = quit.",
     )
     parser.add_argument("--source", default="0", help="camera index (0, 1, ...) or a video file")
-    parser.add_argument(
-        "--backend", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR, default="onnx", help=BACKEND_HELP
-    )
-    parser.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
-    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
+    add_model_arguments(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: all cores for onnx, 1 for torch)"
     )

@@ -44,6 +44,19 @@ DEVICE_HELP = "cpu or cuda (torch and onnx backends; default cpu)"
 THRESHOLD_HELP = (
     "match-confidence threshold (default: the model's; an exported .onnx/.engine can only raise it)"
 )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the matcher (``--backend``, ``--weights``, ``--device``, ``--threshold``),
+    shared by loftr-kd-match and loftr-kd-demo."""
+    parser.add_argument(
+        "--backend", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR, default="onnx", help=BACKEND_HELP
+    )
+    parser.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
+
+
 # Everything run() may write into --out. A file of one of these names is replaced (or removed when this
 # run does not write it) only when loftr-kd wrote it there and it is unchanged (loftr_kd.files manifest).
 OUTPUT_NAMES = (
@@ -167,12 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("image0", type=Path, help="first image (any size, gray or colour)")
     parser.add_argument("image1", type=Path, help="second image")
-    parser.add_argument(
-        "--backend", choices=BACKEND_CHOICES, metavar=BACKEND_METAVAR, default="onnx", help=BACKEND_HELP
-    )
-    parser.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
-    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    parser.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
+    add_model_arguments(parser)
     parser.add_argument(
         "--threads",
         type=int,
