@@ -287,6 +287,7 @@ def test_empty_or_garbage_checkpoint_is_named_without_unsafe_advice(tmp_path):
     assert "weights_only=False" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_corrupt_onnx_cache_is_named_never_reused_nor_deleted(student_weights, tmp_path):
     cache = tmp_path / "cache"
     Matcher(student_weights, backend="onnx", cache_dir=cache, num_threads=1)

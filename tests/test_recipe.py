@@ -194,6 +194,7 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     assert stage2.data.root.endswith("data/photos_train_wide")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_step_records_it_and_the_next_run_resumes(tmp_path: Path) -> None:
     import signal
     import subprocess
