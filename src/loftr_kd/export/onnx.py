@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,22 +300,39 @@ def _verify_dynamic_shape(path: Path, batch: int, sizes: list[tuple[int, int]], 
     """Run a dynamic-shape graph on pairs of sizes it was not traced with (image0 and image1 differing);
     a size baked in during tracing fails here, or gives outputs of the wrong number of cells."""
     session = checks.ort_session(path, threads=1)
+    verify_runs(
+        lambda image0, image1: session.run(None, {"image0": image0, "image1": image1}),
+        "the dynamic-shape graph",
+        "the dynamic-shape graph",
+        batch,
+        sizes,
+        stride,
+    )
+
+
+def verify_runs(
+    run: Callable[[np.ndarray, np.ndarray], list[np.ndarray]],
+    graph: str,
+    output_graph: str,
+    batch: int,
+    sizes: list[tuple[int, int]],
+    stride: int,
+) -> None:
+    """Call ``run(image0, image1)`` (zero images ``(batch, 1, h, w)``) on each size paired with the next one;
+    raise :class:`ExportError` naming ``graph`` when it fails, or ``output_graph`` when an output's leading
+    dims are not ``(batch, cells of image0)``. Shared by the whole graph's and the split export's checks."""
     for (h0, w0), (h1, w1) in zip(sizes, sizes[1:] + sizes[:1]):
-        feed = {
-            "image0": np.zeros((batch, 1, h0, w0), np.float32),
-            "image1": np.zeros((batch, 1, h1, w1), np.float32),
-        }
         try:
-            outputs = session.run(None, feed)
+            outputs = run(np.zeros((batch, 1, h0, w0), np.float32), np.zeros((batch, 1, h1, w1), np.float32))
         except Exception as e:
             raise ExportError(
-                f"the dynamic-shape graph does not run on a {w0}x{h0} / {w1}x{h1} pair at batch {batch}: a size "
+                f"{graph} does not run on a {w0}x{h0} / {w1}x{h1} pair at batch {batch}: a size "
                 f"was baked in during tracing. onnxruntime: {str(e).splitlines()[0][:300]}"
             ) from e
         cells = (h0 // stride) * (w0 // stride)
         if any(o.shape[:2] != (batch, cells) for o in outputs):
             raise ExportError(
-                f"the dynamic-shape graph returned {[o.shape for o in outputs]} for a {w0}x{h0} image0 at batch "
+                f"{output_graph} returned {[o.shape for o in outputs]} for a {w0}x{h0} image0 at batch "
                 f"{batch}; expected ({batch}, {cells}, ...)"
             )
 

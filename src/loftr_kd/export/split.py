@@ -36,13 +36,13 @@ from torch import nn
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import (
     OUTPUT_NAMES,
-    ExportError,
     _declare_output_shapes,
     dynamic_mode,
     dynamic_probe_sizes,
     graph_metadata,
     graph_outputs,
     student_config_dict,
+    verify_runs,
     write_metadata,
 )
 from loftr_kd.files import replacing
@@ -204,26 +204,14 @@ def _verify(encoder_path: Path, matcher_path: Path, sizes: list[tuple[int, int]]
     """Run the two halves on pairs of ``sizes`` (image0 and image1 differing) at a batch they were not
     traced with; a batch or size baked in during tracing fails here."""
     encoder, matcher = (checks.ort_session(p, threads=1) for p in (encoder_path, matcher_path))
-    batch = 3
-    pairs = list(zip(sizes, sizes[1:] + sizes[:1])) if len(sizes) > 1 else [(sizes[0], sizes[0])]
-    for (h0, w0), (h1, w1) in pairs:
-        try:
-            encoded0 = encoder.run(None, {ENCODER_INPUT: np.zeros((batch, 1, h0, w0), np.float32)})
-            encoded1 = encoder.run(None, {ENCODER_INPUT: np.zeros((batch, 1, h1, w1), np.float32)})
-            inputs = [i.name for i in matcher.get_inputs()]
-            values = dict(zip(MATCHER_INPUTS, (encoded0[0], encoded1[0], *encoded0[1:], *encoded1[1:])))
-            outputs = matcher.run(None, {name: values[name] for name in inputs})
-        except Exception as e:
-            raise ExportError(
-                f"the split export does not run on a {w0}x{h0} / {w1}x{h1} pair at batch {batch}: a size was "
-                f"baked in during tracing. onnxruntime: {str(e).splitlines()[0][:300]}"
-            ) from e
-        cells = (h0 // stride) * (w0 // stride)
-        if any(o.shape[:2] != (batch, cells) for o in outputs):
-            raise ExportError(
-                f"the split export's matcher returned {[o.shape for o in outputs]} for a {w0}x{h0} image0 at "
-                f"batch {batch}; expected ({batch}, {cells}, ...)"
-            )
+    inputs = [i.name for i in matcher.get_inputs()]
+
+    def run(image0: np.ndarray, image1: np.ndarray) -> list[np.ndarray]:
+        encoded0, encoded1 = (encoder.run(None, {ENCODER_INPUT: image}) for image in (image0, image1))
+        values = dict(zip(MATCHER_INPUTS, (encoded0[0], encoded1[0], *encoded0[1:], *encoded1[1:])))
+        return matcher.run(None, {name: values[name] for name in inputs})
+
+    verify_runs(run, "the split export", "the split export's matcher", 3, sizes, stride)
 
 
 def check_split(
