@@ -455,6 +455,43 @@ def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> No
         torch.testing.assert_close(final[f"student.{name}"], param.detach(), msg=name)
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_batchnorm_keeps_the_initial_statistics_and_trains_the_rest(
+    scenes: Path, tmp_path: Path, frozen: bool
+) -> None:
+    """freeze_batchnorm=true: after a fine-tune the BatchNorm running statistics are exactly the initial
+    weights' (Lightning puts the module in train mode before training and after every validation), while
+    the BatchNorm affine weights and the other parameters trained; false re-estimates the statistics."""
+    from loftr_kd.models.student import save_student
+
+    start = instantiate(_cfg(tmp_path / "probe", scenes).student)
+    weights = save_student(start, tmp_path / "start.pt")
+    run = tmp_path / "run"
+    train(
+        _cfg(
+            run,
+            scenes,
+            f"init_weights={weights}",
+            f"freeze_batchnorm={str(frozen).lower()}",
+            "deploy.enabled=false",
+        )
+    )
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    norms = {n: m for n, m in start.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert norms
+    kept = [
+        torch.equal(final[f"student.{name}.{stat}"], getattr(norm, stat))
+        for name, norm in norms.items()
+        for stat in ("running_mean", "running_var")
+    ]
+    assert all(kept) if frozen else not any(kept[:2])  # (the first layer's, at least, moved)
+    assert any(not torch.equal(final[f"student.{n}.weight"], m.weight.detach()) for n, m in norms.items())
+    assert not torch.equal(
+        final["student.loftr_coarse.layers.0.q_proj.weight"],
+        start.loftr_coarse.layers[0].q_proj.weight.detach(),
+    )
+
+
 def test_training_a_refining_student_logs_refinement_and_exports_refined_points(
     scenes: Path, tmp_path: Path
 ) -> None:

@@ -239,7 +239,7 @@ def check_train_config(cfg: DictConfig) -> None:
             hint = f" (did you mean data.{close[0]}?)" if close else ""
             raise ConfigError(f"data.{unknown[0]} is not a setting of {_name(data_target)}{hint}")
     _check_data_ranges(data_class, data)
-    for key, kind in (("seed", int), ("validate_before_training", bool)):
+    for key, kind in (("seed", int), ("validate_before_training", bool), ("freeze_batchnorm", bool)):
         value = cfg.get(key)
         if value is not None and not matches_hint(value, kind):
             raise ConfigError(f"{key}={value!r}: expected {_describe(kind)}")

@@ -61,6 +61,9 @@ class DistillationModule(pl.LightningModule):
         scheduler: partial LR scheduler or ``None``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         monitoring: histogram period and match images.
+        freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training: their running
+            statistics stay those of the initial weights (a fine-tune on another mix of data re-estimates
+            them otherwise, docs/distillation.md); their affine weights still train.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class DistillationModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         monitoring: MonitoringConfig | None = None,
         supervision: SupervisionConfig | None = None,
+        freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         self.student = student
@@ -84,8 +88,10 @@ class DistillationModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitoring = monitoring or MonitoringConfig()
+        self.freeze_batchnorm = freeze_batchnorm
         self.save_hyperparameters(
             {
+                "freeze_batchnorm": freeze_batchnorm,
                 "student_config": asdict(student.config),
                 "loss": asdict(loss),
                 "supervision": asdict(self.supervision),
@@ -94,6 +100,22 @@ class DistillationModule(pl.LightningModule):
         )
         self.val_stats = nn.ModuleDict({who: MatchStatsMetric() for who in _STATS})
         self._vis_batch: dict[str, Any] | None = None
+
+    def _hold_batchnorm_statistics(self) -> None:
+        if self.freeze_batchnorm:
+            for module in self.student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def on_train_start(self) -> None:
+        # Lightning (2.2+) keeps each submodule's mode across validation, so once is enough in fit.
+        self._hold_batchnorm_statistics()
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        if mode:
+            self._hold_batchnorm_statistics()
+        return self
 
     # ----------------------------------------------------------------------------------------- steps
     def _step(self, batch: dict[str, Any]) -> Step:

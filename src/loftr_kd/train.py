@@ -567,6 +567,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         scheduler_interval=str(cfg.optim.get("scheduler_interval", "epoch")),
         monitoring=MonitoringConfig(**OmegaConf.to_container(cfg.monitoring, resolve=True)),
+        freeze_batchnorm=bool(cfg.get("freeze_batchnorm", False)),
     )
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
