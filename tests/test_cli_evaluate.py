@@ -176,3 +176,23 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(tmp_path,
         main([f"homography.root={tmp_path / 'nowhere'}", f"hydra.run.dir={run_dir}"])
     assert exit_info.value.code == 2 and "nowhere" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_every_student_matches_at_the_configured_long_side_unless_it_sets_its_own(data):
+    """A checkpoint's own size is its training size (here 320): evaluate's `size` (640) puts every dynamic
+    student at the long side the references use; a method's own `size` wins; `size=null` keeps each one's."""
+    from loftr_kd.cli.evaluate import build_methods
+
+    _, _, weights = data
+    student = [
+        f"+methods.ckpt.weights={weights}",
+        "+methods.ckpt.backend=torch",
+        "+methods.ckpt.guided=false",
+    ]
+    only = ["~methods.student", "~methods.student_one_pass", "~methods.orb", "~methods.sift"]
+    methods, _ = build_methods(compose_cfg([*only, *student]))
+    assert max(HEIGHT, WIDTH) != 640 and methods["ckpt"].size == 640
+    methods, _ = build_methods(compose_cfg([*only, *student, "+methods.ckpt.size=480"]))
+    assert methods["ckpt"].size == 480
+    methods, _ = build_methods(compose_cfg([*only, *student, "size=null"]))
+    assert methods["ckpt"].size == max(HEIGHT, WIDTH)

@@ -180,7 +180,16 @@ class Matcher:
         # border removal drops `border` cells on every side: a side needs 2 * border + 1 cells to keep one
         self.min_cells = max(2, 2 * int(self.config.get("border_removal", 0) or 0) + 1)
         self._grid: np.ndarray | None = None
-        self.size = self._check_size(size)
+        self.size = size
+
+    @property
+    def size(self) -> int:
+        """Long side images are resized to (a dynamic model's; a static model's input side), checked when set."""
+        return self._size
+
+    @size.setter
+    def size(self, value: int | None) -> None:
+        self._size = self._check_size(value)
 
     # ------------------------------------------------------------------ the model's geometry
     @property

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
     """Matchers named in ``cfg.methods``; students with missing weights are skipped when allowed."""
-    from loftr_kd.matcher import build_matcher
+    from loftr_kd.matcher import REFERENCE_METHODS, Matcher, build_matcher
     from loftr_kd.registration import with_guidance
 
     methods, skipped = {}, {}
@@ -32,8 +32,18 @@ def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
         guided = spec.pop("guided", None)
         if "threads" not in spec and "num_threads" not in spec:
             spec["threads"] = cfg.get("threads")
+        own_size = "size" in spec
+        if not own_size and backend in REFERENCE_METHODS:
+            spec["size"] = cfg.get("size")
         try:
-            methods[name] = with_guidance(build_matcher(backend, weights=weights, **spec), guided)
+            matcher = build_matcher(backend, weights=weights, **spec)
+            if isinstance(matcher, Matcher) and not own_size and cfg.get("size") is not None:
+                if matcher.dynamic:
+                    # every method at the same long side: a checkpoint's own would be its training size
+                    matcher.size = int(cfg.size)
+                elif matcher.size != int(cfg.size):
+                    log.info("%s: static input %d px long, not size=%s", name, matcher.size, cfg.size)
+            methods[name] = with_guidance(matcher, guided)
         except ValueError as err:
             raise ValueError(f"methods.{name}: {err}") from None
         except FileNotFoundError as err:
