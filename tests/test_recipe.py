@@ -164,6 +164,7 @@ def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: 
         "validation_pairs",
         "stage1",
         "stage2",
+        "stage3",
         "ship",
     ]
     assert all(line.split()[-1] == "run" for line in lines)
@@ -188,10 +189,17 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
         stage2 = compose(
             config_name="train", overrides=["experiment=student_default_stage2", "init_weights=x"]
         )
+        stage3 = compose(
+            config_name="train", overrides=["experiment=student_default_stage3", "init_weights=x"]
+        )
     with pytest.raises(ConfigError, match="loftr-kd-recipe experiment=student_default"):
         check_train_config(cfg)
     check_train_config(stage2)
     assert stage2.data.root.endswith("data/photos_train_wide")
+    check_train_config(stage3)  # the shipped size, photos alone, BatchNorm statistics held
+    assert (stage3.data.height, stage3.data.width, stage3.freeze_batchnorm) == (480, 640, True)
+    assert stage3.data.sources.photos.root.endswith("data/photos_train_wide")
+    assert {k for k, v in stage3.data.weights.items() if v > 0} == {"photos"}
 
 
 @pytest.mark.slow
