@@ -431,26 +431,23 @@ def test_optuna_sweep(scenes: Path, tmp_path: Path) -> None:
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "1" / "summary.json").is_file()
 
 
-def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> None:
+def _fine_tune(
+    scenes: Path, tmp_path: Path, start: torch.nn.Module, *overrides: str
+) -> dict[str, torch.Tensor]:
+    """Train from ``start`` (saved with save_student, given as init_weights); the last checkpoint's state dict."""
     from loftr_kd.models.student import save_student
 
-    cfg_student = _cfg(tmp_path / "probe", scenes).student
-    start = instantiate(cfg_student)
-    torch.nn.init.normal_(start.loftr_coarse.layers[0].q_proj.weight, std=0.5)  # unlike a fresh init
     weights = save_student(start, tmp_path / "start.pt")
     run = tmp_path / "run"
+    train(_cfg(run, scenes, f"init_weights={weights}", "deploy.enabled=false", *overrides))
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_fine_tune_starts_from_given_weights(scenes: Path, tmp_path: Path) -> None:
+    start = instantiate(_cfg(tmp_path / "probe", scenes).student)
+    torch.nn.init.normal_(start.loftr_coarse.layers[0].q_proj.weight, std=0.5)  # unlike a fresh init
     # lr = 0: the trained parameters must still be exactly the ones we started from.
-    train(
-        _cfg(
-            run,
-            scenes,
-            f"init_weights={weights}",
-            "optim.optimizer.lr=0.0",
-            "trainer.max_epochs=1",
-            "deploy.enabled=false",
-        )
-    )
-    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    final = _fine_tune(scenes, tmp_path, start, "optim.optimizer.lr=0.0", "trainer.max_epochs=1")
     for name, param in start.named_parameters():
         torch.testing.assert_close(final[f"student.{name}"], param.detach(), msg=name)
 
@@ -462,21 +459,8 @@ def test_freeze_batchnorm_keeps_the_initial_statistics_and_trains_the_rest(
     """freeze_batchnorm=true: after a fine-tune the BatchNorm running statistics are exactly the initial
     weights' (Lightning puts the module in train mode before training and after every validation), while
     the BatchNorm affine weights and the other parameters trained; false re-estimates the statistics."""
-    from loftr_kd.models.student import save_student
-
     start = instantiate(_cfg(tmp_path / "probe", scenes).student)
-    weights = save_student(start, tmp_path / "start.pt")
-    run = tmp_path / "run"
-    train(
-        _cfg(
-            run,
-            scenes,
-            f"init_weights={weights}",
-            f"freeze_batchnorm={str(frozen).lower()}",
-            "deploy.enabled=false",
-        )
-    )
-    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    final = _fine_tune(scenes, tmp_path, start, f"freeze_batchnorm={str(frozen).lower()}")
     norms = {n: m for n, m in start.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert norms
     kept = [
