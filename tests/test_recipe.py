@@ -198,6 +198,7 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     assert stage2.data.root.endswith("data/photos_train_wide")
     check_train_config(stage3)  # the shipped size, photos alone, BatchNorm statistics held
     assert (stage3.data.height, stage3.data.width, stage3.freeze_batchnorm) == (480, 640, True)
+    assert stage3.trainer.max_epochs == 4  # the shipped default is the validation pick of 4 epochs
     assert stage3.data.sources.photos.root.endswith("data/photos_train_wide")
     assert {k for k, v in stage3.data.weights.items() if v > 0} == {"photos"}
 
