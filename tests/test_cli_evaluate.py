@@ -139,6 +139,28 @@ def test_coarse_benchmark_on_synthetic_blendedmvs_scenes(tmp_path):
     assert "## Matches against exact ground truth" in (tmp_path / "run" / "results.md").read_text()
 
 
+def test_pose_pairs_of_every_scene_of_a_set_made_for_testing(tmp_path):
+    """``pose.scene_names=all``: a set of scenes never trained on (another seed) is all test scenes."""
+    from loftr_kd.data.synthetic import generate_dataset
+    from loftr_kd.evaluation import pose_pairs_from_scenes
+
+    generate_dataset(out_dir=tmp_path / "synth", scenes=3, views=3, seed=5, height=144, width=192)
+    overrides = [
+        f"pose.scenes={tmp_path / 'synth'}",
+        "~methods.student",
+        "~methods.student_one_pass",
+        "~methods.sift",
+    ]
+    validation_only = evaluate(compose_cfg(overrides), out_dir=tmp_path / "val")
+    every = evaluate(compose_cfg([*overrides, "pose.scene_names=all"]), out_dir=tmp_path / "all")
+    assert validation_only["methods"]["orb"]["pose"]["num_pairs"] == len(
+        pose_pairs_from_scenes(tmp_path / "synth")
+    )
+    assert every["methods"]["orb"]["pose"]["num_pairs"] == 3 * 6  # 3 scenes x 6 ordered pairs of 3 views
+    with pytest.raises(ValueError, match="pose.scene_names must be null, 'all' or a list"):
+        evaluate(compose_cfg([*overrides, "pose.scene_names=every"]), out_dir=tmp_path / "bad")
+
+
 def test_guided_student_is_a_method_setting_and_reports_the_epe_of_correct_matches(data, tmp_path):
     """``guided`` in a method's spec wraps the student (loftr_kd.registration); every homography row gets
     the end-point error of its correct matches, ORB's too."""

@@ -110,11 +110,19 @@ def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
         "val/student/precision",
         "val/student/recall",
         "val/student/mae",
+        "val/student/auc_pose@5deg",  # robust-fit validation (loftr_kd.validation) of the scenes' pairs
+        "val/student/auc@5",
         "lr-AdamW",
     ):
         assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
     # Step-0 validation (before training) plus one per epoch.
     assert len(scalars["val/student/precision"]) == 3
+    assert len(scalars["val/student/auc@5"]) == 3
+    assert "val/student/auc_homography@5px" not in scalars  # no homography pairs in this run
+    # the step-0 figures are in the summary (how a checkpoint is scored without training: max_epochs=0)
+    assert summary["before_training"]["val/student/auc@5"] == pytest.approx(
+        scalars["val/student/auc@5"][0][1]
+    )
     tags = _tags(run)
     assert "matches/student" in tags["images"]
     assert any(t.startswith("grads/") for t in tags["histograms"])

@@ -23,6 +23,7 @@ from loftr_kd.models.matching import CoarseMatchOutput
 from loftr_kd.models.student import CoarseLoFTRStudent
 from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth, has_ground_truth
 from loftr_kd.teachers.base import SIMILARITY, TeacherOutput, teacher_coarse_matches
+from loftr_kd.validation import FitValidationConfig, RobustFitMetric, one_pass_matches, pair_fit_errors
 
 # Validation statistics: the student's matches, and (refining students) its matches whose coarse cell is
 # right, at the cell centre and refined, to show what the refinement adds; the teacher's under the
@@ -64,6 +65,8 @@ class DistillationModule(pl.LightningModule):
         freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training: their running
             statistics stay those of the initial weights (a fine-tune on another mix of data re-estimates
             them otherwise, docs/distillation.md); their affine weights still train.
+        fit_validation: the robust-fit validation (:mod:`loftr_kd.validation`: homography and pose AUC of the
+            one-pass matches); default: :class:`FitValidationConfig` defaults.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class DistillationModule(pl.LightningModule):
         monitoring: MonitoringConfig | None = None,
         supervision: SupervisionConfig | None = None,
         freeze_batchnorm: bool = False,
+        fit_validation: FitValidationConfig | None = None,
     ) -> None:
         super().__init__()
         self.student = student
@@ -89,6 +93,7 @@ class DistillationModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.monitoring = monitoring or MonitoringConfig()
         self.freeze_batchnorm = freeze_batchnorm
+        self.fit_validation = fit_validation or FitValidationConfig()
         self.save_hyperparameters(
             {
                 "freeze_batchnorm": freeze_batchnorm,
@@ -99,6 +104,7 @@ class DistillationModule(pl.LightningModule):
             }
         )
         self.val_stats = nn.ModuleDict({who: MatchStatsMetric() for who in _STATS})
+        self.val_fit = RobustFitMetric()
         self._vis_batch: dict[str, Any] | None = None
 
     def _hold_batchnorm_statistics(self) -> None:
@@ -163,6 +169,12 @@ class DistillationModule(pl.LightningModule):
                 self.val_stats[f"correct_cells_{who}"].update(
                     points, exact, gt.points1, gt.valid, gt.match_ids
                 )
+        if self.fit_validation.enabled:
+            cfg = self.fit_validation
+            matches = one_pass_matches(
+                out, step.grid, cfg.match_threshold, self.student.config.border_removal
+            )
+            self.val_fit.update(pair_fit_errors(batch, matches, cfg))
         vis = {"student": (out.points0[0], out.points1[0], out.match_ids[0] >= 0, gt.points1[0], gt.valid[0])}
         if step.teacher_out is not None and step.teacher_out.confidence is not None:
             vis["teacher"] = self._validate_teacher(batch, step, size)
@@ -217,6 +229,12 @@ class DistillationModule(pl.LightningModule):
                 self.log(
                     f"val/{who}/{name}", float(value), prog_bar=show, sync_dist=False, rank_zero_only=False
                 )
+        if self.val_fit.update_called:
+            fit = self.val_fit.compute()  # errors of every DDP rank's pairs, concatenated
+            self.val_fit.reset()
+            for name, value in fit.items():
+                show = name.startswith("auc@")
+                self.log(f"val/student/{name}", value, prog_bar=show, sync_dist=False, rank_zero_only=False)
         if self.monitoring.log_match_images and self._vis_batch is not None:
             self._log_match_images(self._vis_batch)
 

@@ -33,6 +33,7 @@ from loftr_kd.paths import REPO_ROOT
 from loftr_kd.rundir import RunDirError, claim_run_dir, end_state, mark_run
 from loftr_kd.runtime.torch_backend import torch_threads
 from loftr_kd.supervision import SupervisionConfig
+from loftr_kd.validation import FitValidationConfig
 
 log = logging.getLogger("loftr_kd.train")
 
@@ -568,6 +569,9 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         scheduler_interval=str(cfg.optim.get("scheduler_interval", "epoch")),
         monitoring=MonitoringConfig(**OmegaConf.to_container(cfg.monitoring, resolve=True)),
         freeze_batchnorm=bool(cfg.get("freeze_batchnorm", False)),
+        fit_validation=FitValidationConfig(
+            **OmegaConf.to_container(cfg.get("fit_validation", {}), resolve=True)
+        ),
     )
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
@@ -599,6 +603,9 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         "student_parameters": count_parameters(student),
         "teacher": teacher is not None,
         "final_metrics": metrics,
+        # every validation figure of the starting weights (validate_before_training), e.g. to score a
+        # checkpoint without training: init_weights=<ckpt> trainer.max_epochs=0
+        "before_training": {k: float(v) for k, v in start.items()},
         "best_checkpoint": str(best) if best else None,
     }
     if trainer.is_global_zero:

@@ -79,6 +79,23 @@ def heldout_pairs(heldout: DictConfig) -> Path:
     return root
 
 
+def _scene_names(root: str, names: Any) -> list[str] | None:
+    """``pose.scene_names``: ``None`` = the set's validation scenes; ``all`` = every scene (a set made only
+    for testing, e.g. synthetic scenes of another seed); or a list of names."""
+    if names is None:
+        return None
+    if names == "all":
+        from loftr_kd.data.blendedmvs import find_scenes
+
+        scenes = find_scenes(root)
+        if not scenes:
+            raise ValueError(f"pose.scenes={root}: no scene folders there (pose.scene_names=all)")
+        return scenes
+    if isinstance(names, str):
+        raise ValueError(f"pose.scene_names must be null, 'all' or a list of scene names, got {names!r}")
+    return [str(n) for n in names]
+
+
 def _coarse_batches(cfg: DictConfig):
     """Factory of validation batches for the coarse benchmark (None when not configured)."""
     if not cfg.coarse.get("root"):
@@ -121,7 +138,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     if p.get("pairs"):
         pose_pairs = ev.load_pose_pairs(p.pairs, p.get("image_root"))[: p.get("max_pairs")]
     elif p.get("scenes"):  # the held-out scenes of a BlendedMVS-layout set (synthetic or real)
-        pose_pairs = ev.pose_pairs_from_scenes(p.scenes, max_pairs=p.get("max_pairs"), seed=cfg.seed)
+        pose_pairs = ev.pose_pairs_from_scenes(
+            p.scenes,
+            _scene_names(p.scenes, p.get("scene_names")),
+            max_pairs=p.get("max_pairs"),
+            seed=cfg.seed,
+        )
     coarse = _coarse_batches(cfg)
     methods, skipped = build_methods(cfg)
 
