@@ -114,3 +114,10 @@ def test_metric_gives_each_kinds_auc_and_their_mean() -> None:
         "homography_pairs",
         "auc@5",
     }
+
+
+def test_a_kind_no_rank_saw_is_left_out_after_a_ddp_sync() -> None:
+    metric = RobustFitMetric()
+    metric.update({"homography": [], "pose": [1.0]})
+    metric.homography = torch.zeros(0, dtype=torch.float64)  # what a sync makes of a list no rank filled
+    assert "auc_homography@5px" not in metric.compute()

@@ -139,7 +139,9 @@ class RobustFitMetric(Metric):
             state = getattr(self, kind)
             if isinstance(state, list) and not state:
                 continue
-            errors = dim_zero_cat(state).cpu().numpy()
+            errors = dim_zero_cat(state).cpu().numpy()  # after a DDP sync: one tensor, maybe empty
+            if errors.size == 0:
+                continue
             auc = error_auc(errors, tuple(thresholds) + (SUMMARY_THRESHOLD,))
             for threshold in thresholds:
                 summary[f"auc_{kind}@{threshold:g}{unit}"] = auc[float(threshold)]
