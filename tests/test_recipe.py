@@ -196,11 +196,14 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
         check_train_config(cfg)
     check_train_config(stage2)
     assert stage2.data.root.endswith("data/photos_train_wide")
-    check_train_config(stage3)  # the shipped size, photos alone, BatchNorm statistics held
+    check_train_config(stage3)  # the shipped size, scenes and photos, BatchNorm statistics held
     assert (stage3.data.height, stage3.data.width, stage3.freeze_batchnorm) == (480, 640, True)
     assert stage3.trainer.max_epochs == 4  # the shipped default is the validation pick of 4 epochs
     assert stage3.data.sources.photos.root.endswith("data/photos_train_wide")
-    assert {k for k, v in stage3.data.weights.items() if v > 0} == {"photos"}
+    assert {k: v for k, v in stage3.data.weights.items() if v > 0} == {"synthetic": 0.5, "photos": 0.5}
+    # picked by the robust-fit validation (loftr_kd.validation), which the best checkpoint follows
+    assert stage3.optimized_metric == "val/student/auc@5"
+    assert stage3.callbacks.best_checkpoint.monitor == "val/student/auc@5"
 
 
 @pytest.mark.slow
