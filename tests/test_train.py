@@ -529,3 +529,16 @@ def test_training_runs_on_the_threads_of_its_policy_and_restores_the_callers(
     for bad in ("threads=0", "threads=two"):
         with pytest.raises(ConfigError, match=r"threads=.*expected a number of CPU threads >= 1, or null"):
             train(_cfg(tmp_path / "bad", scenes, bad))
+
+
+def test_a_config_saved_before_the_robust_fit_validation_still_trains(scenes: Path, tmp_path: Path) -> None:
+    """A rerun of an older run's saved config (no ``fit_validation`` key) validates with the defaults."""
+    run = tmp_path / "old"
+    cfg = _cfg(
+        run, scenes, "deploy.enabled=false", "trainer.max_epochs=1", "monitoring.log_match_images=false"
+    )
+    with open_dict(cfg):
+        del cfg["fit_validation"]
+    train(cfg)
+    summary = json.loads((run / "summary.json").read_text())
+    assert "val/student/auc_pose@5deg" in summary["final_metrics"]

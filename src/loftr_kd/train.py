@@ -569,8 +569,9 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         scheduler_interval=str(cfg.optim.get("scheduler_interval", "epoch")),
         monitoring=MonitoringConfig(**OmegaConf.to_container(cfg.monitoring, resolve=True)),
         freeze_batchnorm=bool(cfg.get("freeze_batchnorm", False)),
+        # absent from configs saved before it existed (a rerun of an older run): the defaults
         fit_validation=FitValidationConfig(
-            **OmegaConf.to_container(cfg.get("fit_validation", {}), resolve=True)
+            **(OmegaConf.to_container(cfg.fit_validation, resolve=True) if cfg.get("fit_validation") else {})
         ),
     )
     trainer = build_trainer(cfg, output_dir)
