@@ -23,7 +23,13 @@ from loftr_kd.models.matching import CoarseMatchOutput
 from loftr_kd.models.student import CoarseLoFTRStudent
 from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth, has_ground_truth
 from loftr_kd.teachers.base import SIMILARITY, TeacherOutput, teacher_coarse_matches
-from loftr_kd.validation import FitValidationConfig, RobustFitMetric, one_pass_matches, pair_fit_errors
+from loftr_kd.validation import (
+    FitValidationConfig,
+    RobustFitMetric,
+    fit_kind,
+    one_pass_matches,
+    pair_fit_errors,
+)
 
 # Validation statistics: the student's matches, and (refining students) its matches whose coarse cell is
 # right, at the cell centre and refined, to show what the refinement adds; the teacher's under the
@@ -169,7 +175,7 @@ class DistillationModule(pl.LightningModule):
                 self.val_stats[f"correct_cells_{who}"].update(
                     points, exact, gt.points1, gt.valid, gt.match_ids
                 )
-        if self.fit_validation.enabled:
+        if self.fit_validation.enabled and fit_kind(batch) is not None:
             cfg = self.fit_validation
             matches = one_pass_matches(
                 out, step.grid, cfg.match_threshold, self.student.config.border_removal

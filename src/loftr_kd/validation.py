@@ -32,7 +32,7 @@ from loftr_kd.evaluation.scoring import corner_error, error_auc, relative_pose_e
 from loftr_kd.geometry import CoarseGrid, estimate_homography, estimate_relative_pose
 from loftr_kd.models.matching import CoarseMatchOutput, mutual_nearest_matches
 
-__all__ = ["FitValidationConfig", "RobustFitMetric", "one_pass_matches", "pair_fit_errors"]
+__all__ = ["FitValidationConfig", "RobustFitMetric", "fit_kind", "one_pass_matches", "pair_fit_errors"]
 
 KINDS = {"homography": ("px", HOMOGRAPHY_THRESHOLDS), "pose": ("deg", POSE_THRESHOLDS)}
 # The figure that sums both kinds up: the AUC at 5 px (homography) and at 5 degrees (pose).
@@ -84,26 +84,37 @@ def one_pass_matches(
     return pairs
 
 
+def fit_kind(batch: dict[str, Any]) -> str | None:
+    """The model a batch's pairs are scored by: ``"homography"`` (``H_0to1``), ``"pose"`` (``K0``, ``K1``,
+    ``T_0to1``), or ``None`` (pseudo-labelled pairs: nothing to fit)."""
+    if "H_0to1" in batch:
+        return "homography"
+    if all(key in batch for key in ("K0", "K1", "T_0to1")):
+        return "pose"
+    return None
+
+
 def pair_fit_errors(
     batch: dict[str, Any], matches: list[tuple[np.ndarray, np.ndarray]], config: FitValidationConfig
 ) -> dict[str, list[float]]:
     """``{"homography": [corner errors], "pose": [pose errors]}`` of a batch's pairs (``inf``: no model).
 
-    A batch with neither a homography nor cameras (pseudo-labelled pairs) gives no errors. OpenCV's random
-    generator is seeded before every pair, so a pair's error does not depend on which pairs came before it
-    (reruns, and DDP ranks that split the pairs differently, give the same figures).
+    A batch of :func:`fit_kind` ``None`` gives no errors. OpenCV's random generator is seeded before every
+    pair, so a pair's error does not depend on which pairs came before it (reruns, and DDP ranks that split
+    the pairs differently, give the same figures).
     """
     errors: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    kind = fit_kind(batch)
     height, width = (int(v) for v in batch["image0"].shape[-2:])
     for row, (points0, points1) in enumerate(matches):
         cv2.setRNGSeed(FIT_SEED)
-        if "H_0to1" in batch:
+        if kind == "homography":
             h_est, _ = estimate_homography(
                 points0, points1, method=config.homography_ransac, threshold=config.homography_ransac_px
             )
             h_true = batch["H_0to1"][row].detach().double().cpu().numpy()
             errors["homography"].append(corner_error(h_est, h_true, width, height))
-        elif all(key in batch for key in ("K0", "K1", "T_0to1")):
+        elif kind == "pose":
             K0, K1, T_0to1 = (
                 batch[key][row].detach().double().cpu().numpy() for key in ("K0", "K1", "T_0to1")
             )
