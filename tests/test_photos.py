@@ -17,6 +17,8 @@ from loftr_kd.data.photos import (
     HELDOUT,
     HELDOUT_FILES,
     PHOTO_SETS,
+    TRAIN_LOMIRI,
+    TRAIN_WIDE,
     Photo,
     collect_photos,
     photo_set,
@@ -30,6 +32,17 @@ def test_heldout_photos_are_in_no_training_set_nor_in_synthetic_textures() -> No
             assert heldout.isdisjoint((p.package, p.file) for p in photos), name
     assert HELDOUT_FILES.isdisjoint(synthetic._PHOTOS)
     assert {"astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"} == set(HELDOUT_FILES)
+
+
+def test_train_more_is_the_wide_set_plus_lomiri_scene_photos_found_where_installed() -> None:
+    more = photo_set("train-more")
+    assert more[: len(TRAIN_WIDE)] == TRAIN_WIDE and more[len(TRAIN_WIDE) :] == TRAIN_LOMIRI
+    assert len({p.name for p in more}) == len(more) == 43
+    assert {p.package for p in TRAIN_LOMIRI} == {"lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04"}
+    photo = TRAIN_LOMIRI[0]
+    assert photo.install_hint == "apt-get install lomiri-wallpapers-16.04"
+    source = Path("/usr/share/backgrounds") / photo.file
+    assert photo.locate() == (source if source.is_file() else None)
 
 
 def test_collect_writes_pngs_and_a_manifest_of_the_sources(tmp_path: Path) -> None:

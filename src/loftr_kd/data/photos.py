@@ -11,6 +11,8 @@ Sources (a photo is found where its package installed it):
 - ``matplotlib``: ``mpl-data/sample_data/*`` (a project dependency).
 - Debian ``plasma-workspace-wallpapers``: ``/usr/share/wallpapers/<Name>/contents/images/*`` (largest).
 - Debian ``mate-backgrounds``: ``/usr/share/backgrounds/mate/nature/<Name>.jpg``.
+- Debian ``lomiri-wallpapers-16.04`` / ``lomiri-wallpapers-20.04``: ``/usr/share/backgrounds/<Name>.jpg``
+  (photographs of scenes: landscapes, rooms, objects; only in the ``train-more`` set).
 
 Only photographs are listed (no drawings, renders or screenshots). OpenCV's sample images and the
 classical benchmarks (HPatches, Oxford affine, ...) are deliberately absent: they are what others
@@ -32,6 +34,8 @@ PathLike = str | os.PathLike
 
 PLASMA_ROOT = Path("/usr/share/wallpapers")
 MATE_ROOT = Path("/usr/share/backgrounds/mate/nature")
+LOMIRI_ROOT = Path("/usr/share/backgrounds")
+LOMIRI_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Photo:
             path = candidates[-1] if candidates else images / "missing"
         elif self.package == "mate-backgrounds":
             path = MATE_ROOT / self.file
+        elif self.package in LOMIRI_PACKAGES:
+            path = LOMIRI_ROOT / self.file
         else:
             raise ValueError(f"unknown photo package {self.package!r}")
         return path if path.is_file() else None
@@ -130,8 +136,34 @@ TRAIN_WIDE: tuple[Photo, ...] = (
     + TRAIN_DEBIAN
 )
 
+# Photographs of whole scenes (landscapes, a room, animals, objects) from the Lomiri wallpaper packages: the
+# training photos above are mostly close-up textures, the held-out photos are scenes. Renders, drawings and
+# flat gradients of the same packages are left out.
+TRAIN_LOMIRI: tuple[Photo, ...] = tuple(
+    Photo(f"lomiri_{stem.split('_by_')[0].lower().replace('-', '_')}", package, f"{stem}.jpg")
+    for package, stem in (
+        ("lomiri-wallpapers-16.04", "Bridge_by_Sander_Klootwijk"),
+        ("lomiri-wallpapers-16.04", "Dragonfly_by_Bolly"),
+        ("lomiri-wallpapers-20.04", "Kleiber_by_Lukas_Baubkus"),
+        ("lomiri-wallpapers-16.04", "Picture_0B_by_freespace"),
+        ("lomiri-wallpapers-16.04", "Picture_1A_by_freespace"),
+        ("lomiri-wallpapers-16.04", "Wine_by_Jakkub_Mede"),
+        ("lomiri-wallpapers-16.04", "aitzgorri_by_Aitzol_Berasategi"),
+        ("lomiri-wallpapers-16.04", "friends_by_Aitzol_Berasategi"),
+        ("lomiri-wallpapers-16.04", "life_by_Aitzol_Berasategi"),
+        ("lomiri-wallpapers-16.04", "picosdeeuropa_by_Aitzol_Berasategi"),
+        ("lomiri-wallpapers-16.04", "seeding_by_Clements_Engelhardt"),
+        ("lomiri-wallpapers-16.04", "sunset_by_Aitzol_Berasategi"),
+        ("lomiri-wallpapers-16.04", "free_by_Peter_Nerlich"),
+    )
+)
+
+# The wide set plus the scene photographs (stage 3 of the default recipe trains on it).
+TRAIN_MORE: tuple[Photo, ...] = TRAIN_WIDE + TRAIN_LOMIRI
+
 PHOTO_SETS: dict[str, tuple[Photo, ...]] = {
     "train": TRAIN_WIDE,
+    "train-more": TRAIN_MORE,
     "train-pip": TRAIN_PIP,
     "heldout": HELDOUT,
 }
@@ -208,6 +240,8 @@ __all__ = [
     "HELDOUT_FILES",
     "PHOTO_SETS",
     "TRAIN_DEBIAN",
+    "TRAIN_LOMIRI",
+    "TRAIN_MORE",
     "TRAIN_PIP",
     "TRAIN_WIDE",
     "Photo",
