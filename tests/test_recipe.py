@@ -159,6 +159,7 @@ def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: 
     assert [line.split()[0] for line in lines] == [
         "synthetic_scenes",
         "training_photos",
+        "training_photos_more",
         "heldout_photos",
         "heldout_pairs",
         "validation_pairs",
@@ -199,7 +200,11 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     check_train_config(stage3)  # the shipped size, scenes and photos, BatchNorm statistics held
     assert (stage3.data.height, stage3.data.width, stage3.freeze_batchnorm) == (480, 640, True)
     assert stage3.trainer.max_epochs == 4  # the shipped default is the validation pick of 4 epochs
-    assert stage3.data.sources.photos.root.endswith("data/photos_train_wide")
+    # 43 photos (train-more), validated on the 30 photos' pairs every earlier stage-3 run was scored on
+    assert stage3.data.sources.photos.root.endswith("data/photos_train_more")
+    assert stage3.data.sources.photos.val_root.endswith("data/photos_train_wide")
+    steps = {step["name"]: step for step in cfg.recipe.steps}
+    assert list(steps["training_photos_more"]["command"][1:3]) == ["--set", "train-more"]
     assert {k: v for k, v in stage3.data.weights.items() if v > 0} == {"synthetic": 0.5, "photos": 0.5}
     # picked by the robust-fit validation (loftr_kd.validation), which the best checkpoint follows
     assert stage3.optimized_metric == "val/student/auc@5"
