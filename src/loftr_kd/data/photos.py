@@ -44,7 +44,7 @@ class Photo:
 
     name: str  # file stem written by :func:`collect_photos`
     package: str  # what installs it: "scikit-image", "matplotlib" or a Debian package name
-    file: str  # file name (scikit-image, matplotlib, MATE) or wallpaper folder (Plasma)
+    file: str  # file name (scikit-image, matplotlib, MATE, Lomiri) or wallpaper folder (Plasma)
 
     @property
     def install_hint(self) -> str:
