@@ -114,3 +114,18 @@ def test_student_search_configs(tmp_path: Path) -> None:
     pareto = _compose(["hparams_search=student_pareto"], tmp_path)
     assert list(pareto.hydra.sweeper.direction) == ["maximize", "minimize"]
     assert pareto.search.objective == "pareto" and pareto.hydra.sweeper.params == cfg.hydra.sweeper.params
+
+
+def test_wide_homographies_experiment_is_stage3_but_the_training_range(tmp_path: Path) -> None:
+    """``experiment=stage3_wide_homographies`` is the default's stage 3 with wider training homographies;
+    its validation pairs keep the range the other stage-3 runs validate on."""
+    overrides = ["init_weights=stage2.pt"]
+    base = _compose(["experiment=student_default_stage3", *overrides], tmp_path)
+    wide = _compose(["experiment=stage3_wide_homographies", *overrides], tmp_path)
+    photos = wide.data.sources.photos
+    assert photos.homography.max_rotation_deg == 90.0 and photos.val_homography.max_rotation_deg == 60.0
+    with open_dict(wide):
+        del photos["homography"], photos["val_homography"]
+        wide.task_name = base.task_name
+    drop = [k for k in base if k != "hydra"]
+    assert OmegaConf.masked_copy(wide, drop) == OmegaConf.masked_copy(base, drop)

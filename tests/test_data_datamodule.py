@@ -219,6 +219,26 @@ def test_homography_loaders(tmp_path):
     assert len(dm.val_dataset) == 4 and len(list(dm.val_dataloader())) == 2
 
 
+def test_homography_validation_range_is_its_own(tmp_path):
+    """``val_homography`` sets the validation pairs' range over ``homography``: training may draw wider
+    homographies while the validation pairs stay those of the narrower range, pair for pair."""
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        image = cv2.GaussianBlur((rng.random((50, 70)) * 255).astype(np.uint8), (0, 0), 1)
+        write_image(tmp_path / f"p{k}.png", image)
+    common = dict(kind="homography", root=tmp_path, height=H, width=W, num_workers=0, val_pairs=3)
+    narrow = PairDataModule(**common, homography={"max_rotation_deg": 10.0})
+    wide = PairDataModule(
+        **common, homography={"max_rotation_deg": 90.0}, val_homography={"max_rotation_deg": 10.0}
+    )
+    for dm in (narrow, wide):
+        dm.setup("fit")
+    assert wide.train_dataset.max_rotation_deg == 90.0 and wide.val_dataset.max_rotation_deg == 10.0
+    for i in range(3):
+        np.testing.assert_array_equal(wide.val_dataset[i]["H_0to1"], narrow.val_dataset[i]["H_0to1"])
+    assert not np.array_equal(wide.train_dataset[0]["H_0to1"], narrow.train_dataset[0]["H_0to1"])
+
+
 @pytest.mark.parametrize("name", ["synthetic", "blendedmvs", "homography"])
 def test_configs_instantiate(name, tmp_path):
     data = OmegaConf.load(CONF / f"{name}.yaml")

@@ -109,8 +109,9 @@ def _make_source(kind: str, root: Path, options: Mapping[str, Any]) -> SceneSour
         values["generate"] = dict(values["generate"]) or None
     if "val_root" in values:
         values["val_root"] = Path(values["val_root"])
-    if "homography" in values:
-        values["homography"] = dict(values["homography"])
+    for key in ("homography", "val_homography"):
+        if key in values:
+            values[key] = dict(values[key])
     for key in ("pairs", "verify"):
         if key in values:
             values[key] = dict(values[key])
@@ -160,11 +161,15 @@ class PhotoSource:
         homography: extra keyword arguments of :class:`HomographyPairDataset` (``max_zoom``,
             ``max_rotation_deg``, ``max_perspective``, ``max_translation``, ``photometric_strength``,
             ``crop_scale``, ``length``).
+        val_homography: the same keywords for the validation pairs only, over ``homography``: train over a
+            wider range than you validate on, and keep validation comparable across runs that differ
+            in their training range.
     """
 
     root: Path
     val_root: Path | None = None
     homography: Mapping[str, Any] = field(default_factory=dict)
+    val_homography: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -428,10 +433,10 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             val_root = self.source.val_root
         else:
             val_images, val_root = self.train_dataset.images, self.root
-        options["length"] = self.val_pairs
+        val_options = {**options, **self.source.val_homography, "length": self.val_pairs}
         # A different seed stream gives validation homographies never seen in training.
         self.val_dataset = HomographyPairDataset(
-            val_root, images=val_images, seed=self.seed + 1_000_003, **options
+            val_root, images=val_images, seed=self.seed + 1_000_003, **val_options
         )
         self.summary = {
             "kind": self.kind,
