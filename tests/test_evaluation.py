@@ -389,7 +389,9 @@ def test_run_evaluation_writes_reports(tmp_path, hpatches, pose_data):
     assert "| oracle-h | 100.0 | 100.0 | 100.0 |" in markdown and "| random |" in markdown
     split = saved["methods"]["oracle-h"]["homography"]["by_difficulty"]
     assert split["mild"]["num_pairs"] + split["hard"]["num_pairs"] == len(h_pairs)
-    assert "By difficulty of the true homography" in markdown
+    kinds = ("rotated", "zoomed", "rotated_and_zoomed")
+    assert sum(split[kind]["num_pairs"] for kind in kinds) == split["hard"]["num_pairs"]
+    assert "By difficulty of the true homography" in markdown and "The hard pairs by kind" in markdown
     assert (tmp_path / "run" / "homography_auc.png").stat().st_size > 1000
     assert (tmp_path / "pose" / "pose_auc.png").is_file()
     assert "AUC@5°" in (tmp_path / "pose" / "results.md").read_text()
@@ -430,6 +432,17 @@ def test_rotation_and_zoom_of_a_known_similarity(angle: float, scale: float) -> 
     rotation, zoom = ev.homography_rotation_zoom(shift @ similarity, width, height)
     assert rotation == pytest.approx(abs(angle), abs=1e-6)
     assert zoom == pytest.approx(max(scale, 1 / scale), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rotation", "zoom", "kind"),
+    [(30.0, 2.0, "mild"), (31.0, 1.0, "rotated"), (5.0, 2.5, "zoomed"), (45.0, 3.0, "rotated_and_zoomed")],
+)
+def test_difficulty_of_a_pair(rotation: float, zoom: float, kind: str) -> None:
+    from loftr_kd.evaluation.homography import DIFFICULTY_GROUPS, difficulty_of
+
+    assert difficulty_of({"rotation_deg": rotation, "zoom": zoom}) == kind
+    assert (kind in DIFFICULTY_GROUPS["hard"]) == (kind != "mild")
 
 
 def test_pose_pairs_of_held_out_scenes_come_from_their_cameras(tmp_path):

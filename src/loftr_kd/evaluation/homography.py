@@ -18,9 +18,11 @@ from loftr_kd.evaluation.scoring import corner_error, error_auc, reprojection_er
 from loftr_kd.geometry import estimate_homography
 
 __all__ = [
+    "DIFFICULTY_GROUPS",
     "HOMOGRAPHY_THRESHOLDS",
     "MILD_ROTATION_DEG",
     "MILD_ZOOM",
+    "difficulty_of",
     "evaluate_homography",
     "homography_rotation_zoom",
 ]
@@ -49,8 +51,25 @@ def homography_rotation_zoom(h: np.ndarray, width: int, height: int) -> tuple[fl
 
 
 # Pairs split by how hard their true homography is (rotation, zoom at the centre): "mild" is within
-# what an upright, single-scale matcher is usually trained for.
+# what an upright, single-scale matcher is usually trained for; "hard" is the rest, split again into
+# "rotated" (more than MILD_ROTATION_DEG only), "zoomed" (more than MILD_ZOOM only) and both.
 MILD_ROTATION_DEG, MILD_ZOOM = 30.0, 2.0
+DIFFICULTY_GROUPS = {
+    "mild": ("mild",),
+    "hard": ("rotated", "zoomed", "rotated_and_zoomed"),
+    "rotated": ("rotated",),
+    "zoomed": ("zoomed",),
+    "rotated_and_zoomed": ("rotated_and_zoomed",),
+}
+
+
+def difficulty_of(record: dict[str, Any]) -> str:
+    """``mild``, ``rotated``, ``zoomed`` or ``rotated_and_zoomed`` from a pair's true rotation and zoom."""
+    rotated = record["rotation_deg"] > MILD_ROTATION_DEG
+    zoomed = record["zoom"] > MILD_ZOOM
+    if rotated and zoomed:
+        return "rotated_and_zoomed"
+    return "rotated" if rotated else "zoomed" if zoomed else "mild"
 
 
 def evaluate_homography(
@@ -104,21 +123,20 @@ def evaluate_homography(
             }
         )
     errors = [r["corner_error"] for r in records]
-    mild = [r["rotation_deg"] <= MILD_ROTATION_DEG and r["zoom"] <= MILD_ZOOM for r in records]
     by_difficulty = {
         name: {
             "num_pairs": len(chosen),
             "auc": error_auc(chosen, thresholds) if chosen else {float(t): float("nan") for t in thresholds},
         }
         for name, chosen in (
-            ("mild", [e for e, m in zip(errors, mild) if m]),
-            ("hard", [e for e, m in zip(errors, mild) if not m]),
+            (name, [r["corner_error"] for r in records if difficulty_of(r) in kinds])
+            for name, kinds in DIFFICULTY_GROUPS.items()
         )
     }
     return {
         "num_pairs": len(records),
         "auc": error_auc(errors, thresholds),
-        # mild: rotation <= 30 deg and zoom <= 2x at the image centre; hard: the rest
+        # mild: rotation <= 30 deg and zoom <= 2x at the image centre; hard: the rest (DIFFICULTY_GROUPS)
         "by_difficulty": by_difficulty,
         "precision": {
             float(t): float(np.mean([r["precision"][float(t)] for r in records]))

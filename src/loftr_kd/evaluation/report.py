@@ -79,6 +79,27 @@ def markdown_report(results: dict[str, Any]) -> str:
                     for name, r in homography.items()
                 ],
             )
+            kinds = {
+                "rotated": f"rotated > {MILD_ROTATION_DEG:g}° only",
+                "zoomed": f"zoomed > {MILD_ZOOM:g}× only",
+                "rotated_and_zoomed": "both",
+            }
+            if all(kind in r["by_difficulty"] for r in homography.values() for kind in kinds):
+                thresholds = " / ".join(f"{k:g}" for k in auc_keys)
+                lines += [f"The hard pairs by kind, AUC@{thresholds} px %:", ""]
+                lines += _table(
+                    ["method", *(f"{label} ({split[kind]['num_pairs']})" for kind, label in kinds.items())],
+                    [
+                        [
+                            name,
+                            *(
+                                " / ".join(pct(r["by_difficulty"][kind]["auc"][k]) for k in auc_keys)
+                                for kind in kinds
+                            ),
+                        ]
+                        for name, r in homography.items()
+                    ],
+                )
     pose = {n: e["pose"] for n, e in methods.items() if "pose" in e}
     if pose:
         auc_keys = list(next(iter(pose.values()))["auc"])
