@@ -42,6 +42,7 @@ def _compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
         ["trainer=ddp_cpu"],
         ["data=blendedmvs", "data.root=/nonexistent"],
         ["data=homography", "data.root=/nonexistent"],
+        ["data=homography", "data.root=/nonexistent", "+data.val_homography.max_rotation_deg=60"],
         ["hparams_search=optuna"],
         ["hparams_search=student_latency"],
         ["hparams_search=student_pareto"],
@@ -129,3 +130,30 @@ def test_wide_homographies_experiment_is_stage3_but_the_training_range(tmp_path:
         wide.task_name = base.task_name
     drop = [k for k in base if k != "hydra"]
     assert OmegaConf.masked_copy(wide, drop) == OmegaConf.masked_copy(base, drop)
+
+
+def test_homography_data_config_takes_a_validation_range(tmp_path: Path) -> None:
+    """``data=homography`` passes ``val_homography`` through to the validation pairs only."""
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        cv2.imwrite(str(images / f"p{k}.png"), (rng.random((60, 80)) * 255).astype(np.uint8))
+    cfg = _compose(
+        [
+            "data=homography",
+            f"data.root={images}",
+            "data.num_workers=0",
+            "data.val_pairs=2",
+            "data.homography.max_rotation_deg=90",
+            "+data.val_homography.max_rotation_deg=20",
+        ],
+        tmp_path,
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    assert datamodule.train_dataset.max_rotation_deg == 90.0
+    assert datamodule.val_dataset.max_rotation_deg == 20.0 and datamodule.val_dataset.max_zoom == 3.0
