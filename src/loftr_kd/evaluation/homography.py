@@ -123,16 +123,13 @@ def evaluate_homography(
             }
         )
     errors = [r["corner_error"] for r in records]
-    by_difficulty = {
-        name: {
+    by_difficulty = {}
+    for group, kinds in DIFFICULTY_GROUPS.items():
+        chosen = [r["corner_error"] for r in records if difficulty_of(r) in kinds]
+        by_difficulty[group] = {
             "num_pairs": len(chosen),
             "auc": error_auc(chosen, thresholds) if chosen else {float(t): float("nan") for t in thresholds},
         }
-        for name, chosen in (
-            (name, [r["corner_error"] for r in records if difficulty_of(r) in kinds])
-            for name, kinds in DIFFICULTY_GROUPS.items()
-        )
-    }
     return {
         "num_pairs": len(records),
         "auc": error_auc(errors, thresholds),
