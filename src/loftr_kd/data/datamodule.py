@@ -109,10 +109,7 @@ def _make_source(kind: str, root: Path, options: Mapping[str, Any]) -> SceneSour
         values["generate"] = dict(values["generate"]) or None
     if "val_root" in values:
         values["val_root"] = Path(values["val_root"])
-    for key in ("homography", "val_homography"):
-        if key in values:
-            values[key] = dict(values[key])
-    for key in ("pairs", "verify"):
+    for key in ("homography", "val_homography", "pairs", "verify"):
         if key in values:
             values[key] = dict(values[key])
     if "labels_dir" in values:

@@ -123,9 +123,10 @@ def evaluate_homography(
             }
         )
     errors = [r["corner_error"] for r in records]
+    difficulties = [difficulty_of(r) for r in records]
     by_difficulty = {}
     for group, kinds in DIFFICULTY_GROUPS.items():
-        chosen = [r["corner_error"] for r in records if difficulty_of(r) in kinds]
+        chosen = [e for e, kind in zip(errors, difficulties) if kind in kinds]
         by_difficulty[group] = {
             "num_pairs": len(chosen),
             "auc": error_auc(chosen, thresholds) if chosen else {float(t): float("nan") for t in thresholds},
