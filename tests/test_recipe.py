@@ -209,6 +209,8 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     # picked by the robust-fit validation (loftr_kd.validation), which the best checkpoint follows
     assert stage3.optimized_metric == "val/student/auc@5"
     assert stage3.callbacks.best_checkpoint.monitor == "val/student/auc@5"
+    # the shipped file is stage 3's second seed (docs/distillation.md)
+    assert "seed=43" in list(steps["stage3"]["train"])
 
 
 @pytest.mark.slow
