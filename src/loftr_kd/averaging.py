@@ -34,8 +34,8 @@ class AverageReport:
         count: number of checkpoints.
         max_parameter_change: largest absolute difference between a parameter of the average and of the
             first checkpoint (0 means the checkpoints were identical).
-        max_batchnorm_spread: largest absolute difference of a BatchNorm running statistic between the
-            checkpoints (0 when the statistics were held).
+        max_batchnorm_spread: largest absolute difference of a BatchNorm running statistic from the first
+            checkpoint's (0 when the statistics were held).
     """
 
     count: int
@@ -58,7 +58,7 @@ def average_students(
             match threshold) are kept.
 
     Returns:
-        The averaged student (eval mode, CPU) and an :class:`AverageReport`.
+        The averaged student (eval mode, CPU, gradients off) and an :class:`AverageReport`.
 
     Raises:
         ValueError: fewer than two paths, or checkpoints of different architectures (the differing config
