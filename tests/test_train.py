@@ -484,6 +484,34 @@ def test_freeze_batchnorm_keeps_the_initial_statistics_and_trains_the_rest(
     )
 
 
+def test_train_only_refinement_changes_the_refinement_and_nothing_else(scenes: Path, tmp_path: Path) -> None:
+    """train_only=[refinement]: after a fine-tune every parameter and BatchNorm statistic outside the
+    refinement is exactly the initial one (the coarse matches cannot move), and the refinement trained."""
+    start = instantiate(_cfg(tmp_path / "probe", scenes, "student=paper_refine").student)
+    final = _fine_tune(scenes, tmp_path, start, "student=paper_refine", "train_only=[refinement]")
+    state = start.state_dict()
+    outside = [k for k in state if not k.startswith("refinement.")]
+    inside = [k for k in state if k.startswith("refinement.") and state[k].is_floating_point()]
+    assert outside and inside
+    for key in outside:
+        torch.testing.assert_close(final[f"student.{key}"], state[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(final[f"student.{k}"], state[k]) for k in inside if "running" not in k)
+
+
+def test_train_only_names_a_missing_module_and_lists_the_real_ones(scenes: Path, tmp_path: Path) -> None:
+    from loftr_kd.config_check import ConfigError
+    from loftr_kd.lightning_module import freeze_except
+
+    student = instantiate(_cfg(tmp_path / "probe", scenes, "student=paper_refine").student)
+    with pytest.raises(
+        ValueError, match=r"'refine' is not a module of the student; its modules: .*refinement"
+    ):
+        freeze_except(student, ["refine"])
+    assert all(p.requires_grad for p in student.refinement.parameters())  # nothing frozen on the error
+    with pytest.raises(ConfigError, match=r"train_only='refinement': expected a list"):
+        train(_cfg(tmp_path / "run", scenes, "train_only=refinement"))
+
+
 def test_training_a_refining_student_logs_refinement_and_exports_refined_points(
     scenes: Path, tmp_path: Path
 ) -> None:

@@ -243,6 +243,14 @@ def check_train_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if value is not None and not matches_hint(value, kind):
             raise ConfigError(f"{key}={value!r}: expected {_describe(kind)}")
+    train_only = cfg.get("train_only")
+    if train_only is not None and not (
+        (OmegaConf.is_list(train_only) or isinstance(train_only, list))
+        and all(isinstance(n, str) for n in train_only)
+    ):
+        raise ConfigError(
+            f"train_only={train_only!r}: expected a list of student module names, e.g. [refinement]"
+        )
     threads = cfg.get("threads")
     if threads is not None and not (matches_hint(threads, int) and threads >= 1):
         raise ConfigError(

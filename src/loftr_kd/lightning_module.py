@@ -7,7 +7,7 @@ live in :class:`loftr_kd.losses.DistillationLoss`, the match statistics (summed 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -35,6 +35,40 @@ from loftr_kd.validation import (
 # right, at the cell centre and refined, to show what the refinement adds; the teacher's under the
 # student's match rule.
 _STATS = ("student", "correct_cells_refined", "correct_cells_cell_centre", "teacher")
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether the module or parameter ``name`` is one of ``prefixes`` or inside one."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def freeze_except(student: nn.Module, train_only: Sequence[str]) -> int:
+    """Freeze every parameter of ``student`` outside the submodules named in ``train_only``.
+
+    Returns:
+        the number of parameters left trainable (those already frozen, such as the published layout's
+        unused FPN layers, stay frozen).
+
+    Raises:
+        ValueError: a name that is not a submodule of the student (the error lists the top-level ones),
+            or nothing left to train.
+    """
+    names = {name for name, _ in student.named_modules() if name}
+    unknown = [p for p in train_only if p not in names]
+    if unknown:
+        top = sorted(name for name in names if "." not in name)
+        raise ValueError(
+            f"train_only: {unknown[0]!r} is not a module of the student; its modules: {', '.join(top)}"
+        )
+    trainable = 0
+    for name, param in student.named_parameters():
+        if not _under(name, train_only):
+            param.requires_grad_(False)
+        elif param.requires_grad:
+            trainable += param.numel()
+    if not trainable:
+        raise ValueError(f"train_only={list(train_only)}: these modules have no trainable parameters")
+    return trainable
 
 
 @dataclass(frozen=True)
@@ -73,6 +107,9 @@ class DistillationModule(pl.LightningModule):
             them otherwise, docs/distillation.md); their affine weights still train.
         fit_validation: the robust-fit validation (:mod:`loftr_kd.validation`: homography and pose AUC of the
             one-pass matches); default: :class:`FitValidationConfig` defaults.
+        train_only: train only the student's submodules with these names (e.g. ``("refinement",)``: a
+            refinement-only fine-tune); every other parameter is frozen (``requires_grad=False``, left out of
+            the optimizer) and every other BatchNorm holds its statistics. Empty: train everything.
     """
 
     def __init__(
@@ -87,9 +124,13 @@ class DistillationModule(pl.LightningModule):
         supervision: SupervisionConfig | None = None,
         freeze_batchnorm: bool = False,
         fit_validation: FitValidationConfig | None = None,
+        train_only: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.student = student
+        self.train_only = tuple(train_only)
+        if self.train_only:
+            freeze_except(student, self.train_only)
         self.teacher = teacher
         self.loss_config = loss
         self.criterion = DistillationLoss(loss, student.config.refine_window)
@@ -103,6 +144,7 @@ class DistillationModule(pl.LightningModule):
         self.save_hyperparameters(
             {
                 "freeze_batchnorm": freeze_batchnorm,
+                "train_only": list(self.train_only),
                 "student_config": asdict(student.config),
                 "loss": asdict(loss),
                 "supervision": asdict(self.supervision),
@@ -114,10 +156,11 @@ class DistillationModule(pl.LightningModule):
         self._vis_batch: dict[str, Any] | None = None
 
     def _hold_batchnorm_statistics(self) -> None:
-        if self.freeze_batchnorm:
-            for module in self.student.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        for name, module in self.student.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                self.freeze_batchnorm or (self.train_only and not _under(name, self.train_only))
+            ):
+                module.eval()
 
     def on_train_start(self) -> None:
         # Lightning (2.2+) keeps each submodule's mode across validation, so once is enough in fit.
@@ -289,7 +332,10 @@ class DistillationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.student.parameters())
+        params = self.student.parameters()
+        if self.train_only:  # (only then: an older run's optimizer state holds every parameter)
+            params = [p for p in params if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -569,11 +569,17 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         scheduler_interval=str(cfg.optim.get("scheduler_interval", "epoch")),
         monitoring=MonitoringConfig(**OmegaConf.to_container(cfg.monitoring, resolve=True)),
         freeze_batchnorm=bool(cfg.get("freeze_batchnorm", False)),
+        train_only=list(cfg.get("train_only") or ()),
         # absent from configs saved before it existed (a rerun of an older run): the defaults
         fit_validation=FitValidationConfig(
             **(OmegaConf.to_container(cfg.fit_validation, resolve=True) if cfg.get("fit_validation") else {})
         ),
     )
+    if model.train_only:
+        trained = sum(p.numel() for p in student.parameters() if p.requires_grad)
+        _say(
+            f"Student: training only {', '.join(model.train_only)} ({trained:,} parameters); the rest is frozen."
+        )
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
     try:
