@@ -239,20 +239,47 @@ def test_homography_validation_range_is_its_own(tmp_path):
     assert not np.array_equal(wide.train_dataset[0]["H_0to1"], narrow.train_dataset[0]["H_0to1"])
 
 
+def test_runs_with_other_seeds_validate_on_the_same_pairs(tmp_path, toy_root):
+    """``val_seed`` alone picks the validation pairs (homographies and the scene subset): two runs with
+    different ``seed`` and the same ``val_seed`` are scored on the same pairs while they train on others;
+    without it (older configs) the run's seed picks them, as before."""
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        image = cv2.GaussianBlur((rng.random((50, 70)) * 255).astype(np.uint8), (0, 0), 1)
+        write_image(tmp_path / f"p{k}.png", image)
+    photos = dict(kind="homography", root=tmp_path, height=H, width=W, num_workers=0, val_pairs=3)
+    runs = [PairDataModule(**photos, seed=seed, val_seed=42) for seed in (42, 43)]
+    old = PairDataModule(**photos, seed=43)
+    for dm in (*runs, old):
+        dm.setup("fit")
+    for i in range(3):
+        np.testing.assert_array_equal(runs[0].val_dataset[i]["H_0to1"], runs[1].val_dataset[i]["H_0to1"])
+    assert not np.array_equal(runs[0].train_dataset[0]["H_0to1"], runs[1].train_dataset[0]["H_0to1"])
+    assert not np.array_equal(old.val_dataset[0]["H_0to1"], runs[0].val_dataset[0]["H_0to1"])
+
+    scenes = dict(kind="blendedmvs", root=toy_root, height=H, width=W, num_workers=0, val_pairs=3)
+    subsets = []
+    for seed, val_seed in ((42, 42), (43, 42), (43, None)):
+        dm = PairDataModule(**scenes, seed=seed, val_seed=val_seed)
+        dm.setup("fit")
+        subsets.append(list(dm.val_dataset.indices))
+    assert subsets[0] == subsets[1] != subsets[2]
+
+
 @pytest.mark.parametrize("name", ["synthetic", "blendedmvs", "homography"])
 def test_configs_instantiate(name, tmp_path):
     data = OmegaConf.load(CONF / f"{name}.yaml")
     for key in ("root", "height", "width", "batch_size", "pairs_per_epoch", "num_workers", "on_bad_data"):
         assert key in set(data.keys())
     assert data._target_ == "loftr_kd.data.datamodule.PairDataModule"
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 1, "data": data})
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 1, "val_seed": 2, "data": data})
     if name != "synthetic":
         assert OmegaConf.is_missing(cfg.data, "root")
         cfg.data.root = str(tmp_path)
     else:
         assert cfg.data.root == f"{tmp_path}/synthetic" and cfg.data.generate.scenes > 0
     dm = instantiate(cfg.data)
-    assert isinstance(dm, PairDataModule) and dm.seed == 1
+    assert isinstance(dm, PairDataModule) and (dm.seed, dm.val_seed) == (1, 2)
 
 
 def test_skip_mode_with_every_validation_scene_dropped_says_so(toy_root):

@@ -63,6 +63,7 @@ class LoaderSettings:
     val_pairs: int = 200
     seed: int = 0
     on_bad_data: str = "raise"
+    val_seed: int | None = None
 
     def __post_init__(self) -> None:
         lowest = {
@@ -233,7 +234,10 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         num_workers: DataLoader workers (persistent when > 0).
         pairs_per_epoch: random training pairs per epoch (over all DDP ranks), re-drawn every epoch.
         val_pairs: size of the fixed, deterministic validation subset.
-        seed: seeds the epoch draws, the validation subset, the fallback scene split and homographies.
+        seed: seeds the epoch draws and the training homographies.
+        val_seed: seeds what is validated on — the validation subset, the validation homographies and the
+            fallback scene split — apart from ``seed``, so runs with other seeds are scored on the same pairs
+            (``conf/train.yaml``: 42, the seed every run used before it existed); ``None``: ``seed``.
         on_bad_data: ``"raise"`` or ``"skip"`` (see :mod:`loftr_kd.data.blendedmvs`).
         **source_options: the source's own fields — :class:`SceneSource` (``train_scenes``,
             ``val_scenes``, ``val_fraction``, ``generate``) or :class:`PhotoSource` (``val_root``,
@@ -252,6 +256,7 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         val_pairs: int = 200,
         seed: int = 0,
         on_bad_data: str = "raise",
+        val_seed: int | None = None,
         **source_options: Any,
     ) -> None:
         super().__init__()
@@ -266,6 +271,7 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             int(val_pairs),
             int(seed),
             on_bad_data,
+            None if val_seed is None else int(val_seed),
         )
         self.kind = kind
         self.source = _make_source(kind, Path(root), source_options)
@@ -276,6 +282,7 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         self.pairs_per_epoch = self.loader.pairs_per_epoch
         self.val_pairs = self.loader.val_pairs
         self.seed = self.loader.seed
+        self.val_seed = self.seed if self.loader.val_seed is None else self.loader.val_seed
         self.on_bad_data = on_bad_data
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
@@ -370,7 +377,7 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             )
         scenes = self.source
         train_scenes, val_scenes, source = split_scenes(
-            self.root, scenes.train_scenes, scenes.val_scenes, self.seed, scenes.val_fraction
+            self.root, scenes.train_scenes, scenes.val_scenes, self.val_seed, scenes.val_fraction
         )
         if not train_scenes:
             raise FileNotFoundError(f"{self.root}: no training scenes (scenes need cams/pair.txt)")
@@ -433,7 +440,7 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         val_options = {**options, **self.source.val_homography, "length": self.val_pairs}
         # A different seed stream gives validation homographies never seen in training.
         self.val_dataset = HomographyPairDataset(
-            val_root, images=val_images, seed=self.seed + 1_000_003, **val_options
+            val_root, images=val_images, seed=self.val_seed + 1_000_003, **val_options
         )
         self.summary = {
             "kind": self.kind,
@@ -518,7 +525,9 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         total = len(dataset)
         if total <= self.val_pairs:
             return dataset
-        chosen = np.sort(np.random.default_rng([self.seed, 7]).choice(total, self.val_pairs, replace=False))
+        chosen = np.sort(
+            np.random.default_rng([self.val_seed, 7]).choice(total, self.val_pairs, replace=False)
+        )
         return Subset(dataset, chosen.tolist())
 
     # ---------------------------------------------------------------------------------------------
