@@ -190,3 +190,93 @@ def test_refined_student_exports_with_fixed_shapes_allowed_ops_and_parity(tmp_pa
     pairs = [(a, b) for a, b, _ in real_image_pairs(240, 320, 2)]
     parity = checks.check_parity(model, onnx_path, pairs)
     assert parity.ok and parity.points1_max_abs_diff_px is not None and parity.matches_torch > 0, parity
+
+
+# ------------------------------------------------------------------------------ corner queries
+def test_corner_queries_pick_the_corner_of_each_cell_from_the_image() -> None:
+    """One bright rectangle whose corner lies inside a cell: that cell's query is the fine pixel at the corner
+    (Shi-Tomasi, as OpenCV's cornerMinEigenVal at the fine resolution); every query lies in the inner block."""
+    from loftr_kd.models.refinement import corner_queries
+
+    window = RefineWindow(16, 2, 2)  # r = 8 fine pixels per cell side
+    image = torch.zeros(1, 1, 64, 96)
+    image[:, :, 22:, 41:] = 1.0  # corner at pixel (x 41, y 22): cell (row 1, col 2), fine pixel (11, 20)
+    queries = corner_queries(image, window)
+    assert queries.shape == (1, 4 * 6) and queries.dtype == torch.int64
+    dy, dx = torch.div(queries, 8, rounding_mode="trunc"), queries % 8
+    assert ((dy >= 1) & (dy <= 6) & (dx >= 1) & (dx <= 6)).all()
+    cell = 1 * 6 + 2
+    fine_y, fine_x = 8 * 1 + int(dy[0, cell]), 8 * 2 + int(dx[0, cell])
+    assert abs(fine_y - 11) <= 1 and abs(fine_x - 20) <= 1  # the corner's fine pixel (22 / 2, 41 / 2)
+    small = cv2.resize((image[0, 0].numpy() * 255).astype(np.uint8), (48, 32), interpolation=cv2.INTER_AREA)
+    response = cv2.cornerMinEigenVal(small.astype(np.float32), 3, 3)
+    block = response[8:16, 16:24][1:7, 1:7]
+    assert np.unravel_index(block.argmax(), block.shape) == (int(dy[0, cell]) - 1, int(dx[0, cell]) - 1)
+
+
+def test_corner_queries_find_a_translation_exactly() -> None:
+    """Image1's descriptors are image0's moved by a whole number of fine pixels: around the true cells, every
+    query's refined point lands on its translated position (points1 - points0 = the shift), and image0's
+    points are the queries' fine pixels, not the cell centres."""
+    torch.manual_seed(0)
+    window = RefineWindow(16, 2, 2)
+    refinement = Refinement("corr", 8, window, query="corner")
+    with torch.no_grad():
+        refinement.log_scale.fill_(6.0)  # a sharp softmax: the peak decides
+    h, w, shift = 4, 6, (3, 5)  # fine pixels (dy, dx): 6 and 10 image pixels
+    desc0 = torch.nn.functional.normalize(torch.randn(1, 16, 8 * h + 8, 8 * w + 8), dim=1)
+    desc1 = torch.roll(desc0, shifts=shift, dims=(2, 3))
+    desc0, desc1 = desc0[:, :, : 8 * h, : 8 * w], desc1[:, :, : 8 * h, : 8 * w]
+    queries = torch.randint(0, 36, (1, h * w))
+    queries = (torch.div(queries, 6, rounding_mode="trunc") + 1) * 8 + queries % 6 + 1
+    out = refinement.refine_described(desc0, desc1, torch.arange(h * w)[None], CoarseGrid(16, h, w), queries)
+    assert out.points0 is not None and out.logits.shape == (1, h * w, 13 * 13)
+    qy, qx = torch.div(queries, 8, rounding_mode="trunc"), queries % 8
+    rows, cols = torch.div(torch.arange(h * w), w, rounding_mode="trunc"), torch.arange(h * w) % w
+    expected0 = torch.stack([2 * (8 * cols + qx) + 0.5, 2 * (8 * rows + qy) + 0.5], -1).float()
+    torch.testing.assert_close(out.points0, expected0)
+    inside = ((8 * rows + qy + shift[0]) < 8 * h) & ((8 * cols + qx + shift[1]) < 8 * w)
+    moved = out.points1 - out.points0
+    target = torch.tensor([2.0 * shift[1], 2.0 * shift[0]])
+    assert inside.sum() > 10
+    torch.testing.assert_close(moved[0, inside[0]], target.expand(int(inside.sum()), 2), atol=0.05, rtol=0)
+
+
+def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) -> None:
+    """The same weights load with refine_query=corner: the coarse matches are unchanged, image0's points move
+    off the cell centres; the whole graph and its split halves export and agree with PyTorch; training with
+    corner queries is refused with the reason."""
+    from omegaconf import OmegaConf
+
+    from loftr_kd.config_check import ConfigError, check_train_config
+    from loftr_kd.export.split import export_split
+    from loftr_kd.runtime import OnnxBackend
+
+    torch.manual_seed(0)
+    model = build_student(input_height=240, input_width=320, refine="corr", refine_fine_stride=2, **PAPER)
+    path = save_student(model, tmp_path / "s.pt")
+    centre, corner = (load_student(path, refine_query=q).eval() for q in ("centre", "corner"))
+    pairs = [(a, b) for a, b, _ in real_image_pairs(240, 320, 2)]
+    image0, image1 = (torch.from_numpy(x)[None, None] for x in pairs[0])
+    with torch.no_grad():
+        a, b = centre(image0, image1), corner(image0, image1)
+    assert torch.equal(a.match_ids, b.match_ids) and (a.match_ids >= 0).any()
+    matched = a.match_ids >= 0
+    assert not torch.equal(a.points0[matched], b.points0[matched])
+    onnx_path = export_onnx(corner, tmp_path / "corner.onnx", dynamic=True)
+    assert checks.check_tensorrt_ops(onnx_path).ok
+    assert '"size": 13' in checks.read_metadata(onnx_path)["refine_window"]
+    parity = checks.check_parity(corner, onnx_path, pairs)
+    assert parity.ok and parity.matches_torch > 0, parity
+    export_split(corner, onnx_path, dynamic=True)
+    backend = OnnxBackend(onnx_path, threads=1)
+    x0, x1 = pairs[0][0][None, None], pairs[0][1][None, None]
+    whole = backend.run(backend.feed(x0, x1))
+    encoded0 = backend.encode(x0)
+    assert encoded0.queries is not None and encoded0.queries.dtype == np.int64
+    split = backend.match(encoded0, backend.encode(x1))
+    for name in ("match_ids", "points0", "points1"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(whole, name), err_msg=name)
+    cfg = OmegaConf.create({"student": {"refine_query": "corner"}, "trainer": {}, "data": {}})
+    with pytest.raises(ConfigError, match=r"refine_query='corner' is an inference setting"):
+        check_train_config(cfg)

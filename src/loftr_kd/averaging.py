@@ -23,7 +23,14 @@ from loftr_kd.models.student import CoarseLoFTRStudent, load_student
 __all__ = ["AverageReport", "average_students"]
 
 # config fields that may differ between ingredients: they change how the weights are run, not the weights
-_RUNTIME_FIELDS = ("input_height", "input_width", "max_height", "max_width", "match_threshold")
+_RUNTIME_FIELDS = (
+    "input_height",
+    "input_width",
+    "max_height",
+    "max_width",
+    "match_threshold",
+    "refine_query",
+)
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,13 @@ def check_train_config(cfg: DictConfig) -> None:
             f"this experiment is a recipe ({cfg.recipe.get('name')}), not one training run: "
             f"run loftr-kd-recipe experiment={cfg.recipe.get('name')}"
         )
+    student = cfg.get("student")
+    if student is not None and student.get("refine_query", "centre") != "centre":
+        raise ConfigError(
+            f"student.refine_query={student.refine_query!r} is an inference setting: training supervises the "
+            f"refinement at cell centres; train with refine_query=centre and load or ship the weights with "
+            f"refine_query=corner (loftr_kd.models.student.load_student, the recipe's ship step)"
+        )
     trainer, data = _plain(cfg.trainer), _plain(cfg.data)
     check_arguments(_target(str(trainer.get("_target_", "pytorch_lightning.Trainer"))), trainer, "trainer")
     _check_ranges("trainer", trainer)

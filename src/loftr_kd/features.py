@@ -21,11 +21,11 @@ from loftr_kd.resizing import Letterbox
 __all__ = ["ImageFeatures"]
 
 
-def _read_only(array: np.ndarray | None) -> np.ndarray | None:
-    """A read-only float32 view (a copy only where the dtype differs)."""
+def _read_only(array: np.ndarray | None, dtype: type = np.float32) -> np.ndarray | None:
+    """A read-only view as ``dtype`` (a copy only where the dtype differs)."""
     if array is None:
         return None
-    view = np.asarray(array, np.float32).view()
+    view = np.asarray(array, dtype).view()
     view.flags.writeable = False
     return view
 
@@ -43,6 +43,8 @@ class ImageFeatures:
         size: the long side it was resized to (models that take any size); ``None``: letterboxed into a
             static file's one input size.
         model: the weights and backend that encoded it (``Matcher.model_id``).
+        queries: ``(H/s * W/s,)`` int64 refinement query of each cell (students with
+            ``refine_query="corner"``), else ``None``.
     """
 
     coarse: np.ndarray
@@ -50,10 +52,12 @@ class ImageFeatures:
     box: Letterbox
     size: int | None
     model: str
+    queries: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "coarse", _read_only(self.coarse))
         object.__setattr__(self, "fine", _read_only(self.fine))
+        object.__setattr__(self, "queries", _read_only(self.queries, np.int64))
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -68,7 +72,7 @@ class ImageFeatures:
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays (the fine descriptors dominate: 4.9 MB at 640x480 for the shipped student)."""
-        return int(self.coarse.nbytes + (0 if self.fine is None else self.fine.nbytes))
+        return int(sum(x.nbytes for x in (self.coarse, self.fine, self.queries) if x is not None))
 
     def __repr__(self) -> str:
         fine = "none" if self.fine is None else "x".join(map(str, self.fine.shape))

@@ -380,7 +380,9 @@ class Matcher:
             encoded = self.runner.encode(np.stack([prepared[i][0] for i in rows])[:, None])
             for row, i in enumerate(rows):
                 part = encoded.take(row)
-                features[i] = ImageFeatures(part.coarse, part.fine, prepared[i][1], rule, self.model_id)
+                features[i] = ImageFeatures(
+                    part.coarse, part.fine, prepared[i][1], rule, self.model_id, part.queries
+                )
         return features
 
     def match_batch(
@@ -486,7 +488,8 @@ class Matcher:
 def _stack(features: Sequence[ImageFeatures]) -> EncodedBatch:
     """Features of one shape as a batch for the backend's matcher half."""
     fine = None if features[0].fine is None else np.stack([f.fine for f in features])
-    return EncodedBatch(np.stack([f.coarse for f in features]), fine)
+    queries = None if features[0].queries is None else np.stack([f.queries for f in features])
+    return EncodedBatch(np.stack([f.coarse for f in features]), fine, queries)
 
 
 def _inside_image(points: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,8 @@ A recipe is a list of steps, run in order, each as its own process (the same com
 - ``train``: ``loftr-kd-train`` overrides; the run lands in ``<out_dir>/<step>-<attempt>``. A stage whose
   attempt wrote ``summary.json`` is done; an interrupted one is resumed into the next attempt directory
   with ``ckpt_path=<previous attempt>`` (a run directory is never overwritten).
-- ``ship``: a finished stage's best checkpoint (optionally with a new ``match_threshold``) -> ``<name>.pt``
+- ``ship``: a finished stage's best checkpoint (optionally with a new ``match_threshold`` and
+  ``refine_query``) -> ``<name>.pt``
   (``save_student``) and ``<name>.onnx`` with its encoder and matcher graphs
   (``loftr-kd-export``, its checks and report), copied to ``ship_to`` when set.
 
@@ -261,7 +262,10 @@ class Recipe:
         source = self.best_checkpoint(str(spec["from"]))
         height, width = int(spec.get("height", 480)), int(spec.get("width", 640))
         threshold = spec.get("match_threshold")  # chosen on validation data, see the recipe's notes
-        student = load_student(source, input_height=height, input_width=width, match_threshold=threshold)
+        query = spec.get("refine_query")  # an inference setting, like the threshold
+        student = load_student(
+            source, input_height=height, input_width=width, match_threshold=threshold, refine_query=query
+        )
         pt = save_student(student, self.out_dir / f"{name}.pt")
         export_dir = self.out_dir / f"{step.name}_export"
         if export_dir.exists():

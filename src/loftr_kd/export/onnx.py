@@ -366,6 +366,13 @@ def _window_metadata(config: dict[str, Any] | None) -> dict[str, Any] | None:
     from loftr_kd.geometry import RefineWindow
 
     window = RefineWindow(config["coarse_stride"], config["refine_fine_stride"], config["refine_margin"])
+    if config.get("refine_query", "centre") == "corner":  # an odd window centred on the query's position
+        half = window.ratio // 2 + window.margin
+        return {
+            "fine_stride": window.fine_stride,
+            "size": 2 * half + 1,
+            "reach_px": half * window.fine_stride,
+        }
     return {"fine_stride": window.fine_stride, "size": window.size, "reach_px": window.reach}
 
 

@@ -46,13 +46,20 @@ from loftr_kd.export.onnx import (
     write_metadata,
 )
 from loftr_kd.files import replacing
-from loftr_kd.runtime.backend import ENCODER_INPUT, ENCODER_OUTPUTS, MATCHER_INPUTS, SPLIT_PARTS, split_path
+from loftr_kd.runtime.backend import (
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    MATCHER_INPUTS,
+    SPLIT_PARTS,
+    EncodedBatch,
+    split_path,
+)
 
 __all__ = ["EncoderWrapper", "MatcherWrapper", "check_split", "export_split", "split_paths"]
 
 
 class EncoderWrapper(nn.Module):
-    """``image -> coarse [, fine]``: the student's ``encode`` as a graph."""
+    """``image -> coarse [, fine [, queries]]``: the student's ``encode`` as a graph."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -63,16 +70,17 @@ class EncoderWrapper(nn.Module):
 
 
 class MatcherWrapper(nn.Module):
-    """``coarse0, coarse1 [, fine0, fine1] ->`` the whole graph's outputs: the student's ``match``."""
+    """``coarse0, coarse1 [, fine0, fine1 [, queries0]] ->`` the whole graph's outputs: the student's ``match``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, coarse0, coarse1, fine0=None, fine1=None):
+    def forward(self, coarse0, coarse1, fine0=None, fine1=None, queries0=None):
         from loftr_kd.models.student import EncodedImages
 
-        return graph_outputs(self.model.match(EncodedImages(coarse0, fine0), EncodedImages(coarse1, fine1)))
+        encoded0, encoded1 = EncodedImages(coarse0, fine0, queries0), EncodedImages(coarse1, fine1)
+        return graph_outputs(self.model.match(encoded0, encoded1))
 
 
 def split_paths(path: str | Path) -> tuple[Path, Path]:
@@ -125,14 +133,16 @@ def export_split(
         encoded0 = model.encode(torch.rand(batch, 1, height, width))
         encoded1 = model.encode(torch.rand(batch, 1, *size1))
     fine = encoded0.fine is not None
-    encoder_outputs = list(ENCODER_OUTPUTS[: 1 + fine])
-    matcher_inputs = list(MATCHER_INPUTS[: 2 + 2 * fine])
+    queries = encoded0.queries is not None
+    encoder_outputs = list(ENCODER_OUTPUTS[: 1 + fine + queries])
+    matcher_inputs = list(MATCHER_INPUTS[: 2 + 2 * fine + queries])
     matcher_example = (encoded0.coarse, encoded1.coarse) + ((encoded0.fine, encoded1.fine) if fine else ())
+    matcher_example += (encoded0.queries,) if queries else ()
     with torch.no_grad():
         probe = graph_outputs(model.match(encoded0, encoded1))
     output_names = list(OUTPUT_NAMES[: len(probe)])
     fine_stride = config.get("refine_fine_stride") if fine else None
-    strides = {ENCODER_INPUT: 1, "coarse": stride, "fine": fine_stride}
+    strides = {ENCODER_INPUT: 1, "coarse": stride, "fine": fine_stride, "queries": stride}
     encoder_axes = _axes([ENCODER_INPUT, *encoder_outputs], shape)
     matcher_axes = _axes(matcher_inputs, shape)
     matcher_axes.update({name: {0: "batch", 1: "cells0"} for name in output_names})
@@ -193,11 +203,17 @@ def export_split(
 
 
 def _axes(names: list[str], shape: bool) -> dict[str, dict[int, str]]:
-    """Dynamic axes of split-graph tensors: batch, and per tensor its rows and columns where ``shape``."""
-    return {
-        name: ({0: "batch", 2: f"{name}_rows", 3: f"{name}_cols"} if shape else {0: "batch"})
-        for name in names
-    }
+    """Dynamic axes of split-graph tensors: batch, and per tensor its rows and columns where ``shape``
+    (the queries, one per cell, their cells)."""
+    axes = {}
+    for name in names:
+        if not shape:
+            axes[name] = {0: "batch"}
+        elif name.startswith("queries"):
+            axes[name] = {0: "batch", 1: f"{name}_cells"}
+        else:
+            axes[name] = {0: "batch", 2: f"{name}_rows", 3: f"{name}_cols"}
+    return axes
 
 
 def _verify(encoder_path: Path, matcher_path: Path, sizes: list[tuple[int, int]], stride: int) -> None:
@@ -207,8 +223,10 @@ def _verify(encoder_path: Path, matcher_path: Path, sizes: list[tuple[int, int]]
     inputs = [i.name for i in matcher.get_inputs()]
 
     def run(image0: np.ndarray, image1: np.ndarray) -> list[np.ndarray]:
-        encoded0, encoded1 = (encoder.run(None, {ENCODER_INPUT: image}) for image in (image0, image1))
-        values = dict(zip(MATCHER_INPUTS, (encoded0[0], encoded1[0], *encoded0[1:], *encoded1[1:])))
+        encoded0, encoded1 = (
+            EncodedBatch(*encoder.run(None, {ENCODER_INPUT: image})) for image in (image0, image1)
+        )
+        values = encoded0.matcher_feeds(encoded1)
         return matcher.run(None, {name: values[name] for name in inputs})
 
     verify_runs(run, "the split export", "the split export's matcher", 3, sizes, stride)

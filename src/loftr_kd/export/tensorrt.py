@@ -126,6 +126,8 @@ def shape_profile(
 
     def shape(name: str, batch: int, size: tuple[int, int]) -> tuple[int, ...]:
         stride = int(strides.get(name, 1))
+        if len(inputs[name]["shape"]) == 2:  # one entry per cell (the matcher's corner queries)
+            return (batch, (size[0] // stride) * (size[1] // stride))
         channels = inputs[name]["shape"][1]
         return (batch, channels if isinstance(channels, int) else 1, size[0] // stride, size[1] // stride)
 

@@ -14,6 +14,11 @@ Two designs share the window, the expectation and the loss (docs/refinement.md c
 - ``mlp`` (XFeat's offset classification): an MLP scores every window position from the two fine
   descriptors at the cell centres alone; no image1 window is gathered.
 
+``refine_query="corner"`` (an inference setting; the weights are the same) moves image0's point off the cell
+centre to the cell's most corner-like fine pixel (:func:`corner_queries`, from the image) and centres image1's
+window where a translation puts that pixel: a point at a corner is located far more exactly by correlation
+than a centre in a flat patch (docs/refinement.md, "Corner queries").
+
 Everything is fixed-shape: one entry per image0 cell, computed for all cells and masked afterwards, with
 ops TensorRT parses (Conv, AveragePool, Pad, Slice, Gather, MatMul, Softmax, ...); no ``nonzero``, no
 data-dependent shapes, no training branches.
@@ -29,9 +34,21 @@ from torch import nn
 
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 
-__all__ = ["FINE_HEADS", "REFINE_KINDS", "FineHead", "RefineOutput", "Refinement", "build_refinement"]
+__all__ = [
+    "FINE_HEADS",
+    "REFINE_KINDS",
+    "REFINE_QUERIES",
+    "FineHead",
+    "RefineOutput",
+    "Refinement",
+    "build_refinement",
+    "corner_queries",
+]
 
 REFINE_KINDS = ("none", "corr", "mlp")
+# Where image0's point of a match sits: "centre" (its cell centre, as LoFTR) or "corner" (the most corner-like
+# fine pixel of the cell's inner block, from the image: see corner_queries).
+REFINE_QUERIES = ("centre", "corner")
 
 
 class RefineOutput(NamedTuple):
@@ -41,11 +58,14 @@ class RefineOutput(NamedTuple):
         points1: ``(B, L0, 2)`` xy pixels in image1.
         uncertainty: ``(B, L0)`` standard deviation of the position (pixels, L2 over both axes).
         logits: ``(B, L0, K)`` window scores (K = window positions), for losses and diagnostics.
+        points0: ``(B, L0, 2)`` xy pixels of each query in image0 where queries are not the cell centres
+            (``refine_query="corner"``), else ``None``.
     """
 
     points1: torch.Tensor
     uncertainty: torch.Tensor
     logits: torch.Tensor
+    points0: torch.Tensor | None = None
 
 
 FINE_HEADS = ("conv", "separable")
@@ -76,6 +96,43 @@ class FineHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, Hf, Wf) -> (N, dim, Hf, Wf)``."""
         return self.project(self.relu(self.bn(self.conv(x))))
+
+
+def corner_queries(image: torch.Tensor, window: RefineWindow) -> torch.Tensor:
+    """The most corner-like fine pixel of each cell's inner block: where image0's point of a match goes.
+
+    Shi-Tomasi on the image at the fine resolution (mean of ``f x f`` pixels): Sobel gradients, their
+    structure tensor over 3x3 (borders reflected, as OpenCV's ``cornerMinEigenVal(block 3, ksize 3)``),
+    its smaller eigenvalue, and per cell the argmax over the ``(r-2) x (r-2)`` fine pixels inside the cell's
+    ``r x r`` block (one pixel kept from its edge, so the window around the match keeps its reach). A point
+    at a corner is located by correlation far better than a cell centre in a flat patch (docs/refinement.md).
+    Fixed-shape: AveragePool, Pad, Conv, Mul, Sqrt, Reshape, ArgMax and integer arithmetic.
+
+    Args:
+        image: ``(B, 1, H, W)`` in [0, 1], ``H`` and ``W`` multiples of the coarse stride.
+        window: the refinement window (its coarse/fine strides).
+
+    Returns:
+        ``(B, L)`` int64 position of each cell's query inside its block, ``dy * r + dx`` (row-major cells).
+    """
+    r, f = window.ratio, window.fine_stride
+    small = F.avg_pool2d(image, f) if f > 1 else image  # (B, 1, H/f, W/f)
+    sobel = image.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel, sobel.t()]).unsqueeze(1)  # (2, 1, 3, 3): d/dx, d/dy
+    grad = F.conv2d(F.pad(small, (1, 1, 1, 1), mode="reflect"), kernels)  # (B, 2, H/f, W/f)
+    gx, gy = grad[:, 0:1], grad[:, 1:2]
+    tensor = torch.cat([gx * gx, gy * gy, gx * gy], dim=1)
+    tensor = F.avg_pool2d(F.pad(tensor, (1, 1, 1, 1), mode="reflect"), 3, stride=1)  # (B, 3, H/f, W/f)
+    a, c, b = tensor[:, 0], tensor[:, 1], tensor[:, 2]
+    response = 0.5 * (a + c) - torch.sqrt(
+        0.25 * (a - c) * (a - c) + b * b
+    )  # (B, H/f, W/f) smaller eigenvalue
+    batch, hf, wf = response.shape
+    h, w, n = hf // r, wf // r, r - 2
+    blocks = response.reshape(batch, h, r, w, r)[:, :, 1 : r - 1, :, 1 : r - 1]  # (B, h, n, w, n)
+    best = blocks.permute(0, 1, 3, 2, 4).reshape(batch, h * w, n * n).argmax(-1)  # (B, L)
+    dy = torch.div(best, n, rounding_mode="trunc")
+    return (dy + 1) * r + (best - dy * n + 1)
 
 
 def _centre_descriptors(fine: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -116,8 +173,17 @@ class Refinement(nn.Module):
         hidden: int = 64,
         local_size: int = 3,
         head: str = "conv",
+        query: str = "centre",
     ) -> None:
         super().__init__()
+        if query not in REFINE_QUERIES:
+            raise ValueError(f"refine query must be one of {REFINE_QUERIES}, got {query!r}")
+        if query == "corner" and (kind != "corr" or window.ratio < 3):
+            raise ValueError(
+                f"refine_query='corner' needs refine='corr' and at least 3 fine pixels per cell, got "
+                f"{kind!r} with {window.ratio}"
+            )
+        self.query = query
         if local_size < 0 or (local_size and local_size % 2 == 0) or local_size > window.size:
             raise ValueError(
                 f"local soft-argmax size must be 0 (whole window) or odd <= {window.size}, got {local_size}"
@@ -130,6 +196,15 @@ class Refinement(nn.Module):
         self.fine_head = FineHead(in_channels, dim, head)
         self.register_buffer("offsets", window.offsets(), persistent=False)  # (K, 2)
         self.register_buffer("offsets_sq", window.offsets().pow(2).sum(-1), persistent=False)  # (K,)
+        # corner queries: an odd window of 2 * half + 1 fine pixels centred on the query's shifted position
+        # (13 x 13 for paper_refine: reach +-half around the query; the 11 x 11 variant, half - 1, scored the
+        # same on validation, docs/refinement.md)
+        self.query_half = window.ratio // 2 + window.margin
+        steps = (
+            torch.arange(2 * self.query_half + 1, dtype=torch.float32) - self.query_half
+        ) * window.fine_stride
+        query_offsets = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # xy
+        self.register_buffer("query_offsets", query_offsets, persistent=False)
         if kind == "corr":
             # log of the softmax scale on cosine similarities; starts at 10 (LoFTR's coarse 1/0.1)
             self.log_scale = nn.Parameter(torch.tensor(2.3026))
@@ -168,6 +243,7 @@ class Refinement(nn.Module):
         fine1: torch.Tensor,
         candidate_ids: torch.Tensor,
         grid1: CoarseGrid,
+        queries0: torch.Tensor | None = None,
     ) -> RefineOutput:
         """Refine each image0 cell's candidate match.
 
@@ -176,11 +252,19 @@ class Refinement(nn.Module):
             fine1: image1 backbone fine map ``(B, C_in, h1*r, w1*r)``.
             candidate_ids: ``(B, L0)`` image1 cell of each image0 cell's candidate (valid indices).
             grid1: image1's coarse grid.
+            queries0: ``(B, L0)`` image0 query of each cell (:func:`corner_queries`), or ``None``: the cell
+                centres (what training supervises).
 
         Returns:
             :class:`RefineOutput` for every image0 cell.
         """
-        return self.refine_described(self.describe(fine0), self.describe(fine1), candidate_ids, grid1)
+        return self.refine_described(
+            self.describe(fine0), self.describe(fine1), candidate_ids, grid1, queries0
+        )
+
+    def queries(self, image: torch.Tensor) -> torch.Tensor | None:
+        """Each cell's query of ``image`` for ``refine_query="corner"`` (:func:`corner_queries`), else ``None``."""
+        return corner_queries(image, self.window) if self.query == "corner" else None
 
     def describe(self, fine: torch.Tensor) -> torch.Tensor:
         """Unit fine descriptors of one image ``(B, C_in, Hf, Wf) -> (B, dim, Hf, Wf)``: the per-image part
@@ -188,9 +272,16 @@ class Refinement(nn.Module):
         return F.normalize(self.fine_head(fine), dim=1)
 
     def refine_described(
-        self, desc0: torch.Tensor, desc1: torch.Tensor, candidate_ids: torch.Tensor, grid1: CoarseGrid
+        self,
+        desc0: torch.Tensor,
+        desc1: torch.Tensor,
+        candidate_ids: torch.Tensor,
+        grid1: CoarseGrid,
+        queries0: torch.Tensor | None = None,
     ) -> RefineOutput:
         """:meth:`forward` on descriptors from :meth:`describe` (``(B, dim, h*r, w*r)`` per image)."""
+        if queries0 is not None:
+            return self._refine_queries(desc0, desc1, candidate_ids, grid1, queries0)
         ratio = self.window.ratio
         query = _centre_descriptors(desc0, ratio)  # (B, L0, C)
         if self.kind == "corr":
@@ -209,14 +300,66 @@ class Refinement(nn.Module):
         points1 = grid1.ids_to_pixels(candidate_ids) + mean  # (B, L0, 2)
         return RefineOutput(points1, uncertainty, logits)
 
-    def _local_expectation(self, prob: torch.Tensor) -> torch.Tensor:
+    def _refine_queries(
+        self,
+        desc0: torch.Tensor,
+        desc1: torch.Tensor,
+        candidate_ids: torch.Tensor,
+        grid1: CoarseGrid,
+        queries0: torch.Tensor,
+    ) -> RefineOutput:
+        """Corner queries: image0's point is the query pixel ``(dy, dx)`` of its cell's block; image1's window
+        (``2 * half + 1`` fine pixels a side) is centred on the same pixel of the candidate cell's block, where
+        a translation puts it. One Gather for the queries, one for the windows (as :meth:`_gather_windows`)."""
+        r, f, half = self.window.ratio, self.window.fine_stride, self.query_half
+        b, c, hf0, wf0 = desc0.shape
+        _, _, hf1, wf1 = desc1.shape
+        cells0 = torch.arange(queries0.shape[1], device=queries0.device).unsqueeze(0)  # (1, L0)
+        row0, col0 = CoarseGrid(self.window.coarse_stride, hf0 // r, wf0 // r).rows_cols(cells0)
+        dy = torch.div(queries0, r, rounding_mode="trunc")
+        dx = queries0 - dy * r
+        qy, qx = r * row0 + dy, r * col0 + dx  # (B, L0) query pixel in image0's fine map
+        flat0 = desc0.permute(0, 2, 3, 1).reshape(b * hf0 * wf0, c)
+        index0 = qy * wf0 + qx + (torch.arange(b, device=desc0.device) * (hf0 * wf0)).unsqueeze(1)
+        query = flat0.index_select(0, index0.reshape(-1)).reshape(b, -1, c)  # (B, L0, C)
+        row1, col1 = CoarseGrid(self.window.coarse_stride, hf1 // r, wf1 // r).rows_cols(candidate_ids)
+        cy, cx = r * row1 + dy, r * col1 + dx  # (B, L0) window centre in image1's fine map
+        size, hp, wp = 2 * half + 1, hf1 + 2 * half, wf1 + 2 * half
+        padded = F.pad(desc1, (half, half, half, half))  # zero features outside the image
+        taps = (torch.arange(size, device=desc1.device) * wp).unsqueeze(1) + torch.arange(
+            size, device=desc1.device
+        )
+        index1 = (cy * wp + cx).unsqueeze(-1) + taps.reshape(
+            1, 1, -1
+        )  # top-left of the window: (cy, cx) padded
+        index1 = index1 + (torch.arange(b, device=desc1.device) * (hp * wp)).reshape(b, 1, 1)
+        flat1 = padded.permute(0, 2, 3, 1).reshape(b * hp * wp, c)
+        windows = flat1.index_select(0, index1.reshape(-1)).reshape(b, -1, size * size, c)  # (B, L0, K, C)
+        logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
+        prob = F.softmax(logits.float(), dim=-1)
+        offsets = self.query_offsets
+        mean = torch.matmul(prob, offsets)
+        variance = torch.matmul(prob, offsets.pow(2).sum(-1).unsqueeze(-1)).squeeze(-1) - mean.pow(2).sum(-1)
+        uncertainty = variance.clamp(min=1e-10).sqrt()
+        if self.local_size:
+            mean = self._local_expectation(prob, size, offsets)
+        centre = (f - 1) / 2.0
+        points0 = torch.stack([qx, qy], -1).to(prob.dtype) * f + centre  # (B, L0, 2)
+        points1 = torch.stack([cx, cy], -1).to(prob.dtype) * f + centre + mean
+        return RefineOutput(points1, uncertainty, logits, points0)
+
+    def _local_expectation(
+        self, prob: torch.Tensor, size: int | None = None, offsets: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
 
         The whole-window expectation is pulled towards the window centre as long as the heatmap is broad;
         around its peak it is not (measured in docs/refinement.md). Fixed-shape: ArgMax, integer arithmetic
         and GatherElements; neighbours outside the window weigh 0.
         """
-        size, half = self.window.size, self.local_size // 2
+        size = self.window.size if size is None else size
+        offsets = self.offsets if offsets is None else offsets
+        half = self.local_size // 2
         peak = prob.argmax(-1)  # (B, L0)
         row, col = CoarseGrid(self.window.fine_stride, size, size).rows_cols(peak)  # window as a grid
         weights, indices = [], []
@@ -229,8 +372,8 @@ class Refinement(nn.Module):
                 indices.append(index)
         weight = torch.stack(weights, -1)  # (B, L0, n)
         index = torch.stack(indices, -1)  # (B, L0, n)
-        offsets = self.offsets[index]  # (B, L0, n, 2)
-        return (weight.unsqueeze(-1) * offsets).sum(-2) / weight.sum(-1, keepdim=True).clamp(min=1e-12)
+        chosen = offsets[index]  # (B, L0, n, 2)
+        return (weight.unsqueeze(-1) * chosen).sum(-2) / weight.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
 def build_refinement(
@@ -243,9 +386,10 @@ def build_refinement(
     hidden: int,
     local_size: int = 3,
     head: str = "conv",
+    query: str = "centre",
 ) -> Refinement | None:
     """The refinement head for a student config, or ``None`` for ``kind == "none"``."""
     if kind == "none":
         return None
     window = RefineWindow(coarse_stride, fine_stride, margin)
-    return Refinement(kind, in_channels, window, dim, hidden, local_size, head)
+    return Refinement(kind, in_channels, window, dim, hidden, local_size, head, query)

@@ -50,10 +50,13 @@ class EncodedImages(NamedTuple):
         coarse: ``(B, C, h, w)`` coarse features: backbone map + position encoding, through the transformer's
             leading self layers (a map, so the grid ``h x w`` travels with it).
         fine: ``(B, refine_dim, H/f, W/f)`` unit fine descriptors of the refinement stage, ``None`` without one.
+        queries: ``(B, h*w)`` int64 query pixel of each cell inside its block (``refine_query="corner"``;
+            :func:`~loftr_kd.models.refinement.corner_queries`), ``None`` for cell-centre queries.
     """
 
     coarse: torch.Tensor
     fine: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
 
 
 class CoarseLoFTRStudent(nn.Module):
@@ -101,6 +104,7 @@ class CoarseLoFTRStudent(nn.Module):
                 config.refine_hidden,
                 config.refine_local,
                 config.refine_head,
+                config.refine_query,
             )
         )
 
@@ -129,8 +133,11 @@ class CoarseLoFTRStudent(nn.Module):
 
     def _check_encoded(self, encoded0: EncodedImages, encoded1: EncodedImages) -> None:
         """Raise ``ValueError`` on encodings this model did not make (shapes only: export-safe)."""
+        corner = self.refinement is not None and self.refinement.query == "corner"
+        if corner and encoded0.queries is None:  # (image1's are not read)
+            raise ValueError("encoded0.queries must be given for this student (refine_query='corner')")
         for name, encoded in (("encoded0", encoded0), ("encoded1", encoded1)):
-            coarse, fine = encoded
+            coarse, fine = encoded.coarse, encoded.fine
             if coarse.dim() != 4 or coarse.shape[1] != self.config.d_model:
                 raise ValueError(
                     f"{name}.coarse must be (B, {self.config.d_model}, h, w), got {tuple(coarse.shape)}"
@@ -198,7 +205,9 @@ class CoarseLoFTRStudent(nn.Module):
         refined = (
             None
             if self.refinement is None
-            else self.refinement(fine0, fine1, coarse_out.candidate_ids, grid1)
+            else self.refinement(
+                fine0, fine1, coarse_out.candidate_ids, grid1, self.refinement.queries(image0)
+            )
         )
         fine_maps = None if self.refinement is None else (fine0, fine1)
         return self._with_positions(coarse_out, grid0, grid1, refined, fine_maps)
@@ -221,7 +230,9 @@ class CoarseLoFTRStudent(nn.Module):
         batch, channels, height, width = coarse.shape
         feat = self.loftr_coarse.encode(coarse.flatten(2).transpose(1, 2))  # (B, L, C), row-major cells
         coarse = feat.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, h, w)
-        return EncodedImages(coarse, None if self.refinement is None else self.refinement.describe(fine))
+        if self.refinement is None:
+            return EncodedImages(coarse)
+        return EncodedImages(coarse, self.refinement.describe(fine), self.refinement.queries(image))
 
     def match(self, encoded0: EncodedImages, encoded1: EncodedImages) -> CoarseMatchOutput:
         """The pairwise part of :meth:`forward` on two :meth:`encode` results (same batch size ``B``).
@@ -242,7 +253,7 @@ class CoarseLoFTRStudent(nn.Module):
             None
             if self.refinement is None
             else self.refinement.refine_described(
-                encoded0.fine, encoded1.fine, coarse_out.candidate_ids, grid1
+                encoded0.fine, encoded1.fine, coarse_out.candidate_ids, grid1, encoded0.queries
             )
         )
         return self._with_positions(coarse_out, grid0, grid1, refined)
@@ -264,9 +275,15 @@ class CoarseLoFTRStudent(nn.Module):
                 candidates.shape, self.config.coarse_stride / 6**0.5, device=candidates.device
             )
         else:
-            candidate_points1, uncertainty, refine_logits = refined
+            candidate_points1, uncertainty, refine_logits = (
+                refined.points1,
+                refined.uncertainty,
+                refined.logits,
+            )
         matched = coarse_out.match_ids >= 0  # (B, L0)
         centres0 = grid0.centers(device=candidates.device).unsqueeze(0).expand(matched.shape[0], -1, -1)
+        if refined is not None and refined.points0 is not None:  # corner queries: image0's own points
+            centres0 = refined.points0
         points0 = torch.where(matched.unsqueeze(-1), centres0, torch.full_like(centres0, -1.0))
         points1 = torch.where(
             matched.unsqueeze(-1), candidate_points1, torch.full_like(candidate_points1, -1.0)
@@ -388,6 +405,7 @@ def load_student(
     input_height: int | None = None,
     input_width: int | None = None,
     match_threshold: float | None = None,
+    refine_query: str | None = None,
 ) -> CoarseLoFTRStudent:
     """Rebuild a student from a ``save_student`` file, a Lightning checkpoint or a published
     Coarse_LoFTR_TRT checkpoint (``model_state_dict``, recognised by its keys: :func:`published_checkpoint`).
@@ -401,6 +419,8 @@ def load_student(
         input_height: build for this input height instead of the stored one (weights are size-free).
         input_width: likewise for the width.
         match_threshold: build with this match-confidence threshold instead of the stored one.
+        refine_query: build with these refinement queries (``"centre"`` / ``"corner"``) instead of the stored
+            ones (an inference setting: the weights are the same).
 
     Returns:
         The student in eval mode, on ``map_location``'s device.
@@ -438,6 +458,8 @@ def load_student(
         values["input_width"] = input_width
     if match_threshold is not None:
         values["match_threshold"] = float(match_threshold)
+    if refine_query is not None:
+        values["refine_query"] = str(refine_query)
     for side in ("height", "width"):  # an input size above the stored maximum raises the maximum
         default = StudentConfig.__dataclass_fields__[f"max_{side}"].default
         size = values.get(f"input_{side}", 0)

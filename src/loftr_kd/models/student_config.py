@@ -13,7 +13,7 @@ from typing import Any
 
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.backbone import check_backbone_config
-from loftr_kd.models.refinement import REFINE_KINDS
+from loftr_kd.models.refinement import REFINE_KINDS, REFINE_QUERIES
 
 __all__ = ["SUPPORTED_STRIDES", "StudentConfig"]
 
@@ -58,6 +58,9 @@ class StudentConfig:
         refine_local: side of the neighbourhood of the heatmap's peak whose expectation is the refined
             position (odd; ``0`` = the whole window, LoFTR's expectation).
         refine_head: fine descriptor head, ``'conv'`` (full 3x3) or ``'separable'`` (depthwise 3x3 + 1x1).
+        refine_query: where image0's point of a match sits: ``'centre'`` (its cell centre, LoFTR's; what
+            training supervises) or ``'corner'`` (the most corner-like fine pixel of the cell, from the
+            image; an inference setting for ``corr`` refinement, docs/refinement.md).
         max_height: largest image height the model takes (its position encoding is precomputed for the
             grid ``max_height/s x max_width/s`` once and sliced to each input's grid, as LoFTR does);
             larger images are an error. Not stored in the weights: load with another value freely.
@@ -87,6 +90,7 @@ class StudentConfig:
     refine_hidden: int = 64
     refine_local: int = 3
     refine_head: str = "conv"
+    refine_query: str = "centre"
     max_height: int = 2048
     max_width: int = 2048
 
@@ -136,6 +140,10 @@ class StudentConfig:
         )
         if self.refine not in REFINE_KINDS:
             raise ValueError(f"refine must be one of {REFINE_KINDS}, got {self.refine!r}")
+        if self.refine_query not in REFINE_QUERIES:
+            raise ValueError(f"refine_query must be one of {REFINE_QUERIES}, got {self.refine_query!r}")
+        if self.refine_query != "centre" and self.refine != "corr":
+            raise ValueError(f"refine_query={self.refine_query!r} needs refine='corr', got {self.refine!r}")
         if self.refine != "none":
             _ = self.refine_window  # validates strides and margin
             if self.refine_dim < 1 or self.refine_hidden < 1:

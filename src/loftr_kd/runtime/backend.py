@@ -41,11 +41,12 @@ BENCH_BACKEND = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime-int8", "trt": 
 BENCH_BACKEND |= {"trt-fp16": "tensorrt-fp16", "trt-fp32": "tensorrt-fp32"}
 ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 # The two halves of a split export (split_path), in the order they run, and their graphs' I/O names (the
-# matcher's outputs are the whole graph's); a student without refinement has no fine maps.
+# matcher's outputs are the whole graph's); a student without refinement has no fine maps, and only one with
+# corner queries (refine_query="corner") has queries (int64, one per cell; the matcher reads image0's).
 SPLIT_PARTS = ("encoder", "matcher")
 ENCODER_INPUT = "image"
-ENCODER_OUTPUTS = ("coarse", "fine")
-MATCHER_INPUTS = ("coarse0", "coarse1", "fine0", "fine1")
+ENCODER_OUTPUTS = ("coarse", "fine", "queries")
+MATCHER_INPUTS = ("coarse0", "coarse1", "fine0", "fine1", "queries0")
 # Precision tags an export puts between a file's stem and its suffix (student.fp16.engine).
 _PRECISION_TAGS = (".fp16", ".fp32", ".int8")
 
@@ -106,14 +107,27 @@ class EncodedBatch(NamedTuple):
         coarse: ``(B, C, H/s, W/s)`` float32 coarse features (backbone + position encoding + the
             transformer's leading self layers).
         fine: ``(B, D, H/f, W/f)`` float32 unit fine descriptors of the refinement, ``None`` without one.
+        queries: ``(B, h*w)`` int64 refinement query of each cell (``refine_query="corner"``), else ``None``.
     """
 
     coarse: np.ndarray
     fine: np.ndarray | None = None
+    queries: np.ndarray | None = None
 
     def take(self, rows: Any) -> EncodedBatch:
         """The encodings of some images of the batch (``rows``: an index array or slice)."""
-        return EncodedBatch(self.coarse[rows], None if self.fine is None else self.fine[rows])
+        return EncodedBatch(*(None if x is None else x[rows] for x in self))
+
+    def matcher_feeds(self, other: EncodedBatch) -> dict[str, np.ndarray | None]:
+        """The matcher's inputs (:data:`MATCHER_INPUTS`) for this encoding as image0 and ``other`` as image1,
+        with their dtypes (float32 maps, int64 queries); ``None`` where the student has none."""
+        values = (self.coarse, other.coarse, self.fine, other.fine, self.queries)
+        return {
+            name: None
+            if x is None
+            else np.ascontiguousarray(x, np.int64 if name.startswith("queries") else np.float32)
+            for name, x in zip(MATCHER_INPUTS, values)
+        }
 
 
 def split_path(path: str | os.PathLike, part: str) -> Path:

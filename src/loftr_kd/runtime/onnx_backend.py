@@ -18,7 +18,6 @@ import numpy as np
 from loftr_kd.runtime.backend import (
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
-    MATCHER_INPUTS,
     SPLIT_PARTS,
     EncodedBatch,
     MatcherError,
@@ -143,8 +142,8 @@ class OnnxBackend:
     def match(self, encoded0: EncodedBatch, encoded1: EncodedBatch) -> ModelOutputs:
         """The matcher graph on two encodings of the same batch size."""
         matcher = self._split_sessions()[1]
-        values = dict(zip(MATCHER_INPUTS, (encoded0.coarse, encoded1.coarse, encoded0.fine, encoded1.fine)))
-        feeds = {name: np.ascontiguousarray(values[name], np.float32) for name in _input_names(matcher)}
+        values = encoded0.matcher_feeds(encoded1)
+        feeds = {name: values[name] for name in _input_names(matcher)}
         names = [name for name in self.output_names if name != "confidence"]
         stride = self.geometry.stride
         shapes = [tuple(int(n) * stride for n in e.coarse.shape[-2:]) for e in (encoded0, encoded1)]

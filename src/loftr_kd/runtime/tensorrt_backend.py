@@ -20,7 +20,6 @@ import numpy as np
 from loftr_kd.runtime.backend import (
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
-    MATCHER_INPUTS,
     SPLIT_PARTS,
     EncodedBatch,
     ModelGeometry,
@@ -220,18 +219,21 @@ class TensorRTBackend:
 
         runner = self._split_runners()[0]
         out = runner.run({ENCODER_INPUT: torch.from_numpy(np.asarray(images, np.float32)).to(runner.device)})
-        return EncodedBatch(*(out[name].float().cpu().numpy() for name in ENCODER_OUTPUTS if name in out))
+        return EncodedBatch(
+            *(
+                (out[name].long() if name == "queries" else out[name].float()).cpu().numpy()
+                for name in ENCODER_OUTPUTS
+                if name in out
+            )
+        )
 
     def match(self, encoded0: EncodedBatch, encoded1: EncodedBatch) -> ModelOutputs:
         """The matcher engine on two encodings (copied back to the host)."""
         import torch
 
         runner = self._split_runners()[1]
-        values = dict(zip(MATCHER_INPUTS, (encoded0.coarse, encoded1.coarse, encoded0.fine, encoded1.fine)))
-        feeds = {
-            name: torch.from_numpy(np.asarray(values[name], np.float32)).to(runner.device)
-            for name in runner.input_names
-        }
+        values = encoded0.matcher_feeds(encoded1)
+        feeds = {name: torch.from_numpy(values[name]).to(runner.device) for name in runner.input_names}
         stride = self.geometry.stride
         shapes = [tuple(int(n) * stride for n in e.coarse.shape[-2:]) for e in (encoded0, encoded1)]
         return self._outputs(runner.run(feeds), *shapes)

@@ -123,9 +123,11 @@ class TorchBackend:
 
         tensor = torch.from_numpy(np.asarray(images, np.float32)).to(self.device)
         with torch_threads(self.threads), torch.inference_mode():
-            coarse, fine = self.model.encode(tensor)
+            encoded = self.model.encode(tensor)
         return EncodedBatch(
-            coarse.float().cpu().numpy(), None if fine is None else fine.float().cpu().numpy()
+            encoded.coarse.float().cpu().numpy(),
+            None if encoded.fine is None else encoded.fine.float().cpu().numpy(),
+            None if encoded.queries is None else encoded.queries.cpu().numpy(),
         )
 
     def match(self, encoded0: EncodedBatch, encoded1: EncodedBatch) -> ModelOutputs:
@@ -137,7 +139,11 @@ class TorchBackend:
         def tensors(encoded: EncodedBatch) -> EncodedImages:
             return EncodedImages(
                 *(
-                    None if x is None else torch.from_numpy(np.asarray(x, np.float32)).to(self.device)
+                    None
+                    if x is None
+                    else torch.from_numpy(np.asarray(x, np.int64 if x.dtype.kind in "iu" else np.float32)).to(
+                        self.device
+                    )
                     for x in encoded
                 )
             )
