@@ -223,14 +223,14 @@ def test_corner_queries_find_a_translation_exactly() -> None:
     refinement = Refinement("corr", 8, window, query="corner")
     with torch.no_grad():
         refinement.log_scale.fill_(6.0)  # a sharp softmax: the peak decides
-    h, w, shift = 4, 6, (3, 5)  # fine pixels (dy, dx): 6 and 10 image pixels
+    h, w, shift = 4, 6, (3, 4)  # fine pixels (dy, dx): 6 and 8 image pixels
     desc0 = torch.nn.functional.normalize(torch.randn(1, 16, 8 * h + 8, 8 * w + 8), dim=1)
     desc1 = torch.roll(desc0, shifts=shift, dims=(2, 3))
     desc0, desc1 = desc0[:, :, : 8 * h, : 8 * w], desc1[:, :, : 8 * h, : 8 * w]
     queries = torch.randint(0, 36, (1, h * w))
     queries = (torch.div(queries, 6, rounding_mode="trunc") + 1) * 8 + queries % 6 + 1
     out = refinement.refine_described(desc0, desc1, torch.arange(h * w)[None], CoarseGrid(16, h, w), queries)
-    assert out.points0 is not None and out.logits.shape == (1, h * w, 13 * 13)
+    assert out.points0 is not None and out.logits.shape == (1, h * w, 11 * 11)
     qy, qx = torch.div(queries, 8, rounding_mode="trunc"), queries % 8
     rows, cols = torch.div(torch.arange(h * w), w, rounding_mode="trunc"), torch.arange(h * w) % w
     expected0 = torch.stack([2 * (8 * cols + qx) + 0.5, 2 * (8 * rows + qy) + 0.5], -1).float()
@@ -265,7 +265,7 @@ def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) ->
     assert not torch.equal(a.points0[matched], b.points0[matched])
     onnx_path = export_onnx(corner, tmp_path / "corner.onnx", dynamic=True)
     assert checks.check_tensorrt_ops(onnx_path).ok
-    assert '"size": 13' in checks.read_metadata(onnx_path)["refine_window"]
+    assert '"size": 11' in checks.read_metadata(onnx_path)["refine_window"]
     parity = checks.check_parity(corner, onnx_path, pairs)
     assert parity.ok and parity.matches_torch > 0, parity
     export_split(corner, onnx_path, dynamic=True)

@@ -196,10 +196,11 @@ class Refinement(nn.Module):
         self.fine_head = FineHead(in_channels, dim, head)
         self.register_buffer("offsets", window.offsets(), persistent=False)  # (K, 2)
         self.register_buffer("offsets_sq", window.offsets().pow(2).sum(-1), persistent=False)  # (K,)
-        # corner queries: an odd window of 2 * half + 1 fine pixels centred on the query's shifted position
-        # (13 x 13 for paper_refine: reach +-half around the query; the 11 x 11 variant, half - 1, scored the
-        # same on validation, docs/refinement.md)
-        self.query_half = window.ratio // 2 + window.margin
+        # corner queries: an odd window of 2 * half + 1 fine pixels centred on the query's shifted position, one
+        # position smaller than the cell-centre window (reach +-half around the query, as that window's
+        # +-(half + 0.5) around the cell centre; 11 x 11 = 121 positions against 144 for paper_refine; the
+        # 13 x 13 variant, measured first, scored the same on validation: docs/refinement.md)
+        self.query_half = window.ratio // 2 + window.margin - 1
         steps = (
             torch.arange(2 * self.query_half + 1, dtype=torch.float32) - self.query_half
         ) * window.fine_stride
@@ -319,9 +320,9 @@ class Refinement(nn.Module):
         dy = torch.div(queries0, r, rounding_mode="trunc")
         dx = queries0 - dy * r
         qy, qx = r * row0 + dy, r * col0 + dx  # (B, L0) query pixel in image0's fine map
-        flat0 = desc0.permute(0, 2, 3, 1).reshape(b * hf0 * wf0, c)
-        index0 = qy * wf0 + qx + (torch.arange(b, device=desc0.device) * (hf0 * wf0)).unsqueeze(1)
-        query = flat0.index_select(0, index0.reshape(-1)).reshape(b, -1, c)  # (B, L0, C)
+        # channels first (GatherElements of L0 pixels): a channels-last copy of the whole map costs more
+        index0 = (qy * wf0 + qx).unsqueeze(1).expand(b, c, qy.shape[1])  # (B, C, L0)
+        query = desc0.reshape(b, c, hf0 * wf0).gather(2, index0).transpose(1, 2)  # (B, L0, C)
         row1, col1 = CoarseGrid(self.window.coarse_stride, hf1 // r, wf1 // r).rows_cols(candidate_ids)
         cy, cx = r * row1 + dy, r * col1 + dx  # (B, L0) window centre in image1's fine map
         size, hp, wp = 2 * half + 1, hf1 + 2 * half, wf1 + 2 * half
