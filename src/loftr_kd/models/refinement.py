@@ -124,9 +124,8 @@ def corner_queries(image: torch.Tensor, window: RefineWindow) -> torch.Tensor:
     tensor = torch.cat([gx * gx, gy * gy, gx * gy], dim=1)
     tensor = F.avg_pool2d(F.pad(tensor, (1, 1, 1, 1), mode="reflect"), 3, stride=1)  # (B, 3, H/f, W/f)
     a, c, b = tensor[:, 0], tensor[:, 1], tensor[:, 2]
-    response = 0.5 * (a + c) - torch.sqrt(
-        0.25 * (a - c) * (a - c) + b * b
-    )  # (B, H/f, W/f) smaller eigenvalue
+    # the structure tensor's smaller eigenvalue, (B, H/f, W/f)
+    response = 0.5 * (a + c) - torch.sqrt(0.25 * (a - c) * (a - c) + b * b)
     batch, hf, wf = response.shape
     h, w, n = hf // r, wf // r, r - 2
     blocks = response.reshape(batch, h, r, w, r)[:, :, 1 : r - 1, :, 1 : r - 1]  # (B, h, n, w, n)
@@ -311,7 +310,7 @@ class Refinement(nn.Module):
     ) -> RefineOutput:
         """Corner queries: image0's point is the query pixel ``(dy, dx)`` of its cell's block; image1's window
         (``2 * half + 1`` fine pixels a side) is centred on the same pixel of the candidate cell's block, where
-        a translation puts it. One Gather for the queries, one for the windows (as :meth:`_gather_windows`)."""
+        a translation puts it. One gather for the queries, one for the windows (as :meth:`_gather_windows`)."""
         r, f, half = self.window.ratio, self.window.fine_stride, self.query_half
         b, c, hf0, wf0 = desc0.shape
         _, _, hf1, wf1 = desc1.shape
@@ -330,9 +329,8 @@ class Refinement(nn.Module):
         taps = (torch.arange(size, device=desc1.device) * wp).unsqueeze(1) + torch.arange(
             size, device=desc1.device
         )
-        index1 = (cy * wp + cx).unsqueeze(-1) + taps.reshape(
-            1, 1, -1
-        )  # top-left of the window: (cy, cx) padded
+        # the window's top-left pixel in the padded map is (cy, cx): centre minus half, plus the padding
+        index1 = (cy * wp + cx).unsqueeze(-1) + taps.reshape(1, 1, -1)
         index1 = index1 + (torch.arange(b, device=desc1.device) * (hp * wp)).reshape(b, 1, 1)
         flat1 = padded.permute(0, 2, 3, 1).reshape(b * hp * wp, c)
         windows = flat1.index_select(0, index1.reshape(-1)).reshape(b, -1, size * size, c)  # (B, L0, K, C)
