@@ -367,12 +367,8 @@ def _window_metadata(config: dict[str, Any] | None) -> dict[str, Any] | None:
 
     window = RefineWindow(config["coarse_stride"], config["refine_fine_stride"], config["refine_margin"])
     if config.get("refine_query", "centre") == "corner":  # an odd window centred on the query's position
-        half = window.ratio // 2 + window.margin - 1
-        return {
-            "fine_stride": window.fine_stride,
-            "size": 2 * half + 1,
-            "reach_px": half * window.fine_stride,
-        }
+        reach = window.query_half * window.fine_stride
+        return {"fine_stride": window.fine_stride, "size": window.query_size, "reach_px": reach}
     return {"fine_stride": window.fine_stride, "size": window.size, "reach_px": window.reach}
 
 

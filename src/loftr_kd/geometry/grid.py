@@ -239,7 +239,31 @@ class RefineWindow:
         self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """``(size*size, 2)`` xy pixel offsets of the window positions from the cell centre, row-major."""
-        steps = (torch.arange(self.size, device=device, dtype=dtype) - (self.size - 1) / 2) * self.fine_stride
-        x = steps.expand(self.size, self.size)
-        y = steps[:, None].expand(self.size, self.size)
+        return self._square_offsets(self.size, device, dtype)
+
+    @property
+    def query_half(self) -> int:
+        """Half side of the window around a corner query (``refine_query="corner"``): an odd window of
+        ``2 * query_half + 1`` fine pixels centred on a pixel, one position smaller than this window (reach
+        ``+-query_half`` around the query, as this window's ``+-(query_half + 0.5)`` around the cell centre)."""
+        return self.ratio // 2 + self.margin - 1
+
+    @property
+    def query_size(self) -> int:
+        """Fine pixels per side of the window around a corner query."""
+        return 2 * self.query_half + 1
+
+    def query_offsets(
+        self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """``(query_size**2, 2)`` xy pixel offsets of the corner-query window's positions from its centre."""
+        return self._square_offsets(self.query_size, device, dtype)
+
+    def _square_offsets(
+        self, size: int, device: torch.device | str | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Offsets of a ``size x size`` lattice of fine pixels from its centre, xy, row-major."""
+        steps = (torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2) * self.fine_stride
+        x = steps.expand(size, size)
+        y = steps[:, None].expand(size, size)
         return torch.stack((x, y), -1).reshape(-1, 2)

@@ -150,6 +150,29 @@ def _gather_rows(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return flat.index_select(0, (ids + offsets).reshape(-1)).reshape(b, ids.shape[1], *values.shape[2:])
 
 
+def _gather_squares(
+    fine: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, pad: int
+) -> torch.Tensor:
+    """``size x size`` windows of a map: ``(B, C, H, W)``, top-left pixels ``(B, L)`` in the map zero-padded by
+    ``pad`` on every side -> ``(B, L, size*size, C)``, row-major.
+
+    One Gather on the flattened, padded map with an index built from integer arithmetic: only the
+    ``L * size**2`` needed pixels are read, and no per-cell window tensor of the whole map is built (its
+    slices, concatenation and transpose cost more than the correlation itself, measured).
+    """
+    b, c, hf, wf = fine.shape
+    hp, wp = hf + 2 * pad, wf + 2 * pad
+    padded = F.pad(fine, (pad, pad, pad, pad))  # zero features outside the image: never a good match
+    corner = top * wp + left  # (B, L) flat index of the window's top-left pixel (padded)
+    taps = (torch.arange(size, device=fine.device) * wp).unsqueeze(1) + torch.arange(size, device=fine.device)
+    index = corner.unsqueeze(-1) + taps.reshape(1, 1, -1)  # (B, L, K)
+    index = index + (torch.arange(b, device=fine.device) * (hp * wp)).reshape(b, 1, 1)
+    # channels last: each gathered index copies one contiguous C-vector (gathering along the pixel axis
+    # of a channels-first map was 6x slower in onnxruntime, measured)
+    flat = padded.permute(0, 2, 3, 1).reshape(b * hp * wp, c)  # (B*Hp*Wp, C)
+    return flat.index_select(0, index.reshape(-1)).reshape(b, top.shape[1], size * size, c)
+
+
 class Refinement(nn.Module):
     """Sub-pixel refinement head (see the module docstring).
 
@@ -195,16 +218,11 @@ class Refinement(nn.Module):
         self.fine_head = FineHead(in_channels, dim, head)
         self.register_buffer("offsets", window.offsets(), persistent=False)  # (K, 2)
         self.register_buffer("offsets_sq", window.offsets().pow(2).sum(-1), persistent=False)  # (K,)
-        # corner queries: an odd window of 2 * half + 1 fine pixels centred on the query's shifted position, one
-        # position smaller than the cell-centre window (reach +-half around the query, as that window's
-        # +-(half + 0.5) around the cell centre; 11 x 11 = 121 positions against 144 for paper_refine; the
-        # 13 x 13 variant, measured first, scored the same on validation: docs/refinement.md)
-        self.query_half = window.ratio // 2 + window.margin - 1
-        steps = (
-            torch.arange(2 * self.query_half + 1, dtype=torch.float32) - self.query_half
-        ) * window.fine_stride
-        query_offsets = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # xy
-        self.register_buffer("query_offsets", query_offsets, persistent=False)
+        # corner queries: an odd window centred on the query's shifted position (RefineWindow.query_half: 11 x 11
+        # positions for paper_refine against the centre window's 12 x 12; the 13 x 13 variant, measured first,
+        # scored the same on validation: docs/refinement.md)
+        self.register_buffer("query_offsets", window.query_offsets(), persistent=False)  # (Kq, 2)
+        self.register_buffer("query_offsets_sq", window.query_offsets().pow(2).sum(-1), persistent=False)
         if kind == "corr":
             # log of the softmax scale on cosine similarities; starts at 10 (LoFTR's coarse 1/0.1)
             self.log_scale = nn.Parameter(torch.tensor(2.3026))
@@ -214,28 +232,12 @@ class Refinement(nn.Module):
             )
 
     def _gather_windows(self, fine1: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h*r, w*r)``, ``(B, L0)`` -> ``(B, L0, K, C)``: the window around each candidate cell.
-
-        One Gather on the flattened, zero-padded map with an index built from integer arithmetic: only the
-        ``L0 * K`` needed pixels are read, and no per-cell window tensor of the whole map is built (its
-        ``K`` slices, concatenation and transpose cost more than the correlation itself, measured).
-        """
-        r, m, size = self.window.ratio, self.window.margin, self.window.size
-        b, c, hf, wf = fine1.shape
-        w = wf // r
-        hp, wp = hf + 2 * m, wf + 2 * m
-        padded = F.pad(fine1, (m, m, m, m))  # zero features outside the image: never a good match
-        row, col = CoarseGrid(self.window.coarse_stride, hf // r, w).rows_cols(candidate_ids)
-        corner = (r * row) * wp + r * col  # (B, L0) flat index of the window's top-left pixel (padded)
-        taps = (torch.arange(size, device=fine1.device) * wp).unsqueeze(1) + torch.arange(
-            size, device=fine1.device
-        )
-        index = corner.unsqueeze(-1) + taps.reshape(1, 1, -1)  # (B, L0, K)
-        index = index + (torch.arange(b, device=fine1.device) * (hp * wp)).reshape(b, 1, 1)
-        # channels last: each gathered index copies one contiguous C-vector (gathering along the pixel axis
-        # of a channels-first map was 6x slower in onnxruntime, measured)
-        flat = padded.permute(0, 2, 3, 1).reshape(b * hp * wp, c)  # (B*Hp*Wp, C)
-        return flat.index_select(0, index.reshape(-1)).reshape(b, candidate_ids.shape[1], size * size, c)
+        """``(B, C, h*r, w*r)``, ``(B, L0)`` -> ``(B, L0, K, C)``: the window around each candidate cell."""
+        r = self.window.ratio
+        _, _, hf, wf = fine1.shape
+        row, col = CoarseGrid(self.window.coarse_stride, hf // r, wf // r).rows_cols(candidate_ids)
+        # the map is padded by the margin, so the window's top-left pixel (padded) is the cell's first one
+        return _gather_squares(fine1, r * row, r * col, self.window.size, self.window.margin)
 
     def forward(
         self,
@@ -291,14 +293,24 @@ class Refinement(nn.Module):
         else:
             target = _gather_rows(_centre_descriptors(desc1, ratio), candidate_ids)  # (B, L0, C)
             logits = self.mlp(torch.cat([query, target], dim=-1))  # (B, L0, K)
-        prob = F.softmax(logits.float(), dim=-1)  # (B, L0, K)
-        mean = torch.matmul(prob, self.offsets)  # (B, L0, 2) offset from the candidate cell centre
-        variance = torch.matmul(prob, self.offsets_sq.unsqueeze(-1)).squeeze(-1) - mean.pow(2).sum(-1)
-        uncertainty = variance.clamp(min=1e-10).sqrt()  # (B, L0) spread of the whole window
-        if self.local_size:
-            mean = self._local_expectation(prob)
+        # (B, L0, 2) offset from the candidate cell centre
+        mean, uncertainty = self._position(logits, self.offsets, self.offsets_sq, self.window.size)
         points1 = grid1.ids_to_pixels(candidate_ids) + mean  # (B, L0, 2)
         return RefineOutput(points1, uncertainty, logits)
+
+    def _position(
+        self, logits: torch.Tensor, offsets: torch.Tensor, offsets_sq: torch.Tensor, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window scores ``(B, L0, K)`` of a ``size x size`` window -> the offset of the position from the
+        window's centre ``(B, L0, 2)`` (the expectation, around the peak where ``local_size``) and the spread
+        of the whole window's softmax ``(B, L0)`` (pixels)."""
+        prob = F.softmax(logits.float(), dim=-1)  # (B, L0, K)
+        mean = torch.matmul(prob, offsets)  # (B, L0, 2)
+        variance = torch.matmul(prob, offsets_sq.unsqueeze(-1)).squeeze(-1) - mean.pow(2).sum(-1)
+        uncertainty = variance.clamp(min=1e-10).sqrt()  # (B, L0) spread of the whole window
+        if self.local_size:
+            mean = self._local_expectation(prob, size, offsets)
+        return mean, uncertainty
 
     def _refine_queries(
         self,
@@ -309,9 +321,9 @@ class Refinement(nn.Module):
         queries0: torch.Tensor,
     ) -> RefineOutput:
         """Corner queries: image0's point is the query pixel ``(dy, dx)`` of its cell's block; image1's window
-        (``2 * half + 1`` fine pixels a side) is centred on the same pixel of the candidate cell's block, where
-        a translation puts it. One gather for the queries, one for the windows (as :meth:`_gather_windows`)."""
-        r, f, half = self.window.ratio, self.window.fine_stride, self.query_half
+        (``RefineWindow.query_size`` fine pixels a side) is centred on the same pixel of the candidate cell's
+        block, where a translation puts it. One gather for the queries, one for the windows."""
+        r, f, half = self.window.ratio, self.window.fine_stride, self.window.query_half
         b, c, hf0, wf0 = desc0.shape
         _, _, hf1, wf1 = desc1.shape
         cells0 = torch.arange(queries0.shape[1], device=queries0.device).unsqueeze(0)  # (1, L0)
@@ -324,40 +336,24 @@ class Refinement(nn.Module):
         query = desc0.reshape(b, c, hf0 * wf0).gather(2, index0).transpose(1, 2)  # (B, L0, C)
         row1, col1 = CoarseGrid(self.window.coarse_stride, hf1 // r, wf1 // r).rows_cols(candidate_ids)
         cy, cx = r * row1 + dy, r * col1 + dx  # (B, L0) window centre in image1's fine map
-        size, hp, wp = 2 * half + 1, hf1 + 2 * half, wf1 + 2 * half
-        padded = F.pad(desc1, (half, half, half, half))  # zero features outside the image
-        taps = (torch.arange(size, device=desc1.device) * wp).unsqueeze(1) + torch.arange(
-            size, device=desc1.device
-        )
-        # the window's top-left pixel in the padded map is (cy, cx): centre minus half, plus the padding
-        index1 = (cy * wp + cx).unsqueeze(-1) + taps.reshape(1, 1, -1)
-        index1 = index1 + (torch.arange(b, device=desc1.device) * (hp * wp)).reshape(b, 1, 1)
-        flat1 = padded.permute(0, 2, 3, 1).reshape(b * hp * wp, c)
-        windows = flat1.index_select(0, index1.reshape(-1)).reshape(b, -1, size * size, c)  # (B, L0, K, C)
+        # padded by half, the window's top-left pixel (centre minus half) sits at (cy, cx)
+        windows = _gather_squares(desc1, cy, cx, self.window.query_size, half)  # (B, L0, Kq, C)
         logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
-        prob = F.softmax(logits.float(), dim=-1)
-        offsets = self.query_offsets
-        mean = torch.matmul(prob, offsets)
-        variance = torch.matmul(prob, offsets.pow(2).sum(-1).unsqueeze(-1)).squeeze(-1) - mean.pow(2).sum(-1)
-        uncertainty = variance.clamp(min=1e-10).sqrt()
-        if self.local_size:
-            mean = self._local_expectation(prob, size, offsets)
+        mean, uncertainty = self._position(
+            logits, self.query_offsets, self.query_offsets_sq, self.window.query_size
+        )
         centre = (f - 1) / 2.0
-        points0 = torch.stack([qx, qy], -1).to(prob.dtype) * f + centre  # (B, L0, 2)
-        points1 = torch.stack([cx, cy], -1).to(prob.dtype) * f + centre + mean
+        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+        points1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre + mean
         return RefineOutput(points1, uncertainty, logits, points0)
 
-    def _local_expectation(
-        self, prob: torch.Tensor, size: int | None = None, offsets: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _local_expectation(self, prob: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
         """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
 
         The whole-window expectation is pulled towards the window centre as long as the heatmap is broad;
         around its peak it is not (measured in docs/refinement.md). Fixed-shape: ArgMax, integer arithmetic
         and GatherElements; neighbours outside the window weigh 0.
         """
-        size = self.window.size if size is None else size
-        offsets = self.offsets if offsets is None else offsets
         half = self.local_size // 2
         peak = prob.argmax(-1)  # (B, L0)
         row, col = CoarseGrid(self.window.fine_stride, size, size).rows_cols(peak)  # window as a grid
