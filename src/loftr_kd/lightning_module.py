@@ -129,8 +129,8 @@ class DistillationModule(pl.LightningModule):
         super().__init__()
         self.student = student
         self.train_only = tuple(train_only)
-        if self.train_only:
-            freeze_except(student, self.train_only)
+        # parameters left to train under train_only (None: all of them)
+        self.trainable_count = freeze_except(student, self.train_only) if self.train_only else None
         self.teacher = teacher
         self.loss_config = loss
         self.criterion = DistillationLoss(loss, student.config.refine_window)

@@ -576,9 +576,9 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         ),
     )
     if model.train_only:
-        trained = sum(p.numel() for p in student.parameters() if p.requires_grad)
         _say(
-            f"Student: training only {', '.join(model.train_only)} ({trained:,} parameters); the rest is frozen."
+            f"Student: training only {', '.join(model.train_only)} ({model.trainable_count:,} parameters); "
+            "the rest is frozen."
         )
     trainer = build_trainer(cfg, output_dir)
     start: dict[str, float] = {}
