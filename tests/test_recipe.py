@@ -14,6 +14,7 @@ import torch
 
 from loftr_kd.cli.recipe import main as recipe_main
 from loftr_kd.models.student import load_student
+from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
 from loftr_kd.recipe import Recipe, RecipeError, Step, steps_from_config
 
 HEIGHT, WIDTH = 128, 192
@@ -211,6 +212,9 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     assert stage3.callbacks.best_checkpoint.monitor == "val/student/auc@5"
     # the shipped file is stage 3's second seed (docs/distillation.md)
     assert "seed=43" in list(steps["stage3"]["train"])
+    # shipped with corner queries (docs/refinement.md), as the shipped file says
+    assert steps["ship"]["ship"]["refine_query"] == "corner"
+    assert load_student(DEFAULT_STUDENT_WEIGHTS).config.refine_query == "corner"
 
 
 @pytest.mark.slow
