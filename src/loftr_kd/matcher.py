@@ -15,7 +15,8 @@ metadata, never from a guess.
 Degenerate inputs are errors that say what is wrong (:class:`~loftr_kd.images.ImageError`): an empty
 image, NaN/Inf pixels, a side shorter than two coarse cells. An image so elongated that, resized, its
 short side would leave no cell inside the border removal is enlarged until it does, with a warning, or is
-an error when that would exceed the model's maximum size.
+an error when that would exceed the model's maximum size. A uniform image (every pixel the same: a black or
+covered camera frame, a failed capture) has nothing to match; it is matched, with a warning that says so.
 
 ``OpenCVMatcher`` (ORB, SIFT) has the same call interface and serves as the classical reference in
 the evaluation and the apps.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -303,12 +305,21 @@ class Matcher:
         if not self.dynamic:
             self._check_size(size)  # a static input cannot take another size: the error says so
             self.input_shape(*gray.shape, name=name)
-            return letterbox(gray, self.input_height, self.input_width, self.min_side)
-        size = self.size if size is None else self._check_size(size)
-        self.input_shape(*gray.shape, name=name, size=size)  # the engine profile's limits
-        return resize_aspect_true(
-            gray, size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
-        )
+            prepared = letterbox(gray, self.input_height, self.input_width, self.min_side)
+        else:
+            size = self.size if size is None else self._check_size(size)
+            self.input_shape(*gray.shape, name=name, size=size)  # the engine profile's limits
+            prepared = resize_aspect_true(
+                gray, size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
+            )
+        low, high = float(gray.min()), float(gray.max())
+        if low == high:
+            warnings.warn(
+                f"{name} is uniform (every pixel {low:g} of 1): it has nothing to match, and any match on it "
+                f"is not a real correspondence",
+                stacklevel=3,
+            )
+        return prepared
 
     def __call__(
         self,
