@@ -356,13 +356,13 @@ def test_the_default_student_is_the_refined_one():
     assert matcher.config["refine"] != "none" and matcher.weights.name == "student_paper_refine.pt"
 
 
-def test_a_uniform_image_is_matched_with_a_warning_that_says_why_nothing_matched(student_weights):
+def test_a_uniform_image_is_matched_with_a_warning_naming_it(student_weights):
     """A black (or covered, or failed) frame has nothing to match: a warning names it (the shipped student
     finds no match there; a barely trained one may find a few, which the warning says are not real)."""
     matcher = Matcher(student_weights, backend="torch", num_threads=1)
-    with pytest.warns(UserWarning, match=r"image1 is uniform \(every pixel 0 of 1\)"):
+    with pytest.warns(UserWarning, match=r"image1 is uniform \(every pixel 0 on the 0-1 scale\)"):
         matcher(photo(320, 240), np.zeros((240, 320), np.uint8))
-    with pytest.warns(UserWarning, match=r"image0 is uniform \(every pixel 1 of 1\)"):
+    with pytest.warns(UserWarning, match=r"image0 is uniform \(every pixel 1 on the 0-1 scale\)"):
         matcher(np.full((240, 320, 3), 255, np.uint8), photo(320, 240))
     shipped = Matcher(backend="onnx", threads=1)
     with pytest.warns(UserWarning, match="image1 is uniform"):

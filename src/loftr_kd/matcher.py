@@ -315,8 +315,8 @@ class Matcher:
         low, high = float(gray.min()), float(gray.max())
         if low == high:
             warnings.warn(
-                f"{name} is uniform (every pixel {low:g} of 1): it has nothing to match, and any match on it "
-                f"is not a real correspondence",
+                f"{name} is uniform (every pixel {low:.3g} on the 0-1 scale): it has nothing to match, and any "
+                f"match on it is not a real correspondence",
                 stacklevel=3,
             )
         return prepared
