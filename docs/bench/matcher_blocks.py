@@ -20,6 +20,12 @@ import numpy as np
 from skimage import data
 
 
+def bench_pair() -> tuple[np.ndarray, np.ndarray]:
+    """The timed pair: scikit-image's astronaut (red channel) at 640x480 and the same shifted by 7 px."""
+    image0 = cv2.resize(data.astronaut()[..., 0], (640, 480))
+    return image0, np.roll(image0, 7, axis=1)
+
+
 def matcher_call(path: str, threads: int, image0: np.ndarray, image1: np.ndarray) -> Callable[[], object]:
     """One whole `Matcher` call on the pair."""
     from loftr_kd import Matcher
@@ -50,8 +56,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
-    image0 = cv2.resize(data.astronaut()[..., 0], (640, 480))
-    image1 = np.roll(image0, 7, axis=1)
+    image0, image1 = bench_pair()
     make_call = raw_call if args.raw else matcher_call
     calls = {
         name: make_call(path, args.threads, image0, image1)
