@@ -92,10 +92,11 @@ def test_keypoints_are_cell_centres_in_original_pixels(student_weights, tmp_path
     image0 = photo(640, 480)
     image1 = np.roll(image0, 32, axis=1)
     result = matcher(image0, image1)
-    assert set(result) == {"keypoints0", "keypoints1", "confidence", "coarse_keypoints1"}
+    assert set(result) == {"keypoints0", "keypoints1", "confidence", "coarse_keypoints0", "coarse_keypoints1"}
     assert len(result["keypoints0"]) > 0
-    # a coarse-only student: the returned image1 positions are the matched cells' centres
+    # a coarse-only student: the returned positions are the matched cells' centres
     np.testing.assert_array_equal(result["keypoints1"], result["coarse_keypoints1"])
+    np.testing.assert_array_equal(result["keypoints0"], result["coarse_keypoints0"])
     for key in ("keypoints0", "keypoints1"):
         points = result[key]
         assert points.dtype == np.float32 and points.shape == (len(result["confidence"]), 2)
@@ -370,3 +371,23 @@ def test_a_uniform_image_is_matched_with_a_warning_naming_it(student_weights):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a textured pair says nothing
         assert len(matcher(photo(320, 240), photo(320, 240))["keypoints0"]) > 0
+
+
+def test_corner_queries_without_refinement_return_both_cell_centres():
+    """The shipped default puts image0's point at a corner pixel of its cell; ``use_refinement=False`` must
+    give the pair of matched cell centres, not that pixel beside image1's cell centre."""
+    image0 = photo(640, 480)
+    image1 = np.roll(image0, 24, axis=1)
+    refined = Matcher(backend="onnx", threads=1)(image0, image1)
+    coarse = Matcher(backend="onnx", threads=1, use_refinement=False)(image0, image1)
+    assert len(coarse["keypoints0"]) > 100
+    np.testing.assert_array_equal(coarse["keypoints0"], coarse["coarse_keypoints0"])
+    np.testing.assert_array_equal(coarse["keypoints1"], coarse["coarse_keypoints1"])
+    cells = (coarse["keypoints0"] + 0.5) / 16 - 0.5  # 640x480 is the input: cell centres of the 16-px grid
+    np.testing.assert_allclose(cells, np.round(cells), atol=1e-4)
+    # refined, image0's points leave the centres (corner queries) but stay inside their cells
+    moved = np.abs(refined["keypoints0"] - refined["coarse_keypoints0"])
+    assert (moved > 0.5).any(axis=1).mean() > 0.5 and moved.max() <= 8
+    # the same matches either way; a 24-px shift is found from the cell centres up to the cells' quantisation
+    np.testing.assert_array_equal(refined["coarse_keypoints0"], coarse["coarse_keypoints0"])
+    np.testing.assert_allclose(np.median(coarse["keypoints1"][:, 0] - coarse["keypoints0"][:, 0]), 24, atol=8)

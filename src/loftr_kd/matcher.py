@@ -75,6 +75,7 @@ def _empty_result() -> dict[str, np.ndarray]:
         "keypoints0": np.zeros((0, 2), np.float32),
         "keypoints1": np.zeros((0, 2), np.float32),
         "confidence": np.zeros((0,), np.float32),
+        "coarse_keypoints0": np.zeros((0, 2), np.float32),
         "coarse_keypoints1": np.zeros((0, 2), np.float32),
     }
 
@@ -110,13 +111,15 @@ class Matcher:
         num_threads: older name of ``threads``.
         cache_dir: where checkpoints are exported to ONNX (default: the user's cache folder,
             :func:`loftr_kd.paths.cache_dir`, else a temporary directory).
-        use_refinement: return the refined (sub-pixel) image1 positions where the model has a
-            refinement stage; ``False`` returns the matched cells' centres (to measure what refinement adds).
+        use_refinement: return the refined (sub-pixel) positions where the model has a refinement stage;
+            ``False`` returns the two matched cells' centres (to measure what refinement adds).
 
     Calling ``matcher(image0, image1)`` returns ``{"keypoints0": (N, 2), "keypoints1": (N, 2),
-    "confidence": (N,), "coarse_keypoints1": (N, 2)}`` as float32, keypoints in the pixels of the images
-    as given (pixel centres at integers, always inside the image); ``coarse_keypoints1`` is each match's
-    image1 cell centre. The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
+    "confidence": (N,), "coarse_keypoints0": (N, 2), "coarse_keypoints1": (N, 2)}`` as float32, keypoints
+    in the pixels of the images as given (pixel centres at integers, always inside the image);
+    ``coarse_keypoints0`` / ``coarse_keypoints1`` are each match's image0 / image1 cell centres (with corner
+    queries, ``refine_query="corner"``, the shipped default's, ``keypoints0`` is a pixel inside its cell
+    instead of the centre). The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
     built by :func:`~loftr_kd.backends.open_backend`); the Matcher resizes, letterboxes and maps back.
     """
 
@@ -470,9 +473,10 @@ class Matcher:
             return _empty_result()
         points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
         points1 = all_points1[idx0].astype(np.float64)
+        cells0 = cell_centres(idx0, (box0.input_height, box0.input_width), self.stride)
         cells1 = cell_centres(match_ids[idx0], (box1.input_height, box1.input_width), self.stride)
-        if not self.use_refinement:
-            points1 = cells1.astype(np.float64)
+        if not self.use_refinement:  # both cell centres (corner queries moved image0's point too)
+            points0, points1 = cells0.astype(np.float64), cells1.astype(np.float64)
         inside = box0.in_content(points0) & box1.in_content(points1)
         keypoints0, inside0 = _inside_image(box0.to_original(points0), box0)
         keypoints1, inside1 = _inside_image(box1.to_original(points1), box1)
@@ -481,6 +485,7 @@ class Matcher:
             "keypoints0": keypoints0[inside].astype(np.float32),
             "keypoints1": keypoints1[inside].astype(np.float32),
             "confidence": match_conf[idx0][inside].astype(np.float32),
+            "coarse_keypoints0": box0.to_original(cells0[inside]).astype(np.float32),
             "coarse_keypoints1": box1.to_original(cells1[inside]).astype(np.float32),
         }
 

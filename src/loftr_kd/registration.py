@@ -60,7 +60,7 @@ __all__ = [
     "with_guidance",
 ]
 
-# extra keys of a guided result (besides the Matcher's keypoints0/keypoints1/confidence/coarse_keypoints1)
+# extra keys of a guided result (besides the Matcher's keypoints0/keypoints1/confidence/coarse_keypoints0/1)
 PRIOR_KEY = "prior_homography"  # (3, 3) float64, image0 -> image1 pixels; NaN where no prior was found
 HYPOTHESIS_KEY = "hypothesis"  # (4,) rotation_deg, scale, search inliers, final pass (1 search, 2 rewarp)
 # Named rotation lists (``rotations="full"``, ``loftr-kd-match --rotations full``): the measured default, and
@@ -214,8 +214,9 @@ def _mapped(result: dict[str, np.ndarray], to_image1: np.ndarray, width1: int, h
     inside = (k1[:, 0] >= 0) & (k1[:, 0] <= width1 - 1) & (k1[:, 1] >= 0) & (k1[:, 1] <= height1 - 1)
     inside &= np.all(np.isfinite(k1), axis=1)
     out["keypoints1"] = k1[inside].astype(np.float32)
-    for key in ("keypoints0", "confidence"):
-        out[key] = np.asarray(result[key])[inside]
+    for key in ("keypoints0", "confidence", "coarse_keypoints0"):  # image0's points do not move
+        if key in result:
+            out[key] = np.asarray(result[key])[inside]
     if "coarse_keypoints1" in result:
         coarse = np.asarray(result["coarse_keypoints1"], np.float64).reshape(-1, 2)
         out["coarse_keypoints1"] = warp_points(coarse, to_image1)[inside].astype(np.float32)

@@ -70,9 +70,14 @@ def evaluate_coarse(
             coarse1 = result.get("coarse_keypoints1")
             if coarse1 is not None and len(coarse1) == len(truth):
                 right = valid & (cells_of(coarse1) == cells_of(truth)).numpy()
-                cells_coarse = cells_coarse + match_stats(coarse1, truth, right, cells0, gt.match_ids[b])
+                # at the cell centres: image1's against the truth of image0's own cell centre (with corner
+                # queries image0's returned point is elsewhere in its cell)
+                coarse0 = result.get("coarse_keypoints0")
+                truth_c, valid_c = (truth, right) if coarse0 is None else _true_positions(batch, b, coarse0)
+                right_c = right & valid_c
+                cells_coarse = cells_coarse + match_stats(coarse1, truth_c, right_c, cells0, gt.match_ids[b])
                 cells_refined = cells_refined + match_stats(
-                    result["keypoints1"], truth, right, cells0, gt.match_ids[b]
+                    result["keypoints1"], truth, right_c, cells0, gt.match_ids[b]
                 )
             pairs += 1
         if max_pairs is not None and pairs >= max_pairs:

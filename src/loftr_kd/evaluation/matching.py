@@ -21,7 +21,7 @@ MatcherFn = Callable[[np.ndarray, np.ndarray], dict]
 
 
 def timed_matches(matcher: MatcherFn, image0: np.ndarray, image1: np.ndarray) -> tuple[dict, float]:
-    """One matcher call: its outputs as float64 ``(N, 2)`` keypoints (and ``coarse_keypoints1`` where the
+    """One matcher call: its outputs as float64 ``(N, 2)`` keypoints (and ``coarse_keypoints0/1`` where the
     matcher gives them) and ``(N,)`` confidence, and its wall time in milliseconds."""
     start = time.perf_counter()
     result = matcher(image0, image1)
@@ -29,8 +29,9 @@ def timed_matches(matcher: MatcherFn, image0: np.ndarray, image1: np.ndarray) ->
     k0 = np.asarray(result["keypoints0"], np.float64).reshape(-1, 2)
     k1 = np.asarray(result["keypoints1"], np.float64).reshape(-1, 2)
     out = {"keypoints0": k0, "keypoints1": k1, "confidence": np.asarray(result["confidence"]).ravel()}
-    if "coarse_keypoints1" in result:  # a student's matched cell centres (what refinement started from)
-        out["coarse_keypoints1"] = np.asarray(result["coarse_keypoints1"], np.float64).reshape(-1, 2)
+    for key in ("coarse_keypoints0", "coarse_keypoints1"):  # a student's matched cell centres
+        if key in result:
+            out[key] = np.asarray(result[key], np.float64).reshape(-1, 2)
     return out, elapsed
 
 
