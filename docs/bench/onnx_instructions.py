@@ -10,8 +10,7 @@ difference of two runs divided by the difference of their calls; it does not dep
 
 import argparse
 
-import numpy as np
-from matcher_blocks import bench_pair
+from matcher_blocks import bench_pair, raw_call
 
 
 def main() -> None:
@@ -19,18 +18,9 @@ def main() -> None:
     parser.add_argument("onnx")
     parser.add_argument("calls", type=int)
     args = parser.parse_args()
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
-    image0, image1 = bench_pair()
-    feed = {
-        name: image.astype(np.float32)[None, None] / 255
-        for name, image in (("image0", image0), ("image1", image1))
-    }
+    call = raw_call(args.onnx, 1, *bench_pair())  # the bare session `matcher_blocks.py --raw` times
     for _ in range(2 + args.calls):
-        session.run(None, feed)
+        call()
     print(f"{args.onnx}: {2 + args.calls} calls")
 
 
