@@ -87,7 +87,7 @@ def test_paper_without_refinement_is_the_published_student_with_refinement_a_sup
 def test_bilinear_target_has_the_offset_as_expectation() -> None:
     window = RefineWindow(16, 4, 2)
     offsets = torch.tensor([[3.3, -7.9], [0.0, 0.0], [-14.0, 14.0], [13.9, -2.2]])
-    target = _bilinear_window_target(offsets, window)
+    target = _bilinear_window_target(offsets, window.size, window.fine_stride)
     assert torch.allclose(target.sum(-1), torch.ones(4))
     assert torch.allclose(target @ window.offsets(), offsets, atol=1e-5)
 
@@ -244,8 +244,8 @@ def test_corner_queries_find_a_translation_exactly() -> None:
 
 def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) -> None:
     """The same weights load with refine_query=corner: the coarse matches are unchanged, image0's points move
-    off the cell centres; the whole graph and its split halves export and agree with PyTorch; training with
-    corner queries is refused with the reason."""
+    off the cell centres; the whole graph and its split halves export and agree with PyTorch; training corner
+    queries with a LoFTR teacher's fine matches (given at cell centres) is refused with the reason."""
     from omegaconf import OmegaConf
 
     from loftr_kd.config_check import ConfigError, check_train_config
@@ -277,6 +277,63 @@ def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) ->
     split = backend.match(encoded0, backend.encode(x1))
     for name in ("match_ids", "points0", "points1"):
         np.testing.assert_array_equal(getattr(split, name), getattr(whole, name), err_msg=name)
-    cfg = OmegaConf.create({"student": {"refine_query": "corner"}, "trainer": {}, "data": {}})
-    with pytest.raises(ConfigError, match=r"refine_query='corner' is an inference setting"):
+    cfg = OmegaConf.create(
+        {"student": {"refine_query": "corner"}, "loss": {"w_refine_kd": 0.5}, "trainer": {}, "data": {}}
+    )
+    with pytest.raises(ConfigError, match=r"refine_query='corner' with loss.w_refine_kd=0.5"):
         check_train_config(cfg)
+
+
+def test_training_supervises_corner_queries_at_their_own_truth() -> None:
+    """A student trained with refine_query=corner: each query's truth is its own pixel warped (a known
+    sub-pixel translation, so exactly the query plus the shift), the loss scores the refined points against
+    it, and a few steps (the module's own step: refine around the chosen cells, truth, loss) put the points
+    closer to the truth than the windows' centres, where a translation by the coarse cells puts them."""
+    from functools import partial
+
+    from loftr_kd.lightning_module import DistillationModule
+    from loftr_kd.losses import LossConfig
+    from loftr_kd.supervision import point_ground_truth
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    image = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    height, width = 128, 160
+    model = build_student(
+        input_height=height, input_width=width, refine="corr", refine_query="corner", border_removal=0
+    )
+    module = DistillationModule(
+        model, None, LossConfig(w_gt=0.1), optimizer=partial(torch.optim.AdamW, lr=5e-3)
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    batch = _translation_batch(rng, image, 2, height, width)
+    step = module._step(batch)
+    queries = model.refinement.queries(batch["image0"])
+    points0 = model.refinement(*_fine_maps(model, batch), step.out.candidate_ids, step.grid, queries).points0
+    truth, valid = point_ground_truth(batch, points0, 16)
+    shift = batch["H_0to1"][:, :2, 2].unsqueeze(1)  # (B, 1, 2) the translation
+    torch.testing.assert_close(truth[valid], (points0 + shift)[valid])
+    torch.testing.assert_close(step.truth1, truth)
+    assert torch.equal(step.truth_valid, valid) and valid.sum() > 20
+    assert step.terms.refine is not None and step.terms.refine > 0
+    for _ in range(40):
+        terms = module._step(_translation_batch(rng, image, 6, height, width)).terms
+        optimizer.zero_grad()
+        terms.total.backward()
+        optimizer.step()
+    model.eval()
+    batch = _translation_batch(np.random.default_rng(1), image, 8, height, width)
+    gt = coarse_ground_truth(batch, 16)
+    ids = gt.match_ids.clamp(min=0)
+    grid = CoarseGrid.for_image(height, width, 16)
+    with torch.no_grad():
+        refined = model.refinement(
+            *_fine_maps(model, batch), ids, grid, model.refinement.queries(batch["image0"])
+        )
+    truth, valid = point_ground_truth(batch, refined.points0, 16)
+    keep = valid & (gt.match_ids >= 0)
+    window_centres = grid.ids_to_pixels(ids) + refined.points0 - grid.centers()
+    error_refined = (refined.points1 - truth).norm(dim=-1)[keep].median()
+    error_centres = (window_centres - truth).norm(dim=-1)[keep].median()
+    assert error_refined < 0.7 * error_centres, (error_refined, error_centres)

@@ -39,6 +39,38 @@ def test_one_pass_matches_keep_mutual_cells_above_the_threshold_off_the_border()
     np.testing.assert_allclose(points1, [[40.5, 41.5], GRID.centers()[a].tolist()])
 
 
+def test_one_pass_matches_pair_corner_queries_with_their_own_matches() -> None:
+    """A student with corner queries: image0's point of each match is its row's query
+    (``candidate_points0``), the point its image-1 position is the match of, not the cell centre."""
+    from loftr_kd.models.refinement import Refinement
+    from loftr_kd.models.student import build_student
+
+    cells = GRID.num_cells
+    confidence = torch.zeros(1, cells, cells)
+    a, b = 20, 21
+    confidence[0, a, b] = confidence[0, b, a] = 0.9
+    queries = GRID.centers().unsqueeze(0) + torch.tensor([2.5, -1.5])  # off the cell centres
+    out = _output(confidence, GRID.centers().unsqueeze(0).clone())._replace(candidate_points0=queries)
+    [(points0, _)] = one_pass_matches(out, GRID, 0.05, border_removal=0)
+    np.testing.assert_allclose(points0, queries[0, [a, b]].numpy())
+    # the student fills candidate_points0 with its queries (unmasked) and points0 with the matched ones
+    torch.manual_seed(0)
+    model = build_student(input_height=96, input_width=128, refine="corr", refine_query="corner").eval()
+    assert isinstance(model.refinement, Refinement)
+    image0 = torch.rand(1, 1, 96, 128)
+    with torch.no_grad():
+        out = model(image0, image0.clone())
+    expected = model.refinement.refine_described(
+        *(model.refinement.describe(f) for f in out.fine_maps),
+        out.candidate_ids,
+        GRID,
+        model.refinement.queries(image0),
+    ).points0
+    torch.testing.assert_close(out.candidate_points0, expected)
+    matched = out.match_ids >= 0
+    torch.testing.assert_close(out.points0[matched], expected[matched])
+
+
 def test_one_pass_matches_drop_positions_outside_image1() -> None:
     cells = GRID.num_cells
     confidence = torch.zeros(1, cells, cells)

@@ -221,11 +221,17 @@ def check_train_config(cfg: DictConfig) -> None:
             f"run loftr-kd-recipe experiment={cfg.recipe.get('name')}"
         )
     student = cfg.get("student")
-    if student is not None and student.get("refine_query", "centre") != "centre":
+    loss = cfg.get("loss")
+    if (
+        student is not None
+        and student.get("refine_query", "centre") != "centre"
+        and loss is not None
+        and float(loss.get("w_refine_kd", 0.0) or 0.0) > 0
+    ):
         raise ConfigError(
-            f"student.refine_query={student.refine_query!r} is an inference setting: training supervises the "
-            f"refinement at cell centres; train with refine_query=centre and load or ship the weights with "
-            f"refine_query=corner (loftr_kd.models.student.load_student, the recipe's ship step)"
+            f"student.refine_query={student.refine_query!r} with loss.w_refine_kd={loss.w_refine_kd}: the teacher's "
+            f"fine matches are distilled at the student's cell centres, and corner queries have none there; "
+            f"set loss.w_refine_kd=0 (the ground truth supervises the queries) or student.refine_query=centre"
         )
     trainer, data = _plain(cfg.trainer), _plain(cfg.data)
     check_arguments(_target(str(trainer.get("_target_", "pytorch_lightning.Trainer"))), trainer, "trainer")

@@ -21,7 +21,13 @@ from loftr_kd.losses import DistillationLoss, LossConfig, LossOutput
 from loftr_kd.metrics import MatchStatsMetric, confidence_mae
 from loftr_kd.models.matching import CoarseMatchOutput
 from loftr_kd.models.student import CoarseLoFTRStudent
-from loftr_kd.supervision import CoarseGroundTruth, SupervisionConfig, coarse_ground_truth, has_ground_truth
+from loftr_kd.supervision import (
+    CoarseGroundTruth,
+    SupervisionConfig,
+    coarse_ground_truth,
+    has_ground_truth,
+    point_ground_truth,
+)
 from loftr_kd.teachers.base import SIMILARITY, TeacherOutput, teacher_coarse_matches
 from loftr_kd.validation import (
     FitValidationConfig,
@@ -88,6 +94,10 @@ class Step(NamedTuple):
     grid: CoarseGrid
     teacher_out: TeacherOutput | None
     teacher_grid: CoarseGrid | None
+    # the truth of the student's image0 points (B, L0, 2) and its validity (B, L0): the cell centres' (gt's)
+    # or, for corner queries, each cell's query's
+    truth1: torch.Tensor
+    truth_valid: torch.Tensor
 
 
 class DistillationModule(pl.LightningModule):
@@ -190,9 +200,16 @@ class DistillationModule(pl.LightningModule):
                 batch = {**batch, **teacher_out.matches.as_batch()}  # a sparse teacher labels online
         gt = coarse_ground_truth(batch, stride=grid.stride, depth_tolerance=self.supervision.depth_tolerance)
         refine_ids = self.criterion.refinement_ids(out, gt, grid)
-        refined = None if refine_ids is None else self.student.refine(out, refine_ids)
-        terms = self.criterion(out, gt, grid, teacher_out, teacher_grid, refine_ids, refined)
-        return Step(terms, out, gt, grid, teacher_out, teacher_grid)
+        refined = None if refine_ids is None else self.student.refine(out, refine_ids, image0)
+        truth1, truth_valid = gt.points1, gt.valid
+        if refined is not None and refined.points0 is not None:  # corner queries: the truth at the queries
+            truth1, truth_valid = point_ground_truth(
+                batch, refined.points0, grid.stride, self.supervision.depth_tolerance
+            )
+        terms = self.criterion(
+            out, gt, grid, teacher_out, teacher_grid, refine_ids, refined, (truth1, truth_valid)
+        )
+        return Step(terms, out, gt, grid, teacher_out, teacher_grid, truth1, truth_valid)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         step = self._step(batch)
@@ -209,22 +226,35 @@ class DistillationModule(pl.LightningModule):
         self.log(
             "val/student/mae", confidence_mae(out.confidence, gt.match_ids), batch_size=size, sync_dist=True
         )
-        self.val_stats["student"].update(out.points1, out.match_ids, gt.points1, gt.valid, gt.match_ids)
+        self.val_stats["student"].update(
+            out.points1, out.match_ids, step.truth1, step.truth_valid, gt.match_ids
+        )
         if self.student.refines:
             exact = torch.where(
                 out.match_ids == gt.match_ids, out.match_ids, torch.full_like(out.match_ids, -1)
             )
-            for who, points in (("refined", out.points1), ("cell_centre", step.grid.ids_to_pixels(exact))):
-                self.val_stats[f"correct_cells_{who}"].update(
-                    points, exact, gt.points1, gt.valid, gt.match_ids
-                )
+            # refined: the student's points against their own truth; cell centre: image1's centre of the
+            # right cell against the truth of image0's centre
+            for who, points, truth, valid in (
+                ("refined", out.points1, step.truth1, step.truth_valid),
+                ("cell_centre", step.grid.ids_to_pixels(exact), gt.points1, gt.valid),
+            ):
+                self.val_stats[f"correct_cells_{who}"].update(points, exact, truth, valid, gt.match_ids)
         if self.fit_validation.enabled and fit_kind(batch) is not None:
             cfg = self.fit_validation
             matches = one_pass_matches(
                 out, step.grid, cfg.match_threshold, self.student.config.border_removal
             )
             self.val_fit.update(pair_fit_errors(batch, matches, cfg))
-        vis = {"student": (out.points0[0], out.points1[0], out.match_ids[0] >= 0, gt.points1[0], gt.valid[0])}
+        vis = {
+            "student": (
+                out.points0[0],
+                out.points1[0],
+                out.match_ids[0] >= 0,
+                step.truth1[0],
+                step.truth_valid[0],
+            )
+        }
         if step.teacher_out is not None and step.teacher_out.confidence is not None:
             vis["teacher"] = self._validate_teacher(batch, step, size)
         if batch_idx == 0:

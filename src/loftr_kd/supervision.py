@@ -41,6 +41,7 @@ __all__ = [
     "cell_centers",
     "coarse_ground_truth",
     "has_ground_truth",
+    "point_ground_truth",
     "points_to_cells",
     "warp_points_depth",
     "warp_points_homography",
@@ -126,44 +127,15 @@ def coarse_ground_truth(
         )
     device = image0.device
     b = image0.shape[0]
-    hw0 = (int(image0.shape[-2]), int(image0.shape[-1]))
-    hw1 = (int(image1.shape[-2]), int(image1.shape[-1]))
-    grid0 = CoarseGrid.for_image(*hw0, stride, exact=False)  # LoFTR: cells of the largest multiple
-    grid1 = CoarseGrid.for_image(*hw1, stride, exact=False)
+    grid0 = CoarseGrid.for_image(*image0.shape[-2:], stride, exact=False)  # LoFTR: the largest multiple
+    grid1 = CoarseGrid.for_image(*image1.shape[-2:], stride, exact=False)
     h0, w0 = grid0.shape
     h1, w1 = grid1.shape
 
-    def f32(key: str) -> torch.Tensor:
-        return batch[key].to(device=device, dtype=torch.float32)
-
     centres0 = grid0.centers(device=device).unsqueeze(0).expand(b, -1, -1)  # (B, L0, 2)
     centres1 = grid1.centers(device=device).unsqueeze(0).expand(b, -1, -1)  # (B, L1, 2)
-
-    # Camera math in float32 even inside an autocast region (bmm would otherwise run in half precision).
-    with torch.autocast(device_type=device.type, enabled=False):
-        if "H_0to1" in batch:
-            H_0to1 = f32("H_0to1")
-            _check_batched("H_0to1", H_0to1, (b, 3, 3))
-            H_1to0 = torch.linalg.inv(H_0to1.double()).float()
-            points01, valid01 = warp_points_homography(centres0, H_0to1, hw1, hw0)
-            points10, valid10 = warp_points_homography(centres1, H_1to0, hw0, hw1)
-        elif "matches0" in batch:
-            _require(batch, MATCH_KEYS, "matches")
-            k0, k1, confidence = f32("matches0"), f32("matches1"), f32("match_confidence")
-            weight = torch.where(batch["match_valid"].to(device).bool(), confidence, 0.0)
-            points01, valid01 = warp_points_matches(centres0, k0, k1, weight, hw1, float(stride))
-            points10, valid10 = warp_points_matches(centres1, k1, k0, weight, hw0, float(stride))
-        else:
-            _require(batch, ("depth0", "depth1", "K0", "K1", "T_0to1"), "depth")
-            depth0, depth1, K0, K1, T_0to1 = (f32(k) for k in ("depth0", "depth1", "K0", "K1", "T_0to1"))
-            T_1to0 = f32("T_1to0") if "T_1to0" in batch else torch.linalg.inv(T_0to1.double()).float()
-            for name, depth, hw in (("depth0", depth0, hw0), ("depth1", depth1, hw1)):
-                if tuple(depth.shape) != (b, *hw):
-                    raise ValueError(
-                        f"{name} must be (B, H, W) = {(b, *hw)} like its image, got {tuple(depth.shape)}"
-                    )
-            points01, valid01 = warp_points_depth(centres0, depth0, depth1, K0, K1, T_0to1, depth_tolerance)
-            points10, valid10 = warp_points_depth(centres1, depth1, depth0, K1, K0, T_1to0, depth_tolerance)
+    points01, valid01 = _warp(batch, centres0, stride, depth_tolerance, reverse=False)
+    points10, valid10 = _warp(batch, centres1, stride, depth_tolerance, reverse=True)
 
     cells01 = torch.where(valid01, grid1.cell_of(points01), -1)  # (B, L0) cell in image1
     cells10 = torch.where(valid10, grid0.cell_of(points10), -1)  # (B, L1) cell in image0
@@ -175,3 +147,76 @@ def coarse_ground_truth(
     match_ids = torch.where(mutual, cells01, torch.full_like(cells01, -1))
     points1 = torch.where(valid01.unsqueeze(-1), points01, torch.zeros_like(points01))
     return CoarseGroundTruth(match_ids=match_ids, points1=points1.contiguous(), valid=valid01)
+
+
+@torch.no_grad()
+def point_ground_truth(
+    batch: Mapping[str, torch.Tensor],
+    points0: torch.Tensor,
+    stride: int,
+    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact image1 position of any image0 points, by the same geometry and validity tests as
+    :func:`coarse_ground_truth` (which warps the cell centres): what a refinement whose image0 points are not
+    the cell centres (``refine_query="corner"``) is supervised with.
+
+    Args:
+        batch: as :func:`coarse_ground_truth`'s.
+        points0: ``(B, N, 2)`` xy pixels in image0.
+        stride: the coarse stride (the matches path's neighbourhood scale).
+        depth_tolerance: as :func:`coarse_ground_truth`'s.
+
+    Returns:
+        ``(points1 (B, N, 2), valid (B, N))``: ``points1`` is ``0`` where ``valid`` is False.
+    """
+    _require(batch, ("image0", "image1"), "point")
+    image0 = batch["image0"]
+    if points0.ndim != 3 or points0.shape[0] != image0.shape[0] or points0.shape[-1] != 2:
+        raise ValueError(f"points0 must be (B={image0.shape[0]}, N, 2), got {tuple(points0.shape)}")
+    points = points0.to(device=image0.device, dtype=torch.float32)
+    points1, valid = _warp(batch, points, stride, depth_tolerance, reverse=False)
+    return torch.where(valid.unsqueeze(-1), points1, torch.zeros_like(points1)).contiguous(), valid
+
+
+def _warp(
+    batch: Mapping[str, torch.Tensor],
+    points: torch.Tensor,
+    stride: int,
+    depth_tolerance: float,
+    reverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp ``(B, N, 2)`` points of image0 into image1 (``reverse``: of image1 into image0) by the batch's
+    geometry: a homography (``H_0to1``), a sparse teacher's matches (``matches0/1`` ...) or depth and pose.
+    Float32, outside autocast (bmm would otherwise run in half precision)."""
+    image0, image1 = batch["image0"], batch["image1"]
+    device, b = image0.device, image0.shape[0]
+    src, dst = ("1", "0") if reverse else ("0", "1")
+    hw_src = tuple(int(v) for v in batch[f"image{src}"].shape[-2:])
+    hw_dst = tuple(int(v) for v in batch[f"image{dst}"].shape[-2:])
+
+    def f32(key: str) -> torch.Tensor:
+        return batch[key].to(device=device, dtype=torch.float32)
+
+    with torch.autocast(device_type=device.type, enabled=False):
+        if "H_0to1" in batch:
+            H_0to1 = f32("H_0to1")
+            _check_batched("H_0to1", H_0to1, (b, 3, 3))
+            H = torch.linalg.inv(H_0to1.double()).float() if reverse else H_0to1
+            return warp_points_homography(points, H, hw_dst, hw_src)
+        if "matches0" in batch:
+            _require(batch, MATCH_KEYS, "matches")
+            k0, k1, confidence = f32("matches0"), f32("matches1"), f32("match_confidence")
+            weight = torch.where(batch["match_valid"].to(device).bool(), confidence, 0.0)
+            k_src, k_dst = (k1, k0) if reverse else (k0, k1)
+            return warp_points_matches(points, k_src, k_dst, weight, hw_dst, float(stride))
+        _require(batch, ("depth0", "depth1", "K0", "K1", "T_0to1"), "depth")
+        depth0, depth1, K0, K1, T_0to1 = (f32(k) for k in ("depth0", "depth1", "K0", "K1", "T_0to1"))
+        for name, depth, image in (("depth0", depth0, image0), ("depth1", depth1, image1)):
+            if tuple(depth.shape) != (b, *image.shape[-2:]):
+                raise ValueError(
+                    f"{name} must be (B, H, W) = {(b, *image.shape[-2:])} like its image, got {tuple(depth.shape)}"
+                )
+        if not reverse:
+            return warp_points_depth(points, depth0, depth1, K0, K1, T_0to1, depth_tolerance)
+        T_1to0 = f32("T_1to0") if "T_1to0" in batch else torch.linalg.inv(T_0to1.double()).float()
+        return warp_points_depth(points, depth1, depth0, K1, K0, T_1to0, depth_tolerance)

@@ -65,19 +65,21 @@ def one_pass_matches(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per pair, the ``(N, 2)`` xy matches of image 0 and image 1 that a one-pass call at ``threshold`` keeps.
 
-    Mutual nearest cells of ``out.confidence`` above ``threshold`` (borders removed), image-0 cell centres
-    and the candidates' (refined) image-1 positions; positions outside image 1 are dropped, as the matcher
-    drops them.
+    Mutual nearest cells of ``out.confidence`` above ``threshold`` (borders removed), each row's image-0
+    point (its cell centre, or its corner query: ``candidate_points0``) and its candidate's (refined) image-1
+    position; positions outside image 1 are dropped, as the matcher drops them.
     """
     valid = grid.border_mask(border_removal, device=out.confidence.device)
     match_ids, _ = mutual_nearest_matches(out.confidence.float(), threshold, valid, valid)
-    centres = grid.centers(device=out.confidence.device)
+    centres = grid.centers(device=out.confidence.device).expand(match_ids.shape[0], -1, -1)
+    if out.candidate_points0 is not None:
+        centres = out.candidate_points0
     positions = out.candidate_points1 if out.candidate_points1 is not None else grid.ids_to_pixels(match_ids)
     height, width = grid.image_size
     pairs = []
     for row in range(match_ids.shape[0]):
         keep = match_ids[row] >= 0
-        points0 = centres[keep].detach().double().cpu().numpy()
+        points0 = centres[row][keep].detach().double().cpu().numpy()
         points1 = positions[row][keep].detach().double().cpu().numpy()
         inside = (points1 >= 0).all(axis=1) & (points1[:, 0] <= width - 1) & (points1[:, 1] <= height - 1)
         pairs.append((points0[inside], points1[inside]))

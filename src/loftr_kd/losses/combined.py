@@ -232,6 +232,7 @@ class DistillationLoss(nn.Module):
         teacher_grid: CoarseGrid | None = None,
         refine_ids: torch.Tensor | None = None,
         refined: Any | None = None,
+        refine_truth: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> LossOutput:
         """The loss terms of one step.
 
@@ -243,6 +244,9 @@ class DistillationLoss(nn.Module):
             teacher_grid: the teacher's grid, where it provides a similarity.
             refine_ids: ``(B, L0)`` cells of :meth:`refinement_ids`, for a refining student.
             refined: the student's refinement around ``refine_ids`` (``CoarseLoFTRStudent.refine``).
+            refine_truth: ``(points1 (B, L0, 2), valid (B, L0))`` the truth at ``refined.points0`` where the
+                refinement has its own image0 points (corner queries:
+                :func:`loftr_kd.supervision.point_ground_truth`); else the cell centres' ``gt`` is used.
 
         Returns:
             :class:`LossOutput`: ``total`` to backpropagate and every unweighted term.
@@ -261,12 +265,28 @@ class DistillationLoss(nn.Module):
             return terms
         settings = {"inverse_std": self.config.refine_inverse_std, "ce_weight": self.config.refine_ce_weight}
         centres = grid.ids_to_pixels(refine_ids)
+        truth, valid = gt.points1, gt.valid
+        if (
+            refined.points0 is not None
+        ):  # corner queries: each window is centred where a translation puts its query
+            if refine_truth is None:
+                raise ValueError(
+                    "a refinement with its own image0 points (corner queries) needs refine_truth"
+                )
+            centres = centres + (refined.points0 - grid.centers(device=centres.device))
+            truth, valid = refine_truth
+            settings["size"] = self.window.query_size
         fields = (refined.points1, refined.uncertainty, refined.logits, centres)
-        refine = refinement_loss(*fields, gt.points1, gt.valid, self.window, **settings)
+        refine = refinement_loss(*fields, truth, valid, self.window, **settings)
         total = terms.total + self.config.w_refine * refine
         refine_kd = None
         fine = None if teacher_out is None else teacher_out.fine
         if fine is not None and self.distils_refinement:
+            if refined.points0 is not None:
+                raise ValueError(
+                    "w_refine_kd distils a teacher's fine matches at the student's cell centres; corner queries "
+                    "have none there (set loss.w_refine_kd=0 or student.refine_query=centre)"
+                )
             targets, valid = teacher_refine_targets(fine.points0, fine.points1, fine.valid, grid)
             refine_kd = refinement_loss(*fields, targets, valid, self.window, **settings)
             total = total + self.config.w_refine_kd * refine_kd

@@ -94,17 +94,17 @@ def teacher_refine_targets(
     return target, ok
 
 
-def _bilinear_window_target(offsets: torch.Tensor, window: RefineWindow) -> torch.Tensor:
-    """``(..., 2)`` pixel offsets from the cell centre -> ``(..., K)`` soft target over the window positions.
+def _bilinear_window_target(offsets: torch.Tensor, size: int, fine_stride: int) -> torch.Tensor:
+    """``(..., 2)`` pixel offsets from the window centre -> ``(..., size**2)`` soft target over the positions
+    of a ``size x size`` window of fine pixels ``fine_stride`` apart.
 
     The four window positions around each offset share its weight bilinearly, so the expectation of the
     target distribution is the offset itself (exact sub-pixel supervision for a classification loss).
     """
-    size = window.size
-    u = (offsets / window.fine_stride + (size - 1) / 2).clamp(0, size - 1)  # (..., 2) continuous index
+    u = (offsets / fine_stride + (size - 1) / 2).clamp(0, size - 1)  # (..., 2) continuous index
     base = u.floor().clamp(max=size - 2)  # (..., 2) so that base + 1 stays inside
     frac = u - base  # (..., 2) in [0, 1]
-    target = offsets.new_zeros(*offsets.shape[:-1], window.num_positions)
+    target = offsets.new_zeros(*offsets.shape[:-1], size * size)
     base = base.long()
     for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
         weight = (frac[..., 0] if dx else 1 - frac[..., 0]) * (frac[..., 1] if dy else 1 - frac[..., 1])
@@ -123,6 +123,7 @@ def refinement_loss(
     window: RefineWindow,
     inverse_std: bool = True,
     ce_weight: float = 1.0,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Refinement loss on the matches the window can reach: cross-entropy to a sub-pixel soft target, plus
     LoFTR's L2 of the expected position.
@@ -145,12 +146,15 @@ def refinement_loss(
         points1: ``(B, L0, 2)`` refined image1 position of each row's candidate.
         uncertainty: ``(B, L0)`` predicted spread (pixels).
         logits: ``(B, L0, K)`` window scores.
-        centres1: ``(B, L0, 2)`` centre of each row's candidate cell.
-        truth1: ``(B, L0, 2)`` exact image1 position of each image0 cell centre (``CoarseGroundTruth.points1``).
+        centres1: ``(B, L0, 2)`` centre of each row's window: its candidate cell's centre, or for corner
+            queries the pixel of the candidate cell's block where a translation puts the query.
+        truth1: ``(B, L0, 2)`` exact image1 position of each row's image0 point (the cell centres'
+            ``CoarseGroundTruth.points1``; the queries' :func:`loftr_kd.supervision.point_ground_truth`).
         valid: ``(B, L0)`` bool, ``truth1`` is known.
         window: the refinement window.
         inverse_std: weight the L2 term by inverse spread.
         ce_weight: weight of the cross-entropy term (0: LoFTR's L2 alone).
+        size: fine pixels per window side (``window.size``; corner queries: ``window.query_size``).
 
     Returns:
         Scalar float32 loss.
@@ -160,9 +164,10 @@ def refinement_loss(
             f"points1 {tuple(points1.shape)}, centres1 {tuple(centres1.shape)} and truth1 "
             f"{tuple(truth1.shape)} must all be (B, L0, 2)"
         )
-    if logits.shape != (*points1.shape[:-1], window.num_positions):
-        raise ValueError(f"logits must be (B, L0, {window.num_positions}), got {tuple(logits.shape)}")
-    reach = window.reach
+    size = window.size if size is None else size
+    if logits.shape != (*points1.shape[:-1], size * size):
+        raise ValueError(f"logits must be (B, L0, {size * size}), got {tuple(logits.shape)}")
+    reach = (size - 1) / 2 * window.fine_stride
     with torch.autocast(device_type=points1.device.type, enabled=False):
         pred, truth = points1.float(), truth1.float()
         offsets = truth - centres1.float()  # (B, L0, 2)
@@ -178,7 +183,9 @@ def refinement_loss(
         l2 = torch.where(reachable, weight * error, torch.zeros_like(error)).sum() / count
         if ce_weight == 0:
             return l2
-        target = _bilinear_window_target(torch.where(reachable.unsqueeze(-1), offsets, 0.0), window)
+        target = _bilinear_window_target(
+            torch.where(reachable.unsqueeze(-1), offsets, 0.0), size, window.fine_stride
+        )
         ce = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)  # (B, L0)
         ce = torch.where(reachable, ce, torch.zeros_like(ce)).sum() / count
         return l2 + ce_weight * ce

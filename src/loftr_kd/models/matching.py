@@ -36,8 +36,10 @@ class CoarseMatchOutput(NamedTuple):
         refine_logits: ``(B, L0, K)`` refinement window scores (refining students only; for losses).
         fine_maps: the two backbone maps the refinement read (refining students only), so a loss can run
             :meth:`~loftr_kd.models.refinement.Refinement.forward` on other candidates.
+        candidate_points0: ``(B, L0, 2)`` image-0 point of every row, unmasked: its cell centre, or its
+            corner query (``refine_query="corner"``), which ``candidate_points1`` is the match of.
 
-    The last six are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
+    The last seven are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
     every model (teacher included) gives.
     """
 
@@ -53,6 +55,7 @@ class CoarseMatchOutput(NamedTuple):
     candidate_uncertainty: torch.Tensor | None = None
     refine_logits: torch.Tensor | None = None
     fine_maps: tuple[torch.Tensor, torch.Tensor] | None = None
+    candidate_points0: torch.Tensor | None = None
 
 
 def similarity_matrix(feat0: torch.Tensor, feat1: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -14,10 +14,11 @@ Two designs share the window, the expectation and the loss (docs/refinement.md c
 - ``mlp`` (XFeat's offset classification): an MLP scores every window position from the two fine
   descriptors at the cell centres alone; no image1 window is gathered.
 
-``refine_query="corner"`` (an inference setting; the weights are the same) moves image0's point off the cell
-centre to the cell's most corner-like fine pixel (:func:`corner_queries`, from the image) and centres image1's
-window where a translation puts that pixel: a point at a corner is located far more exactly by correlation
-than a centre in a flat patch (docs/refinement.md, "Corner queries").
+``refine_query="corner"`` (the weights are the same either way) moves image0's point off the cell centre to
+the cell's most corner-like fine pixel (:func:`corner_queries`, from the image) and centres image1's window
+where a translation puts that pixel: a point at a corner is located far more exactly by correlation than a
+centre in a flat patch (docs/refinement.md, "Corner queries"). Training supervises the queries the model is
+built with: with corner queries, each query's own truth (:func:`loftr_kd.supervision.point_ground_truth`).
 
 Everything is fixed-shape: one entry per image0 cell, computed for all cells and masked afterwards, with
 ops TensorRT parses (Conv, AveragePool, Pad, Slice, Gather, MatMul, Softmax, ...); no ``nonzero``, no

@@ -296,6 +296,7 @@ class CoarseLoFTRStudent(nn.Module):
             candidate_uncertainty=uncertainty,
             refine_logits=refine_logits,
             fine_maps=fine_maps,
+            candidate_points0=centres0,
         )
 
     @property
@@ -303,7 +304,9 @@ class CoarseLoFTRStudent(nn.Module):
         """Whether the student has a sub-pixel refinement stage."""
         return self.refinement is not None
 
-    def refine(self, out: CoarseMatchOutput, match_ids: torch.Tensor) -> RefineOutput:
+    def refine(
+        self, out: CoarseMatchOutput, match_ids: torch.Tensor, image0: torch.Tensor | None = None
+    ) -> RefineOutput:
         """The refinement of every image0 cell around a given image1 cell, from ``out``'s fine maps.
 
         Training scores the refinement around the true cell where a row's own candidate is still wrong
@@ -313,18 +316,28 @@ class CoarseLoFTRStudent(nn.Module):
         Args:
             out: this student's output for the pair (``fine_maps`` set).
             match_ids: ``(B, L0)`` image1 cell around which each row is refined.
+            image0: ``(B, 1, H, W)`` the pair's image0, which corner queries (``refine_query="corner"``) are
+                found in; not needed for cell-centre queries.
 
         Returns:
-            ``RefineOutput``: ``points1 (B, L0, 2)``, ``uncertainty (B, L0)``, ``logits (B, L0, K)``.
+            ``RefineOutput``: ``points1 (B, L0, 2)``, ``uncertainty (B, L0)``, ``logits (B, L0, K)`` and, for
+            corner queries, ``points0 (B, L0, 2)`` (the queries, where the truth is needed).
         """
         if self.refinement is None or out.fine_maps is None:
             raise ValueError("this student has no refinement stage (refine='none'): nothing to refine")
+        queries0 = None
+        if self.refinement.query == "corner":
+            if image0 is None:
+                raise ValueError(
+                    "refine() of a student with corner queries needs image0 (they are found in it)"
+                )
+            queries0 = self.refinement.queries(image0)
         fine0, fine1 = out.fine_maps
         ratio = self.fine_stride
         grid1 = CoarseGrid.for_image(
             fine1.shape[2] * ratio, fine1.shape[3] * ratio, self.config.coarse_stride
         )
-        return self.refinement(fine0, fine1, match_ids, grid1)
+        return self.refinement(fine0, fine1, match_ids, grid1, queries0)
 
     def summary(self) -> str:
         """Human-readable sizes and parameter counts."""

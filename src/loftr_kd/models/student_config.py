@@ -58,9 +58,10 @@ class StudentConfig:
         refine_local: side of the neighbourhood of the heatmap's peak whose expectation is the refined
             position (odd; ``0`` = the whole window, LoFTR's expectation).
         refine_head: fine descriptor head, ``'conv'`` (full 3x3) or ``'separable'`` (depthwise 3x3 + 1x1).
-        refine_query: where image0's point of a match sits: ``'centre'`` (its cell centre, LoFTR's; what
-            training supervises) or ``'corner'`` (the most corner-like fine pixel of the cell, from the
-            image; an inference setting for ``corr`` refinement, docs/refinement.md).
+        refine_query: where image0's point of a match sits: ``'centre'`` (its cell centre, LoFTR's) or
+            ``'corner'`` (the most corner-like fine pixel of the cell, from the image; ``corr`` refinement
+            only, docs/refinement.md). The same weights run with either; training supervises the refinement
+            at the queries it is built with (the truth of each query pixel).
         max_height: largest image height the model takes (its position encoding is precomputed for the
             grid ``max_height/s x max_width/s`` once and sliced to each input's grid, as LoFTR does);
             larger images are an error. Not stored in the weights: load with another value freely.
