@@ -167,6 +167,7 @@ def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: 
         "stage1",
         "stage2",
         "stage3",
+        "stage4",
         "ship",
     ]
     assert all(line.split()[-1] == "run" for line in lines)
@@ -212,6 +213,14 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     assert stage3.callbacks.best_checkpoint.monitor == "val/student/auc@5"
     # the shipped file is stage 3's second seed (docs/distillation.md)
     assert "seed=43" in list(steps["stage3"]["train"])
+    # stage 4: the whole student once more, its refinement supervised at corner queries (docs/refinement.md)
+    assert steps["ship"]["ship"]["from"] == "stage4"
+    assert steps["stage4"]["train"][:2] == ["experiment=stage3_corner", "init_weights={stage3.best_checkpoint}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        stage4 = compose(config_name="train", overrides=["experiment=stage3_corner", "init_weights=x"])
+    check_train_config(stage4)
+    assert (stage4.student.refine_query, stage4.data.height, stage4.freeze_batchnorm) == ("corner", 480, True)
+    assert stage4.data.sources.photos.val_root == stage3.data.sources.photos.val_root
     # shipped with corner queries (docs/refinement.md), as the shipped file says
     assert steps["ship"]["ship"]["refine_query"] == "corner"
     assert load_student(DEFAULT_STUDENT_WEIGHTS).config.refine_query == "corner"

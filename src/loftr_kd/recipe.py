@@ -262,7 +262,7 @@ class Recipe:
         source = self.best_checkpoint(str(spec["from"]))
         height, width = int(spec.get("height", 480)), int(spec.get("width", 640))
         threshold = spec.get("match_threshold")  # chosen on validation data, see the recipe's notes
-        query = spec.get("refine_query")  # an inference setting, like the threshold
+        query = spec.get("refine_query")  # where image0's points sit, set at shipping like the threshold
         student = load_student(
             source, input_height=height, input_width=width, match_threshold=threshold, refine_query=query
         )
