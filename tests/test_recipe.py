@@ -215,7 +215,10 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     assert "seed=43" in list(steps["stage3"]["train"])
     # stage 4: the whole student once more, its refinement supervised at corner queries (docs/refinement.md)
     assert steps["ship"]["ship"]["from"] == "stage4"
-    assert steps["stage4"]["train"][:2] == ["experiment=stage3_corner", "init_weights={stage3.best_checkpoint}"]
+    assert steps["stage4"]["train"][:2] == [
+        "experiment=stage3_corner",
+        "init_weights={stage3.best_checkpoint}",
+    ]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         stage4 = compose(config_name="train", overrides=["experiment=stage3_corner", "init_weights=x"])
     check_train_config(stage4)
