@@ -317,6 +317,14 @@ def test_training_supervises_corner_queries_at_their_own_truth() -> None:
     torch.testing.assert_close(step.truth1, truth)
     assert torch.equal(step.truth_valid, valid) and valid.sum() > 20
     assert step.terms.refine is not None and step.terms.refine > 0
+    ids = module.criterion.refinement_ids(step.out, step.gt, step.grid)
+    refined = model.refine(step.out, ids, batch["image0"])
+    with pytest.raises(
+        ValueError, match="needs refine_truth"
+    ):  # never scored against the cell centres' truth
+        module.criterion(step.out, step.gt, step.grid, refine_ids=ids, refined=refined)
+    with pytest.raises(ValueError, match="needs image0"):
+        model.refine(step.out, ids)
     for _ in range(40):
         terms = module._step(_translation_batch(rng, image, 6, height, width)).terms
         optimizer.zero_grad()

@@ -266,9 +266,8 @@ class DistillationLoss(nn.Module):
         settings = {"inverse_std": self.config.refine_inverse_std, "ce_weight": self.config.refine_ce_weight}
         centres = grid.ids_to_pixels(refine_ids)
         truth, valid = gt.points1, gt.valid
-        if (
-            refined.points0 is not None
-        ):  # corner queries: each window is centred where a translation puts its query
+        if refined.points0 is not None:
+            # corner queries: each window is centred where a translation puts its query, the truth is the query's
             if refine_truth is None:
                 raise ValueError(
                     "a refinement with its own image0 points (corner queries) needs refine_truth"
