@@ -13,6 +13,7 @@ from loftr_kd.supervision import (
     CoarseGroundTruth,
     cell_centers,
     coarse_ground_truth,
+    point_ground_truth,
     points_to_cells,
     warp_points_depth,
     warp_points_homography,
@@ -185,6 +186,33 @@ def test_depth_path_agrees_with_homography_path_on_a_plane():
     torch.testing.assert_close(from_depth.match_ids, from_h.match_ids)
     torch.testing.assert_close(from_depth.valid, from_h.valid)
     torch.testing.assert_close(from_depth.points1, from_h.points1, atol=2e-3, rtol=0)
+
+
+def test_point_truth_of_any_points_on_a_plane_by_depth_and_by_homography():
+    """point_ground_truth (the truth of corner queries) warps arbitrary sub-pixel points by the analytic plane
+    homography along the depth path, agrees with the homography path, and at the cell centres equals the coarse
+    truth's points1 / valid."""
+    R, t, z = rot_y(6.0) @ rot_x(-4.0), np.array([-0.4, 0.15, -0.6]), 4.0
+    depth = depth_batch([(pose(R, t), np.full((H_IMG, W_IMG), z), plane_depth1(R, t, z))])
+    H = plane_homography(R, t, z)
+    rng = np.random.default_rng(0)
+    points = rng.uniform([2.0, 2.0], [W_IMG - 3.0, H_IMG - 3.0], size=(40, 2))
+    truth, valid = point_ground_truth(depth, torch.from_numpy(points).float()[None], 16)
+    expected = apply_h(H, points)
+    inside = (expected[:, 0] >= -0.5) & (expected[:, 0] < W_IMG - 0.5)
+    inside &= (expected[:, 1] >= -0.5) & (expected[:, 1] < H_IMG - 0.5)
+    assert inside.sum() > 20 and (valid[0].numpy() == inside).all()
+    np.testing.assert_allclose(truth[0].numpy()[inside], expected[inside], atol=2e-3)
+    assert (truth[0][~valid[0]] == 0).all()
+    by_h = point_ground_truth(homography_batch([H]), torch.from_numpy(points).float()[None], 16)
+    torch.testing.assert_close(by_h[0][valid], truth[valid], atol=2e-3, rtol=0)
+    centres = cell_centers(H_IMG // 16, W_IMG // 16, 16)[None]
+    gt = coarse_ground_truth(depth, 16)
+    at_centres = point_ground_truth(depth, centres, 16)
+    torch.testing.assert_close(at_centres[0], gt.points1)
+    assert torch.equal(at_centres[1], gt.valid)
+    with pytest.raises(ValueError, match="points0 must be"):
+        point_ground_truth(depth, centres[0], 16)
 
 
 def test_occluder_in_view1_is_rejected_both_ways():
