@@ -37,7 +37,7 @@ import numpy as np
 
 from loftr_kd.backends import open_backend
 from loftr_kd.features import ImageFeatures
-from loftr_kd.images import ImageError, check_aspect, to_gray_float  # noqa: F401 - to_gray_float is public here
+from loftr_kd.images import ImageError, check_aspect, to_gray_float, uniform_value  # noqa: F401 - to_gray_float is public here
 from loftr_kd.resizing import (  # noqa: F401 - public here since before they moved
     Letterbox,
     aspect_true_size,
@@ -315,9 +315,8 @@ class Matcher:
             prepared = resize_aspect_true(
                 gray, size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
             )
-        # a uniform image: every 16th pixel first, so a textured one (nearly always) costs a 1/256 read
-        low = float(gray.flat[0])
-        if (gray[::16, ::16] == low).all() and (gray == low).all():
+        low = uniform_value(gray)
+        if low is not None:
             warnings.warn(
                 f"{name} is uniform (every pixel {low:.3g} on the 0-1 scale): it has nothing to match, and any "
                 f"match on it is not a real correspondence",
