@@ -71,9 +71,9 @@ def one_pass_matches(
     """
     valid = grid.border_mask(border_removal, device=out.confidence.device)
     match_ids, _ = mutual_nearest_matches(out.confidence.float(), threshold, valid, valid)
-    centres = grid.centers(device=out.confidence.device).expand(match_ids.shape[0], -1, -1)
-    if out.candidate_points0 is not None:
-        centres = out.candidate_points0
+    centres = out.candidate_points0
+    if centres is None:
+        centres = grid.centers(device=out.confidence.device).expand(match_ids.shape[0], -1, -1)
     positions = out.candidate_points1 if out.candidate_points1 is not None else grid.ids_to_pixels(match_ids)
     height, width = grid.image_size
     pairs = []

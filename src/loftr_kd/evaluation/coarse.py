@@ -71,9 +71,11 @@ def evaluate_coarse(
             if coarse1 is not None and len(coarse1) == len(truth):
                 right = valid & (cells_of(coarse1) == cells_of(truth)).numpy()
                 # at the cell centres: image1's against the truth of image0's own cell centre (with corner
-                # queries image0's returned point is elsewhere in its cell)
+                # queries image0's returned point is elsewhere in its cell; otherwise it is that centre, and
+                # its truth is the one above)
                 coarse0 = result.get("coarse_keypoints0")
-                truth_c, valid_c = (truth, right) if coarse0 is None else _true_positions(batch, b, coarse0)
+                same = coarse0 is None or np.array_equal(coarse0, result["keypoints0"])
+                truth_c, valid_c = (truth, right) if same else _true_positions(batch, b, coarse0)
                 right_c = right & valid_c
                 cells_coarse = cells_coarse + match_stats(coarse1, truth_c, right_c, cells0, gt.match_ids[b])
                 cells_refined = cells_refined + match_stats(
