@@ -323,8 +323,12 @@ def test_training_supervises_corner_queries_at_their_own_truth() -> None:
         ValueError, match="needs refine_truth"
     ):  # never scored against the cell centres' truth
         module.criterion(step.out, step.gt, step.grid, refine_ids=ids, refined=refined)
+    assert torch.equal(step.out.queries0, queries)  # forward carries its queries: refine() reuses them
+    again = model.refine(step.out, ids)
+    torch.testing.assert_close(again.points1, refined.points1)
+    torch.testing.assert_close(again.points0, refined.points0)
     with pytest.raises(ValueError, match="needs image0"):
-        model.refine(step.out, ids)
+        model.refine(step.out._replace(queries0=None), ids)
     for _ in range(40):
         terms = module._step(_translation_batch(rng, image, 6, height, width)).terms
         optimizer.zero_grad()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,16 @@ def _missing_weights_message(path: Path) -> str:
         f"the run directory; copy it to {path}) or pass a file with --weights / Matcher(weights=...) "
         f"(.pt/.ckpt from training, .onnx from loftr-kd-export, or a TensorRT .engine)."
     )
+
+
+def _outside_this_module() -> int:
+    """``warnings.warn``'s stacklevel of the nearest caller outside this module, so a warning raised in a
+    helper points at the user's line whichever public method it came through (``__call__``, ``prepare``,
+    ``encode``)."""
+    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Matcher:
@@ -320,7 +331,7 @@ class Matcher:
             warnings.warn(
                 f"{name} is uniform (every pixel {low:.3g} on the 0-1 scale): it has nothing to match, and any "
                 f"match on it is not a real correspondence",
-                stacklevel=3,
+                stacklevel=_outside_this_module(),
             )
         return prepared
 

@@ -38,8 +38,11 @@ class CoarseMatchOutput(NamedTuple):
             :meth:`~loftr_kd.models.refinement.Refinement.forward` on other candidates.
         candidate_points0: ``(B, L0, 2)`` image-0 point of every row, unmasked: its cell centre, or its
             corner query (``refine_query="corner"``), which ``candidate_points1`` is the match of.
+        queries0: ``(B, L0)`` int64 position of each image-0 cell's corner query inside its block
+            (:func:`~loftr_kd.models.refinement.corner_queries`; ``forward`` of corner-query students only), so
+            a loss's :meth:`~loftr_kd.models.student.StudentLoFTR.refine` does not look for them again.
 
-    The last seven are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
+    The last eight are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
     every model (teacher included) gives.
     """
 
@@ -56,6 +59,7 @@ class CoarseMatchOutput(NamedTuple):
     refine_logits: torch.Tensor | None = None
     fine_maps: tuple[torch.Tensor, torch.Tensor] | None = None
     candidate_points0: torch.Tensor | None = None
+    queries0: torch.Tensor | None = None
 
 
 def similarity_matrix(feat0: torch.Tensor, feat1: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -202,15 +202,12 @@ class CoarseLoFTRStudent(nn.Module):
         feat1 = self.pos_encoding(feat_c1).flatten(2).transpose(1, 2)  # (B, L1, C)
         feat0, feat1 = self.loftr_coarse(feat0, feat1)  # (B, L0, C), (B, L1, C)
         coarse_out = self.coarse_matching(feat0, feat1, grid0, grid1)
-        refined = (
-            None
-            if self.refinement is None
-            else self.refinement(
-                fine0, fine1, coarse_out.candidate_ids, grid1, self.refinement.queries(image0)
-            )
-        )
-        fine_maps = None if self.refinement is None else (fine0, fine1)
-        return self._with_positions(coarse_out, grid0, grid1, refined, fine_maps)
+        if self.refinement is None:
+            return self._with_positions(coarse_out, grid0, grid1, None)
+        queries0 = self.refinement.queries(image0)  # None for cell-centre queries
+        refined = self.refinement(fine0, fine1, coarse_out.candidate_ids, grid1, queries0)
+        out = self._with_positions(coarse_out, grid0, grid1, refined, (fine0, fine1))
+        return out._replace(queries0=queries0)
 
     def encode(self, image: torch.Tensor) -> EncodedImages:
         """The per-image part of :meth:`forward`: backbone, position encoding, the transformer's leading self
@@ -317,7 +314,8 @@ class CoarseLoFTRStudent(nn.Module):
             out: this student's output for the pair (``fine_maps`` set).
             match_ids: ``(B, L0)`` image1 cell around which each row is refined.
             image0: ``(B, 1, H, W)`` the pair's image0, which corner queries (``refine_query="corner"``) are
-                found in; not needed for cell-centre queries.
+                found in where ``out`` does not carry them (``out.queries0``, set by ``forward``); not needed
+                for cell-centre queries.
 
         Returns:
             ``RefineOutput``: ``points1 (B, L0, 2)``, ``uncertainty (B, L0)``, ``logits (B, L0, K)`` and, for
@@ -327,11 +325,14 @@ class CoarseLoFTRStudent(nn.Module):
             raise ValueError("this student has no refinement stage (refine='none'): nothing to refine")
         queries0 = None
         if self.refinement.query == "corner":
-            if image0 is None:
-                raise ValueError(
-                    "refine() of a student with corner queries needs image0 (they are found in it)"
-                )
-            queries0 = self.refinement.queries(image0)
+            queries0 = out.queries0
+            if queries0 is None:
+                if image0 is None:
+                    raise ValueError(
+                        "refine() of a student with corner queries needs image0 (they are found in it) "
+                        "or an output that carries them (out.queries0)"
+                    )
+                queries0 = self.refinement.queries(image0)
         fine0, fine1 = out.fine_maps
         ratio = self.fine_stride
         grid1 = CoarseGrid.for_image(
