@@ -94,7 +94,7 @@ def _outside_this_module() -> int:
     helper points at the user's line whichever public method it came through (``__call__``, ``prepare``,
     ``encode``)."""
     frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame, level = frame.f_back, level + 1
     return level
 

@@ -40,7 +40,7 @@ class CoarseMatchOutput(NamedTuple):
             corner query (``refine_query="corner"``), which ``candidate_points1`` is the match of.
         queries0: ``(B, L0)`` int64 position of each image-0 cell's corner query inside its block
             (:func:`~loftr_kd.models.refinement.corner_queries`; ``forward`` of corner-query students only), so
-            a loss's :meth:`~loftr_kd.models.student.StudentLoFTR.refine` does not look for them again.
+            a loss's :meth:`~loftr_kd.models.student.CoarseLoFTRStudent.refine` does not look for them again.
 
     The last eight are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
     every model (teacher included) gives.
