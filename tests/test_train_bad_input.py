@@ -65,6 +65,7 @@ def _error_lines(stderr: str) -> list[str]:
         ),
         ("trainer.deterministic=maybe", r"trainer.deterministic='maybe': expected"),
         ("seed=x", r"seed='x': expected an integer"),
+        ("max_nonfinite_steps=0", r"max_nonfinite_steps=0: expected the number \(>= 1\)"),
     ],
 )
 def test_config_type_and_range_errors_name_the_key(override, message):
@@ -258,3 +259,92 @@ def test_kind_settings_are_checked_before_the_run_directory(override, message, t
             config_name="train", overrides=["data.train_scenes=[a,b]", f"paths.output_dir={tmp_path}"]
         )
     check_train_config(good)  # a list where the source keeps a tuple is fine
+
+
+def _shifted_pairs(seed: int, count: int, height: int = 96, width: int = 128) -> list[dict]:
+    """Batches of a textured photo crop and the same crop moved by a few pixels (exact homography)."""
+    import cv2
+    import numpy as np
+    from skimage import data as skdata
+
+    image = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        x, y = rng.uniform(20, 300, size=2)
+        dx, dy = rng.uniform(-8, 8, size=2)
+        a0 = np.array([[1, 0, -x], [0, 1, -y], [0, 0, 1]])
+        a1 = np.array([[1, 0, -x - dx], [0, 1, -y - dy], [0, 0, 1]])
+        crops = [cv2.warpPerspective(image, a, (width, height)) for a in (a0, a1)]
+        batches.append(
+            {
+                "image0": torch.from_numpy(crops[0])[None, None],
+                "image1": torch.from_numpy(crops[1])[None, None],
+                "H_0to1": torch.from_numpy(a1 @ np.linalg.inv(a0)).float()[None],
+            }
+        )
+    return batches
+
+
+def _fit(module, batches: list[dict], tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+
+
+def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path):
+    """A batch whose loss is NaN (here an image with an infinite pixel, fed past the data checks) is skipped:
+    no optimizer update, the BatchNorm statistics its forward moved put back, a warning, the count logged;
+    the finite batches around it train. As many in a row as max_nonfinite_steps stop the run with one line,
+    the weights still the last finite step's."""
+    from functools import partial
+
+    from loftr_kd.errors import NonFiniteLossError, user_error_types
+    from loftr_kd.lightning_module import DistillationModule
+    from loftr_kd.losses import LossConfig
+    from loftr_kd.models.student import build_student
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+    def module(limit: int) -> DistillationModule:
+        student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
+        optimizer = partial(torch.optim.AdamW, lr=1e-3)
+        return DistillationModule(student, None, LossConfig(w_gt=1.0), optimizer, max_nonfinite_steps=limit)
+
+    good = _shifted_pairs(0, 3)
+    bad = {**good[1], "image1": good[1]["image1"].clone()}
+    bad["image1"][0, 0, 40, 60] = float("inf")
+    model = module(limit=2)
+
+    def state() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.student.state_dict().items()}
+
+    start = state()
+    with pytest.warns(UserWarning, match=r"non-finite training loss at epoch 0, batch 1 \(total nan"):
+        _fit(model, [good[0], bad, good[2]], tmp_path)
+    assert model.nonfinite_steps == 1
+    after = state()
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    assert any(not torch.equal(after[k], start[k]) for k in start)  # the finite steps trained
+
+    model = module(limit=2)
+    start = state()
+    with pytest.raises(NonFiniteLossError, match=r"2 training steps in a row had a non-finite loss"):
+        _fit(model, [bad, bad, good[2]], tmp_path)
+    for name, value in state().items():  # no update, statistics put back: the weights as they started
+        assert torch.equal(value, start[name]), name
+    assert isinstance(NonFiniteLossError("x"), user_error_types())  # reported in one line by the CLIs
+    with pytest.raises(ValueError, match="max_nonfinite_steps must be at least 1"):
+        module(limit=0)

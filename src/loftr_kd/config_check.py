@@ -269,6 +269,12 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"threads={threads!r}: expected a number of CPU threads >= 1, or null (torch's default)"
         )
+    limit = cfg.get("max_nonfinite_steps")
+    if limit is not None and not (matches_hint(limit, int) and limit >= 1):
+        raise ConfigError(
+            f"max_nonfinite_steps={limit!r}: expected the number (>= 1) of training steps in a row with a "
+            f"non-finite loss that stops the run"
+        )
     for key in ("ckpt_path", "init_weights"):
         value = cfg.get(key)
         if value is not None and not isinstance(value, str):

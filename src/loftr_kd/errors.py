@@ -25,11 +25,23 @@ def debug_enabled() -> bool:
     return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARIABLES)
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped: too many steps in a row had a NaN or infinite loss (each was skipped, so the
+    weights and checkpoints are those of the last finite step); the message says where and what to check."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input", reported in one line (imports kept light)."""
     from loftr_kd.matcher import MatcherError
 
-    return (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, MatcherError)
+    return (
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        MatcherError,
+        NonFiniteLossError,
+    )
 
 
 def _is_write_error(error: BaseException) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from loftr_kd.geometry import CoarseGrid
@@ -120,6 +121,11 @@ class DistillationModule(pl.LightningModule):
         train_only: train only the student's submodules with these names (e.g. ``("refinement",)``: a
             refinement-only fine-tune); every other parameter is frozen (``requires_grad=False``, left out of
             the optimizer) and every other BatchNorm holds its statistics. Empty: train everything.
+        max_nonfinite_steps: a training step whose loss is NaN or infinite (on any DDP rank) is skipped on
+            every rank (no backward, no optimizer update: Lightning's ``training_step`` returning ``None``;
+            the BatchNorm running statistics its forward pass moved are put back), counted in ``train/nonfinite_steps`` and named in a warning; after this many in a row the run
+            stops with :class:`~loftr_kd.errors.NonFiniteLossError` (its checkpoints are the last finite
+            step's). Under 16-mixed the GradScaler already skips steps whose *gradients* overflow.
     """
 
     def __init__(
@@ -135,8 +141,14 @@ class DistillationModule(pl.LightningModule):
         freeze_batchnorm: bool = False,
         fit_validation: FitValidationConfig | None = None,
         train_only: Sequence[str] = (),
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_steps = 0  # skipped steps of this process since it started
+        self._nonfinite_in_a_row = 0
         self.student = student
         self.train_only = tuple(train_only)
         # parameters left to train under train_only (None: all of them)
@@ -211,12 +223,56 @@ class DistillationModule(pl.LightningModule):
         )
         return Step(terms, out, gt, grid, teacher_out, teacher_grid, truth1, truth_valid)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        # the forward pass moves the training BatchNorm layers' running statistics: kept to undo a bad step's
+        statistics = [
+            (buffer, buffer.clone())
+            for module in self.student.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+            for buffer in module.buffers()
+        ]
         step = self._step(batch)
         size = batch["image0"].shape[0]
+        finite = self.trainer.strategy.reduce_boolean_decision(
+            bool(torch.isfinite(step.terms.total.detach())), all=True
+        )  # every rank skips together, so DDP's gradient reduction stays in step
+        if not finite:
+            with torch.no_grad():
+                for buffer, before in statistics:
+                    buffer.copy_(before)
+            return self._skip_nonfinite(step.terms, batch_idx)
+        self._nonfinite_in_a_row = 0
         self._log_terms("train", step.terms, size, prog_bar=True)
         self.log("train/gt_matches_per_pair", (step.gt.match_ids >= 0).sum() / size, batch_size=size)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=size)
         return step.terms.total
+
+    def _skip_nonfinite(self, terms: LossOutput, batch_idx: int) -> None:
+        """Count a step whose loss is NaN/inf somewhere, say so, stop after too many in a row."""
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        values = {
+            name: float(value.detach())
+            for name, value in terms._asdict().items()
+            if torch.is_tensor(value) and value.numel() == 1
+        }
+        listed = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+        where = f"epoch {self.current_epoch}, batch {batch_idx}"
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            from loftr_kd.errors import NonFiniteLossError
+
+            raise NonFiniteLossError(
+                f"{self._nonfinite_in_a_row} training steps in a row had a non-finite loss (the last at {where}: "
+                f"{listed} on this rank); they were skipped, so the weights and checkpoints are the last "
+                f"finite step's. Check the learning rate (optim.optimizer.lr), init_weights, and the data "
+                f"(data/ counters in TensorBoard); max_nonfinite_steps={self.max_nonfinite_steps} sets the limit"
+            )
+        rank_zero_warn(
+            f"non-finite training loss at {where} ({listed} on this rank): step skipped, weights unchanged "
+            f"({self.nonfinite_steps} so far, {self._nonfinite_in_a_row} in a row; the run stops at "
+            f"{self.max_nonfinite_steps} in a row)"
+        )
+        return None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         step = self._step(batch)

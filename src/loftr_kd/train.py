@@ -570,6 +570,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         monitoring=MonitoringConfig(**OmegaConf.to_container(cfg.monitoring, resolve=True)),
         freeze_batchnorm=bool(cfg.get("freeze_batchnorm", False)),
         train_only=list(cfg.get("train_only") or ()),
+        max_nonfinite_steps=int(cfg.get("max_nonfinite_steps", 10)),
         # absent from configs saved before it existed (a rerun of an older run): the defaults
         fit_validation=FitValidationConfig(
             **(OmegaConf.to_container(cfg.fit_validation, resolve=True) if cfg.get("fit_validation") else {})
