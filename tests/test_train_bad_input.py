@@ -348,3 +348,23 @@ def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path
     assert isinstance(NonFiniteLossError("x"), user_error_types())  # reported in one line by the CLIs
     with pytest.raises(ValueError, match="max_nonfinite_steps must be at least 1"):
         module(limit=0)
+
+
+def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_path):
+    """The usual cause of a NaN loss, end to end through the CLI: after the first step at lr 1e30 every
+    loss is NaN; the run stops at max_nonfinite_steps in a row with one line (exit 2), no traceback."""
+    root = tmp_path / "toy"
+    write_toy_dataset(root, scenes=2, views=3, height=48, width=64)
+    result = _train(
+        tmp_path / "run",
+        "data=blendedmvs",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "optim.optimizer.lr=1e30",
+        "max_nonfinite_steps=2",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _error_lines(result.stderr)
+    assert "2 training steps in a row had a non-finite loss" in line and "optim.optimizer.lr" in line
+    assert "non-finite training loss at epoch 0, batch 1" in result.stderr  # the first one, warned
+    assert "Traceback" not in result.stderr
