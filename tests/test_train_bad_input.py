@@ -368,3 +368,41 @@ def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_pa
     assert "2 training steps in a row had a non-finite loss" in line and "optim.optimizer.lr" in line
     assert "non-finite training loss at epoch 0, batch 1" in result.stderr  # the first one, warned
     assert "Traceback" not in result.stderr
+
+
+def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
+    """Under 16-mixed (Lightning's MixedPrecision and its GradScaler; float16 autocast runs on the CPU too) a
+    step whose gradients overflow is skipped by the scaler and counted in train/amp_skipped_steps: every
+    step of a loss scaled far beyond float16's range, none of a normal one."""
+    from functools import partial
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.plugins.precision import MixedPrecision
+    from torch.utils.data import DataLoader
+
+    from loftr_kd.lightning_module import DistillationModule
+    from loftr_kd.losses import LossConfig
+    from loftr_kd.models.student import build_student
+
+    torch.set_num_threads(1)
+    counts = []
+    for w_gt in (1.0, 1e6):
+        torch.manual_seed(0)
+        student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
+        module = DistillationModule(student, None, LossConfig(w_gt=w_gt), partial(torch.optim.AdamW, lr=1e-3))
+        scaler = torch.amp.GradScaler("cpu", init_scale=1.0 if w_gt == 1.0 else 2.0**16)
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        )
+        trainer.fit(module, DataLoader(_shifted_pairs(1, 4), batch_size=None))
+        counts.append(module.amp_skipped_steps)
+        assert trainer.callback_metrics["train/amp_skipped_steps"] == module.amp_skipped_steps
+    assert counts == [0, 4]

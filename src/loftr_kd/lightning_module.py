@@ -125,7 +125,8 @@ class DistillationModule(pl.LightningModule):
             every rank (no backward, no optimizer update: Lightning's ``training_step`` returning ``None``;
             the BatchNorm running statistics its forward pass moved are put back), counted in ``train/nonfinite_steps`` and named in a warning; after this many in a row the run
             stops with :class:`~loftr_kd.errors.NonFiniteLossError` (its checkpoints are the last finite
-            step's). Under 16-mixed the GradScaler already skips steps whose *gradients* overflow.
+            step's). Under 16-mixed the GradScaler also skips steps whose *gradients* overflow; those are
+            counted in ``train/amp_skipped_steps``.
     """
 
     def __init__(
@@ -148,6 +149,8 @@ class DistillationModule(pl.LightningModule):
             raise ValueError(f"max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         self.max_nonfinite_steps = max_nonfinite_steps
         self.nonfinite_steps = 0  # skipped steps of this process since it started
+        self.amp_skipped_steps = 0  # optimizer steps the 16-mixed GradScaler skipped (overflowing gradients)
+        self._amp_scale: float | None = None
         self._nonfinite_in_a_row = 0
         self.student = student
         self.train_only = tuple(train_only)
@@ -187,6 +190,25 @@ class DistillationModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # Lightning (2.2+) keeps each submodule's mode across validation, so once is enough in fit.
         self._hold_batchnorm_statistics()
+
+    def _amp_scaler(self) -> torch.amp.GradScaler | None:
+        """The GradScaler of a 16-mixed run (Lightning's MixedPrecision plugin), else ``None``."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        scaler = self._amp_scaler()
+        self._amp_scale = None if scaler is None else scaler.get_scale()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Under 16-mixed the GradScaler skips an optimizer step whose gradients overflow and halves its
+        # scale: a lower scale after the batch is such a step, counted in train/amp_skipped_steps.
+        scaler = self._amp_scaler()
+        if scaler is None or self._amp_scale is None:
+            return
+        if scaler.get_scale() < self._amp_scale:
+            self.amp_skipped_steps += 1
+        self.log("train/amp_skipped_steps", float(self.amp_skipped_steps), batch_size=1)
 
     def train(self, mode: bool = True) -> DistillationModule:
         super().train(mode)
