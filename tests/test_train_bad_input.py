@@ -350,9 +350,12 @@ def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path
         module(limit=0)
 
 
-def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_path):
+@pytest.mark.parametrize("strategy", [[], ["trainer=ddp_cpu"]], ids=["one-process", "ddp-2-cpu"])
+def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_path, strategy):
     """The usual cause of a NaN loss, end to end through the CLI: after the first step at lr 1e30 every
-    loss is NaN; the run stops at max_nonfinite_steps in a row with one line (exit 2), no traceback."""
+    loss is NaN; the run stops at max_nonfinite_steps in a row with one line (exit 2), no traceback. Under
+    DDP (two CPU processes; Lightning refuses a skipped step there) every rank skips the same steps and
+    stops with the same line."""
     root = tmp_path / "toy"
     write_toy_dataset(root, scenes=2, views=3, height=48, width=64)
     result = _train(
@@ -362,9 +365,10 @@ def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_pa
         "data.num_workers=0",
         "optim.optimizer.lr=1e30",
         "max_nonfinite_steps=2",
+        *strategy,
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    (line,) = _error_lines(result.stderr)
+    (line,) = set(_error_lines(result.stderr))  # one line (one per rank under DDP)
     assert "2 training steps in a row had a non-finite loss" in line and "optim.optimizer.lr" in line
     assert "non-finite training loss at epoch 0, batch 1" in result.stderr  # the first one, warned
     assert "Traceback" not in result.stderr

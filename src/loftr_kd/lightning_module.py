@@ -122,11 +122,12 @@ class DistillationModule(pl.LightningModule):
             refinement-only fine-tune); every other parameter is frozen (``requires_grad=False``, left out of
             the optimizer) and every other BatchNorm holds its statistics. Empty: train everything.
         max_nonfinite_steps: a training step whose loss is NaN or infinite (on any DDP rank) is skipped on
-            every rank (no backward, no optimizer update: Lightning's ``training_step`` returning ``None``;
-            the BatchNorm running statistics its forward pass moved are put back), counted in ``train/nonfinite_steps`` and named in a warning; after this many in a row the run
-            stops with :class:`~loftr_kd.errors.NonFiniteLossError` (its checkpoints are the last finite
-            step's). Under 16-mixed the GradScaler also skips steps whose *gradients* overflow; those are
-            counted in ``train/amp_skipped_steps``.
+            every rank: the optimizer step it belongs to updates nothing (its gradients are dropped before
+            the update; DDP still reduces a zero gradient, as it must), the BatchNorm running statistics its
+            forward pass moved are put back, a warning names it and ``train/nonfinite_steps`` counts it.
+            After this many in a row the run stops with :class:`~loftr_kd.errors.NonFiniteLossError` (its
+            checkpoints are the last finite step's). Under 16-mixed the GradScaler also skips steps whose
+            *gradients* overflow; those are counted in ``train/amp_skipped_steps``.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class DistillationModule(pl.LightningModule):
         self.amp_skipped_steps = 0  # optimizer steps the 16-mixed GradScaler skipped (overflowing gradients)
         self._amp_scale: float | None = None
         self._nonfinite_in_a_row = 0
+        self._drop_gradients = False  # the next optimizer step updates nothing (a non-finite loss in it)
         self.student = student
         self.train_only = tuple(train_only)
         # parameters left to train under train_only (None: all of them)
@@ -245,7 +247,7 @@ class DistillationModule(pl.LightningModule):
         )
         return Step(terms, out, gt, grid, teacher_out, teacher_grid, truth1, truth_valid)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # the forward pass moves the training BatchNorm layers' running statistics: kept to undo a bad step's
         statistics = [
             (buffer, buffer.clone())
@@ -262,7 +264,14 @@ class DistillationModule(pl.LightningModule):
             with torch.no_grad():
                 for buffer, before in statistics:
                     buffer.copy_(before)
-            return self._skip_nonfinite(step.terms, batch_idx)
+            self._skip_nonfinite(step.terms, batch_idx)
+            self._drop_gradients = True
+            # Lightning refuses a skipped (None) step under DDP, whose reduction needs a backward on every
+            # rank: a zero loss over the trained parameters gives one; on_before_optimizer_step drops it all.
+            return sum(
+                (p.sum() * 0.0 for p in self.student.parameters() if p.requires_grad),
+                start=step.terms.total.new_zeros(()),
+            )
         self._nonfinite_in_a_row = 0
         self._log_terms("train", step.terms, size, prog_bar=True)
         self.log("train/gt_matches_per_pair", (step.gt.match_ids >= 0).sum() / size, batch_size=size)
@@ -294,7 +303,15 @@ class DistillationModule(pl.LightningModule):
             f"({self.nonfinite_steps} so far, {self._nonfinite_in_a_row} in a row; the run stops at "
             f"{self.max_nonfinite_steps} in a row)"
         )
-        return None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._drop_gradients:
+            return
+        # a parameter without a gradient is left alone by the optimizer: no step, no decay, no moment update
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
+        self._drop_gradients = False
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         step = self._step(batch)
