@@ -286,7 +286,8 @@ def _shifted_pairs(seed: int, count: int, height: int = 96, width: int = 128) ->
     return batches
 
 
-def _fit(module, batches: list[dict], tmp_path: Path) -> None:
+def _fit(module, batches: list[dict], tmp_path: Path, **options):
+    """One epoch of Lightning's own fit over ``batches``; the trainer, for its metrics."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -299,8 +300,10 @@ def _fit(module, batches: list[dict], tmp_path: Path) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
+        **options,
     )
     trainer.fit(module, DataLoader(batches, batch_size=None))
+    return trainer
 
 
 def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path):
@@ -380,9 +383,7 @@ def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
     step of a loss scaled far beyond float16's range, none of a normal one."""
     from functools import partial
 
-    import pytorch_lightning as pl
     from pytorch_lightning.plugins.precision import MixedPrecision
-    from torch.utils.data import DataLoader
 
     from loftr_kd.lightning_module import DistillationModule
     from loftr_kd.losses import LossConfig
@@ -395,18 +396,8 @@ def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
         student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
         module = DistillationModule(student, None, LossConfig(w_gt=w_gt), partial(torch.optim.AdamW, lr=1e-3))
         scaler = torch.amp.GradScaler("cpu", init_scale=1.0 if w_gt == 1.0 else 2.0**16)
-        trainer = pl.Trainer(
-            max_epochs=1,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
-        )
-        trainer.fit(module, DataLoader(_shifted_pairs(1, 4), batch_size=None))
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+        trainer = _fit(module, _shifted_pairs(1, 4), tmp_path, plugins=plugins)
         counts.append(module.amp_skipped_steps)
         assert trainer.callback_metrics["train/amp_skipped_steps"] == module.amp_skipped_steps
     assert counts == [0, 4]
