@@ -53,3 +53,21 @@ def instantiate_preset(name: str, height: int, width: int):
             config_name="train", overrides=[f"student={name}", f"data.height={height}", f"data.width={width}"]
         )
     return instantiate(cfg.student)
+
+
+def quiet_cpu_trainer(root, **options):
+    """A Lightning ``Trainer`` on one CPU process that writes nothing of its own (no logger, checkpoint,
+    progress bar or model summary) under ``root``; ``options`` add to or override these settings."""
+    import pytorch_lightning as pl
+
+    settings = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+    }
+    return pl.Trainer(**{**settings, **options})

@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import quiet_cpu_trainer
 from loftr_kd.data.sampling import EpochPairSampler
 
 
@@ -85,17 +86,7 @@ def test_lightning_calls_set_epoch_without_distributed_sampler(tmp_path):
     sampler = EpochPairSampler(50, 10, seed=0)
     loader = DataLoader(_Indices(), batch_size=5, sampler=sampler)
     model = _Recorder()
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        devices=1,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_cpu_trainer(tmp_path, max_epochs=3, use_distributed_sampler=False)
     trainer.fit(model, loader)
     assert trainer.train_dataloader.sampler is sampler  # not replaced by Lightning
     for epoch in range(3):

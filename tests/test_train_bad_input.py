@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import quiet_cpu_trainer
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 from loftr_kd.config_check import ConfigError, check_train_config
 from loftr_kd.data import synthetic
@@ -288,20 +289,9 @@ def _shifted_pairs(seed: int, count: int, height: int = 96, width: int = 128) ->
 
 def _fit(module, batches: list[dict], tmp_path: Path, **options):
     """One epoch of Lightning's own fit over ``batches``; the trainer, for its metrics."""
-    import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **options,
-    )
+    trainer = quiet_cpu_trainer(tmp_path, **options)
     trainer.fit(module, DataLoader(batches, batch_size=None))
     return trainer
 
