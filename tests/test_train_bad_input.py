@@ -343,6 +343,48 @@ def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path
         module(limit=0)
 
 
+def test_a_finite_loss_with_non_finite_gradients_is_skipped_too(tmp_path):
+    """An absurd loss weight (w_refine 5e37: the loss, ~2.7e38, still fits in float32; its backward pass
+    overflows to NaN) under 32-true, where no GradScaler looks at the gradients: each step is skipped (the
+    parameters exactly as they started, where AdamW would have written NaN into them), warned about with the
+    loss terms, counted; max_nonfinite_steps such steps in a row stop the run with one line."""
+    from functools import partial
+
+    from loftr_kd.errors import NonFiniteLossError
+    from loftr_kd.lightning_module import DistillationModule
+    from loftr_kd.losses import LossConfig
+    from loftr_kd.models.student import build_student
+
+    torch.set_num_threads(1)
+    for limit in (10, 2):
+        torch.manual_seed(0)
+        student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
+        start = {k: v.detach().clone() for k, v in student.named_parameters()}
+        module = DistillationModule(
+            student,
+            None,
+            LossConfig(w_refine=5e37),
+            partial(torch.optim.AdamW, lr=1e-3),
+            max_nonfinite_steps=limit,
+        )
+        if limit == 10:
+            with pytest.warns(
+                UserWarning, match=r"non-finite training gradient at epoch 0, batch 2 \(total 2\.\d+e\+38"
+            ):
+                trainer = _fit(module, _shifted_pairs(0, 3), tmp_path)
+            assert module.nonfinite_steps == 3
+            assert trainer.callback_metrics["train/nonfinite_steps"] == 3
+        else:
+            with pytest.raises(
+                NonFiniteLossError, match=r"2 training steps in a row had a non-finite gradient"
+            ):
+                _fit(module, _shifted_pairs(0, 3), tmp_path)
+        for name, value in student.named_parameters():
+            assert torch.equal(value, start[name]), name
+        # the forward passes were finite: their BatchNorm statistics are kept, as the GradScaler keeps them
+        assert all(torch.isfinite(v.float()).all() for v in student.state_dict().values())
+
+
 @pytest.mark.parametrize("strategy", [[], ["trainer=ddp_cpu"]], ids=["one-process", "ddp-2-cpu"])
 def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_path, strategy):
     """The usual cause of a NaN loss, end to end through the CLI: after the first step at lr 1e30 every
@@ -370,7 +412,8 @@ def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_pa
 def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
     """Under 16-mixed (Lightning's MixedPrecision and its GradScaler; float16 autocast runs on the CPU too) a
     step whose gradients overflow is skipped by the scaler and counted in train/amp_skipped_steps: every
-    step of a loss scaled far beyond float16's range, none of a normal one."""
+    step when the scaler's initial scale (2**16) puts the loss (~17) beyond float16's range (65504) and
+    halves on each skip, none at scale 1."""
     from functools import partial
 
     from pytorch_lightning.plugins.precision import MixedPrecision
@@ -381,11 +424,11 @@ def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
 
     torch.set_num_threads(1)
     counts = []
-    for w_gt in (1.0, 1e6):
+    for init_scale in (1.0, 2.0**16):
         torch.manual_seed(0)
         student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
-        module = DistillationModule(student, None, LossConfig(w_gt=w_gt), partial(torch.optim.AdamW, lr=1e-3))
-        scaler = torch.amp.GradScaler("cpu", init_scale=1.0 if w_gt == 1.0 else 2.0**16)
+        module = DistillationModule(student, None, LossConfig(), partial(torch.optim.AdamW, lr=1e-3))
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
         plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
         trainer = _fit(module, _shifted_pairs(1, 4), tmp_path, plugins=plugins)
         counts.append(module.amp_skipped_steps)

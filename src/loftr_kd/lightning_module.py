@@ -78,6 +78,21 @@ def freeze_except(student: nn.Module, train_only: Sequence[str]) -> int:
     return trainable
 
 
+def _scalar_terms(terms: LossOutput) -> dict[str, torch.Tensor]:
+    """The loss terms that are single numbers, by name, detached (for a warning; no device sync)."""
+    return {
+        name: value.detach()
+        for name, value in terms._asdict().items()
+        if torch.is_tensor(value) and value.numel() == 1
+    }
+
+
+def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimizer would apply is finite (one device sync)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 @dataclass(frozen=True)
 class MonitoringConfig:
     """What the module logs besides scalars."""
@@ -125,9 +140,12 @@ class DistillationModule(pl.LightningModule):
             every rank: the optimizer step it belongs to updates nothing (its gradients are dropped before
             the update; DDP still reduces a zero gradient, as it must), the BatchNorm running statistics its
             forward pass moved are put back, a warning names it and ``train/nonfinite_steps`` counts it.
-            After this many in a row the run stops with :class:`~loftr_kd.errors.NonFiniteLossError` (its
-            checkpoints are the last finite step's). Under 16-mixed the GradScaler also skips steps whose
-            *gradients* overflow; those are counted in ``train/amp_skipped_steps``.
+            A finite loss whose gradients are not (a backward pass that overflows, e.g. under an absurd loss
+            weight) is skipped and counted the same way (the BatchNorm statistics of its finite forward pass
+            are kept); under 16-mixed the GradScaler does that itself, and its skips are counted in
+            ``train/amp_skipped_steps`` instead. After this many skipped steps in
+            a row (no update in between) the run stops with :class:`~loftr_kd.errors.NonFiniteLossError`
+            (its checkpoints are the last finite step's).
     """
 
     def __init__(
@@ -154,6 +172,8 @@ class DistillationModule(pl.LightningModule):
         self._amp_scale: float | None = None
         self._nonfinite_in_a_row = 0
         self._drop_gradients = False  # the next optimizer step updates nothing (a non-finite loss in it)
+        self._loss_terms: dict[str, torch.Tensor] = {}  # the last finite training loss's terms, and its batch
+        self._batch_idx = 0
         self.student = student
         self.train_only = tuple(train_only)
         # parameters left to train under train_only (None: all of them)
@@ -203,6 +223,8 @@ class DistillationModule(pl.LightningModule):
         self._amp_scale = None if scaler is None else scaler.get_scale()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the optimizer step: a step skipped for its gradients is counted by now
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
         # Under 16-mixed the GradScaler skips an optimizer step whose gradients overflow and halves its
         # scale: a lower scale after the batch is such a step, counted in train/amp_skipped_steps.
         scaler = self._amp_scaler()
@@ -264,7 +286,7 @@ class DistillationModule(pl.LightningModule):
             with torch.no_grad():
                 for buffer, before in statistics:
                     buffer.copy_(before)
-            self._skip_nonfinite(step.terms, batch_idx)
+            self._skip_nonfinite("loss", _scalar_terms(step.terms), batch_idx)
             self._drop_gradients = True
             # Lightning refuses a skipped (None) step under DDP, whose reduction needs a backward on every
             # rank: a zero loss over the trained parameters gives one; on_before_optimizer_step drops it all.
@@ -272,40 +294,43 @@ class DistillationModule(pl.LightningModule):
                 (p.sum() * 0.0 for p in self.student.parameters() if p.requires_grad),
                 start=step.terms.total.new_zeros(()),
             )
-        self._nonfinite_in_a_row = 0
+        self._loss_terms, self._batch_idx = _scalar_terms(step.terms), batch_idx  # for a gradient warning
         self._log_terms("train", step.terms, size, prog_bar=True)
         self.log("train/gt_matches_per_pair", (step.gt.match_ids >= 0).sum() / size, batch_size=size)
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=size)
         return step.terms.total
 
-    def _skip_nonfinite(self, terms: LossOutput, batch_idx: int) -> None:
-        """Count a step whose loss is NaN/inf somewhere, say so, stop after too many in a row."""
+    def _skip_nonfinite(self, what: str, terms: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Count a skipped step (its ``what``, the loss or the gradients, is NaN/inf somewhere), say so,
+        stop after too many in a row."""
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
-        values = {
-            name: float(value.detach())
-            for name, value in terms._asdict().items()
-            if torch.is_tensor(value) and value.numel() == 1
-        }
-        listed = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+        listed = ", ".join(f"{name} {float(value):.4g}" for name, value in terms.items())
         where = f"epoch {self.current_epoch}, batch {batch_idx}"
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             from loftr_kd.errors import NonFiniteLossError
 
             raise NonFiniteLossError(
-                f"{self._nonfinite_in_a_row} training steps in a row had a non-finite loss (the last at {where}: "
+                f"{self._nonfinite_in_a_row} training steps in a row had a non-finite {what} (the last at {where}: "
                 f"{listed} on this rank); they were skipped, so the weights and checkpoints are the last "
-                f"finite step's. Check the learning rate (optim.optimizer.lr), init_weights, and the data "
-                f"(data/ counters in TensorBoard); max_nonfinite_steps={self.max_nonfinite_steps} sets the limit"
+                f"finite step's. Check the learning rate (optim.optimizer.lr), the loss weights (loss.*), "
+                f"init_weights, and the data (data/ counters in TensorBoard); "
+                f"max_nonfinite_steps={self.max_nonfinite_steps} sets the limit"
             )
         rank_zero_warn(
-            f"non-finite training loss at {where} ({listed} on this rank): step skipped, weights unchanged "
+            f"non-finite training {what} at {where} ({listed} on this rank): step skipped, weights unchanged "
             f"({self.nonfinite_steps} so far, {self._nonfinite_in_a_row} in a row; the run stops at "
             f"{self.max_nonfinite_steps} in a row)"
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this once per optimizer step, after the (DDP-reduced, AMP-unscaled) gradients of
+        # every accumulated micro-batch exist and before clipping. Under 16-mixed the GradScaler skips
+        # overflowing gradients itself; elsewhere a finite loss with NaN/inf gradients is skipped here.
+        if not self._drop_gradients and self._amp_scaler() is None and not _finite_gradients(optimizer):
+            self._skip_nonfinite("gradient", self._loss_terms, self._batch_idx)
+            self._drop_gradients = True
         if not self._drop_gradients:
+            self._nonfinite_in_a_row = 0  # an update happens: the count of skipped steps in a row restarts
             return
         # a parameter without a gradient is left alone by the optimizer: no step, no decay, no moment update
         for group in optimizer.param_groups:
