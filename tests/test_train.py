@@ -79,7 +79,7 @@ def _tags(run_dir: Path) -> dict[str, set[str]]:
 
 def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = _cfg(run, scenes, "monitoring.histogram_every_n_steps=1")
+    cfg = _cfg(run, scenes, "monitoring.histogram_every_n_steps=1", "callbacks.throughput.window_size=2")
     train(cfg)
 
     checkpoints = run / "checkpoints"
@@ -113,6 +113,7 @@ def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
         "val/student/auc_pose@5deg",  # robust-fit validation (loftr_kd.validation) of the scenes' pairs
         "val/student/auc@5",
         "lr-AdamW",
+        "train/device/samples_per_sec",  # Lightning's ThroughputMonitor: image pairs per second
     ):
         assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
     # Step-0 validation (before training) plus one per epoch.
@@ -127,6 +128,7 @@ def test_training_run_end_to_end(scenes: Path, tmp_path: Path) -> None:
     assert "matches/student" in tags["images"]
     assert any(t.startswith("grads/") for t in tags["histograms"])
     assert all(torch.isfinite(torch.tensor(v)) for _, v in scalars["train/loss"])
+    assert all(v > 0 for _, v in scalars["train/device/samples_per_sec"])
 
 
 def test_same_seed_gives_same_losses(scenes: Path, tmp_path: Path) -> None:

@@ -10,6 +10,12 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 
+def pairs_in_batch(batch: dict) -> int:
+    """Image pairs in a training batch: the ``batch_size_fn`` of Lightning's ``ThroughputMonitor``
+    (``conf/callbacks/default.yaml``), whose ``samples_per_sec`` is then pairs per second."""
+    return int(batch["image0"].shape[0])
+
+
 class DataHealth(pl.Callback):
     """Epoch summary of bad data: pairs, views and scenes skipped (``on_bad_data=skip``) or replaced on load.
 

@@ -148,6 +148,9 @@ class DistillationModule(pl.LightningModule):
             (its checkpoints are the last finite step's).
     """
 
+    # Lightning's ThroughputMonitor reports FLOP/s where a module states its FLOPs per batch; not counted here
+    flops_per_batch: int | None = None
+
     def __init__(
         self,
         student: CoarseLoFTRStudent,
