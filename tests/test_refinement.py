@@ -240,6 +240,14 @@ def test_corner_queries_find_a_translation_exactly() -> None:
     target = torch.tensor([2.0 * shift[1], 2.0 * shift[0]])
     assert inside.sum() > 10
     torch.testing.assert_close(moved[0, inside[0]], target.expand(int(inside.sum()), 2), atol=0.05, rtol=0)
+    # each window is centred on the query's pixel of its candidate cell (what the loss scores around): the
+    # query itself for its own cell, one cell (16 px) further right for the right-hand neighbour
+    torch.testing.assert_close(out.centres1, out.points0)
+    right = refinement.refine_described(
+        desc0, desc1, (torch.arange(h * w)[None] + 1).clamp(max=h * w - 1), CoarseGrid(16, h, w), queries
+    )
+    in_row = cols[None] < w - 1
+    torch.testing.assert_close(right.centres1[in_row], (out.points0 + torch.tensor([16.0, 0.0]))[in_row])
 
 
 def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) -> None:

@@ -264,15 +264,15 @@ class DistillationLoss(nn.Module):
         if refined is None or self.window is None:
             return terms
         settings = {"inverse_std": self.config.refine_inverse_std, "ce_weight": self.config.refine_ce_weight}
-        centres = grid.ids_to_pixels(refine_ids)
+        # each window's centre, as the refinement placed it (corner queries: where a translation puts the query)
+        centres = grid.ids_to_pixels(refine_ids) if refined.centres1 is None else refined.centres1
         truth, valid = gt.points1, gt.valid
         if refined.points0 is not None:
-            # corner queries: each window is centred where a translation puts its query, the truth is the query's
+            # corner queries: the truth is the query's, not the cell centre's
             if refine_truth is None:
                 raise ValueError(
                     "a refinement with its own image0 points (corner queries) needs refine_truth"
                 )
-            centres = centres + (refined.points0 - grid.centers(device=centres.device))
             truth, valid = refine_truth
             settings["size"] = self.window.query_size
         fields = (refined.points1, refined.uncertainty, refined.logits, centres)

@@ -61,12 +61,16 @@ class RefineOutput(NamedTuple):
         logits: ``(B, L0, K)`` window scores (K = window positions), for losses and diagnostics.
         points0: ``(B, L0, 2)`` xy pixels of each query in image0 where queries are not the cell centres
             (``refine_query="corner"``), else ``None``.
+        centres1: ``(B, L0, 2)`` xy pixels in image1 of each window's centre (``logits``' zero offset): the
+            candidate cell's centre, or for corner queries the same pixel of its block as the query's. The
+            loss scores the window around it.
     """
 
     points1: torch.Tensor
     uncertainty: torch.Tensor
     logits: torch.Tensor
     points0: torch.Tensor | None = None
+    centres1: torch.Tensor | None = None
 
 
 FINE_HEADS = ("conv", "separable")
@@ -296,8 +300,8 @@ class Refinement(nn.Module):
             logits = self.mlp(torch.cat([query, target], dim=-1))  # (B, L0, K)
         # (B, L0, 2) offset from the candidate cell centre
         mean, uncertainty = self._position(logits, self.offsets, self.offsets_sq, self.window.size)
-        points1 = grid1.ids_to_pixels(candidate_ids) + mean  # (B, L0, 2)
-        return RefineOutput(points1, uncertainty, logits)
+        centres1 = grid1.ids_to_pixels(candidate_ids).to(mean.dtype)  # (B, L0, 2)
+        return RefineOutput(centres1 + mean, uncertainty, logits, centres1=centres1)
 
     def _position(
         self, logits: torch.Tensor, offsets: torch.Tensor, offsets_sq: torch.Tensor, size: int
@@ -345,8 +349,8 @@ class Refinement(nn.Module):
         )
         centre = (f - 1) / 2.0
         points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
-        points1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre + mean
-        return RefineOutput(points1, uncertainty, logits, points0)
+        centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+        return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
 
     def _local_expectation(self, prob: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
         """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
