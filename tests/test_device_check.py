@@ -25,6 +25,7 @@ def test_the_device_check_runs_every_step_and_reads_the_figures_back(tmp_path):
         "WORK": str(tmp_path / "work"),
         "OMP_NUM_THREADS": "1",
         "TRAIN_ARGS": "callbacks.throughput.window_size=4 data.num_workers=0",
+        "KEEP_CHECKPOINT": "1",
     }
     out = tmp_path / "out"
     result = subprocess.run(
@@ -48,7 +49,13 @@ def test_the_device_check_runs_every_step_and_reads_the_figures_back(tmp_path):
         "gpu_tests.log",
         "train.log",
         "bench.log",
+        "best.ckpt",
         "bench.md",
         "bench.json",
     }  # at most 8 files: what a lent machine sends back
+    from loftr_kd.models.student import load_student
+
+    assert (
+        load_student(out / "best.ckpt").config.coarse_stride == 16
+    )  # the run's student (paper) comes back whole
     assert "torch" in (out / "env.txt").read_text()

@@ -10,7 +10,8 @@
 #   4. the students' speed on the GPU (loftr-kd-bench device=cuda, torch and onnxruntime rows, 640x480) next
 #      to ORB on the same machine.
 # It writes at most 8 files (what a lent machine sends back): device_check.md (the figures), env.txt,
-# gpu_tests.log, train.log, bench.log, bench.md, bench.json.
+# gpu_tests.log, train.log, bench.log, bench.md, bench.json, and with KEEP_CHECKPOINT=1 the training run's
+# best checkpoint as best.ckpt (a training stage run on the GPU comes back: TRAIN_ARGS, below).
 # Packages a bare CUDA image lacks (kornia, hydra-core, omegaconf, antlr4) travel as wheels in .whl/
 # (`make device-wheels` fetches them here); they are installed to /tmp/site first.
 # Sizes for a 10-minute call: STEPS (training optimizer steps, default 300), BENCH_ITERS (default 50);
@@ -80,6 +81,11 @@ step "training, $STEPS steps, $ACCELERATOR" "$OUT_DIR/train.log" "$PY" -m loftr_
   "data.root=$WORK/synthetic" data.generate.allow_other_root=true data.num_workers=4 threads=null \
   "++trainer.max_steps=$STEPS" trainer.max_epochs=100 data.pairs_per_epoch=800 \
   "paths.output_dir=$RUN" "hydra.run.dir=$RUN" ${TRAIN_ARGS:-}
+
+if [ "${KEEP_CHECKPOINT:-0}" = 1 ]; then
+  best=$(ls -t "$RUN"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
+  if [ -n "$best" ]; then cp "$best" "$OUT_DIR/best.ckpt"; else echo "KEEP_CHECKPOINT: no best checkpoint in $RUN" >>"$OUT_DIR/train.log"; fi
+fi
 
 step "speed (loftr-kd-bench device=$DEVICE)" "$OUT_DIR/bench.log" "$PY" -m loftr_kd.cli.bench "device=$DEVICE" \
   "students=[paper,paper_refine]" "student_checkpoints={}" "backends=[torch,onnxruntime]" "sizes=[[480,640]]" \
