@@ -11,7 +11,7 @@
 #      to ORB on the same machine.
 # It writes at most 8 files (what a lent machine sends back): device_check.md (the figures), env.txt,
 # gpu_tests.log, train.log, bench.log, bench.md, bench.json, and with KEEP_CHECKPOINT=1 the training run's
-# best checkpoint as best.ckpt (a training stage run on the GPU comes back: TRAIN_ARGS, below).
+# best checkpoint, best-epochNNN.ckpt (last.ckpt if no epoch ended): a training stage run on the GPU comes back.
 # Packages a bare CUDA image lacks (kornia, hydra-core, omegaconf, antlr4) travel as wheels in .whl/
 # (`make device-wheels` fetches them here); they are installed to /tmp/site first.
 # Sizes for a 10-minute call: STEPS (training optimizer steps, default 300), BENCH_ITERS (default 50);
@@ -83,8 +83,10 @@ step "training, $STEPS steps, $ACCELERATOR" "$OUT_DIR/train.log" "$PY" -m loftr_
   "paths.output_dir=$RUN" "hydra.run.dir=$RUN" ${TRAIN_ARGS:-}
 
 if [ "${KEEP_CHECKPOINT:-0}" = 1 ]; then
-  best=$(ls -t "$RUN"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
-  if [ -n "$best" ]; then cp "$best" "$OUT_DIR/best.ckpt"; else echo "KEEP_CHECKPOINT: no best checkpoint in $RUN" >>"$OUT_DIR/train.log"; fi
+  # the best by the run's validation metric; last.ckpt where no validation ran (a run shorter than an epoch)
+  kept=$(ls -t "$RUN"/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
+  kept=${kept:-$RUN/checkpoints/last.ckpt}
+  cp "$kept" "$OUT_DIR/" || echo "KEEP_CHECKPOINT: no checkpoint in $RUN/checkpoints" >>"$OUT_DIR/train.log"
 fi
 
 step "speed (loftr-kd-bench device=$DEVICE)" "$OUT_DIR/bench.log" "$PY" -m loftr_kd.cli.bench "device=$DEVICE" \
