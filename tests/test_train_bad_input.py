@@ -385,6 +385,43 @@ def test_a_finite_loss_with_non_finite_gradients_is_skipped_too(tmp_path):
         assert all(torch.isfinite(v.float()).all() for v in student.state_dict().values())
 
 
+def test_histograms_of_values_beyond_tensorboards_bins_are_left_out_not_fatal(tmp_path):
+    """TensorBoard's histogram bins end at 1e20, and a tensor with nothing inside them made add_histogram
+    raise ("The histogram is empty") and stop the run. Gradients of ~1e36 (w_refine 1e36: finite, so the
+    step trains) are left out with one warning per logging step; the parameters' histograms are written."""
+    from functools import partial
+
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
+    from loftr_kd.losses import LossConfig
+    from loftr_kd.models.student import build_student
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
+    module = DistillationModule(
+        student,
+        None,
+        LossConfig(w_refine=1e36),
+        partial(torch.optim.AdamW, lr=1e-3),
+        monitoring=MonitoringConfig(histogram_every_n_steps=1, log_match_images=False),
+    )
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    with pytest.warns(
+        UserWarning, match=r"\d+ histograms left out at step 0: values beyond TensorBoard's bins"
+    ):
+        _fit(module, _shifted_pairs(0, 2), tmp_path, logger=logger)
+    assert module.nonfinite_steps == 0  # finite gradients: trained, not skipped
+    (events,) = (tmp_path / "tb" / "version_0").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={"histograms": 0})
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["histograms"])
+    assert {f"params/{name}" for name, _ in student.named_parameters()} <= tags
+    assert "grads/backbone.conv1.weight" not in tags  # ~1e36: left out
+
+
 @pytest.mark.parametrize("strategy", [[], ["trainer=ddp_cpu"]], ids=["one-process", "ddp-2-cpu"])
 def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_path, strategy):
     """The usual cause of a NaN loss, end to end through the CLI: after the first step at lr 1e30 every

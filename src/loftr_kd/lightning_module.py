@@ -78,6 +78,10 @@ def freeze_except(student: nn.Module, train_only: Sequence[str]) -> int:
     return trainable
 
 
+# torch.utils.tensorboard's default histogram bins end at +-1e20 (TensorFlow's); values beyond are not counted
+_HISTOGRAM_LIMIT = 1e20
+
+
 def _scalar_terms(terms: LossOutput) -> dict[str, torch.Tensor]:
     """The loss terms that are single numbers, by name, detached (for a warning; no device sync)."""
     return {
@@ -332,6 +336,7 @@ class DistillationModule(pl.LightningModule):
         if not self._drop_gradients and self._amp_scaler() is None and not _finite_gradients(optimizer):
             self._skip_nonfinite("gradient", self._loss_terms, self._batch_idx)
             self._drop_gradients = True
+        self._log_histograms(gradients=not self._drop_gradients)
         if not self._drop_gradients:
             self._nonfinite_in_a_row = 0  # an update happens: the count of skipped steps in a row restarts
             return
@@ -441,17 +446,34 @@ class DistillationModule(pl.LightningModule):
             self._log_match_images(self._vis_batch)
 
     # ------------------------------------------------------------------------------------ monitoring
-    def on_after_backward(self) -> None:
+    def _log_histograms(self, gradients: bool) -> None:
+        """Parameter (and gradient) histograms every ``histogram_every_n_steps`` optimizer steps, from
+        :meth:`on_before_optimizer_step`: the gradients are the whole accumulated step's, unscaled under
+        16-mixed; a skipped step's gradients are not logged. A tensor with values beyond TensorBoard's
+        bins (|x| > 1e20, or NaN/inf: its histogram would be empty or wrong, and TensorBoard raises on an
+        empty one) is left out with a warning: monitoring never stops a run."""
         period = self.monitoring.histogram_every_n_steps
         tensorboard = self._tensorboard()
         if tensorboard is None or period <= 0 or self.global_step % period:
             return
+        left_out = {}
         for name, param in self.student.named_parameters():
-            tensorboard.add_histogram(f"params/{name}", param.detach().float().cpu(), self.global_step)
-            if param.grad is not None:
-                tensorboard.add_histogram(
-                    f"grads/{name}", param.grad.detach().float().cpu(), self.global_step
-                )
+            tensors = {"params": param, "grads": param.grad if gradients else None}
+            for kind, tensor in tensors.items():
+                if tensor is None:
+                    continue
+                values = tensor.detach().float().flatten().cpu()
+                largest = float(values.abs().max()) if values.numel() else 0.0
+                if largest <= _HISTOGRAM_LIMIT:  # False for NaN
+                    tensorboard.add_histogram(f"{kind}/{name}", values, self.global_step)
+                else:
+                    left_out[f"{kind}/{name}"] = largest
+        if left_out:
+            worst = max(left_out, key=lambda tag: left_out[tag])  # NaN sorts anywhere: named as found
+            rank_zero_warn(
+                f"{len(left_out)} histograms left out at step {self.global_step}: values beyond TensorBoard's "
+                f"bins (|x| > 1e20 or NaN/inf; {worst}: {left_out[worst]:.3g})"
+            )
 
     def _tensorboard(self) -> Any | None:
         for logger in self.loggers:
