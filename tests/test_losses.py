@@ -325,3 +325,8 @@ def test_loss_config_yaml_instantiates():
     assert kwargs["w_kd"] == 0.7 and kwargs["alpha"] == 0.25 and kwargs["kd_mode"] == "dual"
     with pytest.raises(ValueError, match="kd_mode"):
         LossConfig(kd_mode="rows")
+    for name in ("w_gt", "w_kd", "kd_scale", "w_refine", "w_refine_kd"):  # would train against the term
+        with pytest.raises(ValueError, match=rf"{name} must be >= 0, got -1"):
+            LossConfig(**{name: -1.0})
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        LossConfig(temperature=0.0)

@@ -67,6 +67,13 @@ def _error_lines(stderr: str) -> list[str]:
         ("trainer.deterministic=maybe", r"trainer.deterministic='maybe': expected"),
         ("seed=x", r"seed='x': expected an integer"),
         ("max_nonfinite_steps=0", r"max_nonfinite_steps=0: expected the number \(>= 1\)"),
+        ("loss.w_kd=-0.5", r"loss: w_kd must be >= 0, got -0.5"),
+        ("loss.temperature=0", r"loss: temperature must be > 0, got 0"),
+        ("+loss.w_focal=1", r"loss.w_focal is not a setting of LossConfig"),
+        (
+            "callbacks.throughput.window_size=1",
+            r"callbacks.throughput.window_size=1: expected a number of batches >= 2",
+        ),
     ],
 )
 def test_config_type_and_range_errors_name_the_key(override, message):

@@ -41,6 +41,8 @@ _RANGES: dict[str, dict[str, tuple[float, str]]] = {
         "gradient_clip_val": (0, ">= 0"),
         "num_sanity_val_steps": (-1, ">= -1"),
     },
+    # Lightning's ThroughputMonitor takes it as **kwargs and asserts > 1 only once the run starts
+    "callbacks.throughput": {"window_size": (2, "a number of batches >= 2 (the rolling mean's window)")},
 }
 
 
@@ -280,6 +282,18 @@ def check_train_config(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a file path")
     _check_optimizer(cfg)
+    if cfg.get("loss") is not None:  # the loss's own checks (weights >= 0, temperature > 0) before any work
+        loss = _plain(cfg.loss)
+        try:
+            check_arguments(_target(str(loss["_target_"])), loss, "loss")
+            _class_or_none(str(loss["_target_"]))(**{k: v for k, v in loss.items() if not k.startswith("_")})
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"loss: {error}") from None
+    callbacks = cfg.get("callbacks")
+    if callbacks is not None and callbacks.get("throughput") is not None:
+        _check_ranges("callbacks.throughput", _plain(callbacks.throughput))
     if cfg.get("deploy") is not None:  # the end-of-run export: a bad setting is found now, not after training
         from loftr_kd.export.pipeline import ExportSettings
 
