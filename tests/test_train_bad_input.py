@@ -456,8 +456,8 @@ def test_a_learning_rate_that_blows_the_loss_up_stops_the_run_in_one_line(tmp_pa
 def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
     """Under 16-mixed (Lightning's MixedPrecision and its GradScaler; float16 autocast runs on the CPU too) a
     step whose gradients overflow is skipped by the scaler and counted in train/amp_skipped_steps: every
-    step when the scaler's initial scale (2**16) puts the loss (~17) beyond float16's range (65504) and
-    halves on each skip, none at scale 1."""
+    step when the scaler's initial scale (2**16, halved on each skip) sends the scaled loss (~17 x 2**13 or
+    more) and its float16 gradients beyond float16's range (65504), none at scale 1."""
     from functools import partial
 
     from pytorch_lightning.plugins.precision import MixedPrecision
