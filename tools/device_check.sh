@@ -30,9 +30,17 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd)
 SUMMARY="$OUT_DIR/device_check.md"
 export PYTHONUNBUFFERED=1
 
+: >"$WORK/install.log"
 if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl >>"$WORK/install.log" 2>&1; then
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    echo "carried wheels installed to /tmp/site: $(cd .whl && echo *.whl)" >>"$WORK/install.log"
+  else
+    echo "carried wheels NOT installed (pip's message above)" >>"$WORK/install.log"
+  fi
+else
+  echo "no carried wheels (.whl/): the machine's own packages only" >>"$WORK/install.log"
 fi
 # the package from this checkout, installed or not (its console scripts are run as python -m modules)
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
@@ -52,6 +60,7 @@ step() {  # step NAME LOG COMMAND...: run, log, time; a failure is recorded, not
 : >"$WORK/steps.md"
 {
   date -u
+  cat "$WORK/install.log"
   nvidia-smi 2>&1 || echo "nvidia-smi: not found"
   "$PY" - <<'EOF'
 import importlib, platform, sys
