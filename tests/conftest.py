@@ -71,3 +71,28 @@ def quiet_cpu_trainer(root, **options):
         "default_root_dir": root,
     }
     return pl.Trainer(**{**settings, **options})
+
+
+def shifted_photo_pairs(seed: int, count: int, height: int = 96, width: int = 128) -> list[dict]:
+    """Batches of a textured photo crop and the same crop moved by a few pixels (exact homography)."""
+    import cv2
+    import numpy as np
+    from skimage import data as skdata
+
+    image = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        x, y = rng.uniform(20, 300, size=2)
+        dx, dy = rng.uniform(-8, 8, size=2)
+        a0 = np.array([[1, 0, -x], [0, 1, -y], [0, 0, 1]])
+        a1 = np.array([[1, 0, -x - dx], [0, 1, -y - dy], [0, 0, 1]])
+        crops = [cv2.warpPerspective(image, a, (width, height)) for a in (a0, a1)]
+        batches.append(
+            {
+                "image0": torch.from_numpy(crops[0])[None, None],
+                "image1": torch.from_numpy(crops[1])[None, None],
+                "H_0to1": torch.from_numpy(a1 @ np.linalg.inv(a0)).float()[None],
+            }
+        )
+    return batches

@@ -62,17 +62,16 @@ def test_a_16_mixed_training_run_on_the_device_stays_finite_and_learns(device, t
     finite weights that moved, and a lower loss on the trained pairs afterwards than before."""
     from pytorch_lightning.plugins.precision import MixedPrecision
 
-    from conftest import quiet_cpu_trainer
+    from conftest import quiet_cpu_trainer, shifted_photo_pairs
     from loftr_kd.lightning_module import DistillationModule
     from loftr_kd.losses import LossConfig
     from loftr_kd.models.student import build_student
-    from test_train_bad_input import _shifted_pairs
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     student = build_student(input_height=96, input_width=128, refine="corr", border_removal=0)
     module = DistillationModule(student, None, LossConfig(), partial(torch.optim.AdamW, lr=3e-3))
-    pairs = _shifted_pairs(2, 4)
+    pairs = shifted_photo_pairs(2, 4)
 
     def loss() -> float:
         module.eval()

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import quiet_cpu_trainer
+from conftest import quiet_cpu_trainer, shifted_photo_pairs
 from loftr_kd.config import CONFIG_DIR, register_resolvers
 from loftr_kd.config_check import ConfigError, check_train_config
 from loftr_kd.data import synthetic
@@ -269,31 +269,6 @@ def test_kind_settings_are_checked_before_the_run_directory(override, message, t
     check_train_config(good)  # a list where the source keeps a tuple is fine
 
 
-def _shifted_pairs(seed: int, count: int, height: int = 96, width: int = 128) -> list[dict]:
-    """Batches of a textured photo crop and the same crop moved by a few pixels (exact homography)."""
-    import cv2
-    import numpy as np
-    from skimage import data as skdata
-
-    image = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(count):
-        x, y = rng.uniform(20, 300, size=2)
-        dx, dy = rng.uniform(-8, 8, size=2)
-        a0 = np.array([[1, 0, -x], [0, 1, -y], [0, 0, 1]])
-        a1 = np.array([[1, 0, -x - dx], [0, 1, -y - dy], [0, 0, 1]])
-        crops = [cv2.warpPerspective(image, a, (width, height)) for a in (a0, a1)]
-        batches.append(
-            {
-                "image0": torch.from_numpy(crops[0])[None, None],
-                "image1": torch.from_numpy(crops[1])[None, None],
-                "H_0to1": torch.from_numpy(a1 @ np.linalg.inv(a0)).float()[None],
-            }
-        )
-    return batches
-
-
 def _fit(module, batches: list[dict], tmp_path: Path, **options):
     """One epoch of Lightning's own fit over ``batches``; the trainer, for its metrics."""
     from torch.utils.data import DataLoader
@@ -323,7 +298,7 @@ def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path
         optimizer = partial(torch.optim.AdamW, lr=1e-3)
         return DistillationModule(student, None, LossConfig(w_gt=1.0), optimizer, max_nonfinite_steps=limit)
 
-    good = _shifted_pairs(0, 3)
+    good = shifted_photo_pairs(0, 3)
     bad = {**good[1], "image1": good[1]["image1"].clone()}
     bad["image1"][0, 0, 40, 60] = float("inf")
     model = module(limit=2)
@@ -378,14 +353,14 @@ def test_a_finite_loss_with_non_finite_gradients_is_skipped_too(tmp_path):
             with pytest.warns(
                 UserWarning, match=r"non-finite training gradient at epoch 0, batch 2 \(total 2\.\d+e\+38"
             ):
-                trainer = _fit(module, _shifted_pairs(0, 3), tmp_path)
+                trainer = _fit(module, shifted_photo_pairs(0, 3), tmp_path)
             assert module.nonfinite_steps == 3
             assert trainer.callback_metrics["train/nonfinite_steps"] == 3
         else:
             with pytest.raises(
                 NonFiniteLossError, match=r"2 training steps in a row had a non-finite gradient"
             ):
-                _fit(module, _shifted_pairs(0, 3), tmp_path)
+                _fit(module, shifted_photo_pairs(0, 3), tmp_path)
         for name, value in student.named_parameters():
             assert torch.equal(value, start[name]), name
         # the forward passes were finite: their BatchNorm statistics are kept, as the GradScaler keeps them
@@ -419,7 +394,7 @@ def test_histograms_of_values_beyond_tensorboards_bins_are_left_out_not_fatal(tm
     with pytest.warns(
         UserWarning, match=r"\d+ histograms left out at step 0: values beyond TensorBoard's bins"
     ):
-        _fit(module, _shifted_pairs(0, 2), tmp_path, logger=logger)
+        _fit(module, shifted_photo_pairs(0, 2), tmp_path, logger=logger)
     assert module.nonfinite_steps == 0  # finite gradients: trained, not skipped
     (events,) = (tmp_path / "tb" / "version_0").glob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events), size_guidance={"histograms": 0})
@@ -474,7 +449,7 @@ def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
         module = DistillationModule(student, None, LossConfig(), partial(torch.optim.AdamW, lr=1e-3))
         scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
         plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
-        trainer = _fit(module, _shifted_pairs(1, 4), tmp_path, plugins=plugins)
+        trainer = _fit(module, shifted_photo_pairs(1, 4), tmp_path, plugins=plugins)
         counts.append(module.amp_skipped_steps)
         assert trainer.callback_metrics["train/amp_skipped_steps"] == module.amp_skipped_steps
     assert counts == [0, 4]

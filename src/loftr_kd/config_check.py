@@ -275,7 +275,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if limit is not None and not (matches_hint(limit, int) and limit >= 1):
         raise ConfigError(
             f"max_nonfinite_steps={limit!r}: expected the number (>= 1) of training steps in a row with a "
-            f"non-finite loss that stops the run"
+            f"non-finite loss or gradients that stops the run"
         )
     for key in ("ckpt_path", "init_weights"):
         value = cfg.get(key)
@@ -286,7 +286,9 @@ def check_train_config(cfg: DictConfig) -> None:
         loss = _plain(cfg.loss)
         try:
             check_arguments(_target(str(loss["_target_"])), loss, "loss")
-            _class_or_none(str(loss["_target_"]))(**{k: v for k, v in loss.items() if not k.startswith("_")})
+            from hydra.utils import get_object
+
+            get_object(str(loss["_target_"]))(**{k: v for k, v in loss.items() if not k.startswith("_")})
         except ConfigError:
             raise
         except (TypeError, ValueError) as error:
