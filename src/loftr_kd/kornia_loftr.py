@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loftr_kd.matcher import aspect_true_size
+from loftr_kd.models.matching import match_entries
 
 __all__ = ["KEYPOINT_FRAMES", "StudentLoFTR"]
 
@@ -141,7 +142,7 @@ class StudentLoFTR(nn.Module):
             raise ValueError(f"image0 and image1 batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
         input0, input1 = self._model_input("image0", image0), self._model_input("image1", image1)
         with torch.no_grad():
-            out = self.model(input0, input1)
+            out = match_entries(self.model(input0, input1))  # every point of a match (refine_points)
         batch_indexes, cells = torch.nonzero(out.match_ids >= 0, as_tuple=True)  # outside any graph
         shift = 0.5 if self.keypoint_frame == "loftr" else 0.0
         keypoints = []

@@ -130,7 +130,8 @@ class Matcher:
     in the pixels of the images as given (pixel centres at integers, always inside the image);
     ``coarse_keypoints0`` / ``coarse_keypoints1`` are each match's image0 / image1 cell centres (with corner
     queries, ``refine_query="corner"``, the shipped default's, ``keypoints0`` is a pixel inside its cell
-    instead of the centre). The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
+    instead of the centre; a model built with ``refine_points=k`` gives up to ``k`` matches per cell, each with
+    its cell's centres). The model itself runs in ``self.runner`` (a :class:`~loftr_kd.runtime.Backend`,
     built by :func:`~loftr_kd.backends.open_backend`); the Matcher resizes, letterboxes and maps back.
     """
 
@@ -479,12 +480,16 @@ class Matcher:
         keep = match_ids >= 0
         if self.threshold is not None:
             keep &= match_conf >= self.threshold
+        # with several points per cell (refine_points) entry e belongs to cell e % cells (MatchEntries)
+        cells = (box0.input_height // self.stride) * (box0.input_width // self.stride)
+        if not self.use_refinement:
+            keep[cells:] = False  # one pair of cell centres per match, not one per point
         idx0 = np.nonzero(keep)[0]
         if idx0.size == 0:
             return _empty_result()
         points0 = all_points0[idx0].astype(np.float64)  # model-input pixels (refined where the model refines)
         points1 = all_points1[idx0].astype(np.float64)
-        cells0 = cell_centres(idx0, (box0.input_height, box0.input_width), self.stride)
+        cells0 = cell_centres(idx0 % cells, (box0.input_height, box0.input_width), self.stride)
         cells1 = cell_centres(match_ids[idx0], (box1.input_height, box1.input_width), self.stride)
         if not self.use_refinement:  # both cell centres (corner queries moved image0's point too)
             points0, points1 = cells0.astype(np.float64), cells1.astype(np.float64)

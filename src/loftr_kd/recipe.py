@@ -8,7 +8,7 @@ A recipe is a list of steps, run in order, each as its own process (the same com
   attempt wrote ``summary.json`` is done; an interrupted one is resumed into the next attempt directory
   with ``ckpt_path=<previous attempt>`` (a run directory is never overwritten).
 - ``ship``: a finished stage's best checkpoint (optionally with a new ``match_threshold`` and
-  ``refine_query``) -> ``<name>.pt``
+  ``refine_query`` and ``refine_points``) -> ``<name>.pt``
   (``save_student``) and ``<name>.onnx`` with its encoder and matcher graphs
   (``loftr-kd-export``, its checks and report), copied to ``ship_to`` when set.
 
@@ -263,8 +263,14 @@ class Recipe:
         height, width = int(spec.get("height", 480)), int(spec.get("width", 640))
         threshold = spec.get("match_threshold")  # chosen on validation data, see the recipe's notes
         query = spec.get("refine_query")  # where image0's points sit, set at shipping like the threshold
+        points = spec.get("refine_points")  # how many per matched cell, likewise
         student = load_student(
-            source, input_height=height, input_width=width, match_threshold=threshold, refine_query=query
+            source,
+            input_height=height,
+            input_width=width,
+            match_threshold=threshold,
+            refine_query=query,
+            refine_points=points,
         )
         pt = save_student(student, self.out_dir / f"{name}.pt")
         export_dir = self.out_dir / f"{step.name}_export"

@@ -40,6 +40,7 @@ from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.files import replacing, to_jsonable
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
+from loftr_kd.models.matching import match_entries
 
 MATCH_IDS_DTYPE = "int32"
 # ``dynamic`` values: which input dims a graph leaves free.
@@ -96,11 +97,16 @@ class ExportWrapper(nn.Module):
 
 
 def graph_outputs(out: Any, with_confidence: bool = False) -> tuple[torch.Tensor, ...]:
-    """A model's ``CoarseMatchOutput`` as an exported graph's outputs (:data:`OUTPUT_NAMES` [+ confidence])."""
-    match_ids = out.match_ids.to(torch.int32)  # (B, L0), -1 = none
-    outputs = (match_ids, out.match_confidence)
+    """A model's ``CoarseMatchOutput`` as an exported graph's outputs (:data:`OUTPUT_NAMES` [+ confidence]).
+
+    A student's are its :func:`~loftr_kd.models.matching.match_entries`: one entry per image0 cell, or with
+    ``refine_points=k`` one per point, ``k * L0`` (entry ``e`` belongs to cell ``e % L0``)."""
     if getattr(out, "points1", None) is not None:  # every student; a bare coarse matcher has none
-        outputs += (out.points0, out.points1, out.match_uncertainty)
+        entries = match_entries(out)
+        outputs = (entries.match_ids.to(torch.int32), entries.match_confidence)  # (B, L), -1 = none
+        outputs += (entries.points0, entries.points1, entries.match_uncertainty)
+    else:
+        outputs = (out.match_ids.to(torch.int32), out.match_confidence)  # (B, L0), -1 = none
     if with_confidence:
         return (*outputs, out.confidence)  # + (B, L0, L1)
     return outputs
@@ -170,6 +176,7 @@ def export_onnx(
 
     dynamic = dynamic_mode(dynamic)
     stride = int((config or {}).get("coarse_stride", 1) or 1)
+    points = int((config or {}).get("refine_points", 1) or 1)  # entries per image0 cell
     max_height = int((config or {}).get("max_height", height))
     max_width = int((config or {}).get("max_width", width))
     if dynamic == "shape" and (height % stride or width % stride):
@@ -205,7 +212,7 @@ def export_onnx(
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
                 if exporter == "torchscript":
                     if dynamic:
-                        kwargs["dynamic_axes"] = _dynamic_axes(dynamic, output_names)
+                        kwargs["dynamic_axes"] = _dynamic_axes(dynamic, output_names, points)
                     torch.onnx.export(
                         wrapper, example, str(tmp), dynamo=False, do_constant_folding=True, **kwargs
                     )
@@ -232,7 +239,7 @@ def export_onnx(
                 _verify_dynamic_batch(tmp, example_batch + 1, height, width)
             elif dynamic == "shape":
                 sizes = [(height, width), *dynamic_probe_sizes(height, width, stride, max_height, max_width)]
-                _verify_dynamic_shape(tmp, example_batch + 1, sizes, stride)
+                _verify_dynamic_shape(tmp, example_batch + 1, sizes, stride, points)
     finally:
         model.train(was_training)
     return path
@@ -281,8 +288,9 @@ def write_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     proto.producer_version = __version__
 
 
-def _dynamic_axes(dynamic: str, output_names: list[str]) -> dict[str, dict[int, str]]:
-    """``dynamic_axes`` of the TorchScript exporter: batch, and per image its height and width."""
+def _dynamic_axes(dynamic: str, output_names: list[str], points: int = 1) -> dict[str, dict[int, str]]:
+    """``dynamic_axes`` of the TorchScript exporter: batch, and per image its height and width; the match
+    outputs' entries are ``cells0``, or ``entries0`` where there are ``points > 1`` per cell."""
     if dynamic == "batch":
         return {name: {0: "batch"} for name in ["image0", "image1", *output_names]}
     axes: dict[str, dict[int, str]] = {
@@ -290,13 +298,15 @@ def _dynamic_axes(dynamic: str, output_names: list[str]) -> dict[str, dict[int, 
         "image1": {0: "batch", 2: "height1", 3: "width1"},
     }
     for name in output_names:
-        axes[name] = {0: "batch", 1: "cells0"}
+        axes[name] = {0: "batch", 1: "cells0" if points == 1 else "entries0"}
     if "confidence" in output_names:
         axes["confidence"] = {0: "batch", 1: "cells0", 2: "cells1"}
     return axes
 
 
-def _verify_dynamic_shape(path: Path, batch: int, sizes: list[tuple[int, int]], stride: int) -> None:
+def _verify_dynamic_shape(
+    path: Path, batch: int, sizes: list[tuple[int, int]], stride: int, points: int = 1
+) -> None:
     """Run a dynamic-shape graph on pairs of sizes it was not traced with (image0 and image1 differing);
     a size baked in during tracing fails here, or gives outputs of the wrong number of cells."""
     session = checks.ort_session(path, threads=1)
@@ -307,6 +317,7 @@ def _verify_dynamic_shape(path: Path, batch: int, sizes: list[tuple[int, int]], 
         batch,
         sizes,
         stride,
+        points,
     )
 
 
@@ -317,10 +328,12 @@ def verify_runs(
     batch: int,
     sizes: list[tuple[int, int]],
     stride: int,
+    points: int = 1,
 ) -> None:
     """Call ``run(image0, image1)`` (zero images ``(batch, 1, h, w)``) on each size paired with the next one;
     raise :class:`ExportError` naming ``graph`` when it fails, or ``output_graph`` when an output's leading
-    dims are not ``(batch, cells of image0)``. Shared by the whole graph's and the split export's checks."""
+    dims are not ``(batch, cells of image0)`` (the match outputs: ``points`` entries per cell; a
+    ``confidence`` after them: one per cell). Shared by the whole graph's and the split export's checks."""
     for (h0, w0), (h1, w1) in zip(sizes, sizes[1:] + sizes[:1]):
         try:
             outputs = run(np.zeros((batch, 1, h0, w0), np.float32), np.zeros((batch, 1, h1, w1), np.float32))
@@ -330,10 +343,11 @@ def verify_runs(
                 f"was baked in during tracing. onnxruntime: {str(e).splitlines()[0][:300]}"
             ) from e
         cells = (h0 // stride) * (w0 // stride)
-        if any(o.shape[:2] != (batch, cells) for o in outputs):
+        expected = [(batch, cells * points if i < len(OUTPUT_NAMES) else cells) for i in range(len(outputs))]
+        if [tuple(o.shape[:2]) for o in outputs] != expected:
             raise ExportError(
                 f"{output_graph} returned {[o.shape for o in outputs]} for a {w0}x{h0} image0 at batch "
-                f"{batch}; expected ({batch}, {cells}, ...)"
+                f"{batch}; expected leading dims {expected}"
             )
 
 

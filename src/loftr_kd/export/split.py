@@ -145,7 +145,10 @@ def export_split(
     strides = {ENCODER_INPUT: 1, "coarse": stride, "fine": fine_stride, "queries": stride}
     encoder_axes = _axes([ENCODER_INPUT, *encoder_outputs], shape)
     matcher_axes = _axes(matcher_inputs, shape)
-    matcher_axes.update({name: {0: "batch", 1: "cells0"} for name in output_names})
+    points = int(config.get("refine_points", 1) or 1)  # entries per image0 cell
+    matcher_axes.update(
+        {name: {0: "batch", 1: "cells0" if points == 1 else "entries0"} for name in output_names}
+    )
     graphs = {
         "encoder": (
             EncoderWrapper(model).eval(),
@@ -198,7 +201,7 @@ def export_split(
         sizes = [(height, width)]
         if shape:
             sizes += dynamic_probe_sizes(height, width, stride, config["max_height"], config["max_width"])
-        _verify(written[0], written[1], sizes, stride)
+        _verify(written[0], written[1], sizes, stride, points)
     return paths
 
 
@@ -216,7 +219,9 @@ def _axes(names: list[str], shape: bool) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _verify(encoder_path: Path, matcher_path: Path, sizes: list[tuple[int, int]], stride: int) -> None:
+def _verify(
+    encoder_path: Path, matcher_path: Path, sizes: list[tuple[int, int]], stride: int, points: int = 1
+) -> None:
     """Run the two halves on pairs of ``sizes`` (image0 and image1 differing) at a batch they were not
     traced with; a batch or size baked in during tracing fails here."""
     encoder, matcher = (checks.ort_session(p, threads=1) for p in (encoder_path, matcher_path))
@@ -229,7 +234,7 @@ def _verify(encoder_path: Path, matcher_path: Path, sizes: list[tuple[int, int]]
         values = encoded0.matcher_feeds(encoded1)
         return matcher.run(None, {name: values[name] for name in inputs})
 
-    verify_runs(run, "the split export", "the split export's matcher", 3, sizes, stride)
+    verify_runs(run, "the split export", "the split export's matcher", 3, sizes, stride, points)
 
 
 def check_split(

@@ -40,7 +40,12 @@ class CoarseMatchOutput(NamedTuple):
             corner query (``refine_query="corner"``), which ``candidate_points1`` is the match of.
         queries0: ``(B, L0)`` int64 position of each image-0 cell's corner query inside its block
             (:func:`~loftr_kd.models.refinement.corner_queries`; ``forward`` of corner-query students only), so
-            a loss's :meth:`~loftr_kd.models.student.CoarseLoFTRStudent.refine` does not look for them again.
+            a loss's :meth:`~loftr_kd.models.student.CoarseLoFTRStudent.refine` does not look for them again
+            (``(B, L0, k)`` with ``refine_points=k > 1``).
+        more_points0: ``(B, L0, k-1, 2)`` each match's further points in image 0 (``refine_points=k > 1``),
+            ``-1`` where no match; ``None`` otherwise. :func:`match_entries` lists them after the first ones.
+        more_points1: ``(B, L0, k-1, 2)`` their refined positions in image 1, ``-1`` where no match.
+        more_uncertainty: ``(B, L0, k-1)`` their spread in pixels, ``0`` where no match.
 
     The last eight are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
     every model (teacher included) gives.
@@ -60,6 +65,49 @@ class CoarseMatchOutput(NamedTuple):
     fine_maps: tuple[torch.Tensor, torch.Tensor] | None = None
     candidate_points0: torch.Tensor | None = None
     queries0: torch.Tensor | None = None
+    more_points0: torch.Tensor | None = None
+    more_points1: torch.Tensor | None = None
+    more_uncertainty: torch.Tensor | None = None
+
+
+class MatchEntries(NamedTuple):
+    """A student's published matches, one entry per image0 point (what every backend and export gives).
+
+    Entry ``e`` belongs to image0 cell ``e % L0``: the first ``L0`` entries are the cells' first points
+    (``CoarseMatchOutput.points0``), the next ``L0`` their second points, and so on (``refine_points``).
+    ``match_ids`` / ``match_confidence`` repeat per point.
+    """
+
+    match_ids: torch.Tensor  # (B, k*L0) int64, -1 = none
+    match_confidence: torch.Tensor  # (B, k*L0)
+    points0: torch.Tensor  # (B, k*L0, 2)
+    points1: torch.Tensor  # (B, k*L0, 2)
+    match_uncertainty: torch.Tensor  # (B, k*L0)
+
+
+def match_entries(out: CoarseMatchOutput) -> MatchEntries:
+    """The matches of a student's output with its further points per cell (``refine_points``) listed after
+    the first ones, point-major (:class:`MatchEntries`); the fields themselves where there are none."""
+    if out.more_points0 is None:
+        return MatchEntries(
+            out.match_ids, out.match_confidence, out.points0, out.points1, out.match_uncertainty
+        )
+    b, l0, extra = out.more_uncertainty.shape
+
+    def after(first: torch.Tensor, more: torch.Tensor) -> torch.Tensor:  # (B, L0, ...), (B, L0, k-1, ...)
+        more = more.transpose(1, 2).reshape(b, extra * l0, *more.shape[3:])  # point-major
+        return torch.cat([first, more], dim=1)
+
+    def repeated(values: torch.Tensor) -> torch.Tensor:  # (B, L0) -> (B, k*L0)
+        return values.repeat(1, extra + 1)
+
+    return MatchEntries(
+        repeated(out.match_ids),
+        repeated(out.match_confidence),
+        after(out.points0, out.more_points0),
+        after(out.points1, out.more_points1),
+        after(out.match_uncertainty, out.more_uncertainty),
+    )
 
 
 def similarity_matrix(feat0: torch.Tensor, feat1: torch.Tensor, temperature: float) -> torch.Tensor:

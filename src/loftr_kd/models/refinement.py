@@ -19,6 +19,10 @@ the cell's most corner-like fine pixel (:func:`corner_queries`, from the image) 
 where a translation puts that pixel: a point at a corner is located far more exactly by correlation than a
 centre in a flat patch (docs/refinement.md, "Corner queries"). Training supervises the queries the model is
 built with: with corner queries, each query's own truth (:func:`loftr_kd.supervision.point_ground_truth`).
+``refine_points=k`` (corner queries, an inference setting too) gives each matched cell ``k`` points: its ``k``
+most corner-like fine pixels, the first the query above, the others correlated with the first one's window (no
+second gather) and located the same way; a homography or pose fit gets ``k`` times the matches for little work
+(docs/refinement.md, "More points per cell"). Training supervises the first.
 
 Everything is fixed-shape: one entry per image0 cell, computed for all cells and masked afterwards, with
 ops TensorRT parses (Conv, AveragePool, Pad, Slice, Gather, MatMul, Softmax, ...); no ``nonzero``, no
@@ -64,6 +68,10 @@ class RefineOutput(NamedTuple):
         centres1: ``(B, L0, 2)`` xy pixels in image1 of each window's centre (``logits``' zero offset): the
             candidate cell's centre, or for corner queries the same pixel of its block as the query's. The
             loss scores the window around it.
+        more_points0: ``(B, L0, k-1, 2)`` xy pixels in image0 of each cell's further points
+            (``refine_points=k > 1``), else ``None``.
+        more_points1: ``(B, L0, k-1, 2)`` their refined positions in image1 (found in the first point's window).
+        more_uncertainty: ``(B, L0, k-1)`` their spread (pixels).
     """
 
     points1: torch.Tensor
@@ -71,6 +79,9 @@ class RefineOutput(NamedTuple):
     logits: torch.Tensor
     points0: torch.Tensor | None = None
     centres1: torch.Tensor | None = None
+    more_points0: torch.Tensor | None = None
+    more_points1: torch.Tensor | None = None
+    more_uncertainty: torch.Tensor | None = None
 
 
 FINE_HEADS = ("conv", "separable")
@@ -103,7 +114,7 @@ class FineHead(nn.Module):
         return self.project(self.relu(self.bn(self.conv(x))))
 
 
-def corner_queries(image: torch.Tensor, window: RefineWindow) -> torch.Tensor:
+def corner_queries(image: torch.Tensor, window: RefineWindow, count: int = 1) -> torch.Tensor:
     """The most corner-like fine pixel of each cell's inner block: where image0's point of a match goes.
 
     Shi-Tomasi on the image at the fine resolution (mean of ``f x f`` pixels): Sobel gradients, their
@@ -116,9 +127,12 @@ def corner_queries(image: torch.Tensor, window: RefineWindow) -> torch.Tensor:
     Args:
         image: ``(B, 1, H, W)`` in [0, 1], ``H`` and ``W`` multiples of the coarse stride.
         window: the refinement window (its coarse/fine strides).
+        count: how many pixels per cell (``refine_points``); more than one: the ``count`` most corner-like,
+            best first (TopK).
 
     Returns:
-        ``(B, L)`` int64 position of each cell's query inside its block, ``dy * r + dx`` (row-major cells).
+        ``(B, L)`` int64 position of each cell's query inside its block, ``dy * r + dx`` (row-major cells);
+        for ``count > 1``, ``(B, L, count)``.
     """
     r, f = window.ratio, window.fine_stride
     small = F.avg_pool2d(image, f) if f > 1 else image  # (B, 1, H/f, W/f)
@@ -134,7 +148,8 @@ def corner_queries(image: torch.Tensor, window: RefineWindow) -> torch.Tensor:
     batch, hf, wf = response.shape
     h, w, n = hf // r, wf // r, r - 2
     blocks = response.reshape(batch, h, r, w, r)[:, :, 1 : r - 1, :, 1 : r - 1]  # (B, h, n, w, n)
-    best = blocks.permute(0, 1, 3, 2, 4).reshape(batch, h * w, n * n).argmax(-1)  # (B, L)
+    blocks = blocks.permute(0, 1, 3, 2, 4).reshape(batch, h * w, n * n)
+    best = blocks.argmax(-1) if count == 1 else blocks.topk(count, -1).indices  # (B, L) or (B, L, count)
     dy = torch.div(best, n, rounding_mode="trunc")
     return (dy + 1) * r + (best - dy * n + 1)
 
@@ -189,6 +204,8 @@ class Refinement(nn.Module):
         hidden: ``mlp`` hidden width.
         local_size: neighbourhood of the heatmap peak whose expectation is the position (0: whole window).
         head: fine descriptor head, ``conv`` or ``separable`` (:class:`FineHead`).
+        query: image0's point of a match, ``centre`` or ``corner`` (:data:`REFINE_QUERIES`).
+        points: points per matched cell (corner queries; the module docstring).
     """
 
     def __init__(
@@ -201,10 +218,18 @@ class Refinement(nn.Module):
         local_size: int = 3,
         head: str = "conv",
         query: str = "centre",
+        points: int = 1,
     ) -> None:
         super().__init__()
         if query not in REFINE_QUERIES:
             raise ValueError(f"refine query must be one of {REFINE_QUERIES}, got {query!r}")
+        most = max(window.ratio - 2, 1) ** 2
+        if points != 1 and (query != "corner" or not 1 <= points <= most):
+            raise ValueError(
+                f"refine_points={points} needs refine_query='corner' and at most {most} points per cell (the "
+                f"fine pixels inside a cell's block), got refine_query={query!r}"
+            )
+        self.points = points
         if query == "corner" and (kind != "corr" or window.ratio < 3):
             raise ValueError(
                 f"refine_query='corner' needs refine='corr' and at least 3 fine pixels per cell, got "
@@ -271,7 +296,7 @@ class Refinement(nn.Module):
 
     def queries(self, image: torch.Tensor) -> torch.Tensor | None:
         """Each cell's query of ``image`` for ``refine_query="corner"`` (:func:`corner_queries`), else ``None``."""
-        return corner_queries(image, self.window) if self.query == "corner" else None
+        return corner_queries(image, self.window, self.points) if self.query == "corner" else None
 
     def describe(self, fine: torch.Tensor) -> torch.Tensor:
         """Unit fine descriptors of one image ``(B, C_in, Hf, Wf) -> (B, dim, Hf, Wf)``: the per-image part
@@ -327,30 +352,55 @@ class Refinement(nn.Module):
     ) -> RefineOutput:
         """Corner queries: image0's point is the query pixel ``(dy, dx)`` of its cell's block; image1's window
         (``RefineWindow.query_size`` fine pixels a side) is centred on the same pixel of the candidate cell's
-        block, where a translation puts it. One gather for the queries, one for the windows."""
+        block, where a translation puts it. One gather for the queries, one for the windows. ``queries0`` of
+        shape ``(B, L0, k)`` (``refine_points``): the first is the query, the others are correlated with its
+        window and placed the same way (``more_*``)."""
         r, f, half = self.window.ratio, self.window.fine_stride, self.window.query_half
         b, c, hf0, wf0 = desc0.shape
         _, _, hf1, wf1 = desc1.shape
+        more = queries0.dim() == 3
         cells0 = torch.arange(queries0.shape[1], device=queries0.device).unsqueeze(0)  # (1, L0)
         row0, col0 = CoarseGrid(self.window.coarse_stride, hf0 // r, wf0 // r).rows_cols(cells0)
+        if more:
+            row0, col0 = row0.unsqueeze(-1), col0.unsqueeze(-1)
         dy = torch.div(queries0, r, rounding_mode="trunc")
         dx = queries0 - dy * r
-        qy, qx = r * row0 + dy, r * col0 + dx  # (B, L0) query pixel in image0's fine map
+        qy, qx = r * row0 + dy, r * col0 + dx  # (B, L0[, k]) query pixel in image0's fine map
         # channels first (GatherElements of L0 pixels): a channels-last copy of the whole map costs more
-        index0 = (qy * wf0 + qx).unsqueeze(1).expand(b, c, qy.shape[1])  # (B, C, L0)
-        query = desc0.reshape(b, c, hf0 * wf0).gather(2, index0).transpose(1, 2)  # (B, L0, C)
+        if more:  # the first point's window serves every point of its cell
+            index0 = (qy * wf0 + qx).reshape(b, 1, -1)  # (B, 1, L0 * k), cell-major
+            query = desc0.reshape(b, c, hf0 * wf0).gather(2, index0.expand(b, c, index0.shape[2]))
+            query = query.reshape(b, c, -1, queries0.shape[2]).permute(0, 2, 1, 3)  # (B, L0, C, k)
+            dy, dx = dy[..., 0], dx[..., 0]
+        else:
+            index0 = (qy * wf0 + qx).unsqueeze(1).expand(b, c, qy.shape[1])  # (B, C, L0)
+            query = desc0.reshape(b, c, hf0 * wf0).gather(2, index0).transpose(1, 2)  # (B, L0, C)
         row1, col1 = CoarseGrid(self.window.coarse_stride, hf1 // r, wf1 // r).rows_cols(candidate_ids)
         cy, cx = r * row1 + dy, r * col1 + dx  # (B, L0) window centre in image1's fine map
         # padded by half, the window's top-left pixel (centre minus half) sits at (cy, cx)
         windows = _gather_squares(desc1, cy, cx, self.window.query_size, half)  # (B, L0, Kq, C)
-        logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
+        if more:  # (B, L0, Kq, k) -> (B, L0, k, Kq)
+            logits = torch.matmul(windows, query).transpose(2, 3) * self.log_scale.exp()
+        else:
+            logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
         mean, uncertainty = self._position(
             logits, self.query_offsets, self.query_offsets_sq, self.window.query_size
         )
         centre = (f - 1) / 2.0
-        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0[, k], 2)
         centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
-        return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
+        if not more:
+            return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
+        return RefineOutput(
+            centres1 + mean[:, :, 0],
+            uncertainty[:, :, 0],
+            logits[:, :, 0],
+            points0[:, :, 0],
+            centres1,
+            points0[:, :, 1:],
+            centres1.unsqueeze(2) + mean[:, :, 1:],
+            uncertainty[:, :, 1:],
+        )
 
     def _local_expectation(self, prob: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
         """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
@@ -387,9 +437,10 @@ def build_refinement(
     local_size: int = 3,
     head: str = "conv",
     query: str = "centre",
+    points: int = 1,
 ) -> Refinement | None:
     """The refinement head for a student config, or ``None`` for ``kind == "none"``."""
     if kind == "none":
         return None
     window = RefineWindow(coarse_stride, fine_stride, margin)
-    return Refinement(kind, in_channels, window, dim, hidden, local_size, head, query)
+    return Refinement(kind, in_channels, window, dim, hidden, local_size, head, query, points)

@@ -51,7 +51,8 @@ class EncodedImages(NamedTuple):
             leading self layers (a map, so the grid ``h x w`` travels with it).
         fine: ``(B, refine_dim, H/f, W/f)`` unit fine descriptors of the refinement stage, ``None`` without one.
         queries: ``(B, h*w)`` int64 query pixel of each cell inside its block (``refine_query="corner"``;
-            :func:`~loftr_kd.models.refinement.corner_queries`), ``None`` for cell-centre queries.
+            :func:`~loftr_kd.models.refinement.corner_queries`; ``(B, h*w, k)`` with ``refine_points=k > 1``),
+            ``None`` for cell-centre queries.
     """
 
     coarse: torch.Tensor
@@ -105,6 +106,7 @@ class CoarseLoFTRStudent(nn.Module):
                 config.refine_local,
                 config.refine_head,
                 config.refine_query,
+                config.refine_points,
             )
         )
 
@@ -285,7 +287,16 @@ class CoarseLoFTRStudent(nn.Module):
         points1 = torch.where(
             matched.unsqueeze(-1), candidate_points1, torch.full_like(candidate_points1, -1.0)
         )
+        more = {}
+        if refined is not None and refined.more_points0 is not None:  # refine_points > 1: masked alike
+            hit = matched.unsqueeze(-1)  # (B, L0, 1)
+            more = {
+                "more_points0": torch.where(hit.unsqueeze(-1), refined.more_points0, -1.0),
+                "more_points1": torch.where(hit.unsqueeze(-1), refined.more_points1, -1.0),
+                "more_uncertainty": torch.where(hit, refined.more_uncertainty, 0.0),
+            }
         return coarse_out._replace(
+            **more,
             points0=points0,
             points1=points1,
             match_uncertainty=torch.where(matched, uncertainty, torch.zeros_like(uncertainty)),
@@ -420,6 +431,7 @@ def load_student(
     input_width: int | None = None,
     match_threshold: float | None = None,
     refine_query: str | None = None,
+    refine_points: int | None = None,
 ) -> CoarseLoFTRStudent:
     """Rebuild a student from a ``save_student`` file, a Lightning checkpoint or a published
     Coarse_LoFTR_TRT checkpoint (``model_state_dict``, recognised by its keys: :func:`published_checkpoint`).
@@ -435,6 +447,8 @@ def load_student(
         match_threshold: build with this match-confidence threshold instead of the stored one.
         refine_query: build with these refinement queries (``"centre"`` / ``"corner"``) instead of the stored
             ones (an inference setting: the weights are the same).
+        refine_points: build with this many points per matched cell (corner queries) instead of the stored
+            number (an inference setting too).
 
     Returns:
         The student in eval mode, on ``map_location``'s device.
@@ -474,6 +488,8 @@ def load_student(
         values["match_threshold"] = float(match_threshold)
     if refine_query is not None:
         values["refine_query"] = str(refine_query)
+    if refine_points is not None:
+        values["refine_points"] = int(refine_points)
     for side in ("height", "width"):  # an input size above the stored maximum raises the maximum
         default = StudentConfig.__dataclass_fields__[f"max_{side}"].default
         size = values.get(f"input_{side}", 0)

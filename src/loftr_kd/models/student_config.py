@@ -62,6 +62,10 @@ class StudentConfig:
             ``'corner'`` (the most corner-like fine pixel of the cell, from the image; ``corr`` refinement
             only, docs/refinement.md). The same weights run with either; training supervises the refinement
             at the queries it is built with (the truth of each query pixel).
+        refine_points: points per matched cell (corner queries only): its ``refine_points`` most corner-like
+            fine pixels, each refined (the first is the query above; the others share its window). The
+            outputs then hold ``refine_points`` entries per cell (:func:`~loftr_kd.models.matching.match_entries`);
+            an inference setting, training supervises the first (docs/refinement.md, "More points per cell").
         max_height: largest image height the model takes (its position encoding is precomputed for the
             grid ``max_height/s x max_width/s`` once and sliced to each input's grid, as LoFTR does);
             larger images are an error. Not stored in the weights: load with another value freely.
@@ -92,6 +96,7 @@ class StudentConfig:
     refine_local: int = 3
     refine_head: str = "conv"
     refine_query: str = "centre"
+    refine_points: int = 1
     max_height: int = 2048
     max_width: int = 2048
 
@@ -145,6 +150,11 @@ class StudentConfig:
             raise ValueError(f"refine_query must be one of {REFINE_QUERIES}, got {self.refine_query!r}")
         if self.refine_query != "centre" and self.refine != "corr":
             raise ValueError(f"refine_query={self.refine_query!r} needs refine='corr', got {self.refine!r}")
+        if self.refine_points != 1 and (self.refine_query != "corner" or self.refine_points < 1):
+            raise ValueError(
+                f"refine_points must be 1, or more with refine_query='corner'; got {self.refine_points} with "
+                f"refine_query={self.refine_query!r}"
+            )
         if self.refine != "none":
             _ = self.refine_window  # validates strides and margin
             if self.refine_dim < 1 or self.refine_hidden < 1:

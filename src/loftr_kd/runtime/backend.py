@@ -83,6 +83,9 @@ def check_backend(name: str) -> str:
 class ModelOutputs(NamedTuple):
     """A student's fixed-shape outputs for a batch of ``B`` pairs, as NumPy (``L0`` = image0's cells).
 
+    A student built with ``refine_points=k > 1`` gives ``k * L0`` entries in place of ``L0``: entry ``e``
+    belongs to cell ``e % L0`` (:class:`~loftr_kd.models.matching.MatchEntries`).
+
     Attributes:
         match_ids: ``(B, L0)`` int64 index of the matched image1 cell, ``-1`` = none.
         match_confidence: ``(B, L0)`` float32, ``0`` where none.
@@ -107,7 +110,8 @@ class EncodedBatch(NamedTuple):
         coarse: ``(B, C, H/s, W/s)`` float32 coarse features (backbone + position encoding + the
             transformer's leading self layers).
         fine: ``(B, D, H/f, W/f)`` float32 unit fine descriptors of the refinement, ``None`` without one.
-        queries: ``(B, h*w)`` int64 refinement query of each cell (``refine_query="corner"``), else ``None``.
+        queries: ``(B, h*w)`` int64 refinement query of each cell (``refine_query="corner"``; ``(B, h*w, k)``
+            with ``refine_points=k > 1``), else ``None``.
     """
 
     coarse: np.ndarray

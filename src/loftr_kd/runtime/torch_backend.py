@@ -153,12 +153,15 @@ class TorchBackend:
         return self._outputs(out)
 
     def _outputs(self, out: Any) -> ModelOutputs:
-        """A ``CoarseMatchOutput`` as NumPy."""
+        """A ``CoarseMatchOutput`` as NumPy: its entries as an export gives them (``match_entries``)."""
+        from loftr_kd.models.matching import match_entries
+
+        entries = match_entries(out)
         return ModelOutputs(
-            match_ids=out.match_ids.cpu().numpy(),
-            match_confidence=out.match_confidence.float().cpu().numpy(),
-            points0=out.points0.float().cpu().numpy(),
-            points1=out.points1.float().cpu().numpy(),
-            match_uncertainty=out.match_uncertainty.float().cpu().numpy(),
+            match_ids=entries.match_ids.cpu().numpy(),
+            match_confidence=entries.match_confidence.float().cpu().numpy(),
+            points0=entries.points0.float().cpu().numpy(),
+            points1=entries.points1.float().cpu().numpy(),
+            match_uncertainty=entries.match_uncertainty.float().cpu().numpy(),
             confidence=out.confidence.float().cpu().numpy() if self.with_confidence else None,
         )
