@@ -182,6 +182,21 @@ def _check_data_ranges(data_class: type | None, data: Mapping[str, Any]) -> None
         raise ConfigError(str(error)) from None
 
 
+def _build_once(settings: dict[str, Any], group: str, prefix: str = "") -> None:
+    """Check ``settings``' keys and types against its ``_target_``, then build it once (hydra's
+    ``get_object``: a class or a function alike), so the target's own validation speaks before any work;
+    its ``TypeError`` / ``ValueError`` becomes a :class:`ConfigError` (``prefix`` + its message)."""
+    from hydra.utils import get_object
+
+    try:
+        check_arguments(_target(str(settings["_target_"])), settings, group)
+        get_object(str(settings["_target_"]))(**{k: v for k, v in settings.items() if not k.startswith("_")})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{prefix}{error}") from None
+
+
 def _target(path: str) -> Callable[..., Any]:
     from hydra.utils import get_class
 
@@ -283,16 +298,7 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected a file path")
     _check_optimizer(cfg)
     if cfg.get("loss") is not None:  # the loss's own checks (weights >= 0, temperature > 0) before any work
-        loss = _plain(cfg.loss)
-        try:
-            check_arguments(_target(str(loss["_target_"])), loss, "loss")
-            from hydra.utils import get_object
-
-            get_object(str(loss["_target_"]))(**{k: v for k, v in loss.items() if not k.startswith("_")})
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"loss: {error}") from None
+        _build_once(_plain(cfg.loss), "loss", "loss: ")
     callbacks = cfg.get("callbacks")
     if callbacks is not None and callbacks.get("throughput") is not None:
         _check_ranges("callbacks.throughput", _plain(callbacks.throughput))
@@ -305,16 +311,7 @@ def check_train_config(cfg: DictConfig) -> None:
             raise ConfigError(f"deploy: {error}") from None
     hook = trial_hook_config(cfg)
     if hook is not None:  # a sweep's trial hook (hparams_search=student_latency: the student search)
-        try:
-            check_arguments(_target(hook["_target_"]), hook, "search")
-            from hydra.utils import get_object
-
-            # Built once here, so its own validation (SearchSettings') speaks before the sweep starts.
-            get_object(hook["_target_"])(**{k: v for k, v in hook.items() if not k.startswith("_")})
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as error:
-            raise ConfigError(str(error)) from error
+        _build_once(hook, "search")  # its own validation (SearchSettings') speaks before the sweep starts
 
 
 # A `search:` block saved before it named its hook (`.hydra/config.yaml` of an earlier student search's
