@@ -49,7 +49,8 @@ def test_every_point_of_a_cell_finds_a_translation_exactly() -> None:
     single = refinement.refine_described(desc0, desc1, ids, grid, queries[..., 0])
     torch.testing.assert_close(out.points1, single.points1, atol=0, rtol=0)
     torch.testing.assert_close(out.points0, single.points0, atol=0, rtol=0)
-    assert out.more_points0.shape == (1, h * w, 2, 2) and out.more_uncertainty.shape == (1, h * w, 2)
+    assert out.more_points0.shape == (1, h * w, 2, 2)
+    assert torch.equal(out.more_uncertainty, out.uncertainty.unsqueeze(-1).expand(1, h * w, 2))
     points0 = torch.cat([out.points0.unsqueeze(2), out.more_points0], 2)  # (1, L, 3, 2)
     points1 = torch.cat([out.points1.unsqueeze(2), out.more_points1], 2)
     assert len({tuple(p) for p in points0[0, 5].tolist()}) == 3  # three different pixels of one cell

@@ -45,7 +45,8 @@ class CoarseMatchOutput(NamedTuple):
         more_points0: ``(B, L0, k-1, 2)`` each match's further points in image 0 (``refine_points=k > 1``),
             ``-1`` where no match; ``None`` otherwise. :func:`match_entries` lists them after the first ones.
         more_points1: ``(B, L0, k-1, 2)`` their refined positions in image 1, ``-1`` where no match.
-        more_uncertainty: ``(B, L0, k-1)`` their spread in pixels, ``0`` where no match.
+        more_uncertainty: ``(B, L0, k-1)`` their uncertainty in pixels (the first point's: the window they
+            share), ``0`` where no match.
 
     The last eight are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
     every model (teacher included) gives.

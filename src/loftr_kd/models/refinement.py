@@ -21,8 +21,8 @@ centre in a flat patch (docs/refinement.md, "Corner queries"). Training supervis
 built with: with corner queries, each query's own truth (:func:`loftr_kd.supervision.point_ground_truth`).
 ``refine_points=k`` (corner queries, an inference setting too) gives each matched cell ``k`` points: its ``k``
 most corner-like fine pixels, the first the query above, the others correlated with the first one's window (no
-second gather) and located the same way; a homography or pose fit gets ``k`` times the matches for little work
-(docs/refinement.md, "More points per cell"). Training supervises the first.
+second gather) and located from the 3x3 scores around their peak; a homography or pose fit gets ``k`` times
+the matches for little work (docs/refinement.md, "More points per cell"). Training supervises the first.
 
 Everything is fixed-shape: one entry per image0 cell, computed for all cells and masked afterwards, with
 ops TensorRT parses (Conv, AveragePool, Pad, Slice, Gather, MatMul, Softmax, ...); no ``nonzero``, no
@@ -71,7 +71,8 @@ class RefineOutput(NamedTuple):
         more_points0: ``(B, L0, k-1, 2)`` xy pixels in image0 of each cell's further points
             (``refine_points=k > 1``), else ``None``.
         more_points1: ``(B, L0, k-1, 2)`` their refined positions in image1 (found in the first point's window).
-        more_uncertainty: ``(B, L0, k-1)`` their spread (pixels).
+        more_uncertainty: ``(B, L0, k-1)`` their uncertainty (pixels): the first point's, the spread of the
+            window they share.
     """
 
     points1: torch.Tensor
@@ -354,7 +355,7 @@ class Refinement(nn.Module):
         (``RefineWindow.query_size`` fine pixels a side) is centred on the same pixel of the candidate cell's
         block, where a translation puts it. One gather for the queries, one for the windows. ``queries0`` of
         shape ``(B, L0, k)`` (``refine_points``): the first is the query, the others are correlated with its
-        window and placed the same way (``more_*``)."""
+        window and placed by the 3x3 expectation around their peak as the first is (``more_*``)."""
         r, f, half = self.window.ratio, self.window.fine_stride, self.window.query_half
         b, c, hf0, wf0 = desc0.shape
         _, _, hf1, wf1 = desc1.shape
@@ -379,28 +380,49 @@ class Refinement(nn.Module):
         cy, cx = r * row1 + dy, r * col1 + dx  # (B, L0) window centre in image1's fine map
         # padded by half, the window's top-left pixel (centre minus half) sits at (cy, cx)
         windows = _gather_squares(desc1, cy, cx, self.window.query_size, half)  # (B, L0, Kq, C)
-        if more:  # (B, L0, Kq, k) -> (B, L0, k, Kq)
-            logits = torch.matmul(windows, query).transpose(2, 3) * self.log_scale.exp()
-        else:
-            logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
-        mean, uncertainty = self._position(
-            logits, self.query_offsets, self.query_offsets_sq, self.window.query_size
-        )
-        centre = (f - 1) / 2.0
-        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0[, k], 2)
-        centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+        size, centre = self.window.query_size, (f - 1) / 2.0
         if not more:
+            logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
+            mean, uncertainty = self._position(logits, self.query_offsets, self.query_offsets_sq, size)
+            points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+            centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
             return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
+        logits = torch.matmul(windows, query).transpose(2, 3) * self.log_scale.exp()  # (B, L0, k, Kq)
+        mean, uncertainty = self._position(logits[:, :, 0], self.query_offsets, self.query_offsets_sq, size)
+        # the further points: the 3x3 expectation around their peak needs only those 9 scores (the window's
+        # softmax normalisation cancels), a fraction of the first point's work; their spread is the match's
+        more_mean = self._peak_expectation(logits[:, :, 1:], size, self.query_offsets)  # (B, L0, k-1, 2)
+        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, k, 2)
+        centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
         return RefineOutput(
-            centres1 + mean[:, :, 0],
-            uncertainty[:, :, 0],
+            centres1 + mean,
+            uncertainty,
             logits[:, :, 0],
             points0[:, :, 0],
             centres1,
             points0[:, :, 1:],
-            centres1.unsqueeze(2) + mean[:, :, 1:],
-            uncertainty[:, :, 1:],
+            centres1.unsqueeze(2) + more_mean,
+            uncertainty.unsqueeze(-1).expand_as(more_mean[..., 0]),
         )
+
+    def _peak_expectation(self, logits: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
+        """Window scores ``(..., K)`` of a ``size x size`` window -> the expected offset over the 3x3 positions
+        around their maximum (``(..., 2)``): the softmax of those 9 scores alone, which equals
+        :meth:`_local_expectation` of the whole window's softmax without computing it (ArgMax, GatherElements,
+        Softmax over 9)."""
+        peak = logits.argmax(-1)
+        row, col = CoarseGrid(self.window.fine_stride, size, size).rows_cols(peak)
+        scores, indices = [], []
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                y, x = row + dy, col + dx
+                inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
+                index = y.clamp(0, size - 1) * size + x.clamp(0, size - 1)
+                score = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).float()
+                scores.append(torch.where(inside, score, torch.full_like(score, -1e4)))
+                indices.append(index)
+        weight = F.softmax(torch.stack(scores, -1), dim=-1)  # (..., 9)
+        return (weight.unsqueeze(-1) * offsets[torch.stack(indices, -1)]).sum(-2)
 
     def _local_expectation(self, prob: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
         """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
