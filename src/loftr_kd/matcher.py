@@ -18,8 +18,8 @@ short side would leave no cell inside the border removal is enlarged until it do
 an error when that would exceed the model's maximum size. A uniform image (every pixel the same: a black or
 covered camera frame, a failed capture) has nothing to match; it is matched, with a warning that says so.
 
-``OpenCVMatcher`` (ORB, SIFT) has the same call interface and serves as the classical reference in
-the evaluation and the apps.
+``OpenCVMatcher`` (ORB, SIFT; :mod:`loftr_kd.classical`) has the same call interface and serves as the
+classical reference in the evaluation and the apps; :func:`build_matcher` gives either.
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from loftr_kd.backends import open_backend
+from loftr_kd.classical import (  # noqa: F401 - CLASSICAL_METHODS and OpenCVMatcher are public here
+    CLASSICAL_METHODS,
+    OpenCVMatcher,
+    _empty_result,
+)
 from loftr_kd.features import ImageFeatures
 from loftr_kd.images import ImageError, check_aspect, to_gray_float, uniform_value  # noqa: F401 - to_gray_float is public here
 from loftr_kd.resizing import (  # noqa: F401 - public here since before they moved
@@ -59,7 +63,6 @@ from loftr_kd.runtime import (  # noqa: F401 - BACKENDS, MatcherError and torch_
 )
 from loftr_kd.runtime.backend import cell_centres
 
-CLASSICAL_METHODS = ("orb", "sift")
 # Pretrained matchers from the teachers' wheels (loftr_kd.teachers.matchers; `make teachers`).
 REFERENCE_METHODS = ("xfeat", "xfeat_lighterglue", "disk_lightglue", "aliked_lightglue")
 
@@ -69,16 +72,6 @@ def grid_cell_centers(h: int, w: int, stride: int) -> np.ndarray:
     from loftr_kd.geometry import CoarseGrid
 
     return CoarseGrid(stride, h, w).centers().numpy().astype(np.float64)
-
-
-def _empty_result() -> dict[str, np.ndarray]:
-    return {
-        "keypoints0": np.zeros((0, 2), np.float32),
-        "keypoints1": np.zeros((0, 2), np.float32),
-        "confidence": np.zeros((0,), np.float32),
-        "coarse_keypoints0": np.zeros((0, 2), np.float32),
-        "coarse_keypoints1": np.zeros((0, 2), np.float32),
-    }
 
 
 def _missing_weights_message(path: Path) -> str:
@@ -530,65 +523,6 @@ def _inside_image(points: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.nd
     size = np.array([box.orig_width, box.orig_height], np.float64)
     on_image = ((points >= -0.5) & (points <= size - 0.5)).all(-1)
     return np.clip(points, 0.0, size - 1.0), on_image
-
-
-class OpenCVMatcher:
-    """Classical reference matcher (ORB or SIFT + brute-force matching) with the ``Matcher`` interface.
-
-    ORB uses Hamming distance with a cross check (confidence = 1 - distance / 256); SIFT uses Lowe's
-    ratio test (confidence = 1 - ratio). Images are matched at their own size unless ``max_side``
-    limits it (keypoints are scaled back to the pixels as given).
-    """
-
-    def __init__(self, method: str = "orb", max_features: int = 2000, ratio: float = 0.8, max_side: int = 0):
-        if method not in CLASSICAL_METHODS:
-            raise ValueError(f"unknown classical method {method!r}; choose one of {CLASSICAL_METHODS}")
-        self.method, self.name, self.ratio, self.max_side = method, method, ratio, max_side
-        self.threshold = None
-        if method == "orb":
-            self._detector = cv2.ORB_create(nfeatures=max_features)
-            self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-        else:
-            self._detector = cv2.SIFT_create(nfeatures=max_features)
-            self._matcher = cv2.BFMatcher(cv2.NORM_L2)
-
-    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
-        gray = (to_gray_float(image) * 255.0).round().astype(np.uint8)
-        scale = 1.0
-        if self.max_side and max(gray.shape) > self.max_side:
-            scale = self.max_side / max(gray.shape)
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        keypoints, descriptors = self._detector.detectAndCompute(gray, None)
-        points = np.array([k.pt for k in keypoints], dtype=np.float64).reshape(-1, 2)
-        return (points + 0.5) / scale - 0.5, descriptors
-
-    def __call__(self, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
-        points0, desc0 = self._detect(image0)
-        points1, desc1 = self._detect(image1)
-        if desc0 is None or desc1 is None or len(points0) < 2 or len(points1) < 2:
-            return _empty_result()
-        if self.method == "orb":
-            matches = self._matcher.match(desc0, desc1)
-            pairs = [(m.queryIdx, m.trainIdx, 1.0 - m.distance / 256.0) for m in matches]
-        else:
-            pairs = []
-            for candidates in self._matcher.knnMatch(desc0, desc1, k=2):
-                if len(candidates) == 2 and candidates[0].distance < self.ratio * candidates[1].distance:
-                    best, second = candidates
-                    pairs.append(
-                        (best.queryIdx, best.trainIdx, 1.0 - best.distance / max(second.distance, 1e-9))
-                    )
-        if not pairs:
-            return _empty_result()
-        i0, i1, conf = (np.array(v) for v in zip(*pairs))
-        return {
-            "keypoints0": points0[i0.astype(int)].astype(np.float32),
-            "keypoints1": points1[i1.astype(int)].astype(np.float32),
-            "confidence": conf.astype(np.float32),
-        }
-
-    def __repr__(self) -> str:
-        return f"OpenCVMatcher({self.method!r})"
 
 
 def build_matcher(
