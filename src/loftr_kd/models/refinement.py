@@ -254,6 +254,9 @@ class Refinement(nn.Module):
         # scored the same on validation: docs/refinement.md)
         self.register_buffer("query_offsets", window.query_offsets(), persistent=False)  # (Kq, 2)
         self.register_buffer("query_offsets_sq", window.query_offsets().pow(2).sum(-1), persistent=False)
+        # (dy, dx) of the 3x3 neighbourhood around a peak, for the further points of refine_points
+        taps = torch.tensor([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        self.register_buffer("peak_taps", taps, persistent=False)  # (9, 2)
         if kind == "corr":
             # log of the softmax scale on cosine similarities; starts at 10 (LoFTR's coarse 1/0.1)
             self.log_scale = nn.Parameter(torch.tensor(2.3026))
@@ -387,17 +390,21 @@ class Refinement(nn.Module):
             points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
             centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
             return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
-        logits = torch.matmul(windows, query).transpose(2, 3) * self.log_scale.exp()  # (B, L0, k, Kq)
-        mean, uncertainty = self._position(logits[:, :, 0], self.query_offsets, self.query_offsets_sq, size)
+        scale = self.log_scale.exp()
+        logits = (
+            torch.matmul(windows, query[..., 0].unsqueeze(-1)).squeeze(-1) * scale
+        )  # (B, L0, Kq): the first
+        mean, uncertainty = self._position(logits, self.query_offsets, self.query_offsets_sq, size)
         # the further points: the 3x3 expectation around their peak needs only those 9 scores (the window's
         # softmax normalisation cancels), a fraction of the first point's work; their spread is the match's
-        more_mean = self._peak_expectation(logits[:, :, 1:], size, self.query_offsets)  # (B, L0, k-1, 2)
+        more = torch.matmul(windows, query[..., 1:])  # (B, L0, Kq, k-1) cosine scores
+        more_mean = self._peak_expectation(more, scale, size, self.query_offsets)  # (B, L0, k-1, 2)
         points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, k, 2)
         centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
         return RefineOutput(
             centres1 + mean,
             uncertainty,
-            logits[:, :, 0],
+            logits,
             points0[:, :, 0],
             centres1,
             points0[:, :, 1:],
@@ -405,24 +412,23 @@ class Refinement(nn.Module):
             uncertainty.unsqueeze(-1).expand_as(more_mean[..., 0]),
         )
 
-    def _peak_expectation(self, logits: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
-        """Window scores ``(..., K)`` of a ``size x size`` window -> the expected offset over the 3x3 positions
-        around their maximum (``(..., 2)``): the softmax of those 9 scores alone, which equals
-        :meth:`_local_expectation` of the whole window's softmax without computing it (ArgMax, GatherElements,
-        Softmax over 9)."""
-        peak = logits.argmax(-1)
-        row, col = CoarseGrid(self.window.fine_stride, size, size).rows_cols(peak)
-        scores, indices = [], []
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                y, x = row + dy, col + dx
-                inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
-                index = y.clamp(0, size - 1) * size + x.clamp(0, size - 1)
-                score = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).float()
-                scores.append(torch.where(inside, score, torch.full_like(score, -1e4)))
-                indices.append(index)
-        weight = F.softmax(torch.stack(scores, -1), dim=-1)  # (..., 9)
-        return (weight.unsqueeze(-1) * offsets[torch.stack(indices, -1)]).sum(-2)
+    def _peak_expectation(
+        self, scores: torch.Tensor, scale: torch.Tensor, size: int, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        """Window scores ``(..., K, n)`` (``n`` points, a ``size x size`` window each) -> the expected offset
+        over the 3x3 positions around each point's maximum, ``(..., n, 2)``: the softmax of those 9 scores
+        (times ``scale``) alone, which equals :meth:`_local_expectation` of the whole window's softmax without
+        computing it. One ArgMax, one GatherElements, a Softmax over 9."""
+        peak = scores.argmax(-2)  # (..., n)
+        row = torch.div(peak, size, rounding_mode="trunc")
+        col = peak - row * size
+        y = row.unsqueeze(-2) + self.peak_taps[:, :1]  # (..., 9, n): (..., 1, n) + (9, 1)
+        x = col.unsqueeze(-2) + self.peak_taps[:, 1:]
+        inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
+        index = y.clamp(0, size - 1) * size + x.clamp(0, size - 1)  # (..., 9, n)
+        near = scores.gather(-2, index).float() * scale
+        weight = F.softmax(torch.where(inside, near, torch.full_like(near, -1e4)), dim=-2)  # (..., 9, n)
+        return (weight.unsqueeze(-1) * offsets[index]).sum(-3)
 
     def _local_expectation(self, prob: torch.Tensor, size: int, offsets: torch.Tensor) -> torch.Tensor:
         """Expected offset over the ``local_size``-square neighbourhood of the most likely position.
