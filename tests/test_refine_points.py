@@ -134,7 +134,11 @@ def test_more_points_are_an_inference_setting_every_output_carries(tmp_path) -> 
 
     photo0, photo1 = ((x * 255).astype(np.uint8) for x in pairs[0])
     result1 = Matcher(save_student(one, tmp_path / "one.pt"), backend="torch", threads=1)(photo0, photo1)
-    result3 = Matcher(onnx_path, threads=1)(photo0, photo1)
+    matcher3 = Matcher(onnx_path, threads=1)
+    result3 = matcher3(photo0, photo1)
+    encoded = matcher3(matcher3.encode(photo0), matcher3.encode(photo1))  # encode once, match many
+    for key in ("keypoints0", "keypoints1", "coarse_keypoints0"):
+        np.testing.assert_allclose(encoded[key], result3[key], atol=1e-3, err_msg=key)
     assert len(result3["keypoints0"]) > 2 * len(result1["keypoints0"]) > 0
     offset = np.abs(result3["keypoints0"] - result3["coarse_keypoints0"])
     assert (offset <= 8).all()  # every point beside its own cell's centre

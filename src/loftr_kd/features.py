@@ -43,8 +43,8 @@ class ImageFeatures:
         size: the long side it was resized to (models that take any size); ``None``: letterboxed into a
             static file's one input size.
         model: the weights and backend that encoded it (``Matcher.model_id``).
-        queries: ``(H/s * W/s,)`` int64 refinement query of each cell (students with
-            ``refine_query="corner"``), else ``None``.
+        queries: ``(H/s * W/s,)`` int64 refinement query of each cell (students with ``refine_query="corner"``;
+            ``(H/s * W/s, k)`` with ``refine_points=k``), else ``None``.
     """
 
     coarse: np.ndarray
