@@ -38,6 +38,16 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
+# The published Coarse_LoFTR_TRT sizes (conf/student/paper.yaml), for small students built in tests.
+PAPER_STUDENT = dict(
+    backbone="resnet_fpn",
+    initial_dim=8,
+    block_dims=(8, 16, 32, 32),
+    pe_temp_bug_fix=False,
+    keep_unused_fpn=True,
+)
+
+
 def instantiate_preset(name: str, height: int, width: int):
     """``conf/student/<name>.yaml`` composed and instantiated the way training does (Hydra's defaults
     lists, interpolation of the input size, ``_convert_``)."""
@@ -96,3 +106,35 @@ def shifted_photo_pairs(seed: int, count: int, height: int = 96, width: int = 12
             }
         )
     return batches
+
+
+def assert_split_matches_whole(onnx_path, image0, image1):
+    """Run a whole exported graph and its split halves (``export_split`` beside it) through the onnxruntime
+    backend on one pair ``(1, 1, H, W)``; assert the split matches equal the whole graph's; return
+    ``(whole outputs, image0's encoding)``."""
+    import numpy as np
+
+    from loftr_kd.runtime import OnnxBackend
+
+    backend = OnnxBackend(onnx_path, threads=1)
+    whole = backend.run(backend.feed(image0, image1))
+    encoded0 = backend.encode(image0)
+    split = backend.match(encoded0, backend.encode(image1))
+    for name in ("match_ids", "points0", "points1"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(whole, name), err_msg=name)
+    return whole, encoded0
+
+
+def shifted_fine_maps(h: int, w: int, shift: tuple[int, int], points: int = 1):
+    """A corner-query ``corr`` refinement (16-px cells, 1/2 fine map, margin 2) with a sharp softmax, and unit
+    fine descriptors of an ``h x w``-cell image0 and of image1 = image0 moved by ``shift`` (dy, dx) fine
+    pixels: ``(refinement, desc0, desc1)``."""
+    from loftr_kd.geometry import RefineWindow
+    from loftr_kd.models.refinement import Refinement
+
+    refinement = Refinement("corr", 8, RefineWindow(16, 2, 2), query="corner", points=points)
+    with torch.no_grad():
+        refinement.log_scale.fill_(6.0)  # a sharp softmax: the peak decides
+    desc0 = torch.nn.functional.normalize(torch.randn(1, 16, 8 * h + 8, 8 * w + 8), dim=1)
+    desc1 = torch.roll(desc0, shifts=shift, dims=(2, 3))
+    return refinement, desc0[:, :, : 8 * h, : 8 * w], desc1[:, :, : 8 * h, : 8 * w]

@@ -9,23 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shifted_photo_pairs
+from conftest import PAPER_STUDENT, assert_split_matches_whole, shifted_fine_maps, shifted_photo_pairs
 from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import export_onnx
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.matching import match_entries
-from loftr_kd.models.refinement import Refinement, corner_queries
+from loftr_kd.models.refinement import corner_queries
 from loftr_kd.models.student import build_student, load_student, save_student
 from loftr_kd.models.student_config import StudentConfig
 
-PAPER = dict(
-    backbone="resnet_fpn",
-    initial_dim=8,
-    block_dims=(8, 16, 32, 32),
-    pe_temp_bug_fix=False,
-    keep_unused_fpn=True,
-)
+PAPER = PAPER_STUDENT
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "student_paper_refine.pt"
 
 
@@ -34,14 +28,8 @@ def test_every_point_of_a_cell_finds_a_translation_exactly() -> None:
     window shared, land on their own translated positions wherever that window reaches them; the first point
     is the single query's result."""
     torch.manual_seed(0)
-    window = RefineWindow(16, 2, 2)
-    refinement = Refinement("corr", 8, window, query="corner", points=3)
-    with torch.no_grad():
-        refinement.log_scale.fill_(6.0)  # a sharp softmax: the peak decides
     h, w, shift = 4, 6, (3, 4)  # fine pixels (dy, dx): 6 and 8 image pixels
-    desc0 = torch.nn.functional.normalize(torch.randn(1, 16, 8 * h + 8, 8 * w + 8), dim=1)
-    desc1 = torch.roll(desc0, shifts=shift, dims=(2, 3))
-    desc0, desc1 = desc0[:, :, : 8 * h, : 8 * w], desc1[:, :, : 8 * h, : 8 * w]
+    refinement, desc0, desc1 = shifted_fine_maps(h, w, shift, points=3)
     inner = torch.stack([torch.randperm(36)[:3] for _ in range(h * w)])[None]  # (1, L, 3) distinct pixels
     queries = (torch.div(inner, 6, rounding_mode="trunc") + 1) * 8 + inner % 6 + 1
     ids, grid = torch.arange(h * w)[None], CoarseGrid(16, h, w)
@@ -95,7 +83,6 @@ def test_more_points_are_an_inference_setting_every_output_carries(tmp_path) -> 
     from loftr_kd import Matcher
     from loftr_kd.export.split import export_split
     from loftr_kd.kornia_loftr import StudentLoFTR
-    from loftr_kd.runtime import OnnxBackend
 
     torch.manual_seed(0)
     model = build_student(input_height=240, input_width=320, refine="corr", refine_fine_stride=2, **PAPER)
@@ -121,16 +108,9 @@ def test_more_points_are_an_inference_setting_every_output_carries(tmp_path) -> 
     parity = checks.check_parity(three, onnx_path, pairs)
     assert parity.ok and parity.matches_torch > 0, parity
     export_split(three, onnx_path, dynamic=True)
-    backend = OnnxBackend(onnx_path, threads=1)
-    x0, x1 = pairs[0][0][None, None], pairs[0][1][None, None]
-    whole = backend.run(backend.feed(x0, x1))
-    assert whole.points0.shape == (1, 3 * cells, 2)
+    whole, encoded0 = assert_split_matches_whole(onnx_path, pairs[0][0][None, None], pairs[0][1][None, None])
+    assert whole.points0.shape == (1, 3 * cells, 2) and encoded0.queries.shape == (1, cells, 3)
     np.testing.assert_allclose(whole.points1, entries.points1.numpy(), atol=1e-3)
-    encoded0 = backend.encode(x0)
-    assert encoded0.queries.shape == (1, cells, 3)
-    split = backend.match(encoded0, backend.encode(x1))
-    for name in ("match_ids", "points0", "points1"):
-        np.testing.assert_array_equal(getattr(split, name), getattr(whole, name), err_msg=name)
 
     photo0, photo1 = ((x * 255).astype(np.uint8) for x in pairs[0])
     result1 = Matcher(save_student(one, tmp_path / "one.pt"), backend="torch", threads=1)(photo0, photo1)

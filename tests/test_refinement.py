@@ -8,6 +8,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
+from conftest import PAPER_STUDENT, assert_split_matches_whole, shifted_fine_maps
 from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
 from loftr_kd.export.onnx import OUTPUT_NAMES, export_onnx
@@ -17,13 +18,7 @@ from loftr_kd.models.refinement import Refinement, _centre_descriptors
 from loftr_kd.models.student import build_student, count_parameters, load_student, save_student
 from loftr_kd.supervision import coarse_ground_truth
 
-PAPER = dict(
-    backbone="resnet_fpn",
-    initial_dim=8,
-    block_dims=(8, 16, 32, 32),
-    pe_temp_bug_fix=False,
-    keep_unused_fpn=True,
-)
+PAPER = PAPER_STUDENT
 FAST = dict(backbone="fast", initial_dim=16, block_dims=(16, 32, 32), block_depths=(1, 1, 1))
 
 
@@ -219,14 +214,8 @@ def test_corner_queries_find_a_translation_exactly() -> None:
     query's refined point lands on its translated position (points1 - points0 = the shift), and image0's
     points are the queries' fine pixels, not the cell centres."""
     torch.manual_seed(0)
-    window = RefineWindow(16, 2, 2)
-    refinement = Refinement("corr", 8, window, query="corner")
-    with torch.no_grad():
-        refinement.log_scale.fill_(6.0)  # a sharp softmax: the peak decides
     h, w, shift = 4, 6, (3, 4)  # fine pixels (dy, dx): 6 and 8 image pixels
-    desc0 = torch.nn.functional.normalize(torch.randn(1, 16, 8 * h + 8, 8 * w + 8), dim=1)
-    desc1 = torch.roll(desc0, shifts=shift, dims=(2, 3))
-    desc0, desc1 = desc0[:, :, : 8 * h, : 8 * w], desc1[:, :, : 8 * h, : 8 * w]
+    refinement, desc0, desc1 = shifted_fine_maps(h, w, shift)
     queries = torch.randint(0, 36, (1, h * w))
     queries = (torch.div(queries, 6, rounding_mode="trunc") + 1) * 8 + queries % 6 + 1
     out = refinement.refine_described(desc0, desc1, torch.arange(h * w)[None], CoarseGrid(16, h, w), queries)
@@ -258,7 +247,6 @@ def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) ->
 
     from loftr_kd.config_check import ConfigError, check_train_config
     from loftr_kd.export.split import export_split
-    from loftr_kd.runtime import OnnxBackend
 
     torch.manual_seed(0)
     model = build_student(input_height=240, input_width=320, refine="corr", refine_fine_stride=2, **PAPER)
@@ -277,14 +265,8 @@ def test_corner_queries_are_an_inference_setting_the_export_carries(tmp_path) ->
     parity = checks.check_parity(corner, onnx_path, pairs)
     assert parity.ok and parity.matches_torch > 0, parity
     export_split(corner, onnx_path, dynamic=True)
-    backend = OnnxBackend(onnx_path, threads=1)
-    x0, x1 = pairs[0][0][None, None], pairs[0][1][None, None]
-    whole = backend.run(backend.feed(x0, x1))
-    encoded0 = backend.encode(x0)
+    _, encoded0 = assert_split_matches_whole(onnx_path, pairs[0][0][None, None], pairs[0][1][None, None])
     assert encoded0.queries is not None and encoded0.queries.dtype == np.int64
-    split = backend.match(encoded0, backend.encode(x1))
-    for name in ("match_ids", "points0", "points1"):
-        np.testing.assert_array_equal(getattr(split, name), getattr(whole, name), err_msg=name)
     cfg = OmegaConf.create(
         {"student": {"refine_query": "corner"}, "loss": {"w_refine_kd": 0.5}, "trainer": {}, "data": {}}
     )
