@@ -48,8 +48,8 @@ class CoarseMatchOutput(NamedTuple):
         more_uncertainty: ``(B, L0, k-1)`` their uncertainty in pixels (the first point's: the window they
             share), ``0`` where no match.
 
-    The last eight are filled by the student; ``match_ids`` / ``match_confidence`` are the coarse result
-    every model (teacher included) gives.
+    The fields after ``match_confidence`` are filled by the student; ``match_ids`` / ``match_confidence`` are
+    the coarse result every model (teacher included) gives.
     """
 
     similarity: torch.Tensor
