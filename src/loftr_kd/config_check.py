@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 # (lowest allowed value, what it means) for integer/float settings; None values pass.
 # Lightning's Trainer checks these only once it runs; the data settings are checked by their own dataclasses
-# (loftr_kd.data.datamodule.LoaderSettings, SceneSource).
+# (loftr_kd.data.sources.LoaderSettings, SceneSource).
 _RANGES: dict[str, dict[str, tuple[float, str]]] = {
     "trainer": {
         "max_epochs": (-1, "-1 (no limit) or a positive number of epochs"),
