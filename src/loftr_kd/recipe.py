@@ -8,7 +8,7 @@ A recipe is a list of steps, run in order, each as its own process (the same com
   attempt wrote ``summary.json`` is done; an interrupted one is resumed into the next attempt directory
   with ``ckpt_path=<previous attempt>`` (a run directory is never overwritten).
 - ``ship``: a finished stage's best checkpoint (optionally with a new ``match_threshold`` and
-  ``refine_query`` and ``refine_points``) -> ``<name>.pt``
+  ``refine_query``, ``refine_points``, ``border_removal``) -> ``<name>.pt``
   (``save_student``) and ``<name>.onnx`` with its encoder and matcher graphs
   (``loftr-kd-export``, its checks and report), copied to ``ship_to`` when set.
 
@@ -264,6 +264,7 @@ class Recipe:
         threshold = spec.get("match_threshold")  # chosen on validation data, see the recipe's notes
         query = spec.get("refine_query")  # where image0's points sit, set at shipping like the threshold
         points = spec.get("refine_points")  # how many per matched cell, likewise
+        border = spec.get("border_removal")  # border cells without matches, likewise
         student = load_student(
             source,
             input_height=height,
@@ -271,6 +272,7 @@ class Recipe:
             match_threshold=threshold,
             refine_query=query,
             refine_points=points,
+            border_removal=border,
         )
         pt = save_student(student, self.out_dir / f"{name}.pt")
         export_dir = self.out_dir / f"{step.name}_export"

@@ -432,6 +432,7 @@ def load_student(
     match_threshold: float | None = None,
     refine_query: str | None = None,
     refine_points: int | None = None,
+    border_removal: int | None = None,
 ) -> CoarseLoFTRStudent:
     """Rebuild a student from a ``save_student`` file, a Lightning checkpoint or a published
     Coarse_LoFTR_TRT checkpoint (``model_state_dict``, recognised by its keys: :func:`published_checkpoint`).
@@ -448,6 +449,8 @@ def load_student(
         refine_query: build with these refinement queries (``"centre"`` / ``"corner"``) instead of the stored
             ones (an inference setting: the weights are the same).
         refine_points: build with this many points per matched cell (corner queries) instead of the stored
+            number (an inference setting too).
+        border_removal: build dropping matches in this many border cells on each side instead of the stored
             number (an inference setting too).
 
     Returns:
@@ -490,6 +493,8 @@ def load_student(
         values["refine_query"] = str(refine_query)
     if refine_points is not None:
         values["refine_points"] = int(refine_points)
+    if border_removal is not None:
+        values["border_removal"] = int(border_removal)
     for side in ("height", "width"):  # an input size above the stored maximum raises the maximum
         default = StudentConfig.__dataclass_fields__[f"max_{side}"].default
         size = values.get(f"input_{side}", 0)
