@@ -65,6 +65,7 @@ def _steps() -> list[dict]:
                 "height": HEIGHT,
                 "width": WIDTH,
                 "match_threshold": 0.1,
+                "border_removal": 1,
                 "export": ["parity_pairs=1", "tensorrt.enabled=false"],
             },
         },
@@ -117,7 +118,7 @@ def test_recipe_runs_resumes_an_interrupted_stage_and_ships(tmp_path: Path) -> N
 
     student = load_student(out / "tiny.pt")
     assert (student.config.input_height, student.config.input_width) == (HEIGHT, WIDTH)
-    assert student.config.match_threshold == 0.1
+    assert (student.config.match_threshold, student.config.border_removal) == (0.1, 1)  # set at shipping
     for path in (out / "tiny.pt", out / "tiny.onnx"):
         assert (tmp_path / "weights" / path.name).read_bytes() == path.read_bytes()
     session = ort.InferenceSession(str(out / "tiny.onnx"), providers=["CPUExecutionProvider"])

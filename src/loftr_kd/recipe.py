@@ -40,6 +40,10 @@ PathLike = str | os.PathLike
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\.(best_checkpoint|run_dir)\}")
 
 
+# The inference settings a ship step may set (load_student's keyword arguments of the same names).
+SHIP_SETTINGS = ("match_threshold", "refine_query", "refine_points", "border_removal")
+
+
 class RecipeError(ValueError):
     """A recipe is malformed or one of its steps failed (the message names the step)."""
 
@@ -261,19 +265,10 @@ class Recipe:
         name = str(spec.get("name", "student"))
         source = self.best_checkpoint(str(spec["from"]))
         height, width = int(spec.get("height", 480)), int(spec.get("width", 640))
-        threshold = spec.get("match_threshold")  # chosen on validation data, see the recipe's notes
-        query = spec.get("refine_query")  # where image0's points sit, set at shipping like the threshold
-        points = spec.get("refine_points")  # how many per matched cell, likewise
-        border = spec.get("border_removal")  # border cells without matches, likewise
-        student = load_student(
-            source,
-            input_height=height,
-            input_width=width,
-            match_threshold=threshold,
-            refine_query=query,
-            refine_points=points,
-            border_removal=border,
-        )
+        # inference settings chosen at shipping (the threshold on validation data, see the recipe's notes; where
+        # image0's points sit, how many per matched cell, the border cells without matches): None keeps the stored
+        settings = {key: spec.get(key) for key in SHIP_SETTINGS}
+        student = load_student(source, input_height=height, input_width=width, **settings)
         pt = save_student(student, self.out_dir / f"{name}.pt")
         export_dir = self.out_dir / f"{step.name}_export"
         if export_dir.exists():
