@@ -178,12 +178,15 @@ def read_weights(name: str, search_path: Sequence[str | Path] | None = None) -> 
 def _load_strict(
     module: nn.Module, state_dict: Mapping[str, Tensor], source: str, derived: Sequence[str] = ()
 ):
-    """Load ``state_dict`` strictly, the buffers kornia derives at construction taken from ``module``;
-    return the module frozen, in eval mode."""
+    """Load ``state_dict`` strictly, the buffers kornia derives at construction taken from ``module`` (where this
+    kornia version has them: 0.9.2 dropped ALIKED's ``dkd.hw_grid``); return the module frozen, in eval mode."""
     state_dict = dict(state_dict)
     own = module.state_dict()
     for key in derived:
-        state_dict.setdefault(key, own[key])
+        if key in own:
+            state_dict.setdefault(key, own[key])
+        else:  # derived, never learned: a file that carries it fits a kornia without it
+            state_dict.pop(key, None)
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
