@@ -79,13 +79,10 @@ class LossConfig:
             raise ValueError(f"kd_mode must be one of {KD_MODES}, got {self.kd_mode!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("w_gt", "w_kd", "kd_scale"):  # a negative weight would train against its term
+        # a negative weight would train against its term
+        for name in ("w_gt", "w_kd", "kd_scale", "w_refine", "w_refine_kd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.w_refine < 0:
-            raise ValueError(f"w_refine must be >= 0, got {self.w_refine}")
-        if self.w_refine_kd < 0:
-            raise ValueError(f"w_refine_kd must be >= 0, got {self.w_refine_kd}")
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`total_loss` (weights, temperature, focal settings)."""
