@@ -483,18 +483,15 @@ def load_student(
         raise KeyError(f"{path} has 'student_config' but no 'state_dict'")
 
     values = dict(checkpoint["student_config"])
-    if input_height is not None:
-        values["input_height"] = input_height
-    if input_width is not None:
-        values["input_width"] = input_width
-    if match_threshold is not None:
-        values["match_threshold"] = float(match_threshold)
-    if refine_query is not None:
-        values["refine_query"] = str(refine_query)
-    if refine_points is not None:
-        values["refine_points"] = int(refine_points)
-    if border_removal is not None:
-        values["border_removal"] = int(border_removal)
+    overrides = {  # the load-time settings given (the sizes as given: StudentConfig checks them)
+        "input_height": (input_height, lambda size: size),
+        "input_width": (input_width, lambda size: size),
+        "match_threshold": (match_threshold, float),
+        "refine_query": (refine_query, str),
+        "refine_points": (refine_points, int),
+        "border_removal": (border_removal, int),
+    }
+    values.update({key: kind(value) for key, (value, kind) in overrides.items() if value is not None})
     for side in ("height", "width"):  # an input size above the stored maximum raises the maximum
         default = StudentConfig.__dataclass_fields__[f"max_{side}"].default
         size = values.get(f"input_{side}", 0)
