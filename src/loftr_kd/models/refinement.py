@@ -391,14 +391,13 @@ class Refinement(nn.Module):
             centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
             return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
         scale = self.log_scale.exp()
-        logits = (
-            torch.matmul(windows, query[..., 0].unsqueeze(-1)).squeeze(-1) * scale
-        )  # (B, L0, Kq): the first
+        # the first point exactly as a single query is refined: (B, L0, Kq)
+        logits = torch.matmul(windows, query[..., 0].unsqueeze(-1)).squeeze(-1) * scale
         mean, uncertainty = self._position(logits, self.query_offsets, self.query_offsets_sq, size)
         # the further points: the 3x3 expectation around their peak needs only those 9 scores (the window's
         # softmax normalisation cancels), a fraction of the first point's work; their spread is the match's
-        more = torch.matmul(windows, query[..., 1:])  # (B, L0, Kq, k-1) cosine scores
-        more_mean = self._peak_expectation(more, scale, size, self.query_offsets)  # (B, L0, k-1, 2)
+        more_scores = torch.matmul(windows, query[..., 1:])  # (B, L0, Kq, k-1) cosine scores
+        more_mean = self._peak_expectation(more_scores, scale, size, self.query_offsets)  # (B, L0, k-1, 2)
         points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, k, 2)
         centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
         return RefineOutput(
