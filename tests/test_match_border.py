@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from conftest import shifted_photo_pairs
 from loftr_kd.models.student import load_student
+from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
 
-SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "student_paper_refine.pt"
+SHIPPED = DEFAULT_STUDENT_WEIGHTS  # the shipped default (weights/student_paper_refine.pt)
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped weights are not beside this checkout")

@@ -3,8 +3,6 @@ the first one's window; every output (PyTorch, ONNX, split graphs, Matcher, korn
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,9 +16,10 @@ from loftr_kd.models.matching import match_entries
 from loftr_kd.models.refinement import corner_queries
 from loftr_kd.models.student import build_student, load_student, save_student
 from loftr_kd.models.student_config import StudentConfig
+from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
 
 PAPER = PAPER_STUDENT
-SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "student_paper_refine.pt"
+SHIPPED = DEFAULT_STUDENT_WEIGHTS  # the shipped default (weights/student_paper_refine.pt)
 
 
 def test_every_point_of_a_cell_finds_a_translation_exactly() -> None:
