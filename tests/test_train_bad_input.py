@@ -324,6 +324,23 @@ def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path
     with pytest.raises(ValueError, match="max_nonfinite_steps must be at least 1"):
         module(limit=0)
 
+    # Under gradient accumulation the limit counts optimizer steps, not micro-batches: two bad batches of
+    # one step are one skipped step (warned once, naming the first), the next step trains.
+    model = module(limit=2)
+    start = state()
+    with pytest.warns(UserWarning, match=r"non-finite training loss at epoch 0, batch 0 \(total nan") as caught:
+        _fit(model, [bad, bad, good[0], good[2]], tmp_path, accumulate_grad_batches=2)
+    assert model.nonfinite_steps == 1
+    assert sum("non-finite training" in str(w.message) for w in caught) == 1
+    assert any(not torch.equal(value, start[name]) for name, value in state().items())
+    # one bad batch spoils its whole step: bad+bad, then bad+good, are two skipped steps in a row
+    model = module(limit=2)
+    start = state()
+    with pytest.raises(NonFiniteLossError, match=r"2 training steps in a row had a non-finite loss"):
+        _fit(model, [bad, bad, bad, good[2]], tmp_path, accumulate_grad_batches=2)
+    for name, value in model.student.named_parameters():  # no update (the good batch's statistics are kept)
+        assert torch.equal(value, start[name]), name
+
 
 def test_a_finite_loss_with_non_finite_gradients_is_skipped_too(tmp_path):
     """An absurd loss weight (w_refine 5e37: the loss, ~2.7e38, still fits in float32; its backward pass

@@ -140,16 +140,18 @@ class DistillationModule(pl.LightningModule):
         train_only: train only the student's submodules with these names (e.g. ``("refinement",)``: a
             refinement-only fine-tune); every other parameter is frozen (``requires_grad=False``, left out of
             the optimizer) and every other BatchNorm holds its statistics. Empty: train everything.
-        max_nonfinite_steps: a training step whose loss is NaN or infinite (on any DDP rank) is skipped on
-            every rank: the optimizer step it belongs to updates nothing (its gradients are dropped before
-            the update; DDP still reduces a zero gradient, as it must), the BatchNorm running statistics its
-            forward pass moved are put back, a warning names it and ``train/nonfinite_steps`` counts it.
-            A finite loss whose gradients are not (a backward pass that overflows, e.g. under an absurd loss
-            weight) is skipped and counted the same way (the BatchNorm statistics of its finite forward pass
-            are kept); under 16-mixed the GradScaler does that itself, and its skips are counted in
-            ``train/amp_skipped_steps`` instead. After this many skipped steps in
-            a row (no update in between) the run stops with :class:`~loftr_kd.errors.NonFiniteLossError`
-            (its checkpoints are the last finite step's).
+        max_nonfinite_steps: a training batch whose loss is NaN or infinite (on any DDP rank) contributes
+            nothing on every rank (a zero loss: DDP still reduces a gradient, as it must), the BatchNorm
+            running statistics its forward pass moved are put back, and the optimizer step it belongs to
+            updates nothing (its gradients are dropped before the update). A finite loss whose gradients are
+            not (a backward pass that overflows, e.g. under an absurd loss weight) skips its optimizer step
+            the same way (the BatchNorm statistics of its finite forward pass are kept); under 16-mixed the
+            GradScaler does that itself, and its skips are counted in ``train/amp_skipped_steps`` instead.
+            Each skipped optimizer step is warned about (naming its first bad batch) and counted once in
+            ``train/nonfinite_steps``, however many of its ``accumulate_grad_batches`` micro-batches were
+            bad, so the limit means the same with and without accumulation: after this many skipped
+            optimizer steps in a row (no update in between) the run stops with
+            :class:`~loftr_kd.errors.NonFiniteLossError` (its checkpoints are the last finite step's).
     """
 
     # Lightning's ThroughputMonitor reports FLOP/s where a module states its FLOPs per batch; not counted here
@@ -174,11 +176,12 @@ class DistillationModule(pl.LightningModule):
         if max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.nonfinite_steps = 0  # skipped steps of this process since it started
+        self.nonfinite_steps = 0  # skipped optimizer steps of this process since it started
         self.amp_skipped_steps = 0  # optimizer steps the 16-mixed GradScaler skipped (overflowing gradients)
         self._amp_scale: float | None = None
         self._nonfinite_in_a_row = 0
-        self._drop_gradients = False  # the next optimizer step updates nothing (a non-finite loss in it)
+        # why the next optimizer step updates nothing: its first non-finite loss (what, terms, batch), if any
+        self._skip: tuple[str, dict[str, torch.Tensor], int] | None = None
         self._loss_terms: dict[str, torch.Tensor] = {}  # the last finite training loss's terms, and its batch
         self._batch_idx = 0
         self.student = student
@@ -293,8 +296,8 @@ class DistillationModule(pl.LightningModule):
             with torch.no_grad():
                 for buffer, before in statistics:
                     buffer.copy_(before)
-            self._skip_nonfinite("loss", _scalar_terms(step.terms), batch_idx)
-            self._drop_gradients = True
+            if self._skip is None:  # the optimizer step's first bad micro-batch is the one its warning names
+                self._skip = ("loss", _scalar_terms(step.terms), batch_idx)
             # Lightning refuses a skipped (None) step under DDP, whose reduction needs a backward on every
             # rank: a zero loss over the trained parameters gives one; on_before_optimizer_step drops it all.
             return sum(
@@ -307,8 +310,8 @@ class DistillationModule(pl.LightningModule):
         return step.terms.total
 
     def _skip_nonfinite(self, what: str, terms: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Count a skipped step (its ``what``, the loss or the gradients, is NaN/inf somewhere), say so,
-        stop after too many in a row."""
+        """Count a skipped optimizer step (its ``what``, a micro-batch's loss or the step's gradients, is
+        NaN/inf somewhere), say so, stop after too many in a row."""
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
         listed = ", ".join(f"{name} {float(value):.4g}" for name, value in terms.items())
@@ -324,7 +327,7 @@ class DistillationModule(pl.LightningModule):
                 f"max_nonfinite_steps={self.max_nonfinite_steps} sets the limit"
             )
         rank_zero_warn(
-            f"non-finite training {what} at {where} ({listed} on this rank): step skipped, weights unchanged "
+            f"non-finite training {what} at {where} ({listed} on this rank): optimizer step skipped, weights unchanged "
             f"({self.nonfinite_steps} so far, {self._nonfinite_in_a_row} in a row; the run stops at "
             f"{self.max_nonfinite_steps} in a row)"
         )
@@ -333,18 +336,18 @@ class DistillationModule(pl.LightningModule):
         # Lightning calls this once per optimizer step, after the (DDP-reduced, AMP-unscaled) gradients of
         # every accumulated micro-batch exist and before clipping. Under 16-mixed the GradScaler skips
         # overflowing gradients itself; elsewhere a finite loss with NaN/inf gradients is skipped here.
-        if not self._drop_gradients and self._amp_scaler() is None and not _finite_gradients(optimizer):
-            self._skip_nonfinite("gradient", self._loss_terms, self._batch_idx)
-            self._drop_gradients = True
-        self._log_histograms(gradients=not self._drop_gradients)
-        if not self._drop_gradients:
+        if self._skip is None and self._amp_scaler() is None and not _finite_gradients(optimizer):
+            self._skip = ("gradient", self._loss_terms, self._batch_idx)
+        self._log_histograms(gradients=self._skip is None)
+        if self._skip is None:
             self._nonfinite_in_a_row = 0  # an update happens: the count of skipped steps in a row restarts
             return
+        skip, self._skip = self._skip, None
+        self._skip_nonfinite(*skip)
         # a parameter without a gradient is left alone by the optimizer: no step, no decay, no moment update
         for group in optimizer.param_groups:
             for parameter in group["params"]:
                 parameter.grad = None
-        self._drop_gradients = False
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         step = self._step(batch)
