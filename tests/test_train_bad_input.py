@@ -328,7 +328,9 @@ def test_a_non_finite_loss_is_skipped_counted_and_too_many_stop_the_run(tmp_path
     # one step are one skipped step (warned once, naming the first), the next step trains.
     model = module(limit=2)
     start = state()
-    with pytest.warns(UserWarning, match=r"non-finite training loss at epoch 0, batch 0 \(total nan") as caught:
+    with pytest.warns(
+        UserWarning, match=r"non-finite training loss at epoch 0, batch 0 \(total nan"
+    ) as caught:
         _fit(model, [bad, bad, good[0], good[2]], tmp_path, accumulate_grad_batches=2)
     assert model.nonfinite_steps == 1
     assert sum("non-finite training" in str(w.message) for w in caught) == 1
