@@ -384,22 +384,18 @@ class Refinement(nn.Module):
         # padded by half, the window's top-left pixel (centre minus half) sits at (cy, cx)
         windows = _gather_squares(desc1, cy, cx, self.window.query_size, half)  # (B, L0, Kq, C)
         size, centre = self.window.query_size, (f - 1) / 2.0
-        if not more:
-            logits = torch.matmul(windows, query.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
-            mean, uncertainty = self._position(logits, self.query_offsets, self.query_offsets_sq, size)
-            points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
-            centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
-            return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
-        scale = self.log_scale.exp()
-        # the first point exactly as a single query is refined: (B, L0, Kq)
-        logits = torch.matmul(windows, query[..., 0].unsqueeze(-1)).squeeze(-1) * scale
+        # the first point (the only one without refine_points) is refined over its whole window: (B, L0, Kq)
+        first = query[..., 0] if more else query
+        logits = torch.matmul(windows, first.unsqueeze(-1)).squeeze(-1) * self.log_scale.exp()
         mean, uncertainty = self._position(logits, self.query_offsets, self.query_offsets_sq, size)
+        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0[, k], 2)
+        centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+        if not more:
+            return RefineOutput(centres1 + mean, uncertainty, logits, points0, centres1)
         # the further points: the 3x3 expectation around their peak needs only those 9 scores (the window's
         # softmax normalisation cancels), a fraction of the first point's work; their spread is the match's
         more_scores = torch.matmul(windows, query[..., 1:])  # (B, L0, Kq, k-1) cosine scores
-        more_mean = self._peak_expectation(more_scores, scale, size, self.query_offsets)  # (B, L0, k-1, 2)
-        points0 = torch.stack([qx, qy], -1).to(mean.dtype) * f + centre  # (B, L0, k, 2)
-        centres1 = torch.stack([cx, cy], -1).to(mean.dtype) * f + centre  # (B, L0, 2)
+        more_mean = self._peak_expectation(more_scores, self.log_scale.exp(), size, self.query_offsets)
         return RefineOutput(
             centres1 + mean,
             uncertainty,
