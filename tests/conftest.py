@@ -38,6 +38,16 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    on the shared 2-core machine, two spinning threads are up to 20x slower in the big teachers' tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # The published Coarse_LoFTR_TRT sizes (conf/student/paper.yaml), for small students built in tests.
 PAPER_STUDENT = dict(
     backbone="resnet_fpn",

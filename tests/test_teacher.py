@@ -38,13 +38,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "teacher"
 PRISTINE_KORNIA_DEFAULT_CFG = copy.deepcopy(kornia_loftr.default_cfg)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, two spinning threads are up to 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 @pytest.fixture(scope="module")

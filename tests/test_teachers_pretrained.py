@@ -49,13 +49,7 @@ needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"teacher weights no
 HEIGHT, WIDTH = 240, 320
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, two spinning threads are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread
 
 
 @pytest.fixture(scope="module")
