@@ -63,8 +63,11 @@ format: $(STAMP) ## ruff autofix + format
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
+# Runs write under $LOFTR_KD_ROOT where it is set (loftr_kd.paths), else under the current folder.
+WORK_ROOT := $(or $(LOFTR_KD_ROOT),.)
+
 tensorboard: $(STAMP) ## TensorBoard on all runs under outputs/, on this machine only (ARGS="--bind_all" for others)
-	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 $(ARGS)
+	$(BIN)/tensorboard --logdir "$(WORK_ROOT)/outputs" $(if $(findstring --bind_all,$(ARGS)),,--host 127.0.0.1) $(ARGS)
 
 bench: $(STAMP) ## Speed benchmark: teacher vs students vs onnxruntime/INT8/TensorRT vs ORB/SIFT
 	$(BIN)/loftr-kd-bench $(ARGS)
@@ -81,7 +84,7 @@ synth: $(STAMP) ## Generate the synthetic BlendedMVS-layout scenes: make synth A
 rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outputs/train/runs/<run>
 	@test -n "$(RUN)" || { echo "usage: make rerun RUN=outputs/train/runs/<run>"; exit 2; }
 	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config \
-		"hydra.run.dir=outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(RERUN_CHECK) $(ARGS)
+		"hydra.run.dir=$(WORK_ROOT)/outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(RERUN_CHECK) $(ARGS)
 
 default-model: $(STAMP) ## Rebuild the shipped default student end to end (resumable; docs in weights/MODEL_CARD.md)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/loftr-kd-recipe experiment=student_default $(ARGS)
