@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -116,12 +117,25 @@ def test_window_loop_with_scripted_keys(video, tmp_path, monkeypatch):
     """The window loop, with the window calls replaced: p freezes (snapshot saved), p resumes, q quits."""
     keys = iter([-1, ord("p"), -1, ord("p"), ord("s"), -1, ord("q")])
     shown = []
+    monkeypatch.setenv("DISPLAY", ":0")  # the window calls below need none; without one main refuses
     monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.shape))
     monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
     monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
     assert main(["--source", str(video), "--backend", "orb", "--snapshots", str(tmp_path / "snaps")]) == 0
     assert len(shown) == 7  # one frame per key poll, the frozen one shown twice
     assert len(list((tmp_path / "snaps").glob("snapshot_*.png"))) == 1
+
+
+def test_a_window_without_a_display_is_refused_in_one_line(video, monkeypatch, capsys):
+    """Without --headless on a Linux machine with no display, OpenCV's window would abort the process
+    (rc 134, a Qt message, no hint): the demo refuses first and names --headless."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--source", str(video), "--backend", "orb"])
+    assert exit_.value.code == 2
+    assert "no display to open the demo's window on" in capsys.readouterr().err
 
 
 def test_directory_source_and_out_over_the_source_are_refused(video, tmp_path, capsys):

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -327,6 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.headless and args.out is None:
         parser.error("--headless needs --out result.mp4")
+    if not args.headless and sys.platform.startswith("linux"):
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            # OpenCV's window would abort the process (Qt: "could not connect to display"), no hint given
+            parser.error(
+                "no display to open the demo's window on (DISPLAY and WAYLAND_DISPLAY are unset): "
+                "run with --headless --out result.mp4, or where a display is"
+            )
     if args.out is not None and Path(str(args.source)).exists():
         written = [args.out, *write_timing_paths(args.out)]
         if any(p.resolve() == Path(str(args.source)).resolve() for p in written):
