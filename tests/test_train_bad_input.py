@@ -238,6 +238,20 @@ def test_unreadable_init_weights_is_one_line_before_any_work(tmp_path):
     assert "weights_only=False" not in result.stderr and not (run / "run_info.json").exists()
 
 
+def test_init_weights_of_another_student_is_one_line_naming_its_settings(tmp_path):
+    """The shipped refined file as init_weights of the default coarse `paper` student (usage.md's example
+    without student=paper_refine): one line before any work, naming the settings the file's student has."""
+    from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
+
+    run = tmp_path / "run"
+    result = _train(run, f"init_weights={DEFAULT_STUDENT_WEIGHTS}", f"data.root={tmp_path / 'none'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _error_lines(result.stderr)
+    assert f"init_weights={DEFAULT_STUDENT_WEIGHTS}: its weights do not fit this student" in line
+    assert "refine=corr (this student: none)" in line and "student=paper_refine" in line
+    assert "Traceback" not in result.stderr and not (run / "run_info.json").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -430,16 +430,24 @@ def resolve_resume_checkpoint(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
-def check_init_weights(path: str | None) -> None:
-    """``init_weights`` must be a readable student checkpoint (checked before any work)."""
+def check_init_weights(path: str | None, student_config: DictConfig | None = None) -> None:
+    """``init_weights`` must be a readable student checkpoint whose weights fit the run's student
+    (``student_config``, built here for the check: a few milliseconds), before any work.
+
+    Raises:
+        ValueError: one line, ``init_weights=<path>: <what is wrong>``.
+    """
     if not path:
         return
-    from loftr_kd.models.student import load_student
+    from loftr_kd.models.student import init_student_weights, load_student
 
     try:
-        load_student(path)
+        if not student_config:
+            load_student(path)
+        else:
+            init_student_weights(hydra.utils.instantiate(student_config), path)
     except (KeyError, RuntimeError, ValueError) as error:
-        raise ValueError(f"init_weights={path}: {one_line(error)}") from error
+        raise ValueError(f"init_weights={path}: {one_line(error).removeprefix(f'{path}: ')}") from error
 
 
 def check_resumed_student(ckpt_path: str | None, student: torch.nn.Module, preset: str) -> None:
@@ -507,7 +515,10 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     check_train_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     try:
-        check_init_weights(cfg.get("init_weights"))
+        # a sweep's trial hook builds its own student (the student search): only readability is checked then
+        check_init_weights(
+            cfg.get("init_weights"), cfg.get("student") if trial_hook_config(cfg) is None else None
+        )
         ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
         check_output_dir(output_dir)
     except RunDirError:

@@ -538,6 +538,29 @@ def published_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike)
     return {"student_config": config, "state_dict": dict(state_dict), "source": "Coarse_LoFTR_TRT"}
 
 
+# StudentConfig fields a file's weights do not depend on: input sizes and inference settings
+_LOAD_TIME_SETTINGS = frozenset(
+    {
+        "input_height",
+        "input_width",
+        "max_height",
+        "max_width",
+        "temperature",
+        "match_threshold",
+        "border_removal",
+        "refine_query",
+        "refine_points",
+    }
+)
+
+
+def _setting(value: Any) -> str:
+    """A config value as a Hydra override writes it (lists in brackets, no spaces)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_setting(v) for v in value) + "]"
+    return str(value)
+
+
 def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> list[str]:
     """Start ``model`` from the weights of another student file (fine-tuning, ``init_weights=``).
 
@@ -553,20 +576,27 @@ def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> 
         The names of the weights left at their initialisation.
 
     Raises:
-        RuntimeError: a source weight has no place in ``model`` or a different shape, or ``model``
-            lacks a weight outside its refinement stage.
+        ValueError: a source weight has no place in ``model`` or a different shape, or ``model`` lacks a
+            weight outside its refinement stage; the message names the architecture settings in which the
+            file's student differs from ``model`` (what to set, e.g. ``student=paper_refine``).
     """
-    source = load_student(path).state_dict()
+    source_model = load_student(path)
+    source = source_model.state_dict()
     target = model.state_dict()
     unexpected = sorted(set(source) - set(target))
     missing = sorted(set(target) - set(source))
     outside = [k for k in missing if not k.startswith("refinement.")]
     shapes = [k for k in source if k in target and source[k].shape != target[k].shape]
     if unexpected or outside or shapes:
-        raise RuntimeError(
-            f"weights in {path} do not fit this student ({model.config}):\n"
-            f"  not in the student ({len(unexpected)}): {unexpected}\n"
-            f"  missing from the file ({len(outside)}): {outside}\n  shape differs ({len(shapes)}): {shapes}"
+        theirs, ours = asdict(source_model.config), asdict(model.config)
+        differ = [k for k in theirs if k not in _LOAD_TIME_SETTINGS and theirs[k] != ours[k]]
+        settings = ", ".join(f"{k}={_setting(theirs[k])} (this student: {_setting(ours[k])})" for k in differ)
+        counts = f"{len(unexpected)} of its weights not in this student, {len(outside)} missing, {len(shapes)} shaped otherwise"
+        raise ValueError(
+            f"{path}: its weights do not fit this student ({counts}; e.g. "
+            f"{(unexpected + outside + shapes)[0]}); the file's student has {settings or 'the same settings'}: "
+            f"train that student (a student= preset with those settings, e.g. student=paper_refine for a refined "
+            f"paper student, or student.<name>= overrides) or start from another file"
         )
     model.load_state_dict(source, strict=False)
     return missing
