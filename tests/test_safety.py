@@ -751,3 +751,41 @@ def test_an_image_too_large_for_memory_is_refused_before_decoding(tmp_path):
     for reader in (read_image, lambda p: read_image_for_matching(p)[0]):
         with pytest.raises(ImageError, match=r"200000x200000 image needs about .* GiB .*downscale it first"):
             reader(path)
+
+
+def test_every_python_door_refuses_weights_holding_nan(tmp_path):
+    """A student file whose weights hold NaN (a diverged run's, a damaged file) matched nothing and said
+    "no homography", exported "verified", trained on: every door refuses it, naming the file and a tensor."""
+    from omegaconf import OmegaConf
+
+    from loftr_kd.cli.evaluate import build_methods
+    from loftr_kd.kornia_loftr import StudentLoFTR
+    from loftr_kd.matcher import Matcher, MatcherError
+    from loftr_kd.models.student import build_student, load_student, save_student
+    from loftr_kd.teachers import build_student_teacher
+    from loftr_kd.train import check_init_weights
+
+    student = build_student(input_height=96, input_width=128)
+    with torch.no_grad():
+        student.backbone.conv1.weight[0, 0, 0, 0] = float("nan")
+    path = save_student(student, tmp_path / "diverged.pt")
+    doors = {
+        "load_student": lambda: load_student(path),
+        "init_weights": lambda: check_init_weights(str(path)),
+        "teacher=student": lambda: build_student_teacher(str(path), 96, 128),
+        "Matcher torch": lambda: Matcher(weights=path, backend="torch"),
+        "Matcher onnx": lambda: Matcher(weights=path, backend="onnx", cache_dir=tmp_path / "cache"),
+        "kornia drop-in": lambda: StudentLoFTR(weights=path),
+        "evaluate": lambda: build_methods(
+            OmegaConf.create({"methods": {"mine": {"backend": "torch", "weights": str(path)}}})
+        ),
+    }
+    for door, call in doors.items():
+        with pytest.raises((ValueError, MatcherError)) as info:
+            call()
+        text = str(info.value)
+        assert str(path) in text and "NaN or infinite" in text and "backbone.conv1.weight" in text, (
+            door,
+            text,
+        )
+    assert not list((tmp_path / "cache").rglob("*.onnx"))  # nothing exported from it

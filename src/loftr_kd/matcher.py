@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -92,6 +93,37 @@ def _outside_this_module() -> int:
     return level
 
 
+def _check_device(device: str, backend: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``; CUDA where the backend has it (onnxruntime without its CUDA provider
+    runs on the CPU, as documented, and says so).
+
+    Raises:
+        ValueError: not a device name.
+        MatcherError: ``cuda`` on the torch backend of a torch that sees no CUDA GPU.
+    """
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    if not str(device).startswith("cuda"):
+        return
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MatcherError(
+                f"device={device!r}: this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
+                f"or install a CUDA build of torch"
+            )
+    elif backend == "onnx":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            warnings.warn(
+                f"device={device!r}: this onnxruntime has no CUDA provider (onnxruntime-gpu is not "
+                f"installed); running on the CPU",
+                stacklevel=_outside_this_module(),
+            )
+
+
 class Matcher:
     """Coarse student matcher over PyTorch, onnxruntime or TensorRT.
 
@@ -147,6 +179,12 @@ class Matcher:
         threads = threads if threads is not None else num_threads
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if threshold is not None and not 0.0 <= float(threshold) < 1.0:  # NaN fails too
+            raise ValueError(
+                f"threshold={threshold}: expected a match confidence in [0, 1) (the dual-softmax "
+                f"probability a match must reach; default: the model's)"
+            )
+        _check_device(device, backend)
         if weights is None:
             from loftr_kd.paths import default_student_weights
 

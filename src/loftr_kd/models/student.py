@@ -464,6 +464,7 @@ def load_student(
         UnsafeCheckpointError: the file holds objects beyond weights (it may carry code); refused.
         KeyError: no ``student_config`` / ``state_dict`` in the file.
         RuntimeError: state-dict keys don't match the config (missing and unexpected keys listed).
+        ValueError: a weight tensor holds NaN or infinite values (a damaged file, a diverged run).
     """
     path = Path(path)
     checkpoint = load_checkpoint(path, "student checkpoint", map_location=map_location)
@@ -505,6 +506,13 @@ def load_student(
             key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)
         }
 
+    damaged = [k for k, v in state_dict.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
+    if damaged:  # a diverged run's or a corrupted file's weights would match nothing, silently
+        raise ValueError(
+            f"{path}: {len(damaged)} of its {len(state_dict)} weight tensors hold NaN or infinite values "
+            f"(first: {damaged[0]}); the file is damaged or was saved from a run whose training diverged: "
+            f"use an earlier checkpoint"
+        )
     model = CoarseLoFTRStudent(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
