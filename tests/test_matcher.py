@@ -398,3 +398,23 @@ def test_corner_queries_without_refinement_return_both_cell_centres():
     # the same matches either way; a 24-px shift is found from the cell centres up to the cells' quantisation
     np.testing.assert_array_equal(refined["coarse_keypoints0"], coarse["coarse_keypoints0"])
     np.testing.assert_allclose(np.median(coarse["keypoints1"][:, 0] - coarse["keypoints0"][:, 0]), 24, atol=8)
+
+
+def test_threshold_and_device_are_checked_before_any_work():
+    """A threshold outside [0, 1) matched nothing on the onnx backend without a word (and blamed the weights
+    on the torch one); a misspelt device was a torch traceback or silently the CPU."""
+    import onnxruntime as ort
+
+    for threshold in (2, -0.1, float("nan"), 1.0):
+        with pytest.raises(
+            ValueError, match=rf"threshold={threshold}: expected a match confidence in \[0, 1\)"
+        ):
+            Matcher(threshold=threshold)
+    with pytest.raises(ValueError, match=r"device='banana': expected 'cpu', 'cuda' or 'cuda:N'"):
+        Matcher(device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(MatcherError, match=r"device='cuda': this torch .* sees no CUDA GPU"):
+            Matcher(backend="torch", device="cuda")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.warns(UserWarning, match="this onnxruntime has no CUDA provider"):
+            assert Matcher(device="cuda").runner.providers == ["CPUExecutionProvider"]
