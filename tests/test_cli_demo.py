@@ -113,6 +113,16 @@ def test_bad_sources_are_clear(tmp_path, capsys):
         main(["--source", str(broken), "--headless"])  # --headless needs --out
 
 
+def test_frame_options_out_of_range_are_one_line(video, tmp_path, capsys):
+    """--max-frames -3 processed one frame; a reference frame past the end blamed the video."""
+    out = ["--headless", "--out", str(tmp_path / "o.mp4"), "--backend", "orb"]
+    with pytest.raises(SystemExit):
+        main(["--source", str(video), "--max-frames", "-3", *out])
+    assert "argument --max-frames: -3 is not >= 0" in capsys.readouterr().err
+    assert main(["--source", str(video), "--reference-frame", "99", *out]) == 2
+    assert "--reference-frame 99 is past the end of" in capsys.readouterr().err
+
+
 def test_window_loop_with_scripted_keys(video, tmp_path, monkeypatch):
     """The window loop, with the window calls replaced: p freezes (snapshot saved), p resumes, q quits."""
     keys = iter([-1, ord("p"), -1, ord("p"), ord("s"), -1, ord("q")])

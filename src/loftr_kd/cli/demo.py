@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from loftr_kd.cli import nonnegative_int, positive_int
 from loftr_kd.cli.match import add_model_arguments
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,11 @@ def run_demo(args: argparse.Namespace) -> dict:
         for _ in range(args.reference_frame):
             consumed += bool(capture.read()[0])
         ok, frame = capture.read()
+        if not ok and args.reference_frame > 0:
+            raise ValueError(
+                f"--reference-frame {args.reference_frame} is past the end of {args.source} "
+                f"({consumed} frames could be read)"
+            )
         if not ok:
             raise ValueError(f"no frame could be read from {args.source}")
         consumed += 1
@@ -303,15 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default="0", help="camera index (0, 1, ...) or a video file")
     add_model_arguments(parser)
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (default: all cores for onnx, 1 for torch)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads (default: all cores for onnx, 1 for torch)",
     )
     parser.add_argument(
-        "--size", type=int, default=None, help="long side frames are resized to, aspect kept (default 640)"
+        "--size",
+        type=positive_int,
+        default=None,
+        help="long side frames are resized to, aspect kept (default 640)",
     )
     parser.add_argument("--headless", action="store_true", help="no window: write --out and its timing")
     parser.add_argument("--out", type=Path, default=None, help="annotated video (.mp4) in headless mode")
-    parser.add_argument("--reference-frame", type=int, default=0, help="index of the reference frame")
-    parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = all)")
+    parser.add_argument(
+        "--reference-frame", type=nonnegative_int, default=0, help="index of the reference frame"
+    )
+    parser.add_argument(
+        "--max-frames", type=nonnegative_int, default=0, help="stop after this many frames (0 = all)"
+    )
     parser.add_argument("--snapshots", type=Path, default=None, help="folder to save p-key snapshots to")
     parser.add_argument(
         "--force",

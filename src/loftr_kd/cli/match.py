@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from loftr_kd.cli import positive_float, positive_int
 from loftr_kd.runtime import MATCHER_BACKEND
 
 log = logging.getLogger(__name__)
@@ -183,14 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="CPU threads (default: all cores for onnx, 1 for torch, which slows down badly with more "
         "threads while other programs use the CPU)",
     )
     parser.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=None,
         help="long side the images are resized to, aspect kept (default: the model's, 640); not for "
         "static ONNX/TensorRT files, which letterbox into their fixed input",
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ransac", choices=("magsac", "ransac"), default="magsac", help="robust estimator (default magsac)"
     )
     parser.add_argument(
-        "--ransac-threshold", type=float, default=3.0, help="inlier threshold in pixels (default 3)"
+        "--ransac-threshold", type=positive_float, default=3.0, help="inlier threshold in pixels (default 3)"
     )
     parser.add_argument(
         "--guided",
@@ -237,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="draw only the homography inliers (default: all, outliers red)",
     )
-    parser.add_argument("--tile", type=int, default=32, help="checkerboard tile size in pixels")
+    parser.add_argument(
+        "--tile", type=positive_int, default=32, help="checkerboard tile size in pixels (default 32)"
+    )
     return parser
 
 
