@@ -252,3 +252,40 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     if not ok:
         raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
     return write_bytes(path, encoded.tobytes())
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one existing file (a symlink or a hard link to it included)."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_output_file(path: Path, force: bool, label: str = "output") -> bool:
+    """Refuse, before any work, a destination that may not be written; returns whether it is an earlier,
+    unchanged output of loftr-kd (replaced silently but for one line).
+
+    Raises:
+        OutputExistsError: ``path`` is a folder, not a regular file, or a file loftr-kd did not write
+            (unless ``force``).
+        NotADirectoryError: a folder above ``path`` is a file.
+    """
+    check_outputs([path], force=force, force_hint="--force")
+    for parent in path.parents:  # the nearest existing folder above it must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"{label} {path}: {parent} is a file, not a folder; choose another path"
+                )
+            break
+    return is_own_output(path)
+
+
+def replaced_line(path: Path, own: bool) -> str | None:
+    """The one line that says an existing file was replaced (None when there was none)."""
+    if own:
+        return f"replaced {path}: an earlier output of loftr-kd, unchanged since"
+    if path.is_file():
+        return f"replaced {path} (--force; loftr-kd had not written it)"
+    return None

@@ -1,53 +1,88 @@
 """``loftr-kd-convert SRC DST``: any student checkpoint the project reads (a published Coarse_LoFTR_TRT
 ``LoFTR_teacher.pt``, a Lightning checkpoint, a ``save_student`` file) -> the project's own
-``save_student`` format, optionally for another input size."""
+``save_student`` format, optionally for another input size.
+
+``DST`` is never the source, and an existing file there is replaced only when loftr-kd wrote it (an
+earlier, unchanged output, recorded in the folder's ``.loftr-kd-outputs.json``) or with ``--force``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "loftr-kd-convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="loftr-kd-convert",
+        prog=PROG,
         description="Convert any student checkpoint the project reads (a published Coarse_LoFTR_TRT "
         "LoFTR_teacher.pt, a Lightning checkpoint, a save_student file) to the project's own save_student "
         "format, optionally for another input size.",
     )
     parser.add_argument("source", help="checkpoint to read")
-    parser.add_argument("destination", help="save_student file to write (atomically; never the source)")
+    parser.add_argument(
+        "destination",
+        help="save_student file to write (atomically; never the source, and an existing file only if "
+        "loftr-kd wrote it, or with --force)",
+    )
     parser.add_argument(
         "--height", type=int, default=None, help="input height to store (default: the source's)"
     )
     parser.add_argument("--width", type=int, default=None, help="input width to store")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a destination file that loftr-kd did not write (a user's file of the same name); "
+        "without it such a file is never replaced",
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
-    args = build_parser().parse_args(argv)
+def load_error(error: Exception) -> ValueError:
+    """A checkpoint that cannot be read, as a user's error (a KeyError's message without its quotes)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return ValueError(str(text))
 
-    from pathlib import Path
 
+def run(args: argparse.Namespace) -> None:
+    from loftr_kd.files import check_output_file, record_outputs, replaced_line, same_file
     from loftr_kd.models.student import count_parameters, load_student, save_student
 
     source, destination = Path(args.source), Path(args.destination)
-    if destination.exists() and destination.resolve() == source.resolve():
-        print(f"loftr-kd-convert: refusing to write over the source {source}", file=sys.stderr)
-        return 2
+    if same_file(destination, source):
+        raise ValueError(f"refusing to write over the source {source}; choose another destination")
+    own = check_output_file(destination, args.force)
     try:
         model = load_student(source, input_height=args.height, input_width=args.width)
-    except (FileNotFoundError, IsADirectoryError, KeyError, RuntimeError, ValueError) as error:
-        print(f"loftr-kd-convert: {error}", file=sys.stderr)
-        return 2
+    except (KeyError, RuntimeError) as error:
+        raise load_error(error) from error
+    replaced = replaced_line(destination, own)
     save_student(model, destination)
+    record_outputs([destination], PROG)
+    if replaced:
+        print(replaced)
     cfg = model.config
     print(
         f"wrote {destination}: {count_parameters(model):,} parameters, {cfg.input_width}x{cfg.input_height}, "
         f"stride {cfg.coarse_stride}, refine {cfg.refine}"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
+    from loftr_kd.errors import debug_enabled, is_user_error, report
+
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except Exception as error:
+        if debug_enabled() or not is_user_error(error):
+            raise
+        return report(PROG, error)
     return 0
 
 
