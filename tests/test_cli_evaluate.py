@@ -34,6 +34,25 @@ def compose_cfg(overrides):
         return compose(config_name="evaluate", overrides=overrides)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("homography.max_pairs=0", r"homography.max_pairs=0: expected a number of pairs >= 1"),
+        (
+            "homography.thresholds=[-1]",
+            r"homography.thresholds=\[-1\]: expected a non-empty list of numbers > 0",
+        ),
+        ("pose.thresholds=[]", r"pose.thresholds=\[\]: expected a non-empty list"),
+        ("pose.ransac_threshold_px=nan", r"pose.ransac_threshold_px=nan: expected a number > 0"),
+    ],
+)
+def test_counts_and_thresholds_are_checked_before_any_work(tmp_path, override, message):
+    """max_pairs=0 wrote an empty report and thresholds=[-1] an AUC of 0, both with exit 0."""
+    with pytest.raises(ValueError, match=message):
+        evaluate(compose_cfg(["homography.root=/nowhere", override]), out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_folder_holding_results_is_never_overwritten(tmp_path):
     (tmp_path / "results.json").write_text('{"mine": 1}')
     with pytest.raises(ValueError, match=r"already holds evaluation results \(results.json\)"):

@@ -217,6 +217,15 @@ def test_load_hpatches_errors(tmp_path):
     (seq / "H_1_2").write_text("1 0 0\n0 1 0\n")
     with pytest.raises(ValueError, match="H_1_2"):
         ev.load_hpatches(tmp_path)
+    # NaN, or a singular matrix, scored every method 0 (or nan) without a word
+    for text in ("nan 0 0\n0 1 0\n0 0 1\n", "0 0 0\n0 0 0\n0 0 0\n"):
+        (seq / "H_1_2").write_text(text)
+        with pytest.raises(ValueError, match=r"H_1_2 is not an invertible homography"):
+            ev.load_hpatches(tmp_path)
+    # an 8x8 image was upscaled to the protocol's size and scored as if it were a photo
+    cv2.imwrite(str(tmp_path / "tiny.png"), photo("camera", 8, 8))
+    with pytest.raises(ValueError, match=r"tiny.png: image is 8x8 pixels, too small to evaluate on"):
+        ev.read_benchmark_image(tmp_path / "tiny.png")
 
 
 def test_load_pose_pairs_errors(tmp_path, pose_data):
@@ -227,6 +236,16 @@ def test_load_pose_pairs_errors(tmp_path, pose_data):
     bad.write_text("# comment\n\na.png b.png 0 0 1 2 3\n")
     with pytest.raises(ValueError, match=r"bad.txt:3: expected 38 values"):
         ev.load_pose_pairs(bad)
+    good = list_file.read_text().splitlines()[0].split()
+    for index, value, message in (
+        (5, "nan", "NaN or infinite values"),
+        (4, "0", "K0 is not a camera matrix"),
+    ):
+        broken = [*good]
+        broken[index] = value  # K0's first row (fx at 4)
+        (list_file.parent / "broken.txt").write_text(" ".join(broken) + "\n")
+        with pytest.raises(ValueError, match=rf"broken.txt:1: {message}"):
+            ev.load_pose_pairs(list_file.parent / "broken.txt")
     missing = tmp_path / "missing.txt"
     missing.write_text(list_file.read_text())
     with pytest.raises(FileNotFoundError, match="not found"):

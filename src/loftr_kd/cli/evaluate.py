@@ -116,11 +116,42 @@ def _coarse_batches(cfg: DictConfig):
     return module.val_dataloader
 
 
+def check_benchmark_settings(cfg: DictConfig) -> None:
+    """The counts and thresholds of every benchmark (before any work: a zero count gave an empty report,
+    a negative threshold an AUC of 0, both without a word).
+
+    Raises:
+        ValueError: one line naming the setting and what it needs.
+    """
+    import math
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    for group in ("homography", "pose", "coarse"):
+        settings = cfg.get(group) or {}
+        count = settings.get("max_pairs")
+        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
+            raise ValueError(f"{group}.max_pairs={count!r}: expected a number of pairs >= 1, or null for all")
+        for key in ("thresholds", "precision_thresholds"):
+            values = settings.get(key)
+            if values is None:
+                continue
+            listed = list(values) if OmegaConf.is_list(values) or isinstance(values, (list, tuple)) else None
+            if not listed or not all(number(v) and v > 0 for v in listed):
+                raise ValueError(f"{group}.{key}={values!r}: expected a non-empty list of numbers > 0")
+        for key in ("ransac_threshold", "correct_threshold", "ransac_threshold_px", "epipolar_threshold"):
+            value = settings.get(key)
+            if value is not None and not (number(value) and value > 0):
+                raise ValueError(f"{group}.{key}={value!r}: expected a number > 0")
+
+
 def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every configured benchmark for every method; write the reports to ``out_dir``
     (default: the Hydra run directory). Returns the results dict."""
     from loftr_kd import evaluation as ev
 
+    check_benchmark_settings(cfg)
     out_dir = Path(out_dir) if out_dir is not None else Path(cfg.paths.output_dir)
     previous = [n for n in ("results.json", "results.md", "per_method") if (out_dir / n).exists()]
     if previous:

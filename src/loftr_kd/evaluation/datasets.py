@@ -69,7 +69,7 @@ def load_hpatches(root: str | Path, sequences: Iterable[str] | None = None) -> l
 
     Raises:
         FileNotFoundError: no sequence folder (with image 1 and at least one ``H_1_k``) under ``root``.
-        ValueError: a homography file that is not a 3x3 matrix of numbers.
+        ValueError: a homography file that is not a 3x3 matrix of numbers, or not an invertible one.
     """
     root = Path(root)
     if not root.is_dir():
@@ -94,6 +94,9 @@ def load_hpatches(root: str | Path, sequences: Iterable[str] | None = None) -> l
                 raise ValueError(f"cannot read the homography {h_path}: {err}") from err
             if H.shape != (3, 3):
                 raise ValueError(f"{h_path} must hold a 3x3 matrix, got shape {H.shape}")
+            if not np.isfinite(H).all() or abs(np.linalg.det(H)) < 1e-12:
+                # every method would score 0 (or nan) against it, and the report would look like a result
+                raise ValueError(f"{h_path} is not an invertible homography (NaN/inf or a singular matrix)")
             pairs.append(HomographyPair(name, index, first, other, H))
     if not pairs:
         raise FileNotFoundError(f"no HPatches sequence (<seq>/1.ppm with H_1_k files) under {root}")
@@ -124,8 +127,13 @@ def load_pose_pairs(pair_list: str | Path, image_root: str | Path | None = None)
             values = np.array(tokens[2:], dtype=np.float64)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from err
+        if not np.isfinite(values).all():
+            raise ValueError(f"{where}: NaN or infinite values in rot/K/T")
         if values[0] != 0 or values[1] != 0:
             raise ValueError(f"{where}: EXIF rotations are not supported; rotate the images and fix K/T")
+        for name, K in (("K0", values[2:11].reshape(3, 3)), ("K1", values[11:20].reshape(3, 3))):
+            if not (K[0, 0] > 0 and K[1, 1] > 0 and K[2, 2] != 0):
+                raise ValueError(f"{where}: {name} is not a camera matrix (focal lengths must be > 0)")
         path0, path1 = image_root / tokens[0], image_root / tokens[1]
         for path in (path0, path1):
             if not path.is_file():
@@ -152,6 +160,27 @@ def write_pose_pairs(path: str | Path, pairs: Iterable[PosePair], image_root: st
         rel0, rel1 = (Path(p).relative_to(image_root).as_posix() for p in (pair.path0, pair.path1))
         lines.append(" ".join([rel0, rel1, *(f"{v:.10g}" for v in numbers)]))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+# An evaluation image must hold two coarse cells of the default student without being upscaled into them.
+MIN_EVALUATION_SIDE = 32
+
+
+def read_benchmark_image(path: str | Path) -> np.ndarray:
+    """A benchmark pair's image (:func:`loftr_kd.images.read_image`), refused when its shorter side is below
+    :data:`MIN_EVALUATION_SIDE`: resized to the protocol's size it would be scored as if it were a photo.
+
+    Raises:
+        ValueError: the image is too small, naming it and its size.
+    """
+    image = read_image(path)
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_EVALUATION_SIDE:
+        raise ValueError(
+            f"{path}: image is {width}x{height} pixels, too small to evaluate on (the shorter side needs "
+            f"{MIN_EVALUATION_SIDE} px)"
+        )
+    return image
 
 
 def resize_short_side(image: np.ndarray, short_side: int | None) -> tuple[np.ndarray, np.ndarray]:

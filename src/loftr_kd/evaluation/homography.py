@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from loftr_kd.evaluation.datasets import HomographyPair, read_image, resize_short_side
+from loftr_kd.evaluation.datasets import HomographyPair, read_benchmark_image, resize_short_side
 from loftr_kd.evaluation.matching import MatcherFn, progress, timed_matches
 from loftr_kd.evaluation.scoring import corner_error, error_auc, reprojection_errors
 from loftr_kd.geometry import estimate_homography
@@ -97,8 +97,8 @@ def evaluate_homography(
     """
     records, correct_errors = [], []
     for pair in progress(pairs, "homography"):
-        image0, scale0 = resize_short_side(read_image(pair.path0), short_side)
-        image1, scale1 = resize_short_side(read_image(pair.path1), short_side)
+        image0, scale0 = resize_short_side(read_benchmark_image(pair.path0), short_side)
+        image1, scale1 = resize_short_side(read_benchmark_image(pair.path1), short_side)
         h_true = scale1 @ pair.H @ np.linalg.inv(scale0)
         result, elapsed = timed_matches(matcher, image0, image1)
         h_est, inliers = estimate_homography(

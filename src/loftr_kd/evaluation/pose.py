@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from loftr_kd.evaluation.datasets import PosePair, read_image
+from loftr_kd.evaluation.datasets import PosePair, read_benchmark_image
 from loftr_kd.evaluation.matching import MatcherFn, progress, timed_matches
 from loftr_kd.evaluation.scoring import error_auc, relative_pose_error, symmetric_epipolar_errors
 from loftr_kd.geometry import estimate_relative_pose
@@ -38,7 +38,9 @@ def evaluate_pose(
     """
     records = []
     for pair in progress(pairs, "relative pose"):
-        result, elapsed = timed_matches(matcher, read_image(pair.path0), read_image(pair.path1))
+        result, elapsed = timed_matches(
+            matcher, read_benchmark_image(pair.path0), read_benchmark_image(pair.path1)
+        )
         k0, k1 = result["keypoints0"], result["keypoints1"]
         pose = estimate_relative_pose(k0, k1, pair.K0, pair.K1, threshold_px=ransac_threshold_px)
         r_err, t_err = relative_pose_error(pair.T_0to1, *(pose[:2] if pose is not None else (None, None)))
