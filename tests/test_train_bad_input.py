@@ -58,6 +58,7 @@ def _error_lines(stderr: str) -> list[str]:
         ("trainer.max_epochs=abc", r"trainer.max_epochs='abc': expected an integer or null"),
         ("trainer.max_epochs=-5", r"trainer.max_epochs=-5: expected -1 \(no limit\)"),
         ("data.batch_size=0", r"data.batch_size=0: expected >= 1"),
+        ("data.height=16", r"data.height=16: expected >= 32 pixels \(two coarse cells"),
         ("data.height=tall", r"data.height='tall': expected an integer"),
         ("data.on_bad_data=ignore", r"data.on_bad_data='ignore': expected one of raise, skip"),
         (
@@ -79,6 +80,29 @@ def _error_lines(stderr: str) -> list[str]:
 def test_config_type_and_range_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         check_train_config(_compose(override))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.homography.max_rotation_deg=nan",
+            r"data.homography.max_rotation_deg=nan: expected degrees in \[0, 180\]",
+        ),
+        ("+data.val_homography.max_zoom=0.5", r"data.val_homography.max_zoom=0.5: expected >= 1"),
+        (
+            "data=mixed +data.sources.photos.homography.max_zoom=-2",
+            r"data.sources.photos.homography.max_zoom=-2",
+        ),
+    ],
+)
+def test_a_homography_range_is_checked_before_any_work(override, message):
+    """A zoom below 1 was a bare "math domain error" at the first item, a NaN rotation NaN homographies."""
+    overrides = (
+        override.split() if override.startswith("data=") else ["data=homography", "data.root=/x", override]
+    )
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(_compose(*overrides))
 
 
 def test_default_and_experiment_configs_pass_the_check():

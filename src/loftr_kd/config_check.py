@@ -182,6 +182,23 @@ def _check_data_ranges(data_class: type | None, data: Mapping[str, Any]) -> None
         raise ConfigError(str(error)) from None
 
 
+def _check_homography_blocks(where: str, settings: Mapping[str, Any]) -> None:
+    """Every ``homography`` / ``val_homography`` block under ``settings`` (a homography source's, or a mix's
+    ``sources.<name>.homography``) against :func:`~loftr_kd.data.homography.check_homography_range`."""
+    from loftr_kd.data.homography import HOMOGRAPHY_RANGE_KEYS, check_homography_range
+
+    for key, value in settings.items():
+        if not isinstance(value, Mapping):
+            continue
+        if key in ("homography", "val_homography"):
+            try:
+                check_homography_range(**{k: v for k, v in value.items() if k in HOMOGRAPHY_RANGE_KEYS})
+            except ValueError as error:
+                raise ConfigError(f"{where}.{key}.{error}") from None
+        else:
+            _check_homography_blocks(f"{where}.{key}", value)
+
+
 def _build_once(settings: dict[str, Any], group: str, prefix: str = "") -> None:
     """Check ``settings``' keys and types against its ``_target_``, then build it once (hydra's
     ``get_object``: a class or a function alike), so the target's own validation speaks before any work;
@@ -269,6 +286,7 @@ def check_train_config(cfg: DictConfig) -> None:
             hint = f" (did you mean data.{close[0]}?)" if close else ""
             raise ConfigError(f"data.{unknown[0]} is not a setting of {_name(data_target)}{hint}")
     _check_data_ranges(data_class, data)
+    _check_homography_blocks("data", data)  # a homography source's range, or a mix's sources'
     for key, kind in (("seed", int), ("validate_before_training", bool), ("freeze_batchnorm", bool)):
         value = cfg.get(key)
         if value is not None and not matches_hint(value, kind):

@@ -60,6 +60,32 @@ def _fraction_inside(warped: np.ndarray, height: int, width: int) -> float:
     return float(inside.mean())
 
 
+HOMOGRAPHY_RANGE_KEYS = ("max_zoom", "max_rotation_deg", "max_perspective", "max_translation")
+
+
+def check_homography_range(
+    max_zoom: float = 3.0,
+    max_rotation_deg: float = 60.0,
+    max_perspective: float = 0.2,
+    max_translation: float = 0.2,
+) -> None:
+    """The range :func:`sample_homography` draws from (a zoom below 1 was a bare "math domain error" and a
+    NaN rotation NaN homographies, at the first item).
+
+    Raises:
+        ValueError: naming the setting and its range.
+    """
+    ranges = {
+        "max_zoom": (max_zoom, lambda v: v >= 1, ">= 1 (the zoom is drawn in [1/max_zoom, max_zoom])"),
+        "max_rotation_deg": (max_rotation_deg, lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
+        "max_perspective": (max_perspective, lambda v: 0 <= v < 1, "in [0, 1)"),
+        "max_translation": (max_translation, lambda v: 0 <= v <= 1, "a fraction of the image in [0, 1]"),
+    }
+    for name, (value, ok, what) in ranges.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            raise ValueError(f"{name}={value!r}: expected {what}")
+
+
 def sample_homography(
     rng: np.random.Generator,
     height: int,
@@ -201,6 +227,10 @@ class HomographyPairDataset(Dataset):
     ) -> None:
         if on_bad_data not in ("raise", "skip"):
             raise ValueError(f"on_bad_data must be 'raise' or 'skip', got {on_bad_data!r}")
+        try:
+            check_homography_range(max_zoom, max_rotation_deg, max_perspective, max_translation)
+        except ValueError as error:
+            raise ValueError(f"homography range of {self.__class__.__name__}: {error}") from None
         self.root = Path(root)
         self.on_bad_data = on_bad_data
         candidates = [Path(p) for p in images] if images is not None else find_images(self.root)

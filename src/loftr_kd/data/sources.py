@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from loftr_kd.images import MIN_TRAINING_SIDE
+
 KINDS = ("blendedmvs", "homography", "unlabeled")
 
 
@@ -36,8 +38,15 @@ class LoaderSettings:
 
     def __post_init__(self) -> None:
         lowest = {
-            "height": (1, ">= 1 pixel"),
-            "width": (1, ">= 1 pixel"),
+            # two coarse cells of a stride-16 student: at one cell nothing can match (F1 0, exit 0 before)
+            "height": (
+                MIN_TRAINING_SIDE,
+                f">= {MIN_TRAINING_SIDE} pixels (two coarse cells of a stride-16 student)",
+            ),
+            "width": (
+                MIN_TRAINING_SIDE,
+                f">= {MIN_TRAINING_SIDE} pixels (two coarse cells of a stride-16 student)",
+            ),
             "batch_size": (1, ">= 1"),
             "num_workers": (0, ">= 0"),
             "pairs_per_epoch": (1, ">= 1"),
