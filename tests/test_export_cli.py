@@ -92,3 +92,36 @@ def test_failed_export_is_one_line_on_stderr(tmp_path):
     bad = subprocess.run([*command, "ckpt_path=x.pt", "batch=0"], capture_output=True, text=True, env=env)
     last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
     assert bad.returncode == 2 and "batch must be >= 1" in last and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("width=abc", r"width='abc': expected an integer"),
+        ("height=100000", r"export size height=100000 width=640: at most 4096 px a side"),
+        ("name=../../x", r"name='../../x': expected a file stem \(no folders\)"),
+    ],
+)
+def test_export_settings_are_checked_before_any_work(override, message):
+    """width=abc was a TypeError traceback, height=100000 ran a minute before failing to allocate 250 GB,
+    name=../../x wrote outside the run folder."""
+    from loftr_kd.cli.export import export_settings
+
+    with pytest.raises(ValueError, match=message):
+        export_settings(_cfg("ckpt_path=x.pt", override))
+
+
+def test_a_checkpoint_that_is_no_student_is_the_users_error(tmp_path):
+    """Any other torch file was an ExportError (exit 1, "the export failed") quoting a KeyError."""
+    import torch
+
+    from loftr_kd.errors import is_user_error
+
+    other = tmp_path / "other.pt"
+    torch.save({"a": torch.zeros(3)}, other)
+    cfg = _cfg(f"ckpt_path={other}", f"out_dir={tmp_path / 'out'}", "tensorrt.enabled=false")
+    with pytest.raises(
+        ValueError, match=r"could not load the student from .*other.pt: .*has no 'student_config'"
+    ) as info:
+        run_export(cfg)
+    assert is_user_error(info.value) and '"' not in str(info.value)[:40]

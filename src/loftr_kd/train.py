@@ -637,7 +637,10 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
             _say(
                 f"Learning: {metric_name} {start[metric_name]:.3f} before training -> {best_score:.3f} best ({best})."
             )
-        _say(f"Run finished: {output_dir} (summary.json, checkpoints/, tensorboard/, export/).")
+        written = ["summary.json"] + [
+            f"{d}/" for d in ("checkpoints", "tensorboard", "export") if (output_dir / d).is_dir()
+        ]
+        _say(f"Run finished: {output_dir} ({', '.join(written)}).")
         if best is not None:
             _say(_how_to_use(best, summary.get("export", {}).get("onnx")))
     score = best_score if best_score is not None else metrics.get(metric_name)

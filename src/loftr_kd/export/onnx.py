@@ -507,6 +507,9 @@ def export_student(
         ).eval()
     except CheckpointError:
         raise  # the file's own one line (code refused, truncated, not a checkpoint)
+    except (KeyError, ValueError) as e:  # not a student file, or damaged weights: the user's input, one line
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ValueError(f"could not load the student from {checkpoint}: {text}") from e
     except Exception as e:
         raise ExportError(f"could not load the student from {checkpoint}: {type(e).__name__}: {e}") from e
     try:

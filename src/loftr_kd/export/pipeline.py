@@ -64,6 +64,9 @@ class TensorRTSettings:
             raise ValueError(f"tensorrt.workspace_mb must be >= 1, got {self.workspace_mb}")
 
 
+MAX_EXPORT_SIDE = 4096
+
+
 @dataclass
 class ExportSettings:
     """What to export and which checks and builds follow (``conf/deploy/default.yaml``)."""
@@ -88,10 +91,24 @@ class ExportSettings:
             self.int8 = Int8Settings(**self.int8)
         if isinstance(self.tensorrt, Mapping):
             self.tensorrt = TensorRTSettings(**self.tensorrt)
+        for key in ("height", "width", "batch", "parity_pairs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key}={value!r}: expected an integer")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"export size must be positive, got height={self.height} width={self.width}")
+        if max(self.height, self.width) > MAX_EXPORT_SIDE:
+            # the (L0, L1) similarity grows with the fourth power of the side: 17 GB at 4096 x 4096
+            raise ValueError(
+                f"export size height={self.height} width={self.width}: at most {MAX_EXPORT_SIDE} px a side "
+                f"(the coarse similarity matrix alone needs tens of GB beyond that)"
+            )
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.name is not None and (
+            not str(self.name) or Path(str(self.name)).name != str(self.name) or str(self.name) in (".", "..")
+        ):
+            raise ValueError(f"name={self.name!r}: expected a file stem (no folders); out_dir= sets the folder")
         if self.parity_pairs < 0:
             raise ValueError(f"parity_pairs must be >= 0, got {self.parity_pairs}")
         if self.dynamic not in (False, True, "batch"):
