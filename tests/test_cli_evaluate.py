@@ -106,6 +106,13 @@ def test_without_a_benchmark_it_builds_and_evaluates_the_heldout_pairs(tmp_path)
     stamp = (root / "h_0001" / "H_1_2").stat().st_mtime_ns
     evaluate(compose_cfg([*overrides, "~methods.orb"]), out_dir=tmp_path / "run2")
     assert (root / "h_0001" / "H_1_2").stat().st_mtime_ns == stamp  # built once
+    # recorded as loftr-kd-homographies' own pairs: the README's command rebuilds them in place, the same
+    before = (root / "h_0001" / "H_1_2").read_bytes()
+    from loftr_kd.cli.homography import main as homographies
+
+    argv = ["--photo-set", "heldout", "--out", str(root), "--pairs", "2", "--seed", "2026"]
+    assert homographies(argv) == 0
+    assert (root / "h_0001" / "H_1_2").read_bytes() == before
 
 
 def test_a_heldout_root_holding_other_files_is_an_error_and_untouched(tmp_path):

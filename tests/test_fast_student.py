@@ -286,7 +286,7 @@ def test_profile_students_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnxruntime")
     from loftr_kd.cli import profile_students
 
-    result = profile_students.main(["--sizes", "64x96", "--repeats", "1", "--threads", "1"])
+    result = profile_students.run(["--sizes", "64x96", "--repeats", "1", "--threads", "1"])
     stages = {(row["preset"], row["stage"]) for row in result["rows"]}
     assert stages == {
         (p, s) for p in ("paper", "fast") for s in ("full", "backbone", "transformer", "matching")

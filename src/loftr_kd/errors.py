@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import sys
+from collections.abc import Callable
 
 DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
 EXIT_USAGE = 2
@@ -93,11 +94,25 @@ def report(program: str, error: BaseException) -> int:
     return EXIT_USAGE
 
 
+def exit_status(program: str, call: Callable[[], object], also: tuple[type[BaseException], ...] = ()) -> int:
+    """Run an argparse command's work: 0 when it returns; a user's error (or one of ``also``) is
+    :func:`report`'s one line and exit status 2; anything else, or anything under
+    :func:`debug_enabled`, propagates with its traceback."""
+    try:
+        call()
+    except Exception as error:
+        if debug_enabled() or not (is_user_error(error) or isinstance(error, also)):
+            raise
+        return report(program, error)
+    return 0
+
+
 __all__ = [
     "DEBUG_VARIABLES",
     "EXIT_SIGTERM",
     "EXIT_USAGE",
     "debug_enabled",
+    "exit_status",
     "is_user_error",
     "one_line",
     "report",

@@ -262,6 +262,20 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_folder_path(folder: Path, label: str) -> None:
+    """``folder`` is a folder or can become one: neither it nor the nearest existing folder above it is a file.
+
+    Raises:
+        NotADirectoryError: ``<label>`` and the file in the way.
+    """
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == folder else f"is inside {path}, which is a file"
+                raise NotADirectoryError(f"{label} {folder} {where}, not a folder; choose another path")
+            return
+
+
 def check_output_file(path: Path, force: bool, label: str = "output") -> bool:
     """Refuse, before any work, a destination that may not be written; returns whether it is an earlier,
     unchanged output of loftr-kd (replaced silently but for one line).
@@ -272,13 +286,7 @@ def check_output_file(path: Path, force: bool, label: str = "output") -> bool:
         NotADirectoryError: a folder above ``path`` is a file.
     """
     check_outputs([path], force=force, force_hint="--force")
-    for parent in path.parents:  # the nearest existing folder above it must be a folder
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise NotADirectoryError(
-                    f"{label} {path}: {parent} is a file, not a folder; choose another path"
-                )
-            break
+    check_folder_path(path.parent, f"{label} {path}: its folder")
     return is_own_output(path)
 
 

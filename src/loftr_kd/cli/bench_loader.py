@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -22,6 +24,8 @@ from torch.utils.data import DataLoader, default_collate
 from loftr_kd.data.blendedmvs import BlendedMVSPairDataset, find_scenes
 from loftr_kd.data.sampling import EpochPairSampler
 from loftr_kd.data.synthetic import write_toy_dataset
+
+PROG = "loftr-kd-bench-loader"
 
 
 def _gt_available() -> str | None:
@@ -49,7 +53,15 @@ def benchmark(
       is what one unloaded core would sustain.
     * Wall clock of the real pipeline: DataLoader with ``num_workers`` workers, ground truth on each batch
       in the main process (with the current torch thread count) — what this machine delivers right now.
+      The first batch is left out (worker start-up), so with ``pairs <= batch_size`` the wall-clock
+      figures are ``None`` and ``notes`` says why.
+
+    Raises:
+        ValueError: ``batch_size`` or ``pairs`` below 1.
+        FileNotFoundError: no scenes under ``root``.
     """
+    if batch_size < 1 or pairs < 1:
+        raise ValueError(f"batch_size and pairs must be at least 1, got {batch_size} and {pairs}")
     scenes = find_scenes(root)
     if not scenes:
         raise FileNotFoundError(f"{root}: no scenes (use --make-toy to write some)")
@@ -116,6 +128,16 @@ def benchmark(
             count += batch["image0"].shape[0]
         return count / (time.perf_counter() - start)
 
+    if pairs <= batch_size:
+        # The first batch is left out (worker start-up): one batch leaves nothing to time.
+        result["wall_load_pairs_per_s"] = None
+        if gt_missing is None:
+            result["wall_load_plus_gt_pairs_per_s"] = None
+        result["notes"] = [
+            f"wall clock not measured: --pairs {pairs} is one batch of --batch-size {batch_size} and the "
+            "first batch is left out (worker start-up); use --pairs of at least two batches"
+        ]
+        return result
     result["wall_load_pairs_per_s"] = round(run(False), 1)
     if gt_missing is None:
         result["wall_load_plus_gt_pairs_per_s"] = round(run(True), 1)
@@ -123,7 +145,7 @@ def benchmark(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loftr-kd-bench-loader", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the BlendedMVS layout")
     parser.add_argument(
         "--make-toy", action="store_true", help="write toy 768x576 scenes to --root if it has none"
@@ -138,24 +160,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``loftr-kd-bench-loader --root DIR``: loader throughput in pairs per second."""
+def check_args(args: argparse.Namespace) -> None:
+    """Every option checked before any work.
+
+    Raises:
+        ValueError: the option and what is wrong with it.
+    """
+    from loftr_kd.images import MIN_TRAINING_SIDE
+
+    for option, value, least in (
+        ("--height", args.height, MIN_TRAINING_SIDE),
+        ("--width", args.width, MIN_TRAINING_SIDE),
+        ("--batch-size", args.batch_size, 1),
+        ("--num-workers", args.num_workers, 0),
+        ("--pairs", args.pairs, 1),
+    ):
+        if value < least:
+            unit = f" (the shorter side of a training image needs {least} px)" if least > 1 else ""
+            raise ValueError(f"{option} must be at least {least}, got {value}{unit}")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise ValueError(f"--torch-threads must be at least 1, got {args.torch_threads}")
+    root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"--root {root} is a file, not a folder of scenes in the BlendedMVS layout")
+    if find_scenes(root):
+        return
+    if not args.make_toy:
+        what = "does not exist" if not root.exists() else "holds no scenes (<scene>/cams/pair.txt)"
+        raise FileNotFoundError(
+            f"--root {root} {what}; give a data root in the BlendedMVS layout, or pass --make-toy to "
+            "write toy scenes into a new or empty folder"
+        )
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        raise ValueError(
+            f"--root {root} holds no scenes but other files ({shown}); --make-toy writes only into a new or "
+            "empty folder and never replaces files: choose a new or empty folder"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``loftr-kd-bench-loader --root DIR``: loader throughput in pairs per second.
+
+    Returns the exit status: 0, or 2 with one line on stderr for a bad input (``loftr_kd.errors``).
+    """
+    from loftr_kd.errors import debug_enabled, is_user_error, report
+
     args = build_parser().parse_args(argv)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    if args.make_toy and not find_scenes(args.root):
-        write_toy_dataset(args.root, scenes=2, views=8)
-    result = benchmark(
-        args.root,
-        args.height,
-        args.width,
-        args.batch_size,
-        args.num_workers,
-        args.pairs,
-        ground_truth=not args.no_gt,
-    )
+    try:
+        check_args(args)
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        if args.make_toy and not find_scenes(args.root):
+            write_toy_dataset(args.root, scenes=2, views=8)
+        result = benchmark(
+            args.root,
+            args.height,
+            args.width,
+            args.batch_size,
+            args.num_workers,
+            args.pairs,
+            ground_truth=not args.no_gt,
+        )
+    except Exception as error:
+        if debug_enabled() or not is_user_error(error):
+            raise
+        return report(PROG, error)
+    for note in result.get("notes", []):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

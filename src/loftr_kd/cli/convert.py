@@ -74,16 +74,10 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for bad input, with one line on stderr)."""
-    from loftr_kd.errors import debug_enabled, is_user_error, report
+    from loftr_kd.errors import exit_status
 
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except Exception as error:
-        if debug_enabled() or not is_user_error(error):
-            raise
-        return report(PROG, error)
-    return 0
+    return exit_status(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from loftr_kd.cli import hydra_command
-from loftr_kd.files import write_json, write_text
+from loftr_kd.files import record_outputs, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,11 @@ def heldout_pairs(heldout: DictConfig) -> Path:
             "nothing in it was touched: move it away, or evaluate it with homography.root="
         )
     print(f"building the {heldout.pairs} held-out photo pairs in {root} (once)", flush=True)
-    write_photo_set_pairs(str(heldout.photo_set), root, int(heldout.pairs), seed=int(heldout.seed))
+    written = write_photo_set_pairs(str(heldout.photo_set), root, int(heldout.pairs), seed=int(heldout.seed))
+    # recorded as loftr-kd-homographies records its pairs, so its README command may rebuild them in place
+    record_outputs(
+        [path for pair in written for path in sorted(Path(pair).iterdir())], "loftr-kd-homographies"
+    )
     return root
 
 

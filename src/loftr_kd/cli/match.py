@@ -348,17 +348,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 with a one-line message on bad input)."""
-    from loftr_kd.errors import debug_enabled, is_user_error, report
+    from loftr_kd.errors import exit_status
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run(args)
-    except Exception as err:
-        if debug_enabled() or not is_user_error(err):
-            raise
-        return report("loftr-kd-match", err)
-    return 0
+    return exit_status("loftr-kd-match", lambda: run(args))
 
 
 if __name__ == "__main__":
