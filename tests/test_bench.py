@@ -209,3 +209,29 @@ def test_reference_rows_time_the_evaluations_pretrained_matcher(tmp_path):
     assert row["median_ms"] > 0 and row["pairs_per_s"] > 0
     with pytest.raises(ValueError, match="unknown bench entries"):
         BenchSettings(references=("superglue",))
+
+
+def test_sizes_and_students_are_checked_before_any_row(tmp_path):
+    """sizes=abc named no setting, [[-16, 320]] was an OpenCV error mid-run, and a missing, corrupt or
+    unknown student gave exit 0 with a table of "-" rows."""
+    with pytest.raises(ValueError, match=r"sizes='abc': expected a list of \[height, width\] pairs"):
+        BenchSettings(sizes="abc")
+    with pytest.raises(ValueError, match=r"multiples of 16 \(student stride\) of at least 32, got -16x320"):
+        BenchSettings(sizes=((-16, 320),))
+    for student, message in (
+        (str(tmp_path / "nope.pt"), r"students: .*nope.pt: student checkpoint .*nope.pt not found"),
+        ("nosuchpreset", r"students: nosuchpreset: no student preset"),
+    ):
+        settings = BenchSettings(
+            sizes=((48, 64),),
+            students=(student,),
+            backends=("onnxruntime",),
+            teachers=(),
+            classical=(),
+            references=(),
+            out_dir=str(tmp_path / "out"),
+            latest_dir=str(tmp_path / "out"),
+        )
+        with pytest.raises(ValueError, match=message):
+            bench(settings, log=lambda _: None)
+        assert not (tmp_path / "out").exists()

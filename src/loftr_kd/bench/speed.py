@@ -101,8 +101,14 @@ class BenchSettings:
     latest_dir: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", tuple(tuple(int(v) for v in s) for s in self.sizes))
-        object.__setattr__(self, "aspect_sizes", tuple(tuple(int(v) for v in s) for s in self.aspect_sizes))
+        for key in ("sizes", "aspect_sizes"):
+            try:
+                sizes = tuple((int(h), int(w)) for h, w in getattr(self, key))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{key}={getattr(self, key)!r}: expected a list of [height, width] pairs, e.g. [[480, 640]]"
+                ) from None
+            object.__setattr__(self, key, sizes)
         for name in (
             "students",
             "backends",
@@ -123,8 +129,8 @@ class BenchSettings:
         if unknown:
             raise ValueError(f"unknown bench entries {sorted(unknown)}")
         for h, w in self.sizes + self.aspect_sizes:
-            if h % 16 or w % 16:
-                raise ValueError(f"sizes must be multiples of 16 (student stride), got {h}x{w}")
+            if h % 16 or w % 16 or min(h, w) < 32:
+                raise ValueError(f"sizes must be multiples of 16 (student stride) of at least 32, got {h}x{w}")
         if self.iters < 1 or self.teacher_iters < 1 or self.pairs < 1:
             raise ValueError("iters, teacher_iters and pairs must be >= 1")
 
@@ -470,6 +476,12 @@ def bench(settings: BenchSettings, *, log: Callable[[str], None] = print) -> dic
         size: real_image_pairs(size[0], size[1], settings.pairs, seed=7)
         for size in dict.fromkeys(settings.sizes + settings.aspect_sizes)
     }
+    for name in settings.students:  # a missing, corrupt or unknown student is one line now, not a "-" row
+        try:
+            _student_model(name, *settings.sizes[0], settings)
+        except (FileNotFoundError, KeyError, RuntimeError, ValueError) as error:
+            text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            raise ValueError(f"students: {name}: {text}") from error
     rows = []
     for spec in plan_rows(settings, threads):
         size = (spec["height"], spec["width"])
