@@ -131,6 +131,39 @@ def test_video_frames_are_decoded_once(tmp_path):
     assert (tmp_path / "frames" / "frames.txt").stat().st_mtime_ns == stamp
 
 
+def test_a_truncated_video_is_said_and_tiny_frames_are_refused(tmp_path, caplog):
+    """A video cut short was labelled without a word (the demo says so); an 8x8 video was upscaled."""
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    for i in range(12):
+        writer.write(np.roll(cv2.resize(skdata.astronaut(), (W, H)), 4 * i, axis=1))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])  # the header still announces 12 frames
+    caplog.set_level("WARNING")
+    frames = video_frames(path, tmp_path / "frames")
+    assert 0 < len(frames) < 12
+    assert f"the video ended after {len(frames)} of the 12 frames its container announces" in caplog.text
+    tiny = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(tiny), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (16, 16))
+    for _ in range(3):
+        writer.write(np.full((16, 16, 3), 128, np.uint8))
+    writer.release()
+    with pytest.raises(ValueError, match=r"tiny.avi: frames of 16x16 pixels, too small to label"):
+        video_frames(tiny, tmp_path / "tiny_frames")
+
+
+def test_a_complete_cache_without_a_kept_pair_is_an_error(tmp_path):
+    """'0 of 4 pairs kept' ended labelling with exit 0 and left training an empty data set."""
+    cache = LabelCache(tmp_path / "labels", {"teacher": "x"})
+    cache.start()
+    cache.finish({"pairs": 4, "kept": 0, "dropped": 4})
+    with pytest.raises(ValueError, match=r"none of the 4 pairs kept enough checked matches"):
+        cache.check_some_kept()
+    cache.finish({"pairs": 4, "kept": 1, "dropped": 3})
+    cache.check_some_kept()
+
+
 def test_the_cache_key_changes_with_any_input_and_shards_resume(tmp_path, monkeypatch):
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), cv2.resize(skdata.camera(), (W, H)))

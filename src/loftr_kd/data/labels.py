@@ -199,6 +199,21 @@ class LabelCache:
     def finish(self, summary: Mapping[str, Any]) -> None:
         write_json(self.folder / COMPLETE, dict(summary))
 
+    def check_some_kept(self) -> None:
+        """A complete cache must hold a pair to train on: none kept is said now, not as an empty data set
+        later (the labels stay cached).
+
+        Raises:
+            ValueError: the summary counts no kept pair.
+        """
+        summary = json.loads((self.folder / COMPLETE).read_text())
+        if summary.get("kept") == 0:
+            raise ValueError(
+                f"{self.folder}: none of the {summary.get('pairs')} pairs kept enough checked matches of the "
+                f"teacher (verify.min_inliers): the images share too little (larger frame gaps or unrelated "
+                f"photos?), or lower verify.min_inliers"
+            )
+
     def write_shard(self, results: Sequence[Mapping[str, Any]]) -> Path:
         """One batch's labels, atomically (``shard_<first index>.npz``)."""
         index = np.array([r["index"] for r in results], np.int64)
@@ -387,6 +402,7 @@ def label_pairs(
         The complete cache.
     """
     if cache.complete:
+        cache.check_some_kept()
         return cache
     cache.start()
     done = cache.done()
@@ -424,6 +440,7 @@ def label_pairs(
     say(
         f"Labels: {kept} of {len(pairs)} pairs kept ({len(pairs) - kept} without {verify.min_inliers} checked matches)."
     )
+    cache.check_some_kept()
     return cache
 
 

@@ -18,6 +18,7 @@ baselines). At most ``max_pairs`` pairs are drawn, deterministically from ``seed
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ from typing import Any
 import numpy as np
 
 from loftr_kd.data.homography import IMAGE_EXTENSIONS
+from loftr_kd.images import MIN_TRAINING_SIDE
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -194,11 +198,17 @@ def video_frames(path: str | Path, out_dir: Path, every: int = 1) -> list[FrameR
         raise ValueError(f"{path}: cannot open the video (unsupported codec or corrupt file)")
     names = []
     index = 0
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # 0 where the container does not say
     try:
         while True:
             ok, frame = capture.read()
             if not ok:
                 break
+            if index == 0 and min(frame.shape[:2]) < MIN_TRAINING_SIDE:
+                raise ValueError(
+                    f"{path}: frames of {frame.shape[1]}x{frame.shape[0]} pixels, too small to label and train "
+                    f"on (the shorter side needs {MIN_TRAINING_SIDE} px)"
+                )
             if index % every == 0:
                 name = f"frame_{index:06d}.png"
                 write_image(out_dir / name, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
@@ -208,6 +218,15 @@ def video_frames(path: str | Path, out_dir: Path, every: int = 1) -> list[FrameR
         capture.release()
     if not names:
         raise ValueError(f"{path}: the video gave no frame")
+    if announced and index < announced:  # as loftr-kd-demo reports it: the frames read are kept
+        log.warning(
+            "%s: the video ended after %d of the %d frames its container announces (truncated or corrupt); "
+            "the %d frames read are used",
+            path,
+            index,
+            announced,
+            index,
+        )
     from loftr_kd.files import write_text
 
     write_text(done, "\n".join(names) + "\n")
