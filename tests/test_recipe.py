@@ -179,6 +179,29 @@ def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: 
     assert os.environ.get("LOFTR_KD_DEBUG", "0") in ("", "0")
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("until=nosuchstep", r"no step named 'nosuchstep' \(steps: synthetic_scenes, "),
+        ("recipe.steps=abc", r"recipe.steps='abc': expected a list of steps"),
+        ("recipe.out_dir={file}", r"the run folder .*afile is a file, not a folder"),
+    ],
+)
+def test_bad_recipe_settings_are_one_line_even_when_only_planning(
+    capsys, tmp_path, override, message
+) -> None:
+    """until= was not checked by plan_only; steps=abc and a file as the recipe's folder were tracebacks."""
+    import re
+
+    (tmp_path / "afile").write_text("mine")
+    argv = ["experiment=student_default", "plan_only=true", f"paths.log_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main([*argv, override.format(file=tmp_path / "afile")])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_a_recipe_is_not_a_training_experiment() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -140,6 +140,9 @@ class Recipe:
             raise RecipeError(f"step names must be unique: {names}")
         self.steps = list(steps)
         self.out_dir = Path(out_dir)
+        from loftr_kd.files import check_folder_path
+
+        check_folder_path(self.out_dir, "recipe.out_dir")
         self.ship_to = Path(ship_to) if ship_to else None
         self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
         self.env = dict(os.environ, **(env or {}))
@@ -166,7 +169,7 @@ class Recipe:
 
     def finished_run(self, name: str) -> Path | None:
         """The attempt directory of train step ``name`` that finished (holds ``summary.json``)."""
-        step = self._step(name)
+        step = self.step(name)
         done = [p for p in self._attempts(step) if (p / "summary.json").is_file()]
         return done[-1] if done else None
 
@@ -180,7 +183,12 @@ class Recipe:
             raise RecipeError(f"{run}/summary.json: best_checkpoint {best!r} is not a file")
         return Path(best)
 
-    def _step(self, name: str) -> Step:
+    def step(self, name: str) -> Step:
+        """The step called ``name``.
+
+        Raises:
+            RecipeError: no such step (the message lists them).
+        """
         for step in self.steps:
             if step.name == name:
                 return step
@@ -332,7 +340,7 @@ class Recipe:
         process is killed, its time so far recorded, and the next run resumes it.
         """
         if until is not None:
-            self._step(until)
+            self.step(until)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
@@ -368,6 +376,8 @@ def steps_from_config(specs: Sequence[Mapping[str, Any]]) -> list[Step]:
     """Steps from a recipe's ``steps`` list (plain dicts)."""
     if not specs:
         raise RecipeError("recipe.steps is empty")
+    if isinstance(specs, (str, bytes)) or not all(isinstance(spec, Mapping) for spec in specs):
+        raise RecipeError(f"recipe.steps={specs!r}: expected a list of steps (mappings with name, kind, ...)")
     return [Step.from_mapping(spec) for spec in specs]
 
 

@@ -249,6 +249,8 @@ class ClaimRunDir(_HydraCallback):
         check: dotted path of a function ``check(cfg)`` that raises ``ValueError`` on a bad config
             (``loftr_kd.config_check.check_train_config``); it runs first, so a bad config creates nothing.
         program: the command's name for error lines (default ``loftr-kd-<task_name>``).
+        claim: ``False`` for a folder that runs reuse on purpose (``loftr-kd-recipe``'s, resumable): it is
+            only checked to be a folder or able to become one.
 
     A bad config, or a taken, read-only or full folder, is one line on stderr and exit status 2
     (``LOFTR_KD_DEBUG=1`` raises instead). In a multirun only the check runs here and each job's folder is
@@ -256,9 +258,10 @@ class ClaimRunDir(_HydraCallback):
     (:func:`mark_run`), which also sees ``SystemExit``.
     """
 
-    def __init__(self, check: str | None = None, program: str | None = None) -> None:
+    def __init__(self, check: str | None = None, program: str | None = None, claim: bool = True) -> None:
         self.check = check
         self.program = program
+        self.claim = claim  # False: a folder that runs reuse (a recipe's): only checked to be one
 
     def _program(self, config: Any) -> str:
         from omegaconf import OmegaConf
@@ -288,8 +291,12 @@ class ClaimRunDir(_HydraCallback):
         from omegaconf import OmegaConf
 
         def claim() -> None:
-            if is_rank_zero_process():  # DDP ranks > 0 share rank 0's run folder
-                folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+            folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+            if not self.claim:
+                from loftr_kd.files import check_folder_path
+
+                check_folder_path(folder, "the run folder")  # a file there stopped Hydra with a traceback
+            elif is_rank_zero_process():  # DDP ranks > 0 share rank 0's run folder
                 claim_run_dir(folder, str(OmegaConf.select(config, "task_name", default="run")))
 
         self._guarded(config, claim)

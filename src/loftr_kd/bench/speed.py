@@ -130,7 +130,9 @@ class BenchSettings:
             raise ValueError(f"unknown bench entries {sorted(unknown)}")
         for h, w in self.sizes + self.aspect_sizes:
             if h % 16 or w % 16 or min(h, w) < 32:
-                raise ValueError(f"sizes must be multiples of 16 (student stride) of at least 32, got {h}x{w}")
+                raise ValueError(
+                    f"sizes must be multiples of 16 (student stride) of at least 32, got {h}x{w}"
+                )
         if self.iters < 1 or self.teacher_iters < 1 or self.pairs < 1:
             raise ValueError("iters, teacher_iters and pairs must be >= 1")
 

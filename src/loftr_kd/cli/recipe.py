@@ -16,6 +16,8 @@ def run(cfg: DictConfig) -> dict:
         raise RecipeError("no recipe: pass experiment=<name> (e.g. experiment=student_default)")
     spec = OmegaConf.to_container(cfg.recipe, resolve=True)
     recipe = Recipe(steps_from_config(spec.get("steps")), spec["out_dir"], ship_to=spec.get("ship_to"))
+    if cfg.until is not None:
+        recipe.step(cfg.until)  # a step of this recipe, checked before any work (plan_only too)
     if cfg.plan_only:
         for step, status in recipe.plan():
             print(f"{step.name:20s} {step.kind:8s} {status}")

@@ -108,7 +108,9 @@ class ExportSettings:
         if self.name is not None and (
             not str(self.name) or Path(str(self.name)).name != str(self.name) or str(self.name) in (".", "..")
         ):
-            raise ValueError(f"name={self.name!r}: expected a file stem (no folders); out_dir= sets the folder")
+            raise ValueError(
+                f"name={self.name!r}: expected a file stem (no folders); out_dir= sets the folder"
+            )
         if self.parity_pairs < 0:
             raise ValueError(f"parity_pairs must be >= 0, got {self.parity_pairs}")
         if self.dynamic not in (False, True, "batch"):
