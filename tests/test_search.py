@@ -300,6 +300,20 @@ def test_report_command_rewrites_the_report(sweep: Path, tmp_path: Path) -> None
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "no search_trial.json below it" in bad.stderr
+    # records that hold no trial ({} or not JSON): one line, no report of "None" (was exit 0)
+    for job, text in (("0", "{}"), ("1", "not json")):
+        (tmp_path / "empty" / job).mkdir(parents=True)
+        (tmp_path / "empty" / job / "search_trial.json").write_text(text)
+    empty = subprocess.run(
+        [sys.executable, "-m", "loftr_kd.cli.search_report", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        empty.returncode == 2
+        and "none of its 2 search_trial.json files is a readable trial record" in empty.stderr
+    )
+    assert not (tmp_path / "empty" / "search_report.md").exists()
 
 
 # ------------------------------------------------------------------------------------------ cluster

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report("loftr-kd-search-report", NotADirectoryError(f"{sweep_dir}: no such sweep directory"))
     try:
         paths = write_report(sweep_dir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         return report("loftr-kd-search-report", error)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -27,7 +27,14 @@ def load_records(sweep_dir: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            record = {"status": "failed", "reason": f"unreadable record: {error}", "job": {}}
+            record = {"status": "failed", "reason": f"unreadable record: {error}", "job": {}, "invalid": True}
+        if not isinstance(record, dict) or "status" not in record:  # `{}`, a list: no trial to show
+            record = {
+                "status": "failed",
+                "reason": "incomplete record (no status)",
+                "job": {},
+                "invalid": True,
+            }
         record["run_dir"] = str(path.parent)
         records.append(record)
 
@@ -288,6 +295,11 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None) -> dict[str, P
     records = load_records(sweep_dir)
     if not records:
         raise FileNotFoundError(f"{sweep_dir}: no {RECORD_NAME} below it (not a student search?)")
+    if all(r.get("invalid") for r in records):  # a report of nothing but "None" would look like a result
+        raise ValueError(
+            f"{sweep_dir}: none of its {len(records)} {RECORD_NAME} files is a readable trial record "
+            f"(first: {records[0]['run_dir']}/{RECORD_NAME}: {records[0]['reason']})"
+        )
     rows = _rows(records, study)
     trained = [i for i, r in enumerate(rows) if r["status"] == "trained" and r["latency_ms"] is not None]
     front_local = pareto_front([(rows[i]["latency_ms"], rows[i]["quality"]) for i in trained])
