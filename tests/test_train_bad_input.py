@@ -113,6 +113,21 @@ def test_default_and_experiment_configs_pass_the_check():
         check_train_config(_compose(*overrides))
 
 
+def test_a_misspelt_config_group_option_is_one_line(tmp_path):
+    """student=fst was Hydra's dozen-line message and exit 1: one line naming the options, the closest first;
+    options that exist (a sweep's too), dotted keys and null pass."""
+    from loftr_kd.cli import unknown_group_option
+
+    result = _train(tmp_path / "run", "student=fst")
+    assert result.returncode == 2
+    (line,) = _error_lines(result.stderr)
+    assert "student=fst: no such option of student (did you mean student=fast?); choose one of fast," in line
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+    assert unknown_group_option(["student=paper,fst"]).startswith("student=fst:")
+    for fine in (["student=paper,fast"], ["data.root=/x", "seed=3"], ["teacher=null"], ["+experiment=paper"]):
+        assert unknown_group_option(fine) is None, fine
+
+
 def test_bad_config_is_one_line_before_any_work(tmp_path):
     run = tmp_path / "run"
     result = _train(run, "trainer.max_epochs=abc", f"data.root={tmp_path / 'none'}")

@@ -55,6 +55,12 @@ def hydra_command(
         if "--help" in args or "-h" in args:
             print(help_text(program, summary, config_name, [a for a in args if a not in ("--help", "-h")]))
             return None
+        unknown = unknown_group_option(args)
+        if unknown:  # Hydra's own message is a dozen lines and exit 1
+            from loftr_kd.errors import EXIT_USAGE
+
+            print(f"{program}: error: {unknown}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_USAGE)
         if argv is None:
             return app()
         saved = sys.argv
@@ -66,6 +72,34 @@ def hydra_command(
 
     main.__doc__ = f"``{program}``: Hydra overrides in ``argv`` (default: the command line)."
     return main
+
+
+def unknown_group_option(overrides: Sequence[str]) -> str | None:
+    """The first ``group=option`` override (``student=fst``) naming no ``conf/<group>/<option>.yaml``, as a
+    line naming the options there (the closest first); ``None`` when every one exists. Sweeps
+    (``student=paper,fast``) are checked option by option; Hydra's own groups, ``null`` and sweep functions
+    are left to Hydra."""
+    import difflib
+    import re
+
+    from loftr_kd.config import CONFIG_DIR
+
+    for override in overrides:
+        match = re.fullmatch(r"[+~]{0,2}([a-z_]+(?:/[a-z_]+)*)=([^=()]+)", override)
+        if match is None or match.group(1).startswith("hydra"):
+            continue
+        group, value = match.groups()
+        folder = Path(CONFIG_DIR) / group
+        if not folder.is_dir():
+            continue
+        options = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+        for option in value.split(","):
+            if option in ("null", "") or option in options:
+                continue
+            close = difflib.get_close_matches(option, options, n=1)
+            hint = f" (did you mean {group}={close[0]}?)" if close else ""
+            return f"{group}={option}: no such option of {group}{hint}; choose one of {', '.join(options)}"
+    return None
 
 
 def help_text(program: str, summary: str, config_name: str, overrides: Sequence[str] = ()) -> str:
