@@ -410,6 +410,8 @@ def test_threshold_and_device_are_checked_before_any_work():
             ValueError, match=rf"threshold={threshold}: expected a match confidence in \[0, 1\)"
         ):
             Matcher(threshold=threshold)
+    with pytest.raises(MatcherError, match=r"backend 'trt' needs a TensorRT engine, and none ships"):
+        Matcher(backend="trt")
     with pytest.raises(ValueError, match=r"device='banana': expected 'cpu', 'cuda' or 'cuda:N'"):
         Matcher(device="banana")
     if not torch.cuda.is_available():

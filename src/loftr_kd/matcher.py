@@ -185,6 +185,12 @@ class Matcher:
                 f"probability a match must reach; default: the model's)"
             )
         _check_device(device, backend)
+        if weights is None and backend == "trt":
+            raise MatcherError(
+                "backend 'trt' needs a TensorRT engine, and none ships (an engine is built for one GPU and "
+                "TensorRT version): build one with loftr-kd-export on this machine and pass it as "
+                "--weights / Matcher(weights=...)"
+            )
         if weights is None:
             from loftr_kd.paths import default_student_weights
 

@@ -209,3 +209,11 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
     return value
+
+
+def plain_warnings(program: str) -> None:
+    """Warnings of a command line as one line, ``<program>: warning: <message>`` (Python's default adds the
+    source file, line and code of the warning's caller: noise to a user)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{program}: warning: {message}\n"

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd.cli import nonnegative_int, positive_int
+from loftr_kd.cli import nonnegative_int, plain_warnings, positive_int
 from loftr_kd.cli.match import add_model_arguments
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--out {args.out} would overwrite the source video {args.source}; choose another file"
             )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    plain_warnings("loftr-kd-demo")
     try:
         run_demo(args)
     except Exception as err:

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd.cli import positive_float, positive_int
+from loftr_kd.cli import plain_warnings, positive_float, positive_int
 from loftr_kd.runtime import MATCHER_BACKEND
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ BACKEND_CHOICES = ("onnx", "torch", "trt", "orb", "sift", *MATCHER_BACKEND)  # r
 # --help and the docs name the five backends; the runtime's other spellings (onnxruntime, tensorrt) are taken too.
 BACKEND_METAVAR = "{onnx,torch,trt,orb,sift}"
 BACKEND_HELP = (
-    "the student on onnxruntime (onnx, the default), PyTorch (torch) or TensorRT (trt), or a classical "
-    "reference (orb, sift)"
+    "the student on onnxruntime (onnx, the default; also spelt onnxruntime), PyTorch (torch) or TensorRT "
+    "(trt, also spelt tensorrt), or a classical reference (orb, sift)"
 )
 WEIGHTS_HELP = (
     "student weights: a .pt/.ckpt from training, an .onnx from loftr-kd-export, or a TensorRT .engine "
@@ -175,8 +175,9 @@ def rotations_argument(text: str) -> str | tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loftr-kd-match",
-        description="Match two images with the distilled coarse LoFTR student (or ORB/SIFT), estimate "
-        "the homography image0 -> image1 and register image1 onto image0.",
+        description="Match two images with the distilled LoFTR student (the shipped one refines its matches "
+        "to sub-pixel positions; or ORB/SIFT), estimate the homography image0 -> image1 and register image1 "
+        "onto image0.",
         epilog="Bad input ends in one error line and exit status 2; LOFTR_KD_DEBUG=1 shows the traceback.",
     )
     parser.add_argument("image0", type=Path, help="first image (any size, gray or colour)")
@@ -352,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    plain_warnings("loftr-kd-match")
     return exit_status("loftr-kd-match", lambda: run(args))
 
 

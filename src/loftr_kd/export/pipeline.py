@@ -275,11 +275,14 @@ def _split(result: Any, settings: ExportSettings, say: Callable[[str], None]) ->
             f"{result.report_path}): " + "; ".join(section["errors"])
         )
     parity = section.get("parity") or {}
-    say(
-        f"Split export: {paths[0]} and {paths[1]} written and verified (same checks; outputs identical to the "
-        f"whole graph's on {100 * parity.get('pairs_identical_to_whole_graph', 0):.0f} % of the pairs, max diff "
-        f"{parity.get('max_abs_diff_vs_whole_graph', float('nan')):.1e})."
+    identical = parity.get("pairs_identical_to_whole_graph", 0)
+    versus = (
+        "bit for bit the whole graph's"
+        if identical == 1
+        else f"within {parity.get('max_abs_diff_vs_whole_graph', float('nan')):.1e} of the whole graph's (float "
+        f"rounding of graphs traced apart; bit for bit on {100 * identical:.0f} % of the pairs)"
     )
+    say(f"Split export: {paths[0]} and {paths[1]} written and verified (same checks; outputs {versus}).")
     return {"encoder": str(paths[0]), "matcher": str(paths[1]), "split_parity": parity}
 
 
