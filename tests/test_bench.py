@@ -218,6 +218,10 @@ def test_sizes_and_students_are_checked_before_any_row(tmp_path):
         BenchSettings(sizes="abc")
     with pytest.raises(ValueError, match=r"multiples of 16 \(student stride\) of at least 32, got -16x320"):
         BenchSettings(sizes=((-16, 320),))
+    with pytest.raises(ValueError, match=r"device='banana': expected auto, cpu, cuda or cuda:N"):
+        BenchSettings(device="banana")
+    with pytest.raises(ValueError, match=r"threads=0: expected a number of threads >= 1"):
+        BenchSettings(threads=0)
     for student, message in (
         (str(tmp_path / "nope.pt"), r"students: .*nope.pt: student checkpoint .*nope.pt not found"),
         ("nosuchpreset", r"students: nosuchpreset: no student preset"),

@@ -135,6 +135,12 @@ class BenchSettings:
                 )
         if self.iters < 1 or self.teacher_iters < 1 or self.pairs < 1:
             raise ValueError("iters, teacher_iters and pairs must be >= 1")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise ValueError(
+                f"threads={self.threads!r}: expected a number of threads >= 1, or null (all cores)"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
 
 
 # ----------------------------------------------------------------------------------------------------
