@@ -5,9 +5,42 @@ checkpoint into the ONNX graph onnxruntime runs), so neither of those reaches up
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 from loftr_kd.runtime.backend import ENGINE_SUFFIXES, Backend, MatcherError, check_backend
+
+
+def check_device(device: str, backend: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``; CUDA where the backend has it (onnxruntime without its CUDA provider
+    runs on the CPU, as documented, and says so).
+
+    Raises:
+        ValueError: not a device name.
+        MatcherError: ``cuda`` on the torch backend of a torch that sees no CUDA GPU.
+    """
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    if not str(device).startswith("cuda"):
+        return
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MatcherError(
+                f"device={device!r}: this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
+                f"or install a CUDA build of torch"
+            )
+    elif backend == "onnx":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            warnings.warn(
+                f"device={device!r}: this onnxruntime has no CUDA provider (onnxruntime-gpu is not "
+                f"installed); running on the CPU",
+                stacklevel=3,  # the caller of the Matcher (or of open_backend)
+            )
 
 
 def open_backend(

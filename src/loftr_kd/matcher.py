@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from loftr_kd.backends import open_backend
+from loftr_kd.backends import check_device, open_backend
 from loftr_kd.classical import (  # noqa: F401 - CLASSICAL_METHODS and OpenCVMatcher are public here
     CLASSICAL_METHODS,
     OpenCVMatcher,
@@ -91,37 +90,6 @@ def _outside_this_module() -> int:
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _check_device(device: str, backend: str) -> None:
-    """``cpu``, ``cuda`` or ``cuda:N``; CUDA where the backend has it (onnxruntime without its CUDA provider
-    runs on the CPU, as documented, and says so).
-
-    Raises:
-        ValueError: not a device name.
-        MatcherError: ``cuda`` on the torch backend of a torch that sees no CUDA GPU.
-    """
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
-        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
-    if not str(device).startswith("cuda"):
-        return
-    if backend == "torch":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MatcherError(
-                f"device={device!r}: this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
-                f"or install a CUDA build of torch"
-            )
-    elif backend == "onnx":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            warnings.warn(
-                f"device={device!r}: this onnxruntime has no CUDA provider (onnxruntime-gpu is not "
-                f"installed); running on the CPU",
-                stacklevel=_outside_this_module(),
-            )
 
 
 class Matcher:
@@ -184,7 +152,7 @@ class Matcher:
                 f"threshold={threshold}: expected a match confidence in [0, 1) (the dual-softmax "
                 f"probability a match must reach; default: the model's)"
             )
-        _check_device(device, backend)
+        check_device(device, backend)
         if weights is None and backend == "trt":
             raise MatcherError(
                 "backend 'trt' needs a TensorRT engine, and none ships (an engine is built for one GPU and "

@@ -25,7 +25,11 @@ from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.matching import CoarseMatching, CoarseMatchOutput
 from loftr_kd.models.position_encoding import PositionEncodingSine
 from loftr_kd.models.refinement import RefineOutput, build_refinement
-from loftr_kd.models.student_config import SUPPORTED_STRIDES, StudentConfig  # noqa: F401 - re-exported
+from loftr_kd.models.student_config import (  # noqa: F401 - SUPPORTED_STRIDES, StudentConfig re-exported
+    LOAD_TIME_SETTINGS,
+    SUPPORTED_STRIDES,
+    StudentConfig,
+)
 from loftr_kd.models.transformer import LocalFeatureTransformer
 
 __all__ = [
@@ -546,22 +550,6 @@ def published_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike)
     return {"student_config": config, "state_dict": dict(state_dict), "source": "Coarse_LoFTR_TRT"}
 
 
-# StudentConfig fields a file's weights do not depend on: input sizes and inference settings
-_LOAD_TIME_SETTINGS = frozenset(
-    {
-        "input_height",
-        "input_width",
-        "max_height",
-        "max_width",
-        "temperature",
-        "match_threshold",
-        "border_removal",
-        "refine_query",
-        "refine_points",
-    }
-)
-
-
 def _setting(value: Any) -> str:
     """A config value as a Hydra override writes it (lists in brackets, no spaces)."""
     if isinstance(value, (list, tuple)):
@@ -597,7 +585,7 @@ def init_student_weights(model: CoarseLoFTRStudent, path: str | os.PathLike) -> 
     shapes = [k for k in source if k in target and source[k].shape != target[k].shape]
     if unexpected or outside or shapes:
         theirs, ours = asdict(source_model.config), asdict(model.config)
-        differ = [k for k in theirs if k not in _LOAD_TIME_SETTINGS and theirs[k] != ours[k]]
+        differ = [k for k in theirs if k not in LOAD_TIME_SETTINGS and theirs[k] != ours[k]]
         settings = ", ".join(f"{k}={_setting(theirs[k])} (this student: {_setting(ours[k])})" for k in differ)
         counts = f"{len(unexpected)} of its weights not in this student, {len(outside)} missing, {len(shapes)} shaped otherwise"
         raise ValueError(

@@ -15,7 +15,7 @@ from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.models.backbone import check_backbone_config
 from loftr_kd.models.refinement import REFINE_KINDS, REFINE_QUERIES
 
-__all__ = ["SUPPORTED_STRIDES", "StudentConfig"]
+__all__ = ["LOAD_TIME_SETTINGS", "SUPPORTED_STRIDES", "StudentConfig"]
 
 SUPPORTED_STRIDES = (8, 16)
 
@@ -187,3 +187,19 @@ class StudentConfig:
         if unknown:
             raise ValueError(f"unknown StudentConfig field(s) {unknown}; known: {sorted(fields)}")
         return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
+
+
+# StudentConfig fields a file's weights do not depend on: input sizes and inference settings
+LOAD_TIME_SETTINGS = frozenset(
+    {
+        "input_height",
+        "input_width",
+        "max_height",
+        "max_width",
+        "temperature",
+        "match_threshold",
+        "border_removal",
+        "refine_query",
+        "refine_points",
+    }
+)
