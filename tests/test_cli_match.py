@@ -315,3 +315,19 @@ def test_rotations_option_takes_a_preset_or_degrees(tmp_path, capsys):
     )
     assert main([*argv, "--rotations", "full", "--no-guided", "--out", str(tmp_path / "p")]) == 2
     assert "drop --no-guided" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--ransac-threshold", "nan", "argument --ransac-threshold: nan is not a finite number > 0"),
+        ("--ransac-threshold", "-3", "argument --ransac-threshold: -3 is not a finite number > 0"),
+        ("--tile", "0", "argument --tile: 0 is not >= 1"),
+        ("--size", "x", "argument --size: 'x' is not an integer"),
+    ],
+)
+def test_numeric_options_are_checked_by_argparse(tmp_path, capsys, option, value, message):
+    """--ransac-threshold nan gave '0 inliers' with exit 0, --tile 0 a division by zero warning."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), option, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -171,44 +172,29 @@ def _log_to_run_files(line: str) -> None:
             handler.handle(record)
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for a count or size that must be >= 1 (argparse then reports one line, exit 2)."""
+def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` parsing with ``parse`` and refusing values ``ok`` rejects: argparse then reports
+    ``argument --x: <value> is not <what>`` in one line, exit 2."""
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if parse is int else 'a number'}"
+            ) from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return check
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse ``type=`` for an integer that must be >= 0 (an index, or a count where 0 means all)."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse ``type=`` for a finite number that must be > 0 (NaN and inf refused)."""
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
-    return value
+# a count or size (>= 1); an index, or a count where 0 means all (>= 0); a finite number > 0 (NaN, inf refused)
+positive_int = _argument_type(int, lambda v: v >= 1, ">= 1")
+nonnegative_int = _argument_type(int, lambda v: v >= 0, ">= 0")
+positive_float = _argument_type(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def plain_warnings(program: str) -> None:
