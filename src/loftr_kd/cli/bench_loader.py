@@ -154,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=640, help="image width (default 640)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (default 8)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default 2)")
-    parser.add_argument("--pairs", type=int, default=256, help="pairs per measurement")
+    parser.add_argument("--pairs", type=int, default=256, help="pairs per measurement (default 256)")
     parser.add_argument("--no-gt", action="store_true", help="measure loading only")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads of the main process")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch threads of the main process (default: torch's)"
+    )
     return parser
 
 
