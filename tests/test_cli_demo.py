@@ -113,6 +113,18 @@ def test_bad_sources_are_clear(tmp_path, capsys):
         main(["--source", str(broken), "--headless"])  # --headless needs --out
 
 
+def test_frames_too_small_to_match_name_the_video(tmp_path, capsys):
+    tiny = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(tiny), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (8, 8))
+    for i in range(3):
+        writer.write(np.full((8, 8, 3), 40 * i, np.uint8))
+    writer.release()
+    assert main(["--source", str(tiny), "--headless", "--out", str(tmp_path / "o.mp4")]) == 2
+    assert (
+        f"{tiny}: frames cannot be matched: reference of 8x8 pixels is too small" in capsys.readouterr().err
+    )
+
+
 def test_frame_options_out_of_range_are_one_line(video, tmp_path, capsys):
     """--max-frames -3 processed one frame; a reference frame past the end blamed the video."""
     out = ["--headless", "--out", str(tmp_path / "o.mp4"), "--backend", "orb"]

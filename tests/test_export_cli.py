@@ -112,6 +112,13 @@ def test_export_settings_are_checked_before_any_work(override, message):
         export_settings(_cfg("ckpt_path=x.pt", override))
 
 
+def test_an_export_size_off_the_stride_names_the_size_not_the_file(tmp_path):
+    ckpt = save_student(build_student(input_height=64, input_width=96), tmp_path / "s.pt")
+    cfg = _cfg(f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'out'}", "height=33", "width=96")
+    with pytest.raises(ValueError, match=r"^height=33 width=96: input_height=33 must be a positive multiple"):
+        run_export(cfg)
+
+
 def test_a_checkpoint_that_is_no_student_is_the_users_error(tmp_path):
     """Any other torch file was an ExportError (exit 1, "the export failed") quoting a KeyError."""
     import torch

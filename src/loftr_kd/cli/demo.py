@@ -22,9 +22,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -176,6 +177,17 @@ class StreamEndedEarly(ValueError):
     """A video file ended before the frames its container announced (corrupt or truncated)."""
 
 
+@contextlib.contextmanager
+def _named_source(source: Any) -> Iterator[None]:
+    """A frame the matcher cannot use (too small, too elongated) is named by its video or camera."""
+    from loftr_kd.images import ImageError
+
+    try:
+        yield
+    except ImageError as error:
+        raise ImageError(f"{source}: frames cannot be matched: {error}") from None
+
+
 def announced_frames(capture: cv2.VideoCapture, source: str) -> int | None:
     """The frame count a video file's container announces; ``None`` for cameras and unknown counts."""
     if source.isdigit():
@@ -229,11 +241,13 @@ def run_demo(args: argparse.Namespace) -> dict:
         if not ok:
             raise ValueError(f"no frame could be read from {args.source}")
         consumed += 1
-        app.set_reference(frame)
+        with _named_source(args.source):
+            app.set_reference(frame)
         while ok:
             if app.frozen is None:
                 frames_read += 1
-                canvas = app.step(frame)
+                with _named_source(args.source):
+                    canvas = app.step(frame)
             if args.headless:
                 if video is None:
                     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0

@@ -509,6 +509,8 @@ def export_student(
         raise  # the file's own one line (code refused, truncated, not a checkpoint)
     except (KeyError, ValueError) as e:  # not a student file, or damaged weights: the user's input, one line
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if "input_height" in text or "input_width" in text:  # the export size, not the file, is wrong
+            raise ValueError(f"height={height} width={width}: {text}") from e
         raise ValueError(f"could not load the student from {checkpoint}: {text}") from e
     except Exception as e:
         raise ExportError(f"could not load the student from {checkpoint}: {type(e).__name__}: {e}") from e
