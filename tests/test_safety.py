@@ -106,15 +106,34 @@ def _refused(error: BaseException, path: Path) -> None:
     assert "\n" not in text and "weights_only=False" not in text and "corrupt" not in text
 
 
-def test_every_python_door_refuses_a_checkpoint_carrying_code(evil, tmp_path):
+def _student_file_doors(path: Path, cache: Path, height: int, width: int) -> dict:
+    """Every door that reads a student file (weights=, init_weights=, teacher=student), as calls."""
     from omegaconf import OmegaConf
 
     from loftr_kd.cli.evaluate import build_methods
     from loftr_kd.kornia_loftr import StudentLoFTR
     from loftr_kd.matcher import Matcher
-    from loftr_kd.models.student import build_student, init_student_weights, load_student
-    from loftr_kd.teachers import build_student_teacher, build_teacher
-    from loftr_kd.train import check_init_weights, resolve_resume_checkpoint
+    from loftr_kd.models.student import load_student
+    from loftr_kd.teachers import build_student_teacher
+    from loftr_kd.train import check_init_weights
+
+    return {
+        "load_student": lambda: load_student(path),
+        "init_weights": lambda: check_init_weights(str(path)),
+        "teacher=student": lambda: build_student_teacher(str(path), height, width),
+        "Matcher torch": lambda: Matcher(weights=path, backend="torch"),
+        "Matcher onnx": lambda: Matcher(weights=path, backend="onnx", cache_dir=cache),
+        "kornia drop-in": lambda: StudentLoFTR(weights=path),
+        "evaluate": lambda: build_methods(
+            OmegaConf.create({"methods": {"mine": {"backend": "torch", "weights": str(path)}}})
+        ),
+    }
+
+
+def test_every_python_door_refuses_a_checkpoint_carrying_code(evil, tmp_path):
+    from loftr_kd.models.student import build_student, init_student_weights
+    from loftr_kd.teachers import build_teacher
+    from loftr_kd.train import resolve_resume_checkpoint
 
     path, marker = evil
     run = tmp_path / "run"
@@ -122,19 +141,11 @@ def test_every_python_door_refuses_a_checkpoint_carrying_code(evil, tmp_path):
     (run / "checkpoints" / "last.ckpt").write_bytes(path.read_bytes())
     doors = {
         "load_checkpoint": lambda: load_checkpoint(path),
-        "load_student": lambda: load_student(path),
         "init_student_weights": lambda: init_student_weights(build_student(), path),
         "resume (file)": lambda: resolve_resume_checkpoint(str(path)),
         "resume (run folder)": lambda: resolve_resume_checkpoint(str(run)),
-        "init_weights": lambda: check_init_weights(str(path)),
         "teacher=loftr_outdoor": lambda: build_teacher(str(path), temp_bug_fix=False),
-        "teacher=student": lambda: build_student_teacher(str(path), 240, 320),
-        "Matcher torch": lambda: Matcher(weights=path, backend="torch"),
-        "Matcher onnx": lambda: Matcher(weights=path, backend="onnx", cache_dir=tmp_path / "cache"),
-        "kornia drop-in": lambda: StudentLoFTR(weights=path),
-        "evaluate": lambda: build_methods(
-            OmegaConf.create({"methods": {"mine": {"backend": "torch", "weights": str(path)}}})
-        ),
+        **_student_file_doors(path, tmp_path / "cache", 240, 320),
     }
     for door, call in doors.items():
         with pytest.raises(ValueError) as info:  # UnsafeCheckpointError, or a door's own prefix to it
@@ -756,30 +767,14 @@ def test_an_image_too_large_for_memory_is_refused_before_decoding(tmp_path):
 def test_every_python_door_refuses_weights_holding_nan(tmp_path):
     """A student file whose weights hold NaN (a diverged run's, a damaged file) matched nothing and said
     "no homography", exported "verified", trained on: every door refuses it, naming the file and a tensor."""
-    from omegaconf import OmegaConf
-
-    from loftr_kd.cli.evaluate import build_methods
-    from loftr_kd.kornia_loftr import StudentLoFTR
-    from loftr_kd.matcher import Matcher, MatcherError
-    from loftr_kd.models.student import build_student, load_student, save_student
-    from loftr_kd.teachers import build_student_teacher
-    from loftr_kd.train import check_init_weights
+    from loftr_kd.matcher import MatcherError
+    from loftr_kd.models.student import build_student, save_student
 
     student = build_student(input_height=96, input_width=128)
     with torch.no_grad():
         student.backbone.conv1.weight[0, 0, 0, 0] = float("nan")
     path = save_student(student, tmp_path / "diverged.pt")
-    doors = {
-        "load_student": lambda: load_student(path),
-        "init_weights": lambda: check_init_weights(str(path)),
-        "teacher=student": lambda: build_student_teacher(str(path), 96, 128),
-        "Matcher torch": lambda: Matcher(weights=path, backend="torch"),
-        "Matcher onnx": lambda: Matcher(weights=path, backend="onnx", cache_dir=tmp_path / "cache"),
-        "kornia drop-in": lambda: StudentLoFTR(weights=path),
-        "evaluate": lambda: build_methods(
-            OmegaConf.create({"methods": {"mine": {"backend": "torch", "weights": str(path)}}})
-        ),
-    }
+    doors = _student_file_doors(path, tmp_path / "cache", 96, 128)
     for door, call in doors.items():
         with pytest.raises((ValueError, MatcherError)) as info:
             call()

@@ -135,6 +135,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_status(PROG, lambda: (_sequences if args.set == "sequences" else _photos)(args))
 
 
+def _option_hint(work: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
+    """``work`` with a missing photo's hint naming this command's option (the library's names its argument)."""
+
+    def hinted() -> list[dict]:
+        try:
+            return work()
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                str(error).replace("(or pass allow_missing)", "(or pass --allow-missing)")
+            ) from error
+
+    return hinted
+
+
 def _photos(args: argparse.Namespace) -> None:
     photos = photo_set(args.set)
     if args.list:
@@ -153,14 +167,9 @@ def _photos(args: argparse.Namespace) -> None:
     )
 
     def work() -> list[dict]:
-        try:
-            return collect_photos(photos, out, max_side=args.max_side, allow_missing=args.allow_missing)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                str(error).replace("(or pass allow_missing)", "(or pass --allow-missing)")
-            ) from error
+        return collect_photos(photos, out, max_side=args.max_side, allow_missing=args.allow_missing)
 
-    rows, removed = write_outputs(out, planned, earlier, args.force, work)
+    rows, removed = write_outputs(out, planned, earlier, args.force, _option_hint(work))
     note = f" (removed {removed} photos of an earlier run of another set)" if removed else ""
     print(f"wrote {len(rows)} of {len(photos)} photos of set {args.set!r} to {args.out}{note}")
     _note_other_files(out, planned)
@@ -189,15 +198,13 @@ def _sequences(args: argparse.Namespace) -> None:
         lambda d: [out / r["sequence"] / f"frame_{r['frame']:04d}.png" for r in d["frames"]],
     )
 
-    def work() -> list[dict]:
-        try:
-            return collect_sequences(out, allow_missing=args.allow_missing)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                str(error).replace("(or pass allow_missing)", "(or pass --allow-missing)")
-            ) from error
-
-    rows, removed = write_outputs(out, planned, earlier, args.force, work)
+    rows, removed = write_outputs(
+        out,
+        planned,
+        earlier,
+        args.force,
+        _option_hint(lambda: collect_sequences(out, allow_missing=args.allow_missing)),
+    )
     note = f" (removed {removed} frames of an earlier run)" if removed else ""
     print(f"wrote {len(rows)} frames of {len(SEQUENCES)} camera sequences to {args.out}{note}")
     _note_other_files(out, planned)
