@@ -284,7 +284,7 @@ def _split(result: Any, settings: ExportSettings, say: Callable[[str], None]) ->
         else f"within {parity.get('max_abs_diff_vs_whole_graph', float('nan')):.1e} of the whole graph's (float "
         f"rounding of graphs traced apart; bit for bit on {100 * identical:.0f} % of the pairs)"
     )
-    say(f"Split export: {paths[0]} and {paths[1]} written and verified (same checks; outputs {versus}).")
+    say(f"Split export: {paths[0]} and {paths[1]} written and verified (same checks); outputs {versus}.")
     return {"encoder": str(paths[0]), "matcher": str(paths[1]), "split_parity": parity}
 
 
