@@ -75,11 +75,14 @@ def test_headless_demo_writes_video_and_timing(video, tmp_path, backend):
     assert summary["frames"] == FRAMES and summary["fps"] > 0 and summary["backend"] == backend
 
 
-def test_max_frames_and_reference_frame(video, tmp_path):
+def test_max_frames_and_reference_frame(video, tmp_path, capsys):
     out = tmp_path / "short.mp4"
     argv = ["--source", str(video), "--headless", "--out", str(out), "--backend", "orb"]
     assert main([*argv, "--max-frames", "5", "--reference-frame", "3"]) == 0
     assert count_frames(out)[0] == 5
+    assert "replacing" not in capsys.readouterr().out
+    assert main([*argv, "--max-frames", "3"]) == 0  # its own outputs: replaced, and said so
+    assert count_frames(out)[0] == 3 and "replacing the outputs of an earlier run" in capsys.readouterr().out
 
 
 def test_keys_set_reference_snapshot_and_quit():
@@ -154,10 +157,9 @@ def test_a_window_without_a_display_is_refused_in_one_line(video, monkeypatch, c
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    with pytest.raises(SystemExit) as exit_:
-        main(["--source", str(video), "--backend", "orb"])
-    assert exit_.value.code == 2
-    assert "no display to open the demo's window on" in capsys.readouterr().err
+    assert main(["--source", str(video), "--backend", "orb"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()  # one line, no usage block
+    assert line.startswith("loftr-kd-demo: error: no display to open the demo's window on")
 
 
 def test_directory_source_and_out_over_the_source_are_refused(video, tmp_path, capsys):

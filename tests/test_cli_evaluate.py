@@ -113,6 +113,17 @@ def test_without_a_benchmark_it_builds_and_evaluates_the_heldout_pairs(tmp_path)
     argv = ["--photo-set", "heldout", "--out", str(root), "--pairs", "2", "--seed", "2026"]
     assert homographies(argv) == 0
     assert (root / "h_0001" / "H_1_2").read_bytes() == before
+    # fewer pairs asked than the folder holds: not the 2 evaluated silently, but the command that rebuilds them
+    fewer = [f"heldout.root={root}", "heldout.pairs=1", "~methods.student", "~methods.student_one_pass"]
+    with pytest.raises(
+        ValueError, match=r"holds more than the 1 held-out photo pairs \(h_0001\).*--pairs 1 --seed 2026"
+    ):
+        evaluate(compose_cfg(fewer), out_dir=tmp_path / "run3")
+    with pytest.raises(ValueError, match=r"heldout.pairs=-3: expected an integer >= 1"):
+        evaluate(
+            compose_cfg([f"heldout.root={tmp_path / 'new'}", "heldout.pairs=-3"]), out_dir=tmp_path / "run4"
+        )
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_heldout_root_holding_other_files_is_an_error_and_untouched(tmp_path):

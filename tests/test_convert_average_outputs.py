@@ -173,3 +173,9 @@ def test_the_console_command_gives_one_line_for_a_folder(sources: list[Path], tm
         result.stderr.strip() == f"loftr-kd-convert: error: output {tmp_path} is a folder; choose a file path"
     )
     assert result.stdout == ""
+
+
+def test_a_size_off_the_stride_names_the_options(tmp_path, capsys):
+    source = save_student(build_student(input_height=64, input_width=96), tmp_path / "s.pt")
+    assert convert([str(source), str(tmp_path / "d.pt"), "--height", "100"]) == 2
+    assert "--height 100: input_height=100 must be a positive multiple" in capsys.readouterr().err

@@ -73,6 +73,13 @@ def test_homographies_bad_input_is_one_line(tmp_path, photo_dir, capsys, make, e
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+def test_homographies_out_inside_images_is_refused(tmp_path, photo_dir, capsys):
+    """A rerun read the first run's warped pairs back as photos (7 'photos' from 3)."""
+    out = photo_dir / "pairs"
+    assert homography.main(["--images", str(photo_dir), "--out", str(out), *SMALL, "--pairs", "1"]) == 2
+    assert "is inside --images" in one_error_line(capsys, "loftr-kd-homographies") and not out.exists()
+
+
 def test_homographies_out_that_is_a_file_is_refused_and_kept(tmp_path, photo_dir, capsys):
     out = tmp_path / "pairs.txt"
     out.write_text("mine")
@@ -226,4 +233,5 @@ def test_photos_never_replace_a_users_file_without_force(tmp_path, capsys):
     assert photos.main([*argv, "--force"]) == 0
     assert mine.read_bytes() != data and (tmp_path / "notes.txt").read_text() == "mine"
     assert "notes.txt" in capsys.readouterr().err  # said to be left alone
-    assert photos.main(argv) == 0  # its own files now: replaced without --force
+    assert photos.main(argv) == 0  # its own files now: replaced without --force, and said so
+    assert "replacing" in capsys.readouterr().out

@@ -126,6 +126,15 @@ def test_a_misspelt_config_group_option_is_one_line(tmp_path):
     assert unknown_group_option(["student=paper,fst"]).startswith("student=fst:")
     for fine in (["student=paper,fast"], ["data.root=/x", "seed=3"], ["teacher=null"], ["+experiment=paper"]):
         assert unknown_group_option(fine) is None, fine
+    # left to Hydra: quoted, bracketed or interpolated values, and options that may live elsewhere
+    for other in (
+        ["student='fast'"],
+        ["logger=[tensorboard,none]"],
+        ["student=${oc.env:X}"],
+        ["--config-dir", "/x", "student=mine"],
+        ["hydra.searchpath=[file:///x]", "student=mine"],
+    ):
+        assert unknown_group_option(other) is None, other
 
 
 def test_bad_config_is_one_line_before_any_work(tmp_path):

@@ -134,12 +134,30 @@ STAGE_OF_NODE = (("backbone", "backbone"), ("loftr_coarse", "transformer"), ("po
 STAGE_OF_NODE += (("coarse_matching", "matching"),)
 
 
-def op_profile(paths: dict[Any, tuple[Path, dict[str, np.ndarray]]], threads: int, repeats: int) -> dict:
+def _stage_of(name: str, backbone_scopes: frozenset[str]) -> str:
+    """The stage of a node by its (PyTorch module) name. The exporter drops the ``backbone`` scope of the
+    whole graph's backbone nodes (``/model/layer1/...``, ``/model/conv1_1/...``), so they are also told by
+    their first scope being one of the backbone's children (``_N`` / ``.N`` suffixes stripped)."""
+    import re
+
+    scope = name.split("/")[2] if name.startswith("/") and name.count("/") > 2 else ""
+    if re.sub(r"([._]\d+)+$", "", scope) in backbone_scopes:  # layer1_1 (a second call), layers.0 (a list)
+        return "backbone"
+    return next((stage for part, stage in STAGE_OF_NODE if part in name), "other")
+
+
+def op_profile(
+    paths: dict[Any, tuple[Path, dict[str, np.ndarray]]],
+    threads: int,
+    repeats: int,
+    backbone_scopes: dict[Any, frozenset[str]] | None = None,
+) -> dict:
     """Per-stage sums of onnxruntime's own per-node kernel times (median over runs) in the whole graph.
 
     Kernel times exclude time a thread spends descheduled between nodes and Python overhead, so on a
     loaded machine they are much steadier than wall time; with ``threads=1`` they are close to the
-    single-core work of each stage. Nodes are assigned to stages by their (PyTorch module) names.
+    single-core work of each stage. Nodes are assigned to stages by their (PyTorch module) names
+    (:func:`_stage_of`; ``backbone_scopes``: each graph's backbone child modules).
     """
     import json as _json
 
@@ -161,9 +179,9 @@ def op_profile(paths: dict[Any, tuple[Path, dict[str, np.ndarray]]], threads: in
             if event.get("cat") == "Node" and name.endswith("_kernel_time"):
                 per_node.setdefault(name, []).append(event["dur"] / 1e3)
         stages = {"backbone": 0.0, "transformer": 0.0, "matching": 0.0, "other": 0.0}
+        scopes = (backbone_scopes or {}).get(key, frozenset())
         for name, durations in per_node.items():
-            stage = next((stage for part, stage in STAGE_OF_NODE if part in name), "other")
-            stages[stage] += float(np.median(durations))
+            stages[_stage_of(name, scopes)] += float(np.median(durations))
         stages["total"] = sum(stages.values())
         result[key] = stages
     return result
@@ -177,6 +195,7 @@ def profile(
     sessions: dict[tuple[str, int, int, str], tuple[Any, dict[str, np.ndarray]]] = {}
     full_graphs: dict[tuple[str, int, int], tuple[Path, dict[str, np.ndarray]]] = {}
     info: dict[tuple[str, int, int], dict[str, Any]] = {}
+    backbone_scopes: dict[tuple[str, int, int], frozenset[str]] = {}
     for name in presets:
         fuse = not name.endswith(":unfused")
         preset = name.split(":")[0]
@@ -186,6 +205,7 @@ def profile(
                 "params": count_parameters(model),
                 "backbone_params": count_parameters(model.backbone),
             }
+            backbone_scopes[(name, height, width)] = frozenset(n for n, _ in model.backbone.named_children())
             for stage, (module, inputs) in stage_graphs(model).items():
                 path = export_graph(
                     module, inputs, workdir / f"{len(info)}_{int(fuse)}_{height}x{width}_{stage}.onnx"
@@ -202,7 +222,7 @@ def profile(
     timings = time_sessions(sessions, repeats)
     kernel_rows = []
     for profile_threads in sorted({1, threads}):
-        kernels = op_profile(full_graphs, profile_threads, repeats)
+        kernels = op_profile(full_graphs, profile_threads, repeats, backbone_scopes)
         for (name, height, width), stages in kernels.items():
             base = kernels[(presets[0], height, width)]["total"]
             kernel_rows.append(

@@ -77,16 +77,27 @@ def hydra_command(
 
 def unknown_group_option(overrides: Sequence[str]) -> str | None:
     """The first ``group=option`` override (``student=fst``) naming no ``conf/<group>/<option>.yaml``, as a
-    line naming the options there (the closest first); ``None`` when every one exists. Sweeps
-    (``student=paper,fast``) are checked option by option; Hydra's own groups, ``null`` and sweep functions
-    are left to Hydra."""
+    line naming the options there (the closest first); ``None`` when every one exists.
+
+    Only plain names are checked (a sweep's ``student=paper,fast`` name by name); quoted or bracketed values,
+    interpolations, sweep functions and ``null`` are left to Hydra, and so is everything when the configs
+    may come from elsewhere too (``--config-dir``/``--config-path``, ``hydra.searchpath``, a
+    ``conf/local`` config).
+    """
     import difflib
     import re
 
     from loftr_kd.config import CONFIG_DIR
 
+    elsewhere = ("--config-dir", "-cd", "--config-path", "-cp")
+    if any(a.split("=")[0] in elsewhere or "hydra.searchpath" in a for a in overrides):
+        return None
+    if any((Path(CONFIG_DIR) / "local").glob("*.yaml")):
+        return None
     for override in overrides:
-        match = re.fullmatch(r"[+~]{0,2}([a-z_]+(?:/[a-z_]+)*)=([^=()]+)", override)
+        match = re.fullmatch(
+            r"[+~]{0,2}([a-z_]+(?:/[a-z_]+)*)=([A-Za-z0-9_./-]+(?:,[A-Za-z0-9_./-]+)*)", override
+        )
         if match is None or match.group(1).startswith("hydra"):
             continue
         group, value = match.groups()
@@ -95,7 +106,7 @@ def unknown_group_option(overrides: Sequence[str]) -> str | None:
             continue
         options = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
         for option in value.split(","):
-            if option in ("null", "") or option in options:
+            if option == "null" or option in options:
                 continue
             close = difflib.get_close_matches(option, options, n=1)
             hint = f" (did you mean {group}={close[0]}?)" if close else ""

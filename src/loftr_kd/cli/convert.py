@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> None:
         model = load_student(source, input_height=args.height, input_width=args.width)
     except (KeyError, RuntimeError) as error:
         raise load_error(error) from error
+    except ValueError as error:
+        if "input_height" in str(error) or "input_width" in str(error):  # the size asked for, not the file
+            given = " ".join(f"--{k} {v}" for k, v in (("height", args.height), ("width", args.width)) if v)
+            raise ValueError(f"{given}: {error}") from error
+        raise
     replaced = replaced_line(destination, own)
     save_student(model, destination)
     record_outputs([destination], PROG)

@@ -211,6 +211,10 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     outputs = [args.out, *write_timing_paths(args.out)] if args.out is not None else []
     check_outputs(outputs, force=args.force, force_hint="--force")
+    if any(Path(p).is_file() for p in outputs):  # an earlier run's (or, with --force, anyone's)
+        print(
+            f"replacing the outputs of an earlier run: {', '.join(str(p) for p in outputs if Path(p).is_file())}"
+        )
     capture = open_source(str(args.source))
     announced = announced_frames(capture, str(args.source))
     matcher = build_matcher(
@@ -361,9 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.headless and sys.platform.startswith("linux"):
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             # OpenCV's window would abort the process (Qt: "could not connect to display"), no hint given
-            parser.error(
-                "no display to open the demo's window on (DISPLAY and WAYLAND_DISPLAY are unset): "
-                "run with --headless --out result.mp4, or where a display is"
+            return report(
+                "loftr-kd-demo",
+                RuntimeError(
+                    "no display to open the demo's window on (DISPLAY and WAYLAND_DISPLAY are unset): "
+                    "run with --headless --out result.mp4, or where a display is"
+                ),
             )
     if args.out is not None and Path(str(args.source)).exists():
         written = [args.out, *write_timing_paths(args.out)]

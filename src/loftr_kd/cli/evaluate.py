@@ -67,12 +67,19 @@ def heldout_pairs(heldout: DictConfig) -> Path:
 
     root = Path(str(heldout.root))
     last = root / f"h_{int(heldout.pairs) - 1:04d}" / "H_1_2"
-    if last.is_file():
+    beyond = root / f"h_{int(heldout.pairs):04d}"
+    if last.is_file() and not beyond.exists():
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        what = (
+            f"more than the {heldout.pairs} held-out photo pairs ({beyond.name})"
+            if last.is_file()
+            else (f"something other than the {heldout.pairs} held-out photo pairs (no {last})")
+        )
         raise ValueError(
-            f"heldout.root={root} holds something other than the {heldout.pairs} held-out photo pairs (no {last}); "
-            "nothing in it was touched: move it away, or evaluate it with homography.root="
+            f"heldout.root={root} holds {what}; nothing in it was touched: rebuild the pairs with "
+            f"loftr-kd-homographies --photo-set {heldout.photo_set} --out {root} --pairs {heldout.pairs} "
+            f"--seed {heldout.seed}, or evaluate the folder as it is with homography.root={root}"
         )
     print(f"building the {heldout.pairs} held-out photo pairs in {root} (once)", flush=True)
     written = write_photo_set_pairs(str(heldout.photo_set), root, int(heldout.pairs), seed=int(heldout.seed))
@@ -132,6 +139,13 @@ def check_benchmark_settings(cfg: DictConfig) -> None:
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
+    heldout = cfg.get("heldout") or {}
+    for key, least in (("pairs", 1), ("seed", 0)):
+        value = heldout.get(key)
+        if value is not None and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= least
+        ):
+            raise ValueError(f"heldout.{key}={value!r}: expected an integer >= {least}")
     for group in ("homography", "pose", "coarse"):
         settings = cfg.get(group) or {}
         count = settings.get("max_pairs")

@@ -91,6 +91,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--images {images}: no such folder; give a folder of photos")
         if not images.is_dir():
             raise NotADirectoryError(f"--images {images} is a file, not a folder; give a folder of photos")
+        out = Path(args.out).resolve()
+        if out == images.resolve() or images.resolve() in out.parents:
+            # its pairs would be read as photos by the next run (searched recursively)
+            raise ValueError(f"--out {args.out} is inside --images {images}; choose an --out outside it")
+        if out in images.resolve().parents:
+            raise ValueError(f"--images {images} is inside --out {args.out}; choose an --out outside it")
 
 
 def _describe(names: Sequence[str]) -> str:

@@ -89,6 +89,9 @@ def write_outputs(
         check_outputs(planned, force=force, force_hint="--force")
     except ValueError as error:
         raise ValueError(f"--out {out}: {error}") from None
+    replaced = sum(1 for p in planned if p.is_file())
+    if replaced:  # an earlier run's unchanged files (or, with --force, anyone's)
+        print(f"replacing {replaced} files of an earlier run in {out}")
     try:
         rows = work()
     finally:

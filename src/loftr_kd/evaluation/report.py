@@ -24,8 +24,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     methods = results["methods"]
     lines = ["# Evaluation", ""]
 
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f}"
+    def pct(x: float) -> str:  # "–" where there is nothing to average (a kind of pair with no pairs)
+        return "–" if x is None or x != x else f"{100 * x:.1f}"
 
     homography = {n: e["homography"] for n, e in methods.items() if "homography" in e}
     if homography:

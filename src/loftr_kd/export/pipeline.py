@@ -282,7 +282,8 @@ def _split(result: Any, settings: ExportSettings, say: Callable[[str], None]) ->
         "bit for bit the whole graph's"
         if identical == 1
         else f"within {parity.get('max_abs_diff_vs_whole_graph', float('nan')):.1e} of the whole graph's (float "
-        f"rounding of graphs traced apart; bit for bit on {100 * identical:.0f} % of the pairs)"
+        "rounding of graphs traced apart"
+        + (f"; bit for bit on {100 * identical:.0f} % of the pairs)" if identical else ")")
     )
     say(f"Split export: {paths[0]} and {paths[1]} written and verified (same checks); outputs {versus}.")
     return {"encoder": str(paths[0]), "matcher": str(paths[1]), "split_parity": parity}
