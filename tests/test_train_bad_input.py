@@ -137,6 +137,24 @@ def test_a_misspelt_config_group_option_is_one_line(tmp_path):
         assert unknown_group_option(other) is None, other
 
 
+def test_an_override_of_a_key_the_config_lacks_is_one_line(tmp_path):
+    """trainer.max_epoch=3 (no +) was Hydra's multi-line 'Could not override' and exit 1."""
+    from loftr_kd.cli import unknown_setting
+
+    result = _train(tmp_path / "run", "trainer.max_epoch=3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert (
+        "trainer.max_epoch=3: trainer.max_epoch is not a setting of this config (did you mean trainer.max_epochs?)"
+        in line
+    )
+    assert not (tmp_path / "run").exists()
+    hint = unknown_setting("train", ["data=homography", "data.root=/x", "data.homography.max_rotation=1"])
+    assert "did you mean data.homography.max_rotation_deg?" in hint
+    for fine in (["seed=3"], ["+foo=1"], ["-m", "trainer.max_epoch=3"], ["student=paper,fast"]):
+        assert unknown_setting("train", fine) is None, fine  # composes, or left to Hydra
+
+
 def test_bad_config_is_one_line_before_any_work(tmp_path):
     run = tmp_path / "run"
     result = _train(run, "trainer.max_epochs=abc", f"data.root={tmp_path / 'none'}")
