@@ -119,6 +119,10 @@ def test_without_a_benchmark_it_builds_and_evaluates_the_heldout_pairs(tmp_path)
         ValueError, match=r"holds more than the 1 held-out photo pairs \(h_0001\).*--pairs 1 --seed 2026"
     ):
         evaluate(compose_cfg(fewer), out_dir=tmp_path / "run3")
+    with pytest.raises(ValueError, match=r"heldout.pairs=None: expected an integer >= 1"):
+        evaluate(
+            compose_cfg([f"heldout.root={tmp_path / 'new'}", "heldout.pairs=null"]), out_dir=tmp_path / "run5"
+        )
     with pytest.raises(ValueError, match=r"heldout.pairs=-3: expected an integer >= 1"):
         evaluate(
             compose_cfg([f"heldout.root={tmp_path / 'new'}", "heldout.pairs=-3"]), out_dir=tmp_path / "run4"

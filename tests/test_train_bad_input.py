@@ -153,6 +153,11 @@ def test_an_override_of_a_key_the_config_lacks_is_one_line(tmp_path):
     assert "did you mean data.homography.max_rotation_deg?" in hint
     for fine in (["seed=3"], ["+foo=1"], ["-m", "trainer.max_epoch=3"], ["student=paper,fast"]):
         assert unknown_setting("train", fine) is None, fine  # composes, or left to Hydra
+    # Hydra's own errors stay Hydra's: a line it cannot parse, a new key inside a mapping's value, a group
+    # this config does not use (each was a traceback or a misleading line)
+    assert unknown_setting("train", ["seed=[1,2"]) is None
+    assert unknown_setting("train", ["trainer={max_epochs: 1, foo: 2}"]) is None
+    assert unknown_setting("evaluate", ["student=paper"]) is None
 
 
 def test_bad_config_is_one_line_before_any_work(tmp_path):

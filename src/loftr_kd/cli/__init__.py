@@ -142,9 +142,13 @@ def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
     try:
         composed(overrides)
         return None
-    except ConfigCompositionException as error:
+    except Exception as error:  # noqa: BLE001 - a line Hydra cannot parse, a defaults-list error: Hydra's own
         match = re.match(r"Could not override '([^']+)'", str(error))
-        if match is None:
+        if (
+            not isinstance(error, ConfigCompositionException)
+            or match is None
+            or "defaults list" in str(error)
+        ):
             return None
     key = match.group(1)
     override = next((o for o in overrides if o.split("=", 1)[0].lstrip("~+") == key), key)
@@ -155,6 +159,8 @@ def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
         known = [str(k) for k in node] if OmegaConf.is_dict(node) else []
     except Exception:  # noqa: BLE001 - the hint is a courtesy; the line stands without it
         known = []
+    if leaf in known:  # the key exists: what fails is inside its value (a mapping with a new key): Hydra's
+        return None
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
     return f"{override}: {key} is not a setting of this config{hint}; a new key needs a leading +"

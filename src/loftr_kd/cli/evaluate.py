@@ -142,9 +142,7 @@ def check_benchmark_settings(cfg: DictConfig) -> None:
     heldout = cfg.get("heldout") or {}
     for key, least in (("pairs", 1), ("seed", 0)):
         value = heldout.get(key)
-        if value is not None and not (
-            isinstance(value, int) and not isinstance(value, bool) and value >= least
-        ):
+        if key in heldout and not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             raise ValueError(f"heldout.{key}={value!r}: expected an integer >= {least}")
     for group in ("homography", "pose", "coarse"):
         settings = cfg.get(group) or {}
