@@ -13,7 +13,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -297,3 +297,8 @@ def replaced_line(path: Path, own: bool) -> str | None:
     if path.is_file():
         return f"replaced {path} (--force; loftr-kd had not written it)"
     return None
+
+
+def describe_entries(names: Sequence[str], shown: int = 5) -> str:
+    """The first ``shown`` of a folder's entry names, and how many there are when more: for error lines."""
+    return ", ".join(names[:shown]) + (f" ... ({len(names)} entries)" if len(names) > shown else "")

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, default_collate
 from loftr_kd.data.blendedmvs import BlendedMVSPairDataset, find_scenes
 from loftr_kd.data.sampling import EpochPairSampler
 from loftr_kd.data.synthetic import write_toy_dataset
+from loftr_kd.files import describe_entries
 
 PROG = "loftr-kd-bench-loader"
 
@@ -195,9 +196,8 @@ def check_args(args: argparse.Namespace) -> None:
         )
     entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if entries:
-        shown = ", ".join(entries[:5]) + (f" ... ({len(entries)} entries)" if len(entries) > 5 else "")
         raise ValueError(
-            f"--root {root} holds no scenes but other files ({shown}); --make-toy writes only into a new or "
+            f"--root {root} holds no scenes but other files ({describe_entries(entries)}); --make-toy writes only into a new or "
             "empty folder and never replaces files: choose a new or empty folder"
         )
 

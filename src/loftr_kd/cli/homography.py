@@ -99,10 +99,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--images {images} is inside --out {args.out}; choose an --out outside it")
 
 
-def _describe(names: Sequence[str]) -> str:
-    return ", ".join(names[:5]) + (f" ... ({len(names)} entries)" if len(names) > 5 else "")
-
-
 def _own_pair(folder: Path) -> bool:
     """A pair folder holding only this command's unchanged files (and their manifest)."""
     from loftr_kd.files import OUTPUT_MANIFEST, is_own_output
@@ -122,7 +118,7 @@ def check_out(out: Path, count: int, force: bool) -> tuple[list[Path], list[str]
             write, or an edited pair, and not ``force``; or a path a pair is written to is not a
             regular file (a folder where ``H_1_2`` goes), even with ``force``.
     """
-    from loftr_kd.files import check_folder_path, check_outputs
+    from loftr_kd.files import check_folder_path, check_outputs, describe_entries
 
     check_folder_path(out, "--out")
     if not out.is_dir():
@@ -132,7 +128,7 @@ def check_out(out: Path, count: int, force: bool) -> tuple[list[Path], list[str]
         (own if _own_pair(entry) else other).append(entry)
     if other and not force:
         raise ValueError(
-            f"--out {out} holds {_describe([p.name for p in other])}, which {PROG} did not write (or which "
+            f"--out {out} holds {describe_entries([p.name for p in other])}, which {PROG} did not write (or which "
             f"was edited since); it writes only into a new or empty folder or over its own unchanged pairs "
             "and never replaces other files: choose a new or empty folder, or pass --force to replace the "
             "pairs' files (other files are left alone)"
@@ -176,7 +172,7 @@ def _generate(args: argparse.Namespace, staging: Path) -> int:
 
 def write_pairs(args: argparse.Namespace) -> str:
     """Check, generate, install; returns the line saying what was done."""
-    from loftr_kd.files import OUTPUT_MANIFEST, record_outputs, remove_own_output
+    from loftr_kd.files import OUTPUT_MANIFEST, describe_entries, record_outputs, remove_own_output
 
     check_args(args)
     out = Path(args.out)
@@ -221,9 +217,9 @@ def write_pairs(args: argparse.Namespace) -> str:
     if stale:
         notes.append(f"removed {len(stale)} earlier pairs beyond --pairs {args.pairs}")
     if forced:
-        notes.append(f"--force replaced the files of {_describe(forced)}")
+        notes.append(f"--force replaced the files of {describe_entries(forced)}")
     if left:
-        notes.append(f"left alone: {_describe(left)}")
+        notes.append(f"left alone: {describe_entries(left)}")
     if notes:
         line += f" ({'; '.join(notes)})"
     return line

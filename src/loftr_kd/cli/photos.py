@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loftr_kd.data.photos import PHOTO_SETS, collect_photos, photo_set
-from loftr_kd.files import check_folder_path
+from loftr_kd.files import check_folder_path, describe_entries
 
 PROG = "loftr-kd-photos"
 # The long side of a written photo: loftr_kd.images.MIN_TRAINING_SIDE, the least any reader accepts.
@@ -115,11 +115,10 @@ def _note_other_files(out: Path, planned: list[Path]) -> None:
     if others:
         from loftr_kd.data.homography import IMAGE_EXTENSIONS
 
-        shown = ", ".join(others[:5]) + (f" ... ({len(others)} entries)" if len(others) > 5 else "")
         images = any(Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in others)
         hint = "; a data root reads every image in it" if images else ""
         print(
-            f"{PROG}: note: {out} also holds {shown}, not written by this run (left alone){hint}",
+            f"{PROG}: note: {out} also holds {describe_entries(others)}, not written by this run (left alone){hint}",
             file=sys.stderr,
         )
 

@@ -30,6 +30,7 @@ from loftr_kd.data.sources import (  # noqa: F401 - the settings and sources are
     _same_path,
     kind_settings,
 )
+from loftr_kd.files import describe_entries
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,9 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             if root.exists() and not root.is_dir():
                 raise ValueError(f"data.root={root} is a file, not a data folder")
             found = sorted(p.name for p in root.iterdir())
-            shown = ", ".join(found[:3]) + (f" ... ({len(found)} entries)" if len(found) > 3 else "")
             raise ValueError(
-                f"data.root={root} holds files the synthetic generator did not write ({shown}) and no "
+                f"data.root={root} holds files the synthetic generator did not write "
+                f"({describe_entries(found, shown=3)}) and no "
                 f"{synthetic.INFO_FILE}: refusing to generate there, nothing was touched. To train on "
                 f"the scenes in it as they are, use data=blendedmvs data.root={root} (or add "
                 "data.generate=null); to generate synthetic scenes, choose a new or empty folder."

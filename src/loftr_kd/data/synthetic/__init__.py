@@ -69,7 +69,7 @@ from loftr_kd.data.synthetic.textures import (
 )
 from loftr_kd.data.synthetic.textures import TEXTURE_SIZE, available_photos, mip_pyramid
 from loftr_kd.data.synthetic.world import NEAR, Lighting, Rect, Scene, look_at, render_depth, render_view
-from loftr_kd.files import write_text
+from loftr_kd.files import describe_entries, write_text
 
 GENERATOR_VERSION = "1"
 SCENE_PREFIX = "synth_"
@@ -172,10 +172,6 @@ def unexpected_entries(out_dir: str | os.PathLike) -> list[str]:
     )
 
 
-def _describe(names: Sequence[str]) -> str:
-    return ", ".join(names[:5]) + (f" ... ({len(names)} entries)" if len(names) > 5 else "")
-
-
 def generate_dataset(
     out_dir: str | os.PathLike,
     scenes: int = 12,
@@ -231,7 +227,7 @@ def generate_dataset(
         what = (
             "is a file"
             if out.exists() and not out.is_dir()
-            else f"holds {_describe(sorted(p.name for p in out.iterdir()))}"
+            else f"holds {describe_entries(sorted(p.name for p in out.iterdir()))}"
         )
         raise GenerationRefused(
             f"{out}: {what}, which the synthetic generator did not write; it only writes into a new or "
