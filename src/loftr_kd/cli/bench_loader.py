@@ -202,37 +202,36 @@ def check_args(args: argparse.Namespace) -> None:
         )
 
 
+def run(args: argparse.Namespace) -> None:
+    """Check the options, make the toy scenes if asked, measure, print the notes and the JSON."""
+    check_args(args)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.make_toy and not find_scenes(args.root):
+        write_toy_dataset(args.root, scenes=2, views=8)
+    result = benchmark(
+        args.root,
+        args.height,
+        args.width,
+        args.batch_size,
+        args.num_workers,
+        args.pairs,
+        ground_truth=not args.no_gt,
+    )
+    for note in result.get("notes", []):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``loftr-kd-bench-loader --root DIR``: loader throughput in pairs per second.
 
     Returns the exit status: 0, or 2 with one line on stderr for a bad input (``loftr_kd.errors``).
     """
-    from loftr_kd.errors import debug_enabled, is_user_error, report
+    from loftr_kd.errors import exit_status
 
     args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        if args.torch_threads:
-            torch.set_num_threads(args.torch_threads)
-        if args.make_toy and not find_scenes(args.root):
-            write_toy_dataset(args.root, scenes=2, views=8)
-        result = benchmark(
-            args.root,
-            args.height,
-            args.width,
-            args.batch_size,
-            args.num_workers,
-            args.pairs,
-            ground_truth=not args.no_gt,
-        )
-    except Exception as error:
-        if debug_enabled() or not is_user_error(error):
-            raise
-        return report(PROG, error)
-    for note in result.get("notes", []):
-        print(f"{PROG}: note: {note}", file=sys.stderr)
-    print(json.dumps(result, indent=2))
-    return 0
+    return exit_status(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from loftr_kd.errors import debug_enabled, is_user_error, report
+    from loftr_kd.errors import exit_status, report
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -381,15 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plain_warnings("loftr-kd-demo")
     try:
-        run_demo(args)
-    except Exception as err:
         # A camera that cannot be opened is a RuntimeError of open_source: the machine's state, one line.
-        if debug_enabled() or not (is_user_error(err) or isinstance(err, RuntimeError)):
-            raise
-        return report("loftr-kd-demo", err)
+        return exit_status("loftr-kd-demo", lambda: run_demo(args), also=(RuntimeError,))
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":
