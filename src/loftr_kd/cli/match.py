@@ -77,12 +77,12 @@ def check_output_folder(out: Path, extra: Sequence[Path] = (), force: bool = Fal
     writes (``--json``).
 
     Raises:
-        ValueError: ``out`` is a file, or an output path holds a file loftr-kd did not write.
+        NotADirectoryError: ``out``, or a folder above it, is a file.
+        ValueError: an output path holds a file loftr-kd did not write.
     """
-    from loftr_kd.files import check_outputs, is_own_output
+    from loftr_kd.files import check_folder_path, check_outputs, is_own_output
 
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the outputs")
+    check_folder_path(out, "--out")
     planned = [out / name for name in OUTPUT_NAMES]
     check_outputs([*planned, *extra], force=force, force_hint="--force")
     return [path for path in planned if is_own_output(path)]
