@@ -557,3 +557,23 @@ def test_steps_the_16_mixed_grad_scaler_skips_are_counted(tmp_path):
         counts.append(module.amp_skipped_steps)
         assert trainer.callback_metrics["train/amp_skipped_steps"] == module.amp_skipped_steps
     assert counts == [0, 4]
+
+
+def test_the_machines_refusals_are_one_line_that_says_what_happened(tmp_path):
+    import errno
+
+    from loftr_kd.errors import is_user_error, one_line
+
+    # A real full disk: Linux's /dev/full refuses every write.
+    with pytest.raises(OSError) as full, open("/dev/full", "w") as out:
+        out.write("x")
+    assert is_user_error(full.value)
+    assert "the disk is full" in one_line(full.value)
+    # The errno of a file without read permission is that of a folder without write permission:
+    # the line must not say "cannot write" of a file that was being read.
+    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "weights.pt"))
+    assert one_line(denied).startswith(f"cannot access {tmp_path / 'weights.pt'}: Permission denied")
+    read_only = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run")
+    assert one_line(read_only).startswith(
+        "cannot write /mnt/ro/run: Read-only file system (the file system is read-only)"
+    )

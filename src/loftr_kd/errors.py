@@ -17,7 +17,7 @@ from collections.abc import Callable
 DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
 EXIT_USAGE = 2
 EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM after writing a resumable checkpoint (the shell's convention)
-# The machine's state, not a bug: a read-only, full or forbidden output location.
+# The machine's state, not a bug: a read-only, full or forbidden location.
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -65,9 +65,18 @@ def one_line(error: BaseException) -> str:
     """The last meaningful line of an error message (a DataLoader worker's message holds a traceback)."""
     if _is_write_error(error):
         where = error.filename or "the output location"
-        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
-            error.errno, "the location is read-only or not writable"
-        )
+        if error.errno in (errno.EACCES, errno.EPERM):
+            # The same errno comes from reading a file without read permission: say neither read nor write.
+            return (
+                f"cannot access {where}: {error.strerror}; check its permissions (and its folder's), "
+                "or choose another location"
+            )
+        what = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only",
+            errno.EFBIG: "the file is too large for the file system",
+        }[error.errno]
         return (
             f"cannot write {where}: {error.strerror} ({what}); choose another output location or free space"
         )
