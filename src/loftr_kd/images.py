@@ -28,6 +28,12 @@ _JPEG_EXT = re.compile(r"\.(jpe?g)$", re.IGNORECASE)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Divisors tried in order for images whose dtype does not fix the range (floats, int32, ...).
 _DATA_RANGES = (255.0, 65535.0)
+# A float image within this of 1.0 is a [0, 1] image with rounding noise (a resampled or filtered
+# image), clipped to 1, not a [0, 255] one: dividing it by 255 would make it black.
+_FLOAT_SLACK = 1e-3
+# Brightest pixel, on the 0-1 scale, below which an image is "nearly black": 8- or 10-bit values in a
+# uint16 array, or a float image with values a little above 1, read in a range far too wide.
+NEARLY_BLACK = 0.02
 
 
 class ImageError(ValueError):
@@ -291,7 +297,7 @@ def value_scale(image: np.ndarray, name: str = "image") -> float:
             f"{name}: {image.dtype} values span [{low:g}, {high:g}]; negative values have no meaning as "
             "intensities — rescale the image to [0, 1] (float) or [0, 255] first"
         )
-    if np.issubdtype(image.dtype, np.floating) and high <= 1.0:
+    if np.issubdtype(image.dtype, np.floating) and high <= 1.0 + _FLOAT_SLACK:
         return 1.0
     for scale in _DATA_RANGES:
         if high <= scale:
@@ -302,19 +308,34 @@ def value_scale(image: np.ndarray, name: str = "image") -> float:
     )
 
 
+def _what_instead(image: object) -> str:
+    """A non-array image named, with the usual way from it to a numpy image."""
+    if image is None:
+        return "None (cv2.imread returns None for a file it cannot read: check the path)"
+    if isinstance(image, str | os.PathLike):
+        return f"the path {str(image)!r}; read it first: loftr_kd.images.read_image(path) or cv2.imread(path)"
+    kind = type(image).__name__
+    if type(image).__module__.startswith("torch"):
+        return f"a torch {kind}; pass tensor.cpu().numpy(), or use loftr_kd.kornia_loftr.StudentLoFTR for tensors"
+    if hasattr(image, "__array__"):
+        return f"{kind}; convert it with numpy.asarray(image)"
+    return kind
+
+
 def to_gray_float(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Gray, BGR or BGRA image -> ``(H, W)`` float32 in [0, 1].
 
     ``uint8`` is read in 0–255, ``uint16`` in 0–65535, ``bool`` as 0/1. Floats and other integer types
-    must be finite and non-negative; they are read in the smallest of [0, 1] (floats only), [0, 255] and
-    [0, 65535] that holds every value (a float image in 0–255 is divided by 255, not clipped).
+    must be finite and non-negative; they are read in the smallest of [0, 1] (floats only, up to 1.001:
+    rounding noise is clipped), [0, 255] and [0, 65535] that holds every value (a float image in 0–255 is
+    divided by 255, not clipped).
 
     Raises:
         TypeError: not a numpy array.
         ImageError: (a ``ValueError``) wrong shape, empty, unsupported dtype, NaN/Inf or out-of-range values.
     """
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a numpy image, got {type(image).__name__}")
+        raise TypeError(f"{name}: expected a numpy image (H, W) or (H, W, C), got {_what_instead(image)}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] not in (3, 4):
@@ -360,6 +381,15 @@ def uniform_value(image: np.ndarray) -> float | None:
     if (image[::16, ::16] == first).all() and (image == first).all():
         return float(first)
     return None
+
+
+def nearly_black(gray: np.ndarray) -> float | None:
+    """The brightest value of a (H, W) float image in [0, 1] when it is below :data:`NEARLY_BLACK`, else
+    ``None``; every 4th pixel is read first, so a normal image costs a 1/16 read."""
+    if float(gray[::4, ::4].max()) >= NEARLY_BLACK:
+        return None
+    high = float(gray.max())
+    return high if high < NEARLY_BLACK else None
 
 
 def featureless_reason(gray: np.ndarray) -> str | None:

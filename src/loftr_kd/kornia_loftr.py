@@ -20,13 +20,17 @@ Conventions (kornia's LoFTR docstring):
 - ``mask0`` / ``mask1`` (padding masks) and precomputed ``features0`` / ``features1`` are not supported:
   passing them is an error, not silently ignored. Degenerate images (a side under two coarse cells,
   NaN/Inf values, a batch size mismatch) are errors too, and so are integer tensors and values outside
-  [0, 1] (``uint8`` or 0–255 floats would give no matches, so they are refused, as kornia's LoFTR refuses
-  integer tensors).
+  [0, 1] (``uint8`` or 0–255 floats would give no matches, so they are refused; kornia's LoFTR fails on a
+  pair of ``uint8`` tensors with a dtype error, and runs a ``uint8``/float pair or 0–255 floats silently).
+- The module is an inference wrapper: it starts in eval mode and stays there (``.train()`` does not switch
+  the wrapped student's BatchNorm to batch statistics), since its forward runs without gradients.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Any
 
 import torch
@@ -42,6 +46,14 @@ KEYPOINT_FRAMES = ("loftr", "kornia")
 _UNSUPPORTED_KEYS = ("mask0", "mask1", "features0", "features1")
 # Resampling and colour conversion can leave values a hair outside [0, 1]; more than this is a wrong range.
 _RANGE_SLACK = 1e-3
+
+
+def _callers_level() -> int:
+    """``warnings.warn``'s stacklevel of the user's line: past this module and torch's ``Module.__call__``."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith((__name__, "torch.")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class StudentLoFTR(nn.Module):
@@ -70,14 +82,31 @@ class StudentLoFTR(nn.Module):
             from loftr_kd.models.student import load_student
             from loftr_kd.paths import DEFAULT_STUDENT_WEIGHTS
 
-            model = load_student(weights if weights is not None else DEFAULT_STUDENT_WEIGHTS)
+            path = weights if weights is not None else DEFAULT_STUDENT_WEIGHTS
+            if str(path).lower().endswith((".onnx", ".engine", ".plan", ".trt")):
+                raise ValueError(
+                    f"{path}: StudentLoFTR runs a torch checkpoint (.pt/.ckpt); for an exported graph use "
+                    "loftr_kd.Matcher(weights, backend='onnx' or 'trt'), which takes numpy images"
+                )
+            model = load_student(path)
+        if size is not None and (isinstance(size, bool) or int(size) != size or not 32 <= size <= 4096):
+            raise ValueError(
+                f"size={size!r}: expected a whole number of pixels for the long side, from 32 (two coarse "
+                "cells) to 4096, or None to match images at their own size"
+            )
         self.model = model.eval()
-        self.size = size
+        self.size = None if size is None else int(size)
         self.keypoint_frame = keypoint_frame
         config = self.model.config
         self.stride = int(config.coarse_stride)
         self.max_size = (int(config.max_height), int(config.max_width))
         self.min_cells = max(2, 2 * int(config.border_removal) + 1)
+        self.eval()
+
+    def train(self, mode: bool = True) -> StudentLoFTR:
+        """Kept in eval mode (an inference wrapper): a parent's ``.train()`` must not make the student's
+        BatchNorm use, and update, batch statistics."""
+        return super().train(False)
 
     def _model_input(self, name: str, image: Any) -> torch.Tensor:
         """Check an input image and resize it to its model size (a multiple of the stride)."""
@@ -98,7 +127,7 @@ class StudentLoFTR(nn.Module):
             raise ValueError(
                 f"{name} has NaN or infinite values; replace them (torch.nan_to_num) before matching"
             )
-        low, high = float(image.min()), float(image.max())
+        low, high = float(image.detach().min()), float(image.detach().max())
         if low < -_RANGE_SLACK or high > 1.0 + _RANGE_SLACK:
             hint = " (0-255 values: divide by 255)" if high > 1.0 + _RANGE_SLACK and high <= 255.0 else ""
             raise ValueError(
@@ -106,9 +135,16 @@ class StudentLoFTR(nn.Module):
             )
         h, w = int(image.shape[2]), int(image.shape[3])
         size = self.size if self.size is not None else max(h, w)
-        input_h, input_w, _ = aspect_true_size(
+        input_h, input_w, enlarged = aspect_true_size(
             h, w, size, self.stride, min_cells=self.min_cells, max_size=self.max_size, name=name
         )
+        if enlarged:
+            warnings.warn(
+                f"{name} of {w}x{h} pixels is too elongated for a long side of {size} px: its short side would "
+                f"get fewer than {self.min_cells} coarse cells (border removal leaves none), so it is matched "
+                f"at {input_w}x{input_h} instead",
+                stacklevel=_callers_level(),
+            )
         param = next(self.model.parameters())
         image = image.to(device=param.device, dtype=param.dtype)
         if (input_h, input_w) == (h, w):
@@ -128,6 +164,11 @@ class StudentLoFTR(nn.Module):
             ``keypoints0`` ``(N, 2)``, ``keypoints1`` ``(N, 2)`` (float32, pixels of the images as given, in
             ``keypoint_frame``), ``confidence`` ``(N,)``, ``batch_indexes`` ``(N,)`` int64.
         """
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"StudentLoFTR takes a dict {{'image0': (B, 1, H, W), 'image1': ...}} like kornia's LoFTR, "
+                f"got {type(data).__name__}"
+            )
         unsupported = [key for key in _UNSUPPORTED_KEYS if key in data]
         if unsupported:
             raise ValueError(
@@ -138,9 +179,9 @@ class StudentLoFTR(nn.Module):
         if missing:
             raise KeyError(f"StudentLoFTR needs {missing} in its input dict, got keys {sorted(data)}")
         image0, image1 = data["image0"], data["image1"]
+        input0, input1 = self._model_input("image0", image0), self._model_input("image1", image1)
         if image0.shape[0] != image1.shape[0]:
             raise ValueError(f"image0 and image1 batch sizes differ: {image0.shape[0]} vs {image1.shape[0]}")
-        input0, input1 = self._model_input("image0", image0), self._model_input("image1", image1)
         with torch.no_grad():
             out = match_entries(self.model(input0, input1))  # every point of a match (refine_points)
         batch_indexes, cells = torch.nonzero(out.match_ids >= 0, as_tuple=True)  # outside any graph

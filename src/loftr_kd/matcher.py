@@ -42,7 +42,14 @@ from loftr_kd.classical import (  # noqa: F401 - CLASSICAL_METHODS and OpenCVMat
     _empty_result,
 )
 from loftr_kd.features import ImageFeatures
-from loftr_kd.images import ImageError, check_aspect, to_gray_float, uniform_value  # noqa: F401 - to_gray_float is public here
+from loftr_kd.images import (  # noqa: F401 - to_gray_float is public here
+    ImageError,
+    check_aspect,
+    nearly_black,
+    to_gray_float,
+    uniform_value,
+    value_scale,
+)
 from loftr_kd.resizing import (  # noqa: F401 - public here since before they moved
     Letterbox,
     aspect_true_size,
@@ -259,6 +266,8 @@ class Matcher:
                     f"`loftr-kd-export dynamic=true` for aspect-true matching at any size"
                 )
             return max(self.input_height, self.input_width)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer)):
+            raise ValueError(f"size={size!r}: expected a whole number of pixels for the long side")
         size = int(size) if size is not None else max(self.input_height, self.input_width)
         longest = max(self.max_size) if self.max_size else size
         if size < 2 * self.stride or size > longest:
@@ -339,6 +348,14 @@ class Matcher:
                 f"match on it is not a real correspondence",
                 stacklevel=_outside_this_module(),
             )
+        elif (high := nearly_black(gray)) is not None:
+            warnings.warn(
+                f"{name} is nearly black: its brightest pixel is {high:.3g} on the 0-1 scale ({image.dtype} "
+                f"is read in [0, {value_scale(image, name):g}]), so few or no matches are found; a uint16 "
+                "array holding 8- or 10-bit values, or a float image with values a little above 1, must be "
+                "rescaled to its own range first (docs/usage.md, 'Images')",
+                stacklevel=_outside_this_module(),
+            )
         return prepared
 
     def __call__(
@@ -377,9 +394,10 @@ class Matcher:
 
     @functools.cached_property
     def model_id(self) -> str:
-        """The weights (name and content digest) and backend; features carry it, another model's are refused."""
+        """The weights' content digest and the backend; features carry it, another model's are refused (the
+        same weights under another file name are the same model)."""
         digest = hashlib.sha1(self.weights.read_bytes()).hexdigest()[:12]
-        return f"{self.weights.name} on {self.backend}, sha1 {digest}"
+        return f"sha1 {digest} on {self.backend}"
 
     def encode(self, image: np.ndarray, *, size: int | None = None, name: str = "image") -> ImageFeatures:
         """The per-image half of the model for ``image`` (resized as a call resizes it), to match against
@@ -401,6 +419,11 @@ class Matcher:
         self, images: Sequence[np.ndarray], *, size: int | None = None, name: str = "image"
     ) -> list[ImageFeatures]:
         """:meth:`encode` for several images; those of one model-input shape are encoded in one batched call."""
+        if isinstance(images, np.ndarray):
+            raise TypeError(
+                f"encode_batch takes a sequence of images (a list), got one {images.ndim}-D array; "
+                "for a single image use encode(image)"
+            )
         if not self.can_encode:
             raise no_split_error(self.weights, self.backend)
         rule = self._size_rule(size)
@@ -424,7 +447,13 @@ class Matcher:
         Returns:
             One :meth:`__call__` result per pair, in order.
         """
-        for i, (features0, features1) in enumerate(pairs):
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise TypeError(
+                    f"match_batch takes a sequence of (features0, features1) pairs; pairs[{i}] is "
+                    f"{type(pair).__name__}, not a pair"
+                )
+            features0, features1 = pair
             self._check_features(features0, f"pairs[{i}][0]")
             self._check_features(features1, f"pairs[{i}][1]")
         results: list[dict[str, np.ndarray] | None] = [None] * len(pairs)
@@ -472,8 +501,8 @@ class Matcher:
             )
         if features.model != self.model_id:
             raise MatcherError(
-                f"{name} was encoded by another model ({features.model}), not this matcher's ({self.model_id}); "
-                f"encode the image with this matcher"
+                f"{name} was encoded by another model (weights {features.model}), not this matcher's "
+                f"({self.weights.name}, {self.model_id}); encode the image with this matcher"
             )
 
     def _result(

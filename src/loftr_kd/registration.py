@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.features import ImageFeatures
 from loftr_kd.geometry import estimate_homography, warp_points
 from loftr_kd.images import to_gray_float
 from loftr_kd.matcher import Matcher, MatcherError, OpenCVMatcher
@@ -227,6 +228,8 @@ class GuidedMatcher:
     """A :class:`~loftr_kd.matcher.Matcher` that registers through a rotation/zoom search and a rewarp
     (module docstring). Call it like the Matcher: ``guided(image0, image1)`` returns the Matcher's keys
     plus ``prior_homography`` (3, 3) and ``hypothesis`` (rotation_deg, scale, search inliers, final pass).
+    It takes images only, not :class:`~loftr_kd.features.ImageFeatures`: the search re-encodes the images
+    rotated and zoomed.
 
     Args:
         matcher: the student matcher. Scales other than 1 and a ``search_size`` of its own need a model
@@ -341,6 +344,12 @@ class GuidedMatcher:
 
     def __call__(self, image0: np.ndarray, image1: np.ndarray) -> dict[str, np.ndarray]:
         s = self.settings
+        for name, image in (("image0", image0), ("image1", image1)):
+            if isinstance(image, ImageFeatures):
+                raise TypeError(
+                    f"{name}: guided matching takes images, not encoded features (its search encodes each "
+                    "image rotated and zoomed); pass the image, or match features with the Matcher itself"
+                )
         gray0, gray1 = to_gray_float(image0, "image0"), to_gray_float(image1, "image1")
         prior, count, result, (rotation, scale) = self.search(gray0, gray1)
         final_pass = 1
@@ -556,6 +565,10 @@ def register(
     Returns:
         A :class:`Registration`.
     """
+    if len(shape0) != 2 or not all(isinstance(side, int | np.integer) and side > 0 for side in shape0):
+        raise ValueError(
+            f"shape0={tuple(shape0)!r}: expected image0's (height, width), e.g. image0.shape[:2]"
+        )
     rule = rule or VerdictRule()
     homography, inliers = estimate_homography(keypoints0, keypoints1, method=method, threshold=threshold)
     coverage = inlier_coverage(np.asarray(keypoints0).reshape(-1, 2)[inliers], shape0)

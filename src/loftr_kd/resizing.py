@@ -104,12 +104,14 @@ def aspect_true_size(
     max_h, max_w = max_size or (1 << 30, 1 << 30)
     scale = min(size / max(height, width), max_h / height, max_w / width)
     floor_px = min_cells * stride
-    enlarged = min(height, width) * scale < floor_px - stride / 2
-    if enlarged:
-        scale = floor_px / min(height, width)
 
     def side(length: int) -> int:
         return int(max(round(length * scale / stride), 1) * stride)
+
+    # Decided on the rounded side: round() ties to even, so a short side of exactly 2.5 cells becomes 2.
+    enlarged = side(min(height, width)) < floor_px
+    if enlarged:
+        scale = floor_px / min(height, width)
 
     input_h, input_w = side(height), side(width)
     if enlarged and (input_h > max_h or input_w > max_w):

@@ -10,6 +10,7 @@ registration through onnxruntime starts without torch.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import cv2
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RANSAC_METHODS",
     "essential_from_pose",
+    "check_matches",
     "estimate_homography",
     "estimate_relative_pose",
     "normalize_keypoints",
@@ -33,6 +35,24 @@ HORIZON_EPS = 1e-8
 
 # name -> OpenCV flag (an attribute of cv2) of the robust estimators
 RANSAC_METHODS = {"magsac": "USAC_MAGSAC", "ransac": "RANSAC", "lmeds": "LMEDS", "usac": "USAC_DEFAULT"}
+
+
+def check_matches(keypoints0: np.ndarray, keypoints1: np.ndarray) -> int:
+    """The number of matches of two ``(N, 2)`` xy arrays of equal length.
+
+    Raises:
+        ValueError: another shape (a ``(2, N)`` array, a flat list) or lengths that differ.
+    """
+    shapes = [np.shape(points) for points in (keypoints0, keypoints1)]
+    for name, shape in zip(("keypoints0", "keypoints1"), shapes):
+        if len(shape) != 2 or shape[1] != 2:
+            hint = " (transposed? pass points.T)" if len(shape) == 2 and shape[0] == 2 else ""
+            raise ValueError(f"{name} must be an (N, 2) array of x, y matches, got shape {shape}{hint}")
+    if shapes[0][0] != shapes[1][0]:
+        raise ValueError(
+            f"keypoints0 and keypoints1 must hold the same matches: {shapes[0][0]} against {shapes[1][0]} points"
+        )
+    return int(shapes[0][0])
 
 
 def estimate_homography(
@@ -59,7 +79,9 @@ def estimate_homography(
     """
     if method not in RANSAC_METHODS:
         raise ValueError(f"unknown robust estimator {method!r}; choose one of {', '.join(RANSAC_METHODS)}")
-    n = len(keypoints0)
+    if not (isinstance(threshold, int | float | np.number) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold={threshold!r}: the inlier threshold must be a positive number of pixels")
+    n = check_matches(keypoints0, keypoints1)
     if n < 4:
         return None, np.zeros(n, dtype=bool)
     flag = getattr(cv2, RANSAC_METHODS[method])
