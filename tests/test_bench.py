@@ -151,6 +151,22 @@ def test_a_bad_bench_setting_is_one_line_and_exit_status_2():
     assert "tflite" in lines[-1] and "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"sizes": [], "aspect_sizes": []}, "expected at least one \\[height, width\\] pair"),
+        ({"threads": 1.5}, "threads=1.5: expected a number of threads >= 1"),
+        ({"threads": "abc"}, "threads='abc': expected a number of threads >= 1"),
+    ],
+)
+def test_bench_settings_that_measure_nothing_are_refused(settings, message):
+    """sizes=[] was an IndexError traceback, threads=1.5 ran on 1 thread, threads=abc named no setting."""
+    from loftr_kd.bench.speed import BenchSettings
+
+    with pytest.raises(ValueError, match=message):
+        BenchSettings(**settings)
+
+
 def test_matcher_rows_time_whole_calls_side_by_side(tmp_path):
     """The Matcher rows (issue 24): whole API calls, interleaved, each over the same rounds' full pair."""
     from loftr_kd.paths import WEIGHTS_DIR

@@ -331,3 +331,44 @@ def test_numeric_options_are_checked_by_argparse(tmp_path, capsys, option, value
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), option, value])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_argparse_errors_are_one_line_too(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--tile", "0"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith("loftr-kd-match: error: argument --tile: 0 is not >= 1 (loftr-kd-match --help")
+
+
+def test_json_under_a_file_is_refused_before_any_work(pair, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "o"
+    assert _sift(pair[0], pair[1], out, "--json", str(tmp_path / "notes.txt" / "r.json")) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "notes.txt is a file, not a folder" in err
+    assert not out.exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_outputs_written_before_a_failure_stay_loftr_kds_own(pair, tmp_path, capsys, monkeypatch):
+    """A full disk at the --json write: the outputs already written are recorded, so the rerun replaces them
+    (it used to refuse them as 'not written by loftr-kd')."""
+    import errno
+
+    import loftr_kd.files
+
+    real_write_text = loftr_kd.files.write_text
+    json_path = tmp_path / "r.json"
+
+    def full_disk_at_the_json(path, text):
+        if Path(path) == json_path:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_text(path, text)
+
+    monkeypatch.setattr(loftr_kd.files, "write_text", full_disk_at_the_json)
+    out = tmp_path / "o"
+    assert _sift(pair[0], pair[1], out, "--json", str(json_path)) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    monkeypatch.setattr(loftr_kd.files, "write_text", real_write_text)
+    assert _sift(pair[0], pair[1], out, "--json", str(json_path)) == 0
+    assert json.loads(json_path.read_text())["homography"] is not None

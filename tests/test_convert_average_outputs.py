@@ -179,3 +179,7 @@ def test_a_size_off_the_stride_names_the_options(tmp_path, capsys):
     source = save_student(build_student(input_height=64, input_width=96), tmp_path / "s.pt")
     assert convert([str(source), str(tmp_path / "d.pt"), "--height", "100"]) == 2
     assert "--height 100: input_height=100 must be a positive multiple" in capsys.readouterr().err
+    assert (
+        convert([str(source), str(tmp_path / "d.pt"), "--height", "0"]) == 2
+    )  # was "error: : input_height=0"
+    assert "error: --height 0: input_height=0 must be a positive multiple" in capsys.readouterr().err

@@ -218,10 +218,13 @@ def test_load_hpatches_errors(tmp_path):
     with pytest.raises(ValueError, match="H_1_2"):
         ev.load_hpatches(tmp_path)
     # NaN, or a singular matrix, scored every method 0 (or nan) without a word
-    for text in ("nan 0 0\n0 1 0\n0 0 1\n", "0 0 0\n0 0 0\n0 0 0\n"):
+    for text in ("nan 0 0\n0 1 0\n0 0 1\n", "0 0 0\n0 0 0\n0 0 0\n", "1e6 2e6 0\n1e6 2e6 0\n0 0 1e6\n"):
         (seq / "H_1_2").write_text(text)
         with pytest.raises(ValueError, match=r"H_1_2 is not an invertible homography"):
             ev.load_hpatches(tmp_path)
+    # a homography is defined up to scale: the identity times 1e-5 is the identity
+    (seq / "H_1_2").write_text("1e-5 0 0\n0 1e-5 0\n0 0 1e-5\n")
+    assert np.allclose(ev.load_hpatches(tmp_path)[0].H, 1e-5 * np.eye(3))
     # an 8x8 image was upscaled to the protocol's size and scored as if it were a photo
     cv2.imwrite(str(tmp_path / "tiny.png"), photo("camera", 8, 8))
     with pytest.raises(ValueError, match=r"tiny.png: image is 8x8 pixels, too small to evaluate on"):

@@ -100,7 +100,8 @@ def test_failed_export_is_one_line_on_stderr(tmp_path):
         ("width=abc", r"width='abc': expected an integer"),
         ("height=100000", r"export size height=100000 width=640: at most 4096 px a side"),
         ("name=../../x", r"name='../../x': expected a file stem \(no folders\)"),
-        ("atol=-1", r"atol=-1: expected a parity tolerance > 0"),
+        ("atol=-1", r"atol=-1: expected a finite parity tolerance > 0"),
+        ("atol=inf", r"atol=inf: expected a finite parity tolerance > 0"),  # passed every parity check
     ],
 )
 def test_export_settings_are_checked_before_any_work(override, message):

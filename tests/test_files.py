@@ -51,3 +51,56 @@ def test_json_holds_what_reports_contain(tmp_path: Path) -> None:
         "1": "p",
     }
     assert json.loads(write_json(tmp_path / "r.json", payload).read_text())["inf"] is None
+
+
+def test_a_broken_link_where_a_folder_must_be_is_named(tmp_path: Path) -> None:
+    from loftr_kd.files import check_folder_path
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(
+        NotADirectoryError, match=r"--out .*gone/run is inside .*gone, which is a broken symbolic link"
+    ):
+        check_folder_path(tmp_path / "gone" / "run", "--out")
+    with pytest.raises(NotADirectoryError, match="broken symbolic link"):  # the writers' own backstop
+        write_text(tmp_path / "gone" / "a.txt", "x")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_record_itself_is_never_an_output(tmp_path: Path) -> None:
+    """An output named like the record was written, then overwritten by the record: a lost checkpoint."""
+    from loftr_kd.files import OUTPUT_MANIFEST, OutputExistsError, check_outputs
+
+    for force in (False, True):
+        with pytest.raises(OutputExistsError, match="the name of loftr-kd's record"):
+            check_outputs([tmp_path / OUTPUT_MANIFEST], force=force)
+
+
+def test_commands_recording_into_one_folder_at_once_lose_no_entry(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loftr_kd.files import is_own_output, record_outputs
+
+    paths = [write_text(tmp_path / f"out{i}.txt", str(i)) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda path: record_outputs([path], "test"), paths))
+    assert all(is_own_output(path) for path in paths)
+
+
+def test_a_failed_forced_run_records_only_what_it_wrote(tmp_path: Path) -> None:
+    """A user's file that a --force run did not reach (it failed first) stays the user's: a later run
+    without --force must still refuse it."""
+    from loftr_kd.cli.photos import write_outputs
+    from loftr_kd.files import OutputExistsError, check_outputs, is_own_output
+
+    written, mine = tmp_path / "a.png", tmp_path / "photos.json"
+    mine.write_text('{"my": "notes"}')
+
+    def work() -> list[dict]:
+        write_text(written, "a")
+        raise RuntimeError("stopped half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        write_outputs(tmp_path, [written, mine], [], True, work)
+    assert is_own_output(written) and not is_own_output(mine)
+    with pytest.raises(OutputExistsError, match="photos.json already exists and was not written by loftr-kd"):
+        check_outputs([written, mine])

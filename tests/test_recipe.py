@@ -184,6 +184,7 @@ def test_cli_plans_the_shipped_default(capsys: pytest.CaptureFixture, tmp_path: 
     [
         ("until=nosuchstep", r"no step named 'nosuchstep' \(steps: synthetic_scenes, "),
         ("recipe.steps=abc", r"recipe.steps='abc': expected a list of steps"),
+        ("recipe.steps=3", r"recipe.steps=3: expected a list of steps"),  # was a TypeError traceback
         ("recipe.out_dir={file}", r"the run folder .*afile is a file, not a folder"),
     ],
 )

@@ -234,4 +234,4 @@ def test_photos_never_replace_a_users_file_without_force(tmp_path, capsys):
     assert mine.read_bytes() != data and (tmp_path / "notes.txt").read_text() == "mine"
     assert "notes.txt" in capsys.readouterr().err  # said to be left alone
     assert photos.main(argv) == 0  # its own files now: replaced without --force, and said so
-    assert "replacing" in capsys.readouterr().out
+    assert "replaced" in capsys.readouterr().out

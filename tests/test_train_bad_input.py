@@ -105,6 +105,16 @@ def test_a_homography_range_is_checked_before_any_work(override, message):
         check_train_config(_compose(*overrides))
 
 
+def test_a_mix_source_called_homography_has_its_range_checked_too():
+    """The block under a source named "homography" was taken for a range block and its own range skipped."""
+    from loftr_kd.config_check import _check_homography_blocks
+
+    mix = {"sources": {"homography": {"kind": "homography", "homography": {"max_zoom": 0.5}}}}
+    with pytest.raises(ConfigError, match=r"data.sources.homography.homography.max_zoom=0.5: expected >= 1"):
+        _check_homography_blocks("data", mix)
+    _check_homography_blocks("data", {"sources": {"homography": {"homography": {"max_zoom": 2.0}}}})
+
+
 def test_default_and_experiment_configs_pass_the_check():
     configs = [[], ["experiment=paper"], ["experiment=stride8"], ["debug=fast"], ["debug=profiler"]]
     configs += [[f"trainer={t}"] for t in ("cpu", "gpu", "ddp", "ddp_cpu")]
@@ -158,6 +168,18 @@ def test_an_override_of_a_key_the_config_lacks_is_one_line(tmp_path):
     assert unknown_setting("train", ["seed=[1,2"]) is None
     assert unknown_setting("train", ["trainer={max_epochs: 1, foo: 2}"]) is None
     assert unknown_setting("evaluate", ["student=paper"]) is None
+    assert unknown_setting("export", ["deploy=default"]) is None  # a group, not a key that needs a +
+
+
+def test_a_group_the_commands_config_does_not_use_is_left_to_hydra():
+    """evaluate student=fst was answered 'did you mean student=fast?', and student=fast then failed in
+    Hydra: the group is not in evaluate's defaults list at all, which Hydra's own message says."""
+    from loftr_kd.cli import unknown_group_option
+
+    assert unknown_group_option(["student=fst"], "evaluate") is None
+    assert unknown_group_option(["deploy=defalt"], "export") is None  # export takes deploy@_global_
+    assert unknown_group_option(["student=fst"], "train").startswith("student=fst: no such option")
+    assert unknown_group_option(["+student=fst"], "evaluate").startswith("student=fst: no such option")
 
 
 def test_bad_config_is_one_line_before_any_work(tmp_path):

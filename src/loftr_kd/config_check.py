@@ -195,7 +195,8 @@ def _check_homography_blocks(where: str, settings: Mapping[str, Any]) -> None:
                 check_homography_range(**{k: v for k, v in value.items() if k in HOMOGRAPHY_RANGE_KEYS})
             except ValueError as error:
                 raise ConfigError(f"{where}.{key}.{error}") from None
-        else:
+        if key not in ("homography", "val_homography") or not set(value) <= set(HOMOGRAPHY_RANGE_KEYS):
+            # A mix's source may itself be called "homography": what is not only a range is looked into.
             _check_homography_blocks(f"{where}.{key}", value)
 
 

@@ -66,7 +66,11 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     it was. ``suffix`` matters for writers that look at the name (``.onnx``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file or a broken link where a folder must be
+        check_folder_path(path.parent, f"output {path}: its folder")
+        raise
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
@@ -200,6 +204,11 @@ def check_outputs(
         OutputExistsError: the first path that may not be replaced.
     """
     for path in map(Path, paths):
+        if path.name == OUTPUT_MANIFEST:
+            raise OutputExistsError(
+                f"output {path}: {OUTPUT_MANIFEST} is the name of loftr-kd's record of the files it wrote in a "
+                "folder; choose another name"
+            )
         if not path.exists() and not path.is_symlink():
             continue
         if path.is_dir():
@@ -221,10 +230,26 @@ def record_outputs(paths: Iterable[str | os.PathLike], command: str) -> None:
         if path.is_file():
             by_folder.setdefault(path.parent, []).append(path)
     for folder, written in by_folder.items():
-        files = _manifest(folder)
-        for path in written:
-            files[path.name] = {"sha256": _sha256(path), "command": command}
-        write_json(folder / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
+        with _manifest_lock(folder):
+            files = _manifest(folder)
+            for path in written:
+                files[path.name] = {"sha256": _sha256(path), "command": command}
+            write_json(folder / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
+
+
+@contextmanager
+def _manifest_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s manifest for one read-modify-write: two commands recording into one folder at
+    once would otherwise each write the manifest it read, and one's entries would be lost. The lock is
+    the folder itself (``flock`` on its descriptor), so no lock file is left behind."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def remove_own_output(path: str | os.PathLike) -> bool:
@@ -233,9 +258,10 @@ def remove_own_output(path: str | os.PathLike) -> bool:
     if not is_own_output(path):
         return False
     path.unlink()
-    files = _manifest(path.parent)
-    files.pop(path.name, None)
-    write_json(path.parent / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
+    with _manifest_lock(path.parent):
+        files = _manifest(path.parent)
+        files.pop(path.name, None)
+        write_json(path.parent / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
     return True
 
 
@@ -269,6 +295,11 @@ def check_folder_path(folder: Path, label: str) -> None:
         NotADirectoryError: ``<label>`` and the file in the way.
     """
     for path in (folder, *folder.parents):
+        if path.is_symlink() and not path.exists():
+            where = "is" if path == folder else f"is inside {path}, which is"
+            raise NotADirectoryError(
+                f"{label} {folder} {where} a broken symbolic link (to {os.readlink(path)}); choose another path"
+            )
         if path.exists():
             if not path.is_dir():
                 where = "is a file" if path == folder else f"is inside {path}, which is a file"

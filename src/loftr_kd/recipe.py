@@ -376,7 +376,11 @@ def steps_from_config(specs: Sequence[Mapping[str, Any]]) -> list[Step]:
     """Steps from a recipe's ``steps`` list (plain dicts)."""
     if not specs:
         raise RecipeError("recipe.steps is empty")
-    if isinstance(specs, (str, bytes)) or not all(isinstance(spec, Mapping) for spec in specs):
+    if (
+        isinstance(specs, (str, bytes))
+        or not isinstance(specs, Sequence)
+        or not all(isinstance(spec, Mapping) for spec in specs)
+    ):
         raise RecipeError(f"recipe.steps={specs!r}: expected a list of steps (mappings with name, kind, ...)")
     return [Step.from_mapping(spec) for spec in specs]
 

@@ -128,6 +128,10 @@ class BenchSettings:
         unknown |= set(self.matcher_rows) - set(MATCHER_ROWS)
         if unknown:
             raise ValueError(f"unknown bench entries {sorted(unknown)}")
+        if not self.sizes + self.aspect_sizes:
+            raise ValueError(
+                "sizes=[] and aspect_sizes=[]: expected at least one [height, width] pair to measure"
+            )
         for h, w in self.sizes + self.aspect_sizes:
             if h % 16 or w % 16 or min(h, w) < 32:
                 raise ValueError(
@@ -135,7 +139,9 @@ class BenchSettings:
                 )
         if self.iters < 1 or self.teacher_iters < 1 or self.pairs < 1:
             raise ValueError("iters, teacher_iters and pairs must be >= 1")
-        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise ValueError(
                 f"threads={self.threads!r}: expected a number of threads >= 1, or null (all cores)"
             )
@@ -486,12 +492,18 @@ def bench(settings: BenchSettings, *, log: Callable[[str], None] = print) -> dic
     }
     for name in settings.students:  # a missing, corrupt or unknown student is one line now, not a "-" row
         try:
-            _student_model(name, *settings.sizes[0], settings)
+            _student_model(name, *(settings.sizes + settings.aspect_sizes)[0], settings)
         except (FileNotFoundError, KeyError, RuntimeError, ValueError) as error:
             text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             raise ValueError(f"students: {name}: {text}") from error
+    planned = plan_rows(settings, threads)
+    if not planned and not (settings.matcher_rows and settings.sizes):
+        raise ValueError(
+            "nothing to measure: every row list is empty (students with backends, teachers, classical, "
+            "references, matcher_rows)"
+        )
     rows = []
-    for spec in plan_rows(settings, threads):
+    for spec in planned:
         size = (spec["height"], spec["width"])
         log(f"bench: {spec['model']} / {spec['backend']} at {size[1]}x{size[0]} ...")
         if settings.isolate:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def hydra_command(
@@ -56,7 +58,11 @@ def hydra_command(
         if "--help" in args or "-h" in args:
             print(help_text(program, summary, config_name, [a for a in args if a not in ("--help", "-h")]))
             return None
-        unknown = unknown_group_option(args) or unknown_setting(config_name, args)
+        from loftr_kd.errors import debug_enabled
+
+        unknown = None
+        if not debug_enabled():  # with the debug flag, Hydra's own error and traceback
+            unknown = unknown_group_option(args, config_name) or unknown_setting(config_name, args)
         if unknown:  # Hydra's own message is a dozen lines and exit 1
             from loftr_kd.errors import EXIT_USAGE
 
@@ -75,9 +81,12 @@ def hydra_command(
     return main
 
 
-def unknown_group_option(overrides: Sequence[str]) -> str | None:
+def unknown_group_option(overrides: Sequence[str], config_name: str | None = None) -> str | None:
     """The first ``group=option`` override (``student=fst``) naming no ``conf/<group>/<option>.yaml``, as a
     line naming the options there (the closest first); ``None`` when every one exists.
+
+    With ``config_name``, a group that config does not use (``student=`` for ``export``) is left to Hydra,
+    which says so, unless the override adds it (``+group=option``).
 
     Only plain names are checked (a sweep's ``student=paper,fast`` name by name); quoted or bracketed values,
     interpolations, sweep functions and ``null`` are left to Hydra, and so is everything when the configs
@@ -108,10 +117,34 @@ def unknown_group_option(overrides: Sequence[str]) -> str | None:
         for option in value.split(","):
             if option == "null" or option in options:
                 continue
+            if (
+                config_name is not None
+                and not override.startswith("+")
+                and group not in _groups_of(config_name)
+            ):
+                return None  # Hydra: "Could not override '<group>'. No match in the defaults list."
             close = difflib.get_close_matches(option, options, n=1)
             hint = f" (did you mean {group}={close[0]}?)" if close else ""
             return f"{group}={option}: no such option of {group}{hint}; choose one of {', '.join(options)}"
     return None
+
+
+@functools.cache
+def _groups_of(config_name: str) -> frozenset[str]:
+    """The config groups ``config_name``'s defaults list uses (composed once; only on an error's path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from loftr_kd.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose(config_name, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    return frozenset(str(group) for group in cfg.hydra.runtime.choices)
 
 
 def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
@@ -151,6 +184,9 @@ def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
         ):
             return None
     key = match.group(1)
+
+    if (Path(CONFIG_DIR) / key).is_dir():  # a config group (deploy=, student=) the config does not take
+        return None
     override = next((o for o in overrides if o.split("=", 1)[0].lstrip("~+") == key), key)
     parent, _, leaf = key.rpartition(".")
     try:
@@ -233,6 +269,15 @@ def _log_to_run_files(line: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, ``<prog>: error: <message> (<prog> --help: the
+    options)``, exit status 2, as every other bad input of the commands (argparse's own prints its usage
+    block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help: the options)\n")
 
 
 def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loftr_kd.cli import ArgumentParser
+
 PROG = "loftr-kd-average"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Average the weights of student checkpoints fine-tuned from one initialisation (a model "
         "soup / SWA over saved checkpoints) and write a save_student file. BatchNorm statistics are averaged "
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> None:
         student, report = average_students(sources)
     except (KeyError, RuntimeError) as error:
         raise load_error(error) from error
+    own = check_output_file(out, args.force, label="--out")  # again: a file may have appeared meanwhile
     replaced = replaced_line(out, own)
     save_student(student, out)
     record_outputs([out], PROG)

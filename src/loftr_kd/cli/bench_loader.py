@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from loftr_kd.cli import ArgumentParser
 from loftr_kd.data.blendedmvs import BlendedMVSPairDataset, find_scenes
 from loftr_kd.data.sampling import EpochPairSampler
 from loftr_kd.data.synthetic import write_toy_dataset
@@ -146,7 +147,7 @@ def benchmark(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the BlendedMVS layout")
     parser.add_argument(
         "--make-toy", action="store_true", help="write toy 768x576 scenes to --root if it has none"

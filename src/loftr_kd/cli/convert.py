@@ -13,11 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loftr_kd.cli import ArgumentParser
+
 PROG = "loftr-kd-convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Convert any student checkpoint the project reads (a published Coarse_LoFTR_TRT "
         "LoFTR_teacher.pt, a Lightning checkpoint, a save_student file) to the project's own save_student "
@@ -62,9 +64,11 @@ def run(args: argparse.Namespace) -> None:
         raise load_error(error) from error
     except ValueError as error:
         if "input_height" in str(error) or "input_width" in str(error):  # the size asked for, not the file
-            given = " ".join(f"--{k} {v}" for k, v in (("height", args.height), ("width", args.width)) if v)
+            options = (("height", args.height), ("width", args.width))
+            given = " ".join(f"--{k} {v}" for k, v in options if v is not None) or f"{source}'s stored size"
             raise ValueError(f"{given}: {error}") from error
         raise
+    own = check_output_file(destination, args.force)  # again: a file may have appeared during the work
     replaced = replaced_line(destination, own)
     save_student(model, destination)
     record_outputs([destination], PROG)

@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from loftr_kd.cli import nonnegative_int, plain_warnings, positive_int
+from loftr_kd.cli import ArgumentParser, nonnegative_int, plain_warnings, positive_int
 from loftr_kd.cli.match import add_model_arguments
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,16 @@ class DemoApp:
         }
 
 
+class SourceError(RuntimeError):
+    """A camera or video that OpenCV cannot open: the machine's state (a user's error), one line."""
+
+
 def open_source(source: str) -> cv2.VideoCapture:
     """Camera index (``"0"``) or video file; a clear error when it cannot be opened."""
     if source.isdigit():
         capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
-            raise RuntimeError(
+            raise SourceError(
                 f"cannot open camera {source}: is it connected and not used by another program?"
             )
         return capture
@@ -147,7 +151,7 @@ def open_source(source: str) -> cv2.VideoCapture:
         raise FileNotFoundError(f"video file {path} not found")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise RuntimeError(f"cannot open {path} as a video (unsupported codec or corrupt file)")
+        raise SourceError(f"cannot open {path} as a video (unsupported codec or corrupt file)")
     return capture
 
 
@@ -206,11 +210,13 @@ def _progress(frames: int, total: int | None, fps: float) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from loftr_kd.files import check_outputs, record_outputs, replacing
+    from loftr_kd.files import check_folder_path, check_outputs, record_outputs, replacing
     from loftr_kd.matcher import build_matcher
 
     outputs = [args.out, *write_timing_paths(args.out)] if args.out is not None else []
     check_outputs(outputs, force=args.force, force_hint="--force")
+    if args.out is not None:
+        check_folder_path(Path(args.out).parent, f"--out {args.out}: its folder")
     if any(Path(p).is_file() for p in outputs):  # an earlier run's (or, with --force, anyone's)
         print(
             f"replacing the outputs of an earlier run: {', '.join(str(p) for p in outputs if Path(p).is_file())}"
@@ -319,7 +325,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="loftr-kd-demo",
         description="Live matching of a camera or video against a reference frame. Keys: s = set the "
         "reference, p = freeze a snapshot with numbered matches, q = quit.",
@@ -381,8 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plain_warnings("loftr-kd-demo")
     try:
-        # A camera that cannot be opened is a RuntimeError of open_source: the machine's state, one line.
-        return exit_status("loftr-kd-demo", lambda: run_demo(args), also=(RuntimeError,))
+        return exit_status("loftr-kd-demo", lambda: run_demo(args), also=(SourceError,))
     except KeyboardInterrupt:
         return 130
 

@@ -19,13 +19,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from loftr_kd.cli import ArgumentParser
+
 PROG = "loftr-kd-homographies"
 PAIR_FILES = ("1.png", "2.png", "H_1_2")
 _PAIR_FOLDER = re.compile(r"h_\d{4,}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Write HPatches-layout pairs (<out>/h_NNNN/1.png, 2.png, H_1_2) with exact homographies "
         "from a folder of photos (--images) or from a named photo set of the installed packages (--photo-set, "

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd.cli import plain_warnings, positive_float, positive_int
+from loftr_kd.cli import ArgumentParser, plain_warnings, positive_float, positive_int
 from loftr_kd.runtime import MATCHER_BACKEND
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def check_output_folder(out: Path, extra: Sequence[Path] = (), force: bool = Fal
     from loftr_kd.files import check_folder_path, check_outputs, is_own_output
 
     check_folder_path(out, "--out")
+    for path in extra:
+        check_folder_path(path.parent, f"--json {path}: its folder")
     planned = [out / name for name in OUTPUT_NAMES]
     check_outputs([*planned, *extra], force=force, force_hint="--force")
     return [path for path in planned if is_own_output(path)]
@@ -173,7 +175,7 @@ def rotations_argument(text: str) -> str | tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="loftr-kd-match",
         description="Match two images with the distilled LoFTR student (the shipped one refines its matches "
         "to sub-pixel positions; or ORB/SIFT), estimate the homography image0 -> image1 and register image1 "
@@ -296,17 +298,6 @@ def run(args: argparse.Namespace) -> dict:
     canvas = draw_matches(
         to_uint8(image0), to_uint8(image1), k0[shown], k1[shown], correct=inliers[shown], title=title
     )
-    written = [write_image(out / "matches.png", canvas)]
-    if homography is not None:
-        written.append(write_text(out / "homography.txt", _homography_text(homography)))
-        shown_h = np.linalg.inv(_reduction(factor1)) @ homography @ _reduction(factor0)
-        warped = warp_onto(to_uint8(image0), to_uint8(image1), shown_h)
-        written.append(write_image(out / "registered_overlay.png", overlay(to_uint8(image0), warped)))
-        written.append(
-            write_image(
-                out / "registered_checkerboard.png", checkerboard(to_uint8(image0), warped, args.tile)
-            )
-        )
     record = {
         "image0": str(args.image0),
         "image1": str(args.image1),
@@ -334,13 +325,27 @@ def run(args: argparse.Namespace) -> dict:
             "rewarped": final_pass == 2,
         }
     text = json.dumps(record)
-    written.append(write_text(out / "matches.json", text))
-    if args.json is not None:
-        written.append(write_text(args.json, text))
+    written: list[Path] = []
+    try:  # what was written is recorded as loftr-kd's also when a later write fails: a rerun replaces it
+        written.append(write_image(out / "matches.png", canvas))
+        if homography is not None:
+            written.append(write_text(out / "homography.txt", _homography_text(homography)))
+            shown_h = np.linalg.inv(_reduction(factor1)) @ homography @ _reduction(factor0)
+            warped = warp_onto(to_uint8(image0), to_uint8(image1), shown_h)
+            written.append(write_image(out / "registered_overlay.png", overlay(to_uint8(image0), warped)))
+            written.append(
+                write_image(
+                    out / "registered_checkerboard.png", checkerboard(to_uint8(image0), warped, args.tile)
+                )
+            )
+        written.append(write_text(out / "matches.json", text))
+        if args.json is not None:
+            written.append(write_text(args.json, text))
+    finally:
+        record_outputs(written, "loftr-kd-match")
     stale = [p for p in previous if p not in written]
     for path in stale:  # an earlier output this run does not replace would contradict it
         remove_own_output(path)
-    record_outputs(written, "loftr-kd-match")
     if previous:
         print(f"replaced the outputs of a previous loftr-kd-match run in {out}")
     print(f"{args.backend}{' guided' if guided else ''}: {registration.reason}; outputs in {out}")

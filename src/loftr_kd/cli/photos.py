@@ -16,16 +16,18 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from loftr_kd.cli import ArgumentParser
 from loftr_kd.data.photos import PHOTO_SETS, collect_photos, photo_set
 from loftr_kd.files import check_folder_path, describe_entries
+from loftr_kd.images import MIN_TRAINING_SIDE
 
 PROG = "loftr-kd-photos"
-# The long side of a written photo: loftr_kd.images.MIN_TRAINING_SIDE, the least any reader accepts.
-MIN_MAX_SIDE = 32
+# The long side of a written photo: at least the shorter side any reader accepts.
+MIN_MAX_SIDE = MIN_TRAINING_SIDE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Write a named set of photographs from the installed packages to a folder (loftr-kd-photos "
         "--set train --out DIR), for data=homography data.root=DIR or loftr-kd-homographies --images DIR.",
@@ -69,6 +71,15 @@ def _earlier_outputs(out: Path, manifest: str, paths_of: Callable[[dict], list[P
         return []
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file apart from the one written in its place (written atomically: a new inode)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
 def write_outputs(
     out: Path,
     planned: list[Path],
@@ -89,15 +100,17 @@ def write_outputs(
         check_outputs(planned, force=force, force_hint="--force")
     except ValueError as error:
         raise ValueError(f"--out {out}: {error}") from None
-    replaced = sum(1 for p in planned if p.is_file())
-    if replaced:  # an earlier run's unchanged files (or, with --force, anyone's)
-        print(f"replacing {replaced} files of an earlier run in {out}")
+    before = {p: _identity(p) for p in planned}
     try:
         rows = work()
     finally:
-        # Every planned path that exists now was free before (absent or an unchanged earlier output,
-        # checked above) or forced: it is this run's, also when the run stopped half-way.
-        record_outputs([p for p in planned if p.is_file()], PROG)
+        # Only what this run wrote is recorded as loftr-kd's: a planned path it did not reach (a failed
+        # run) still holds what was there, perhaps a user's file that --force would have replaced.
+        written = [p for p in planned if p.is_file() and _identity(p) != before[p]]
+        record_outputs(written, PROG)
+    replaced = sum(1 for p in written if before[p] is not None)
+    if replaced:  # an earlier run's unchanged files (or, with --force, anyone's)
+        print(f"replaced {replaced} files that were in {out} before this run")
     planned_set = set(planned)
     stale = [p for p in earlier if p not in planned_set and is_own_output(p)]
     for path in stale:  # another set's photos would be read as part of this one

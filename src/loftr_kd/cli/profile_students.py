@@ -23,12 +23,13 @@ from loftr_kd.bench.profiling import (  # noqa: F401 - load_preset is public her
     profile_backbone_variants,
     report_text,
 )
+from loftr_kd.cli import ArgumentParser
 
 PROG = "loftr-kd-profile"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Time student presets in onnxruntime, whole model and per stage "
         "(backbone / transformer / matching).",
@@ -127,10 +128,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             table = profile_backbone_variants(*sizes[0], args.repeats, Path(tmp))
         print(f"1-min load average {os.getloadavg()[0]:.1f}")
         print(table)
-        return {"backbone_variants": table}
-    with tempfile.TemporaryDirectory(prefix="profile_students_") as tmp:
-        result = profile(args.presets, sizes, args.threads, args.repeats, Path(tmp))
-    print(report_text(result, args.presets[0]))
+        result: dict[str, Any] = {"backbone_variants": table}
+    else:
+        with tempfile.TemporaryDirectory(prefix="profile_students_") as tmp:
+            result = profile(args.presets, sizes, args.threads, args.repeats, Path(tmp))
+        print(report_text(result, args.presets[0]))
     if args.json is not None:
         from loftr_kd.files import record_outputs, write_text
 

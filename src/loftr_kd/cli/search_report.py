@@ -12,11 +12,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from loftr_kd.cli import ArgumentParser
 from loftr_kd.errors import report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="loftr-kd-search-report",
         description="(Re)write the table and plot of a student search (hparams_search=student_latency) from "
         "its trials' search_trial.json files, e.g. for an interrupted sweep.",

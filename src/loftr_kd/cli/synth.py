@@ -6,11 +6,12 @@ import argparse
 import time
 from collections.abc import Sequence
 
+from loftr_kd.cli import ArgumentParser
 from loftr_kd.data.synthetic import generate_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="loftr-kd-synth", description="Generate synthetic scenes in the BlendedMVS layout."
     )
     parser.add_argument(

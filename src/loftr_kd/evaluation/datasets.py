@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loftr_kd.images import read_image
+from loftr_kd.images import MIN_TRAINING_SIDE, read_image
 
 __all__ = [
     "HomographyPair",
@@ -94,7 +94,9 @@ def load_hpatches(root: str | Path, sequences: Iterable[str] | None = None) -> l
                 raise ValueError(f"cannot read the homography {h_path}: {err}") from err
             if H.shape != (3, 3):
                 raise ValueError(f"{h_path} must hold a 3x3 matrix, got shape {H.shape}")
-            if not np.isfinite(H).all() or abs(np.linalg.det(H)) < 1e-12:
+            # A homography is defined up to scale: judge the matrix scaled to a largest entry of 1.
+            scale = np.abs(H).max() if np.isfinite(H).all() else 0.0
+            if scale == 0 or abs(np.linalg.det(H / scale)) < 1e-12:
                 # every method would score 0 (or nan) against it, and the report would look like a result
                 raise ValueError(f"{h_path} is not an invertible homography (NaN/inf or a singular matrix)")
             pairs.append(HomographyPair(name, index, first, other, H))
@@ -163,7 +165,7 @@ def write_pose_pairs(path: str | Path, pairs: Iterable[PosePair], image_root: st
 
 
 # An evaluation image must hold two coarse cells of the default student without being upscaled into them.
-MIN_EVALUATION_SIDE = 32
+MIN_EVALUATION_SIDE = MIN_TRAINING_SIDE
 
 
 def read_benchmark_image(path: str | Path) -> np.ndarray:

@@ -467,9 +467,10 @@ def export_student(
 ) -> ExportResult:
     """Load a student checkpoint at the export size, export it, check it and write the report.
 
-    Called at the end of every training run. The checkpoint is only read. On any failure an
-    ``ExportError`` is raised (after writing the report when the export itself succeeded), so the
-    caller can log it and keep its checkpoints.
+    Called at the end of every training run. The checkpoint is only read. A failure of the export or its
+    checks is an ``ExportError`` (after writing the report when the export itself succeeded); a file that
+    is not a student's, weights holding NaN/inf or a size off the stride are a ``ValueError`` before any
+    work. Either way the caller can log it and keep its checkpoints.
 
     Args:
         checkpoint: Lightning checkpoint (``student_config`` + ``student.*``) or ``save_student`` file.

@@ -11,6 +11,7 @@ build keeps the ONNX file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -115,8 +116,13 @@ class ExportSettings:
             raise ValueError(f"parity_pairs must be >= 0, got {self.parity_pairs}")
         if self.dynamic not in (False, True, "batch"):
             raise ValueError(f"dynamic must be false, true or batch, got {self.dynamic!r}")
-        if not (isinstance(self.atol, (int, float)) and self.atol > 0):  # was found only after the export
-            raise ValueError(f"atol={self.atol!r}: expected a parity tolerance > 0")
+        if not (
+            isinstance(self.atol, (int, float))
+            and not isinstance(self.atol, bool)
+            and math.isfinite(self.atol)
+            and self.atol > 0
+        ):  # was found only after the export; inf would pass every parity check
+            raise ValueError(f"atol={self.atol!r}: expected a finite parity tolerance > 0")
         if not 0.0 <= self.min_match_agreement <= 1.0:
             raise ValueError(f"min_match_agreement must be in [0, 1], got {self.min_match_agreement}")
         low, high = SUPPORTED_OPSETS
