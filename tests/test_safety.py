@@ -775,6 +775,11 @@ def test_every_python_door_refuses_weights_holding_nan(tmp_path):
         student.backbone.conv1.weight[0, 0, 0, 0] = float("nan")
     path = save_student(student, tmp_path / "diverged.pt")
     doors = _student_file_doors(path, tmp_path / "cache", 96, 128)
+    from loftr_kd.averaging import average_students
+    from loftr_kd.export.onnx import export_student
+
+    doors["export"] = lambda: export_student(path, tmp_path / "cache" / "export", height=96, width=128)
+    doors["average"] = lambda: average_students([path, path])
     for door, call in doors.items():
         with pytest.raises((ValueError, MatcherError)) as info:
             call()
