@@ -9,6 +9,7 @@ import re
 import warnings
 from pathlib import Path
 
+from loftr_kd.errors import user_stacklevel
 from loftr_kd.runtime.backend import ENGINE_SUFFIXES, Backend, MatcherError, check_backend
 
 
@@ -39,7 +40,7 @@ def check_device(device: str, backend: str) -> None:
             warnings.warn(
                 f"device={device!r}: this onnxruntime has no CUDA provider (onnxruntime-gpu is not "
                 f"installed); running on the CPU",
-                stacklevel=3,  # the caller of the Matcher (or of open_backend)
+                stacklevel=user_stacklevel(),
             )
 
 

@@ -21,6 +21,16 @@ EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM after writing a resumable checkpoi
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def user_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel of the nearest caller outside loftr_kd and torch (``Module.__call__``), so
+    a warning raised deep in the package points at the user's line, whichever public door it came through.
+    Call it in the function that calls ``warnings.warn``."""
+    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("loftr_kd.", "torch.")):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def debug_enabled() -> bool:
     """True when ``LOFTR_KD_DEBUG`` or ``HYDRA_FULL_ERROR`` is set to something other than 0/empty."""
     return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARIABLES)
@@ -126,4 +136,5 @@ __all__ = [
     "one_line",
     "report",
     "root_cause",
+    "user_stacklevel",
 ]

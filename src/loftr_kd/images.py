@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from loftr_kd.errors import user_stacklevel
+
 PathLike = str | os.PathLike
 
 _JPEG_EXT = re.compile(r"\.(jpe?g)$", re.IGNORECASE)
@@ -137,7 +139,7 @@ def read_image_for_matching(path: PathLike, max_pixels: int = MAX_MATCH_PIXELS) 
         f"resolution; decoded at 1/{factor} ({image.shape[1]}x{image.shape[0]}) to bound memory. Keypoints "
         "and homographies are reported in the pixels of the full image; pictures are drawn at 1/"
         f"{factor}.",
-        stacklevel=2,
+        stacklevel=user_stacklevel(),
     )
     return image, factor
 

@@ -29,7 +29,6 @@ Conventions (kornia's LoFTR docstring):
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loftr_kd.errors import user_stacklevel
 from loftr_kd.matcher import aspect_true_size
 from loftr_kd.models.matching import match_entries
 
@@ -46,14 +46,6 @@ KEYPOINT_FRAMES = ("loftr", "kornia")
 _UNSUPPORTED_KEYS = ("mask0", "mask1", "features0", "features1")
 # Resampling and colour conversion can leave values a hair outside [0, 1]; more than this is a wrong range.
 _RANGE_SLACK = 1e-3
-
-
-def _callers_level() -> int:
-    """``warnings.warn``'s stacklevel of the user's line: past this module and torch's ``Module.__call__``."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith((__name__, "torch.")):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class StudentLoFTR(nn.Module):
@@ -143,7 +135,7 @@ class StudentLoFTR(nn.Module):
                 f"{name} of {w}x{h} pixels is too elongated for a long side of {size} px: its short side would "
                 f"get fewer than {self.min_cells} coarse cells (border removal leaves none), so it is matched "
                 f"at {input_w}x{input_h} instead",
-                stacklevel=_callers_level(),
+                stacklevel=user_stacklevel(),
             )
         param = next(self.model.parameters())
         image = image.to(device=param.device, dtype=param.dtype)

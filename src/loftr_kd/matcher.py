@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from loftr_kd.classical import (  # noqa: F401 - CLASSICAL_METHODS and OpenCVMat
     OpenCVMatcher,
     _empty_result,
 )
+from loftr_kd.errors import user_stacklevel
 from loftr_kd.features import ImageFeatures
 from loftr_kd.images import (  # noqa: F401 - to_gray_float is public here
     ImageError,
@@ -87,16 +87,6 @@ def _missing_weights_message(path: Path) -> str:
         f"the run directory; copy it to {path}) or pass a file with --weights / Matcher(weights=...) "
         f"(.pt/.ckpt from training, .onnx from loftr-kd-export, or a TensorRT .engine)."
     )
-
-
-def _outside_this_module() -> int:
-    """``warnings.warn``'s stacklevel of the nearest caller outside this module, so a warning raised in a
-    helper points at the user's line whichever public method it came through (``__call__``, ``prepare``,
-    ``encode``)."""
-    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class Matcher:
@@ -346,7 +336,7 @@ class Matcher:
             warnings.warn(
                 f"{name} is uniform (every pixel {low:.3g} on the 0-1 scale): it has nothing to match, and any "
                 f"match on it is not a real correspondence",
-                stacklevel=_outside_this_module(),
+                stacklevel=user_stacklevel(),
             )
         elif (high := nearly_black(gray)) is not None:
             warnings.warn(
@@ -354,7 +344,7 @@ class Matcher:
                 f"is read in [0, {value_scale(image, name):g}]), so few or no matches are found; a uint16 "
                 "array holding 8- or 10-bit values, or a float image with values a little above 1, must be "
                 "rescaled to its own range first (docs/usage.md, 'Images')",
-                stacklevel=_outside_this_module(),
+                stacklevel=user_stacklevel(),
             )
         return prepared
 

@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.errors import user_stacklevel
 from loftr_kd.features import ImageFeatures
 from loftr_kd.geometry import estimate_homography, warp_points
 from loftr_kd.images import to_gray_float
@@ -393,7 +394,7 @@ def with_guidance(matcher: Matcher | OpenCVMatcher, guided: Any) -> Matcher | Op
             "guided=false, says so without this warning). For guided registration give the checkpoint "
             "(.ckpt/.pt) or an export with `loftr-kd-export dynamic=true`",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return matcher
     return GuidedMatcher(matcher, settings)

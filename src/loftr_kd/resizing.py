@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from loftr_kd.errors import user_stacklevel
 from loftr_kd.images import ImageError, check_aspect
 
 __all__ = ["Letterbox", "aspect_true_size", "letterbox", "resize_aspect_true"]
@@ -144,7 +145,7 @@ def resize_aspect_true(
             f"fewer than {min_cells} coarse cells (border removal leaves none), so it is matched at "
             f"{input_w}x{input_h} instead",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     interpolation = cv2.INTER_AREA if input_h * input_w < h * w else cv2.INTER_LINEAR
     resized = (
