@@ -108,3 +108,22 @@ def test_resume_within_epoch_continues_the_draw() -> None:
     other.resume_within_epoch(1, 6)
     other.set_epoch(2)
     assert list(other) == expected
+
+
+def test_a_resumed_sampler_is_placed_before_the_loader_draws() -> None:
+    """Lightning sets the epoch only after DataLoader workers drew their first indices: the data module
+    places the resumed sampler itself (the epoch, the place in it, the next epoch after an epoch's end)."""
+    from loftr_kd.data.sampling import ResumableDraw
+
+    def placed(position: tuple[int, int]) -> list[int]:
+        module = ResumableDraw()
+        module.load_state_dict({"epoch": position[0], "batches_done": position[1]})
+        sampler = EpochPairSampler(50, 20, seed=3, rank=0, world_size=1)
+        module._place_resumed(sampler, batches_per_epoch=5, per_batch=4)
+        return list(sampler)
+
+    def epoch(number: int) -> list[int]:
+        return EpochPairSampler(50, 20, seed=3, rank=0, world_size=1).epoch_indices(number).tolist()
+
+    assert placed((1, 2)) == epoch(1)[8:]  # mid-epoch: the rest of that epoch's draw
+    assert placed((1, 5)) == epoch(2)  # saved at the end of epoch 1: epoch 2, whole

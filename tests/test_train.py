@@ -572,3 +572,24 @@ def test_a_config_saved_before_the_robust_fit_validation_still_trains(scenes: Pa
     train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert "val/student/auc_pose@5deg" in summary["final_metrics"]
+
+
+def test_resume_at_an_epoch_end_with_loader_workers_trains_the_next_epoch(
+    scenes: Path, tmp_path: Path
+) -> None:
+    """With DataLoader workers the loader's iterator is built (and its indices drawn) before Lightning sets
+    the resumed epoch on the sampler: a run resumed from an epoch's last.ckpt trained 0 batches in the next
+    epoch and ended "finished" one epoch short. Now it is the uninterrupted run."""
+    common = ("data.num_workers=2", "deploy.enabled=false", "validate_before_training=false")
+    first = tmp_path / "first"
+    train(_cfg(first, scenes, *common, "trainer.max_epochs=1"))
+    resumed, whole = tmp_path / "resumed", tmp_path / "whole"
+    train(_cfg(resumed, scenes, *common, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
+    train(_cfg(whole, scenes, *common))
+    final, reference = (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        for run in (resumed, whole)
+    )
+    assert final["global_step"] == reference["global_step"] == 8  # 2 epochs of 4 steps
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)

@@ -399,16 +399,21 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         sampler = EpochPairSampler(len(self.train_dataset), self.pairs_per_epoch, self.seed)
-        if self._resume_position is not None:
-            epoch, batches_done = self._resume_position
-            sampler.resume_within_epoch(epoch, batches_done * self.batch_size)
-            self._resume_position = None
+        batches = (
+            len(sampler) // self.batch_size
+            if self._drop_last(sampler)
+            else -(-len(sampler) // self.batch_size)
+        )
+        self._place_resumed(sampler, batches, self.batch_size)
         return sampler
+
+    def _drop_last(self, sampler: EpochPairSampler) -> bool:
+        """Constant batch size for accumulation, unless the epoch is smaller than one batch."""
+        return len(sampler) >= self.batch_size
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()
-        # Constant batch size for accumulation, unless the epoch is smaller than one batch.
-        return self._loader(self.train_dataset, sampler=sampler, drop_last=len(sampler) >= self.batch_size)
+        return self._loader(self.train_dataset, sampler=sampler, drop_last=self._drop_last(sampler))
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

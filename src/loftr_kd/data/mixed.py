@@ -223,9 +223,7 @@ class MixedDataModule(ResumableDraw, pl.LightningDataModule):
             max(1, self.pairs_per_epoch // self.batch_size),
             self.seed,
         )
-        if self._resume_position is not None:
-            sampler.resume_within_epoch(*self._resume_position)
-            self._resume_position = None
+        self._place_resumed(sampler, len(sampler), 1)
         return DataLoader(
             self.train_dataset,
             batch_sampler=sampler,

@@ -38,6 +38,27 @@ class ResumableDraw:
         if "epoch" in state_dict:
             self._resume_position = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
+    def _place_resumed(self, sampler: Any, batches_per_epoch: int, per_batch: int) -> None:
+        """Point a new training sampler at the resumed run's epoch (and its place in it), once.
+
+        Lightning builds the loader's iterator before it calls ``set_epoch`` on a resumed run's first epoch,
+        and DataLoader workers draw their first indices when the iterator is built: without this the
+        resumed epoch would get epoch 0's draw (mid-epoch), or nothing at all (a checkpoint saved at an
+        epoch's end, whose run goes on with the next epoch). ``per_batch``: the sampler's items per batch
+        (``batch_size`` for a sampler of indices, 1 for a batch sampler).
+        """
+        if self._resume_position is None:
+            return
+        epoch, batches_done = self._resume_position
+        self._resume_position = None
+        if (
+            batches_done >= batches_per_epoch
+        ):  # the checkpoint closed its epoch: the run goes on with the next
+            epoch, batches_done = epoch + 1, 0
+        sampler.set_epoch(epoch)
+        if batches_done:
+            sampler.resume_within_epoch(epoch, batches_done * per_batch)
+
 
 class EpochPairSampler(Sampler[int]):
     """Draws ``pairs_per_epoch`` random pair indices per epoch, reproducible from ``(seed, epoch)``.
