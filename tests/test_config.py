@@ -157,3 +157,16 @@ def test_homography_data_config_takes_a_validation_range(tmp_path: Path) -> None
     datamodule.setup("fit")
     assert datamodule.train_dataset.max_rotation_deg == 90.0
     assert datamodule.val_dataset.max_rotation_deg == 20.0 and datamodule.val_dataset.max_zoom == 3.0
+
+
+def test_the_best_checkpoint_of_a_lower_is_better_metric_is_its_lowest(tmp_path):
+    """optimized_metric=val/loss picked (and exported) the epoch of the highest loss: mode was max for all."""
+    from loftr_kd.config import metric_mode
+
+    for name in ("val/loss", "val/student/epe_median_px", "val/student/mae", "val/kd_loss"):
+        assert metric_mode(name) == "min", name
+    for name in ("val/student/f1", "val/student/precision@3px", "val/student/auc@5", "val/student/recall"):
+        assert metric_mode(name) == "max", name
+    for metric, mode in (("val/loss", "min"), ("val/student/f1", "max")):
+        cfg = _compose([f"optimized_metric={metric}"], tmp_path)
+        assert cfg.callbacks.best_checkpoint.mode == mode

@@ -15,6 +15,17 @@ from loftr_kd.paths import CONFIG_DIR, REPO_ROOT, WEIGHTS_DIR, work_dir
 __all__ = ["CONFIG_DIR", "preset_values", "register_resolvers"]
 
 
+# Logged metrics where lower is better (the rest, F1, precision, AUC, are higher-is-better).
+_LOWER_IS_BETTER = ("loss", "epe", "error", "mae", "latency", "time", "nonfinite")
+
+
+def metric_mode(name: str) -> str:
+    """``"min"`` for a metric where lower is better (a loss, an end-point error, a time), else ``"max"``:
+    the best checkpoint's ``mode`` for ``optimized_metric`` (``${loftr_kd_metric_mode:...}``)."""
+    leaf = str(name).rsplit("/", 1)[-1].lower()
+    return "min" if any(word in leaf for word in _LOWER_IS_BETTER) else "max"
+
+
 def register_resolvers() -> None:
     """Register the path resolvers (idempotent); call before composing configs.
 
@@ -22,6 +33,7 @@ def register_resolvers() -> None:
     ``${loftr_kd_weights:}`` the shipped weights, ``${loftr_kd_repo:}`` the checkout (or the installed package).
     """
     resolvers = {
+        "loftr_kd_metric_mode": metric_mode,
         "loftr_kd_root": lambda: str(work_dir()),
         "loftr_kd_weights": lambda: str(WEIGHTS_DIR),
         "loftr_kd_repo": lambda: str(REPO_ROOT),

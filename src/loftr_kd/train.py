@@ -340,7 +340,7 @@ def _stopped_by_sigterm(trainer: pl.Trainer, output_dir: Path) -> None:
         )
         _say(
             f"Stopped by SIGTERM at global step {trainer.global_step}: {where}. Resume with the same "
-            f"settings and ckpt_path={output_dir} (or make rerun RUN={output_dir} ARGS="ckpt_path={output_dir}")."
+            f'settings and ckpt_path={output_dir} (or make rerun RUN={output_dir} ARGS="ckpt_path={output_dir}").'
         )
     mark_run(output_dir, end_state(output_dir), error="SIGTERM")
     raise SystemExit(EXIT_SIGTERM)
@@ -480,7 +480,7 @@ def check_resumed_student(ckpt_path: str | None, student: torch.nn.Module, prese
     )
     raise ResumeError(
         f"ckpt_path={ckpt_path}: the checkpoint holds another student than this run's (student={preset}): "
-        f"{listed}. Resume with the run's own settings (make rerun RUN=<its folder> ARGS="ckpt_path=..."), or "
+        f'{listed}. Resume with the run\'s own settings (make rerun RUN=<its folder> ARGS="ckpt_path=..."), or '
         "start a new run from its weights with init_weights=<checkpoint>"
     )
 
