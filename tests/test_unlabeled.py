@@ -190,6 +190,18 @@ def test_the_cache_key_changes_with_any_input_and_shards_resume(tmp_path, monkey
         LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings()).folder
         != cache.folder
     )
+    # another picture of the same size and time stamp (cp -p, rsync -a, tar): a new cache all the same
+    bmp = tmp_path / "c.bmp"
+    cv2.imwrite(str(bmp), cv2.resize(skdata.camera(), (W, H)))
+    on_bmp = [PairSpec(FrameRef(str(bmp)), FrameRef(str(other)), "photos")]
+    before = LabelCache.for_pairs(tmp_path / "labels", on_bmp, teacher, (H, W), VerifySettings()).folder
+    stamp = bmp.stat()
+    cv2.imwrite(str(bmp), cv2.resize(skdata.camera(), (W, H))[:, ::-1])
+    os.utime(bmp, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert bmp.stat().st_size == stamp.st_size and bmp.stat().st_mtime_ns == stamp.st_mtime_ns
+    assert (
+        LabelCache.for_pairs(tmp_path / "labels", on_bmp, teacher, (H, W), VerifySettings()).folder != before
+    )
     # the same images spelt relative to another working folder: the same cache
     monkeypatch.chdir(tmp_path)
     relative = [PairSpec(FrameRef("b.png"), FrameRef("a.png"), "photos")]
@@ -390,3 +402,21 @@ def test_sigterm_stops_labelling_after_a_batch_and_the_same_command_resumes(tmp_
     resumed = re.search(r"Labels: (\d+) of (\d+) pairs already labelled", again.stdout + again.stderr)
     assert resumed and int(resumed[1]) == written < int(resumed[2]), again.stderr[-2000:]
     assert (cache / "complete.json").exists()
+
+
+def test_fewer_pairs_than_one_over_val_fraction_still_hold_one_out(labelled):
+    """16 labelled pairs at val_fraction=0.05 held none out, and validation silently ran on training pairs."""
+    import copy
+    import dataclasses
+
+    module, _ = labelled
+    few = copy.copy(module)
+    few.source = dataclasses.replace(module.source, val_fraction=0.05)  # every 20th pair, of 14
+    few._setup_unlabeled()
+    train_items, val_items = few.train_dataset.items, few.val_dataset.items
+    assert len(val_items) == 1 and len(train_items) == 13
+    assert not {id(item) for item in val_items} & {id(item) for item in train_items}
+    none = copy.copy(module)
+    none.source = dataclasses.replace(module.source, val_fraction=0.0)
+    with pytest.warns(UserWarning, match="validation runs on training pairs \\(data.val_fraction=0\\)"):
+        none._setup_unlabeled()

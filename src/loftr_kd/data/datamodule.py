@@ -13,7 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from loftr_kd.data.blendedmvs import BlendedMVSIndex, BlendedMVSPairDataset, split_scenes
@@ -336,8 +336,17 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             )
         dataset = LabelledPairDataset(pairs, cache, verify.min_inliers, self.source.max_matches, self.seed)
         every = max(2, round(1 / self.source.val_fraction)) if self.source.val_fraction > 0 else 0
-        val_items = [item for k, item in enumerate(dataset.items) if every and k % every == every - 1]
-        train_items = [item for k, item in enumerate(dataset.items) if not (every and k % every == every - 1)]
+        held = {k for k in range(len(dataset.items)) if every and k % every == every - 1}
+        if every and not held and len(dataset.items) >= 2:  # fewer pairs than 1/val_fraction: still one
+            held = {len(dataset.items) - 1}
+        val_items = [item for k, item in enumerate(dataset.items) if k in held]
+        train_items = [item for k, item in enumerate(dataset.items) if k not in held]
+        if not val_items:
+            reason = "data.val_fraction=0" if not every else "a single labelled pair"
+            rank_zero_warn(
+                f"[data] {self.root}: validation runs on training pairs ({reason}): its figures and the best "
+                "checkpoint say how well the pairs were learnt, not how well the student generalises"
+            )
         self.train_dataset = copy.copy(dataset)
         self.train_dataset.items = train_items
         self.val_dataset = copy.copy(dataset)

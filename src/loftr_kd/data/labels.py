@@ -108,8 +108,9 @@ def _load_frame(ref: FrameRef, height: int, width: int) -> np.ndarray:
 
 
 def _file_identity(path: str) -> list[Any]:
-    stat = os.stat(path)
-    return [path, stat.st_size, int(stat.st_mtime)]
+    """A file in a cache key: its path and content (its SHA-256: a file replaced by another of the same
+    size and time stamp, as ``cp -p``, ``rsync -a`` or ``tar`` leave it, is a new file)."""
+    return [path, os.stat(path).st_size, _sha256(path)]
 
 
 def _sha256(path: str | Path) -> str:
@@ -290,10 +291,7 @@ def pairs_and_cache(
     for frames in sequences:
         if len(frames) == 1 and Path(frames[0].path).suffix.lower() in VIDEO_EXTENSIONS:
             video = Path(frames[0].path)
-            stat = video.stat()
-            key = hashlib.sha256(
-                f"{video.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()
-            ).hexdigest()
+            key = hashlib.sha256(f"{video.resolve()}:{_sha256(video)}".encode()).hexdigest()
             frames = video_frames(video, Path(labels_dir) / "frames" / key[:16])
         decoded.append(frames)
     pairs = candidate_pairs(decoded, groups, settings)
