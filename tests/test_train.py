@@ -239,12 +239,25 @@ def test_missing_explicit_teacher_checkpoint_is_an_error(scenes: Path, tmp_path:
         train(cfg)
 
 
-def test_export_failure_keeps_checkpoints(scenes: Path, tmp_path: Path) -> None:
+def test_export_failure_keeps_checkpoints(scenes: Path, tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+
+    import loftr_kd.export.pipeline
+
+    # The real exporter at 100 px, not a multiple of the 16-px grid (the config check refuses that setting
+    # before training now, so the size is changed on its way in): the export must fail, and say so.
+    real = loftr_kd.export.pipeline.run_pipeline
+    monkeypatch.setattr(
+        loftr_kd.export.pipeline,
+        "run_pipeline",
+        lambda checkpoint, out_dir, settings, **kw: real(
+            checkpoint, out_dir, dataclasses.replace(settings, height=100), **kw
+        ),
+    )
     run = tmp_path / "run"
-    # 100 px is not a multiple of the 16-px grid: the export must fail, and say so.
-    train(_cfg(run, scenes, "deploy.height=100", "trainer.max_epochs=1"))
+    train(_cfg(run, scenes, "trainer.max_epochs=1"))
     summary = json.loads((run / "summary.json").read_text())
-    assert "onnx_error" in summary["export"]
+    assert "must be a positive multiple" in summary["export"]["onnx_error"]
     best = Path(summary["best_checkpoint"])
     assert best.is_file()
     load_student(best)  # intact
@@ -572,6 +585,39 @@ def test_a_config_saved_before_the_robust_fit_validation_still_trains(scenes: Pa
     train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert "val/student/auc_pose@5deg" in summary["final_metrics"]
+
+
+def test_an_export_size_off_the_stride_is_refused_before_training(scenes: Path, tmp_path: Path) -> None:
+    """deploy.height=250 trained the whole run, then failed to export."""
+    from loftr_kd.config_check import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="deploy.height=250: the export size must be a multiple of .* stride 16"
+    ):
+        train(_cfg(tmp_path / "run", scenes, "deploy.height=250"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ctrl_c_during_the_export_ends_a_finished_run_without_half_an_export(
+    scenes: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Ctrl-C in the end-of-run export left an unchecked .onnx (no report) that loftr-kd-export then refused
+    to replace, a traceback, and a trained run marked interrupted."""
+    import loftr_kd.export.pipeline
+    from loftr_kd.rundir import read_claim
+
+    def interrupted(checkpoint, out_dir, *args, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "student_96x128.onnx").write_bytes(b"half a graph")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loftr_kd.export.pipeline, "run_pipeline", interrupted)
+    run = tmp_path / "run"
+    train(_cfg(run, scenes, "trainer.max_epochs=1"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["export"]["onnx_error"] == "interrupted (Ctrl-C)" and not (run / "export").exists()
+    load_student(Path(summary["best_checkpoint"]))
+    assert read_claim(run)["state"] == "finished"
 
 
 def test_resume_at_an_epoch_end_with_loader_workers_trains_the_next_epoch(

@@ -75,6 +75,14 @@ def _error_lines(stderr: str) -> list[str]:
             "callbacks.throughput.window_size=1",
             r"callbacks.throughput.window_size=1: expected a number of batches >= 2",
         ),
+        # each was a traceback or Hydra's multi-line error, the scheduler's after a whole epoch
+        ("optim.optimizer.lr=abc", r"optim.optimizer.lr='abc': expected a number"),
+        ("optim.scheduler.step_size=0", r"optim.scheduler.step_size=0: expected a number of epochs >= 1"),
+        ("trainer.devices=0", r"trainer.devices=0: expected a number of devices >= 1, -1 \(all\) or auto"),
+        (
+            "callbacks.step_checkpoint.every_n_train_steps=-1",
+            r"callbacks.step_checkpoint.every_n_train_steps=-1: expected >= 0",
+        ),
     ],
 )
 def test_config_type_and_range_errors_name_the_key(override, message):
@@ -113,6 +121,16 @@ def test_a_mix_source_called_homography_has_its_range_checked_too():
     with pytest.raises(ConfigError, match=r"data.sources.homography.homography.max_zoom=0.5: expected >= 1"):
         _check_homography_blocks("data", mix)
     _check_homography_blocks("data", {"sources": {"homography": {"homography": {"max_zoom": 2.0}}}})
+
+
+def test_a_gpu_trainer_without_a_gpu_is_one_line_before_any_work(tmp_path):
+    """experiment=paper on a CPU machine said it would train on the CPU, then failed in Lightning."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = _train(tmp_path / "run", "trainer=gpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert "trainer.accelerator=gpu, but torch sees no CUDA GPU on this machine: add trainer=cpu" in line
 
 
 def test_default_and_experiment_configs_pass_the_check():

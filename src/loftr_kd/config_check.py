@@ -43,6 +43,8 @@ _RANGES: dict[str, dict[str, tuple[float, str]]] = {
     },
     # Lightning's ThroughputMonitor takes it as **kwargs and asserts > 1 only once the run starts
     "callbacks.throughput": {"window_size": (2, "a number of batches >= 2 (the rolling mean's window)")},
+    "callbacks.step_checkpoint": {"every_n_train_steps": (0, ">= 0 (0: no step checkpoints)")},
+    "callbacks.best_checkpoint": {"save_top_k": (-1, ">= -1")},
 }
 
 
@@ -62,6 +64,9 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+_PLAIN_TYPES = (bool, int, float, str, type(None))
+
+
 def matches_hint(value: Any, hint: Any) -> bool:
     """Whether a plain config value (None, bool, int, float, str, list, dict) fits a type hint.
 
@@ -71,7 +76,13 @@ def matches_hint(value: Any, hint: Any) -> bool:
         return True
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        return any(matches_hint(value, arg) for arg in typing.get_args(hint))
+        arms = typing.get_args(hint)
+        plain = [arm for arm in arms if arm in _PLAIN_TYPES or typing.get_origin(arm) is Literal]
+        if plain and isinstance(value, (str, int, float, bool)):
+            # A scalar from a config is never an instance of the union's classes (``lr: float | Tensor``
+            # took "abc" as a possible Tensor): the plain arms decide.
+            return any(matches_hint(value, arm) for arm in plain)
+        return any(matches_hint(value, arm) for arm in arms)
     if origin is Literal:
         return any(value == arg and type(value) is type(arg) for arg in typing.get_args(hint))
     if hint is type(None):
@@ -140,6 +151,30 @@ _OPTIMIZER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "eps": (lambda v: v > 0, "> 0"),
     "momentum": (lambda v: v >= 0, ">= 0"),
 }
+
+
+# Scheduler settings a signature cannot bound (StepLR's step_size=0 trained an epoch, then divided by zero).
+_SCHEDULER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "step_size": (lambda v: v >= 1, "a number of epochs >= 1"),
+    "gamma": (lambda v: v > 0, "a factor > 0"),
+    "T_max": (lambda v: v >= 1, ">= 1"),
+    "total_iters": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _check_scheduler(cfg: DictConfig) -> None:
+    """``optim.scheduler``: known arguments of its ``_target_`` with the right types, and sane ranges."""
+    optim = cfg.get("optim")
+    if optim is None or optim.get("scheduler") is None:
+        return
+    values = _plain(optim.scheduler)
+    target = values.get("_target_")
+    if target:
+        check_arguments(_target(str(target)), values, "optim.scheduler", skip=("optimizer",))
+    for key, (ok, what) in _SCHEDULER_RANGES.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            raise ConfigError(f"optim.scheduler.{key}={value!r}: expected {what}")
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
@@ -271,6 +306,9 @@ def check_train_config(cfg: DictConfig) -> None:
     trainer, data = _plain(cfg.trainer), _plain(cfg.data)
     check_arguments(_target(str(trainer.get("_target_", "pytorch_lightning.Trainer"))), trainer, "trainer")
     _check_ranges("trainer", trainer)
+    devices = trainer.get("devices")
+    if devices == 0 or (isinstance(devices, int) and not isinstance(devices, bool) and devices < -1):
+        raise ConfigError(f"trainer.devices={devices!r}: expected a number of devices >= 1, -1 (all) or auto")
     data_target = _target(str(data["_target_"]))
     check_arguments(data_target, data, "data")
     from loftr_kd.data.datamodule import KINDS, PairDataModule, kind_settings
@@ -316,18 +354,29 @@ def check_train_config(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a file path")
     _check_optimizer(cfg)
+    _check_scheduler(cfg)
     if cfg.get("loss") is not None:  # the loss's own checks (weights >= 0, temperature > 0) before any work
         _build_once(_plain(cfg.loss), "loss", "loss: ")
     callbacks = cfg.get("callbacks")
-    if callbacks is not None and callbacks.get("throughput") is not None:
-        _check_ranges("callbacks.throughput", _plain(callbacks.throughput))
+    for name in ("throughput", "step_checkpoint", "best_checkpoint"):
+        if callbacks is not None and callbacks.get(name) is not None:
+            _check_ranges(f"callbacks.{name}", _plain(callbacks[name]))
     if cfg.get("deploy") is not None:  # the end-of-run export: a bad setting is found now, not after training
         from loftr_kd.export.pipeline import ExportSettings
 
         try:
-            ExportSettings.from_mapping(_plain(cfg.deploy))
+            export = ExportSettings.from_mapping(_plain(cfg.deploy))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"deploy: {error}") from None
+        stride = OmegaConf.select(cfg, "student.coarse_stride", default=None)
+        if export.enabled and isinstance(stride, int) and stride > 0:
+            for key in ("height", "width"):
+                size = getattr(export, key, None)
+                if isinstance(size, int) and size % stride:
+                    raise ConfigError(
+                        f"deploy.{key}={size}: the export size must be a multiple of the student's coarse "
+                        f"stride {stride} (the run would train, then fail to export)"
+                    )
     hook = trial_hook_config(cfg)
     if hook is not None:  # a sweep's trial hook (hparams_search=student_latency: the student search)
         _build_once(hook, "search")  # its own validation (SearchSettings') speaks before the sweep starts

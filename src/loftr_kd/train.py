@@ -152,6 +152,17 @@ def build_loss_and_supervision(cfg: DictConfig) -> tuple[Any, SupervisionConfig]
     return loss, supervision
 
 
+def _check_accelerator(cfg: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``, ``experiment=paper``) on a machine without CUDA is one line before any
+    work (Lightning's own error comes after the data are set up, in several lines)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU on this machine: add trainer=cpu "
+            "(experiment=paper and trainer=gpu/ddp choose the GPU), or install torch's CUDA build"
+        )
+
+
 def _resolve_precision(cfg: DictConfig) -> str:
     """``16-mixed`` needs CUDA; on CPU fall back to full precision and say so."""
     precision = str(cfg.trainer.get("precision", "32-true"))
@@ -247,6 +258,17 @@ def export_at_end(cfg: DictConfig, checkpoint: Path, output_dir: Path, datamodul
             f"Export: FAILED ({type(error).__name__}: {error}); checkpoints are untouched in {checkpoint.parent}."
         )
         result["onnx_error"] = f"{type(error).__name__}: {error}"
+    except KeyboardInterrupt:
+        # Training is done and its checkpoints are whole; what the export wrote so far is unchecked (an
+        # .onnx without its parity report): removed, so the run ends finished and the export can be redone.
+        import shutil
+
+        shutil.rmtree(output_dir / "export", ignore_errors=True)
+        _say(
+            f"Export: interrupted (Ctrl-C); its partial files were removed and the checkpoints are untouched. "
+            f"Export later with: loftr-kd-export ckpt_path={output_dir}"
+        )
+        result["onnx_error"] = "interrupted (Ctrl-C)"
     return result
 
 
@@ -513,6 +535,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
     # Every input is checked before any work: config types and ranges, the checkpoint to resume from,
     # the run directory.
     check_train_config(cfg)
+    _check_accelerator(cfg)
     output_dir = Path(cfg.paths.output_dir)
     try:
         # a sweep's trial hook builds its own student (the student search): only readability is checked then
