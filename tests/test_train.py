@@ -629,6 +629,13 @@ def test_resume_at_an_epoch_end_with_loader_workers_trains_the_next_epoch(
     common = ("data.num_workers=2", "deploy.enabled=false", "validate_before_training=false")
     first = tmp_path / "first"
     train(_cfg(first, scenes, *common, "trainer.max_epochs=1"))
+    from loftr_kd.train import ResumeError
+
+    last = first / "checkpoints" / "last.ckpt"
+    with pytest.raises(
+        ResumeError, match=r"has done 1 epoch\(s\), trainer.max_epochs=1: resuming trains nothing"
+    ):
+        train(_cfg(tmp_path / "nothing", scenes, *common, "trainer.max_epochs=1", f"ckpt_path={last}"))
     resumed, whole = tmp_path / "resumed", tmp_path / "whole"
     train(_cfg(resumed, scenes, *common, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
     train(_cfg(whole, scenes, *common))

@@ -376,6 +376,26 @@ class ResumeError(ValueError):
 RESUMABLE_NAMES = ("last.ckpt", "step.ckpt", "interrupted.ckpt")
 
 
+def check_resume_has_work(ckpt_path: str | None, max_epochs: Any) -> None:
+    """Refuse to resume a run whose checkpoint has done every epoch asked for: it would train nothing and
+    end "finished", its summary pointing at the old run.
+
+    Raises:
+        ResumeError: the checkpoint's finished epochs reach ``max_epochs``.
+    """
+    if ckpt_path is None or not isinstance(max_epochs, int) or max_epochs < 0:
+        return
+    state = load_checkpoint(Path(ckpt_path), "checkpoint")
+    progress = (state.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    done = progress.get("processed")
+    if isinstance(done, int) and done >= max_epochs:
+        raise ResumeError(
+            f"ckpt_path={ckpt_path}: that run has done {done} epoch(s), trainer.max_epochs={max_epochs}: resuming "
+            f"trains nothing. Raise trainer.max_epochs to continue it, or start a new run from its weights with "
+            f"init_weights={ckpt_path}"
+        )
+
+
 def _read_global_step(path: Path) -> tuple[int | None, str | None]:
     """``(global_step, None)`` of a readable Lightning checkpoint, else ``(None, why)``.
 
@@ -543,6 +563,7 @@ def train(cfg: DictConfig) -> float | list[float] | None:
             cfg.get("init_weights"), cfg.get("student") if trial_hook_config(cfg) is None else None
         )
         ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"))
+        check_resume_has_work(ckpt_path, cfg.trainer.get("max_epochs"))
         check_output_dir(output_dir)
     except RunDirError:
         raise

@@ -215,7 +215,12 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             self.root, scenes.train_scenes, scenes.val_scenes, self.val_seed, scenes.val_fraction
         )
         if not train_scenes:
-            raise FileNotFoundError(f"{self.root}: no training scenes (scenes need cams/pair.txt)")
+            where = {"config": "data.train_scenes is empty"}.get(source)
+            if source.startswith("training_list"):
+                where = f"{self.root / 'training_list.txt'} lists no scene"
+            raise FileNotFoundError(
+                f"{self.root}: no training scenes ({where or 'scenes need cams/pair.txt'})"
+            )
         shared = sorted(set(train_scenes) & set(val_scenes))
         if shared:
             log.warning(
