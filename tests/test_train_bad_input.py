@@ -617,3 +617,15 @@ def test_the_machines_refusals_are_one_line_that_says_what_happened(tmp_path):
     assert one_line(read_only).startswith(
         "cannot write /mnt/ro/run: Read-only file system (the file system is read-only)"
     )
+
+
+def test_an_empty_training_list_is_named(tmp_path):
+    """It said 'scenes need cams/pair.txt' of scenes that all had one."""
+    from loftr_kd.data.datamodule import PairDataModule
+
+    root = tmp_path / "toy"
+    write_toy_dataset(root, scenes=2, views=3, height=48, width=64)
+    (root / "training_list.txt").write_text("\n")
+    module = PairDataModule(kind="blendedmvs", root=root, height=48, width=64, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"no training scenes \(.*training_list.txt lists no scene\)"):
+        module.setup("fit")
