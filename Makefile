@@ -27,7 +27,7 @@ DEVICE_PLATFORMS := --python-version 3.12 --implementation cp --platform manylin
 STRAY_VARS := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),\
 	$(if $(filter-out $(shell printf %s '$(v)' | tr a-z A-Z),$(v)),$(v)))))
 define no_stray_vars
-	@test -z "$(STRAY_VARS)" || { echo "make: $(STRAY_VARS): not a make setting; Hydra overrides go in ARGS, e.g. make $@ ARGS=\"$(foreach v,$(STRAY_VARS),$(v)=$($(v)))\""; exit 2; }
+	@test -z "$(STRAY_VARS)" || { echo "make: $(STRAY_VARS): not a make setting; Hydra overrides go in ARGS, e.g. make $@ $(if $(RUN),RUN=$(RUN) )ARGS=\"$(strip $(ARGS) $(foreach v,$(STRAY_VARS),$(v)=$($(v))))\""; exit 2; }
 endef
 
 define install_teacher_weights

@@ -124,7 +124,7 @@ def tensors(pair) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_kornia_drop_in_checks_its_size_and_says_an_enlarged_strip():
-    for size in (0, -5, 10, 320.5, True, 100_000):
+    for size in (0, -5, 10, 320.5, float("nan"), True, 100_000):
         with pytest.raises(ValueError, match="expected a whole number of pixels for the long side, from 32"):
             StudentLoFTR(size=size)
     strip = torch.rand(1, 1, 40, 640)

@@ -170,3 +170,20 @@ def test_the_best_checkpoint_of_a_lower_is_better_metric_is_its_lowest(tmp_path)
     for metric, mode in (("val/loss", "min"), ("val/student/f1", "max")):
         cfg = _compose([f"optimized_metric={metric}"], tmp_path)
         assert cfg.callbacks.best_checkpoint.mode == mode
+
+
+def test_every_data_and_experiment_config_passes_the_pre_run_check(tmp_path):
+    """A stricter type rule once refused data=unlabeled's labels_dir (a Path | None given as a string)."""
+    from loftr_kd.config_check import ConfigError, check_train_config
+
+    data_options = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+    assert {"unlabeled", "homography", "synthetic"} <= set(data_options)
+    for option in data_options:
+        root = [] if option == "mixed" else ["data.root=/x"]  # a mix names its sources' roots
+        check_train_config(_compose([f"data={option}", *root], tmp_path))
+    check_train_config(_compose(["data=unlabeled", "data.root=/x", "+data.val_root=/y"], tmp_path))
+    for option in sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")):
+        try:
+            check_train_config(_compose([f"experiment={option}"], tmp_path))
+        except ConfigError as error:  # a recipe, not a training experiment: refused on purpose, and said so
+            assert "loftr-kd-recipe" in str(error), (option, error)

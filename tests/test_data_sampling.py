@@ -127,3 +127,28 @@ def test_a_resumed_sampler_is_placed_before_the_loader_draws() -> None:
 
     assert placed((1, 2)) == epoch(1)[8:]  # mid-epoch: the rest of that epoch's draw
     assert placed((1, 5)) == epoch(2)  # saved at the end of epoch 1: epoch 2, whole
+
+
+def test_an_epoch_cut_short_by_limit_train_batches_is_recorded_as_done() -> None:
+    """With limit_train_batches the epoch ends before the sampler's draw does: the checkpoint says so, and
+    the resumed run starts the next epoch instead of that epoch's leftover pairs."""
+    from types import SimpleNamespace
+
+    from loftr_kd.data.sampling import ResumableDraw
+
+    module = ResumableDraw()
+    progress = SimpleNamespace(processed=3)
+    module.trainer = SimpleNamespace(
+        current_epoch=1,
+        num_training_batches=3,  # limit_train_batches=3 of the sampler's 5
+        fit_loop=SimpleNamespace(
+            epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=progress))
+        ),
+    )
+    state = module.state_dict()
+    assert state == {"epoch": 1, "batches_done": 3, "epoch_done": True}
+    resumed = ResumableDraw()
+    resumed.load_state_dict(state)
+    sampler = EpochPairSampler(50, 20, seed=3, rank=0, world_size=1)
+    resumed._place_resumed(sampler, batches_per_epoch=5, per_batch=4)
+    assert list(sampler) == EpochPairSampler(50, 20, seed=3, rank=0, world_size=1).epoch_indices(2).tolist()

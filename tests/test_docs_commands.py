@@ -411,6 +411,6 @@ def test_a_hydra_override_given_to_make_as_a_variable_is_refused():
         )
         assert done.returncode == 2
         assert (
-            f'ckpt_path: not a make setting; Hydra overrides go in ARGS, e.g. make {target} ARGS="ckpt_path=/some/run"'
+            f'ckpt_path: not a make setting; Hydra overrides go in ARGS, e.g. make {target} RUN=x ARGS="ckpt_path=/some/run"'
             in (done.stdout)
         )

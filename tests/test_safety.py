@@ -374,6 +374,11 @@ def test_a_refused_sweep_touches_nothing_of_the_runs_in_its_folder(tmp_path):
         f"sweep folder {sweep} already holds runs: 0 (finished)" in lines[0] and "hydra.sweep.dir" in lines[0]
     )
     assert _snapshot(sweep / "0") == before and sorted(p.name for p in sweep.iterdir()) == ["0"]
+    # a failed job too: taking its folder over would delete the .hydra/ Hydra writes for the new job first
+    claim = json.loads((sweep / "0" / CLAIM_NAME).read_text())
+    (sweep / "0" / CLAIM_NAME).write_text(json.dumps({**claim, "state": "failed"}))
+    result = _run("-m", "loftr_kd.cli.train", "-m", f"hydra.sweep.dir={sweep}", "debug=fast", "seed=3,4")
+    assert result.returncode == 2 and "already holds runs: 0 (failed)" in result.stderr
 
 
 def _claim_in_child(folder: str, queue, go, done) -> None:

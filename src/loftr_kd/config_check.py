@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections.abc
 import difflib
 import inspect
+import os
+import pathlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -67,6 +69,15 @@ def _describe(hint: Any) -> str:
 _PLAIN_TYPES = (bool, int, float, str, type(None))
 
 
+def _built_from_scalars(hint: Any) -> bool:
+    """A hint a plain config value stands for: ``Any``, or a path class (a string is a path)."""
+    if hint is Any:
+        return True
+    if not isinstance(hint, type):
+        return hint in (os.PathLike,) or typing.get_origin(hint) is os.PathLike
+    return issubclass(hint, (os.PathLike, pathlib.PurePath))
+
+
 def matches_hint(value: Any, hint: Any) -> bool:
     """Whether a plain config value (None, bool, int, float, str, list, dict) fits a type hint.
 
@@ -77,10 +88,12 @@ def matches_hint(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         arms = typing.get_args(hint)
+        if any(_built_from_scalars(arm) for arm in arms):  # Any, a path: a plain value may well be one
+            return any(matches_hint(value, arm) for arm in arms)
         plain = [arm for arm in arms if arm in _PLAIN_TYPES or typing.get_origin(arm) is Literal]
         if plain and isinstance(value, (str, int, float, bool)):
-            # A scalar from a config is never an instance of the union's classes (``lr: float | Tensor``
-            # took "abc" as a possible Tensor): the plain arms decide.
+            # A scalar from a config is never an instance of the union's other classes (``lr: float |
+            # Tensor`` took "abc" as a possible Tensor): the plain arms decide.
             return any(matches_hint(value, arm) for arm in plain)
         return any(matches_hint(value, arm) for arm in arms)
     if origin is Literal:

@@ -43,7 +43,7 @@ class NonFiniteLossError(RuntimeError):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input", reported in one line (imports kept light)."""
-    from loftr_kd.matcher import MatcherError
+    from loftr_kd.runtime.backend import MatcherError  # where it is defined: errors imports no loftr_kd module
 
     return (
         ValueError,

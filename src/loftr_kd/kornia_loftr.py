@@ -81,7 +81,8 @@ class StudentLoFTR(nn.Module):
                     "loftr_kd.Matcher(weights, backend='onnx' or 'trt'), which takes numpy images"
                 )
             model = load_student(path)
-        if size is not None and (isinstance(size, bool) or int(size) != size or not 32 <= size <= 4096):
+        whole = isinstance(size, int) or (isinstance(size, float) and size.is_integer())
+        if size is not None and (isinstance(size, bool) or not whole or not 32 <= size <= 4096):
             raise ValueError(
                 f"size={size!r}: expected a whole number of pixels for the long side, from 32 (two coarse "
                 "cells) to 4096, or None to match images at their own size"

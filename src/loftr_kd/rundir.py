@@ -318,15 +318,15 @@ def check_sweep_dir(folder: Path) -> None:
     one of them (each job claims its own folder only once it starts, after Hydra wrote those).
 
     Raises:
-        RunDirError: ``folder``, or a folder in it, holds a run that did not fail.
+        RunDirError: ``folder``, or a folder in it, holds a run (a failed one too).
     """
     if not folder.is_dir():
         return
     taken = []
     for job in sorted([folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())]):
         found = holds_a_run(job)
-        claim = read_claim(job)
-        if found and not (claim is not None and _state(job, claim) == "failed"):
+        if found:  # a failed job too: taking it over would clear the .hydra/ Hydra just wrote for the new job
+            claim = read_claim(job)
             state = _state(job, claim) if claim else None
             taken.append(f"{job.name if job != folder else '.'} ({state or ', '.join(found)})")
     if taken:

@@ -156,7 +156,8 @@ def _check_accelerator(cfg: DictConfig) -> None:
     """A GPU trainer (``trainer=gpu``, ``experiment=paper``) on a machine without CUDA is one line before any
     work (Lightning's own error comes after the data are set up, in several lines)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" is Apple's GPU too
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not mps:
         raise ValueError(
             f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU on this machine: add trainer=cpu "
             "(experiment=paper and trainer=gpu/ddp choose the GPU), or install torch's CUDA build"

@@ -26,17 +26,23 @@ class ResumableDraw:
     instead of starting it again (``_resume_position``: ``(epoch, batches done)``, consumed once)."""
 
     _resume_position: tuple[int, int] | None = None
+    _resume_epoch_done = False
 
     def state_dict(self) -> dict[str, Any]:
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches_done": int(progress.processed)}
+        done = int(progress.processed)
+        # whether the epoch's batches are all done (limit_train_batches included): the run goes on with the next
+        limit = trainer.num_training_batches
+        epoch_done = isinstance(limit, int | float) and limit != float("inf") and done >= limit
+        return {"epoch": int(trainer.current_epoch), "batches_done": done, "epoch_done": bool(epoch_done)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "epoch" in state_dict:
             self._resume_position = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
+            self._resume_epoch_done = bool(state_dict.get("epoch_done", False))
 
     def _place_resumed(self, sampler: Any, batches_per_epoch: int, per_batch: int) -> None:
         """Point a new training sampler at the resumed run's epoch (and its place in it), once.
@@ -51,9 +57,9 @@ class ResumableDraw:
             return
         epoch, batches_done = self._resume_position
         self._resume_position = None
-        if (
-            batches_done >= batches_per_epoch
-        ):  # the checkpoint closed its epoch: the run goes on with the next
+        # The checkpoint closed its epoch (recorded by state_dict; older checkpoints: judged by the count):
+        # the run goes on with the next.
+        if self._resume_epoch_done or batches_done >= batches_per_epoch:
             epoch, batches_done = epoch + 1, 0
         sampler.set_epoch(epoch)
         if batches_done:
