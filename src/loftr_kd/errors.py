@@ -43,7 +43,8 @@ class NonFiniteLossError(RuntimeError):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input", reported in one line (imports kept light)."""
-    from loftr_kd.runtime.backend import MatcherError  # where it is defined: errors imports no loftr_kd module
+    # where it is defined, not loftr_kd.matcher (which imports this module: a cycle)
+    from loftr_kd.runtime.backend import MatcherError
 
     return (
         ValueError,
