@@ -175,39 +175,34 @@ _SCHEDULER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def _check_scheduler(cfg: DictConfig) -> None:
-    """``optim.scheduler``: known arguments of its ``_target_`` with the right types, and sane ranges."""
+def _check_optim_part(
+    cfg: DictConfig, part: str, skip: str, ranges: Mapping[str, tuple[Callable[[float], bool], str]]
+) -> dict[str, Any]:
+    """``optim.<part>`` (the optimizer or the scheduler): known arguments of its ``_target_`` with the right
+    types (``skip``: the one given in code), and ``ranges``; returns its plain values ({} when unset)."""
     optim = cfg.get("optim")
-    if optim is None or optim.get("scheduler") is None:
-        return
-    values = _plain(optim.scheduler)
+    if optim is None or optim.get(part) is None:
+        return {}
+    values = _plain(optim[part])
     target = values.get("_target_")
     if target:
-        check_arguments(_target(str(target)), values, "optim.scheduler", skip=("optimizer",))
-    for key, (ok, what) in _SCHEDULER_RANGES.items():
+        check_arguments(_target(str(target)), values, f"optim.{part}", skip=(skip,))
+    for key, (ok, what) in ranges.items():
         value = values.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
-            raise ConfigError(f"optim.scheduler.{key}={value!r}: expected {what}")
+            raise ConfigError(f"optim.{part}.{key}={value!r}: expected {what}")
+    return values
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
-    """``optim.optimizer``: known arguments of its ``_target_`` with the right types, and sane ranges."""
-    optim = cfg.get("optim")
-    if optim is None or optim.get("optimizer") is None:
-        return
-    values = _plain(optim.optimizer)
-    target = values.get("_target_")
-    if target:
-        check_arguments(_target(str(target)), values, "optim.optimizer", skip=("params",))
-    for key, (ok, what) in _OPTIMIZER_RANGES.items():
-        value = values.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
-            raise ConfigError(f"optim.optimizer.{key}={value!r}: expected {what}")
+    """``optim.optimizer`` and ``optim.scheduler``: arguments, types and sane ranges."""
+    values = _check_optim_part(cfg, "optimizer", "params", _OPTIMIZER_RANGES)
     betas = values.get("betas")
     if isinstance(betas, (list, tuple)) and not all(
         isinstance(b, (int, float)) and 0 <= b < 1 for b in betas
     ):
         raise ConfigError(f"optim.optimizer.betas={list(betas)!r}: expected two numbers in [0, 1)")
+    _check_optim_part(cfg, "scheduler", "optimizer", _SCHEDULER_RANGES)
 
 
 def _check_data_ranges(data_class: type | None, data: Mapping[str, Any]) -> None:
@@ -367,7 +362,6 @@ def check_train_config(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a file path")
     _check_optimizer(cfg)
-    _check_scheduler(cfg)
     if cfg.get("loss") is not None:  # the loss's own checks (weights >= 0, temperature > 0) before any work
         _build_once(_plain(cfg.loss), "loss", "loss: ")
     callbacks = cfg.get("callbacks")
