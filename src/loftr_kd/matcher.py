@@ -256,7 +256,8 @@ class Matcher:
                     f"`loftr-kd-export dynamic=true` for aspect-true matching at any size"
                 )
             return max(self.input_height, self.input_width)
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer)):
+        whole = isinstance(size, int | np.integer) or (isinstance(size, float) and size.is_integer())
+        if size is not None and (isinstance(size, bool) or not whole):
             raise ValueError(f"size={size!r}: expected a whole number of pixels for the long side")
         size = int(size) if size is not None else max(self.input_height, self.input_width)
         longest = max(self.max_size) if self.max_size else size
