@@ -669,6 +669,33 @@ def test_sigterm_writes_a_resumable_checkpoint_and_exits_143(tmp_path, toy_data)
     assert read_claim(run)["state"] == "interrupted"
 
 
+def test_ctrl_c_says_what_to_resume_from_and_exits_130(tmp_path, toy_data):
+    """Ctrl-C ended with Lightning's 'attempting graceful shutdown' and exit 1, nothing said of resuming."""
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "loftr_kd.cli.train",
+        f"hydra.run.dir={run}",
+        "debug=fast",
+        "trainer.max_epochs=50",
+        "data.pairs_per_epoch=16",
+        "validate_before_training=false",
+        "deploy.enabled=false",
+        *toy_data,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "step.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "Stopped by Ctrl-C at global step" in out + err and f"ckpt_path={run}" in out + err
+    assert read_claim(run)["state"] == "interrupted"
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

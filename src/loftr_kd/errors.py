@@ -17,6 +17,7 @@ from collections.abc import Callable
 DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
 EXIT_USAGE = 2
 EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM after writing a resumable checkpoint (the shell's convention)
+EXIT_SIGINT = 128 + 2  # stopped by Ctrl-C (the shell's convention)
 # The machine's state, not a bug: a read-only, full or forbidden location.
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -129,6 +130,7 @@ def exit_status(program: str, call: Callable[[], object], also: tuple[type[BaseE
 
 __all__ = [
     "DEBUG_VARIABLES",
+    "EXIT_SIGINT",
     "EXIT_SIGTERM",
     "EXIT_USAGE",
     "debug_enabled",

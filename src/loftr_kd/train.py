@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from loftr_kd.config import register_resolvers
 from loftr_kd.config_check import check_train_config, trial_hook_config
 from loftr_kd.distributed import is_rank_zero_process
-from loftr_kd.errors import EXIT_SIGTERM, one_line
+from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, one_line
 from loftr_kd.files import torch_save, write_json, write_text
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
@@ -376,6 +376,22 @@ def _stopped_by_sigterm(trainer: pl.Trainer, output_dir: Path) -> None:
     raise SystemExit(EXIT_SIGTERM)
 
 
+def _stopped_by_ctrl_c(trainer: pl.Trainer, output_dir: Path) -> None:
+    """Ctrl-C: Lightning said "attempting graceful shutdown" and exits with status 1; say what is there to
+    resume from (no checkpoint is written now: the interrupt may have come mid-step) and exit 130."""
+    checkpoints = sorted((output_dir / "checkpoints").glob("*.ckpt")) if is_rank_zero_process() else []
+    if trainer.is_global_zero:
+        where = (
+            f"resume from its newest checkpoint with the same settings and ckpt_path={output_dir} (step.ckpt "
+            "lags by at most callbacks.step_checkpoint.every_n_train_steps steps)"
+            if checkpoints
+            else "no checkpoint was written yet"
+        )
+        _say(f"Stopped by Ctrl-C at global step {trainer.global_step}: {where}.")
+    mark_run(output_dir, end_state(output_dir), error="SIGINT (Ctrl-C)")
+    raise SystemExit(EXIT_SIGINT)
+
+
 def check_output_dir(output_dir: Path) -> None:
     """Claim the run directory (:func:`loftr_kd.rundir.claim_run_dir`): one that holds another run is
     refused and left untouched. Under ``loftr-kd-train`` the Hydra callback claimed it already, before
@@ -494,6 +510,10 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         _stopped_by_sigterm(trainer, output_dir)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning's own exit after a KeyboardInterrupt
+            _stopped_by_ctrl_c(trainer, output_dir)
+        raise
     except Exception as error:
         if trial is not None:
             trial.fail(error)  # the search's report lists it with the reason
