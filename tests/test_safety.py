@@ -684,7 +684,16 @@ def test_ctrl_c_says_what_to_resume_from_and_exits_130(tmp_path, toy_data):
         "deploy.enabled=false",
         *toy_data,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    # A shell's background job ignores SIGINT, and its children inherit that (then Python never raises
+    # KeyboardInterrupt): the child gets the default disposition, as in a terminal.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     while not (run / "checkpoints" / "step.ckpt").exists() and time.time() < deadline:
         time.sleep(0.5)
