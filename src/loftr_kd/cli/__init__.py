@@ -129,9 +129,9 @@ def unknown_group_option(overrides: Sequence[str], config_name: str | None = Non
     return None
 
 
-@functools.cache
-def _groups_of(config_name: str) -> frozenset[str]:
-    """The config groups ``config_name``'s defaults list uses (composed once; only on an error's path)."""
+def _compose(config_name: str, overrides: Sequence[str] = (), hydra_config: bool = False) -> Any:
+    """``config_name`` composed with ``overrides`` outside any Hydra app (Hydra's global state cleared before
+    and after), for the checks and the help that run before the command's own Hydra app."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -141,9 +141,15 @@ def _groups_of(config_name: str) -> frozenset[str]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose(config_name, return_hydra_config=True)
+            return compose(config_name, overrides=list(overrides), return_hydra_config=hydra_config)
     finally:
         GlobalHydra.instance().clear()
+
+
+@functools.cache
+def _groups_of(config_name: str) -> frozenset[str]:
+    """The config groups ``config_name``'s defaults list uses (composed once; only on an error's path)."""
+    cfg = _compose(config_name, hydra_config=True)
     return frozenset(str(group) for group in cfg.hydra.runtime.choices)
 
 
@@ -157,23 +163,13 @@ def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
 
     if not overrides or any(a.startswith("-") for a in overrides):
         return None
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
     from loftr_kd.config import CONFIG_DIR
 
-    def composed(chosen: Sequence[str]) -> Any:
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-                return compose(config_name=config_name, overrides=list(chosen))
-        finally:
-            GlobalHydra.instance().clear()
-
     try:
-        composed(overrides)
+        _compose(config_name, overrides)
         return None
     except Exception as error:  # noqa: BLE001 - a line Hydra cannot parse, a defaults-list error: Hydra's own
         match = re.match(r"Could not override '([^']+)'", str(error))
@@ -190,7 +186,7 @@ def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
     override = next((o for o in overrides if o.split("=", 1)[0].lstrip("~+") == key), key)
     parent, _, leaf = key.rpartition(".")
     try:
-        node = composed([o for o in overrides if o != override])
+        node = _compose(config_name, [o for o in overrides if o != override])
         node = OmegaConf.select(node, parent) if parent else node
         known = [str(k) for k in node] if OmegaConf.is_dict(node) else []
     except Exception:  # noqa: BLE001 - the hint is a courtesy; the line stands without it
@@ -205,18 +201,11 @@ def unknown_setting(config_name: str, overrides: Sequence[str]) -> str | None:
 def help_text(program: str, summary: str, config_name: str, overrides: Sequence[str] = ()) -> str:
     """``--help`` of a Hydra command: what it does, the config groups of *its* config (Hydra's own help
     lists every group of conf/, training's included) and the composed config."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from loftr_kd.config import CONFIG_DIR, register_resolvers
+    from loftr_kd.config import CONFIG_DIR
 
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(
-            config_name, overrides=[o for o in overrides if not o.startswith("-")], return_hydra_config=True
-        )
+    cfg = _compose(config_name, [o for o in overrides if not o.startswith("-")], hydra_config=True)
     choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
     groups = sorted(g for g in choices if not g.startswith("hydra") and (CONFIG_DIR / g).is_dir())
     lines = [f"{program}: {summary}" if summary else program, ""]
