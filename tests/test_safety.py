@@ -636,42 +636,8 @@ def test_teacher_load_errors_are_one_line(tmp_path, toy_data):
 # ------------------------------------------------------------------------------------------------------
 
 
-def test_sigterm_writes_a_resumable_checkpoint_and_exits_143(tmp_path, toy_data):
-    from loftr_kd.train import resolve_resume_checkpoint
-
-    run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "loftr_kd.cli.train",
-        f"hydra.run.dir={run}",
-        "debug=fast",
-        "trainer.max_epochs=50",
-        "data.pairs_per_epoch=16",
-        "validate_before_training=false",
-        "deploy.enabled=false",
-        *toy_data,
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 240
-    while not (run / "checkpoints" / "step.ckpt").exists() and time.time() < deadline:
-        time.sleep(0.5)
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err[-3000:]
-    interrupted = run / "checkpoints" / "interrupted.ckpt"
-    assert interrupted.is_file() and f"ckpt_path={run}" in out + err
-    step = load_checkpoint(interrupted)["global_step"]
-    assert step >= 2 and resolve_resume_checkpoint(str(run)).endswith(
-        ("interrupted.ckpt", "last.ckpt", "step.ckpt")
-    )
-    assert read_claim(run)["state"] == "interrupted"
-
-
-def test_ctrl_c_says_what_to_resume_from_and_exits_130(tmp_path, toy_data):
-    """Ctrl-C ended with Lightning's 'attempting graceful shutdown' and exit 1, nothing said of resuming."""
-    run = tmp_path / "run"
+def _train_then_signal(run: Path, toy_data: list[str], signum: int) -> tuple[int, str, str]:
+    """A long training run stopped by ``signum`` once its first step checkpoint exists: (status, out, err)."""
     command = [
         sys.executable,
         "-m",
@@ -698,9 +664,31 @@ def test_ctrl_c_says_what_to_resume_from_and_exits_130(tmp_path, toy_data):
     while not (run / "checkpoints" / "step.ckpt").exists() and time.time() < deadline:
         time.sleep(0.5)
     assert process.poll() is None, process.communicate()[1][-3000:]
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-3000:]
+    return process.returncode, out, err
+
+
+def test_sigterm_writes_a_resumable_checkpoint_and_exits_143(tmp_path, toy_data):
+    from loftr_kd.train import resolve_resume_checkpoint
+
+    run = tmp_path / "run"
+    status, out, err = _train_then_signal(run, toy_data, signal.SIGTERM)
+    assert status == 143, err[-3000:]
+    interrupted = run / "checkpoints" / "interrupted.ckpt"
+    assert interrupted.is_file() and f"ckpt_path={run}" in out + err
+    step = load_checkpoint(interrupted)["global_step"]
+    assert step >= 2 and resolve_resume_checkpoint(str(run)).endswith(
+        ("interrupted.ckpt", "last.ckpt", "step.ckpt")
+    )
+    assert read_claim(run)["state"] == "interrupted"
+
+
+def test_ctrl_c_says_what_to_resume_from_and_exits_130(tmp_path, toy_data):
+    """Ctrl-C ended with Lightning's 'attempting graceful shutdown' and exit 1, nothing said of resuming."""
+    run = tmp_path / "run"
+    status, out, err = _train_then_signal(run, toy_data, signal.SIGINT)
+    assert status == 130, err[-3000:]
     assert "Stopped by Ctrl-C at global step" in out + err and f"ckpt_path={run}" in out + err
     assert read_claim(run)["state"] == "interrupted"
 
