@@ -96,3 +96,20 @@ def test_estimate_homography_recovers_truth_and_flags_outliers():
     assert estimate_homography(k0[:3], k1[:3])[0] is None
     with pytest.raises(ValueError, match="robust estimator"):
         estimate_homography(k0, k1, method="nope")
+
+
+def test_repeated_points_do_not_fail_the_pose():
+    """A one-way ratio test (the SIFT reference) matches one point to several: OpenCV's 5-point solver
+    asserts on a sample that repeats a point with another partner, which used to fail the whole pair."""
+    rng = np.random.default_rng(4)
+    T = random_pose(rng)
+    k0, k1, _, _ = scene(rng, T, n=200)
+    again = rng.integers(0, 200, size=150)
+    other = rng.integers(0, 200, size=150)
+    k0_all = np.r_[k0, k0[again], k0[other]]  # image0 points again with wrong partners, then the reverse
+    k1_all = np.r_[k1, k1[other], k1[again]]
+    R, t, inliers = estimate_relative_pose(k0_all, k1_all, K0, K1)
+    np.testing.assert_allclose(R, T[:3, :3], atol=1e-5)
+    np.testing.assert_allclose(t, T[:3, 3] / np.linalg.norm(T[:3, 3]), atol=1e-5)
+    assert inliers.shape == (500,) and inliers[:200].mean() > 0.95 and not inliers[200:].any()
+    assert estimate_relative_pose(np.repeat(k0[:1], 9, 0), k1[:9], K0, K1) is None  # one distinct point

@@ -151,6 +151,12 @@ def estimate_relative_pose(
     the mean focal length. Of the essential-matrix candidates, the one with most cheirality inliers
     wins.
 
+    OpenCV's 5-point solver asserts (``solvePoly``) on a random sample that repeats a point with another
+    partner, which used to fail the whole pair: when it does, the fit is redone with only the first match
+    of every point that occurs more than once in either image (the others are not inliers). Match sets
+    the solver takes are fitted as given, as LoFTR's ``estimate_pose`` does; a one-way ratio test (the
+    SIFT reference) repeats points often, one-to-one matchers rarely.
+
     Args:
         keypoints0: ``(N, 2)`` xy matches in image0.
         keypoints1: ``(N, 2)`` xy matches in image1.
@@ -161,20 +167,30 @@ def estimate_relative_pose(
 
     Returns:
         ``(R (3, 3), t (3,) unit, inliers (N,) bool)`` with ``X1 = R X0 + t`` up to the scale of ``t``;
-        ``None`` with fewer than 5 matches or no model (a degenerate set that OpenCV's solver refuses
-        included: a failed pair, not a crash).
+        ``None`` with fewer than 5 matches (5 distinct ones when refitted) or no model (a set the solver
+        still refuses included: a failed pair, not a crash).
     """
+    keypoints0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
+    keypoints1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
     if len(keypoints0) < 5:
         return None
     K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
-    points0, points1 = normalize_keypoints(keypoints0, K0), normalize_keypoints(keypoints1, K1)
     threshold = threshold_px / np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
+    kept = np.arange(len(keypoints0))
     try:
-        essential, mask = cv2.findEssentialMat(
-            points0, points1, np.eye(3), threshold=threshold, prob=confidence, method=cv2.RANSAC
+        points0, points1, essential, mask = _fit_essential(
+            keypoints0, keypoints1, K0, K1, threshold, confidence
         )
-    except cv2.error:  # degenerate match sets make OpenCV's 5-point solver assert (solvePoly): no model
-        return None
+    except cv2.error:  # a sample repeating a point: fit again without the repeats
+        kept = first_occurrences(keypoints0, keypoints1)
+        if len(kept) < 5:
+            return None
+        try:
+            points0, points1, essential, mask = _fit_essential(
+                keypoints0[kept], keypoints1[kept], K0, K1, threshold, confidence
+            )
+        except cv2.error:  # a set the solver still refuses: no model (a failed pair, not a crash)
+            return None
     if essential is None:
         return None
     mask = mask.ravel().astype(bool)
@@ -185,7 +201,44 @@ def estimate_relative_pose(
         )
         if count > best_count:
             best_count, best = count, (r, t.ravel(), pose_mask.ravel() > 0)
-    return best
+    if best is None:
+        return None
+    inliers = np.zeros(len(keypoints0), bool)
+    inliers[kept] = best[2]
+    return best[0], best[1], inliers
+
+
+def _fit_essential(
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    K0: np.ndarray,
+    K1: np.ndarray,
+    threshold: float,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Normalised points and ``cv2.findEssentialMat``'s (essential, mask); raises its ``cv2.error``."""
+    points0, points1 = normalize_keypoints(keypoints0, K0), normalize_keypoints(keypoints1, K1)
+    essential, mask = cv2.findEssentialMat(
+        points0, points1, np.eye(3), threshold=threshold, prob=confidence, method=cv2.RANSAC
+    )
+    return points0, points1, essential, mask
+
+
+def first_occurrences(keypoints0: np.ndarray, keypoints1: np.ndarray) -> np.ndarray:
+    """Indices of the matches whose points are the first occurrence of that point in both images.
+
+    Args:
+        keypoints0: ``(N, 2)`` xy matches in image0.
+        keypoints1: ``(N, 2)`` xy matches in image1.
+
+    Returns:
+        ``(M,)`` sorted indices, ``M <= N``; all of them when no point repeats.
+    """
+    if len(keypoints0) == 0:
+        return np.zeros(0, np.int64)
+    _, first0 = np.unique(keypoints0, axis=0, return_index=True)
+    _, first1 = np.unique(keypoints1, axis=0, return_index=True)
+    return np.intersect1d(first0, first1)
 
 
 def essential_from_pose(T_0to1: torch.Tensor) -> torch.Tensor:
