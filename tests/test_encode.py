@@ -110,6 +110,20 @@ def test_split_paths_sit_beside_the_whole_graph_and_its_engines(tmp_path):
         split_path(tmp_path / "student.onnx", "backbone")
 
 
+def test_an_engine_without_its_sidecar_reads_its_geometry_from_the_onnx_it_was_built_from(exported, tmp_path):
+    """The documented trtexec line saves student.fp16.engine beside student.onnx and writes no sidecar; the
+    geometry was looked up in student.fp16.onnx, which no export writes."""
+    from loftr_kd.runtime.backend import ModelGeometry
+
+    for source in (exported, *split_paths(exported)):
+        shutil.copyfile(source, tmp_path / source.name)
+    whole = OnnxBackend(exported, threads=1).geometry
+    for engine in ("student.fp16.engine", "student.fp32.engine", "student.engine"):
+        assert ModelGeometry.from_engine_metadata({}, tmp_path / engine) == whole
+    encoder = ModelGeometry.from_engine_metadata({}, tmp_path / "student.encoder.fp16.engine")
+    assert encoder.config == whole.config
+
+
 def test_split_export_gives_the_whole_graphs_outputs_bit_for_bit(exported):
     """Two sizes, batch 1 and 3 (the graphs were traced at batch 2): the halves compute what the whole
     dynamic graph computes."""
@@ -173,6 +187,21 @@ def test_halves_of_another_model_are_refused(exported, tmp_path):
         onnx.save(proto, str(target))
     with pytest.raises(MatcherError, match="exported from another model.*match_threshold"):
         OnnxBackend(whole, threads=1).encode(_pair()[0])
+
+
+def test_halves_of_earlier_weights_are_refused(exported, tmp_path):
+    """The whole graph exported again from other weights of the same config (the next epoch, exported with
+    split=false) beside the earlier halves: encode() would match with the earlier weights."""
+    whole = tmp_path / "student.onnx"
+    for source, target in zip(split_paths(exported), split_paths(whole)):
+        shutil.copyfile(source, target)
+    export_onnx(refining_student(seed=1), whole, dynamic=True)
+    with pytest.raises(
+        MatcherError, match=r"exported from other weights than .*student.onnx.*loftr-kd-export"
+    ):
+        OnnxBackend(whole, threads=1).encode(_pair()[0])
+    export_split(refining_student(seed=1), whole, dynamic=True)  # exported together: taken
+    assert OnnxBackend(whole, threads=1).encode(_pair()[0]).coarse.shape[0] == 1
 
 
 def test_torch_backend_halves_match_its_whole_call(student):

@@ -102,6 +102,8 @@ def test_failed_export_is_one_line_on_stderr(tmp_path):
         ("name=../../x", r"name='../../x': expected a file stem \(no folders\)"),
         ("atol=-1", r"atol=-1: expected a finite parity tolerance > 0"),
         ("atol=inf", r"atol=inf: expected a finite parity tolerance > 0"),  # passed every parity check
+        ("opset=11", r"opset=11: the exporter writes ONNX opsets 13 to 20"),  # failed after loading
+        ("opset=12", r"opset=12: the exporter writes ONNX opsets 13 to 20"),  # wrote an invalid INT8 file
     ],
 )
 def test_export_settings_are_checked_before_any_work(override, message):
@@ -134,3 +136,82 @@ def test_a_checkpoint_that_is_no_student_is_the_users_error(tmp_path):
     ) as info:
         run_export(cfg)
     assert is_user_error(info.value) and '"' not in str(info.value)[:40]
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_short_line(tmp_path):
+    """Weights of other block widths under a config: torch's size-mismatch text, a 6 KB line, exit 1."""
+    import torch
+
+    from loftr_kd.errors import is_user_error
+
+    ckpt = save_student(build_student(input_height=64, input_width=96), tmp_path / "s.pt")
+    payload = torch.load(ckpt, weights_only=True)
+    payload["student_config"] = {**payload["student_config"], "block_dims": [8, 16, 24, 32]}
+    torch.save(payload, tmp_path / "other.pt")
+    cfg = _cfg(f"ckpt_path={tmp_path / 'other.pt'}", f"out_dir={tmp_path / 'out'}", "height=64", "width=96")
+    with pytest.raises(
+        ValueError, match=r"other.pt: its weights do not fit its student_config \(shapes differ"
+    ) as info:
+        run_export(cfg)
+    assert is_user_error(info.value) and len(str(info.value)) < 400 and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_graph_that_fails_its_checks_never_takes_the_deployed_name(tmp_path):
+    """A parity failure used to leave the unchecked graph at <name>.onnx, and the rerun into the same folder
+    was refused ("not written by loftr-kd"); an earlier good graph stays where it was."""
+    from loftr_kd.export.onnx import ExportError
+
+    ckpt = save_student(build_student(input_height=64, input_width=96, border_removal=0), tmp_path / "s.pt")
+    out = tmp_path / "out"
+    common = (
+        f"ckpt_path={ckpt}",
+        f"out_dir={out}",
+        "height=64",
+        "width=96",
+        "parity_pairs=1",
+        "+split=false",
+    )
+    run_export(_cfg(*common))
+    good = (out / "student_64x96.onnx").read_bytes()
+    with pytest.raises(ExportError, match=r"moved to .*student_64x96\.failed\.onnx"):
+        run_export(_cfg(*common, "atol=1e-30"))  # float rounding alone fails it
+    assert (out / "student_64x96.onnx").read_bytes() == good
+    assert (out / "student_64x96.failed.onnx").is_file()
+    report = json.loads((out / "student_64x96.export_report.json").read_text())
+    assert not report["ok"] and report["onnx_path"].endswith("student_64x96.failed.onnx")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.suffix == ".onnx"]
+    run_export(_cfg(*common))  # the rerun replaces what loftr-kd wrote
+    assert json.loads((out / "student_64x96.export_report.json").read_text())["ok"]
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_export_is_one_line_and_leaves_no_graph(tmp_path, signum):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt = save_student(build_student(), tmp_path / "s.pt")
+    out = tmp_path / "out"
+    env = {**os.environ, "LOFTR_KD_DEBUG": "0", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "loftr_kd.cli.export", f"hydra.run.dir={tmp_path / 'run'}"]
+    command += [f"ckpt_path={ckpt}", f"out_dir={out}", "dynamic=true", "parity_pairs=8"]
+    child = subprocess.Popen(  # a background job's children inherit an ignored SIGINT: give the default back
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(2, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(p.suffix == ".onnx" for p in out.iterdir())):  # exporting or checking
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(getattr(signal, signum))
+    _, stderr = child.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert child.returncode == 128 + getattr(signal, signum) and "Traceback" not in stderr
+    assert lines[-1] == f"loftr-kd-export: stopped by {'Ctrl-C' if signum == 'SIGINT' else 'SIGTERM'}"
+    assert not [p.name for p in out.iterdir() if ".onnx" in p.name]

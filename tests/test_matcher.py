@@ -240,7 +240,10 @@ def test_tensorrt_backend_matches_onnx(student_weights, tmp_path):
     from loftr_kd.export.tensorrt import build_engine
 
     onnx_matcher = Matcher(student_weights, backend="onnx", cache_dir=tmp_path)
-    engine = build_engine(onnx_matcher.onnx_path, tmp_path / "student.engine", fp16=False)
+    profile = {"min": [H_IN, W_IN], "opt": [H_IN, W_IN], "max": [2 * H_IN, 2 * W_IN]}  # the cache is dynamic
+    engine = build_engine(
+        onnx_matcher.onnx_path, tmp_path / "student.engine", fp16=False, shape_profile=profile
+    )
     trt_matcher = Matcher(engine, backend="trt")
     assert (trt_matcher.input_height, trt_matcher.input_width, trt_matcher.stride) == (H_IN, W_IN, STRIDE)
     image0, image1 = photo(640, 480), photo(640, 480, "chelsea")

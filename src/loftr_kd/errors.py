@@ -8,11 +8,13 @@ traceback instead. Programming errors (``TypeError``, ``AttributeError`` ...) al
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
 EXIT_USAGE = 2
@@ -20,6 +22,29 @@ EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM after writing a resumable checkpoi
 EXIT_SIGINT = 128 + 2  # stopped by Ctrl-C (the shell's convention)
 # The machine's state, not a bug: a read-only, full or forbidden location.
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (:func:`sigterm_raises`), so ``finally`` blocks remove partial outputs
+    as they do on Ctrl-C; the entry points report it in one line with :data:`EXIT_SIGTERM`."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread; elsewhere a no-op)."""
+
+    def handler(signum, frame):
+        raise Terminated("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def user_stacklevel() -> int:
@@ -131,6 +156,8 @@ def exit_status(program: str, call: Callable[[], object], also: tuple[type[BaseE
 __all__ = [
     "DEBUG_VARIABLES",
     "EXIT_SIGINT",
+    "Terminated",
+    "sigterm_raises",
     "EXIT_SIGTERM",
     "EXIT_USAGE",
     "debug_enabled",

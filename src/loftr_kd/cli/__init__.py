@@ -40,6 +40,15 @@ def hydra_command(
 
         try:
             return work(cfg)
+        except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM where the command turns it into one
+            if debug_enabled():
+                raise
+            from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+
+            how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+            print(f"{program}: stopped by {how}", file=sys.stderr, flush=True)
+            _log_to_run_files(f"stopped by {how}")
+            raise SystemExit(EXIT_SIGTERM if isinstance(error, Terminated) else EXIT_SIGINT) from None
         except Exception as error:
             code = next((c for kind, c in codes.items() if isinstance(root_cause(error), kind)), None)
             if debug_enabled() or (code is None and not is_user_error(error)):

@@ -82,12 +82,14 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         ExportError: export or a check failed (the checkpoint is untouched).
         ValueError: a bad setting, or an output file that loftr-kd did not write (``force=true``).
     """
+    from loftr_kd.errors import sigterm_raises
     from loftr_kd.export.pipeline import run_pipeline
 
     check_export_config(cfg)
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     settings = export_settings(cfg)
-    return run_pipeline(checkpoint, Path(cfg.out_dir), settings, force=bool(cfg.get("force", False)))
+    with sigterm_raises():  # SIGTERM, as Ctrl-C, removes the graph being written or checked
+        return run_pipeline(checkpoint, Path(cfg.out_dir), settings, force=bool(cfg.get("force", False)))
 
 
 def _export_error() -> type[BaseException]:

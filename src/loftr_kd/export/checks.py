@@ -3,8 +3,9 @@
 The allow-list is derived from the onnx-tensorrt operator support matrix (``docs/operators.md`` of
 onnx/onnx-tensorrt): every operator marked supported there, minus the ones this project refuses on
 purpose (control flow, data-dependent shapes, Einsum — see ``FORBIDDEN_OPS``), plus the opset-17 ops
-that TensorRT >= 8.6 parses natively (``LayerNormalization`` ...). Keeping to the TensorRT 8.x subset
-means an engine can also be built on a Jetson whose JetPack is stuck on an older TensorRT.
+that TensorRT >= 8.6 parses natively (``LayerNormalization`` ...). It checks operator names only, not the
+opset or the input types: an opset-17 export needs TensorRT 8.6+; an older TensorRT (a Jetson Nano's 8.2)
+needs an ``opset=13`` export, which has not been tried on one (docs/deployment.md, "Which TensorRT").
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ Choices (see docs/deployment.md):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,7 +234,9 @@ def export_onnx(
                     torch.onnx.export(wrapper, example, str(tmp), dynamo=True, external_data=False, **kwargs)
             proto = onnx.load(str(tmp))
             _declare_output_shapes(proto, probe, kwargs.get("dynamic_axes", {}) if dynamic else None)
-            metadata = graph_metadata(config, height, width, batch, dynamic, output_names, extra_metadata)
+            metadata = graph_metadata(
+                config, height, width, batch, dynamic, output_names, _with_weights(model, extra_metadata)
+            )
             write_metadata(proto, metadata)
             onnx.save(proto, str(tmp))
             if dynamic == "batch":
@@ -243,6 +247,25 @@ def export_onnx(
     finally:
         model.train(was_training)
     return path
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values, in name order).
+
+    Stored as ``weights_sha256`` in every exported graph, so that the halves of a split export can be told
+    apart from those of other weights with the same ``student_config`` (the next epoch's, say).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _with_weights(model: nn.Module, extra_metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """``extra_metadata`` with the model's :func:`weights_fingerprint` (an explicit entry wins)."""
+    return {"weights_sha256": weights_fingerprint(model), **(extra_metadata or {})}
 
 
 def graph_metadata(
@@ -467,7 +490,10 @@ def export_student(
 ) -> ExportResult:
     """Load a student checkpoint at the export size, export it, check it and write the report.
 
-    Called at the end of every training run. The checkpoint is only read. A failure of the export or its
+    Called at the end of every training run. The checkpoint is only read. The graph is written under a
+    hidden name, checked, and only then moved to ``<name>.onnx``: a graph that fails a check goes to
+    ``<name>.failed.onnx`` instead (for inspection; an earlier good ``<name>.onnx`` stays), and an interrupted
+    export leaves neither. A failure of the export or its
     checks is an ``ExportError`` (after writing the report when the export itself succeeded); a file that
     is not a student's, weights holding NaN/inf or a size off the stride are a ``ValueError`` before any
     work. Either way the caller can log it and keep its checkpoints.
@@ -515,87 +541,100 @@ def export_student(
         raise ValueError(f"could not load the student from {checkpoint}: {text}") from e
     except Exception as e:
         raise ExportError(f"could not load the student from {checkpoint}: {type(e).__name__}: {e}") from e
-    try:
-        export_onnx(
-            model,
-            onnx_path,
-            batch=batch,
-            dynamic=dynamic,
-            opset=opset,
-            with_confidence=with_confidence,
-            height=height,
-            width=width,
-            extra_metadata={"checkpoint": checkpoint.name},
-        )
-    except Exception as e:
-        raise ExportError(f"ONNX export of {checkpoint} failed: {type(e).__name__}: {e}") from e
+    # The graph is checked under a hidden name and takes its own only once the checks pass: a failed or
+    # interrupted export never leaves an unchecked file where a deployment would pick it up.
+    unchecked = onnx_path.with_name(f".{onnx_path.stem}.unchecked.onnx")
+    try:  # exported to `unchecked`, checked, then moved to onnx_path (to <name>.failed.onnx when a check failed)
+        try:
+            export_onnx(
+                model,
+                unchecked,
+                batch=batch,
+                dynamic=dynamic,
+                opset=opset,
+                with_confidence=with_confidence,
+                height=height,
+                width=width,
+                extra_metadata={"checkpoint": checkpoint.name},
+            )
+        except Exception as e:
+            raise ExportError(f"ONNX export of {checkpoint} failed: {type(e).__name__}: {e}") from e
 
-    errors: list[str] = []
-    dynamic = dynamic_mode(dynamic)
-    report: dict[str, Any] = {
-        "onnx_path": str(onnx_path),
-        "checkpoint": str(checkpoint),
-        "loftr_kd_version": __version__,
-        "opset": opset,
-        "dynamic": ",".join(DYNAMIC_MODES[dynamic]) if dynamic else False,
-        "batch": batch,
-        "height": height,
-        "width": width,
-        "match_ids_dtype": MATCH_IDS_DTYPE,
-        "student_config": student_config_dict(model),
-        "parameter_count": int(sum(p.numel() for p in model.parameters())),
-        "onnx_initializer_parameters": checks.parameter_count(onnx_path),
-        "onnx_size_bytes": onnx_path.stat().st_size,
-    }
-    try:
-        checks.run_onnx_checker(onnx_path)
-        report["onnx_checker"] = "passed"
-    except checks.CheckError as e:
-        report["onnx_checker"] = str(e)
-        errors.append(str(e))
-    report["io_shapes"] = checks.io_shapes(onnx_path)
-    op_check = checks.check_tensorrt_ops(onnx_path)
-    report["op_check"] = to_jsonable(op_check)
-    if not op_check.ok:
-        errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    try:
-        if parity_pairs is None or len(parity_pairs) == 0:
-            pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, 4)]
-            report["parity_pairs_source"] = "scikit-image photos with a random homography"
-        else:
-            pairs = _as_pairs(parity_pairs, height, width)
-            report["parity_pairs_source"] = "given pairs, resized to the export size where needed"
-        if dynamic == "shape":
-            pairs += _other_size_pairs(model.config, height, width)
-            report["parity_pairs_source"] += (
-                "; dynamic shape: also photo pairs at "
-                + ", ".join(f"{w}x{h}" for h, w in _probe(model.config, height, width))
-                + " and one pair whose images differ in size"
+        errors: list[str] = []
+        dynamic = dynamic_mode(dynamic)
+        report: dict[str, Any] = {
+            "onnx_path": str(onnx_path),
+            "checkpoint": str(checkpoint),
+            "loftr_kd_version": __version__,
+            "opset": opset,
+            "dynamic": ",".join(DYNAMIC_MODES[dynamic]) if dynamic else False,
+            "batch": batch,
+            "height": height,
+            "width": width,
+            "match_ids_dtype": MATCH_IDS_DTYPE,
+            "student_config": student_config_dict(model),
+            "parameter_count": int(sum(p.numel() for p in model.parameters())),
+            "onnx_initializer_parameters": checks.parameter_count(unchecked),
+            "onnx_size_bytes": unchecked.stat().st_size,
+        }
+        try:
+            checks.run_onnx_checker(unchecked)
+            report["onnx_checker"] = "passed"
+        except checks.CheckError as e:
+            report["onnx_checker"] = str(e)
+            errors.append(str(e))
+        report["io_shapes"] = checks.io_shapes(unchecked)
+        op_check = checks.check_tensorrt_ops(unchecked)
+        report["op_check"] = to_jsonable(op_check)
+        if not op_check.ok:
+            errors.append(f"ops outside the TensorRT allow-list: {op_check.violations}")
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        try:
+            if parity_pairs is None or len(parity_pairs) == 0:
+                pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, 4)]
+                report["parity_pairs_source"] = "scikit-image photos with a random homography"
+            else:
+                pairs = _as_pairs(parity_pairs, height, width)
+                report["parity_pairs_source"] = "given pairs, resized to the export size where needed"
+            if dynamic == "shape":
+                pairs += _other_size_pairs(model.config, height, width)
+                report["parity_pairs_source"] += (
+                    "; dynamic shape: also photo pairs at "
+                    + ", ".join(f"{w}x{h}" for h, w in _probe(model.config, height, width))
+                    + " and one pair whose images differ in size"
+                )
+            report["parity_sizes"] = sorted(
+                {f"{a.shape[1]}x{a.shape[0]} / {b.shape[1]}x{b.shape[0]}" for a, b in pairs}
             )
-        report["parity_sizes"] = sorted(
-            {f"{a.shape[1]}x{a.shape[0]} / {b.shape[1]}x{b.shape[0]}" for a, b in pairs}
-        )
-        parity = checks.check_parity(
-            model, onnx_path, pairs, atol=atol, min_match_agreement=min_match_agreement, batch=batch
-        )
-        report["parity"] = to_jsonable(parity)
-        if not parity.ok:
-            errors.append(
-                f"onnxruntime/PyTorch parity failed: match_confidence max diff "
-                f"{parity.match_confidence_max_abs_diff:.2e} (atol {atol}), match_ids equal "
-                f"{parity.match_ids_equal_fraction:.4f} (min {min_match_agreement}), points1 max diff "
-                f"{parity.points1_max_abs_diff_px} px, within {parity.points_atol_px} px "
-                f"{parity.points1_equal_fraction} (min {min_match_agreement})"
+            parity = checks.check_parity(
+                model, unchecked, pairs, atol=atol, min_match_agreement=min_match_agreement, batch=batch
             )
-    except Exception as e:
-        errors.append(f"parity check could not run: {type(e).__name__}: {e}")
-    report["errors"] = errors
-    report["ok"] = not errors
-    json_path, md_path = checks.write_report(report_path, report)
-    result = ExportResult(
-        onnx_path, json_path, md_path, ok=not errors, report=report, model=model, parity_pairs=pairs
-    )
-    if errors and strict:
-        raise ExportError(f"export checks failed for {onnx_path} (report: {json_path}): " + "; ".join(errors))
-    return result
+            report["parity"] = to_jsonable(parity)
+            if not parity.ok:
+                errors.append(
+                    f"onnxruntime/PyTorch parity failed: match_confidence max diff "
+                    f"{parity.match_confidence_max_abs_diff:.2e} (atol {atol}), match_ids equal "
+                    f"{parity.match_ids_equal_fraction:.4f} (min {min_match_agreement}), points1 max diff "
+                    f"{parity.points1_max_abs_diff_px} px, within {parity.points_atol_px} px "
+                    f"{parity.points1_equal_fraction} (min {min_match_agreement})"
+                )
+        except Exception as e:
+            errors.append(f"parity check could not run: {type(e).__name__}: {e}")
+        report["errors"] = errors
+        report["ok"] = not errors
+        if errors and strict:
+            onnx_path = onnx_path.with_name(f"{onnx_path.stem}.failed.onnx")
+            report["onnx_path"] = str(onnx_path)
+        os.replace(unchecked, onnx_path)
+        json_path, md_path = checks.write_report(report_path, report)
+        result = ExportResult(
+            onnx_path, json_path, md_path, ok=not errors, report=report, model=model, parity_pairs=pairs
+        )
+        if errors and strict:
+            raise ExportError(
+                f"export checks failed; the graph was moved to {onnx_path} (report: {json_path}): "
+                + "; ".join(errors)
+            )
+        return result
+    finally:
+        unchecked.unlink(missing_ok=True)

@@ -20,9 +20,11 @@ from typing import Any
 # Smallest largest batch of the split export's TensorRT engines (default_profiles' batch 1..8 for a
 # dynamic-batch graph too): the default guided search's waves hold up to 6 hypotheses.
 SPLIT_MAX_BATCH = 8
-# ONNX opsets the model exports to: 11 is the first with every op it needs (strided slices); 20 is the
-# last that torch's TorchScript exporter writes (the dynamo exporter, exporter="dynamo", writes >= 18).
-SUPPORTED_OPSETS = (11, 20)
+# ONNX opsets the model exports to: 13 is the first whose graph onnxruntime loads with every option (opset
+# 11 has no int64 Clip, the refinement's index clamp; opset 12's DequantizeLinear has no per-channel axis,
+# so its INT8 file was invalid); 20 is the last that torch's TorchScript exporter writes (the dynamo
+# exporter, exporter="dynamo", writes >= 18). 13 is also the last a Jetson Nano's TensorRT 8.2 parses.
+SUPPORTED_OPSETS = (13, 20)
 
 
 def _check_keys(cls: type, values: Mapping[str, Any], prefix: str) -> None:
@@ -129,7 +131,7 @@ class ExportSettings:
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not low <= self.opset <= high:
             raise ValueError(
                 f"opset={self.opset!r}: the exporter writes ONNX opsets {low} to {high} for this model "
-                f"(default 17; TensorRT 10 reads them all)"
+                f"(default 17; TensorRT 10 reads them all, TensorRT 8.2 up to 13)"
             )
 
     @classmethod
@@ -178,34 +180,34 @@ def run_pipeline(
     check_outputs(planned, force=force, force_hint="force=true")
     if parity_pairs is None:
         parity_pairs = [(a, b) for a, b, _ in real_image_pairs(height, width, settings.parity_pairs, seed=0)]
-    result = export_student(
-        checkpoint,
-        out_dir,
-        height=height,
-        width=width,
-        batch=settings.batch,
-        dynamic=settings.dynamic,
-        opset=settings.opset,
-        parity_pairs=list(parity_pairs) or None,
-        with_confidence=settings.with_confidence,
-        atol=settings.atol,
-        min_match_agreement=settings.min_match_agreement,
-        name=output_name(settings),
-    )
-    parity = result.report.get("parity") or {}
-    summary: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "onnx": str(result.onnx_path),
-        "onnx_report": str(result.report_path),
-        "parity": parity,
-    }
-    say(
-        f"Export: ONNX written to {result.onnx_path} and verified (onnx.checker, TensorRT op allow-list, "
-        f"onnxruntime parity: match_confidence max diff "
-        f"{parity.get('match_confidence_max_abs_diff', float('nan')):.2e}, match_ids equal "
-        f"{parity.get('match_ids_equal_fraction', float('nan')):.4f}); report {result.report_path} (+ .md)."
-    )
     try:
+        result = export_student(
+            checkpoint,
+            out_dir,
+            height=height,
+            width=width,
+            batch=settings.batch,
+            dynamic=settings.dynamic,
+            opset=settings.opset,
+            parity_pairs=list(parity_pairs) or None,
+            with_confidence=settings.with_confidence,
+            atol=settings.atol,
+            min_match_agreement=settings.min_match_agreement,
+            name=output_name(settings),
+        )
+        parity = result.report.get("parity") or {}
+        summary: dict[str, Any] = {
+            "checkpoint": str(checkpoint),
+            "onnx": str(result.onnx_path),
+            "onnx_report": str(result.report_path),
+            "parity": parity,
+        }
+        say(
+            f"Export: ONNX written to {result.onnx_path} and verified (onnx.checker, TensorRT op allow-list, "
+            f"onnxruntime parity: match_confidence max diff "
+            f"{parity.get('match_confidence_max_abs_diff', float('nan')):.2e}, match_ids equal "
+            f"{parity.get('match_ids_equal_fraction', float('nan')):.4f}); report {result.report_path} (+ .md)."
+        )
         if settings.split:
             summary.update(_split(result, settings, say))
         if settings.int8.enabled:
@@ -230,7 +232,8 @@ def planned_outputs(out_dir: Path, settings: ExportSettings) -> list[Path]:
 
     onnx_path = out_dir / f"{output_name(settings)}.onnx"
     report = onnx_path.with_name(f"{onnx_path.stem}.export_report.json")
-    paths = [onnx_path, report, report.with_suffix(".md")]
+    # <name>.failed.onnx: where a graph that failed its checks goes (export_student)
+    paths = [onnx_path, onnx_path.with_suffix(".failed.onnx"), report, report.with_suffix(".md")]
     if settings.split:
         paths += [split_path(onnx_path, part) for part in SPLIT_PARTS]
     if settings.int8.enabled:
@@ -262,7 +265,7 @@ def _split(result: Any, settings: ExportSettings, say: Callable[[str], None]) ->
             opset=settings.opset,
             height=settings.height,
             width=settings.width,
-            extra_metadata={"checkpoint": result.report.get("checkpoint", "")},
+            extra_metadata={"checkpoint": Path(result.report.get("checkpoint", "")).name},
         )
     except Exception as e:
         raise ExportError(f"split export of {result.onnx_path} failed: {type(e).__name__}: {e}") from e

@@ -37,6 +37,7 @@ from loftr_kd.export import checks
 from loftr_kd.export.onnx import (
     OUTPUT_NAMES,
     _declare_output_shapes,
+    _with_weights,
     dynamic_mode,
     dynamic_probe_sizes,
     graph_metadata,
@@ -121,6 +122,7 @@ def export_split(
     shape = dynamic_mode(dynamic) == "shape"
     mode = "shape" if shape else "batch"
     model = model.eval()
+    weights = _with_weights(model, extra_metadata)  # of the weights as given, as the whole graph's
     prepare = getattr(model, "prepare_for_inference", None)
     model = prepare() if prepare else model
     size1 = (height, width)
@@ -176,7 +178,7 @@ def export_split(
         written = []
         for (part, (wrapper, example, inputs, outputs, axes, traced)), out_path in zip(graphs.items(), paths):
             metadata = graph_metadata(
-                config, height, width, 1, mode, outputs, {**(extra_metadata or {}), "split_part": part}
+                config, height, width, 1, mode, outputs, {**weights, "split_part": part}
             )
             metadata["input_strides"] = json.dumps(input_strides[part])
             tmp = stack.enter_context(replacing(out_path, suffix=".tmp.onnx"))

@@ -37,6 +37,7 @@ __all__ = [
     "CoarseMatchOutput",
     "EncodedImages",
     "StudentConfig",
+    "StudentMismatchError",
     "build_student",
     "count_parameters",
     "init_student_weights",
@@ -44,6 +45,11 @@ __all__ = [
     "load_student",
     "save_student",
 ]
+
+
+class StudentMismatchError(ValueError, RuntimeError):
+    """A student file whose weights do not fit its ``student_config`` (keys or shapes): the user's input, so a
+    ``ValueError`` (one line from the entry points), and a ``RuntimeError`` as ``load_state_dict`` raises."""
 
 
 class EncodedImages(NamedTuple):
@@ -467,7 +473,8 @@ def load_student(
         CheckpointError: not a regular file, empty, truncated, corrupt or not a checkpoint.
         UnsafeCheckpointError: the file holds objects beyond weights (it may carry code); refused.
         KeyError: no ``student_config`` / ``state_dict`` in the file.
-        RuntimeError: state-dict keys don't match the config (missing and unexpected keys listed).
+        StudentMismatchError: the weights' keys or shapes don't fit the config (a ``ValueError`` and a
+            ``RuntimeError``, one line naming the first of each kind).
         ValueError: a weight tensor holds NaN or infinite values (a damaged file, a diverged run).
     """
     path = Path(path)
@@ -518,12 +525,29 @@ def load_student(
             f"use an earlier checkpoint"
         )
     model = CoarseLoFTRStudent(config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"state dict in {path} does not match its student_config:\n"
-            f"  missing keys ({len(missing)}): {missing}\n  unexpected keys ({len(unexpected)}): {unexpected}"
+    expected = model.state_dict()
+    reshaped = [
+        f"{k} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} for the config"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if reshaped or missing or unexpected:
+        raise StudentMismatchError(
+            f"{path}: its weights do not fit its student_config ("
+            + "; ".join(
+                f"{label} {len(names)} (first: {names[0]})"
+                for label, names in (
+                    ("shapes differ in", reshaped),
+                    ("missing keys", missing),
+                    ("unexpected keys", unexpected),
+                )
+                if names
+            )
+            + "); the file was edited or saved by other code"
         )
+    model.load_state_dict(state_dict)
     if isinstance(map_location, (str, torch.device)):  # torch.load also takes dicts / callables
         model = model.to(map_location)
     return model.eval()

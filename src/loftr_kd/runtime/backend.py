@@ -149,19 +149,44 @@ def split_path(path: str | os.PathLike, part: str) -> Path:
     return path.with_name(f"{base[: len(base) - len(tag)]}.{part}{tag}{path.suffix}")
 
 
+def built_from(engine: str | os.PathLike) -> Path:
+    """The ONNX an engine beside it was built from by name: its precision tag dropped, as ``loftr-kd-export``
+    and its printed ``trtexec`` line name them (``student.fp16.engine`` -> ``student.onnx``,
+    ``student.encoder.fp16.engine`` -> ``student.encoder.onnx``)."""
+    engine = Path(engine)
+    base = engine.name[: len(engine.name) - len(engine.suffix)]
+    tag = next((t for t in _PRECISION_TAGS if base.endswith(t) and len(base) > len(t)), "")
+    return engine.with_name(f"{base[: len(base) - len(tag)]}.onnx")
+
+
 def check_split_config(
-    part_path: Path, config: Mapping[str, Any], whole: Path, expected: Mapping[str, Any]
+    part_path: Path,
+    config: Mapping[str, Any],
+    whole: Path,
+    expected: Mapping[str, Any],
+    weights: str | None = None,
+    expected_weights: str | None = None,
 ) -> None:
     """A split export's half must come from the model of the whole graph beside it.
 
+    Args:
+        weights, expected_weights: the half's and the whole graph's ``weights_sha256`` metadata (files
+            exported before it was written have none: only their ``student_config`` is compared).
+
     Raises:
-        MatcherError: its ``student_config`` differs from ``expected`` (the whole graph's).
+        MatcherError: its ``student_config`` differs from ``expected`` (the whole graph's), or its weights do
+            (a whole graph exported again without ``split``, next to the halves of the earlier weights).
     """
     if dict(config) != dict(expected):
         differ = sorted(k for k in set(config) | set(expected) if config.get(k) != expected.get(k))
         raise MatcherError(
             f"{part_path} was exported from another model than {whole} (student_config differs in "
             f"{', '.join(differ)}); export them together again with loftr-kd-export"
+        )
+    if weights and expected_weights and weights != expected_weights:
+        raise MatcherError(
+            f"{part_path} was exported from other weights than {whole} (weights_sha256 {weights[:12]} "
+            f"against {expected_weights[:12]}); export them together again with loftr-kd-export"
         )
 
 
@@ -293,7 +318,7 @@ def _engine_student_config(metadata: Mapping[str, Any], path: Path) -> tuple[dic
         config = json.loads(config)
     if isinstance(config, dict) and "input_height" in config:
         return config, dict(onnx_metadata or {})
-    for onnx_path in (metadata.get("onnx_path"), path.with_suffix(".onnx")):
+    for onnx_path in (metadata.get("onnx_path"), built_from(path), path.with_suffix(".onnx")):
         if onnx_path and Path(onnx_path).is_file():
             meta = read_metadata(onnx_path)
             if "onnx_metadata" not in metadata and onnx_metadata is None:

@@ -127,7 +127,14 @@ class OnnxBackend:
             for path, session in zip(self.split_paths, sessions):
                 metadata = session.get_modelmeta().custom_metadata_map
                 part = ModelGeometry.from_onnx_metadata(metadata, path)
-                check_split_config(path, part.config, self.path, self.geometry.config)
+                check_split_config(
+                    path,
+                    part.config,
+                    self.path,
+                    self.geometry.config,
+                    metadata.get("weights_sha256"),
+                    self.session.get_modelmeta().custom_metadata_map.get("weights_sha256"),
+                )
             self._split = sessions
         return self._split
 

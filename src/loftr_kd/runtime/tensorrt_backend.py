@@ -161,6 +161,12 @@ class TensorRTRunner:
         return outputs
 
 
+def _weights_of(metadata: dict[str, Any] | None) -> str | None:
+    """The ``weights_sha256`` of the ONNX an engine was built from (its sidecar's ``onnx_metadata``)."""
+    onnx_metadata = (metadata or {}).get("onnx_metadata") or {}
+    return onnx_metadata.get("weights_sha256") if isinstance(onnx_metadata, dict) else None
+
+
 class TensorRTBackend:
     """A TensorRT engine behind :class:`~loftr_kd.runtime.backend.Backend` (:class:`TensorRTRunner` inside).
 
@@ -209,7 +215,14 @@ class TensorRTBackend:
             runners = tuple(TensorRTRunner(path) for path in self.split_paths)
             for path, runner in zip(self.split_paths, runners):
                 part = ModelGeometry.from_engine_metadata(runner.metadata, path, None)
-                check_split_config(path, part.config, self.path, self.geometry.config)
+                check_split_config(
+                    path,
+                    part.config,
+                    self.path,
+                    self.geometry.config,
+                    _weights_of(runner.metadata),
+                    _weights_of(self.runner.metadata),
+                )
             self._split = runners
         return self._split
 
