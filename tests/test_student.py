@@ -168,6 +168,20 @@ def test_linear_attention_matches_reference_formula() -> None:
     torch.testing.assert_close(linear_attention(q, k, v), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_linear_attention_stays_in_float16_range() -> None:
+    """At 1024x1024 (4096 cells, the TensorRT profile's maximum) with keys of trained magnitude the sums over
+    the source cells pass float16's 65504; an fp16 engine computing them returned no matches at 640x480."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 8, 4096, 32, generator=generator)
+    k = torch.randn(1, 8, 4096, 32, generator=generator) + 20  # elu + 1 of about 21: a sum of about 86 000
+    v = torch.randn(1, 8, 4096, 32, generator=generator)
+    assert ((torch.nn.functional.elu(k) + 1).sum(2) > torch.finfo(torch.float16).max).all()
+    expected = linear_attention(q.double(), k.double(), v.double())
+    half = linear_attention(q.half(), k.half(), v.half())
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.double(), expected, rtol=0.02, atol=0.02)
+
+
 def test_similarity_is_dot_product_over_c_over_temperature() -> None:
     f0, f1 = torch.randn(2, 5, 8), torch.randn(2, 6, 8)
     expected = torch.stack([f0[b] @ f1[b].T for b in range(2)]) / 8 / 0.1

@@ -30,11 +30,14 @@ def linear_attention(
     q = F.elu(query) + 1  # (B, H, L, D)
     k = F.elu(key) + 1  # (B, H, S, D)
     length = value.shape[2]
-    v = value / length  # LoFTR scales by 1/S (and back below) so K^T V stays in fp16 range
-    kv = torch.matmul(k.transpose(2, 3), v)  # (B, H, D, D)
-    k_sum = k.sum(dim=2).unsqueeze(3)  # (B, H, D, 1)
-    z = 1.0 / (torch.matmul(q, k_sum) + eps)  # (B, H, L, 1)
-    return torch.matmul(q, kv) * z * length  # (B, H, L, D)
+    # Both sums over the S source cells are taken as means (the 1/S cancels; eps is scaled with them, so
+    # this is LoFTR's function exactly): sums reach 1e5 at 640x480, past float16's 65504, and an fp16
+    # TensorRT engine then returned no matches. LoFTR scaled only V, which keeps K^T V but not the
+    # normaliser in range.
+    kv = torch.matmul(k.transpose(2, 3), value / length)  # (B, H, D, D), mean over S
+    k_mean = k.mean(dim=2).unsqueeze(3)  # (B, H, D, 1)
+    z = 1.0 / (torch.matmul(q, k_mean) + eps / length)  # (B, H, L, 1)
+    return torch.matmul(q, kv) * z  # (B, H, L, D)
 
 
 class LoFTREncoderLayer(nn.Module):
