@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import cv2
@@ -91,6 +92,16 @@ def test_evaluate_compares_methods_and_writes_reports(data, tmp_path, monkeypatc
     assert set(saved["methods"]) == {"orb", "mine"}
     markdown = (tmp_path / "run" / "results.md").read_text()
     assert "| orb |" in markdown and "| mine |" in markdown and "Skipped: student" in markdown
+    # what the figures were computed with: a weights path alone names whatever the file holds today
+    run = saved["run"]
+    assert run["weights"]["mine"] == {
+        "path": str(weights),
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    assert run["machine"]["threads"] == 1 and run["machine"]["versions"]["opencv"] == cv2.__version__
+    assert run["protocol"]["homography"]["estimator"] == "magsac" and "git_commit" in run
+    assert "Protocol: long side 640 px; homography magsac at 3 px" in markdown and "Machine: " in markdown
+    assert cv2.getNumThreads() == 1  # OpenCV's own pool (ORB, MAGSAC) follows threads too
     for name in ("homography_auc.png", "pose_auc.png"):
         assert (tmp_path / "run" / name).stat().st_size > 1000
 
@@ -113,6 +124,13 @@ def test_without_a_benchmark_it_builds_and_evaluates_the_heldout_pairs(tmp_path)
     argv = ["--photo-set", "heldout", "--out", str(root), "--pairs", "2", "--seed", "2026"]
     assert homographies(argv) == 0
     assert (root / "h_0001" / "H_1_2").read_bytes() == before
+    # a pair lost from the middle: 1 pair evaluated silently as "the 2 held-out pairs" before
+    (root / "h_0000" / "2.png").rename(tmp_path / "lost.png")
+    with pytest.raises(
+        ValueError, match=r"holds something other than the 2 held-out photo pairs \(no .*h_0000/2.png\)"
+    ):
+        evaluate(compose_cfg([*overrides, "~methods.orb"]), out_dir=tmp_path / "run6")
+    (tmp_path / "lost.png").rename(root / "h_0000" / "2.png")
     # fewer pairs asked than the folder holds: not the 2 evaluated silently, but the command that rebuilds them
     fewer = [f"heldout.root={root}", "heldout.pairs=1", "~methods.student", "~methods.student_one_pass"]
     with pytest.raises(

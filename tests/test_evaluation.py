@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -242,7 +243,7 @@ def test_load_pose_pairs_errors(tmp_path, pose_data):
     good = list_file.read_text().splitlines()[0].split()
     for index, value, message in (
         (5, "nan", "NaN or infinite values"),
-        (4, "0", "K0 is not a camera matrix"),
+        (4, "0", "K0: not a camera matrix: focal lengths must be > 0"),
     ):
         broken = [*good]
         broken[index] = value  # K0's first row (fx at 4)
@@ -480,3 +481,64 @@ def test_pose_pairs_of_held_out_scenes_come_from_their_cameras(tmp_path):
         np.testing.assert_allclose(pair.T_0to1[:3, :3], np.eye(3), atol=1e-6)
         np.testing.assert_allclose(pair.T_0to1[:3, 3], [-0.2 * (view1 - view0), 0, 0], atol=1e-6)
     assert len(pose_pairs_from_scenes(tmp_path, max_pairs=2)) == 2
+
+
+def test_a_pair_set_with_a_file_lost_is_refused_not_shortened(hpatches, tmp_path):
+    """A sequence without image 1, or an image without its H_1_k, dropped its pairs without a word."""
+    for lost in ("1.png", "H_1_3"):
+        root = tmp_path / lost
+        shutil.copytree(hpatches, root)
+        victim = (
+            next((root / "v_coffee").glob(f"{Path(lost).stem}.*"))
+            if lost == "1.png"
+            else root / "v_coffee" / lost
+        )
+        victim.unlink()
+        expected = (
+            r"v_coffee has H_1_2 but no image 1" if lost == "1.png" else r"3\.\w+ has no homography H_1_3"
+        )
+        with pytest.raises(FileNotFoundError, match=expected):
+            ev.load_hpatches(root)
+
+
+def test_pose_inputs_that_would_score_wrongly_are_refused(tmp_path, pose_data):
+    """A K with K[2,2] != 1 scored an exact pose 15 degrees off; a skewed or singular K, a T without a
+    baseline (every method fails it) or with no rotation in it were taken."""
+    list_file, _ = pose_data
+    good = list_file.read_text().splitlines()[0].split()
+    scaled = [*good]
+    scaled[4:13] = [f"{2 * float(v):.10g}" for v in good[4:13]]  # K0 times 2: the same camera
+    (list_file.parent / "scaled.txt").write_text(" ".join(scaled) + "\n")
+    np.testing.assert_allclose(ev.load_pose_pairs(list_file.parent / "scaled.txt")[0].K0, K)
+    identity = ["1", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1"]
+    squashed = ["3", "0", "0", "0.1", "0", "0.1", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1"]
+    for index, values, message in (
+        (4, ["500", "3", "320"], "K0: a skewed camera matrix"),
+        (
+            4,
+            ["500", "0", "320", "0", "500", "240", "0.1", "0", "1"],
+            r"K0: not a camera matrix: its last row",
+        ),
+        (22, identity, "T_0to1 has no translation"),
+        (22, squashed, "T_0to1's 3x3 block is not a rotation"),
+    ):
+        broken = [*good]
+        broken[index : index + len(values)] = values
+        (list_file.parent / "broken.txt").write_text(" ".join(broken) + "\n")
+        with pytest.raises(ValueError, match=rf"broken.txt:1: {message}"):
+            ev.load_pose_pairs(list_file.parent / "broken.txt")
+
+
+def test_scene_pairs_are_named_by_their_scene(tmp_path):
+    """Every scene names its images 00000000.jpg ...: pairs of two scenes shared a name in per_pair."""
+    from loftr_kd.data.synthetic import write_toy_dataset
+    from loftr_kd.evaluation import pose_pairs_from_scenes
+
+    write_toy_dataset(tmp_path, scenes=2, views=3, height=96, width=128, baseline=0.2)
+    names = [
+        p.name
+        for p in pose_pairs_from_scenes(
+            tmp_path, sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and (p / "cams").is_dir())
+        )
+    ]
+    assert len(set(names)) == len(names) and all("/" in n for n in names)

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import socket
+import subprocess
+import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from loftr_kd.distributed import is_rank_zero_process
+from loftr_kd.paths import REPO_ROOT
 
 __all__ = [
     "CLAIM_NAME",
@@ -35,6 +40,7 @@ __all__ = [
     "holds_a_run",
     "mark_run",
     "read_claim",
+    "run_metadata",
 ]
 
 CLAIM_NAME = ".loftr-kd-run.json"
@@ -335,3 +341,53 @@ def check_sweep_dir(folder: Path) -> None:
             f"{f' ... ({len(taken)} runs)' if len(taken) > 5 else ''}; a sweep never writes into a folder with "
             "runs and nothing in it was touched: give a new hydra.sweep.dir (or leave it to the default)"
         )
+
+
+# Recorded with every run (run_info.json) and evaluation (results.json): what a result was computed with.
+_PACKAGES = (
+    "torch",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "kornia",
+    "numpy",
+    "opencv-python",
+    "onnx",
+    "onnxruntime",
+    "tensorboard",
+    "loftr-kd",
+)
+
+
+def run_metadata() -> dict[str, Any]:
+    """Git commit, package versions and machine of this run (stored in the run directory)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": _gpu_name(),
+        "packages": versions,
+    }
+
+
+def _gpu_name() -> str | None:
+    """The first CUDA GPU's name, when torch is imported already and sees one (never imports torch)."""
+    torch = sys.modules.get("torch")
+    return torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None

@@ -6,11 +6,7 @@ as a Hydra app so overrides, multirun sweeps and the saved ``.hydra/`` config wo
 from __future__ import annotations
 
 import logging
-import platform
-import subprocess
-import sys
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +24,6 @@ from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, one_line
 from loftr_kd.files import torch_save, write_json, write_text
 from loftr_kd.lightning_module import DistillationModule, MonitoringConfig
 from loftr_kd.models.student import count_parameters, init_student_weights
-from loftr_kd.paths import REPO_ROOT
 from loftr_kd.resume import (  # noqa: F401 - public here since before they moved
     RESUMABLE_NAMES,
     ResumeError,
@@ -37,26 +32,12 @@ from loftr_kd.resume import (  # noqa: F401 - public here since before they move
     check_resumed_student,
     resolve_resume_checkpoint,
 )
-from loftr_kd.rundir import RunDirError, claim_run_dir, end_state, mark_run
+from loftr_kd.rundir import RunDirError, claim_run_dir, end_state, mark_run, run_metadata
 from loftr_kd.runtime.torch_backend import torch_threads
 from loftr_kd.supervision import SupervisionConfig
 from loftr_kd.validation import FitValidationConfig
 
 log = logging.getLogger("loftr_kd.train")
-
-_PACKAGES = (
-    "torch",
-    "pytorch-lightning",
-    "hydra-core",
-    "omegaconf",
-    "kornia",
-    "numpy",
-    "opencv-python",
-    "onnx",
-    "onnxruntime",
-    "tensorboard",
-    "loftr-kd",
-)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -75,34 +56,6 @@ def _say(message: str) -> None:
     log.info(message)
     if not logging.getLogger().handlers:
         print(message, flush=True)
-
-
-def run_metadata() -> dict[str, Any]:
-    """Git commit, package versions and machine of this run (stored in the run directory)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join(sys.argv),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": versions,
-    }
 
 
 # The teachers' module before they became the ``loftr_kd.teachers`` package: configs saved by earlier runs

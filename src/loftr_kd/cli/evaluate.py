@@ -56,6 +56,56 @@ def build_methods(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, str]]:
     return methods, skipped
 
 
+def provenance(cfg: DictConfig, methods: dict[str, Any]) -> dict[str, Any]:
+    """What the results were computed with: commit, packages and machine (the CPU threads given), each
+    method's weights file and SHA-256 (a path alone names whatever the file holds today) and the protocol
+    settings that change rankings (the robust estimators, the sizes)."""
+    import hashlib
+
+    from loftr_kd.bench.report import machine_info
+    from loftr_kd.rundir import run_metadata
+
+    weights = {}
+    for name, method in methods.items():
+        path = getattr(getattr(method, "matcher", method), "weights", None)  # a guided one wraps its matcher
+        if isinstance(path, Path) and path.is_file():
+            weights[name] = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    h, p, c = cfg.homography, cfg.pose, cfg.coarse
+    return {
+        **run_metadata(),
+        "machine": machine_info(cfg.get("threads")),
+        "weights": weights,
+        "protocol": {
+            "size": cfg.get("size"),
+            "homography": {
+                "estimator": h.ransac,
+                "threshold_px": h.ransac_threshold,
+                "short_side": h.short_side,
+            },
+            "pose": {"estimator": "essential matrix, RANSAC (OpenCV)", "threshold_px": p.ransac_threshold_px},
+            "coarse": {"height": c.height, "width": c.width},
+        },
+    }
+
+
+def provenance_lines(run: dict[str, Any]) -> str:
+    """The Markdown footer of :func:`provenance`: protocol, machine, commit and weights, one line each."""
+    protocol, machine = run["protocol"], run["machine"]
+    h, p, c = protocol["homography"], protocol["pose"], protocol["coarse"]
+    lines = [
+        "",
+        f"Protocol: long side {protocol['size']} px; homography {h['estimator']} at {h['threshold_px']:g} px "
+        f"(short side {h['short_side']}); pose {p['estimator']} at {p['threshold_px']:g} px; coarse ground "
+        f"truth at {c['width']}x{c['height']}.",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, threads {machine['threads'] or 'default'}, GPU "
+        f"{machine['gpu'] or 'none'}; "
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+        + f"; commit {(run.get('git_commit') or 'unknown')[:12]}{' (modified)' if run.get('git_dirty') else ''}.",
+    ]
+    lines += [f"Weights of {n}: {w['path']} (sha256 {w['sha256'][:16]})." for n, w in run["weights"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def heldout_pairs(heldout: DictConfig) -> Path:
     """The held-out photo pairs at ``heldout.root``, built there on first use (``loftr-kd-evaluate`` with no
     benchmark set).
@@ -66,15 +116,18 @@ def heldout_pairs(heldout: DictConfig) -> Path:
     from loftr_kd.data.homography import write_photo_set_pairs
 
     root = Path(str(heldout.root))
-    last = root / f"h_{int(heldout.pairs) - 1:04d}" / "H_1_2"
+    folders = [root / f"h_{i:04d}" for i in range(int(heldout.pairs))]
+    lost = next(
+        (f / name for f in folders for name in ("1.png", "2.png", "H_1_2") if not (f / name).is_file()), None
+    )
     beyond = root / f"h_{int(heldout.pairs):04d}"
-    if last.is_file() and not beyond.exists():
+    if lost is None and not beyond.exists():
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         what = (
             f"more than the {heldout.pairs} held-out photo pairs ({beyond.name})"
-            if last.is_file()
-            else (f"something other than the {heldout.pairs} held-out photo pairs (no {last})")
+            if lost is None
+            else (f"something other than the {heldout.pairs} held-out photo pairs (no {lost})")
         )
         raise ValueError(
             f"heldout.root={root} holds {what}; nothing in it was touched: rebuild the pairs with "
@@ -192,6 +245,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
             seed=cfg.seed,
         )
     coarse = _coarse_batches(cfg)
+    if cfg.get("threads") is not None:  # OpenCV's own pool (ORB, SIFT, MAGSAC) ignores OMP_NUM_THREADS
+        import cv2
+
+        cv2.setNumThreads(int(cfg.threads))
     methods, skipped = build_methods(cfg)
 
     results: dict[str, Any] = {"methods": {}, "skipped": skipped}
@@ -217,10 +274,11 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
                 "epipolar_threshold": p.epipolar_threshold,
             },
         )["methods"][name]
+    results["run"] = provenance(cfg, methods)
     results["config"] = OmegaConf.to_container(cfg, resolve=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
-    markdown = ev.markdown_report(results)
+    markdown = ev.markdown_report(results) + provenance_lines(results["run"])
     if skipped:
         markdown += "\nSkipped: " + "; ".join(f"{n} ({why})" for n, why in skipped.items()) + "\n"
     write_text(out_dir / "results.md", markdown)

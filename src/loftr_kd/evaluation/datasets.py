@@ -50,10 +50,12 @@ class PosePair:
     K0: np.ndarray
     K1: np.ndarray
     T_0to1: np.ndarray
+    scene: str | None = None  # a scene set's scene: its images share names with the other scenes'
 
     @property
     def name(self) -> str:
-        return f"{self.path0.name}-{self.path1.name}"
+        pair = f"{self.path0.name}-{self.path1.name}"
+        return f"{self.scene}/{pair}" if self.scene else pair
 
 
 def _find_image(directory: Path, stem: str) -> Path | None:
@@ -81,9 +83,18 @@ def load_hpatches(root: str | Path, sequences: Iterable[str] | None = None) -> l
     for name in names:
         directory = root / name
         first = _find_image(directory, "1")
+        h_paths = sorted(directory.glob("H_1_*"), key=lambda p: p.name)
         if first is None:
+            if h_paths:  # a pair set with a file lost: its pairs would silently go missing from the report
+                raise FileNotFoundError(
+                    f"{directory} has {h_paths[0].name} but no image 1 (1.png, 1.ppm ...)"
+                )
             continue
-        for h_path in sorted(directory.glob("H_1_*"), key=lambda p: p.name):
+        for k in range(2, 100):
+            other = _find_image(directory, str(k))
+            if other is not None and not (directory / f"H_1_{k}").is_file():
+                raise FileNotFoundError(f"{other} has no homography H_1_{k} next to it in {directory}")
+        for h_path in h_paths:
             index = int(h_path.name.split("_")[-1])
             other = _find_image(directory, str(index))
             if other is None:
@@ -133,25 +144,61 @@ def load_pose_pairs(pair_list: str | Path, image_root: str | Path | None = None)
             raise ValueError(f"{where}: NaN or infinite values in rot/K/T")
         if values[0] != 0 or values[1] != 0:
             raise ValueError(f"{where}: EXIF rotations are not supported; rotate the images and fix K/T")
-        for name, K in (("K0", values[2:11].reshape(3, 3)), ("K1", values[11:20].reshape(3, 3))):
-            if not (K[0, 0] > 0 and K[1, 1] > 0 and K[2, 2] != 0):
-                raise ValueError(f"{where}: {name} is not a camera matrix (focal lengths must be > 0)")
+        K0, K1 = (camera_matrix(f"{where}: {name}", values[i : i + 9]) for name, i in (("K0", 2), ("K1", 11)))
+        T_0to1 = relative_motion(where, values[20:36])
         path0, path1 = image_root / tokens[0], image_root / tokens[1]
         for path in (path0, path1):
             if not path.is_file():
                 raise FileNotFoundError(f"{where}: image {path} not found")
-        pairs.append(
-            PosePair(
-                path0,
-                path1,
-                values[2:11].reshape(3, 3),
-                values[11:20].reshape(3, 3),
-                values[20:36].reshape(4, 4),
-            )
-        )
+        pairs.append(PosePair(path0, path1, K0, K1, T_0to1))
     if not pairs:
         raise ValueError(f"pair list {pair_list} holds no pairs")
     return pairs
+
+
+def camera_matrix(where: str, values: Iterable[float]) -> np.ndarray:
+    """A pinhole camera matrix from 9 row-major values, scaled to ``K[2, 2] = 1`` (the same camera).
+
+    The pose benchmark normalises points with fx, fy, cx and cy only: a last row other than ``(0, 0, k)``
+    or a skew would be ignored and score an exact pose as tens of degrees off.
+
+    Raises:
+        ValueError: ``where``: not such a matrix (what is wrong named).
+    """
+    K = np.asarray(list(values), np.float64).reshape(3, 3)
+    if K[2, 0] != 0 or K[2, 1] != 0 or not K[2, 2] > 0:
+        raise ValueError(
+            f"{where}: not a camera matrix: its last row must be (0, 0, k > 0), got {K[2].tolist()}"
+        )
+    K = K / K[2, 2]
+    if K[1, 0] != 0 or K[0, 1] != 0:
+        raise ValueError(f"{where}: a skewed camera matrix (K[0, 1] = {K[0, 1]:g}) is not supported")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(
+            f"{where}: not a camera matrix: focal lengths must be > 0, got {K[0, 0]:g}, {K[1, 1]:g}"
+        )
+    return K
+
+
+def relative_motion(where: str, values: Iterable[float], tolerance: float = 1e-2) -> np.ndarray:
+    """``T_0to1`` from 16 row-major values, checked to be a rigid motion with a baseline.
+
+    The rotation is allowed ``tolerance`` of rounding (stored camera files hold a few digits). A pair
+    without translation has no epipolar geometry: every method would fail it (its translation error is
+    undefined), so it is refused rather than scored.
+
+    Raises:
+        ValueError: ``where``: not a rigid motion, or no translation.
+    """
+    T = np.asarray(list(values), np.float64).reshape(4, 4)
+    R, t = T[:3, :3], T[:3, 3]
+    if not np.allclose(T[3], [0, 0, 0, 1]):
+        raise ValueError(f"{where}: T_0to1's last row must be (0, 0, 0, 1), got {T[3].tolist()}")
+    if np.abs(R @ R.T - np.eye(3)).max() > tolerance or abs(np.linalg.det(R) - 1) > tolerance:
+        raise ValueError(f"{where}: T_0to1's 3x3 block is not a rotation (R R^T != I or det(R) != 1)")
+    if np.linalg.norm(t) <= 1e-9 * max(1.0, np.abs(T).max()):
+        raise ValueError(f"{where}: T_0to1 has no translation; a pair without a baseline cannot score a pose")
+    return T
 
 
 def write_pose_pairs(path: str | Path, pairs: Iterable[PosePair], image_root: str | Path) -> None:
@@ -229,10 +276,15 @@ def pose_pairs_from_scenes(
     pairs = []
     for record in records:
         view0, view1 = (index.views[(record.scene, v)] for v in (record.view0, record.view1))
-        T_0to1 = relative_pose(view0.camera.extrinsic, view1.camera.extrinsic)
-        pairs.append(
-            PosePair(
-                view0.image, view1.image, view0.camera.intrinsic, view1.camera.intrinsic, np.asarray(T_0to1)
-            )
+        where = f"{root / record.scene} views {record.view0} and {record.view1}"
+        K0, K1 = (
+            camera_matrix(f"{where}: {v.image.name}'s camera", v.camera.intrinsic.ravel())
+            for v in (view0, view1)
         )
+        try:
+            T_0to1 = relative_pose(view0.camera.extrinsic, view1.camera.extrinsic)
+        except np.linalg.LinAlgError:
+            raise ValueError(f"{where}: {view0.image.name}'s extrinsic is a singular matrix") from None
+        T_0to1 = relative_motion(where, np.asarray(T_0to1).ravel())
+        pairs.append(PosePair(view0.image, view1.image, K0, K1, T_0to1, scene=record.scene))
     return pairs

@@ -108,12 +108,14 @@ def evaluate_homography(
         errors = reprojection_errors(result["keypoints0"], result["keypoints1"], h_true)
         rotation, zoom = homography_rotation_zoom(h_true, width, height)
         correct_errors.append(errors[errors < correct_threshold])  # "correct at t px" as in precision
+        error = corner_error(h_est, h_true, width, height)
         records.append(
             {
                 "pair": pair.name,
                 "rotation_deg": rotation,
                 "zoom": zoom,
-                "corner_error": corner_error(h_est, h_true, width, height),
+                "corner_error": error,
+                "failed": not math.isfinite(error),  # JSON writes the inf of a failure as null
                 "num_matches": len(errors),
                 "num_inliers": int(inliers.sum()),
                 "precision": {

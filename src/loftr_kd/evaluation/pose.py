@@ -49,6 +49,7 @@ def evaluate_pose(
             {
                 "pair": pair.name,
                 "pose_error": max(r_err, t_err),
+                "failed": not math.isfinite(max(r_err, t_err)),  # JSON writes the inf of a failure as null
                 "rotation_error": r_err,
                 "translation_error": t_err,
                 "num_matches": len(k0),
