@@ -103,6 +103,7 @@ def test_failed_export_is_one_line_on_stderr(tmp_path):
         ("atol=-1", r"atol=-1: expected a finite parity tolerance > 0"),
         ("atol=inf", r"atol=inf: expected a finite parity tolerance > 0"),  # passed every parity check
         ("opset=11", r"opset=11: the exporter writes ONNX opsets 13 to 20"),  # failed after loading
+        ("parity_pairs=0", r"parity_pairs must be >= 1"),  # became 4 without a word
         ("opset=12", r"opset=12: the exporter writes ONNX opsets 13 to 20"),  # wrote an invalid INT8 file
     ],
 )

@@ -114,8 +114,10 @@ class ExportSettings:
             raise ValueError(
                 f"name={self.name!r}: expected a file stem (no folders); out_dir= sets the folder"
             )
-        if self.parity_pairs < 0:
-            raise ValueError(f"parity_pairs must be >= 0, got {self.parity_pairs}")
+        if self.parity_pairs < 1:  # 0 used to mean the default 4, silently
+            raise ValueError(
+                f"parity_pairs must be >= 1 (the pairs every export is checked on), got {self.parity_pairs}"
+            )
         if self.dynamic not in (False, True, "batch"):
             raise ValueError(f"dynamic must be false, true or batch, got {self.dynamic!r}")
         if not (
