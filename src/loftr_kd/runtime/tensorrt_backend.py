@@ -141,7 +141,12 @@ class TensorRTRunner:
         for name in self.input_names:
             t = torch.as_tensor(inputs[name]).to(self.device, self._torch_dtype(name)).contiguous()
             feeds[name] = t
-            self.context.set_input_shape(name, tuple(t.shape))
+            if not self.context.set_input_shape(name, tuple(t.shape)):  # False: outside the profile
+                raise ValueError(
+                    f"{self.engine_path}: input {name} of shape {tuple(t.shape)} is outside the engine's "
+                    f"optimisation profile {self.metadata.get('profiles') or '(static)'}; rebuild it with one "
+                    "that holds this size"
+                )
             self.context.set_tensor_address(name, t.data_ptr())
         outputs = {}
         for name in self.output_names:
