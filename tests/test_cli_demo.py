@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -202,3 +203,49 @@ def test_the_student_encodes_the_reference_once(tmp_path):
         and np.array_equal(encoded[-1][1], frames[2])
     )
     assert len(app.timings) == 3
+
+
+@pytest.mark.parametrize(("name", "status", "how"), [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_a_headless_run_stopped_by_a_signal_keeps_its_frames(tmp_path, name, status, how):
+    """Ctrl-C threw the annotated video and its timing away without a word; SIGTERM left a hidden,
+    unplayable temporary file. Both now finish the video with the frames processed so far."""
+    import signal
+    import subprocess
+
+    source = tmp_path / "long.avi"  # long enough to be running still when the signal comes
+    photo = cv2.resize(skdata.coffee()[:, :, ::-1], (W, H), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
+    assert writer.isOpened()
+    for i in range(3000):
+        writer.write(np.roll(photo, 3 * (i % 20), axis=1))
+    writer.release()
+    out = tmp_path / "out" / "long.mp4"
+    command = [sys.executable, "-m", "loftr_kd.cli.demo", "--source", str(source), "--headless"]
+    command += ["--out", str(out), "--backend", "orb", "--threads", "1"]
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # a background job inherits an ignored SIGINT: give the child Python's own Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        progress = child.stdout.readline()  # "frame 50 of 3000, ... FPS": the video is being written
+        assert progress.startswith("frame 50 of 3000"), progress + child.stderr.read()
+        child.send_signal(getattr(signal, name))
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == status, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith(f"loftr-kd-demo: stopped by {how} after ") and "processed so far are in" in line
+    frames, size = count_frames(out)
+    assert 50 <= frames < 3000 and size == (H, 2 * W)
+    summary = json.loads((tmp_path / "out" / "long.timing.json").read_text())
+    assert summary["interrupted"] is True and summary["ended_early"] is False
+    assert summary["frames"] == frames
+    with (tmp_path / "out" / "long.timing.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == frames
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".long.mp4")) == []

@@ -5,6 +5,8 @@ sources by weight."""
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -314,6 +316,9 @@ def test_labelling_checks_caches_and_resumes(labelled, caplog):
     module.label()
     assert cache.complete and len(cache.load()) == 14
     assert f"{14 - redo} of 14 pairs already labelled" in caplog.text
+    caplog.clear()
+    module.label()  # complete: one line says so (a second loftr-kd-label printed nothing)
+    assert f"Labels: all 14 pairs already labelled in {cache.folder} (" in caplog.text
 
 
 def test_labelled_pairs_give_pseudo_ground_truth_of_the_pan(labelled):
@@ -353,9 +358,13 @@ def test_verification_of_a_degenerate_match_set_finds_no_inliers():
 
 
 @pytest.mark.slow
-def test_sigterm_stops_labelling_after_a_batch_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "status", "how"), [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")]
+)
+def test_a_signal_stops_labelling_and_the_same_command_resumes(tmp_path, signum, status, how):
     """Lightning's predict loop only records SIGTERM: loftr-kd-label stops after the batch it is writing,
-    exits 143 with one line, keeps the labels so far, and the same command labels the rest."""
+    exits 143 with one line, keeps the labels so far, and the same command labels the rest. Ctrl-C ended with
+    Lightning's exit 1 and its own line only: 130 and the same line now."""
     import os
     import signal
     import subprocess
@@ -386,14 +395,21 @@ def test_sigterm_stops_labelling_after_a_batch_and_the_same_command_resumes(tmp_
         ]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command("first"), stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(  # a background job's children inherit an ignored SIGINT: give the default back
+        command("first"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while not list(labels.glob("*/shard_*.npz")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signum))
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-2000:]
-    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert proc.returncode == status, stderr[-2000:]
+    assert f"loftr-kd-label: stopped by {how}; the labels written so far are kept" in stderr
+    assert "Traceback" not in stderr
     (cache,) = labels.iterdir()
     written = len(list(cache.glob("shard_*.npz")))
     assert written >= 1 and not (cache / "complete.json").exists()
@@ -420,3 +436,233 @@ def test_fewer_pairs_than_one_over_val_fraction_still_hold_one_out(labelled):
     none.source = dataclasses.replace(module.source, val_fraction=0.0)
     with pytest.warns(UserWarning, match="validation runs on training pairs \\(data.val_fraction=0\\)"):
         none._setup_unlabeled()
+
+
+# ---------------------------------------------------------------------------- what discovery finds and refuses
+def _photo(path, seed: int = 0, size: tuple[int, int] = (W, H)) -> None:
+    """A real photo (rolled by ``seed``) written at ``size``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.roll(cv2.resize(skdata.coffee(), size), 7 * seed, axis=1))
+
+
+def test_symlink_loops_are_walked_once_and_said(tmp_path, caplog):
+    """`self -> .` listed every image 41 times (41 photo groups); two loop links never finished."""
+    root = tmp_path / "twoloops"
+    for k, name in enumerate(("a.png", "b.png")):
+        _photo(root / name, k)
+    (root / "self").symlink_to(".")
+    (root / "again").symlink_to(".")
+    (root / "nested").mkdir()
+    (root / "nested" / "up").symlink_to("..")
+    for k, name in enumerate(("c.png", "d.png")):  # a link to a folder elsewhere is still followed
+        _photo(tmp_path / "elsewhere" / name, k)
+    (root / "linked").symlink_to(tmp_path / "elsewhere")
+    caplog.set_level("INFO")
+    found = []
+    walk = threading.Thread(target=lambda: found.append(discover(root)), daemon=True)
+    walk.start()
+    walk.join(timeout=60)  # before, two loop links walked about 2**40 paths
+    assert found, "discover() did not finish within 60 s"
+    sequences, groups = found[0]
+    assert sequences == []
+    assert [[Path(f.path).relative_to(root).as_posix() for f in g] for g in groups] == [
+        ["a.png", "b.png"],
+        ["linked/c.png", "linked/d.png"],
+    ]
+    (record,) = [r for r in caplog.records if "already searched" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    for link in ("self", "again", "nested/up"):
+        assert str(root / link) in record.getMessage()
+
+
+def test_label_caches_inside_the_data_folder_are_not_data(tmp_path):
+    """With labels_dir inside data.root the decoded frames became a second sequence on the next run (12
+    pairs instead of 6, and a new cache); a copy of a label folder under another name did the same."""
+    import shutil
+
+    from loftr_kd.data.labels import pairs_and_cache
+
+    root = tmp_path / "data"
+    root.mkdir()
+    writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    for i in range(10):
+        writer.write(np.roll(cv2.resize(skdata.astronaut(), (W, H)), 4 * i, axis=1))
+    writer.release()
+
+    def find(labels):
+        return pairs_and_cache(root, labels, {"gaps": [2]}, {}, (H, W), torch.nn.Identity())[:2]
+
+    pairs, cache = find(root / "labels")
+    assert len(pairs) == 8 and (root / "labels" / "frames").is_dir()
+    cache.start()
+    again, same = find(root / "labels")
+    assert again == pairs and same.folder == cache.folder
+    shutil.copytree(root / "labels", root / "old_labels")  # decoded frames, under any name
+    none = np.zeros((0, 2))
+    cache.write_shard(
+        [{"index": 0, "keypoints0": none, "keypoints1": none, "confidence": none[:, 0], "candidates": 0}]
+    )
+    shutil.copytree(cache.folder, root / "old_cache")  # a label cache with a shard
+    for name in ("stray0.png", "stray1.png"):  # would be a photo group of their own
+        _photo(root / "old_cache" / name, len(name))
+    again, same = find(root / "labels")
+    assert again == pairs and same.folder == cache.folder
+    sequences, groups = discover(root, exclude=[root / "labels"])
+    assert [s[0].path for s in sequences] == [str(root / "clip.avi")] and groups == []
+
+
+def test_bad_images_and_videos_are_found_before_the_teacher(tmp_path, caplog):
+    """A truncated image or an empty video stopped labelling when its batch came (hours in), and
+    data.on_bad_data=skip was accepted and ignored: now every file is checked when it is found."""
+    from loftr_kd.data.datamodule import PairDataModule
+
+    root = tmp_path / "photos"
+    for k, name in enumerate(("a.png", "b.png", "cut.png")):
+        _photo(root / name, k)
+    data = (root / "cut.png").read_bytes()
+    (root / "cut.png").write_bytes(data[: len(data) // 2])
+    _photo(root / "tiny.png", size=(16, 12))
+    empty = cv2.VideoWriter(str(root / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    empty.release()
+    (root / "garbage.mp4").write_bytes(b"not a video at all" * 10)
+    bad = ["cut.png", "tiny.png", "empty.avi", "garbage.mp4"]
+
+    built = []  # the teacher is never built for a folder with a bad file
+
+    def labeller():
+        built.append(True)
+        return torch.nn.Identity()
+
+    def module(on_bad_data):
+        return PairDataModule(
+            kind="unlabeled",
+            root=root,
+            height=H,
+            width=W,
+            on_bad_data=on_bad_data,
+            labeller=labeller,
+            labels_dir=tmp_path / "labels",
+        )
+
+    with pytest.raises(
+        ValueError, match=r"3 more bad files .*\(data.on_bad_data=skip leaves such files out\)"
+    ):
+        module("raise")._label_cache()
+    assert built == []
+    with pytest.raises(ValueError, match=r"cut.png: PNG truncated \(no IEND chunk\)"):
+        discover(_only(root, "cut.png", tmp_path))
+    caplog.set_level("WARNING")
+    pairs, cache, _, _ = module("skip")._label_cache()
+    assert [(Path(p.image0.path).name, Path(p.image1.path).name) for p in pairs] == [("a.png", "b.png")]
+    (record,) = [r for r in caplog.records if "bad files" in r.getMessage()]
+    assert "left out 4 bad files (data.on_bad_data=skip)" in record.getMessage()
+    assert all(str(root / name) in record.getMessage() for name in bad)
+
+
+def _only(root, name, tmp_path):
+    """A folder holding the good photos and one bad file of ``root``."""
+    import shutil
+
+    folder = tmp_path / f"only_{name}"
+    folder.mkdir()
+    for keep in ("a.png", "b.png", name):
+        shutil.copy(root / keep, folder / keep)
+    return folder
+
+
+def test_numbered_photos_taken_as_a_sequence_are_said(tmp_path, caplog):
+    """IMG_0001 ... IMG_0009 became a sequence without a word, and adjacent shots were never paired."""
+    folder = tmp_path / "phone"
+    for i in range(1, 10):
+        _photo(folder / f"IMG_{i:04d}.png", i)
+    caplog.set_level("INFO")
+    sequences, groups = discover(tmp_path, min_sequence=8)
+    assert [len(s) for s in sequences] == [9] and groups == []
+    assert f"9 numbered images in {folder} taken as a sequence (data.pairs.min_sequence=8" in caplog.text
+    caplog.clear()
+    sequences, groups = discover(tmp_path, min_sequence=10)  # the documented way out: photos
+    assert sequences == [] and [len(g) for g in groups] == [9] and "taken as a sequence" not in caplog.text
+
+
+def test_a_complete_cache_is_said_and_xfeat_on_photos_is_warned(tmp_path, caplog):
+    """A second loftr-kd-label printed nothing; XFeat's checked matches keep unrelated photos as pairs."""
+    from loftr_kd.data.labels import label_pairs
+
+    for name in ("a.png", "b.png", "c.png"):
+        _photo(tmp_path / name, len(name))
+    photos = [PairSpec(FrameRef(str(tmp_path / "a.png")), FrameRef(str(tmp_path / "b.png")), "photos")]
+    frames = [PairSpec(FrameRef(str(tmp_path / "a.png")), FrameRef(str(tmp_path / "c.png")), "sequence", 2)]
+    xfeat = {"name": "XFeat + LighterGlue", "settings": {"features": "xfeat"}, "weights": {}}
+    aliked = {"name": "ALIKED + LightGlue", "settings": {"features": "aliked"}, "weights": {}}
+
+    def complete(pairs, teacher):
+        cache = LabelCache.for_pairs(tmp_path / "labels", pairs, teacher, (H, W), VerifySettings())
+        cache.start()
+        cache.finish({"pairs": len(pairs), "kept": 1, "dropped": 0})
+        return cache
+
+    def warnings_of(pairs, teacher):
+        caplog.clear()
+        label_pairs(complete(pairs, teacher), pairs, torch.nn.Identity(), VerifySettings(), say=lines.append)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    caplog.set_level("WARNING")
+    lines = []
+    (warning,) = warnings_of(photos, xfeat)
+    assert warning.startswith("data.labeller.features=xfeat labels 1 pairs of unordered photos")
+    cache = complete(photos, xfeat)
+    assert lines == [f"Labels: all 1 pairs already labelled in {cache.folder} (1 kept)."]
+    assert warnings_of(photos, aliked) == [] and warnings_of(frames, xfeat) == []
+
+
+_THREADS_SEEN: list[int] = []
+
+
+def _threads_recording_teacher(**options):
+    """The real XFeat + LighterGlue teacher, noting torch's thread count at each call."""
+    from loftr_kd.teachers import build_lightglue_teacher
+
+    teacher = build_lightglue_teacher(**options, max_keypoints=512)
+    teacher.register_forward_pre_hook(lambda module, args: _THREADS_SEEN.append(torch.get_num_threads()))
+    return teacher
+
+
+def test_labelling_runs_on_the_configured_threads(tmp_path):
+    """loftr-kd-label had no thread policy: torch's default threads made it 13x slower on a loaded
+    2-core machine. conf/label.yaml's `threads: 1` holds while the teacher runs and is restored after."""
+    pytest.importorskip("kornia")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from loftr_kd.cli.label import run
+    from loftr_kd.config import CONFIG_DIR
+
+    _panning_sequence(tmp_path / "videos" / "pan", frames=8)
+    overrides = [
+        f"data.root={tmp_path / 'videos'}",
+        f"data.labels_dir={tmp_path / 'labels'}",
+        f"data.height={H}",
+        f"data.width={W}",
+        f"data.labeller._target_={__name__}._threads_recording_teacher",
+        "data.labeller.features=xfeat",
+        "data.pairs.gaps=[4]",
+        "data.verify.model=homography",
+        "data.verify.min_inliers=20",
+        "trainer.accelerator=cpu",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name="label", overrides=overrides)
+        bad = compose(config_name="label", overrides=[*overrides, "threads=0"])
+    assert cfg.threads == 1
+    with pytest.raises(ValueError, match=r"threads=0: expected a number of CPU threads >= 1"):
+        run(bad)
+    before = torch.get_num_threads()
+    _THREADS_SEEN.clear()
+    torch.set_num_threads(2)
+    try:
+        (cache,) = run(cfg)
+        assert torch.get_num_threads() == 2  # the caller's setting, restored
+    finally:
+        torch.set_num_threads(before)
+    assert cache.complete and _THREADS_SEEN and set(_THREADS_SEEN) == {1}

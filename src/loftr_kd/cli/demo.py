@@ -11,6 +11,10 @@ without its split export, and ORB/SIFT, match whole pairs.
 ``--headless --out result.mp4`` runs without a window and writes the annotated video (mp4v) plus the
 per-frame timing as ``result.timing.csv`` and a summary ``result.timing.json``. The reference is the
 first frame (``--reference-frame N`` picks another).
+
+Ctrl-C or SIGTERM stops a run as the end of the video would: ``--out`` holds the frames processed so far,
+the timing is written with ``"interrupted": true``, one line says so, and the exit status is 130 (Ctrl-C)
+or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -234,7 +238,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     app = DemoApp(matcher)
     frames_read = 0
     consumed = 0  # frames taken from the source, skipped reference frames included
-    stopped = False  # by --max-frames or a key, not by the end of the stream
+    stopped = False  # by --max-frames, a key or a signal, not by the end of the stream
+    interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (loftr_kd.errors.Terminated)
+    written = 0  # frames in --out
     with contextlib.ExitStack() as stack:
         stack.callback(capture.release)
         if not args.headless:
@@ -253,52 +259,59 @@ def run_demo(args: argparse.Namespace) -> dict:
         consumed += 1
         with _named_source(args.source):
             app.set_reference(frame)
-        while ok:
-            if app.frozen is None:
-                frames_read += 1
-                with _named_source(args.source):
-                    canvas = app.step(frame)
-            if args.headless:
-                if video is None:
-                    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-                    fps = fps if 0 < fps < 240 else 10.0
-                    expected = (canvas.shape[1], canvas.shape[0])
-                    tmp = stack.enter_context(replacing(args.out, suffix=args.out.suffix or ".mp4"))
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, expected)
-                    if not writer.isOpened():
-                        raise ValueError(
-                            f"cannot write the video {args.out} (mp4v codec unavailable, or the folder is "
-                            "read-only or full)"
-                        )
-                    stack.callback(writer.release)  # runs before the rename of `replacing`
-                    video = (tmp, writer)
-                if (canvas.shape[1], canvas.shape[0]) != expected:
-                    canvas = cv2.resize(canvas, expected)
-                video[1].write(canvas)
-                _progress(frames_read, args.max_frames or announced, app.fps)
-            else:
-                cv2.imshow(WINDOW, app.frozen if app.frozen is not None else canvas)
-                if not app.handle_key(cv2.waitKey(30 if app.frozen is not None else 1)):
+        try:
+            while ok:
+                if app.frozen is None:
+                    frames_read += 1
+                    with _named_source(args.source):
+                        canvas = app.step(frame)
+                if args.headless:
+                    if video is None:
+                        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+                        fps = fps if 0 < fps < 240 else 10.0
+                        expected = (canvas.shape[1], canvas.shape[0])
+                        tmp = stack.enter_context(replacing(args.out, suffix=args.out.suffix or ".mp4"))
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, expected)
+                        if not writer.isOpened():
+                            raise ValueError(
+                                f"cannot write the video {args.out} (mp4v codec unavailable, or the folder is "
+                                "read-only or full)"
+                            )
+                        stack.callback(writer.release)  # runs before the rename of `replacing`
+                        video = (tmp, writer)
+                    if (canvas.shape[1], canvas.shape[0]) != expected:
+                        canvas = cv2.resize(canvas, expected)
+                    video[1].write(canvas)
+                    written += 1
+                    _progress(frames_read, args.max_frames or announced, app.fps)
+                else:
+                    cv2.imshow(WINDOW, app.frozen if app.frozen is not None else canvas)
+                    if not app.handle_key(cv2.waitKey(30 if app.frozen is not None else 1)):
+                        stopped = True
+                        break
+                    if app.frozen is not None and args.snapshots is not None:
+                        from loftr_kd.files import write_image
+
+                        path = args.snapshots / f"snapshot_{len(app.timings):05d}.png"
+                        if not path.exists():
+                            write_image(path, app.frozen)
+                if args.max_frames and frames_read >= args.max_frames:
                     stopped = True
                     break
-                if app.frozen is not None and args.snapshots is not None:
-                    from loftr_kd.files import write_image
-
-                    path = args.snapshots / f"snapshot_{len(app.timings):05d}.png"
-                    if not path.exists():
-                        write_image(path, app.frozen)
-            if args.max_frames and frames_read >= args.max_frames:
-                stopped = True
-                break
-            if app.frozen is None:
-                ok, frame = capture.read()
-                consumed += ok
-            # The source ending (ok False) ends the loop; a video file that ends before the frames its
-            # container announced is reported below, after its outputs are written.
+                if app.frozen is None:
+                    ok, frame = capture.read()
+                    consumed += ok
+                # The source ending (ok False) ends the loop; a video file that ends before the frames its
+                # container announced is reported below, after its outputs are written.
+        except KeyboardInterrupt as error:  # the frames so far are kept, as when a video ends
+            interrupted, stopped = error, True
+            if args.headless:  # a frame matched but not written when the signal came is not timed either
+                del app.timings[written:]
     summary = app.timing_summary()
-    summary.update(frames_consumed=consumed, frames_announced=announced)
+    summary.update(frames_consumed=consumed, frames_announced=announced, interrupted=interrupted is not None)
     early = not stopped and announced is not None and consumed < announced
-    if args.headless:
+    wrote = args.headless and video is not None  # an interrupt may come before the first frame is written
+    if wrote:
         extra = {
             "source": str(args.source),
             "backend": args.backend,
@@ -307,14 +320,22 @@ def run_demo(args: argparse.Namespace) -> dict:
             "frames_consumed": consumed,
             "frames_announced": announced,
             "ended_early": early,
+            "interrupted": interrupted is not None,
         }
         csv_path, json_path = write_timing(app, args.out, extra)
         record_outputs([args.out, csv_path, json_path], "loftr-kd-demo")
         summary.update(timing_csv=str(csv_path), timing_json=str(json_path))
-    print(
+    figures = (
         f"{summary['frames']} frames, median {summary['median_match_ms']:.1f} ms matching, "
-        f"{summary['fps']:.1f} FPS" + (f"; wrote {args.out}" if args.headless else "")
+        f"{summary['fps']:.1f} FPS"
     )
+    if interrupted is not None:
+        how = _signal_name(interrupted)
+        kept = f"; the frames processed so far are in {args.out} (timing marked interrupted)" if wrote else ""
+        print(f"loftr-kd-demo: stopped by {how} after {figures}{kept}", file=sys.stderr, flush=True)
+        summary["stopped_by"] = how
+        return summary
+    print(figures + (f"; wrote {args.out}" if args.headless else ""))
     if early:
         raise StreamEndedEarly(
             f"{args.source}: the video ended after {consumed} of the {announced} frames its container "
@@ -322,6 +343,13 @@ def run_demo(args: argparse.Namespace) -> dict:
             + (f" and written to {args.out}" if args.headless else "")
         )
     return summary
+
+
+def _signal_name(error: KeyboardInterrupt) -> str:
+    """``"SIGTERM"`` for :class:`loftr_kd.errors.Terminated`, else ``"Ctrl-C"``."""
+    from loftr_kd.errors import Terminated
+
+    return "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from loftr_kd.errors import exit_status, report
+    from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, exit_status, report, sigterm_raises
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -386,10 +414,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plain_warnings("loftr-kd-demo")
+    result: dict = {}
     try:
-        return exit_status("loftr-kd-demo", lambda: run_demo(args), also=(SourceError,))
-    except KeyboardInterrupt:
-        return 130
+        with sigterm_raises():  # SIGTERM, as Ctrl-C, keeps the frames processed so far
+            status = exit_status("loftr-kd-demo", lambda: result.update(run_demo(args)), also=(SourceError,))
+    except KeyboardInterrupt as error:  # before the first frame (the model loading) or while finishing
+        how = _signal_name(error)
+        print(f"loftr-kd-demo: stopped by {how} before its outputs were written", file=sys.stderr, flush=True)
+        return EXIT_SIGTERM if how == "SIGTERM" else EXIT_SIGINT
+    if status == 0 and "stopped_by" in result:
+        return EXIT_SIGTERM if result["stopped_by"] == "SIGTERM" else EXIT_SIGINT
+    return status
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
         val_seed: seeds what is validated on — the validation subset, the validation homographies and the
             fallback scene split — apart from ``seed``, so runs with other seeds are scored on the same pairs
             (``conf/train.yaml``: 42, the seed every run used before it existed); ``None``: ``seed``.
-        on_bad_data: ``"raise"`` or ``"skip"`` (see :mod:`loftr_kd.data.blendedmvs`).
+        on_bad_data: ``"raise"`` or ``"skip"`` (see :mod:`loftr_kd.data.blendedmvs`; unlabeled data:
+            :func:`loftr_kd.data.unlabeled.discover`).
         **source_options: the source's own fields — :class:`SceneSource` (``train_scenes``,
             ``val_scenes``, ``val_fraction``, ``generate``) or :class:`PhotoSource` (``val_root``,
             ``homography``).
@@ -305,6 +306,7 @@ class PairDataModule(ResumableDraw, pl.LightningDataModule):
             self.source.verify,
             (self.height, self.width),
             teacher if teacher is not None else self._labeller,
+            on_bad_data=self.on_bad_data,
         )
 
     def _labeller(self) -> Any:

@@ -8,7 +8,7 @@ the inliers are kept; a pair with fewer than ``verify.min_inliers`` is dropped.
 
 The cache (:class:`LabelCache`) is a folder named by a hash of everything the labels depend on — the
 teacher (class, settings, SHA-256 of its weight files), the labelling size, the check's settings, and
-every image (path, size, modification time) — so a change of any of them labels again into a new folder,
+every image (path, size, SHA-256 of its content) — so a change of any of them labels again into a new folder,
 and nothing stale is ever reused. Labels are written batch by batch (``shard_*.npz``, atomically): an
 interrupted labelling resumes with the pairs not yet done. ``complete.json`` marks a finished cache.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +43,8 @@ __all__ = [
     "label_pairs",
     "load_pair_images",
 ]
+
+log = logging.getLogger(__name__)
 
 COMPLETE = "complete.json"
 RECORD = "labels.json"
@@ -263,8 +266,13 @@ def pairs_and_cache(
     verify_settings: Mapping[str, Any],
     size: tuple[int, int],
     teacher: Callable[[], torch.nn.Module] | torch.nn.Module,
+    on_bad_data: str = "raise",
 ) -> tuple[list[PairSpec], LabelCache, torch.nn.Module, VerifySettings]:
     """The candidate pairs of a folder and the label cache they map to.
+
+    ``labels_dir`` (and any other label cache under ``root``) is never taken as data; a bad image or video
+    is an error naming it, before the teacher is built, or left out with ``on_bad_data="skip"``
+    (:func:`~loftr_kd.data.unlabeled.discover`).
 
     The draw of the pairs depends on ``pair_settings`` only (``pairs.seed``), never on a run's seed, so
     every training run and ``loftr-kd-label`` find the same cache.
@@ -286,7 +294,7 @@ def pairs_and_cache(
     settings = UnlabeledSettings(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in pair_settings.items()}
     )
-    sequences, groups = discover(root, settings.min_sequence)
+    sequences, groups = discover(root, settings.min_sequence, exclude=[labels_dir], on_bad_data=on_bad_data)
     decoded = []
     for frames in sequences:
         if len(frames) == 1 and Path(frames[0].path).suffix.lower() in VIDEO_EXTENSIONS:
@@ -399,8 +407,14 @@ def label_pairs(
     Returns:
         The complete cache.
     """
+    _warn_xfeat_on_photos(cache.record.get("teacher", {}), pairs)
     if cache.complete:
         cache.check_some_kept()
+        kept = json.loads((cache.folder / COMPLETE).read_text()).get("kept")
+        say(
+            f"Labels: all {len(pairs)} pairs already labelled in {cache.folder}"
+            + (f" ({kept} kept)." if kept is not None else ".")
+        )
         return cache
     cache.start()
     done = cache.done()
@@ -440,6 +454,24 @@ def label_pairs(
     )
     cache.check_some_kept()
     return cache
+
+
+def _warn_xfeat_on_photos(teacher: Mapping[str, Any], pairs: Sequence[PairSpec]) -> None:
+    """XFeat + LighterGlue's false matches agree with one another, so the RANSAC check keeps unrelated
+    photos (5 of 6 unrelated pairs kept with 42-55 % inliers; ALIKED and DISK kept none): say so when it
+    labels photo pairs rather than sequences."""
+    settings = teacher.get("settings") or {}
+    xfeat = str(teacher.get("name") or "").startswith("XFeat") or (
+        isinstance(settings, Mapping) and settings.get("features") == "xfeat"
+    )
+    photos = sum(pair.kind == "photos" for pair in pairs)
+    if xfeat and photos:
+        log.warning(
+            "data.labeller.features=xfeat labels %d pairs of unordered photos: its RANSAC-checked matches keep "
+            "unrelated photos as pairs (docs/unlabeled.md); label photos with features=aliked (the default) "
+            "or disk, and xfeat only sequences",
+            photos,
+        )
 
 
 class LabelledPairDataset(Dataset):

@@ -14,6 +14,12 @@ as what under ``root``:
 
 Sequence pairs are frames ``gap`` apart for every ``gap`` in ``gaps`` (small gaps: easy pairs; large: wide
 baselines). At most ``max_pairs`` pairs are drawn, deterministically from ``seed``.
+
+Symlinked folders are followed, each folder once (a link back to a folder already searched, such as
+``self -> .``, is skipped and said). Label caches (``labels_dir``, or any folder of decoded video frames or
+labels) are left out, so labels kept inside ``root`` never become data. Every image and video is checked
+when it is found (an image's header and completeness, a video's first frame): a bad file is an error naming
+it before any teacher runs, or, with ``on_bad_data="skip"``, left out with one warning listing them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from loftr_kd.data.homography import IMAGE_EXTENSIONS
+from loftr_kd.data.sources import ON_BAD_DATA
 from loftr_kd.images import MIN_TRAINING_SIDE
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ __all__ = [
     "UnlabeledSettings",
     "candidate_pairs",
     "discover",
+    "media_problem",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".mpeg", ".mpg", ".webm", ".m4v")
@@ -92,17 +100,34 @@ def _frame_number(path: Path) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
-def discover(root: str | Path, min_sequence: int = 8) -> tuple[list[list[FrameRef]], list[list[FrameRef]]]:
+def discover(
+    root: str | Path,
+    min_sequence: int = 8,
+    exclude: Sequence[str | Path] = (),
+    on_bad_data: str = "raise",
+) -> tuple[list[list[FrameRef]], list[list[FrameRef]]]:
     """Sequences and groups of unordered photos under ``root`` (recursive, deterministic order).
+
+    Args:
+        root: folder of videos and images; symlinked folders are followed, each folder once.
+        min_sequence: numbered images of one name stem in a folder that make a sequence.
+        exclude: folders left out (the label cache's ``labels_dir``); folders holding a label cache
+            (decoded video frames, labels) are left out wherever they are.
+        on_bad_data: ``"raise"``: an unreadable, truncated or too small image, or a video that cannot be
+            opened or gives no frame, is an error naming it; ``"skip"``: such files are left out, with one
+            warning listing them.
 
     Returns:
         ``(sequences, photo_groups)``: each a list of frames in order (videos as one entry per video with
         ``frame=None`` until decoded: see :func:`video_frames`).
 
     Raises:
-        FileNotFoundError: ``root`` does not exist or holds no image and no video.
+        FileNotFoundError: ``root`` does not exist or holds no usable image and no video.
         NotADirectoryError: ``root`` is a file.
+        ValueError: a bad image or video (``on_bad_data="raise"``), or an unknown ``on_bad_data``.
     """
+    if on_bad_data not in ON_BAD_DATA:
+        raise ValueError(f"data.on_bad_data={on_bad_data!r}: expected one of {', '.join(ON_BAD_DATA)}")
     root = Path(root)
     if root.is_file():
         raise NotADirectoryError(
@@ -110,14 +135,7 @@ def discover(root: str | Path, min_sequence: int = 8) -> tuple[list[list[FrameRe
         )
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root}: folder does not exist")
-    # os.walk follows symlinked folders (a data folder of links to sequences elsewhere); pathlib's rglob
-    # does not.
-    files = sorted(
-        Path(folder) / name
-        for folder, _, names in os.walk(root, followlinks=True)
-        for name in names
-        if (Path(folder) / name).is_file()
-    )
+    files = sorted(_walk_files(root, [Path(p) for p in exclude]))
     videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.endswith("_masked")]
     if not videos and not images:
@@ -125,6 +143,22 @@ def discover(root: str | Path, min_sequence: int = 8) -> tuple[list[list[FrameRe
             f"data.root={root}: no images ({', '.join(IMAGE_EXTENSIONS)}) and no videos "
             f"({', '.join(VIDEO_EXTENSIONS)}) found"
         )
+    bad = {path: reason for path in videos + images if (reason := media_problem(path)) is not None}
+    if bad:
+        reasons = list(bad.values())
+        if on_bad_data == "raise":
+            more = f"; {len(reasons) - 1} more bad files under data.root={root}" if len(reasons) > 1 else ""
+            raise ValueError(f"{reasons[0]}{more} (data.on_bad_data=skip leaves such files out)")
+        log.warning(
+            "data.root=%s: left out %d bad files (data.on_bad_data=skip): %s",
+            root,
+            len(bad),
+            "; ".join(reasons),
+        )
+        videos = [p for p in videos if p not in bad]
+        images = [p for p in images if p not in bad]
+        if not videos and not images:
+            raise FileNotFoundError(f"data.root={root}: no usable image or video is left (every file is bad)")
     sequences: list[list[FrameRef]] = [[FrameRef(str(v))] for v in videos]
     groups: list[list[FrameRef]] = []
     by_folder: dict[Path, list[Path]] = {}
@@ -142,12 +176,111 @@ def discover(root: str | Path, min_sequence: int = 8) -> tuple[list[list[FrameRe
         for stem in sorted(numbered):
             frames = sorted(numbered[stem])
             if len(frames) >= min_sequence:
+                # Camera photos (IMG_0001.jpg ...) are numbered too: say so, they would lose their pairs.
+                log.info(
+                    "%d numbered images in %s taken as a sequence (data.pairs.min_sequence=%d: only frames "
+                    "data.pairs.gaps apart are paired; for numbered photos, set data.pairs.min_sequence "
+                    "above their count or rename them)",
+                    len(frames),
+                    folder,
+                    min_sequence,
+                )
                 sequences.append([FrameRef(str(p)) for _, p in frames])
             else:
                 loose.extend(p for _, p in frames)
         if len(loose) >= 2:
             groups.append([FrameRef(str(p)) for p in sorted(loose)])
     return sequences, groups
+
+
+def _walk_files(root: Path, exclude: Sequence[Path]) -> list[Path]:
+    """Every file under ``root``, following symlinked folders (a data folder of links to sequences
+    elsewhere; pathlib's rglob does not) but entering each folder once, by ``(st_dev, st_ino)``: os.walk
+    does not detect cycles, and one ``self -> .`` link listed every image 41 times, two never ended.
+    Label caches are left out."""
+    excluded = {_folder_id(p) for p in exclude if p.is_dir()}
+    visited = {_folder_id(root)}
+    repeated: list[Path] = []
+    caches: list[Path] = []
+    files: list[Path] = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        here = Path(folder)
+        kept = []
+        # real folders before links, so a folder is listed under its own path where both lead to it
+        for name in sorted(subfolders, key=lambda n: ((here / n).is_symlink(), n)):
+            path = here / name
+            try:
+                identity = _folder_id(path)
+            except OSError:  # vanished, or a link that cannot be followed
+                continue
+            if identity in excluded or _holds_label_cache(path):
+                caches.append(path)
+            elif identity in visited:
+                repeated.append(path)
+            else:
+                visited.add(identity)
+                kept.append(name)
+        subfolders[:] = kept
+        files += [here / name for name in names if (here / name).is_file()]
+    if repeated:
+        log.warning(
+            "data.root=%s: skipped %d linked folders that lead to a folder already searched (a link loop such "
+            "as `self -> .`, or a second link to one folder): %s",
+            root,
+            len(repeated),
+            ", ".join(str(p) for p in repeated),
+        )
+    if caches:
+        log.info("data.root=%s: left out label caches: %s", root, ", ".join(str(p) for p in caches))
+    return files
+
+
+def _folder_id(path: Path) -> tuple[int, int]:
+    """A folder's identity through any link: ``(st_dev, st_ino)``."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _holds_label_cache(folder: Path) -> bool:
+    """A folder :func:`video_frames` decoded a video into, or a label cache of :mod:`loftr_kd.data.labels`."""
+    if (folder / "frames.txt").is_file() and (folder / "frame_000000.png").is_file():
+        return True
+    return (folder / "labels.json").is_file() and (
+        (folder / "complete.json").is_file() or any(folder.glob("shard_*.npz"))
+    )
+
+
+def media_problem(path: str | Path) -> str | None:
+    """Why an image or video cannot be labelled, found cheaply (an image's header and its end, a video's
+    first frame), as ``"<file>: <problem>"``; ``None`` when it looks usable."""
+    from loftr_kd.images import check_complete, read_image_size, too_small_reason
+
+    path = Path(path)
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        import cv2
+
+        capture = cv2.VideoCapture(str(path))
+        try:
+            if not capture.isOpened():
+                return f"{path}: cannot open the video (unsupported codec or corrupt file)"
+            ok, frame = capture.read()
+        finally:
+            capture.release()
+        if not ok or frame is None:
+            return f"{path}: the video gave no frame"
+        if min(frame.shape[:2]) < MIN_TRAINING_SIDE:
+            return (
+                f"{path}: frames of {frame.shape[1]}x{frame.shape[0]} pixels, too small to label and train on "
+                f"(the shorter side needs {MIN_TRAINING_SIDE} px)"
+            )
+        return None
+    try:
+        height, width = read_image_size(path)
+        check_complete(path.read_bytes(), path)
+    except (ValueError, OSError) as error:  # ImageError is a ValueError; FileNotFoundError an OSError
+        return str(error) if str(path) in str(error) else f"{path}: {error}"
+    small = too_small_reason(height, width)
+    return f"{path}: {small}" if small else None
 
 
 def candidate_pairs(
