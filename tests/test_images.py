@@ -130,3 +130,22 @@ def test_gray_with_alpha_is_read_as_gray(tmp_path):
     image = read_image(path)
     assert image.ndim == 2 or image.shape[2] == 3  # OpenCV may expand to BGR; never 2 channels
     np.testing.assert_allclose(to_gray_float(image), gray / 255.0, atol=1 / 255)
+
+
+def test_a_photo_stored_sideways_is_read_upright_in_colour_as_in_gray(tmp_path):
+    """A portrait phone photo is stored sideways with EXIF Orientation 6: the gray and reduced decodes turned
+    it upright, the colour one did not (so labels and matches paired a sideways image with upright ones)."""
+    from PIL import Image
+
+    upright = _photo()  # 128 wide, 96 high
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # 96 wide, 128 high; Orientation 6 turns it back
+    image = Image.fromarray(cv2.cvtColor(stored, cv2.COLOR_BGR2RGB))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    image.save(path, exif=exif, quality=98)
+    colour, gray = read_image(path), read_image(path, gray=True)
+    assert colour.shape == (96, 128, 3) and gray.shape == (96, 128)
+    assert np.abs(colour.astype(float) - upright).mean() < 6  # JPEG noise only
+    assert np.abs(to_gray_float(colour) - gray / 255.0).mean() < 2 / 255  # the same picture, the same way up
+    assert read_image_size(path) == (128, 96)  # the header's size: as stored

@@ -169,7 +169,8 @@ def check_complete(data: bytes, path: PathLike) -> None:
 
 
 def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
-    """Read an image file as stored (BGR or gray, its own dtype), with the integrity checks above.
+    """Read an image file as stored (BGR or gray, its own dtype), upright by its EXIF orientation, with the
+    integrity checks above.
 
     Args:
         path: image file (anything OpenCV decodes: JPEG, PNG, TIFF, PPM, BMP, WebP, ...).
@@ -192,7 +193,10 @@ def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
     except OSError as e:
         raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
     check_complete(data, path)
-    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_UNCHANGED
+    # ANYDEPTH | ANYCOLOR decodes as stored (16-bit, float, gray or colour) like UNCHANGED, but applies the
+    # EXIF orientation as GRAYSCALE and the reduced decodes do: a phone's portrait photo, stored sideways,
+    # was read sideways in colour and upright in gray.
+    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None or image.size == 0:
         raise ImageError(f"{path}: cannot read as an image (corrupt file or a format OpenCV does not decode)")
@@ -217,7 +221,8 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header where possible (JPEG/PNG), else by decoding.
+    """``(height, width)`` of an image from its header where possible (JPEG/PNG), else by decoding: the size
+    as stored, before an EXIF orientation turns it (which swaps the two for a portrait phone photo).
 
     Raises:
         FileNotFoundError: no such file.
