@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def test_window_loop_with_scripted_keys(video, tmp_path, monkeypatch):
     """The window loop, with the window calls replaced: p freezes (snapshot saved), p resumes, q quits."""
     keys = iter([-1, ord("p"), -1, ord("p"), ord("s"), -1, ord("q")])
     shown = []
-    monkeypatch.setenv("DISPLAY", ":0")  # the window calls below need none; without one main refuses
+    monkeypatch.setenv("DISPLAY", "remote-host:0")  # taken on trust; the window calls below need none
     monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.shape))
     monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
     monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
@@ -161,6 +162,42 @@ def test_a_window_without_a_display_is_refused_in_one_line(video, monkeypatch, c
     assert main(["--source", str(video), "--backend", "orb"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()  # one line, no usage block
     assert line.startswith("loftr-kd-demo: error: no display to open the demo's window on")
+
+
+def test_a_stale_display_is_refused_in_one_line(video, tmp_path, monkeypatch, capsys):
+    """DISPLAY set to a local X server that is not there (ssh without forwarding, a closed session): Qt
+    aborted the process (rc 134) after the model was built."""
+    number = next(n for n in range(90, 1000) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    monkeypatch.setenv("DISPLAY", f":{number}")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert main(["--source", str(video), "--backend", "orb"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"DISPLAY=:{number}, but no X server listens at /tmp/.X11-unix/X{number}" in line
+    assert "--headless --out" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--headless", "--out", "x.png"],
+            r"--out x.png: the annotated video is written with the mp4v codec",
+        ),
+        (["--headless", "--out", "x.webm"], r"into a .mp4, .m4v, .avi, .mkv, .mov file \(got .webm\)"),
+        (["--out", "x.mp4"], r"--out writes the annotated video of a --headless run"),  # was ignored
+    ],
+)
+def test_outputs_the_demo_cannot_write_are_refused_before_any_work(video, argv, message, capsys):
+    """--out x.png wrote one picture and said "wrote x.png"; --out without --headless wrote nothing."""
+    with pytest.raises(SystemExit):
+        main(["--source", str(video), "--backend", "orb", *argv])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_camera_index_beyond_any_camera_is_one_line(capsys):
+    assert main(["--source", "99999999999999999999", "--headless", "--out", "o.mp4"]) == 2
+    assert "camera index 99999999999999999999 is not a camera" in capsys.readouterr().err
 
 
 def test_directory_source_and_out_over_the_source_are_refused(video, tmp_path, capsys):

@@ -142,6 +142,8 @@ class SourceError(RuntimeError):
 def open_source(source: str) -> cv2.VideoCapture:
     """Camera index (``"0"``) or video file; a clear error when it cannot be opened."""
     if source.isdigit():
+        if int(source) > 10_000:  # OpenCV's index is a C int: a larger one was a traceback
+            raise SourceError(f"camera index {source} is not a camera (indices are 0, 1, ...)")
         capture = cv2.VideoCapture(int(source))
         if not capture.isOpened():
             raise SourceError(
@@ -389,6 +391,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Containers OpenCV writes mp4v into (an image suffix made a single picture, reported as a video).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".mov")
+
+
+def missing_display() -> str | None:
+    """Why no window can open here, or ``None``: neither variable set, or a local X display or Wayland
+    socket that does not exist (a stale ``DISPLAY`` made Qt abort the process). A remote X display
+    (``host:0``, ssh forwarding) is taken on trust."""
+    x11, wayland = os.environ.get("DISPLAY"), os.environ.get("WAYLAND_DISPLAY")
+    if not (x11 or wayland):
+        return "DISPLAY and WAYLAND_DISPLAY are unset"
+    if wayland:
+        socket = Path(wayland)
+        if not socket.is_absolute():
+            socket = Path(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent") / wayland
+        if socket.exists():
+            return None
+    if x11:
+        host, _, rest = x11.rpartition(":")
+        number = rest.split(".")[0]
+        if host not in ("", "unix") or not number.isdigit():
+            return None
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            return None
+        return f"DISPLAY={x11}, but no X server listens at /tmp/.X11-unix/X{number}"
+    return f"WAYLAND_DISPLAY={wayland}, but no such Wayland socket"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, exit_status, report, sigterm_raises
 
@@ -396,14 +426,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.headless and args.out is None:
         parser.error("--headless needs --out result.mp4")
+    if args.out is not None and not args.headless:  # the window mode writes no video: --out was ignored
+        parser.error("--out writes the annotated video of a --headless run; add --headless (or drop --out)")
+    if args.out is not None and args.out.suffix.lower() not in VIDEO_SUFFIXES:
+        parser.error(
+            f"--out {args.out}: the annotated video is written with the mp4v codec, into a "
+            f"{', '.join(VIDEO_SUFFIXES)} file (got {args.out.suffix or 'no suffix'})"
+        )
     if not args.headless and sys.platform.startswith("linux"):
-        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        missing = missing_display()
+        if missing:
             # OpenCV's window would abort the process (Qt: "could not connect to display"), no hint given
             return report(
                 "loftr-kd-demo",
                 RuntimeError(
-                    "no display to open the demo's window on (DISPLAY and WAYLAND_DISPLAY are unset): "
-                    "run with --headless --out result.mp4, or where a display is"
+                    f"no display to open the demo's window on ({missing}): run with --headless --out "
+                    "result.mp4, or where a display is"
                 ),
             )
     if args.out is not None and Path(str(args.source)).exists():
