@@ -216,3 +216,24 @@ def test_an_interrupted_export_is_one_line_and_leaves_no_graph(tmp_path, signum)
     assert child.returncode == 128 + getattr(signal, signum) and "Traceback" not in stderr
     assert lines[-1] == f"loftr-kd-export: stopped by {'Ctrl-C' if signum == 'SIGINT' else 'SIGTERM'}"
     assert not [p.name for p in out.iterdir() if ".onnx" in p.name]
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_before_loading(tmp_path):
+    """A file in the way (or a read-only place) failed after loading and tracing, naming a hidden temp file."""
+    import os
+
+    ckpt = save_student(build_student(input_height=64, input_width=96), tmp_path / "s.pt")
+    (tmp_path / "afile").write_text("mine")
+    common = (f"ckpt_path={ckpt}", "height=64", "width=96")
+    with pytest.raises(NotADirectoryError, match=r"out_dir .*afile/out is inside .*afile, which is a file"):
+        run_export(_cfg(*common, f"out_dir={tmp_path / 'afile' / 'out'}"))
+    if os.geteuid() == 0:  # root writes through the permission bits; a read-only mount needs privileges
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match=r"locked \(out_dir .*locked/out\)"):
+            run_export(_cfg(*common, f"out_dir={locked / 'out'}"))
+    finally:
+        locked.chmod(0o755)

@@ -308,6 +308,26 @@ def check_folder_path(folder: Path, label: str) -> None:
             return
 
 
+def check_writable_folder(folder: Path, label: str) -> None:
+    """``folder`` is (or can become) a folder this process may write into: :func:`check_folder_path`, then a
+    probe file in the nearest existing folder (permissions alone miss read-only mounts). Nothing is created.
+
+    Raises:
+        NotADirectoryError: a file in the way.
+        OSError: the location cannot be written (its errno; the filename names the folder and ``label``).
+    """
+    import tempfile
+
+    check_folder_path(folder, label)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        # errors.one_line says what the errno means and what to do, naming the folder
+        raise OSError(error.errno, error.strerror, f"{existing} ({label} {folder})") from None
+
+
 def check_output_file(path: Path, force: bool, label: str = "output") -> bool:
     """Refuse, before any work, a destination that may not be written; returns whether it is an earlier,
     unchanged output of loftr-kd (replaced silently but for one line).

@@ -174,10 +174,11 @@ def run_pipeline(
     """
     from loftr_kd.data.homography import real_image_pairs
     from loftr_kd.export.onnx import export_student
-    from loftr_kd.files import check_outputs, record_outputs
+    from loftr_kd.files import check_outputs, check_writable_folder, record_outputs
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     height, width = settings.height, settings.width
+    check_writable_folder(out_dir, "out_dir")  # before loading and tracing, not at the first write
     planned = planned_outputs(out_dir, settings)
     check_outputs(planned, force=force, force_hint="force=true")
     if parity_pairs is None:
