@@ -559,7 +559,7 @@ def test_logger_none_trains(tmp_path, toy_data):
         ("optim.optimizer.lr=-0.001", r"optim.optimizer.lr=-0.001: expected a learning rate >= 0"),
         ("optim.optimizer.weight_decay=-1", r"optim.optimizer.weight_decay=-1: expected >= 0"),
         ("+optim.optimizer.lrr=0.1", r"optim.optimizer.lrr is not a setting of AdamW \(did you mean"),
-        ("deploy.opset=99", r"deploy: opset=99: the exporter writes ONNX opsets 11 to 20"),
+        ("deploy.opset=99", r"deploy: opset=99: the exporter writes ONNX opsets 13 to 20"),
         ("+deploy.dynamc=true", r"deploy: dynamc is not an export setting \(did you mean dynamic\?\)"),
     ],
 )

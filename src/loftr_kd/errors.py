@@ -20,6 +20,8 @@ DEBUG_VARIABLES = ("LOFTR_KD_DEBUG", "HYDRA_FULL_ERROR")
 EXIT_USAGE = 2
 EXIT_SIGTERM = 128 + 15  # stopped by SIGTERM after writing a resumable checkpoint (the shell's convention)
 EXIT_SIGINT = 128 + 2  # stopped by Ctrl-C (the shell's convention)
+# What a data source does with a bad file (data.on_bad_data): stop naming it, or leave it out with a warning.
+ON_BAD_DATA = ("raise", "skip")
 # The machine's state, not a bug: a read-only, full or forbidden location.
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -156,6 +158,7 @@ def exit_status(program: str, call: Callable[[], object], also: tuple[type[BaseE
 __all__ = [
     "DEBUG_VARIABLES",
     "EXIT_SIGINT",
+    "ON_BAD_DATA",
     "Terminated",
     "sigterm_raises",
     "EXIT_SIGTERM",

@@ -40,13 +40,13 @@ from loftr_kd.data.blendedmvs_io import (
     read_pfm_header,
 )
 from loftr_kd.data.transforms import resize_depth_with_intrinsics, resize_with_intrinsics
+from loftr_kd.errors import ON_BAD_DATA
 from loftr_kd.geometry import relative_pose
 from loftr_kd.images import featureless_reason
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-ON_BAD_DATA = ("raise", "skip")
 TRAINING_LIST = "training_list.txt"
 VALIDATION_LIST = "validation_list.txt"
 _MAX_REPLACEMENTS = 20

@@ -10,12 +10,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from loftr_kd.errors import ON_BAD_DATA  # re-exported: its former home
 from loftr_kd.images import MIN_TRAINING_SIDE
 
 KINDS = ("blendedmvs", "homography", "unlabeled")
-
-
-ON_BAD_DATA = ("raise", "skip")
 
 
 @dataclass(frozen=True)

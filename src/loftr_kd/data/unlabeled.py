@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from loftr_kd.data.homography import IMAGE_EXTENSIONS
-from loftr_kd.data.sources import ON_BAD_DATA
+from loftr_kd.errors import ON_BAD_DATA
 from loftr_kd.images import MIN_TRAINING_SIDE
 
 log = logging.getLogger(__name__)
