@@ -666,3 +666,15 @@ def test_labelling_runs_on_the_configured_threads(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert cache.complete and _THREADS_SEEN and set(_THREADS_SEEN) == {1}
+
+
+def test_a_folder_with_one_photo_says_what_was_found(tmp_path):
+    """The hint was about sequences shorter than the gaps, for a folder holding one photo."""
+    from loftr_kd.data.labels import pairs_and_cache
+
+    (tmp_path / "one").mkdir()
+    cv2.imwrite(str(tmp_path / "one" / "a.png"), cv2.resize(skdata.camera(), (W, H)))
+    with pytest.raises(
+        ValueError, match=r"no candidate pair: 0 sequences .* and 0 folders of photos with 2 or more"
+    ):
+        pairs_and_cache(tmp_path / "one", tmp_path / "labels", {"gaps": [2]}, {}, (H, W), torch.nn.Identity())

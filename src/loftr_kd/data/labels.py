@@ -304,7 +304,12 @@ def pairs_and_cache(
         decoded.append(frames)
     pairs = candidate_pairs(decoded, groups, settings)
     if not pairs:
-        raise ValueError(f"data.root={root}: no candidate pair (sequences shorter than the frame gaps?)")
+        longest = max((len(frames) for frames in decoded), default=0)
+        raise ValueError(
+            f"data.root={root}: no candidate pair: {len(decoded)} sequences (the longest {longest} frames, "
+            f"frame gaps {list(settings.gaps)}) and {len(groups)} folders of photos with 2 or more photos "
+            "(photos pair only within their folder)"
+        )
     model = teacher() if callable(teacher) and not isinstance(teacher, torch.nn.Module) else teacher
     verify = VerifySettings(**dict(verify_settings))
     cache = LabelCache.for_pairs(labels_dir, pairs, teacher_identity(model), size, verify, data_root=root)
