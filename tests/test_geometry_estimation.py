@@ -113,3 +113,7 @@ def test_repeated_points_do_not_fail_the_pose():
     np.testing.assert_allclose(t, T[:3, 3] / np.linalg.norm(T[:3, 3]), atol=1e-5)
     assert inliers.shape == (500,) and inliers[:200].mean() > 0.95 and not inliers[200:].any()
     assert estimate_relative_pose(np.repeat(k0[:1], 9, 0), k1[:9], K0, K1) is None  # one distinct point
+    with pytest.raises(ValueError, match="must hold the same matches: 150 against 200"):
+        estimate_relative_pose(k0[:150], k1, K0, K1)  # the retry once fitted the first 150 and said nothing
+    with pytest.raises(ValueError, match=r"transposed\? pass points.T"):
+        estimate_relative_pose(k0.T, k1.T, K0, K1)

@@ -165,15 +165,17 @@ def estimate_relative_pose(
         threshold_px: RANSAC threshold in pixels.
         confidence: RANSAC confidence.
 
+    Raises:
+        ValueError: the keypoints are not two ``(N, 2)`` arrays of one length (:func:`check_matches`).
+
     Returns:
         ``(R (3, 3), t (3,) unit, inliers (N,) bool)`` with ``X1 = R X0 + t`` up to the scale of ``t``;
         ``None`` with fewer than 5 matches (5 distinct ones when refitted) or no model (a set the solver
         still refuses included: a failed pair, not a crash).
     """
-    keypoints0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
-    keypoints1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
-    if len(keypoints0) < 5:
+    if check_matches(keypoints0, keypoints1) < 5:
         return None
+    keypoints0, keypoints1 = np.asarray(keypoints0, np.float64), np.asarray(keypoints1, np.float64)
     K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
     threshold = threshold_px / np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
     kept = np.arange(len(keypoints0))
@@ -181,9 +183,9 @@ def estimate_relative_pose(
         points0, points1, essential, mask = _fit_essential(
             keypoints0, keypoints1, K0, K1, threshold, confidence
         )
-    except cv2.error:  # a sample repeating a point: fit again without the repeats
+    except cv2.error:  # a sample repeating a point: fit again without the repeats (none: no model)
         kept = first_occurrences(keypoints0, keypoints1)
-        if len(kept) < 5:
+        if len(kept) < 5 or len(kept) == len(keypoints0):
             return None
         try:
             points0, points1, essential, mask = _fit_essential(
