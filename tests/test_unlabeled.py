@@ -678,3 +678,21 @@ def test_a_folder_with_one_photo_says_what_was_found(tmp_path):
         ValueError, match=r"no candidate pair: 0 sequences .* and 0 folders of photos with 2 or more"
     ):
         pairs_and_cache(tmp_path / "one", tmp_path / "labels", {"gaps": [2]}, {}, (H, W), torch.nn.Identity())
+
+
+def test_labels_of_a_photo_read_sideways_are_not_reused(tmp_path):
+    """Colour reads turn EXIF-rotated photos upright since 2026-12-07: a cache labelled from the sideways read
+    would give keypoints in the wrong frame, so such a photo's identity in the cache key changed; a photo
+    without the tag keeps its key (no relabelling of every cache)."""
+    from PIL import Image
+
+    from loftr_kd.data.labels import _file_identity
+
+    plain, turned = tmp_path / "plain.jpg", tmp_path / "turned.jpg"
+    picture = Image.fromarray(cv2.resize(skdata.camera(), (W, H)))
+    picture.save(plain)
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    picture.save(turned, exif=exif)
+    assert len(_file_identity(str(plain))) == 3  # path, size, SHA-256: as before
+    assert _file_identity(str(turned))[3:] == ["exif-upright-6"]

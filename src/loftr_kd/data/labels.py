@@ -112,8 +112,23 @@ def _load_frame(ref: FrameRef, height: int, width: int) -> np.ndarray:
 
 def _file_identity(path: str) -> list[Any]:
     """A file in a cache key: its path and content (its SHA-256: a file replaced by another of the same
-    size and time stamp, as ``cp -p``, ``rsync -a`` or ``tar`` leave it, is a new file)."""
-    return [path, os.stat(path).st_size, _sha256(path)]
+    size and time stamp, as ``cp -p``, ``rsync -a`` or ``tar`` leave it, is a new file). A photo with an EXIF
+    orientation adds it: since 2026-12-07 it is read upright in colour too (:func:`loftr_kd.images.read_image`),
+    so labels made from its sideways read must not be reused; other files keep their earlier keys."""
+    identity = [path, os.stat(path).st_size, _sha256(path)]
+    orientation = _exif_orientation(path)
+    return identity + ([f"exif-upright-{orientation}"] if orientation not in (None, 1) else [])
+
+
+def _exif_orientation(path: str) -> int | None:
+    """The EXIF orientation tag of an image (Pillow reads the header only); ``None`` without one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(0x0112)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):  # no EXIF Pillow can read
+        return None
 
 
 def _sha256(path: str | Path) -> str:
