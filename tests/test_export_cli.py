@@ -179,11 +179,13 @@ def test_a_graph_that_fails_its_checks_never_takes_the_deployed_name(tmp_path):
         run_export(_cfg(*common, "atol=1e-30"))  # float rounding alone fails it
     assert (out / "student_64x96.onnx").read_bytes() == good
     assert (out / "student_64x96.failed.onnx").is_file()
-    report = json.loads((out / "student_64x96.export_report.json").read_text())
+    assert json.loads((out / "student_64x96.export_report.json").read_text())["ok"]  # still the good one's
+    report = json.loads((out / "student_64x96.failed.export_report.json").read_text())
     assert not report["ok"] and report["onnx_path"].endswith("student_64x96.failed.onnx")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.suffix == ".onnx"]
-    run_export(_cfg(*common))  # the rerun replaces what loftr-kd wrote
+    run_export(_cfg(*common))  # the rerun replaces what loftr-kd wrote, and its failed files go
     assert json.loads((out / "student_64x96.export_report.json").read_text())["ok"]
+    assert not [p.name for p in out.iterdir() if ".failed." in p.name]
 
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])

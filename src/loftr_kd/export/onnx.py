@@ -40,7 +40,7 @@ from torch import nn
 from loftr_kd._version import __version__
 from loftr_kd.data.homography import real_image_pairs
 from loftr_kd.export import checks
-from loftr_kd.files import replacing, to_jsonable
+from loftr_kd.files import is_own_output, replacing, to_jsonable
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.matching import match_entries
 
@@ -472,6 +472,12 @@ def _as_pairs(pairs, height: int, width: int) -> list[tuple[np.ndarray, np.ndarr
     return out
 
 
+def failed_path(onnx_path: Path, suffix: str = ".onnx") -> Path:
+    """Where :func:`export_student` puts a graph that failed its checks (``suffix`` ``.onnx``) and its report
+    (``.export_report.json`` / ``.md``): ``<name>.failed<suffix>`` beside ``<name>.onnx``."""
+    return onnx_path.with_name(f"{onnx_path.stem}.failed{suffix}")
+
+
 def export_student(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -491,9 +497,10 @@ def export_student(
     """Load a student checkpoint at the export size, export it, check it and write the report.
 
     Called at the end of every training run. The checkpoint is only read. The graph is written under a
-    hidden name, checked, and only then moved to ``<name>.onnx``: a graph that fails a check goes to
-    ``<name>.failed.onnx`` instead (for inspection; an earlier good ``<name>.onnx`` stays), and an interrupted
-    export leaves neither. A failure of the export or its
+    hidden name, checked, and only then moved to ``<name>.onnx``: with ``strict``, a graph that fails a check
+    goes to ``<name>.failed.onnx`` with its report in ``<name>.failed.export_report.{json,md}`` instead (for
+    inspection; an earlier good ``<name>.onnx`` and its report stay), and an interrupted export leaves
+    neither. A later export that passes removes the failed files of an earlier one. A failure of the export or its
     checks is an ``ExportError`` (after writing the report when the export itself succeeded); a file that
     is not a student's, weights holding NaN/inf or a size off the stride are a ``ValueError`` before any
     work. Either way the caller can log it and keep its checkpoints.
@@ -622,10 +629,19 @@ def export_student(
             errors.append(f"parity check could not run: {type(e).__name__}: {e}")
         report["errors"] = errors
         report["ok"] = not errors
-        if errors and strict:
-            onnx_path = onnx_path.with_name(f"{onnx_path.stem}.failed.onnx")
+        failed = [
+            failed_path(onnx_path, suffix) for suffix in (".onnx", ".export_report.json", ".export_report.md")
+        ]
+        if errors and strict:  # beside an earlier good graph and its report, which stay as they were
+            onnx_path, report_path = failed[0], failed[1]
             report["onnx_path"] = str(onnx_path)
+        else:  # a failed graph of an earlier export is no longer what this name stands for
+            for path in failed:
+                if path.is_file() and is_own_output(path):
+                    path.unlink()
         os.replace(unchecked, onnx_path)
+        # the checks ran on the hidden file: their messages name the file the graph now is
+        errors[:] = [error.replace(str(unchecked), str(onnx_path)) for error in errors]
         json_path, md_path = checks.write_report(report_path, report)
         result = ExportResult(
             onnx_path, json_path, md_path, ok=not errors, report=report, model=model, parity_pairs=pairs
