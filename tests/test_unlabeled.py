@@ -469,10 +469,32 @@ def test_symlink_loops_are_walked_once_and_said(tmp_path, caplog):
         ["a.png", "b.png"],
         ["linked/c.png", "linked/d.png"],
     ]
-    (record,) = [r for r in caplog.records if "already searched" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "lead back inside it" in r.getMessage()]
     assert record.levelname == "WARNING"
     for link in ("self", "again", "nested/up"):
         assert str(root / link) in record.getMessage()
+
+
+def test_a_folder_inside_the_root_is_listed_under_its_own_path_whatever_links_to_it(tmp_path, caplog):
+    """A link near the top (alink -> z/deep) was walked first, and the real folder was skipped as a "linked
+    folder", its images keyed under the link's path."""
+    root = tmp_path / "walk"
+    for k, name in enumerate(("a.png", "b.png")):
+        _photo(root / "z" / "deep" / name, k)
+    (root / "alink").symlink_to(root / "z" / "deep")
+    for k, name in enumerate(("c.png", "d.png")):  # two links to one folder outside: listed once
+        _photo(tmp_path / "outside" / name, k)
+    (root / "l1").symlink_to(tmp_path / "outside")
+    (root / "l2").symlink_to(tmp_path / "outside")
+    caplog.set_level("INFO")
+    _, groups = discover(root)
+    assert [[Path(f.path).relative_to(root).as_posix() for f in g] for g in groups] == [
+        ["l1/c.png", "l1/d.png"],
+        ["z/deep/a.png", "z/deep/b.png"],
+    ]
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert str(root / "alink") in messages and str(root / "l2") in messages
+    assert str(root / "z") not in messages  # the real folder is not called a link, nor skipped
 
 
 def test_label_caches_inside_the_data_folder_are_not_data(tmp_path):

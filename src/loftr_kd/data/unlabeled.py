@@ -194,27 +194,32 @@ def discover(
 
 
 def _walk_files(root: Path, exclude: Sequence[Path]) -> list[Path]:
-    """Every file under ``root``, following symlinked folders (a data folder of links to sequences
-    elsewhere; pathlib's rglob does not) but entering each folder once, by ``(st_dev, st_ino)``: os.walk
-    does not detect cycles, and one ``self -> .`` link listed every image 41 times, two never ended.
-    Label caches are left out."""
+    """Every file under ``root``, following symlinked folders that lead outside it (a data folder of links to
+    sequences elsewhere; pathlib's rglob does not) and entering each folder once, by ``(st_dev, st_ino)``:
+    os.walk does not detect cycles, and one ``self -> .`` link listed every image 41 times, two never ended.
+    A link to a folder inside ``root`` is skipped (the folder is searched under its own path). Label caches
+    are left out."""
     excluded = {_folder_id(p) for p in exclude if p.is_dir()}
+    inside_root = root.resolve()
     visited = {_folder_id(root)}
+    inward: list[Path] = []  # links to folders inside root: those are searched under their own paths
     repeated: list[Path] = []
     caches: list[Path] = []
     files: list[Path] = []
     for folder, subfolders, names in os.walk(root, followlinks=True):
         here = Path(folder)
         kept = []
-        # real folders before links, so a folder is listed under its own path where both lead to it
-        for name in sorted(subfolders, key=lambda n: ((here / n).is_symlink(), n)):
+        for name in sorted(subfolders):
             path = here / name
             try:
                 identity = _folder_id(path)
-            except OSError:  # vanished, or a link that cannot be followed
+                target = path.resolve() if path.is_symlink() else None
+            except (OSError, RuntimeError):  # vanished, or a link that cannot be followed
                 continue
             if identity in excluded or _holds_label_cache(path):
                 caches.append(path)
+            elif target is not None and (target == inside_root or inside_root in target.parents):
+                inward.append(path)
             elif identity in visited:
                 repeated.append(path)
             else:
@@ -222,10 +227,18 @@ def _walk_files(root: Path, exclude: Sequence[Path]) -> list[Path]:
                 kept.append(name)
         subfolders[:] = kept
         files += [here / name for name in names if (here / name).is_file()]
+    if inward:
+        log.warning(
+            "data.root=%s: skipped %d linked folders that lead back inside it (searched under their own "
+            "paths; a loop such as `self -> .` would list every image again and again): %s",
+            root,
+            len(inward),
+            ", ".join(str(p) for p in inward),
+        )
     if repeated:
         log.warning(
-            "data.root=%s: skipped %d linked folders that lead to a folder already searched (a link loop such "
-            "as `self -> .`, or a second link to one folder): %s",
+            "data.root=%s: skipped %d linked folders that lead to a folder outside it already searched through "
+            "another link: %s",
             root,
             len(repeated),
             ", ".join(str(p) for p in repeated),
