@@ -289,7 +289,10 @@ def media_problem(path: str | Path) -> str | None:
         return None
     try:
         height, width = read_image_size(path)
-        check_complete(path.read_bytes(), path)
+        with open(path, "rb") as f:  # its start and its last 4 KB are what check_complete looks at
+            head = f.read(8)
+            f.seek(max(f.seek(0, os.SEEK_END) - 4096, len(head)))
+            check_complete(head + f.read(), path)
     except (ValueError, OSError) as error:  # ImageError is a ValueError; FileNotFoundError an OSError
         return str(error) if str(path) in str(error) else f"{path}: {error}"
     small = too_small_reason(height, width)
