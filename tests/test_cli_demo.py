@@ -177,6 +177,23 @@ def test_a_stale_display_is_refused_in_one_line(video, tmp_path, monkeypatch, ca
     assert "--headless --out" in line
 
 
+def test_an_x_server_on_the_abstract_socket_is_a_display(monkeypatch):
+    """Xorg and Xvfb also listen on @/tmp/.X11-unix/X<n>: a container on the host's network without the
+    /tmp/.X11-unix mount has a working display."""
+    import socket
+
+    from loftr_kd.cli.demo import missing_display
+
+    number = next(n for n in range(900, 2000) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    monkeypatch.setenv("DISPLAY", f":{number}")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert "no X server listens" in missing_display()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:  # a listening X-like socket
+        server.bind(f"\0/tmp/.X11-unix/X{number}")
+        server.listen(1)
+        assert missing_display() is None
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

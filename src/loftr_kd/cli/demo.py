@@ -413,10 +413,24 @@ def missing_display() -> str | None:
         number = rest.split(".")[0]
         if host not in ("", "unix") or not number.isdigit():
             return None
-        if Path(f"/tmp/.X11-unix/X{number}").exists():
+        if Path(f"/tmp/.X11-unix/X{number}").exists() or _abstract_x_socket(int(number)):
             return None
         return f"DISPLAY={x11}, but no X server listens at /tmp/.X11-unix/X{number}"
     return f"WAYLAND_DISPLAY={wayland}, but no such Wayland socket"
+
+
+def _abstract_x_socket(number: int) -> bool:
+    """An X server listens on Linux's abstract socket ``@/tmp/.X11-unix/X<number>`` (Xorg and Xvfb do; a
+    container sharing the host's network sees it without the /tmp/.X11-unix mount)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(f"\0/tmp/.X11-unix/X{number}")
+        except OSError:
+            return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -458,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = exit_status("loftr-kd-demo", lambda: result.update(run_demo(args)), also=(SourceError,))
     except KeyboardInterrupt as error:  # before the first frame (the model loading) or while finishing
         how = _signal_name(error)
-        print(f"loftr-kd-demo: stopped by {how} before its outputs were written", file=sys.stderr, flush=True)
+        print(f"loftr-kd-demo: stopped by {how}", file=sys.stderr, flush=True)
         return EXIT_SIGTERM if how == "SIGTERM" else EXIT_SIGINT
     if status == 0 and "stopped_by" in result:
         return EXIT_SIGTERM if result["stopped_by"] == "SIGTERM" else EXIT_SIGINT
