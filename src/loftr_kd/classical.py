@@ -5,6 +5,8 @@ the benchmark and the apps. Importable from :mod:`loftr_kd.matcher` too, where i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import cv2
@@ -12,9 +14,23 @@ import numpy as np
 
 from loftr_kd.images import to_gray_float
 
-__all__ = ["CLASSICAL_METHODS", "OpenCVMatcher"]
+__all__ = ["CLASSICAL_METHODS", "OpenCVMatcher", "opencv_threads"]
 
 CLASSICAL_METHODS = ("orb", "sift")
+
+
+@contextmanager
+def opencv_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with OpenCV's own thread pool at ``threads`` (ORB, SIFT and the robust estimators use it;
+    it ignores ``OMP_NUM_THREADS``) and restore the caller's setting afterwards (``None``: leave it)."""
+    previous = cv2.getNumThreads()
+    if threads is not None:
+        cv2.setNumThreads(int(threads))
+    try:
+        yield
+    finally:
+        if threads is not None:
+            cv2.setNumThreads(previous)
 
 
 def _empty_result() -> dict[str, np.ndarray]:

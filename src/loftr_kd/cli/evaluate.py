@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from loftr_kd.classical import opencv_threads
 from loftr_kd.cli import hydra_command
 from loftr_kd.files import record_outputs, write_json, write_text
 
@@ -245,10 +246,17 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
             seed=cfg.seed,
         )
     coarse = _coarse_batches(cfg)
-    if cfg.get("threads") is not None:  # OpenCV's own pool (ORB, SIFT, MAGSAC) ignores OMP_NUM_THREADS
-        import cv2
+    with opencv_threads(cfg.get("threads")):  # OpenCV's own pool (ORB, SIFT, MAGSAC) follows threads too
+        return _evaluate(cfg, out_dir, homography_pairs, pose_pairs, coarse)
 
-        cv2.setNumThreads(int(cfg.threads))
+
+def _evaluate(
+    cfg: DictConfig, out_dir: Path, homography_pairs: Any, pose_pairs: Any, coarse: Any
+) -> dict[str, Any]:
+    """:func:`evaluate` once the benchmarks are loaded: every method on each, then the reports."""
+    from loftr_kd import evaluation as ev
+
+    h, p, c = cfg.homography, cfg.pose, cfg.coarse
     methods, skipped = build_methods(cfg)
 
     results: dict[str, Any] = {"methods": {}, "skipped": skipped}

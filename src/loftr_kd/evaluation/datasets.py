@@ -90,10 +90,12 @@ def load_hpatches(root: str | Path, sequences: Iterable[str] | None = None) -> l
                     f"{directory} has {h_paths[0].name} but no image 1 (1.png, 1.ppm ...)"
                 )
             continue
-        for k in range(2, 100):
-            other = _find_image(directory, str(k))
-            if other is not None and not (directory / f"H_1_{k}").is_file():
-                raise FileNotFoundError(f"{other} has no homography H_1_{k} next to it in {directory}")
+        entries = {p.name for p in directory.iterdir()}
+        for other in sorted(directory / n for n in entries if Path(n).stem.isdigit() and Path(n).stem != "1"):
+            if other.suffix.lower() in _IMAGE_SUFFIXES and f"H_1_{other.stem}" not in entries:
+                raise FileNotFoundError(
+                    f"{other} has no homography H_1_{other.stem} next to it in {directory}"
+                )
         for h_path in h_paths:
             index = int(h_path.name.split("_")[-1])
             other = _find_image(directory, str(index))
@@ -172,7 +174,10 @@ def camera_matrix(where: str, values: Iterable[float]) -> np.ndarray:
         )
     K = K / K[2, 2]
     if K[1, 0] != 0 or K[0, 1] != 0:
-        raise ValueError(f"{where}: a skewed camera matrix (K[0, 1] = {K[0, 1]:g}) is not supported")
+        entry = "K[0, 1]" if K[0, 1] != 0 else "K[1, 0]"
+        raise ValueError(
+            f"{where}: a skewed camera matrix ({entry} = {K[0, 1] or K[1, 0]:g}) is not supported"
+        )
     if not (K[0, 0] > 0 and K[1, 1] > 0):
         raise ValueError(
             f"{where}: not a camera matrix: focal lengths must be > 0, got {K[0, 0]:g}, {K[1, 1]:g}"
