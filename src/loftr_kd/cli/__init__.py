@@ -48,6 +48,7 @@ def hydra_command(
             how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
             print(f"{program}: stopped by {how}", file=sys.stderr, flush=True)
             _log_to_run_files(f"stopped by {how}")
+            _discard_empty_run()  # stopped while starting: no empty run folder left behind
             raise SystemExit(EXIT_SIGTERM if isinstance(error, Terminated) else EXIT_SIGINT) from None
         except Exception as error:
             code = next((c for kind, c in codes.items() if isinstance(root_cause(error), kind)), None)
