@@ -221,8 +221,9 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header where possible (JPEG/PNG), else by decoding: the size
-    as stored, before an EXIF orientation turns it (which swaps the two for a portrait phone photo).
+    """``(height, width)`` of an image from its header where possible (JPEG/PNG), else by decoding. From a
+    JPEG header it is the size as stored, before an EXIF orientation turns it (which swaps the two for a
+    portrait phone photo); a decoded format gives the upright size.
 
     Raises:
         FileNotFoundError: no such file.

@@ -23,7 +23,8 @@ SPLIT_MAX_BATCH = 8
 # ONNX opsets the model exports to: 13 is the first whose graph onnxruntime loads with every option (opset
 # 11 has no int64 Clip, the refinement's index clamp; opset 12's DequantizeLinear has no per-channel axis,
 # so its INT8 file was invalid); 20 is the last that torch's TorchScript exporter writes (the dynamo
-# exporter, exporter="dynamo", writes >= 18). 13 is also the last a Jetson Nano's TensorRT 8.2 parses.
+# exporter, exporter="dynamo", writes >= 18). 13 is also the newest opset a Jetson Nano's TensorRT 8.2 takes
+# (whether it parses this graph is untried: docs/deployment.md).
 SUPPORTED_OPSETS = (13, 20)
 
 
