@@ -415,8 +415,8 @@ def test_cli_single_scene_serves_train_and_validation(tmp_path, capsys):
     assert (tmp_path / "training_list.txt").read_text().split() == ["synth_000"]
     assert (tmp_path / "validation_list.txt").read_text().split() == ["synth_000"]
     assert read_image_gray(image_path(tmp_path / "synth_000", 1)).shape == (32, 48)
-    with pytest.raises(SystemExit):
-        synth_cli.main(["--out", str(tmp_path), "--views", "1"])
+    assert synth_cli.main(["--out", str(tmp_path / "one"), "--views", "1"]) == 2
+    assert "loftr-kd-synth: error: " in capsys.readouterr().err
 
 
 def test_rerun_never_replaces_a_finished_set_or_foreign_files(tmp_path):
@@ -432,11 +432,8 @@ def test_rerun_never_replaces_a_finished_set_or_foreign_files(tmp_path):
         with pytest.raises(synthetic.GenerationRefused, match=message):
             generate_dataset(folder, scenes=1, views=2, seed=2, height=32, width=48)
         assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
-    with pytest.raises(SystemExit) as exit_info:
-        synth_cli.main(
-            ["--out", str(mine), "--scenes", "1", "--views", "2", "--height", "32", "--width", "48"]
-        )
-    assert exit_info.value.code == 2
+    argv = ["--out", str(mine), "--scenes", "1", "--views", "2", "--height", "32", "--width", "48"]
+    assert synth_cli.main(argv) == 2  # one line, as every command's bad input
 
 
 @pytest.mark.slow
@@ -444,3 +441,53 @@ def test_default_size_scene_renders_in_blendedmvs_resolution(tmp_path):
     names = generate_dataset(tmp_path, scenes=1, views=2, seed=0)
     image = read_image_gray(image_path(tmp_path / names[0], 0))
     assert image.shape == (576, 768)
+
+
+def test_synth_bad_places_and_seeds_are_one_line_before_any_work(tmp_path, capsys):
+    """--out below a file was a traceback with exit 1; --seed -1 failed after the folder was made."""
+    (tmp_path / "afile").write_text("mine")
+    small = ["--scenes", "1", "--views", "2", "--height", "32", "--width", "48"]
+    assert synth_cli.main(["--out", str(tmp_path / "afile" / "set"), *small]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loftr-kd-synth: error: ") and "afile" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        synth_cli.main(["--out", str(tmp_path / "seeded"), "--seed", "-1", *small])
+    assert "--seed: -1 is not >= 0" in capsys.readouterr().err and not (tmp_path / "seeded").exists()
+
+
+def test_ctrl_c_in_an_argparse_command_is_one_line(tmp_path):
+    """Every argparse command (synth, homographies, photos, convert, ...) printed a 20-50 line traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "set"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOFTR_KD_DEBUG": "0"}
+    command = [
+        sys.executable,
+        "-m",
+        "loftr_kd.cli.synth",
+        "--out",
+        str(out),
+        "--scenes",
+        "50",
+        "--views",
+        "4",
+    ]
+    child = subprocess.Popen(  # a background job's children inherit an ignored SIGINT: give the default back
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(2, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.iterdir())):  # generating
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "loftr-kd-synth: stopped by Ctrl-C"

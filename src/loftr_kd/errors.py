@@ -144,10 +144,18 @@ def report(program: str, error: BaseException) -> int:
 
 def exit_status(program: str, call: Callable[[], object], also: tuple[type[BaseException], ...] = ()) -> int:
     """Run an argparse command's work: 0 when it returns; a user's error (or one of ``also``) is
-    :func:`report`'s one line and exit status 2; anything else, or anything under
-    :func:`debug_enabled`, propagates with its traceback."""
+    :func:`report`'s one line and exit status 2; Ctrl-C and SIGTERM are one line and 130 / 143 (the work's
+    ``finally`` blocks remove what it was writing); anything else, or anything under :func:`debug_enabled`,
+    propagates with its traceback."""
     try:
-        call()
+        with sigterm_raises():
+            call()
+    except KeyboardInterrupt as error:
+        if debug_enabled():
+            raise
+        how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+        print(f"{program}: stopped by {how}", file=sys.stderr, flush=True)
+        return EXIT_SIGTERM if isinstance(error, Terminated) else EXIT_SIGINT
     except Exception as error:
         if debug_enabled() or not (is_user_error(error) or isinstance(error, also)):
             raise

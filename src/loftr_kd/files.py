@@ -71,7 +71,10 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     except (FileExistsError, NotADirectoryError):  # a file or a broken link where a folder must be
         check_folder_path(path.parent, f"output {path}: its folder")
         raise
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as error:  # a read-only or full folder: name the target, not a temporary name
+        raise OSError(error.errno, error.strerror, str(path)) from error
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets the usual permissions

@@ -434,7 +434,7 @@ def _abstract_x_socket(number: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, exit_status, report, sigterm_raises
+    from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, exit_status, report
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -467,13 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plain_warnings("loftr-kd-demo")
     result: dict = {}
-    try:
-        with sigterm_raises():  # SIGTERM, as Ctrl-C, keeps the frames processed so far
-            status = exit_status("loftr-kd-demo", lambda: result.update(run_demo(args)), also=(SourceError,))
-    except KeyboardInterrupt as error:  # before the first frame (the model loading) or while finishing
-        how = _signal_name(error)
-        print(f"loftr-kd-demo: stopped by {how}", file=sys.stderr, flush=True)
-        return EXIT_SIGTERM if how == "SIGTERM" else EXIT_SIGINT
+    # SIGTERM, as Ctrl-C, keeps the frames processed so far (run_demo); before the first frame or while
+    # finishing, exit_status says "stopped by ..." and exits 130 / 143
+    status = exit_status("loftr-kd-demo", lambda: result.update(run_demo(args)), also=(SourceError,))
     if status == 0 and "stopped_by" in result:
         return EXIT_SIGTERM if result["stopped_by"] == "SIGTERM" else EXIT_SIGINT
     return status

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from loftr_kd.cli import ArgumentParser
+from loftr_kd.cli import ArgumentParser, nonnegative_int
 
 PROG = "loftr-kd-homographies"
 PAIR_FILES = ("1.png", "2.png", "H_1_2")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pairs", type=int, default=100, help="number of pairs (default 100)")
     parser.add_argument(
-        "--seed", type=int, default=2026, help="random seed of the homographies (default 2026)"
+        "--seed", type=nonnegative_int, default=2026, help="random seed of the homographies (default 2026)"
     )
     parser.add_argument(
         "--height", type=int, default=480, help="height of both images in pixels (default 480, >= 32)"

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from loftr_kd.cli import ArgumentParser
-from loftr_kd.errors import report
+from loftr_kd.errors import exit_status, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sweep_dir = Path(args.sweep_dir)
     if not sweep_dir.is_dir():
-        return report("loftr-kd-search-report", NotADirectoryError(f"{sweep_dir}: no such sweep directory"))
-    try:
+        what = "is a file, not a sweep directory" if sweep_dir.exists() else "no such sweep directory"
+        return report("loftr-kd-search-report", NotADirectoryError(f"{sweep_dir}: {what}"))
+
+    def run() -> None:
         paths = write_report(sweep_dir)
-    except (FileNotFoundError, ValueError) as error:
-        return report("loftr-kd-search-report", error)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+    return exit_status("loftr-kd-search-report", run)  # read-only folder, Ctrl-C: one line
 
 
 if __name__ == "__main__":

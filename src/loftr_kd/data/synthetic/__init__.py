@@ -203,6 +203,8 @@ def generate_dataset(
     """
     if scenes < 1:
         raise ValueError(f"scenes must be >= 1, got {scenes}")
+    if int(seed) < 0:  # numpy's generators refuse it only after the folder is made
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if views < 2:
         raise ValueError(f"views must be >= 2 (pairs need two views), got {views}")
     if height < 16 or width < 16:
