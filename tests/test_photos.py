@@ -91,3 +91,20 @@ def test_jpeg_artefacts_are_real_jpeg_and_deterministic() -> None:
     a = photometric(image, np.random.default_rng([1, 2]))
     b = photometric(image, np.random.default_rng([1, 2]))
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_set_that_stops_midway_leaves_nothing_of_itself(tmp_path: Path) -> None:
+    """Ctrl-C or an error part-way wrote the first photos into the folder with no photos.json: training and
+    --images took them as the set. Now the set is written beside it and moved in when complete."""
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+
+    class Undecodable(Photo):  # an installed file that is not a photo, third in the set
+        def locate(self) -> Path | None:
+            return junk
+
+    photos = [*photo_set("train-pip")[:2], Undecodable("broken", "scikit-image", "junk.jpg")]
+    out = tmp_path / "set"
+    with pytest.raises(ValueError, match="junk.jpg: does not decode as an image"):
+        collect_photos(photos, out, max_side=128)
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["junk.jpg", "set"]

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -192,7 +195,7 @@ def collect_photos(
             install it), unless ``allow_missing``.
         ValueError: a source file does not decode as an image.
     """
-    from loftr_kd.files import write_bytes, write_json
+    from loftr_kd.files import write_json
 
     located = [(photo, photo.locate()) for photo in photos]
     missing = [photo for photo, source in located if source is None]
@@ -205,6 +208,23 @@ def collect_photos(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Written into a staging folder beside it and moved in at the end: an interrupted run (Ctrl-C, SIGTERM,
+    # an error) left part of a set in `out`, which training and --images would have taken as the set.
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        rows = _write_photos(located, staging, max_side)
+        for row in rows:
+            os.replace(staging / f"{row['name']}.png", out / f"{row['name']}.png")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_json(out / "photos.json", {"photos": rows, "missing": [p.name for p in missing]})
+    return rows
+
+
+def _write_photos(located: list[tuple[Any, Path | None]], out: Path, max_side: int) -> list[dict[str, Any]]:
+    """:func:`collect_photos`'s PNGs, written into ``out``; their ``photos.json`` rows."""
+    from loftr_kd.files import write_bytes
+
     rows = []
     for photo, source in located:
         if source is None:
@@ -231,7 +251,6 @@ def collect_photos(
                 "width": int(image.shape[1]),
             }
         )
-    write_json(out / "photos.json", {"photos": rows, "missing": [p.name for p in missing]})
     return rows
 
 
