@@ -108,3 +108,10 @@ def test_a_set_that_stops_midway_leaves_nothing_of_itself(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="junk.jpg: does not decode as an image"):
         collect_photos(photos, out, max_side=128)
     assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["junk.jpg", "set"]
+
+
+def test_allow_missing_with_nothing_installed_is_an_error_not_an_empty_set(tmp_path: Path) -> None:
+    absent = [Photo(f"nowhere{i}", "mate-backgrounds", f"NoSuchPhoto_{i}.jpg") for i in range(2)]
+    with pytest.raises(FileNotFoundError, match="2 of 2 photos are not installed"):
+        collect_photos(absent, tmp_path / "set", allow_missing=True)
+    assert not (tmp_path / "set" / "photos.json").exists()

@@ -79,9 +79,9 @@ def _sizes(values: list[str]) -> list[tuple[int, int]]:
 
 def _check_json(path: Path, force: bool) -> None:
     """``--json``: a file path whose folder can exist, and not a user's file (unless ``force``)."""
-    from loftr_kd.files import check_folder_path, check_outputs
+    from loftr_kd.files import check_outputs, check_writable_folder
 
-    check_folder_path(path.parent, f"--json {path}: its folder")
+    check_writable_folder(path.parent, f"--json {path}: its folder")  # before minutes of timing
     try:
         check_outputs([path], force=force, force_hint="--force")
     except ValueError as error:

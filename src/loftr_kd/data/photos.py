@@ -192,14 +192,14 @@ def collect_photos(
 
     Raises:
         FileNotFoundError: a photo's package is not installed (the message names the package and how to
-            install it), unless ``allow_missing``.
+            install it), unless ``allow_missing`` and some photos are.
         ValueError: a source file does not decode as an image.
     """
     from loftr_kd.files import write_json
 
     located = [(photo, photo.locate()) for photo in photos]
     missing = [photo for photo, source in located if source is None]
-    if missing and not allow_missing:
+    if missing and (not allow_missing or len(missing) == len(photos)):  # allowed, but not all: no data set
         packages = sorted({p.install_hint for p in missing})
         raise FileNotFoundError(
             f"{len(missing)} of {len(photos)} photos are not installed "

@@ -53,12 +53,12 @@ def collect_sequences(out_dir: str | os.PathLike, *, allow_missing: bool = False
     """Write the installed sequences' frames to ``out_dir/<name>/`` (PNG) with ``sequences.json``.
 
     Raises:
-        FileNotFoundError: ``visp-images-data`` is not installed (unless ``allow_missing``).
+        FileNotFoundError: ``visp-images-data`` is not installed (unless ``allow_missing`` and some are).
     """
     from loftr_kd.files import write_bytes, write_json
 
     missing = [s for s in SEQUENCES if not s.frames()]
-    if missing and not allow_missing:
+    if missing and (not allow_missing or len(missing) == len(SEQUENCES)):  # allowed, but not all: no data set
         raise FileNotFoundError(
             f"{len(missing)} of {len(SEQUENCES)} camera sequences are not installed "
             f"({', '.join(s.name for s in missing)}); install them with: {missing[0].install_hint} "
