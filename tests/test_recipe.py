@@ -301,3 +301,17 @@ def test_sigterm_stops_the_step_records_it_and_the_next_run_resumes(tmp_path: Pa
     assert not (out / "stage1-1" / "summary.json").exists()
     steps = steps_from_config(specs)
     assert [s for _, s in Recipe(steps, out).plan()] == ["done", "resume"]
+
+
+def test_a_training_experiment_given_as_a_recipe_is_one_line(capsys):
+    """--help lists every experiment; choosing a training one failed in Hydra's composition (exit 1, a
+    multi-line error about the defaults list)."""
+    from loftr_kd.cli.recipe import main, recipe_names
+
+    assert "student_default" in recipe_names() and "paper" not in recipe_names()
+    with pytest.raises(SystemExit) as info:
+        main(["experiment=paper", "plan_only=true"])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("loftr-kd-recipe: error: experiment=paper is a training experiment")
+    assert "recipes: student_default" in line

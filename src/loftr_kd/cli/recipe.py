@@ -3,9 +3,16 @@ config ``conf/recipe.yaml``; recipes in ``conf/experiment/``, e.g. ``student_def
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from loftr_kd.cli import hydra_command
+from loftr_kd.config import CONFIG_DIR
+
+EXPERIMENTS = CONFIG_DIR / "experiment"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -25,12 +32,43 @@ def run(cfg: DictConfig) -> dict:
     return recipe.run(until=cfg.until)
 
 
-main = hydra_command(
+def recipe_names() -> list[str]:
+    """The experiments that are recipes (``conf/experiment/<name>.yaml`` with ``recipe.steps``); the others
+    are training experiments (``loftr-kd-train experiment=...``)."""
+    names = []
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        recipe = OmegaConf.load(path).get("recipe")
+        if isinstance(recipe, DictConfig) and recipe.get("steps"):
+            names.append(path.stem)
+    return names
+
+
+_app = hydra_command(
     "loftr-kd-recipe",
     "recipe",
     run,
-    summary="run a multi-stage recipe, resumably (experiment=student_default rebuilds the shipped student)",
+    summary="run a multi-stage recipe, resumably (experiment=student_default rebuilds the shipped student; "
+    "the other experiments listed below are training experiments, for loftr-kd-train)",
 )
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """``loftr-kd-recipe``: Hydra overrides in ``argv`` (default: the command line); a training experiment
+    given as a recipe is one line naming the recipes (Hydra's own message was a composition error)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    chosen = [a.split("=", 1)[1] for a in args if a.startswith(("experiment=", "+experiment="))]
+    recipes = recipe_names()
+    if chosen and chosen[-1] not in recipes and (EXPERIMENTS / f"{chosen[-1]}.yaml").is_file():
+        from loftr_kd.errors import EXIT_USAGE
+
+        print(
+            f"loftr-kd-recipe: error: experiment={chosen[-1]} is a training experiment (loftr-kd-train "
+            f"experiment={chosen[-1]}), not a recipe; recipes: {', '.join(recipes)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(EXIT_USAGE)
+    return _app(argv)
 
 
 if __name__ == "__main__":
