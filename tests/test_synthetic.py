@@ -491,3 +491,13 @@ def test_ctrl_c_in_an_argparse_command_is_one_line(tmp_path):
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "loftr-kd-synth: stopped by Ctrl-C"
+
+
+def test_scene_folders_have_the_usual_permissions(tmp_path):
+    """Scenes were renamed into place from mkdtemp's 0700 folder: another user could not read a shared set."""
+    import os
+
+    generate_dataset(tmp_path / "set", scenes=1, views=2, seed=1, height=32, width=48)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "set" / "synth_000").stat().st_mode & 0o777 == 0o777 & ~umask

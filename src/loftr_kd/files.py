@@ -89,6 +89,14 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def temporary_folder(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new, unique folder in ``parent`` (``tempfile.mkdtemp``) with the usual permissions: mkdtemp makes
+    0700, and a folder renamed into place from it (a scene, a set of pairs) was unreadable to other users."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(folder, 0o777 & ~_umask())
+    return folder
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

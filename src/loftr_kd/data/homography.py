@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from loftr_kd.data.blendedmvs_io import BlendedMVSFormatError, read_image_gray, read_image_size
+from loftr_kd.files import temporary_folder
 from loftr_kd.images import featureless_reason, too_small_reason
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ def write_photo_set_pairs(
             f"{out} already exists and is not empty; pairs are written only into a new folder"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    partial = temporary_folder(out.parent, prefix=f".{out.name}.partial-")
     try:
         with tempfile.TemporaryDirectory() as photos:
             collect_photos(photo_set(set_name), photos)

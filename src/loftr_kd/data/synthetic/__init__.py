@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -69,7 +68,7 @@ from loftr_kd.data.synthetic.textures import (
 )
 from loftr_kd.data.synthetic.textures import TEXTURE_SIZE, available_photos, mip_pyramid
 from loftr_kd.data.synthetic.world import NEAR, Lighting, Rect, Scene, look_at, render_depth, render_view
-from loftr_kd.files import describe_entries, write_text
+from loftr_kd.files import describe_entries, temporary_folder, write_text
 
 GENERATOR_VERSION = "1"
 SCENE_PREFIX = "synth_"
@@ -94,7 +93,7 @@ def write_scene(
     final = out_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
     # A fresh, unique temporary folder: nothing of an earlier run is ever removed or reused.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
+    tmp = temporary_folder(out_dir, prefix=f".{name}.tmp-")
     try:
         scene = build_scene(seed, index)
         cameras = sample_views(scene, seed, index, views, height, width)
