@@ -148,3 +148,34 @@ def shifted_fine_maps(h: int, w: int, shift: tuple[int, int], points: int = 1):
     desc0 = torch.nn.functional.normalize(torch.randn(1, 16, 8 * h + 8, 8 * w + 8), dim=1)
     desc1 = torch.roll(desc0, shifts=shift, dims=(2, 3))
     return refinement, desc0[:, :, : 8 * h, : 8 * w], desc1[:, :, : 8 * h, : 8 * w]
+
+
+def signal_when(command: list[str], ready, signum: int, timeout: float = 120) -> tuple[int, str]:
+    """Run ``command``, send it ``signum`` once ``ready()`` is true, and return its exit status and stderr.
+
+    The child gets the default SIGINT disposition: a background job's children inherit an ignored SIGINT
+    (the clean-clone run of the suite), and Ctrl-C would then do nothing.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOFTR_KD_DEBUG": "0", "HYDRA_FULL_ERROR": "0"}
+    child = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            _, stderr = child.communicate()
+            raise AssertionError(f"{command[:4]} ended or stalled before it was ready: {stderr[-2000:]}")
+        time.sleep(0.05)
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=timeout)
+    return child.returncode, stderr

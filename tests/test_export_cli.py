@@ -190,32 +190,19 @@ def test_a_graph_that_fails_its_checks_never_takes_the_deployed_name(tmp_path):
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_an_interrupted_export_is_one_line_and_leaves_no_graph(tmp_path, signum):
-    import os
     import signal
-    import subprocess
     import sys
-    import time
+
+    from conftest import signal_when
 
     ckpt = save_student(build_student(), tmp_path / "s.pt")
     out = tmp_path / "out"
-    env = {**os.environ, "LOFTR_KD_DEBUG": "0", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "loftr_kd.cli.export", f"hydra.run.dir={tmp_path / 'run'}"]
     command += [f"ckpt_path={ckpt}", f"out_dir={out}", "dynamic=true", "parity_pairs=8"]
-    child = subprocess.Popen(  # a background job's children inherit an ignored SIGINT: give the default back
-        command,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=lambda: signal.signal(2, signal.SIG_DFL),
-    )
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(p.suffix == ".onnx" for p in out.iterdir())):  # exporting or checking
-        assert child.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    child.send_signal(getattr(signal, signum))
-    _, stderr = child.communicate(timeout=120)
+    exporting = lambda: out.is_dir() and any(p.suffix == ".onnx" for p in out.iterdir())  # noqa: E731
+    status, stderr = signal_when(command, exporting, getattr(signal, signum))
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert child.returncode == 128 + getattr(signal, signum) and "Traceback" not in stderr
+    assert status == 128 + getattr(signal, signum) and "Traceback" not in stderr
     assert lines[-1] == f"loftr-kd-export: stopped by {'Ctrl-C' if signum == 'SIGINT' else 'SIGTERM'}"
     assert not [p.name for p in out.iterdir() if ".onnx" in p.name]
 

@@ -457,14 +457,12 @@ def test_synth_bad_places_and_seeds_are_one_line_before_any_work(tmp_path, capsy
 
 def test_ctrl_c_in_an_argparse_command_is_one_line(tmp_path):
     """Every argparse command (synth, homographies, photos, convert, ...) printed a 20-50 line traceback."""
-    import os
     import signal
-    import subprocess
     import sys
-    import time
+
+    from conftest import signal_when
 
     out = tmp_path / "set"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOFTR_KD_DEBUG": "0"}
     command = [
         sys.executable,
         "-m",
@@ -476,20 +474,8 @@ def test_ctrl_c_in_an_argparse_command_is_one_line(tmp_path):
         "--views",
         "4",
     ]
-    child = subprocess.Popen(  # a background job's children inherit an ignored SIGINT: give the default back
-        command,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=lambda: signal.signal(2, signal.SIG_DFL),
-    )
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.iterdir())):  # generating
-        assert child.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    status, stderr = signal_when(command, lambda: out.is_dir() and any(out.iterdir()), signal.SIGINT)
+    assert status == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "loftr-kd-synth: stopped by Ctrl-C"
 
 
