@@ -33,6 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from loftr_kd.images import MIN_TRAINING_SIDE
+
 PathLike = str | os.PathLike
 
 PLASMA_ROOT = Path("/usr/share/wallpapers")
@@ -236,6 +238,12 @@ def _write_photos(located: list[tuple[Any, Path | None]], out: Path, max_side: i
         scale = max_side / max(image.shape[:2])
         if scale < 1.0:
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            if min(size) < MIN_TRAINING_SIDE:  # written, it would be refused by every reader of the set
+                needed = int(np.ceil(MIN_TRAINING_SIDE * max(image.shape[:2]) / min(image.shape[:2])))
+                raise ValueError(
+                    f"max_side={max_side} makes {photo.name} {size[0]}x{size[1]} pixels, below the "
+                    f"{MIN_TRAINING_SIDE}-pixel shorter side training needs; use at least {needed}"
+                )
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         ok, png = cv2.imencode(".png", image)
         if not ok:
