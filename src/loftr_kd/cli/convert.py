@@ -68,6 +68,13 @@ def run(args: argparse.Namespace) -> None:
             given = " ".join(f"--{k} {v}" for k, v in options if v is not None) or f"{source}'s stored size"
             raise ValueError(f"{given}: {error}") from error
         raise
+    config = model.config
+    if min(config.input_height, config.input_width) < 2 * config.coarse_stride:  # the Matcher refuses it
+        raise ValueError(
+            f"input size {config.input_width}x{config.input_height}: a student matches at least two coarse "
+            f"cells a side ({2 * config.coarse_stride} px at stride {config.coarse_stride}); give --height and "
+            "--width of at least that"
+        )
     own = check_output_file(destination, args.force)  # again: a file may have appeared during the work
     replaced = replaced_line(destination, own)
     save_student(model, destination)
