@@ -185,5 +185,8 @@ def test_a_size_off_the_stride_names_the_options(tmp_path, capsys):
     assert "error: --height 0: input_height=0 must be a positive multiple" in capsys.readouterr().err
     # one cell a side: written, then refused by the Matcher ("size 16 must be between 32 and ...")
     assert convert([str(source), str(tmp_path / "d.pt"), "--height", "16", "--width", "16"]) == 2
-    assert "input size 16x16: a student matches at least two coarse cells a side (32 px" in capsys.readouterr().err
+    assert (
+        "input size 16x16: a student matches at least two coarse cells a side (32 px"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "d.pt").exists()

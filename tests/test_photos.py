@@ -119,6 +119,8 @@ def test_allow_missing_with_nothing_installed_is_an_error_not_an_empty_set(tmp_p
 
 def test_a_max_side_that_makes_photos_too_small_to_train_on_is_refused(tmp_path: Path) -> None:
     """--max-side 32 (the long side) wrote photos of 20-28 px short sides, which homographies then refused."""
-    with pytest.raises(ValueError, match=r"max_side=32 makes \w+ 32x\d+ pixels, below the 32-pixel shorter side"):
+    with pytest.raises(
+        ValueError, match=r"max_side=32 makes \w+ 32x\d+ pixels, below the 32-pixel shorter side"
+    ):
         collect_photos(photo_set("train-pip")[:3], tmp_path / "set", max_side=32)
     assert not list((tmp_path / "set").iterdir())
