@@ -314,6 +314,17 @@ def test_report_command_rewrites_the_report(sweep: Path, tmp_path: Path) -> None
         and "none of its 2 search_trial.json files is a readable trial record" in empty.stderr
     )
     assert not (tmp_path / "empty" / "search_report.md").exists()
+    # a report edited by hand was replaced without a word: refused now, --force replaces it
+    command = [sys.executable, "-m", "loftr_kd.cli.search_report", str(sweep)]
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0  # its own: replaced
+    (sweep / "search_report.md").write_text("my notes")
+    edited = subprocess.run(command, capture_output=True, text=True)
+    assert (
+        edited.returncode == 2 and "search_report.md already exists and was not written by" in edited.stderr
+    )
+    assert (sweep / "search_report.md").read_text() == "my notes"
+    assert subprocess.run([*command, "--force"], capture_output=True, text=True).returncode == 0
+    assert "| 1 | pruned |" in (sweep / "search_report.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------ cluster

@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         "its trials' search_trial.json files, e.g. for an interrupted sweep.",
     )
     parser.add_argument("sweep_dir", help="the sweep directory (holds <job>/search_trial.json)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace report files loftr-kd did not write (a report edited by hand); without it they are kept",
+    )
     return parser
 
 
@@ -40,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report("loftr-kd-search-report", NotADirectoryError(f"{sweep_dir}: {what}"))
 
     def run() -> None:
-        paths = write_report(sweep_dir)
+        paths = write_report(sweep_dir, force=args.force)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
 
     return exit_status("loftr-kd-search-report", run)  # read-only folder, Ctrl-C: one line

@@ -268,12 +268,15 @@ def _plot(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mapping[st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from loftr_kd.files import replacing
+
+    with replacing(path, suffix=".png") as tmp:  # readers never see a half-written plot
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
 
-def write_report(sweep_dir: str | os.PathLike, study: Any = None) -> dict[str, Path]:
+def write_report(sweep_dir: str | os.PathLike, study: Any = None, force: bool = False) -> dict[str, Path]:
     """Table (``search_report.md`` / ``.json``) and plot (``search_report.png``) of every trial in a sweep.
 
     Failed or pruned trials are listed with their reason. Presets that were trained in the sweep are
@@ -282,6 +285,8 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None) -> dict[str, P
     Args:
         sweep_dir: the sweep directory (``<job>/search_trial.json`` below it).
         study: the sweep's Optuna study, for each trial's state and value(s) in the JSON; optional.
+        force: replace report files that loftr-kd did not write (a report edited by hand); without it they
+            are refused before anything is written (``files.check_outputs``). Earlier reports are replaced.
 
     Returns:
         The paths written, by kind: ``md``, ``json``, ``png``.
@@ -289,7 +294,7 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None) -> dict[str, P
     Raises:
         FileNotFoundError: no ``search_trial.json`` below ``sweep_dir``.
     """
-    from loftr_kd.files import write_json, write_text
+    from loftr_kd.files import check_outputs, record_outputs, write_json, write_text
 
     sweep_dir = Path(sweep_dir)
     records = load_records(sweep_dir)
@@ -334,11 +339,14 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None) -> dict[str, P
         meta["preset_latency"] = _preset_latency(missing, settings, reference_ms)
     payload = {"meta": meta, "pareto_front": [rows[i]["trial"] for i in front], "trials": rows}
     stem = sweep_dir / REPORT_STEM
-    return {
+    check_outputs([stem.with_suffix(s) for s in (".md", ".json", ".png")], force=force, force_hint="--force")
+    paths = {
         "md": write_text(stem.with_suffix(".md"), _markdown(rows, front, meta)),
         "json": write_json(stem.with_suffix(".json"), payload),
         "png": _plot(rows, front, meta, stem.with_suffix(".png")),
     }
+    record_outputs(paths.values(), "loftr-kd-search-report")  # what a rerun may replace
+    return paths
 
 
 def _preset_latency(
