@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from loftr_kd.cli import ArgumentParser, nonnegative_int
+from loftr_kd.cli import ArgumentParser, nonnegative_int, positive_int
 from loftr_kd.data.synthetic import generate_dataset
 
 
@@ -18,13 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default=None, help="output root (default: data/synthetic under the current folder)"
     )
-    parser.add_argument("--scenes", type=int, default=12, help="number of scenes (default 12)")
-    parser.add_argument("--views", type=int, default=8, help="views per scene (default 8)")
+    parser.add_argument("--scenes", type=positive_int, default=12, help="number of scenes (default 12)")
+    parser.add_argument("--views", type=positive_int, default=8, help="views per scene (default 8)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     parser.add_argument("--height", type=int, default=576, help="image height (default 576)")
     parser.add_argument("--width", type=int, default=768, help="image width (default 768)")
     parser.add_argument(
-        "--workers", type=int, default=1, help="parallel processes (default 1; output is the same)"
+        "--workers", type=positive_int, default=1, help="parallel processes (default 1; output is the same)"
     )
     return parser
 

@@ -69,6 +69,7 @@ from loftr_kd.data.synthetic.textures import (
 from loftr_kd.data.synthetic.textures import TEXTURE_SIZE, available_photos, mip_pyramid
 from loftr_kd.data.synthetic.world import NEAR, Lighting, Rect, Scene, look_at, render_depth, render_view
 from loftr_kd.files import describe_entries, temporary_folder, write_text
+from loftr_kd.images import MIN_TRAINING_SIDE
 
 GENERATOR_VERSION = "1"
 SCENE_PREFIX = "synth_"
@@ -206,8 +207,11 @@ def generate_dataset(
         raise ValueError(f"seed must be >= 0, got {seed}")
     if views < 2:
         raise ValueError(f"views must be >= 2 (pairs need two views), got {views}")
-    if height < 16 or width < 16:
-        raise ValueError(f"image size must be at least 16x16, got {height}x{width}")
+    if min(height, width) < MIN_TRAINING_SIDE:  # every reader of the set refuses a smaller image
+        raise ValueError(
+            f"image size must be at least {MIN_TRAINING_SIDE}x{MIN_TRAINING_SIDE} (the shorter side training "
+            f"needs), got {height}x{width}"
+        )
     say = log or print
     out = Path(out_dir)
     settings = {
