@@ -49,6 +49,12 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def stopped_by(error: KeyboardInterrupt) -> tuple[str, int]:
+    """How a command was stopped, for its one line and its exit status: ``("SIGTERM", 143)`` for
+    :class:`Terminated`, else ``("Ctrl-C", 130)``."""
+    return ("SIGTERM", EXIT_SIGTERM) if isinstance(error, Terminated) else ("Ctrl-C", EXIT_SIGINT)
+
+
 def user_stacklevel() -> int:
     """``warnings.warn``'s stacklevel of the nearest caller outside loftr_kd and torch (``Module.__call__``), so
     a warning raised deep in the package points at the user's line, whichever public door it came through.
@@ -153,9 +159,9 @@ def exit_status(program: str, call: Callable[[], object], also: tuple[type[BaseE
     except KeyboardInterrupt as error:
         if debug_enabled():
             raise
-        how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+        how, status = stopped_by(error)
         print(f"{program}: stopped by {how}", file=sys.stderr, flush=True)
-        return EXIT_SIGTERM if isinstance(error, Terminated) else EXIT_SIGINT
+        return status
     except Exception as error:
         if debug_enabled() or not (is_user_error(error) or isinstance(error, also)):
             raise
@@ -169,6 +175,7 @@ __all__ = [
     "ON_BAD_DATA",
     "Terminated",
     "sigterm_raises",
+    "stopped_by",
     "EXIT_SIGTERM",
     "EXIT_USAGE",
     "debug_enabled",

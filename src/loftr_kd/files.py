@@ -327,8 +327,6 @@ def check_writable_folder(folder: Path, label: str) -> None:
         NotADirectoryError: a file in the way.
         OSError: the location cannot be written (its errno; the filename names the folder and ``label``).
     """
-    import tempfile
-
     check_folder_path(folder, label)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:

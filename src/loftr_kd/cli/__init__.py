@@ -43,13 +43,13 @@ def hydra_command(
         except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM where the command turns it into one
             if debug_enabled():
                 raise
-            from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+            from loftr_kd.errors import stopped_by
 
-            how = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+            how, status = stopped_by(error)
             print(f"{program}: stopped by {how}", file=sys.stderr, flush=True)
             _log_to_run_files(f"stopped by {how}")
             _discard_empty_run()  # stopped while starting: no empty run folder left behind
-            raise SystemExit(EXIT_SIGTERM if isinstance(error, Terminated) else EXIT_SIGINT) from None
+            raise SystemExit(status) from None
         except Exception as error:
             code = next((c for kind, c in codes.items() if isinstance(root_cause(error), kind)), None)
             if debug_enabled() or (code is None and not is_user_error(error)):

@@ -332,10 +332,12 @@ def run_demo(args: argparse.Namespace) -> dict:
         f"{summary['fps']:.1f} FPS"
     )
     if interrupted is not None:
-        how = _signal_name(interrupted)
+        from loftr_kd.errors import stopped_by
+
+        how, status = stopped_by(interrupted)
         kept = f"; the frames processed so far are in {args.out} (timing marked interrupted)" if wrote else ""
         print(f"loftr-kd-demo: stopped by {how} after {figures}{kept}", file=sys.stderr, flush=True)
-        summary["stopped_by"] = how
+        summary["stopped_by"], summary["exit_status"] = how, status
         return summary
     print(figures + (f"; wrote {args.out}" if args.headless else ""))
     if early:
@@ -345,13 +347,6 @@ def run_demo(args: argparse.Namespace) -> dict:
             + (f" and written to {args.out}" if args.headless else "")
         )
     return summary
-
-
-def _signal_name(error: KeyboardInterrupt) -> str:
-    """``"SIGTERM"`` for :class:`loftr_kd.errors.Terminated`, else ``"Ctrl-C"``."""
-    from loftr_kd.errors import Terminated
-
-    return "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -434,7 +429,7 @@ def _abstract_x_socket(number: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM, exit_status, report
+    from loftr_kd.errors import exit_status, report
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -471,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # finishing, exit_status says "stopped by ..." and exits 130 / 143
     status = exit_status("loftr-kd-demo", lambda: result.update(run_demo(args)), also=(SourceError,))
     if status == 0 and "stopped_by" in result:
-        return EXIT_SIGTERM if result["stopped_by"] == "SIGTERM" else EXIT_SIGINT
+        return result["exit_status"]
     return status
 
 
