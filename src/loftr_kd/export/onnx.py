@@ -472,10 +472,13 @@ def _as_pairs(pairs, height: int, width: int) -> list[tuple[np.ndarray, np.ndarr
     return out
 
 
-def failed_path(onnx_path: Path, suffix: str = ".onnx") -> Path:
-    """Where :func:`export_student` puts a graph that failed its checks (``suffix`` ``.onnx``) and its report
-    (``.export_report.json`` / ``.md``): ``<name>.failed<suffix>`` beside ``<name>.onnx``."""
-    return onnx_path.with_name(f"{onnx_path.stem}.failed{suffix}")
+def failed_paths(onnx_path: Path) -> list[Path]:
+    """Where :func:`export_student` puts a graph that failed its checks and its report, beside
+    ``<name>.onnx``: ``<name>.failed.onnx``, ``<name>.failed.export_report.json`` and ``.md``."""
+    return [
+        onnx_path.with_name(f"{onnx_path.stem}.failed{s}")
+        for s in (".onnx", ".export_report.json", ".export_report.md")
+    ]
 
 
 def export_student(
@@ -629,9 +632,7 @@ def export_student(
             errors.append(f"parity check could not run: {type(e).__name__}: {e}")
         report["errors"] = errors
         report["ok"] = not errors
-        failed = [
-            failed_path(onnx_path, suffix) for suffix in (".onnx", ".export_report.json", ".export_report.md")
-        ]
+        failed = failed_paths(onnx_path)
         if errors and strict:  # beside an earlier good graph and its report, which stay as they were
             onnx_path, report_path = failed[0], failed[1]
             report["onnx_path"] = str(onnx_path)

@@ -231,17 +231,14 @@ def output_name(settings: ExportSettings) -> str:
 
 def planned_outputs(out_dir: Path, settings: ExportSettings) -> list[Path]:
     """Every file an export with ``settings`` may write into ``out_dir``."""
-    from loftr_kd.export.onnx import failed_path
+    from loftr_kd.export.onnx import failed_paths
     from loftr_kd.export.tensorrt import engine_metadata_path
     from loftr_kd.runtime.backend import SPLIT_PARTS, split_path
 
     onnx_path = out_dir / f"{output_name(settings)}.onnx"
     report = onnx_path.with_name(f"{onnx_path.stem}.export_report.json")
     # <name>.failed.*: where a graph that failed its checks goes, with its report (export_student)
-    failed = [
-        failed_path(onnx_path, suffix) for suffix in (".onnx", ".export_report.json", ".export_report.md")
-    ]
-    paths = [onnx_path, report, report.with_suffix(".md"), *failed]
+    paths = [onnx_path, report, report.with_suffix(".md"), *failed_paths(onnx_path)]
     if settings.split:
         paths += [split_path(onnx_path, part) for part in SPLIT_PARTS]
     if settings.int8.enabled:
