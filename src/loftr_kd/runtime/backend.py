@@ -144,9 +144,8 @@ def split_path(path: str | os.PathLike, part: str) -> Path:
     if part not in SPLIT_PARTS:
         raise ValueError(f"part must be one of {SPLIT_PARTS}, got {part!r}")
     path = Path(path)
-    base = path.name[: len(path.name) - len(path.suffix)]
-    tag = next((t for t in _PRECISION_TAGS if base.endswith(t) and len(base) > len(t)), "")
-    return path.with_name(f"{base[: len(base) - len(tag)]}.{part}{tag}{path.suffix}")
+    stem, tag = _stem_and_tag(path)
+    return path.with_name(f"{stem}.{part}{tag}{path.suffix}")
 
 
 def built_from(engine: str | os.PathLike) -> Path:
@@ -154,9 +153,15 @@ def built_from(engine: str | os.PathLike) -> Path:
     and its printed ``trtexec`` line name them (``student.fp16.engine`` -> ``student.onnx``,
     ``student.encoder.fp16.engine`` -> ``student.encoder.onnx``)."""
     engine = Path(engine)
-    base = engine.name[: len(engine.name) - len(engine.suffix)]
+    return engine.with_name(f"{_stem_and_tag(engine)[0]}.onnx")
+
+
+def _stem_and_tag(path: Path) -> tuple[str, str]:
+    """A model file's name without its suffix, split into the name and its precision tag (``.fp16`` ...;
+    ``""`` without one): ``student.fp16.engine`` -> ``("student", ".fp16")``."""
+    base = path.name[: len(path.name) - len(path.suffix)]
     tag = next((t for t in _PRECISION_TAGS if base.endswith(t) and len(base) > len(t)), "")
-    return engine.with_name(f"{base[: len(base) - len(tag)]}.onnx")
+    return base[: len(base) - len(tag)], tag
 
 
 def check_split_config(
