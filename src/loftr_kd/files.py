@@ -169,7 +169,8 @@ class OutputExistsError(ValueError):
     """An output path holds a file that loftr-kd did not write there; it is never replaced silently."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read in 1 MB blocks (the manifest, label caches, evaluation records)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -197,7 +198,7 @@ def is_own_output(path: str | os.PathLike) -> bool:
     if not isinstance(entry, dict) or not path.is_file() or path.is_symlink():
         return False
     try:
-        return entry.get("sha256") == _sha256(path)
+        return entry.get("sha256") == sha256_file(path)
     except OSError:
         return False
 
@@ -244,7 +245,7 @@ def record_outputs(paths: Iterable[str | os.PathLike], command: str) -> None:
         with _manifest_lock(folder):
             files = _manifest(folder)
             for path in written:
-                files[path.name] = {"sha256": _sha256(path), "command": command}
+                files[path.name] = {"sha256": sha256_file(path), "command": command}
             write_json(folder / OUTPUT_MANIFEST, {"written_by": "loftr-kd", "files": files})
 
 

@@ -61,16 +61,17 @@ def provenance(cfg: DictConfig, methods: dict[str, Any]) -> dict[str, Any]:
     """What the results were computed with: commit, packages and machine (the CPU threads given), each
     method's weights file and SHA-256 (a path alone names whatever the file holds today) and the protocol
     settings that change rankings (the robust estimators, the sizes)."""
-    import hashlib
-
     from loftr_kd.bench.report import machine_info
+    from loftr_kd.files import sha256_file
     from loftr_kd.rundir import run_metadata
 
-    weights = {}
+    weights, digests = {}, {}
     for name, method in methods.items():
         path = getattr(getattr(method, "matcher", method), "weights", None)  # a guided one wraps its matcher
         if isinstance(path, Path) and path.is_file():
-            weights[name] = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            if path not in digests:  # the guided and one-pass student read one file: hashed once
+                digests[path] = sha256_file(path)
+            weights[name] = {"path": str(path), "sha256": digests[path]}
     h, p, c = cfg.homography, cfg.pose, cfg.coarse
     return {
         **run_metadata(),

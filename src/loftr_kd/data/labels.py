@@ -33,7 +33,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from loftr_kd.data.unlabeled import FrameRef, PairSpec
-from loftr_kd.files import replacing, write_json
+from loftr_kd.files import replacing, sha256_file, write_json
 
 __all__ = [
     "LabelCache",
@@ -115,7 +115,7 @@ def _file_identity(path: str) -> list[Any]:
     size and time stamp, as ``cp -p``, ``rsync -a`` or ``tar`` leave it, is a new file). A photo with an EXIF
     orientation adds it: since 2026-12-07 it is read upright in colour too (:func:`loftr_kd.images.read_image`),
     so labels made from its sideways read must not be reused; other files keep their earlier keys."""
-    identity = [path, os.stat(path).st_size, _sha256(path)]
+    identity = [path, os.stat(path).st_size, sha256_file(path)]
     orientation = _exif_orientation(path)
     return identity + ([f"exif-upright-{orientation}"] if orientation not in (None, 1) else [])
 
@@ -131,14 +131,6 @@ def _exif_orientation(path: str) -> int | None:
         return None
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_identity(teacher: torch.nn.Module) -> dict[str, Any]:
     """What a teacher's labels depend on: its class, settings and the SHA-256 of its weight files."""
     settings = getattr(teacher, "settings", None)
@@ -149,7 +141,7 @@ def teacher_identity(teacher: torch.nn.Module) -> dict[str, Any]:
         "class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
         "name": getattr(teacher, "name", None),
         "settings": settings,
-        "weights": {Path(p).name: _sha256(p) for p in weights},
+        "weights": {Path(p).name: sha256_file(p) for p in weights},
     }
 
 
@@ -314,7 +306,7 @@ def pairs_and_cache(
     for frames in sequences:
         if len(frames) == 1 and Path(frames[0].path).suffix.lower() in VIDEO_EXTENSIONS:
             video = Path(frames[0].path)
-            key = hashlib.sha256(f"{video.resolve()}:{_sha256(video)}".encode()).hexdigest()
+            key = hashlib.sha256(f"{video.resolve()}:{sha256_file(video)}".encode()).hexdigest()
             frames = video_frames(video, Path(labels_dir) / "frames" / key[:16])
         decoded.append(frames)
     pairs = candidate_pairs(decoded, groups, settings)
