@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from loftr_kd.data.blendedmvs_io import BlendedMVSFormatError, read_image_gray, read_image_size
+from loftr_kd.errors import ON_BAD_DATA
 from loftr_kd.files import temporary_folder
 from loftr_kd.images import featureless_reason, too_small_reason
 
@@ -226,7 +227,7 @@ class HomographyPairDataset(Dataset):
         images: Sequence[PathLike] | None = None,
         on_bad_data: str = "raise",
     ) -> None:
-        if on_bad_data not in ("raise", "skip"):
+        if on_bad_data not in ON_BAD_DATA:
             raise ValueError(f"on_bad_data must be 'raise' or 'skip', got {on_bad_data!r}")
         try:
             check_homography_range(max_zoom, max_rotation_deg, max_perspective, max_translation)

@@ -266,7 +266,7 @@ def _holds_label_cache(folder: Path) -> bool:
 def media_problem(path: str | Path) -> str | None:
     """Why an image or video cannot be labelled, found cheaply (an image's header and its end, a video's
     first frame), as ``"<file>: <problem>"``; ``None`` when it looks usable."""
-    from loftr_kd.images import check_complete, read_image_size, too_small_reason
+    from loftr_kd.images import check_file_complete, read_image_size, too_small_reason
 
     path = Path(path)
     if path.suffix.lower() in VIDEO_EXTENSIONS:
@@ -289,10 +289,7 @@ def media_problem(path: str | Path) -> str | None:
         return None
     try:
         height, width = read_image_size(path)
-        with open(path, "rb") as f:  # its start and its last 4 KB are what check_complete looks at
-            head = f.read(8)
-            f.seek(max(f.seek(0, os.SEEK_END) - 4096, len(head)))
-            check_complete(head + f.read(), path)
+        check_file_complete(path)
     except (ValueError, OSError) as error:  # ImageError is a ValueError; FileNotFoundError an OSError
         return str(error) if str(path) in str(error) else f"{path}: {error}"
     small = too_small_reason(height, width)
