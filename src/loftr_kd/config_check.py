@@ -346,11 +346,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"train_only={train_only!r}: expected a list of student module names, e.g. [refinement]"
         )
-    threads = cfg.get("threads")
-    if threads is not None and not (matches_hint(threads, int) and threads >= 1):
-        raise ConfigError(
-            f"threads={threads!r}: expected a number of CPU threads >= 1, or null (torch's default)"
-        )
+    check_threads(cfg.get("threads"))
     limit = cfg.get("max_nonfinite_steps")
     if limit is not None and not (matches_hint(limit, int) and limit >= 1):
         raise ConfigError(
@@ -410,10 +406,23 @@ class CheckTrainConfig(ClaimRunDir):
         super().__init__(check or "loftr_kd.config_check.check_train_config", program or "loftr-kd-train")
 
 
+def check_threads(threads: Any) -> None:
+    """A command's ``threads`` (torch's intra-op threads: training, labelling): an int >= 1, or null.
+
+    Raises:
+        ConfigError: anything else, naming the key.
+    """
+    if threads is not None and not (matches_hint(threads, int) and threads >= 1):
+        raise ConfigError(
+            f"threads={threads!r}: expected a number of CPU threads >= 1, or null (torch's default)"
+        )
+
+
 __all__ = [
     "CheckTrainConfig",
     "ConfigError",
     "check_arguments",
+    "check_threads",
     "check_train_config",
     "matches_hint",
     "trial_hook_config",

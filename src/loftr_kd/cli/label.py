@@ -16,13 +16,11 @@ from loftr_kd.errors import EXIT_SIGINT, EXIT_SIGTERM
 def run(cfg: DictConfig) -> list[Any]:
     """Label every unlabeled source of ``cfg.data`` (the source itself, or each of a mixture's), with
     ``cfg.threads`` intra-op torch threads (``conf/label.yaml``; ``null``: torch's default)."""
+    from loftr_kd.config_check import check_threads
     from loftr_kd.runtime.torch_backend import torch_threads
 
     threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(
-            f"threads={threads!r}: expected a number of CPU threads >= 1, or null (torch's default)"
-        )
+    check_threads(threads)  # as training's
     with torch_threads(threads):  # the thread policy of training (conf/train.yaml), restored afterwards
         return _label(cfg)
 
