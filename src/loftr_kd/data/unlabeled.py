@@ -227,22 +227,22 @@ def _walk_files(root: Path, exclude: Sequence[Path]) -> list[Path]:
                 kept.append(name)
         subfolders[:] = kept
         files += [here / name for name in names if (here / name).is_file()]
-    if inward:
-        log.warning(
-            "data.root=%s: skipped %d linked folders that lead back inside it (searched under their own "
-            "paths; a loop such as `self -> .` would list every image again and again): %s",
-            root,
-            len(inward),
-            ", ".join(str(p) for p in inward),
-        )
-    if repeated:
-        log.warning(
-            "data.root=%s: skipped %d linked folders that lead to a folder outside it already searched through "
-            "another link: %s",
-            root,
-            len(repeated),
-            ", ".join(str(p) for p in repeated),
-        )
+    for skipped, why in (
+        (
+            inward,
+            "lead back inside it (searched under their own paths; a loop such as `self -> .` would list "
+            "every image again and again)",
+        ),
+        (repeated, "lead to a folder outside it already searched through another link"),
+    ):
+        if skipped:
+            log.warning(
+                "data.root=%s: skipped %d linked folders that %s: %s",
+                root,
+                len(skipped),
+                why,
+                ", ".join(str(p) for p in skipped),
+            )
     if caches:
         log.info("data.root=%s: left out label caches: %s", root, ", ".join(str(p) for p in caches))
     return files
