@@ -226,3 +226,27 @@ def test_an_out_dir_that_cannot_be_written_is_refused_before_loading(tmp_path):
             run_export(_cfg(*common, f"out_dir={locked / 'out'}"))
     finally:
         locked.chmod(0o755)
+
+
+def test_the_threads_setting_runs_the_export_and_its_checks_on_that_many_threads(tmp_path):
+    """Export had no threads setting: on a shared 2-core machine its onnxruntime checks took every core."""
+    import torch
+
+    from loftr_kd.cli.export import check_export_config
+
+    ckpt = save_student(build_student(input_height=64, input_width=96, border_removal=0), tmp_path / "s.pt")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = _cfg(
+            f"ckpt_path={ckpt}", f"out_dir={tmp_path}", "height=64", "width=96", "parity_pairs=1", "threads=1"
+        )
+        run_export(cfg)
+        assert torch.get_num_threads() == 2  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)
+    report = json.loads((tmp_path / "student_64x96.export_report.json").read_text())
+    assert report["threads"] == {"torch": 1, "onnxruntime": 1}
+    assert "CPU threads: torch 1, onnxruntime 1" in (tmp_path / "student_64x96.export_report.md").read_text()
+    with pytest.raises(ValueError, match=r"threads=0: expected a number of CPU threads >= 1"):
+        check_export_config(_cfg(f"ckpt_path={ckpt}", "threads=0"))

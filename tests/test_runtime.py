@@ -194,3 +194,17 @@ def test_time_onnx_times_every_graph_on_the_same_inputs(graphs):
         assert (
             timing["min_ms"] > 0 and timing["median_ms"] >= timing["min_ms"] and timing["cpu_median_ms"] >= 0
         )
+
+
+def test_a_commands_threads_reach_the_sessions_its_checks_open(graphs):
+    """``default_threads`` is how loftr-kd-export's ``threads`` reaches every check session, however deep."""
+    from loftr_kd.runtime.sessions import default_threads, ort_session, session_threads
+
+    path = graphs["static"]
+    assert session_threads() is None
+    assert ort_session(path).get_session_options().intra_op_num_threads == 0  # onnxruntime's default
+    with default_threads(1):
+        assert session_threads() == 1
+        assert ort_session(path).get_session_options().intra_op_num_threads == 1
+        assert ort_session(path, threads=2).get_session_options().intra_op_num_threads == 2  # its own wins
+    assert session_threads() is None  # restored

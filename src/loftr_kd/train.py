@@ -33,6 +33,7 @@ from loftr_kd.resume import (  # noqa: F401 - public here since before they move
     resolve_resume_checkpoint,
 )
 from loftr_kd.rundir import RunDirError, claim_run_dir, end_state, mark_run, run_metadata
+from loftr_kd.runtime.sessions import default_threads
 from loftr_kd.runtime.torch_backend import torch_threads
 from loftr_kd.supervision import SupervisionConfig
 from loftr_kd.validation import FitValidationConfig
@@ -389,7 +390,8 @@ def train(cfg: DictConfig) -> float | list[float] | None:
         mark_run(output_dir, end_state(output_dir), error=one_line(error))  # the callback's claim
         raise
     try:
-        with torch_threads(cfg.get("threads")):  # the thread policy of conf/train.yaml, restored afterwards
+        # the thread policy of conf/train.yaml (torch, and the end-of-run export's onnxruntime checks)
+        with torch_threads(cfg.get("threads")), default_threads(cfg.get("threads")):
             score = _train(cfg, output_dir, ckpt_path)
     except BaseException as error:
         mark_run(output_dir, end_state(output_dir), error=one_line(error))

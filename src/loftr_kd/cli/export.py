@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from loftr_kd.cli import hydra_command
 
 # conf/export.yaml's own keys; every other top-level key is an export setting (ExportSettings).
-COMMAND_KEYS = ("ckpt_path", "out_dir", "force", "paths", "hydra", "task_name")
+COMMAND_KEYS = ("ckpt_path", "out_dir", "force", "threads", "paths", "hydra", "task_name")
 
 
 def export_settings(cfg: DictConfig) -> Any:
@@ -69,7 +69,10 @@ def resolve_checkpoint(ckpt_path: Any) -> Path:
 
 def check_export_config(cfg: DictConfig) -> None:
     """Everything checkable before any work (``ClaimRunDir`` runs it before the run folder exists)."""
+    from loftr_kd.config_check import check_threads
+
     export_settings(cfg)
+    check_threads(cfg.get("threads"))
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         resolve_checkpoint(None)
     resolve_checkpoint(cfg.ckpt_path)
@@ -84,11 +87,15 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     """
     from loftr_kd.errors import sigterm_raises
     from loftr_kd.export.pipeline import run_pipeline
+    from loftr_kd.runtime.sessions import default_threads
+    from loftr_kd.runtime.torch_backend import torch_threads
 
     check_export_config(cfg)
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     settings = export_settings(cfg)
-    with sigterm_raises():  # SIGTERM, as Ctrl-C, removes the graph being written or checked
+    threads = cfg.get("threads")
+    # SIGTERM, as Ctrl-C, removes the graph being written or checked.
+    with sigterm_raises(), torch_threads(threads), default_threads(threads):
         return run_pipeline(checkpoint, Path(cfg.out_dir), settings, force=bool(cfg.get("force", False)))
 
 

@@ -484,6 +484,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     for key in ("onnx_path", "checkpoint", "opset", "dynamic", "parameter_count", "loftr_kd_version"):
         if key in report:
             lines.append(f"- {key}: `{report[key]}`")
+    threads = report.get("threads")
+    if threads:
+        ort_threads = threads.get("onnxruntime") or "its default (all cores)"
+        lines.append(f"- CPU threads: torch {threads.get('torch')}, onnxruntime {ort_threads}")
     if report.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e}" for e in report["errors"]]
     shapes = report.get("io_shapes") or {}

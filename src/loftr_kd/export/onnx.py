@@ -43,6 +43,7 @@ from loftr_kd.export import checks
 from loftr_kd.files import is_own_output, replacing, to_jsonable
 from loftr_kd.models.fast_backbone import reparameterize_for_inference
 from loftr_kd.models.matching import match_entries
+from loftr_kd.runtime.sessions import session_threads
 
 MATCH_IDS_DTYPE = "int32"
 # ``dynamic`` values: which input dims a graph leaves free.
@@ -586,6 +587,8 @@ def export_student(
             "parameter_count": int(sum(p.numel() for p in model.parameters())),
             "onnx_initializer_parameters": checks.parameter_count(unchecked),
             "onnx_size_bytes": unchecked.stat().st_size,
+            # CPU threads of the export and its checks (null: onnxruntime's default, all cores).
+            "threads": {"torch": torch.get_num_threads(), "onnxruntime": session_threads()},
         }
         try:
             checks.run_onnx_checker(unchecked)

@@ -8,6 +8,8 @@ here imports torch.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import time
 from collections import Counter
@@ -16,6 +18,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The intra-op threads of sessions opened with ``threads=None`` inside :func:`default_threads`.
+_DEFAULT_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("ort_threads", default=None)
+
+
+@contextlib.contextmanager
+def default_threads(threads: int | None) -> Iterator[None]:
+    """Within the block, sessions opened without their own ``threads`` take ``threads`` intra-op threads.
+
+    A command's ``threads`` setting (export, training's end-of-run export) reaches every onnxruntime
+    session its checks open, however deep; ``None`` leaves onnxruntime's default (all cores).
+    """
+    token = _DEFAULT_THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _DEFAULT_THREADS.reset(token)
+
+
+def session_threads() -> int | None:
+    """The intra-op threads a session opened here without its own takes (``None``: onnxruntime's default)."""
+    return _DEFAULT_THREADS.get()
 
 
 def ort_session(
@@ -29,7 +53,8 @@ def ort_session(
     """An onnxruntime session over ``path``.
 
     Args:
-        threads: intra-op threads (one inter-op thread); ``None``/0 keeps onnxruntime's default (all cores).
+        threads: intra-op threads (one inter-op thread); ``None``: those of the enclosing
+            :func:`default_threads`, else onnxruntime's default (all cores), as is 0.
         providers: execution providers in order of preference; default CPU only.
         profile_prefix: turn on onnxruntime's per-node profiling, writing ``<prefix>_<time>.json``.
         spinning: ``False`` stops the intra-op threads from busy-waiting after a run (onnxruntime's
@@ -39,6 +64,8 @@ def ort_session(
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if threads is None:
+        threads = session_threads()
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
