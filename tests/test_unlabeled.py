@@ -321,6 +321,45 @@ def test_labelling_checks_caches_and_resumes(labelled, caplog):
     assert f"Labels: all 14 pairs already labelled in {cache.folder} (" in caplog.text
 
 
+def test_a_changed_frame_labels_only_the_pairs_it_is_in(labelled, tmp_path):
+    """The cache is keyed by every image, so one changed frame used to label all 14 pairs again; the pairs of
+    unchanged images now come from the earlier cache, bit for bit, and only the frame's own are labelled."""
+    import shutil
+
+    from loftr_kd.data.labels import label_pairs, pairs_and_cache
+
+    module, _ = labelled
+    _, cache, teacher, _ = module._label_cache()
+    root, labels_dir = tmp_path / "videos", tmp_path / "labels"
+    shutil.copytree(module.root, root)
+    shutil.copytree(cache.folder.parent, labels_dir)
+    settings = (module.source.pairs, module.source.verify, (H, W), teacher)
+    pairs, copied, _, _ = pairs_and_cache(root, labels_dir, *settings)
+    assert copied.folder.name == cache.folder.name and copied.complete  # names relative to the data root
+    frame = root / "pan" / "frame0009.png"
+    cv2.imwrite(str(frame), (cv2.imread(str(frame)) * 0.9).astype(np.uint8))
+    pairs, changed, model, verify = pairs_and_cache(root, labels_dir, *settings)
+    assert changed.folder != copied.folder and not changed.complete
+    lines: list[str] = []
+    label_pairs(changed, pairs, model, verify, batch_size=2, say=lines.append)
+    touching = [i for i, pair in enumerate(pairs) if "frame0009" in pair.image0.path + pair.image1.path]
+    assert len(touching) == 2  # (7, 9) two frames apart, (5, 9) four apart
+    assert (
+        f"Labels: 12 pairs of unchanged images taken from the earlier cache {copied.folder.name}" in lines[0]
+    )
+    assert "12 of 14 pairs already labelled" in lines[1] and lines[1].endswith("labelling 2.")
+    old, new = copied.load(), changed.load()
+    assert changed.complete and sorted(new) == list(range(14))
+    for i in set(range(14)) - set(touching):
+        for before, after in zip(old[i][:3], new[i][:3], strict=True):
+            np.testing.assert_array_equal(before, after)
+    # a cache of another check shares no label
+    other = pairs_and_cache(
+        root, labels_dir, module.source.pairs, {**module.source.verify, "threshold": 3.0}, (H, W), teacher
+    )[1]
+    assert other.reuse_siblings() == {}
+
+
 def test_labelled_pairs_give_pseudo_ground_truth_of_the_pan(labelled):
     """Every pair is a pure horizontal pan (either way round after the random swap): the pseudo ground
     truth of each cell centre is that shift, to a fraction of a pixel."""

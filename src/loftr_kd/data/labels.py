@@ -9,8 +9,12 @@ the inliers are kept; a pair with fewer than ``verify.min_inliers`` is dropped.
 The cache (:class:`LabelCache`) is a folder named by a hash of everything the labels depend on — the
 teacher (class, settings, SHA-256 of its weight files), the labelling size, the check's settings, and
 every image (path, size, SHA-256 of its content) — so a change of any of them labels again into a new folder,
-and nothing stale is ever reused. Labels are written batch by batch (``shard_*.npz``, atomically): an
-interrupted labelling resumes with the pairs not yet done. ``complete.json`` marks a finished cache.
+and nothing stale is ever reused. A pair's label depends only on its two images and the teacher, size and
+check, so a new folder first takes over, from the caches beside it with the same teacher, size and check, the
+labels of the pairs whose two images are unchanged (:meth:`LabelCache.reuse_siblings`): one added, changed or
+removed photo labels only the pairs it is in. Labels are written batch by batch (``shard_*.npz``,
+atomically): an interrupted labelling resumes with the pairs not yet done. ``complete.json`` marks a
+finished cache.
 """
 
 from __future__ import annotations
@@ -207,6 +211,62 @@ class LabelCache:
         if not (self.folder / RECORD).is_file():
             write_json(self.folder / RECORD, self.record)
 
+    def pair_identities(self) -> list[tuple[Any, ...]]:
+        """Per pair, what its label depends on besides the cache's teacher, size and check: both images'
+        names and identities (size, SHA-256, EXIF orientation where it has one)."""
+        images = {entry[0]: tuple(entry[1:]) for entry in self.record["images"]}
+        return [(a, images[a], b, images[b]) for a, b, *_ in self.record["pairs"]]
+
+    def reuse_siblings(self, exclude: set[int] | frozenset[int] = frozenset()) -> dict[int, Path]:
+        """Take over the labels of unchanged pairs from the other caches in this cache's parent folder that
+        have the same teacher, size and check; written as one shard (``shard_<first>_reused.npz``, the same
+        file whichever rank writes it).
+
+        Args:
+            exclude: indices of this cache's pairs that are labelled already.
+
+        Returns:
+            index -> the cache folder its label came from (nothing when no sibling shares a pair).
+        """
+        wanted = {identity: i for i, identity in enumerate(self.pair_identities()) if i not in exclude}
+        same = ("teacher", "size", "verify")
+        found: dict[int, tuple[Path, tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {}
+        for record_path in sorted(self.folder.parent.glob(f"*/{RECORD}")):
+            folder = record_path.parent
+            if folder == self.folder or not wanted:
+                continue
+            try:
+                record = json.loads(record_path.read_text())
+                if any(record.get(key) != self.record.get(key) for key in same):
+                    continue
+                sibling = LabelCache(folder, record)
+                shared = {
+                    j: wanted[identity]
+                    for j, identity in enumerate(sibling.pair_identities())
+                    if identity in wanted
+                }
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                continue  # not a cache this version wrote, or damaged: nothing taken from it
+            if not shared:
+                continue
+            for j, label in sibling.load().items():
+                if j in shared and shared[j] not in found:
+                    found[shared[j]] = (folder, label)
+        if found:
+            indices = sorted(found)
+            results = [
+                {
+                    "index": i,
+                    "keypoints0": found[i][1][0],
+                    "keypoints1": found[i][1][1],
+                    "confidence": found[i][1][2],
+                    "candidates": found[i][1][3],
+                }
+                for i in indices
+            ]
+            self.write_shard(results, name=f"shard_{indices[0]:07d}_reused.npz")
+        return {i: folder for i, (folder, _) in found.items()}
+
     def finish(self, summary: Mapping[str, Any]) -> None:
         write_json(self.folder / COMPLETE, dict(summary))
 
@@ -225,8 +285,8 @@ class LabelCache:
                 f"photos?), or lower verify.min_inliers"
             )
 
-    def write_shard(self, results: Sequence[Mapping[str, Any]]) -> Path:
-        """One batch's labels, atomically (``shard_<first index>.npz``)."""
+    def write_shard(self, results: Sequence[Mapping[str, Any]], name: str | None = None) -> Path:
+        """One batch's labels, atomically (``shard_<first index>_<pid>.npz``, or ``name``)."""
         index = np.array([r["index"] for r in results], np.int64)
         counts = np.array([len(r["keypoints0"]) for r in results], np.int64)
         arrays = {
@@ -237,7 +297,7 @@ class LabelCache:
             "keypoints1": _stack([r["keypoints1"] for r in results], (0, 2)),
             "confidence": _stack([r["confidence"] for r in results], (0,)),
         }
-        path = self.folder / f"shard_{int(index.min()):07d}_{os.getpid()}.npz"
+        path = self.folder / (name or f"shard_{int(index.min()):07d}_{os.getpid()}.npz")
         with replacing(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
         return path
@@ -430,6 +490,16 @@ def label_pairs(
         return cache
     cache.start()
     done = cache.done()
+    # Every rank finds the same reused pairs (the sibling caches do not change while labelling runs), so the
+    # ranks agree on what is left whether or not another rank's shard is on disk yet.
+    reused = cache.reuse_siblings(exclude=done)
+    if reused:
+        sources = sorted({folder.name for folder in reused.values()})
+        say(
+            f"Labels: {len(reused)} pairs of unchanged images taken from the earlier cache"
+            f"{'s' if len(sources) > 1 else ''} {', '.join(sources)} (same teacher, size and check)."
+        )
+    done |= set(reused)
     todo = [i for i in range(len(pairs)) if i not in done]
     say(
         f"Labels: {len(done)} of {len(pairs)} pairs already labelled in {cache.folder}; labelling {len(todo)}."
