@@ -133,6 +133,45 @@ def test_video_frames_are_decoded_once(tmp_path):
     assert (tmp_path / "frames" / "frames.txt").stat().st_mtime_ns == stamp
 
 
+def test_large_videos_are_decoded_shrunk_and_small_ones_keep_their_folder(tmp_path):
+    """Videos were decoded at full resolution: a minute of 4K is about 10 GB of PNG frames."""
+    from loftr_kd.data.labels import pairs_and_cache
+    from loftr_kd.data.unlabeled import video_frames_folder
+
+    def clip(path, size):
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+        for i in range(8):
+            writer.write(np.roll(cv2.resize(skdata.astronaut(), size), 4 * i, axis=1))
+        writer.release()
+        return path
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    large, small = clip(root / "large.avi", (800, 450)), clip(root / "small.avi", (W, H))
+    frames = video_frames(large, tmp_path / "shrunk", max_side=400)
+    assert cv2.imread(frames[0].path, cv2.IMREAD_UNCHANGED).shape == (225, 400)
+    full = video_frames(large, tmp_path / "full")
+    assert cv2.imread(full[0].path, cv2.IMREAD_UNCHANGED).shape == (450, 800)
+    # the folder names the limit only for a video it shrinks: a small video keeps its frames and labels
+    import hashlib
+
+    from loftr_kd.files import sha256_file
+
+    before = hashlib.sha256(f"{small.resolve()}:{sha256_file(small)}".encode()).hexdigest()[:16]
+    assert video_frames_folder(small, tmp_path, 400).name == before
+    assert video_frames_folder(large, tmp_path, 400) != video_frames_folder(large, tmp_path, None)
+    # through the data source: frames at most video_max_side, and never below the training size
+    teacher = torch.nn.Identity()
+    settings = {"gaps": [2], "min_sequence": 4, "video_max_side": 640}
+    pairs, *_ = pairs_and_cache(root, tmp_path / "labels", settings, {}, (H, W), teacher)
+    sides = {cv2.imread(p.image0.path, cv2.IMREAD_UNCHANGED).shape for p in pairs}
+    assert sides == {(360, 640), (H, W)}
+    with pytest.raises(ValueError, match=r"video_max_side=200 is below the training size 320x240"):
+        pairs_and_cache(root, tmp_path / "labels", {**settings, "video_max_side": 200}, {}, (H, W), teacher)
+    with pytest.raises(ValueError, match=r"data.pairs.video_max_side=8: expected >= 64 pixels"):
+        UnlabeledSettings(video_max_side=8)
+
+
 def test_a_truncated_video_is_said_and_tiny_frames_are_refused(tmp_path, caplog):
     """A video cut short was labelled without a word (the demo says so); an 8x8 video was upscaled."""
     path = tmp_path / "clip.avi"

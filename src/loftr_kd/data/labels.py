@@ -344,7 +344,8 @@ def pairs_and_cache(
     The draw of the pairs depends on ``pair_settings`` only (``pairs.seed``), never on a run's seed, so
     every training run and ``loftr-kd-label`` find the same cache.
 
-    Videos are decoded once into ``labels_dir/frames/<hash of the video>``; the teacher is built (when
+    Videos are decoded once into ``labels_dir/frames/<hash of the video>``, their long side at most
+    ``video_max_side`` (:func:`~loftr_kd.data.unlabeled.video_frames_folder`); the teacher is built (when
     ``teacher`` is a function) because its weight files are part of the cache's key.
 
     Returns:
@@ -356,6 +357,7 @@ def pairs_and_cache(
         candidate_pairs,
         discover,
         video_frames,
+        video_frames_folder,
     )
 
     settings = UnlabeledSettings(
@@ -365,9 +367,14 @@ def pairs_and_cache(
     decoded = []
     for frames in sequences:
         if len(frames) == 1 and Path(frames[0].path).suffix.lower() in VIDEO_EXTENSIONS:
-            video = Path(frames[0].path)
-            key = hashlib.sha256(f"{video.resolve()}:{sha256_file(video)}".encode()).hexdigest()
-            frames = video_frames(video, Path(labels_dir) / "frames" / key[:16])
+            video, max_side = Path(frames[0].path), settings.video_max_side
+            if max_side is not None and max(size) > max_side:
+                raise ValueError(
+                    f"data.pairs.video_max_side={max_side} is below the training size {size[1]}x{size[0]}: "
+                    f"the frames of {video} would be upscaled; raise it to at least {max(size)}, or null"
+                )
+            out_dir = video_frames_folder(video, Path(labels_dir) / "frames", max_side)
+            frames = video_frames(video, out_dir, max_side=max_side)
         decoded.append(frames)
     pairs = candidate_pairs(decoded, groups, settings)
     if not pairs:

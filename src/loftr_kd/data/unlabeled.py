@@ -24,6 +24,7 @@ it before any teacher runs, or, with ``on_bad_data="skip"``, left out with one w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -85,6 +86,9 @@ class UnlabeledSettings:
     max_pairs: int = 3000
     max_photo_pairs_per_folder: int = 200
     seed: int = 0
+    # Videos are decoded into the label cache with their long side at most this (INTER_AREA); null: full
+    # resolution (a minute of 4K video is about 10 GB of PNG frames).
+    video_max_side: int | None = 1280
 
     def __post_init__(self) -> None:
         if not self.gaps or any(int(g) < 1 for g in self.gaps):
@@ -93,6 +97,10 @@ class UnlabeledSettings:
             raise ValueError(f"data.pairs.min_sequence={self.min_sequence!r}: expected >= 2")
         if self.max_pairs < 1:
             raise ValueError(f"data.pairs.max_pairs={self.max_pairs!r}: expected >= 1")
+        if self.video_max_side is not None and self.video_max_side < 64:
+            raise ValueError(
+                f"data.pairs.video_max_side={self.video_max_side!r}: expected >= 64 pixels, or null (full size)"
+            )
 
 
 def _frame_number(path: Path) -> tuple[str, int] | None:
@@ -325,8 +333,35 @@ def candidate_pairs(
     return [everything[k] for k in keep]
 
 
-def video_frames(path: str | Path, out_dir: Path, every: int = 1) -> list[FrameRef]:
+def video_frames_folder(path: str | Path, frames_dir: Path, max_side: int | None) -> Path:
+    """Where :func:`video_frames` decodes a video: ``frames_dir/<hash>``, the hash of the video's path and
+    content, and of ``max_side`` only for a video it shrinks (a smaller video keeps the folder, and so the
+    labels, it had before frames were shrunk)."""
+    import cv2
+
+    from loftr_kd.files import sha256_file
+
+    video = Path(path)
+    text = f"{video.resolve()}:{sha256_file(video)}"
+    capture = cv2.VideoCapture(str(video))
+    try:
+        long_side = max(capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        capture.release()
+    if max_side is not None and long_side > max_side:
+        text += f":max_side={max_side}"
+    return Path(frames_dir) / hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def video_frames(
+    path: str | Path, out_dir: Path, every: int = 1, max_side: int | None = None
+) -> list[FrameRef]:
     """Decode a video's frames once into ``out_dir`` (PNG, atomically); reuse frames already there.
+
+    Args:
+        every: keep every ``every``-th frame.
+        max_side: shrink frames whose long side is larger to this (aspect kept, ``INTER_AREA``); ``None``:
+            full resolution.
 
     Raises:
         ValueError: the video cannot be opened or gives no frame.
@@ -357,7 +392,12 @@ def video_frames(path: str | Path, out_dir: Path, every: int = 1) -> list[FrameR
                 )
             if index % every == 0:
                 name = f"frame_{index:06d}.png"
-                write_image(out_dir / name, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+                gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+                if max_side is not None and max(gray.shape) > max_side:
+                    scale = max_side / max(gray.shape)
+                    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+                    gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+                write_image(out_dir / name, gray)
                 names.append(name)
             index += 1
     finally:
