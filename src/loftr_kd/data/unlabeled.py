@@ -346,6 +346,9 @@ def video_frames_folder(path: str | Path, frames_dir: Path, max_side: int | None
     capture = cv2.VideoCapture(str(video))
     try:
         long_side = max(capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if long_side <= 0:  # a container that does not say: the first frame does
+            ok, frame = capture.read()
+            long_side = max(frame.shape[:2]) if ok else 0
     finally:
         capture.release()
     if max_side is not None and long_side > max_side:
