@@ -13,6 +13,7 @@ from loftr_kd.losses import (
     FocalConfig,
     LossConfig,
     align_teacher_to_student,
+    alignment_phase,
     distillation_loss,
     focal_loss,
     total_loss,
@@ -188,6 +189,64 @@ def test_alignment_on_hand_built_teacher():
     torch.testing.assert_close(flat, teacher[:, ::4, ::4])
     assert not torch.equal(flat, student)
     assert student[0, 1, 0].item() == 200 and flat[0, 1, 0].item() == 400
+
+
+def _ideal_teacher(homography, height: int, width: int, stride: int, origin: float) -> torch.Tensor:
+    """An ideal teacher's logits: the row of cell t peaks at the warp of its point ``stride * t + origin``."""
+    ys, xs = torch.meshgrid(torch.arange(height // stride), torch.arange(width // stride), indexing="ij")
+    points = torch.stack([xs.ravel(), ys.ravel()], 1).double() * stride + origin
+    warped = torch.cat([points, torch.ones(len(points), 1, dtype=torch.float64)], 1) @ homography.T
+    warped = warped[:, :2] / warped[:, 2:]
+    return (-(torch.cdist(warped, points) ** 2) / stride**2).float()[None]
+
+
+def test_a_loftr_teacher_is_aligned_by_its_cell_nearest_the_student_centre():
+    """LoFTR's cell t is the point 8t: a stride-16 student's cell c (centre 16c + 7.5) is LoFTR's 2c + 1
+    (0.5 px away), not 2c (7.5 px away), which the alignment took for every teacher."""
+    from loftr_kd.supervision import coarse_ground_truth
+    from loftr_kd.teachers.loftr import LoFTRTeacher
+
+    assert alignment_phase(2, 8, LoFTRTeacher.cell_origin) == 1
+    assert alignment_phase(2, 8, None) == 0  # centred cells (a student, XFeat): 2c and 2c+1 equally near
+    assert alignment_phase(4, 4, None) == 1 and alignment_phase(1, 16, 0.0) == 0
+    height, width, angle, zoom = 240, 320, math.radians(15), 1.2
+    cos, sin = zoom * math.cos(angle), zoom * math.sin(angle)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    homography = torch.tensor(
+        [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy], [0, 0, 1]],
+        dtype=torch.float64,
+    )
+    teacher = _ideal_teacher(homography, height, width, 8, LoFTRTeacher.cell_origin)
+    empty = torch.zeros(1, 1, height, width)
+    batch = {"image0": empty, "image1": empty, "H_0to1": homography.float()[None]}
+    truth = coarse_ground_truth(batch, stride=16).match_ids[0]
+    matched = truth >= 0
+    agreement = {}
+    for phase in (0, 1):
+        aligned = align_teacher_to_student(
+            teacher, (height // 8, width // 8), (height // 16, width // 16), phase
+        )
+        agreement[phase] = (aligned[0].argmax(-1) == truth)[matched].float().mean().item()
+    assert agreement[1] > 0.97 and agreement[0] < 0.9, agreement
+
+
+def test_the_step_loss_distils_from_the_teacher_cells_its_origin_names():
+    """``DistillationLoss`` (what the LightningModule calls) takes the teacher's ``cell_origin``."""
+    from types import SimpleNamespace
+
+    from loftr_kd.geometry import CoarseGrid
+    from loftr_kd.losses import DistillationLoss
+
+    grid, teacher_grid = CoarseGrid(16, 3, 4), CoarseGrid(8, 6, 8)
+    student_similarity = torch.randn(1, 12, 12)
+    out = SimpleNamespace(similarity=student_similarity, confidence=dual_softmax(student_similarity))
+    gt = SimpleNamespace(match_ids=torch.full((1, 12), -1))
+    teacher = SimpleNamespace(similarity=torch.randn(1, 48, 48))
+    criterion = DistillationLoss(LossConfig())
+    for origin, phase in ((0.0, 1), (None, 0)):
+        kd = criterion(out, gt, grid, teacher, teacher_grid, teacher_origin=origin).kd
+        aligned = align_teacher_to_student(teacher.similarity, (6, 8), (3, 4), phase)
+        torch.testing.assert_close(kd, distillation_loss(student_similarity, aligned))
 
 
 def test_alignment_identity_and_errors():

@@ -275,7 +275,15 @@ class DistillationModule(pl.LightningModule):
                 batch, refined.points0, grid.stride, self.supervision.depth_tolerance
             )
         terms = self.criterion(
-            out, gt, grid, teacher_out, teacher_grid, refine_ids, refined, (truth1, truth_valid)
+            out,
+            gt,
+            grid,
+            teacher_out,
+            teacher_grid,
+            refine_ids,
+            refined,
+            (truth1, truth_valid),
+            teacher_origin=getattr(self.teacher, "cell_origin", None),
         )
         return Step(terms, out, gt, grid, teacher_out, teacher_grid, truth1, truth_valid)
 

@@ -10,7 +10,13 @@
 
 from loftr_kd.losses.coarse import FocalConfig, focal_loss
 from loftr_kd.losses.combined import DistillationLoss, LossConfig, LossOutput, total_loss
-from loftr_kd.losses.distillation import KD_MODES, KDMode, align_teacher_to_student, distillation_loss
+from loftr_kd.losses.distillation import (
+    KD_MODES,
+    KDMode,
+    align_teacher_to_student,
+    alignment_phase,
+    distillation_loss,
+)
 from loftr_kd.losses.refinement import (
     _bilinear_window_target,
     refinement_ids,
@@ -28,6 +34,7 @@ __all__ = [
     "LossOutput",
     "_bilinear_window_target",
     "align_teacher_to_student",
+    "alignment_phase",
     "distillation_loss",
     "focal_loss",
     "refinement_ids",

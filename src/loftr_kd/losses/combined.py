@@ -26,7 +26,13 @@ from torch import nn
 
 from loftr_kd.geometry import CoarseGrid, RefineWindow
 from loftr_kd.losses.coarse import FocalConfig, focal_loss
-from loftr_kd.losses.distillation import KD_MODES, KDMode, align_teacher_to_student, distillation_loss
+from loftr_kd.losses.distillation import (
+    KD_MODES,
+    KDMode,
+    align_teacher_to_student,
+    alignment_phase,
+    distillation_loss,
+)
 from loftr_kd.losses.refinement import (
     refinement_ids,
     refinement_loss,
@@ -125,6 +131,7 @@ def total_loss(
     pos_weight: float = 1.0,
     neg_weight: float = 1.0,
     from_logits: bool = True,
+    teacher_phase: int = 0,
 ) -> LossOutput:
     """Combined loss of one step: ``w_gt * L_gt + w_kd * kd_scale * L_kd``, or ``L_gt`` without a teacher.
 
@@ -149,6 +156,8 @@ def total_loss(
         neg_weight: focal negative weight.
         from_logits: compute the focal loss from ``student_similarity`` in log space when it is given
             (see :class:`FocalConfig`).
+        teacher_phase: which teacher cell of each ``k`` stands for a student cell
+            (:func:`~loftr_kd.losses.distillation.alignment_phase`).
 
     Returns:
         LossOutput(total, gt, kd), float32 scalars; ``gt`` and ``kd`` unweighted (``kd`` includes T^2).
@@ -172,7 +181,9 @@ def total_loss(
                 f"teacher {tuple(teacher_similarity.shape)} and student {tuple(student_similarity.shape)} "
                 "grids differ: pass student_hw and teacher_hw to align them"
             )
-        teacher_similarity = align_teacher_to_student(teacher_similarity, teacher_hw, student_hw)
+        teacher_similarity = align_teacher_to_student(
+            teacher_similarity, teacher_hw, student_hw, teacher_phase
+        )
     kd = distillation_loss(student_similarity, teacher_similarity, temperature, kd_mode)
     return LossOutput(total=w_gt * gt + w_kd * kd_scale * kd, gt=gt, kd=kd)
 
@@ -233,6 +244,7 @@ class DistillationLoss(nn.Module):
         refine_ids: torch.Tensor | None = None,
         refined: Any | None = None,
         refine_truth: tuple[torch.Tensor, torch.Tensor] | None = None,
+        teacher_origin: float | None = None,
     ) -> LossOutput:
         """The loss terms of one step.
 
@@ -247,18 +259,26 @@ class DistillationLoss(nn.Module):
             refine_truth: ``(points1 (B, L0, 2), valid (B, L0))`` the truth at ``refined.points0`` where the
                 refinement has its own image0 points (corner queries:
                 :func:`loftr_kd.supervision.point_ground_truth`); else the cell centres' ``gt`` is used.
+            teacher_origin: the pixel of the teacher's cell 0 (:attr:`loftr_kd.teachers.FrozenTeacher.cell_origin`:
+                LoFTR 0; ``None``: the cell centre), which says which teacher cell stands for a student cell
+                (:func:`~loftr_kd.losses.distillation.alignment_phase`).
 
         Returns:
             :class:`LossOutput`: ``total`` to backpropagate and every unweighted term.
         """
         similarity = None if teacher_out is None else teacher_out.similarity
+        aligned = teacher_grid is not None and similarity is not None
+        phase = 0
+        if aligned and teacher_grid.stride < grid.stride and grid.stride % teacher_grid.stride == 0:
+            phase = alignment_phase(grid.stride // teacher_grid.stride, teacher_grid.stride, teacher_origin)
         terms = total_loss(
             out.confidence,
             gt.match_ids,
             out.similarity,
             similarity,
             student_hw=grid.shape,
-            teacher_hw=None if teacher_grid is None or similarity is None else teacher_grid.shape,
+            teacher_hw=teacher_grid.shape if aligned else None,
+            teacher_phase=phase,
             **self.config.loss_kwargs(),
         )
         if refined is None or self.window is None:

@@ -3,6 +3,7 @@ teacher's grid aligned to the student's in 2-D."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -11,26 +12,50 @@ import torch.nn.functional as F
 from loftr_kd.geometry import CoarseGrid
 from loftr_kd.losses.coarse import LOGIT_LIMIT
 
-__all__ = ["KD_MODES", "KDMode", "align_teacher_to_student", "distillation_loss"]
+__all__ = ["KD_MODES", "KDMode", "align_teacher_to_student", "alignment_phase", "distillation_loss"]
 
 KDMode = Literal["dual", "row", "flat"]
 KD_MODES = ("dual", "row", "flat")
 
 
+def alignment_phase(k: int, teacher_stride: int, teacher_origin: float | None = None) -> int:
+    """Which of the ``k`` teacher cells along an axis stands for a student cell: the one whose point is
+    nearest the student cell's centre (ties: the first).
+
+    The student's cell ``c`` stands for its centre, pixel ``(c + 0.5) * k * s - 0.5`` (``s`` the teacher's
+    stride); the teacher's cell ``t`` for pixel ``s * t + teacher_origin``. LoFTR's cells are the points
+    ``8 * t`` (``teacher_origin=0``: its supervision and fine stage, and kornia's receptive fields, centre
+    there), so of a stride-16 student's cell ``c`` the nearest is LoFTR's ``2c + 1`` (0.5 px away; ``2c`` is
+    7.5 px away). A teacher on the project's own convention (``None``: cell centres, ``(s - 1) / 2``) has
+    two cells equally near for ``k = 2`` and keeps ``2c``.
+
+    Returns:
+        The phase ``p`` in ``[0, k)``: student cell ``c`` is teacher cell ``k * c + p`` on both axes.
+    """
+    origin = (teacher_stride - 1) / 2 if teacher_origin is None else float(teacher_origin)
+    offset = ((k * teacher_stride - 1) / 2 - origin) / teacher_stride
+    return min(k - 1, max(0, math.ceil(offset - 0.5)))
+
+
 def align_teacher_to_student(
-    teacher_similarity: torch.Tensor, teacher_hw: tuple[int, int], student_hw: tuple[int, int]
+    teacher_similarity: torch.Tensor,
+    teacher_hw: tuple[int, int],
+    student_hw: tuple[int, int],
+    phase: int = 0,
 ) -> torch.Tensor:
     """Subsample the teacher's similarity to the student's coarse grid, in 2-D.
 
-    Student cell ``(r, c)`` corresponds to teacher cell ``(k*r, k*c)`` with ``k = ht / hs = wt / ws`` (an
-    integer), on both image axes of the similarity. Subsampling the *flattened* index instead (student cell
-    ``i`` -> teacher cell ``k*k*i``, what Coarse_LoFTR_TRT's nearest interpolation of the matrix did) pairs
-    the wrong cells as soon as a row wraps.
+    Student cell ``(r, c)`` corresponds to teacher cell ``(k*r + phase, k*c + phase)`` with
+    ``k = ht / hs = wt / ws`` (an integer), on both image axes of the similarity (:func:`alignment_phase`
+    says which ``phase`` puts the teacher's cell nearest the student's). Subsampling the *flattened* index
+    instead (student cell ``i`` -> teacher cell ``k*k*i``, what Coarse_LoFTR_TRT's nearest interpolation of
+    the matrix did) pairs the wrong cells as soon as a row wraps.
 
     Args:
         teacher_similarity: ``(B, ht*wt, ht*wt)`` teacher similarity (both images on the same grid).
         teacher_hw: ``(ht, wt)`` teacher coarse grid.
         student_hw: ``(hs, ws)`` student coarse grid.
+        phase: the teacher cell in ``[0, k)`` of each run of ``k`` that stands for a student cell.
 
     Returns:
         ``(B, hs*ws, hs*ws)`` view-based subsample of the teacher similarity.
@@ -50,10 +75,13 @@ def align_teacher_to_student(
             f"teacher grid {ht}x{wt} is not an integer multiple k of student grid {hs}x{ws} with the same k on "
             "both axes; use an image size divisible by the student stride (e.g. 640x480 for strides 8/16)"
         ) from error
+    if not 0 <= phase < k:
+        raise ValueError(f"alignment phase {phase} outside [0, {k}) for a teacher grid {k}x the student's")
     if k == 1:
         return teacher_similarity
     grid = teacher_similarity.reshape(b, ht, wt, ht, wt)
-    return grid[:, ::k, ::k, ::k, ::k].reshape(b, hs * ws, hs * ws)
+    p = int(phase)
+    return grid[:, p::k, p::k, p::k, p::k].reshape(b, hs * ws, hs * ws)
 
 
 def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, dim: int) -> torch.Tensor:

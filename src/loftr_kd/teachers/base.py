@@ -99,11 +99,17 @@ class FrozenTeacher(nn.Module):
     """Base of the teachers: frozen, and in eval mode whatever Lightning asks.
 
     Subclasses set :attr:`provides` (a subset of ``{"similarity", "fine", "matches"}``), :attr:`name` and,
-    when they provide a similarity, :attr:`stride` (their grid's cell size in pixels).
+    when they provide a similarity, :attr:`stride` (their grid's cell size in pixels) and, when their cells
+    are not centred, :attr:`cell_origin`.
     """
 
     provides: frozenset[str] = frozenset()
     stride: int | None = None
+    # The pixel (on both axes) cell 0 of the similarity stands for: cell t is pixel ``stride * t +
+    # cell_origin``. None: the project's own convention, the cell centre ``(stride - 1) / 2`` (a trained
+    # student, XFeat); LoFTR's cells are the points ``8 * t`` (0). The distillation pairs each student cell
+    # with the teacher cell nearest its centre by it (loftr_kd.losses.distillation.alignment_phase).
+    cell_origin: float | None = None
     name: str = "teacher"  # for the run's log
 
     def freeze(self) -> None:

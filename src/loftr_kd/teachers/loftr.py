@@ -128,6 +128,7 @@ class LoFTRTeacher(FrozenTeacher):
     """
 
     stride = 8
+    cell_origin = 0.0  # LoFTR's cell t is the point 8 * t (its supervision, fine stage and receptive fields)
     provides = frozenset({SIMILARITY, FINE})
     name = "LoFTR outdoor"
 
