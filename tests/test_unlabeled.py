@@ -91,6 +91,24 @@ def test_verify_keeps_a_homography_and_drops_noise():
     assert not verify_matches(k0[0, :5].numpy(), k1[0, :5].numpy(), VerifySettings()).any()
 
 
+def test_a_sparse_teacher_labelling_online_is_checked_as_the_label_cache_is():
+    """Sparse matches made online became pseudo ground truth without the RANSAC check the cache applies."""
+    from loftr_kd.lightning_module import verified
+    from loftr_kd.teachers.base import TeacherMatches
+
+    k0, k1 = _matches(300, 0.3, 0.3, seed=3)
+    few0, few1 = _matches(300, 0.3, 0.95, seed=4)  # about 15 consistent matches: under min_inliers
+    slots = torch.ones(2, 300, dtype=torch.bool)
+    slots[0, 250:] = False  # padding stays invalid
+    matches = TeacherMatches(torch.cat([k0, few0]), torch.cat([k1, few1]), torch.ones(2, 300), slots)
+    settings = VerifySettings(model="homography", threshold=2.0)
+    checked = verified(matches, settings)
+    expected = verify_matches(k0[0, :250].numpy(), k1[0, :250].numpy(), settings)
+    assert checked.valid[0, :250].numpy().tolist() == expected.tolist() and 100 < expected.sum() < 250
+    assert not checked.valid[0, 250:].any() and not checked.valid[1].any()
+    assert torch.equal(checked.keypoints1, matches.keypoints1)  # only the mask changes
+
+
 def test_discovery_tells_sequences_from_photos_and_draws_gapped_pairs(tmp_path):
     photo = cv2.resize(skdata.coffee(), (W, H))
     (tmp_path / "seq").mkdir()

@@ -29,7 +29,7 @@ from loftr_kd.supervision import (
     has_ground_truth,
     point_ground_truth,
 )
-from loftr_kd.teachers.base import SIMILARITY, TeacherOutput, teacher_coarse_matches
+from loftr_kd.teachers.base import SIMILARITY, TeacherMatches, TeacherOutput, teacher_coarse_matches
 from loftr_kd.validation import (
     FitValidationConfig,
     RobustFitMetric,
@@ -80,6 +80,18 @@ def freeze_except(student: nn.Module, train_only: Sequence[str]) -> int:
 
 # torch.utils.tensorboard's default histogram bins end at +-1e20 (TensorFlow's); values beyond are not counted
 _HISTOGRAM_LIMIT = 1e20
+
+
+def verified(matches: TeacherMatches, settings: Any = None) -> TeacherMatches:
+    """A sparse teacher's matches with only those that pass the label cache's RANSAC check valid
+    (:func:`loftr_kd.data.labels.checked_matches`, default :class:`~loftr_kd.data.labels.VerifySettings`):
+    pseudo ground truth made online is checked as labels made offline are."""
+    from loftr_kd.data.labels import VerifySettings, checked_matches
+
+    valid = torch.zeros_like(matches.valid)
+    for b, kept in enumerate(checked_matches(matches, settings or VerifySettings())):
+        valid[b, torch.as_tensor(kept, dtype=torch.long, device=valid.device)] = True
+    return matches._replace(valid=valid)
 
 
 def _scalar_terms(terms: LossOutput) -> dict[str, torch.Tensor]:
@@ -265,7 +277,8 @@ class DistillationModule(pl.LightningModule):
             request = self.criterion.teacher_request(self.teacher, grid, teacher_grid, image0.device)
             teacher_out = self.teacher(image0, image1, **request)
             if not has_ground_truth(batch) and teacher_out.matches is not None:
-                batch = {**batch, **teacher_out.matches.as_batch()}  # a sparse teacher labels online
+                # a sparse teacher labels online, checked as the label cache checks its labels
+                batch = {**batch, **verified(teacher_out.matches).as_batch()}
         gt = coarse_ground_truth(batch, stride=grid.stride, depth_tolerance=self.supervision.depth_tolerance)
         refine_ids = self.criterion.refinement_ids(out, gt, grid)
         refined = None if refine_ids is None else self.student.refine(out, refine_ids, image0)

@@ -93,6 +93,19 @@ def verify_matches(keypoints0: np.ndarray, keypoints1: np.ndarray, settings: Ver
     return mask.ravel().astype(bool)
 
 
+def checked_matches(matches: Any, settings: VerifySettings) -> list[np.ndarray]:
+    """Per pair of a batch of teacher matches (:class:`~loftr_kd.teachers.TeacherMatches`), the indices of
+    the matches that pass :func:`verify_matches`; none for a pair with fewer than ``min_inliers``."""
+    kept = []
+    for b in range(matches.valid.shape[0]):
+        slots = np.flatnonzero(matches.valid[b].cpu().numpy())
+        k0 = matches.keypoints0[b].cpu().numpy()[slots]
+        k1 = matches.keypoints1[b].cpu().numpy()[slots]
+        inliers = verify_matches(k0, k1, settings)
+        kept.append(slots[inliers] if inliers.sum() >= settings.min_inliers else slots[:0])
+    return kept
+
+
 def load_pair_images(pair: PairSpec, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Both images of a pair as float32 ``(height, width)`` in [0, 1]: centre-cropped to the aspect ratio,
     then resized (the same for labelling and training, so the labels are in the training pixels)."""
@@ -424,21 +437,16 @@ class _Labeller(pl.LightningModule):
                 f"{type(self.teacher).__name__} provides no matches; label with a sparse teacher"
             )
         results = []
-        for b, index in enumerate(batch["index"].tolist()):
-            keep = matches.valid[b].cpu().numpy()
-            k0 = matches.keypoints0[b].cpu().numpy()[keep]
-            k1 = matches.keypoints1[b].cpu().numpy()[keep]
-            confidence = matches.confidence[b].cpu().numpy()[keep]
-            inliers = verify_matches(k0, k1, self.verify)
-            if inliers.sum() < self.verify.min_inliers:
-                inliers[:] = False
+        for b, (index, kept) in enumerate(
+            zip(batch["index"].tolist(), checked_matches(matches, self.verify))
+        ):
             results.append(
                 {
                     "index": index,
-                    "keypoints0": k0[inliers],
-                    "keypoints1": k1[inliers],
-                    "confidence": confidence[inliers],
-                    "candidates": int(keep.sum()),
+                    "keypoints0": matches.keypoints0[b].cpu().numpy()[kept],
+                    "keypoints1": matches.keypoints1[b].cpu().numpy()[kept],
+                    "confidence": matches.confidence[b].cpu().numpy()[kept],
+                    "candidates": int(matches.valid[b].sum()),
                 }
             )
         return results
