@@ -1,6 +1,7 @@
 """Point warps against independent truths: an identity pose maps every pixel to itself, a fronto-parallel
-plane has a known homography, the nearest pixel is floor(x + 0.5), and the NumPy adapter agrees with the
-homography written out by hand."""
+plane has a known homography, the nearest pixel is floor(x + 0.5), inverse depth on a plane is affine in the
+pixels, an affine map is its own local fit, and the NumPy adapter agrees with the homography written out by
+hand."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ from loftr_kd.geometry import (
     warp_points,
     warp_points_depth,
     warp_points_homography,
+    warp_points_matches,
+)
+from loftr_kd.geometry.warps import (
+    DEPTH_INTERPOLATION_TOLERANCE,
+    MATCH_MAX_LEVERAGE,
+    MATCH_MIN_SUPPORT,
+    MATCH_RADIUS,
+    MATCH_SIGMA,
+    depth_at_points,
 )
 
 H_IMG, W_IMG = 60, 80
@@ -108,6 +118,88 @@ def test_depth_is_read_at_the_nearest_pixel():
     values, inside = depth_at_nearest_pixel(depth, points)
     assert values[0].tolist() == [3 * W_IMG + 3, 2 * W_IMG + 4, 0, 59 * W_IMG + 79, 0, 0]
     assert inside[0].tolist() == [True, True, True, True, False, False]
+
+
+def test_depth_at_points_is_exact_on_a_plane_and_never_blends_across_holes_or_edges():
+    # a slanted plane: 1 / z = a u + b v + c exactly, so bilinear interpolation of 1 / z is exact at any point
+    v, u = np.mgrid[0:H_IMG, 0:W_IMG].astype(np.float64)
+    a, b, c = 2e-3, -1.5e-3, 0.25
+    depth = t64(1.0 / (a * u + b * v + c))[None]
+    points = np.random.default_rng(2).uniform([0.0, 0.0], [W_IMG - 1.0, H_IMG - 1.0], size=(300, 2))
+    values, inside = depth_at_points(depth, t64(points)[None])
+    np.testing.assert_allclose(values[0].numpy(), 1.0 / (points @ [a, b] + c), rtol=1e-12)
+    assert inside.all()
+    # the nearest pixel alone is off by up to half a pixel's slope; at a pixel centre both agree exactly
+    nearest, _ = depth_at_nearest_pixel(depth, t64(points)[None])
+    assert (nearest - values).abs().max() > 1e-3
+    centres = t64([[[10.0, 20.0], [0.0, 0.0], [W_IMG - 1.0, H_IMG - 1.0]]])
+    assert torch.equal(depth_at_points(depth, centres)[0], depth_at_nearest_pixel(depth, centres)[0])
+
+    flat = torch.full((1, 4, 4), 5.0, dtype=torch.float64)
+    flat[0, 1, 2] = 0.0  # a hole
+    flat[0, 2, 0] = 5.0 * (1 + 2 * DEPTH_INTERPOLATION_TOLERANCE)  # a depth edge at pixel (0, 2)
+    queries = t64(
+        [
+            [
+                [2.3, 2.6],  # 4 equal depths: exactly that depth
+                [1.6, 1.4],  # footprint holds the hole, nearest pixel (2, 1) is the hole: unknown
+                [1.4, 1.4],  # footprint holds the hole, nearest pixel (1, 1) is known: its depth, not a blend
+                [0.4, 1.6],  # footprint across the edge: the nearest pixel (0, 2)'s depth
+                [-0.3, 0.2],  # outermost half pixel: the nearest pixel's depth
+                [3.7, 0.0],  # outside the image: unknown
+            ]
+        ]
+    )
+    values, inside = depth_at_points(flat, queries)
+    assert values[0].tolist() == [5.0, 0.0, 5.0, 5.0 * (1 + 2 * DEPTH_INTERPOLATION_TOLERANCE), 5.0, 0.0]
+    assert inside[0].tolist() == [True, True, True, True, True, False]
+
+
+def _ideal_matches_validity(centres, k0, weight, truth, hw, cell):
+    """Which points an exact local fit keeps, from the rule alone (float64, no ridge): enough matches around
+    the point, the point within their support (weighted-least-squares leverage), landing inside the image."""
+    out = []
+    for point, landing in zip(centres, truth):
+        d = (k0 - point) / cell
+        near = (d**2).sum(1) <= MATCH_RADIUS**2
+        w = np.where(near, np.exp(-(d**2).sum(1) / (2 * MATCH_SIGMA**2)) * weight, 0.0)
+        if (near & (weight > 0)).sum() < MATCH_MIN_SUPPORT:
+            out.append(False)
+            continue
+        mean = (w[:, None] * d).sum(0) / w.sum()
+        scatter = ((d - mean) * w[:, None]).T @ (d - mean) / w.sum()
+        leverage = 1.0 + mean @ np.linalg.solve(scatter, mean)
+        inside = -0.5 <= landing[0] < hw[1] - 0.5 and -0.5 <= landing[1] < hw[0] - 0.5
+        out.append(bool(leverage <= MATCH_MAX_LEVERAGE and inside))
+    return np.array(out)
+
+
+def test_matches_fit_is_exact_for_an_affine_map_far_from_the_origin():
+    # Sparse, low-confidence, noise-free matches of an affine map on a 640x480 image: the local affine fit is
+    # exact, so every target must be the map's own image of the cell centre, also near the far corner (landing
+    # points at ~620 px, where a ridge on the landing point would pull it most towards pixel (0, 0)).
+    h, w, cell = 480, 640, 16
+    A = np.array([[0.97, 0.04], [-0.03, 0.99]])
+    shift = np.array([-4.0, 12.0])
+    rng = np.random.default_rng(3)
+    k0 = rng.uniform([0.0, 0.0], [w - 1.0, h - 1.0], size=(1200, 2))
+    k1 = k0 @ A.T + shift
+    gr, gc = np.mgrid[0 : h // cell, 0 : w // cell]
+    centres = np.stack([(gc.ravel() + 0.5) * cell - 0.5, (gr.ravel() + 0.5) * cell - 0.5], -1)
+    truth = centres @ A.T + shift
+    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # noqa: E731
+    for confidence in (0.2, 1.0):
+        weight = np.full(len(k0), confidence)
+        points1, valid = warp_points_matches(f32(centres), f32(k0), f32(k1), f32(weight), (h, w), float(cell))
+        points1, valid = points1[0].double().numpy(), valid[0].numpy()
+        error = np.linalg.norm(points1 - truth, axis=1)[valid]
+        assert error.max() < 0.01
+        far = valid & (truth[:, 0] > 0.8 * w) & (truth[:, 1] > 0.8 * h)
+        assert far.sum() >= 10 and np.linalg.norm(points1 - truth, axis=1)[far].max() < 0.01
+        # no cell lost to a biased fit: the cells the rule keeps with an exact fit (up to a leverage tie)
+        ideal = _ideal_matches_validity(centres, k0, weight, truth, (h, w), cell)
+        assert valid.sum() >= ideal.sum() and (valid != ideal).sum() <= 2
+        assert valid.mean() > 0.5
 
 
 def test_numpy_adapter_by_hand_and_at_infinity():

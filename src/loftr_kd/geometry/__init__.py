@@ -34,7 +34,9 @@ _SUBMODULE = {
     **dict.fromkeys(
         (
             "DEFAULT_DEPTH_TOLERANCE",
+            "DEPTH_INTERPOLATION_TOLERANCE",
             "depth_at_nearest_pixel",
+            "depth_at_points",
             "inside_image",
             "nearest_pixels",
             "reproject_points",

@@ -8,8 +8,11 @@ estimates, keypoint lists).
 
 Pixel convention (docs/ARCHITECTURE.md): pixel centres sit at integer coordinates, so an ``H x W`` image
 covers ``[-0.5, W - 0.5) x [-0.5, H - 0.5)`` and the nearest pixel of a sub-pixel point ``x`` is
-``floor(x + 0.5)``, the rule :func:`~loftr_kd.geometry.grid.points_to_cells` applies to cells. That one
-rounding rule reads every depth map here.
+``floor(x + 0.5)``, the rule :func:`~loftr_kd.geometry.grid.points_to_cells` applies to cells. Depth at a
+sub-pixel point (:func:`depth_at_points`) is interpolated bilinearly in inverse depth over the 2x2 pixels
+around it (exact on a plane) where those four depths are known and agree within
+``DEPTH_INTERPOLATION_TOLERANCE``, and read at the nearest pixel elsewhere (depth edges, holes, the outermost
+half pixel): never across unknown depth.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "warp_points_matches",
     "DEFAULT_DEPTH_TOLERANCE",
     "depth_at_nearest_pixel",
+    "depth_at_points",
+    "DEPTH_INTERPOLATION_TOLERANCE",
     "inside_image",
     "nearest_pixels",
     "reproject_points",
@@ -40,12 +45,13 @@ __all__ = [
 # depth ground truth, loftr_kd.supervision).
 #
 # 0.1 sits between LoFTR's 0.2 and Coarse_LoFTR_TRT's 0.005, for these reasons:
-# - The depths compared are not read at the exact point: depth0 at the nearest pixel of a cell centre (a
-#   half-integer point for even strides, ~0.7 px off) and depth1 at the 2x2 pixels around the sub-pixel
-#   landing point. On a surface seen at a grazing angle (ground in aerial BlendedMVS views, facades) depth
-#   changes by ~0.3-1 % per pixel at f ~ 500-600 px, and resizing 768x576 depth to 640x480 shifts samples by
-#   up to another ~0.6 px. 0.005 rejects correct correspondences there even with exact (synthetic) depth,
-#   and a rejected correspondence is not merely missing: the dense focal loss treats that pair as a negative.
+# - The depths compared are not read at the exact point: depth1 is any of the 2x2 pixels around the
+#   sub-pixel landing point (up to ~1 px off), and depth0, interpolated at the point where its 2x2 pixels
+#   agree, falls back to the nearest pixel (~0.7 px off a half-integer cell centre) where they do not. On a
+#   surface seen at a grazing angle (ground in aerial BlendedMVS views, facades) depth changes by ~0.3-1 %
+#   per pixel at f ~ 500-600 px, and resizing 768x576 depth to 640x480 shifts samples by up to another
+#   ~0.6 px. 0.005 rejects correct correspondences there even with exact (synthetic) depth, and a rejected
+#   correspondence is not merely missing: the dense focal loss treats that pair as a negative.
 # - BlendedMVS depth is rendered from a reconstructed mesh (not sensor depth): mutually consistent between
 #   views, but with rasterisation and mesh errors at the percent level near edges.
 # - 0.2 lets an occluder 15 % nearer than the background through. At 0.1, the occluders it misses are those
@@ -53,6 +59,13 @@ __all__ = [
 #   warps back elsewhere).
 # Synthetic scenes with exact depth could use less (0.02-0.05); the default has to suit both.
 DEFAULT_DEPTH_TOLERANCE = 0.1
+
+# The most by which the 2x2 depths around a point may differ, relative (max - min <= this * min), for depth
+# to be interpolated there (depth_at_points); else the nearest pixel's is read. One smooth surface varies by
+# ~1-3 % across the footprint's diagonal even at grazing angles (above); a larger spread is a depth edge,
+# where a blend of the two sides is a depth neither surface has. Stricter than the consistency tolerance,
+# and independent of it, on purpose (on the synthetic scenes, 0.02-0.1 give the same target errors).
+DEPTH_INTERPOLATION_TOLERANCE = 0.05
 
 
 def _check_batched(name: str, tensor: torch.Tensor, shape: tuple[int | None, ...]) -> None:
@@ -111,6 +124,52 @@ def depth_at_nearest_pixel(depth: torch.Tensor, points: torch.Tensor) -> tuple[t
     return torch.where(inside, values, torch.zeros_like(values)), inside
 
 
+def depth_at_points(
+    depth: torch.Tensor, points: torch.Tensor, tolerance: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth at sub-pixel points: bilinear in inverse depth where the 2x2 pixels around a point agree.
+
+    On a plane, inverse depth is affine in the pixel coordinates, so bilinear interpolation of ``1 / z`` is
+    exact there; the nearest pixel alone would be up to ~0.7 px off (a half-integer cell centre), which moves
+    a warped point along its epipolar line on any slanted surface. Where the footprint mixes surfaces (the
+    four depths differ by more than ``tolerance``, relative), holds unknown depth (0) or leaves the image,
+    the point reads its nearest pixel (:func:`depth_at_nearest_pixel`), so unknown depth is never blended
+    with known depth and a point is known exactly where its nearest pixel is.
+
+    Args:
+        depth: ``(B, H, W)`` depth maps, 0 = unknown.
+        points: ``(B, N, 2)`` xy pixel coordinates.
+        tolerance: the most by which the 4 depths may differ, ``max - min <= tolerance * min``, to be
+            interpolated (None: ``DEPTH_INTERPOLATION_TOLERANCE``).
+
+    Returns:
+        ``values (B, N)`` and ``inside (B, N)`` as :func:`depth_at_nearest_pixel`'s (0 outside the image,
+        and 0 exactly where the nearest pixel's depth is 0).
+    """
+    nearest, inside = depth_at_nearest_pixel(depth, points)  # (B, N)
+    tolerance = DEPTH_INTERPOLATION_TOLERANCE if tolerance is None else tolerance
+    b, height, width = depth.shape
+    safe = torch.nan_to_num(points, nan=0.0).clamp(-_COORD_LIMIT, _COORD_LIMIT)
+    corner = torch.floor(safe)  # (B, N, 2) top-left pixel of the footprint
+    fx, fy = (safe - corner).unbind(-1)  # (B, N) each, in [0, 1)
+    corner = corner.long()
+    flat = depth.reshape(b, height * width)
+    footprint, on_image = [], inside.clone()
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        col, row = corner[..., 0] + dx, corner[..., 1] + dy
+        on_image &= (col >= 0) & (col < width) & (row >= 0) & (row < height)
+        footprint.append(flat.gather(1, row.clamp(0, height - 1) * width + col.clamp(0, width - 1)))
+    footprint = torch.stack(footprint, -1)  # (B, N, 4) in the order of the weights below
+    low, high = footprint.amin(-1), footprint.amax(-1)
+    # NaN or inf depth fails these comparisons too, and so falls back to the nearest pixel
+    agree = on_image & (low > 0) & (high - low <= tolerance * low)
+    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], -1)  # (B, N, 4)
+    inverse = (weights / torch.where(agree.unsqueeze(-1), footprint, 1.0)).sum(-1)  # (B, N)
+    # four equal depths give exactly that depth (1 / (1 / z) need not be z in floating point)
+    interpolated = torch.where(high == low, low, 1.0 / inverse)
+    return torch.where(agree, interpolated, nearest), inside
+
+
 def _depth_consistent(
     depth: torch.Tensor, points: torch.Tensor, z: torch.Tensor, tolerance: float
 ) -> torch.Tensor:
@@ -166,8 +225,10 @@ def warp_points_depth(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp pixel points of image0 into image1 with depth, intrinsics and relative pose.
 
-    Depth0 is read at the nearest pixel of each point (0 = unknown), the point is unprojected with ``K0``,
-    moved with ``T_0to1`` (``X1 = T_0to1 @ X0``) and projected with ``K1`` (:func:`reproject_points`).
+    Depth0 is read at each point (:func:`depth_at_points`: interpolated in inverse depth where the 2x2
+    pixels around it agree within ``DEPTH_INTERPOLATION_TOLERANCE``, else the nearest pixel's; 0 =
+    unknown), the point is unprojected with ``K0``, moved with ``T_0to1`` (``X1 = T_0to1 @ X0``) and
+    projected with ``K1`` (:func:`reproject_points`).
 
     Args:
         points0: ``(B, N, 2)`` xy pixel coordinates in image0.
@@ -194,7 +255,7 @@ def warp_points_depth(
     if depth_tolerance < 0:
         raise ValueError(f"depth_tolerance must be >= 0, got {depth_tolerance}")
 
-    z0, inside0 = depth_at_nearest_pixel(depth0, points0)  # (B, N)
+    z0, inside0 = depth_at_points(depth0, points0)  # (B, N)
     valid = inside0 & (z0 > 0)
     points1, z1 = reproject_points(points0, z0, K0, K1, T_0to1)
     in_front = z1 > 1e-6
@@ -259,7 +320,25 @@ MATCH_MAX_RESIDUAL = 2.0
 # The point must lie within its matches' support, not beyond it: the fit's leverage at the point (the
 # variance factor of the value there, relative to that at the matches' weighted centre) at most this.
 MATCH_MAX_LEVERAGE = 2.0
+# Ridge on the linear part of the fit only, relative to the summed weight (in cells^2, the fit's local units):
+# it keeps a degenerate neighbourhood (one match, collinear matches) solvable, and such a point fails the
+# leverage test unless it lies on the matches. The landing point itself is never regularised: it is in
+# absolute pixels, and a ridge on it would pull it towards pixel (0, 0).
+MATCH_RIDGE = 1e-5
 MATCH_KEYS = ("matches0", "matches1", "match_confidence", "match_valid")
+
+
+def _weighted_moments(local: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean ``(B, L, 2)`` of ``(B, L, N, 2)`` points and their centred weighted scatter
+    ``(B, L, 2, 2)`` plus the ridge ``MATCH_RIDGE`` times the summed weight."""
+    total = w.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, L, 1)
+    mean = (w.unsqueeze(-1) * local).sum(-2) / total  # (B, L, 2)
+    centred = local - mean.unsqueeze(-2)  # (B, L, N, 2)
+    eye = torch.eye(2, device=local.device, dtype=local.dtype)
+    scatter = (centred * w.unsqueeze(-1)).transpose(-1, -2) @ centred + MATCH_RIDGE * total.unsqueeze(
+        -1
+    ) * eye
+    return mean, scatter
 
 
 def warp_points_matches(
@@ -276,8 +355,11 @@ def warp_points_matches(
     For each point, an affine map ``p1 = A (p0 - point) + t`` is fitted by weighted least squares to the
     matches ``keypoints0 -> keypoints1`` within ``MATCH_RADIUS * cell`` pixels of it (weights: a Gaussian
     of ``MATCH_SIGMA * cell`` px times ``weight``), with Cauchy reweighting of the residuals so that a few
-    wrong matches do not move it; the point lands at ``t``. A teacher's matches on a plane give the plane's
-    homography locally; across a depth edge the residual test rejects the point.
+    wrong matches do not move it; the point lands at ``t``. The fit is solved about the matches' weighted
+    means (``A`` from the centred coordinates, with a small ridge ``MATCH_RIDGE``; ``t`` from the means,
+    unregularised), so an exact affine map is recovered exactly wherever the point lies in the image. A
+    teacher's matches on a plane give the plane's homography locally; across a depth edge the residual test
+    rejects the point.
 
     Args:
         points0: ``(B, L, 2)`` xy pixels in image0.
@@ -290,7 +372,7 @@ def warp_points_matches(
     Returns:
         ``points1 (B, L, 2)`` and ``valid (B, L)``: at least ``MATCH_MIN_SUPPORT`` matches of the
         neighbourhood within ``2 * MATCH_MAX_RESIDUAL`` px of the fit, a weighted RMS residual under
-        ``MATCH_MAX_RESIDUAL`` px, inside image1.
+        ``MATCH_MAX_RESIDUAL`` px, a leverage at the point of at most ``MATCH_MAX_LEVERAGE``, inside image1.
     """
     _check_batched("points0", points0, (None, None, 2))
     b = points0.shape[0]
@@ -303,28 +385,31 @@ def warp_points_matches(
     base = torch.where(
         near, torch.exp(-distance2 / (2 * (MATCH_SIGMA * cell) ** 2)) * weight.unsqueeze(1), 0.0
     )
-    design = torch.cat([offsets / cell, torch.ones_like(offsets[..., :1])], dim=-1)  # (B, L, N, 3)
+    local = offsets / cell  # (B, L, N, 2) the matches about the point, in cells
     target = keypoints1.unsqueeze(1).expand(-1, points0.shape[1], -1, -1)  # (B, L, N, 2)
-    ridge = 1e-3 * torch.eye(3, device=points0.device, dtype=points0.dtype)
     robust = torch.ones_like(base)
     for _ in range(iterations):
         w = base * robust
-        weighted = design * w.unsqueeze(-1)  # (B, L, N, 3)
-        normal = weighted.transpose(-1, -2) @ design + ridge  # (B, L, 3, 3)
-        solution = torch.linalg.solve(normal, weighted.transpose(-1, -2) @ target)  # (B, L, 3, 2)
-        residual2 = (design @ solution - target).pow(2).sum(-1)  # (B, L, N)
+        mean0, scatter = _weighted_moments(local, w)  # (B, L, 2), (B, L, 2, 2)
+        mean1 = (w.unsqueeze(-1) * target).sum(-2) / w.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, L, 2)
+        centred0, centred1 = local - mean0.unsqueeze(-2), target - mean1.unsqueeze(-2)  # (B, L, N, 2)
+        cross = (centred0 * w.unsqueeze(-1)).transpose(-1, -2) @ centred1  # (B, L, 2, 2)
+        linear = torch.linalg.solve(scatter, cross)  # (B, L, 2, 2): row vector (dx, dy) @ linear
+        points1 = mean1 - (mean0.unsqueeze(-2) @ linear).squeeze(-2)  # (B, L, 2) the map at the point itself
+        residual2 = (centred0 @ linear - centred1).pow(2).sum(-1)  # (B, L, N)
         robust = 1.0 / (1.0 + residual2 / MATCH_MAX_RESIDUAL**2)  # Cauchy
     w = base * robust
-    rms = torch.sqrt((w * residual2).sum(-1) / w.sum(-1).clamp(min=1e-12))  # (B, L)
+    total = w.sum(-1)  # (B, L)
+    rms = torch.sqrt((w * residual2).sum(-1) / total.clamp(min=1e-12))  # (B, L)
     agreeing = near & (weight.unsqueeze(1) > 0) & (residual2 <= (2 * MATCH_MAX_RESIDUAL) ** 2)
     support = agreeing.sum(-1)  # (B, L) matches that agree with the fit
-    # Leverage at the point (local coordinates 0, 0, 1) with the weights normalised to sum 1: 1 at the
-    # matches' weighted centre, growing outside them (an extrapolated affine map drifts at image borders).
-    normal = (design * w.unsqueeze(-1)).transpose(-1, -2) @ design + ridge
-    origin = torch.tensor([0.0, 0.0, 1.0], device=points0.device, dtype=points0.dtype)
-    leverage = torch.linalg.solve(normal, origin.expand(*normal.shape[:-1]).unsqueeze(-1))[..., 2, 0]
-    leverage = leverage * w.sum(-1)
-    points1 = solution[..., 2, :]  # (B, L, 2) the map at the point itself
+    # Leverage at the point with the weights normalised to sum 1: the variance factor of the fitted value
+    # there, 1 + (point - mean)^T C^-1 (point - mean) with C the normalised weighted scatter (the same,
+    # ridge included, that the fit solves with; the point is at local 0): 1 at the matches' weighted centre,
+    # growing outside them (an extrapolated affine map drifts at image borders).
+    mean0, scatter = _weighted_moments(local, w)
+    spread = torch.linalg.solve(scatter, mean0.unsqueeze(-1)).squeeze(-1)  # (B, L, 2)
+    leverage = 1.0 + total * (mean0 * spread).sum(-1)
     points1 = torch.where(torch.isfinite(points1), points1, torch.zeros_like(points1))
     valid = (support >= MATCH_MIN_SUPPORT) & (rms <= MATCH_MAX_RESIDUAL) & (leverage <= MATCH_MAX_LEVERAGE)
     valid &= inside_image(points1, image1_hw)
