@@ -87,3 +87,48 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert average_cli([str(p) for p in paths] + ["--out", str(paths[0])]) == 2
     assert "refusing to write over" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_inference_settings_may_differ_and_the_first_ones_are_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """border_removal / refine_points are what load_student and a recipe's ship step change on the same
+    weights: checkpoints differing only there average like any other, the result carries the first's."""
+    first, second = _students(tmp_path, 2)
+    shipped = save_student(
+        load_student(second, border_removal=1, refine_query="corner", refine_points=2),
+        tmp_path / "shipped.pt",
+    )
+    stored = load_student(first).config
+    assert (stored.border_removal, stored.refine_query, stored.refine_points) == (2, "centre", 1)
+    student, report = average_students([first, shipped])
+    assert student.config == stored
+    assert report.differing_settings == {
+        "refine_query": ("centre", "corner"),
+        "refine_points": (1, 2),
+        "border_removal": (2, 1),
+    }
+    plain, _ = average_students([first, second])  # the same weights: the same average
+    for key, value in plain.state_dict().items():
+        assert torch.equal(student.state_dict()[key], value), key
+    out = tmp_path / "soup.pt"
+    assert average_cli([str(first), str(shipped), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "border_removal 2 (the others: 1)" in printed and "refine_points 1 (the others: 2)" in printed
+    assert load_student(out).config == stored
+
+
+def test_num_batches_tracked_is_the_largest_count_not_a_truncated_mean(tmp_path: Path) -> None:
+    paths = _students(tmp_path, 3)
+    key = None
+    for path, count in zip(paths, (8, 8, 4)):
+        payload = torch.load(path, weights_only=True)
+        key = next(k for k in payload["state_dict"] if k.endswith("num_batches_tracked"))
+        for name in payload["state_dict"]:
+            if name.endswith("num_batches_tracked"):
+                payload["state_dict"][name] = torch.tensor(count)
+        torch.save(payload, path)
+    student, _ = average_students(paths)
+    counts = {k: int(v) for k, v in student.state_dict().items() if k.endswith("num_batches_tracked")}
+    assert counts and set(counts.values()) == {8}, counts  # the truncated running mean gave 6
+    assert student.state_dict()[key].dtype == torch.long

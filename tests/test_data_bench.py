@@ -1,5 +1,7 @@
 """Loader benchmark smoke test and an end-to-end check with the synthetic generator."""
 
+import time
+
 import pytest
 import torch
 
@@ -61,3 +63,28 @@ def test_synthetic_scenes_are_geometrically_consistent(tmp_path):
         if rel.numel() > 100:
             agree.append(float((rel < 0.02).float().mean()))
     assert len(agree) >= 2 and sorted(agree)[len(agree) // 2] > 0.8, agree  # rest: occlusion, edges
+
+
+def test_cpu_cost_is_divided_by_the_pairs_actually_loaded(tmp_path, monkeypatch):
+    """Batches of 48 over the first 64 pairs load 96 pairs: each one costs a known 5 ms of process time
+    here, so the per-pair figure is 5 ms plus the real (tiny) loading cost, not 96/64 of it."""
+    from loftr_kd.data.blendedmvs import BlendedMVSPairDataset
+
+    write_toy_dataset(tmp_path, scenes=1, views=4, height=32, width=48)
+    load = BlendedMVSPairDataset.__getitem__
+    calls = []
+
+    def costly(self, index):
+        start = time.process_time()
+        while time.process_time() - start < 0.005:
+            pass
+        calls.append(index)
+        return load(self, index)
+
+    monkeypatch.setattr(BlendedMVSPairDataset, "__getitem__", costly)
+    result = benchmark(
+        tmp_path, height=32, width=48, batch_size=48, num_workers=0, pairs=96, ground_truth=False
+    )
+    assert result["cpu_pairs"] == 96
+    assert len(calls) == 96 + 96  # the CPU pass and the wall-clock pass (in this process: no workers)
+    assert 5.0 <= result["cpu_ms_per_pair_load"] < 6.5, result  # 96/64 x 5 = 7.5 before

@@ -130,3 +130,23 @@ def test_commands_run_from_any_folder_and_write_under_it(installed, tmp_path):
     paths = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in done.stdout.splitlines()[1:7])}
     assert paths["data_dir"] == str(work / "data") and paths["log_dir"] == str(work / "outputs")
     assert paths["weights_dir"].startswith(str(python.parent.parent))  # the wheel's weights
+
+
+def test_the_sweep_extra_makes_a_database_study_work(tmp_path):
+    """The `sweep` extra holds in this environment, and with it optuna's database storage (the one a search
+    can be continued from, `hydra.sweeper.storage=sqlite:///...`) works: hydra-optuna-sweeper needs optuna
+    2.x, whose storage stopped with a bare AssertionError on SQLAlchemy 2."""
+    from importlib.metadata import version
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    requirement = pytest.importorskip("packaging.requirements").Requirement
+    optuna = pytest.importorskip("optuna")
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {r.name.lower(): r for r in map(requirement, extras["sweep"])}
+    assert not pins["sqlalchemy"].specifier.contains("2.0.0")
+    for name, pin in pins.items():
+        assert pin.specifier.contains(version(name), prereleases=True), f"{name} {version(name)} is not {pin}"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="pins")
+    study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
+    assert len(optuna.load_study(study_name="pins", storage=storage).trials) == 2

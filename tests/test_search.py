@@ -188,7 +188,7 @@ def test_ddp_ranks_follow_rank_zeros_decision(tmp_path: Path, monkeypatch: pytes
 
 
 # ------------------------------------------------------------------------------------------ a sweep
-def _run_sweep(sweep_dir: Path, scenes: Path, *overrides: str) -> None:
+def _run_sweep(sweep_dir: Path, scenes: Path, *overrides: str) -> subprocess.CompletedProcess:
     """A real sweep through the command line, on tiny settings (one epoch of 8 pairs per trained trial)."""
     out = subprocess.run(
         [
@@ -220,6 +220,7 @@ def _run_sweep(sweep_dir: Path, scenes: Path, *overrides: str) -> None:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -279,13 +280,133 @@ def test_pareto_study_reports_both_objectives(scenes: Path, tmp_path: Path) -> N
         f"search.enqueue=[{BIG}]",
         "hydra.sweeper.n_trials=2",
     )
-    trials = json.loads((sweep_dir / "search_report.json").read_text())["trials"]
+    report = json.loads((sweep_dir / "search_report.json").read_text())
+    trials = report["trials"]
     assert [t["status"] for t in trials] == ["trained", "pruned"]
     trained, pruned = trials
-    assert trained["optuna_values"] == [trained["quality"], pytest.approx(trained["measured_ms"])]
-    assert pruned["optuna_values"] == [0.0, pytest.approx(pruned["measured_ms"])]  # dominated
+    # Optuna's latency is the ratio to the interleaved reference (the report's ×ref), not the raw median
+    # that moves with the machine's load; the report's latency ms is that ratio times one sweep-wide median.
+    assert trained["optuna_values"] == [trained["quality"], pytest.approx(trained["ratio"])]
+    assert trained["latency_ms"] == pytest.approx(trained["ratio"] * report["meta"]["reference_ms"])
+    # a pruned trial: its penalty (below any F1), not a trained-looking 0.0
+    assert pruned["optuna_values"] == [
+        pytest.approx(-(pruned["ratio"] / 1.5 - 1)),
+        pytest.approx(pruned["ratio"]),
+    ]
+    assert pruned["optuna_values"][0] < 0
     solutions = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["solutions"]
     assert [s["values"] for s in solutions] == [trained["optuna_values"]]
+    assert "latency as the ratio to fast" in (sweep_dir / "search_report.md").read_text()
+
+
+def _enqueue(params: dict) -> str:
+    """``search.enqueue`` entry on the command line: ``{key:value,...}``."""
+    return "{" + ",".join(f"{k}:{v}" for k, v in params.items()) + "}"
+
+
+# The `paper` preset's architecture with other loss weights: not a preset trial.
+ARCHITECTURE_KNOBS = ("backbone", "coarse_stride", "width", "depth", "last_depth", "d_model", "nhead")
+PAPER_OTHER_LOSS = {
+    **{f"student.{k}": preset_knobs("paper")[k] for k in (*ARCHITECTURE_KNOBS, "attention_layers", "refine")},
+    "loss.w_kd": 0.5,
+    "loss.w_refine": 2.0,
+}
+
+
+def test_sqlite_study_sweeps_and_continues(scenes: Path, tmp_path: Path) -> None:
+    """A database storage (the `sweep` extra pins SQLAlchemy < 2 for optuna 2.x): the presets are enqueued
+    there too, only the enqueued preset trial trains over the budget, and a second sweep with the same
+    storage continues the study without repeating what it holds; each report maps its own jobs."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = (
+        "hparams_search=student_latency",
+        f"hydra.sweeper.storage={storage}",
+        "search.presets=[paper]",
+    )
+    first = _run_sweep(
+        tmp_path / "first",
+        scenes,
+        *common,
+        f"search.enqueue=[{_enqueue(PAPER_OTHER_LOSS)}]",
+        "hydra.sweeper.n_trials=2",
+    )
+    trials = json.loads((tmp_path / "first" / "search_report.json").read_text())["trials"]
+    assert [(t["preset"], t["status"]) for t in trials] == [("paper", "trained"), ("paper", "pruned")]
+    preset, other = trials
+    assert preset["ratio"] > 1.5 and "trained for comparison" in preset["reason"]  # over budget, a preset
+    assert "over budget before training" in other["reason"] and other["w_kd"] == 0.5
+    assert [t["optuna_state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert other["optuna_values"][0] < 0 and preset["optuna_values"][0] < 0  # both get the penalty
+
+    second = _run_sweep(
+        tmp_path / "second",
+        scenes,
+        *common,
+        f"search.enqueue=[{_enqueue(PAPER_OTHER_LOSS)},{BIG}]",
+        "hydra.sweeper.n_trials=1",
+    )
+    log = second.stdout + second.stderr
+    assert "already holds 2 trials (2 complete)" in log, log[-3000:]
+    assert "preset paper is not enqueued again: the study holds it (trial 0, complete)" in log
+    assert "is not enqueued again: the study holds it (trial 1, complete)" in log
+    (only,) = json.loads((tmp_path / "second" / "search_report.json").read_text())["trials"]
+    assert only["trial"] == 0 and only["status"] == "pruned" and only["preset"] is None  # BIG
+    # the study's trial 2, not its trial 0 (the first sweep's paper preset)
+    assert only["optuna_state"] == "COMPLETE"
+    assert only["optuna_values"] == [pytest.approx(-(only["ratio"] / 1.5 - 1))]
+
+    study = optuna.load_study(study_name="loftr_kd_student_search", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert study.trials[0].params["search.preset_trial"] is True  # the mark the preset trial ran with
+    assert "search.preset_trial" not in study.trials[1].params
+    assert "search.preset_trial=True" in (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert first.returncode == 0
+
+
+def test_a_preset_architecture_alone_is_not_exempt_from_the_budget(tmp_path: Path) -> None:
+    """Only a trial the sweep enqueued as a preset (search.preset_trial) trains over the budget; a sampled
+    trial with the same architecture is pruned like any other."""
+    from loftr_kd.search import build_search_student
+
+    paper = preset_knobs("paper")
+    job = {"num": 5, "overrides": [], "student_choice": "search"}
+    decided = {}
+    for marked in (False, True):
+        run = tmp_path / f"marked{marked}"
+        cfg = _cfg(
+            run,
+            "search.presets=[paper]",
+            "search.budget_ms=0.0001",
+            "search.budget_reference=null",
+            f"search.preset_trial={marked}",
+        )
+        trial = begin_trial(cfg, run, lambda: build_search_student(**paper), job)
+        record = json.loads((run / RECORD_NAME).read_text())
+        assert record["preset"] == "paper" and record["latency"]["over_budget"]
+        decided[marked] = (record["status"], trial.done is None)
+    assert decided == {False: ("pruned", False), True: ("training", True)}
+
+
+def test_profiler_sessions_do_not_spin_like_the_search(tmp_path: Path) -> None:
+    """loftr-kd-profile times its sessions interleaved, as the search does: onnxruntime spinning off."""
+    import onnx
+    from onnx import helper
+
+    from loftr_kd.bench.profiling import interleaved_session
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    options = interleaved_session(path, 1).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1
 
 
 def test_report_command_rewrites_the_report(sweep: Path, tmp_path: Path) -> None:

@@ -6,16 +6,24 @@ runs of one stage with other seeds): averaging unrelated networks gives noise. T
 ``torch.optim.swa_utils.AveragedModel`` over parameters and buffers. BatchNorm statistics are averaged too;
 where the runs held them (``freeze_batchnorm``, as the default's stage 3 does) they are identical and the
 average is exact, otherwise :class:`AverageReport` says how far they differ (``torch.optim.swa_utils.update_bn``
-over training data is then the proper fix).
+over training data is then the proper fix). ``num_batches_tracked`` (an integer) is not averaged: the
+average carries the largest count among the ingredients, the batches the longest-trained one's statistics
+summarise (the last epoch's, for the epochs of one run).
+
+Inference settings may differ between the ingredients (input size, ``match_threshold``, ``refine_query``,
+``refine_points``, ``border_removal``: what ``load_student`` and a recipe's ship step change without touching
+the weights); the average carries the first checkpoint's, and :class:`AverageReport` names those that
+differed.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from torch.optim.swa_utils import AveragedModel
 
 from loftr_kd.models.student import CoarseLoFTRStudent, load_student
@@ -23,6 +31,7 @@ from loftr_kd.models.student import CoarseLoFTRStudent, load_student
 __all__ = ["AverageReport", "average_students"]
 
 # config fields that may differ between ingredients: they change how the weights are run, not the weights
+# (load_student's keyword arguments and loftr_kd.recipe.SHIP_SETTINGS set them on any checkpoint)
 _RUNTIME_FIELDS = (
     "input_height",
     "input_width",
@@ -30,6 +39,8 @@ _RUNTIME_FIELDS = (
     "max_width",
     "match_threshold",
     "refine_query",
+    "refine_points",
+    "border_removal",
 )
 
 
@@ -43,11 +54,14 @@ class AverageReport:
             first checkpoint (0 means the checkpoints were identical).
         max_batchnorm_spread: largest absolute difference of a BatchNorm running statistic from the first
             checkpoint's (0 when the statistics were held).
+        differing_settings: the inference settings (``_RUNTIME_FIELDS``) that were not the same in every
+            checkpoint: name -> each checkpoint's value, in order; the average carries the first.
     """
 
     count: int
     max_parameter_change: float
     max_batchnorm_spread: float
+    differing_settings: dict[str, tuple] = field(default_factory=dict)
 
 
 def _architecture(model: CoarseLoFTRStudent) -> dict:
@@ -61,8 +75,8 @@ def average_students(
     """Uniform average of the weights of student checkpoints (any format :func:`load_student` reads).
 
     Args:
-        paths: two or more checkpoints of one architecture. The first one's runtime settings (input size,
-            match threshold) are kept.
+        paths: two or more checkpoints of one architecture. The first one's inference settings (input size,
+            match threshold, refinement queries and points, border removal) are kept.
 
     Returns:
         The averaged student (eval mode, CPU, gradients off) and an :class:`AverageReport`.
@@ -79,6 +93,8 @@ def average_students(
     averaged = AveragedModel(first, use_buffers=True)  # a deep copy: `first` stays the first checkpoint
     averaged.update_parameters(first)  # the copy counts only once updated (n_averaged starts at 0)
     running = {k: v.clone() for k, v in first.state_dict().items() if "running_" in k}
+    counts = {k: v.clone() for k, v in first.state_dict().items() if k.endswith("num_batches_tracked")}
+    settings = {k: [getattr(first.config, k)] for k in _RUNTIME_FIELDS}
     spread = 0.0
     for path in paths[1:]:
         model = load_student(path)
@@ -91,9 +107,17 @@ def average_students(
         for key, value in model.state_dict().items():
             if key in running:
                 spread = max(spread, float((value - running[key]).abs().max()))
+            if key in counts:
+                counts[key] = torch.maximum(counts[key], value)
+        for key, values in settings.items():
+            values.append(getattr(model.config, key))
         averaged.update_parameters(model)
     student = averaged.module.eval().requires_grad_(False)
+    state = student.state_dict()  # shares the buffers' storage
+    for key, count in counts.items():  # an integer: the mean would be truncated and count nothing
+        state[key].copy_(count)
     change = max(
         float((a - b).abs().max()) for a, b in zip(student.parameters(), first.parameters(), strict=True)
     )
-    return student, AverageReport(len(paths), change, spread)
+    differing_settings = {k: tuple(v) for k, v in settings.items() if len(set(map(repr, v))) > 1}
+    return student, AverageReport(len(paths), change, spread, differing_settings)

@@ -12,7 +12,8 @@ sub-graphs are exported and timed on their own:
 
 All sessions are timed **interleaved** (round-robin, one run each per repeat) in one process, so
 machine load hits every preset alike: on a shared machine compare the ratios to the first preset, and
-read the absolute numbers as upper bounds. Reported per graph: median and minimum wall time, median
+read the absolute numbers as upper bounds. onnxruntime's thread spinning is off in every session
+(:func:`interleaved_session`), as in the student search's latency measurement. Reported per graph: median and minimum wall time, median
 process CPU time (all onnxruntime threads; less sensitive to other processes than wall time).
 """
 
@@ -163,7 +164,7 @@ def op_profile(
 
     sessions = {
         key: (
-            ort_session(path, threads=threads, profile_prefix=f"{path.with_suffix('')}_prof{threads}"),
+            interleaved_session(path, threads, profile_prefix=f"{path.with_suffix('')}_prof{threads}"),
             feeds,
         )
         for key, (path, feeds) in paths.items()
@@ -185,6 +186,13 @@ def op_profile(
         stages["total"] = sum(stages.values())
         result[key] = stages
     return result
+
+
+def interleaved_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
+    """An onnxruntime session for round-robin timing: thread spinning off, as the student search times
+    (``loftr_kd.search.latency``, ``runtime.time_onnx``): an idle session's spinning threads would steal
+    the cores of the session being timed and bias the ratios between graphs."""
+    return ort_session(path, threads=threads, profile_prefix=profile_prefix, spinning=False)
 
 
 def profile(
@@ -213,7 +221,7 @@ def profile(
                 if stage == "full":
                     ops = op_histogram(path)
                     info[(name, height, width)]["ops"] = ops
-                session = ort_session(path, threads=threads)
+                session = interleaved_session(path, threads)
                 feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
                 sessions[(name, height, width, stage)] = (session, feeds)
                 if stage == "full":
@@ -259,6 +267,7 @@ def profile(
             "loadavg_1m_before": load_before[0],
             "loadavg_1m_after": load_after[0],
             "repeats": repeats,
+            "onnxruntime_spinning": False,  # interleaved_session
         },
         "models": {f"{n}@{h}x{w}": v for (n, h, w), v in info.items()},
         "rows": rows,

@@ -1,5 +1,7 @@
 """``loftr-kd-average CKPT CKPT [...] --out FILE``: the uniform weight average of student checkpoints of one
-architecture (the epochs of one run, or seeds of one stage), written as a ``save_student`` file.
+architecture (the epochs of one run, or seeds of one stage), written as a ``save_student`` file. Inference
+settings (``match_threshold``, ``refine_query``, ``refine_points``, ``border_removal``, input size) may
+differ; the file carries the first checkpoint's and a line names those that differed.
 
 ``--out`` is never one of the inputs, and an existing file there is replaced only when loftr-kd wrote it
 (an earlier, unchanged output, recorded in the folder's ``.loftr-kd-outputs.json``) or with ``--force``.
@@ -70,6 +72,12 @@ def run(args: argparse.Namespace) -> None:
         f"wrote {out}: the mean of {report.count} checkpoints (largest change from the first: "
         f"{report.max_parameter_change:.3g}; BatchNorm statistics {held})"
     )
+    if report.differing_settings:  # inference settings only: the weights are averaged all the same
+        kept = ", ".join(
+            f"{name} {values[0]!r} (the others: {', '.join(repr(v) for v in values[1:])})"
+            for name, values in report.differing_settings.items()
+        )
+        print(f"inference settings differed; {out.name} carries the first checkpoint's: {kept}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

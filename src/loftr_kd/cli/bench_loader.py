@@ -51,8 +51,9 @@ def benchmark(
     """Loader throughput, two ways.
 
     * CPU cost per pair (``time.process_time`` in one process, one torch thread): loading and ground
-      truth separately. Robust to other processes sharing the cores; ``est_pairs_per_s_per_idle_core``
-      is what one unloaded core would sustain.
+      truth separately, over whole batches covering the first ``min(pairs, 64)`` pairs (``cpu_pairs``:
+      the pairs loaded, which the times are divided by). Robust to other processes sharing the cores;
+      ``est_pairs_per_s_per_idle_core`` is what one unloaded core would sustain.
     * Wall clock of the real pipeline: DataLoader with ``num_workers`` workers, ground truth on each batch
       in the main process (with the current torch thread count) — what this machine delivers right now.
       The first batch is left out (worker start-up), so with ``pairs <= batch_size`` the wall-clock
@@ -88,12 +89,13 @@ def benchmark(
     # --- CPU cost per pair, single process ---
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cpu_pairs = min(pairs, 64)
     start = time.process_time()
     batches = []
-    for k in range(0, cpu_pairs, batch_size):
+    for k in range(0, min(pairs, 64), batch_size):  # whole batches: the last one may go past 64
         batches.append(default_collate([dataset[int(i)] for i in order[k : k + batch_size]]))
+    cpu_pairs = sum(batch["image0"].shape[0] for batch in batches)  # what was loaded and is divided by
     load_ms = 1000 * (time.process_time() - start) / cpu_pairs
+    result["cpu_pairs"] = cpu_pairs
     result["cpu_ms_per_pair_load"] = round(load_ms, 2)
     total_ms = load_ms
     if gt_missing is None:

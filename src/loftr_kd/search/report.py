@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,25 @@ def _normalised_latency(records: Sequence[dict[str, Any]]) -> float | None:
     return float(np.median(refs)) if refs else None
 
 
-def _rows(records: Sequence[dict[str, Any]], study: Any) -> list[dict[str, Any]]:
+def _job_states(study: Any, earlier_trials: Collection[int] = ()) -> dict[int, tuple[str, Any]]:
+    """Optuna's state and values of each job of this sweep, by job number.
+
+    Hydra numbers a sweep's jobs from 0 in the order the sweeper asked for trials; the study's own
+    numbers also count the trials it held before the sweep (``earlier_trials``, a continued study) and
+    trials enqueued but never run. So job ``n`` is the ``n``-th trial started after the earlier ones.
+    """
+    if study is None:
+        return {}
+    ran = [t for t in study.trials if t.number not in set(earlier_trials) and t.datetime_start is not None]
+    ran.sort(key=lambda t: (t.datetime_start, t.number))
+    return {job: (t.state.name, t.values) for job, t in enumerate(ran)}
+
+
+def _rows(
+    records: Sequence[dict[str, Any]], study: Any, earlier_trials: Collection[int] = ()
+) -> list[dict[str, Any]]:
     reference_ms = _normalised_latency(records)
-    states = {}
-    if study is not None:
-        for t in study.trials:
-            states[t.number] = (t.state.name, t.values)
+    states = _job_states(study, earlier_trials)
     rows = []
     for r in records:
         lat = r.get("latency") or {}
@@ -156,6 +169,11 @@ def _markdown(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mappin
             else f"budget {meta.get('budget')}."
         ),
         f"Quality: best {meta.get('metric')} of the trial's training run. Pareto front: *.",
+        *(
+            [f"Optuna's objectives (pareto): quality and latency as {meta['optuna_latency']}."]
+            if meta.get("optuna_latency")
+            else []
+        ),
         "",
         "| trial | status | preset | backbone | stride | widths | depths | d_model | heads | attn pairs | refine "
         "| w_kd | w_refine | params | latency ms | ×ref | quality | reason |",
@@ -276,7 +294,12 @@ def _plot(rows: Sequence[dict[str, Any]], front: Sequence[int], meta: Mapping[st
     return path
 
 
-def write_report(sweep_dir: str | os.PathLike, study: Any = None, force: bool = False) -> dict[str, Path]:
+def write_report(
+    sweep_dir: str | os.PathLike,
+    study: Any = None,
+    force: bool = False,
+    earlier_trials: Collection[int] = (),
+) -> dict[str, Path]:
     """Table (``search_report.md`` / ``.json``) and plot (``search_report.png``) of every trial in a sweep.
 
     Failed or pruned trials are listed with their reason. Presets that were trained in the sweep are
@@ -287,6 +310,8 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None, force: bool = 
         study: the sweep's Optuna study, for each trial's state and value(s) in the JSON; optional.
         force: replace report files that loftr-kd did not write (a report edited by hand); without it they
             are refused before anything is written (``files.check_outputs``). Earlier reports are replaced.
+        earlier_trials: numbers of the study's trials that ran before this sweep (a study continued from
+            a database storage): left out when matching the study's trials to this sweep's jobs.
 
     Returns:
         The paths written, by kind: ``md``, ``json``, ``png``.
@@ -305,7 +330,7 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None, force: bool = 
             f"{sweep_dir}: none of its {len(records)} {RECORD_NAME} files is a readable trial record "
             f"(first: {records[0]['run_dir']}/{RECORD_NAME}: {records[0]['reason']})"
         )
-    rows = _rows(records, study)
+    rows = _rows(records, study, earlier_trials)
     trained = [i for i, r in enumerate(rows) if r["status"] == "trained" and r["latency_ms"] is not None]
     front_local = pareto_front([(rows[i]["latency_ms"], rows[i]["quality"]) for i in trained])
     front = [trained[j] for j in front_local]
@@ -333,6 +358,8 @@ def write_report(sweep_dir: str | os.PathLike, study: Any = None, force: bool = 
         "budget_line": budget_line,
         "metric": next((r.get("optimized_metric") for r in records if r.get("optimized_metric")), "quality"),
     }
+    if settings.get("objective") == "pareto":  # what trials._objective hands Optuna as the latency
+        meta["optuna_latency"] = f"the ratio to {reference} (×ref)" if reference else "the median in ms"
     trained_presets = {r["preset"] for r in rows if r["status"] == "trained"}
     missing = [p for p in ("paper", "fast") if p not in trained_presets]
     if missing and settings:

@@ -31,6 +31,10 @@ class SearchSettings:
         enqueue: more trials to run first, after the presets: mappings of searched parameter to value
             (Optuna's ``enqueue_trial``; parameters left out are sampled).
         rank_wait_s: DDP ranks other than 0 wait this long for rank 0's latency decision.
+        preset_trial: this run is one of the preset trials the sweep enqueued (``search.preset_trial=True``
+            is part of those trials' overrides, :func:`loftr_kd.cli.search_sweeper.mark_preset_trial`):
+            only such a trial is trained when over the budget, not any trial that happens to have a
+            preset's architecture.
     """
 
     objective: str = "constrained"
@@ -46,6 +50,7 @@ class SearchSettings:
     presets: tuple[str, ...] = ("paper", "fast")
     enqueue: tuple[dict[str, Any], ...] = ()
     rank_wait_s: float = 1800.0
+    preset_trial: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "presets", tuple(self.presets or ()))
@@ -60,6 +65,8 @@ class SearchSettings:
             raise ValueError(
                 "search.objective=constrained needs a budget: set search.budget_ms or search.budget_reference"
             )
+        if not isinstance(self.preset_trial, bool):
+            raise ValueError(f"search.preset_trial={self.preset_trial!r}: expected true or false")
         for name, low in (("height", 1), ("width", 1), ("threads", 1), ("repeats", 1), ("warmup", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -57,14 +57,21 @@ def _penalty(latency: Mapping[str, Any], settings: SearchSettings) -> float:
 
 
 def _objective(record: Mapping[str, Any], settings: SearchSettings) -> float | list[float]:
-    """What the sweeper sees: quality, the penalty of an over-budget trial, or (quality, latency ms)."""
+    """What the sweeper sees: quality, the penalty of an over-budget trial, or (quality, latency).
+
+    With ``objective: pareto`` the latency is the ratio to the reference timed interleaved with the trial
+    (a multiple of ``budget_reference``, the report's ``×ref`` column) when there is one, as the pruning
+    decision and the report use it: the raw median moves with the machine's load from one trial to the
+    next. Without a reference it is the median in ms. A pruned trial's quality is its penalty (< 0), so it
+    cannot be mistaken for a trained trial of F1 0.
+    """
     latency = record["latency"]
     if settings.objective == "pareto":
+        speed = float(latency["ratio"]) if "ratio" in latency else float(latency["median_ms"])
         quality = record.get("quality")
-        return [
-            float(quality) if record["status"] == "trained" and quality is not None else 0.0,
-            float(latency["median_ms"]),
-        ]
+        if record["status"] == "pruned":
+            return [_penalty(latency, settings), speed]
+        return [float(quality) if record["status"] == "trained" and quality is not None else 0.0, speed]
     if record["status"] == "pruned" or latency.get("over_budget"):
         return _penalty(latency, settings)
     return float(record["quality"])
@@ -218,7 +225,10 @@ def begin_trial(
     preset = record["preset"]
     if preset is not None and preset == settings.budget_reference:
         latency["over_budget"] = False  # the reference itself: its ratio is 1 up to timing noise
-    if latency["over_budget"] and settings.prune and preset not in settings.presets:
+    # Only the preset trials the sweep enqueued are trained over the budget, not a sampled trial that
+    # happens to have a preset's architecture (other loss weights, a repeat).
+    exempt = settings.preset_trial and preset in settings.presets
+    if latency["over_budget"] and settings.prune and not exempt:
         record.update(
             status="pruned",
             reason=f"over budget before training: {described} > {budget:.2f} ms "
@@ -230,9 +240,8 @@ def begin_trial(
     else:
         record["status"] = "training"
         if latency["over_budget"]:
-            record["reason"] = (
-                f"over budget ({described} > {budget:.2f} ms); trained for comparison (a preset)"
-            )
+            why = "trained for comparison (a preset)" if settings.prune else "trained: search.prune=false"
+            record["reason"] = f"over budget ({described} > {budget:.2f} ms); {why}"
         log.info(
             "Search: latency %s, budget %s: training.",
             described,
