@@ -258,49 +258,78 @@ def test_a_recipe_is_not_a_training_experiment() -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_step_records_it_and_the_next_run_resumes(tmp_path: Path) -> None:
-    import signal
-    import subprocess
+@pytest.mark.parametrize(
+    ("signum", "how", "status"), [(15, "SIGTERM", 143), (2, "Ctrl-C", 130)], ids=["sigterm", "ctrl-c"]
+)
+def test_a_stop_reaches_the_training_step_which_saves_and_the_next_run_resumes(
+    tmp_path: Path, signum: int, how: str, status: int
+) -> None:
+    """SIGTERM or Ctrl-C to loftr-kd-recipe is passed on to the training, which stops as on its own (SIGTERM:
+    interrupted.ckpt at the exact step) and marks its run interrupted; then the recipe stops in one line."""
     import sys
-    import time
+
+    import yaml
+
+    from conftest import signal_when
+    from loftr_kd.rundir import read_claim
+    from loftr_kd.train import resolve_resume_checkpoint
 
     out = tmp_path / "recipe"
-    scenes_cmd = _steps()[0]["command"]
     specs = [
-        {"name": "scenes", "command": scenes_cmd, "creates": "{out_dir}/scenes/synthetic_info.json"},
+        {
+            "name": "scenes",
+            "command": _steps()[0]["command"],
+            "creates": "{out_dir}/scenes/synthetic_info.json",
+        },
         {"name": "stage1", "train": _train("data.pairs_per_epoch=400")},
     ]
-    script = (
-        "import json, sys; from loftr_kd.recipe import Recipe, steps_from_config; "
-        "Recipe(steps_from_config(json.loads(sys.argv[1])), sys.argv[2]).run()"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, json.dumps(specs), str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    step_ckpt = out / "stage1-1" / "checkpoints" / "step.ckpt"
-    deadline = time.time() + 240
-    while not step_ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert step_ckpt.exists(), "no step checkpoint before the deadline"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
-    time.sleep(1.0)
-    marker = f"hydra.run.dir={out}/stage1-1".encode()
-    survivors = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker in cmdline.read_bytes():
-                survivors.append(cmdline.parent.name)
-        except OSError:
-            pass  # the process ended while we looked
-    assert not survivors, f"the training process outlived the recipe: pids {survivors}"
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    recipe = {"recipe": {"name": "tiny_stop", "out_dir": str(out), "steps": specs}}
+    (conf / "tiny_stop.yaml").write_text("# @package _global_\n" + yaml.safe_dump(recipe))
+    first = out / "stage1-1"
+    step_ckpt = first / "checkpoints" / "step.ckpt"
+    command = [
+        sys.executable,
+        "-m",
+        "loftr_kd.cli.recipe",
+        "experiment=tiny_stop",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+    ]
+    returncode, stderr = signal_when(command, step_ckpt.exists, signum, timeout=300)
+    assert returncode == status, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == f"loftr-kd-recipe: stopped by {how}"
+    assert not _processes_naming(f"hydra.run.dir={first}"), "the training process outlived the recipe"
+
+    claim = read_claim(first)  # the training ran its own stop: its run is interrupted, not "running"
+    assert claim["state"] == "interrupted", claim
+    log = (out / "stage1.log").read_text()
+    assert f"Stopped by {how} at global step" in log
+    resume_from = resolve_resume_checkpoint(str(first))
+    if how == "SIGTERM":  # a checkpoint at the exact step it stopped, newer than the periodic step.ckpt
+        assert Path(resume_from) == first / "checkpoints" / "interrupted.ckpt"
+        saved = torch.load(resume_from, map_location="cpu", weights_only=True)["global_step"]
+        assert saved >= torch.load(step_ckpt, map_location="cpu", weights_only=True)["global_step"]
+        assert f"Stopped by SIGTERM at global step {saved}: resumable checkpoint" in log
+
     state = json.loads((out / "recipe.json").read_text())["steps"]["stage1"]
     assert state["status"] == "interrupted" and state["wall_s"] > 0
-    assert not (out / "stage1-1" / "summary.json").exists()
-    steps = steps_from_config(specs)
-    assert [s for _, s in Recipe(steps, out).plan()] == ["done", "resume"]
+    assert not (first / "summary.json").exists()
+    recipe_steps = steps_from_config(specs)
+    assert [s for _, s in Recipe(recipe_steps, out).plan()] == ["done", "resume"]
+    assert f"ckpt_path={first}" in Recipe(recipe_steps, out)._train_argv(recipe_steps[1])
+
+
+def _processes_naming(marker: str) -> list[str]:
+    """Process ids whose command line holds ``marker``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            pass  # the process ended while we looked
+    return found
 
 
 def test_a_training_experiment_given_as_a_recipe_is_one_line(capsys):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -53,3 +55,42 @@ class InterruptCheckpoint(pl.Callback):
         path = self.dirpath / "interrupted.ckpt"
         trainer.save_checkpoint(path)
         self.saved = path
+
+
+class CarryBestCheckpoint(pl.Callback):
+    """A run resumed into a new folder keeps the best checkpoint of the run it resumes.
+
+    Lightning's ``ModelCheckpoint`` reloads ``best_model_score`` and ``best_k_models`` only when its folder is
+    the one the checkpoint was saved from; the recipe and ``make rerun`` always resume into a new folder, so
+    the first validation there became "best" whatever the earlier epochs scored. Before Lightning restores
+    the callbacks, this points the saved state of each monitored ``ModelCheckpoint`` at the new folder, so
+    Lightning's own ``load_state_dict`` takes the earlier best: a later epoch replaces it only when it scores
+    better, and the earlier file is never deleted (Lightning removes only files in its own folder). When a
+    file of the earlier best is gone, nothing is carried (the best is tracked afresh from the new epochs).
+    """
+
+    def __init__(self) -> None:
+        self.carried: dict[str, tuple[str, float]] = {}  # monitor -> (earlier best file, its score)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("callbacks") or {}
+        for callback in trainer.callbacks:
+            if not isinstance(callback, ModelCheckpoint) or not callback.monitor:
+                continue
+            # the key holds the monitor and the mode: a run that changed either finds nothing to carry
+            state = states.get(callback.state_key)
+            if not state or state.get("dirpath") == callback.dirpath or state.get("best_model_score") is None:
+                continue
+            kept = list(state.get("best_k_models") or {}) or [state.get("best_model_path")]
+            if all(path and Path(path).is_file() for path in kept):
+                state["dirpath"] = callback.dirpath
+                best, score = state["best_model_path"], float(state["best_model_score"])
+                self.carried[callback.monitor] = (best, score)
+                rank_zero_info(
+                    f"Resume: the best {callback.monitor} so far, {score:.4g} ({best}), carries over from the "
+                    "resumed run; an epoch here replaces it only if it scores better."
+                )
+            else:  # Lightning would still reload the missing file's path as the best
+                state["best_model_path"] = ""

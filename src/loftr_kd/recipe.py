@@ -27,18 +27,22 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loftr_kd.errors import sigterm_raises, stopped_by
 from loftr_kd.files import replacing, write_json
 
 PathLike = str | os.PathLike
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\.(best_checkpoint|run_dir)\}")
 
+
+# How long a step's process may take to stop after a passed-on Ctrl-C or SIGTERM (a training finishes its
+# batch, writes its checkpoint and exits): generous, a slow batch on a CPU takes tens of seconds.
+STOP_WAIT_S = 300
 
 # The inference settings a ship step may set (load_student's keyword arguments of the same names).
 SHIP_SETTINGS = ("match_threshold", "refine_query", "refine_points", "border_removal")
@@ -244,11 +248,11 @@ class Recipe:
         log_path = self.out_dir / f"{step.name}.log"
         print(f"[recipe] {step.name}: {' '.join(argv)}  (log: {log_path})", flush=True)
         with open(log_path, "a") as log:
-            process = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, check=False)
-        if process.returncode != 0:
+            returncode = _run_child(step, argv, log, self.env)
+        if returncode != 0:
             tail = log_path.read_text().strip().splitlines()[-5:]
             raise RecipeError(
-                f"step {step.name} failed (exit {process.returncode}); last lines of {log_path}:\n  "
+                f"step {step.name} failed (exit {returncode}); last lines of {log_path}:\n  "
                 + "\n  ".join(tail)
             )
 
@@ -336,20 +340,17 @@ class Recipe:
     def run(self, until: str | None = None) -> dict[str, Any]:
         """Run every step that is not done, in order (stopping after ``until`` when given).
 
-        SIGTERM (``kill``, a batch system's time limit) stops the running step like Ctrl-C does: its
-        process is killed, its time so far recorded, and the next run resumes it.
+        Ctrl-C and SIGTERM (``kill``, a batch system's time limit) are passed on to the running step's
+        process as they came (a training then saves ``interrupted.ckpt`` on SIGTERM and marks its run
+        interrupted); the recipe waits for it to stop (at most :data:`STOP_WAIT_S` seconds, or until a second
+        signal: then it is killed), records the step's time so far and raises :class:`KeyboardInterrupt`
+        (:class:`loftr_kd.errors.Terminated` for SIGTERM). The next run resumes the step.
         """
         if until is not None:
             self.step(until)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        previous_handler = None
-        if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
+        with sigterm_raises():
             self._run_all(until)
-        finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
         return self.state
 
     def _run_all(self, until: str | None) -> None:
@@ -368,8 +369,30 @@ def _copy_atomically(source: Path, target: Path) -> Path:
     return target
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _run_child(step: Step, argv: list[str], log: Any, env: Mapping[str, str]) -> int:
+    """Run a step's process to its end and return its exit status; Ctrl-C or SIGTERM (raised here as
+    ``KeyboardInterrupt``) is passed on to it and waited for, then raised on."""
+    # Its own session: a terminal's Ctrl-C reaches the recipe alone, which passes it on exactly once (a
+    # second SIGINT would cut the training's own shutdown short).
+    child = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        return child.wait()
+    except KeyboardInterrupt as error:
+        how, _ = stopped_by(error)
+        child.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+        print(
+            f"[recipe] {step.name}: {how} passed on; waiting up to {STOP_WAIT_S} s for it to stop",
+            flush=True,
+        )
+        try:
+            child.wait(timeout=STOP_WAIT_S)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # stuck, or a second signal: stop now
+            child.kill()
+            child.wait()
+            print(f"[recipe] {step.name}: killed (it did not stop by itself)", flush=True)
+        raise
 
 
 def steps_from_config(specs: Sequence[Mapping[str, Any]]) -> list[Step]:

@@ -15,6 +15,7 @@ are cleared first), ``interrupted`` when it did (resume it with ``ckpt_path=<fol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -56,6 +57,8 @@ RUN_FILES = (
     "search_trial.json",
 )
 _CLAIMED_ENV = "LOFTR_KD_RUN_CLAIM"  # "<folder>:<pid>" of the folder this process claimed
+# The .hydra/ files of each folder this process claimed, as they were at the claim (see _restore_hydra_files).
+_HYDRA_FILES: dict[str, dict[str, bytes]] = {}
 # A run needs room for its config, logs, checkpoints and exports: less free space than this is "full".
 MIN_FREE_BYTES = 64 * 2**20
 
@@ -79,7 +82,31 @@ def holds_a_run(folder: str | os.PathLike) -> list[str]:
 
 
 def _claimed_here(folder: Path) -> bool:
-    return os.environ.get(_CLAIMED_ENV) == f"{folder.resolve()}:{os.getpid()}"
+    """This process claimed ``folder`` and its run has not ended: the Hydra callback's claim, taken again by
+    ``train()``. A Hydra multirun runs its jobs in one process: a job whose folder holds an earlier job's
+    ended run (a ``hydra.sweep.subdir`` shared by jobs) is refused like any other reuse."""
+    if os.environ.get(_CLAIMED_ENV) != f"{folder.resolve()}:{os.getpid()}":
+        return False
+    claim = read_claim(folder)
+    return claim is not None and claim.get("pid") == os.getpid() and claim.get("state") == "running"
+
+
+def _keep_hydra_files(folder: Path) -> None:
+    """Remember the ``.hydra/`` files of a folder this process claims (in a multirun Hydra wrote them before)."""
+    hydra_dir = folder / ".hydra"
+    files = sorted(hydra_dir.glob("*.yaml")) if hydra_dir.is_dir() else []
+    _HYDRA_FILES[str(folder.resolve())] = {path.name: path.read_bytes() for path in files}
+
+
+def _restore_hydra_files(folder: Path, claim: dict[str, Any] | None) -> None:
+    """Put back the ``.hydra/`` files of an earlier job of this process that a later job refused here had
+    overwritten: Hydra writes a multirun job's config into its folder before the job can claim it."""
+    kept = _HYDRA_FILES.get(str(folder.resolve()))
+    if not kept or claim is None or claim.get("pid") != os.getpid():
+        return
+    for name, content in kept.items():
+        with contextlib.suppress(OSError):  # best effort: the run's config_resolved.yaml holds its config too
+            (folder / ".hydra" / name).write_bytes(content)
 
 
 def _write_error(folder: Path, error: OSError) -> RunDirError:
@@ -93,7 +120,8 @@ def _write_error(folder: Path, error: OSError) -> RunDirError:
 def claim_run_dir(folder: str | os.PathLike, task: str = "train") -> Path:
     """Claim ``folder`` for this process before anything is written into it.
 
-    A folder claimed by this process already is returned as is. A folder whose earlier run ``failed``
+    A folder claimed by this process for a run still running (the Hydra callback's claim) is returned as
+    is. A folder whose earlier run ``failed``
     before writing a checkpoint is taken over: that run's own files are removed first.
 
     Raises:
@@ -134,7 +162,9 @@ def claim_run_dir(folder: str | os.PathLike, task: str = "train") -> Path:
     try:
         fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise RunDirError(_taken_message(folder, read_claim(folder), [CLAIM_NAME], task)) from None
+        existing = read_claim(folder)
+        _restore_hydra_files(folder, existing)
+        raise RunDirError(_taken_message(folder, existing, [CLAIM_NAME], task)) from None
     except OSError as error:
         raise _write_error(folder, error) from None
     try:
@@ -146,6 +176,7 @@ def claim_run_dir(folder: str | os.PathLike, task: str = "train") -> Path:
         claim.unlink(missing_ok=True)
         raise _write_error(folder, error) from None
     os.environ[_CLAIMED_ENV] = f"{folder.resolve()}:{os.getpid()}"
+    _keep_hydra_files(folder)
     return folder
 
 

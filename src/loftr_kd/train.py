@@ -157,9 +157,10 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if dropped:
             _say(f"Logger: none (logger=none); {', '.join(dropped)} needs a logger and is left out.")
-    from loftr_kd.callbacks import InterruptCheckpoint
+    from loftr_kd.callbacks import CarryBestCheckpoint, InterruptCheckpoint
 
     callbacks.append(InterruptCheckpoint(output_dir / "checkpoints"))
+    callbacks.append(CarryBestCheckpoint())  # a run resumed into a new folder keeps the earlier best
     precision = _resolve_precision(cfg)
     plugins: list[Any] = [AtomicCheckpointIO(), *_amp_plugins(precision, cfg)]
     overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "plugins": plugins}
@@ -281,6 +282,21 @@ def _sweep_job() -> dict[str, Any] | None:
         }
     except Exception:  # noqa: BLE001 - train(cfg) outside a Hydra sweep
         return None
+
+
+def _may_prune() -> bool:
+    """Whether a trial hook may end a run before training: in an Optuna sweep, whose study takes the
+    penalty, or when ``train(cfg)`` is called without Hydra (the caller's config decides). A single Hydra
+    run or a sweep by another sweeper (``-m seed=1,2`` over a trial's config) trains."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # train(cfg) outside a Hydra app
+        return True
+    sweeper = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="") or "")
+    return hydra_cfg.mode == RunMode.MULTIRUN and "optuna" in sweeper.lower()
 
 
 class SweepTrial(Protocol):
@@ -413,6 +429,15 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
 
     trial = None
     hook_config = trial_hook_config(cfg)
+    if hook_config is not None and hook_config.get("prune") and not _may_prune():
+        # A trial run again on its own (make rerun of a trial, its saved .hydra config): nothing optimises its
+        # objective, and its latency is as noisy as in the sweep, so a prune would end the run "finished" with
+        # nothing trained. The latency is still measured and recorded (search_trial.json); the run trains.
+        hook_config = {**hook_config, "prune": False}
+        _say(
+            "Search: not in an Optuna sweep (a trial run again on its own): the latency gate reports and "
+            "never prunes; training."
+        )
     if hook_config is not None:
         # A sweep's trial (the student search: the untrained student's latency is measured first) may end
         # here, before any data is loaded.
