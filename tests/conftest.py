@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Tests run on 2-core machines next to other work: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -179,3 +180,14 @@ def signal_when(command: list[str], ready, signum: int, timeout: float = 120) ->
     child.send_signal(signum)
     _, stderr = child.communicate(timeout=timeout)
     return child.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two synthetic scenes of four 192x144 views (BlendedMVS layout): the training tests' data set, one per
+    test module."""
+    from loftr_kd.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, scenes=2, views=4, seed=3, height=144, width=192)
+    return root

@@ -16,20 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from loftr_kd.config import CONFIG_DIR, register_resolvers
-from loftr_kd.data.synthetic import generate_dataset
 from loftr_kd.rundir import RunDirError, claim_run_dir, mark_run, read_claim
 from loftr_kd.train import train
 
 register_resolvers()
 
 HEIGHT, WIDTH = 128, 192
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, scenes=2, views=4, seed=3, height=144, width=192)
-    return root
 
 
 def _tiny(scenes: Path, weights_dir: Path) -> list[str]:

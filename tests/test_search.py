@@ -18,7 +18,6 @@ from omegaconf import open_dict
 
 from loftr_kd.config import CONFIG_DIR, preset_values, register_resolvers
 from loftr_kd.config_check import ConfigError, check_train_config
-from loftr_kd.data.synthetic import generate_dataset
 from loftr_kd.models.student import StudentConfig, build_student, count_parameters
 from loftr_kd.search import (
     RECORD_NAME,
@@ -41,13 +40,6 @@ BIG = (
     "{student.backbone:resnet_fpn,student.coarse_stride:8,student.width:32,student.d_model:64,"
     "student.nhead:4,student.attention_layers:3}"
 )
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, scenes=2, views=4, seed=3, height=144, width=192)
-    return root
 
 
 def _cfg(run_dir: Path, *overrides: str):

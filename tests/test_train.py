@@ -30,13 +30,6 @@ register_resolvers()
 HEIGHT, WIDTH = 128, 192
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, scenes=2, views=4, seed=3, height=144, width=192)
-    return root
-
-
 def _cfg(run_dir: Path, data_root: Path, *extra: str, weights_dir: Path | None = None):
     overrides = [
         "debug=fast",

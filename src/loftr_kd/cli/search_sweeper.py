@@ -131,6 +131,21 @@ def _queued_or_done(trials: Sequence[Any], params: Mapping[str, Any]) -> Any:
     return None
 
 
+def _enqueue_once(study: Any, held: Sequence[Any], params: dict[str, Any], label: str) -> None:
+    """Enqueue ``params`` as a trial of ``study`` unless one of its trials ``held`` already has them."""
+    earlier = _queued_or_done(held, params)
+    if earlier is not None:
+        log.info(
+            "Search: %s is not enqueued again: the study holds it (trial %d, %s)",
+            label,
+            earlier.number,
+            earlier.state.name.lower(),
+        )
+        return
+    study.enqueue_trial(params)
+    log.info("Search: %s enqueued as a trial: %s", label, params)
+
+
 class SearchCallback(Callback):
     """Hydra callback of the search: presets first (same study, same budget), the report at the end.
 
@@ -190,17 +205,7 @@ class SearchCallback(Callback):
                 continue
             if marked:
                 params[PRESET_MARK] = True
-            earlier = _queued_or_done(held, params)
-            if earlier is not None:
-                log.info(
-                    "Search: preset %s is not enqueued again: the study holds it (trial %d, %s)",
-                    name,
-                    earlier.number,
-                    earlier.state.name.lower(),
-                )
-                continue
-            study.enqueue_trial(params)
-            log.info("Search: preset %s enqueued as a trial: %s", name, params)
+            _enqueue_once(study, held, params, f"preset {name}")
         for params in extra:
             params = OmegaConf.to_container(params) if OmegaConf.is_config(params) else dict(params)
             problems = [
@@ -213,17 +218,7 @@ class SearchCallback(Callback):
             if problems:
                 log.warning("Search: trial %s is not enqueued: %s", params, "; ".join(problems))
                 continue
-            earlier = _queued_or_done(held, params)
-            if earlier is not None:
-                log.info(
-                    "Search: trial %s is not enqueued again: the study holds it (trial %d, %s)",
-                    params,
-                    earlier.number,
-                    earlier.state.name.lower(),
-                )
-                continue
-            study.enqueue_trial(params)
-            log.info("Search: trial enqueued: %s", params)
+            _enqueue_once(study, held, params, f"trial {params}")
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
