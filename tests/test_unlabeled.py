@@ -306,6 +306,48 @@ def test_mixed_batches_come_whole_from_one_source_by_weight():
     assert list(resumed) == batches[10:]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_trainer_draws_new_mixed_batches_every_epoch(workers):
+    """Lightning sets the epoch on a loader's batch_sampler.sampler, never on the batch sampler: every
+    data=mixed epoch trained on epoch 0's batches (the shipped default's stage 3 included)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen: dict[int, list[list[int]]] = {}
+
+        def training_step(self, batch, batch_idx):
+            self.seen.setdefault(self.current_epoch, []).append(batch[0].long().tolist())
+            return self.layer(batch[0][:, None].float()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    sampler = MixedBatchSampler([40, 20], [1.0, 1.0], batch_size=4, batches=6, seed=3)
+    loader = DataLoader(
+        TensorDataset(torch.arange(60)),
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    model = Recorder()
+    trainer = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, loader)
+    assert [model.seen[e] for e in range(3)] == [sampler.epoch_batches(e) for e in range(3)]
+    assert model.seen[0] != model.seen[1] != model.seen[2]
+
+
 # ---------------------------------------------------------------------------- labelling with a real teacher
 def _panning_sequence(folder, frames: int = 10, step: int = 5):
     """A real photo panning ``step`` px per frame: frame i is the photo shifted by ``i * step`` px (not a

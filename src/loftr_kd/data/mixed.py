@@ -23,7 +23,22 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler, Subset
 
 from loftr_kd.data.sampling import ResumableDraw, placement
 
-__all__ = ["MixedBatchSampler", "MixedDataModule"]
+__all__ = ["EpochCounter", "MixedBatchSampler", "MixedDataModule"]
+
+
+class EpochCounter:
+    """The epoch of a batch sampler, where Lightning sets it.
+
+    Lightning calls ``set_epoch`` on a loader's ``sampler`` and on its ``batch_sampler.sampler``, never on
+    the ``batch_sampler`` itself (``lightning_fabric.utilities.data._set_sampler_epoch``): a batch sampler
+    that draws by epoch keeps its epoch here, as its ``sampler`` attribute.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
 
 class MixedBatchSampler(Sampler[list[int]]):
@@ -31,7 +46,8 @@ class MixedBatchSampler(Sampler[list[int]]):
 
     Within a source, indices are drawn without replacement from its permutations, so its pairs appear
     equally often (±1). The epoch's batches are split across ranks by striding, their count rounded up to
-    a multiple of the world size.
+    a multiple of the world size. Each epoch draws anew: Lightning sets the epoch on :attr:`sampler`
+    (:class:`EpochCounter`; until 2026-12-07 it was never set, and every epoch repeated epoch 0's batches).
 
     Args:
         sizes: length of each source's data set (in ``ConcatDataset`` order).
@@ -63,11 +79,15 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         self.batch_size, self.batches, self.seed = int(batch_size), int(batches), int(seed)
         self._rank, self._world_size = rank, world_size
-        self.epoch = 0
+        self.sampler = EpochCounter()  # where Lightning's set_epoch reaches a batch sampler
         self._resume: tuple[int, int] | None = None
 
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
 
     def resume_within_epoch(self, epoch: int, batches_done: int) -> None:
         """Continue epoch ``epoch`` after this rank's first ``batches_done`` batches (once, on resume)."""
