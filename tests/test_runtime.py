@@ -208,3 +208,37 @@ def test_a_commands_threads_reach_the_sessions_its_checks_open(graphs):
         assert ort_session(path).get_session_options().intra_op_num_threads == 1
         assert ort_session(path, threads=2).get_session_options().intra_op_num_threads == 2  # its own wins
     assert session_threads() is None  # restored
+
+
+def test_a_graph_traced_at_another_size_than_its_config_says_is_matched_at_its_own(student, tmp_path):
+    """export_onnx(height=, width=) wrote the graph's size in its metadata but the Matcher read the config's:
+    every call failed with an onnxruntime shape error."""
+    from loftr_kd import Matcher
+
+    path = export_onnx(student, tmp_path / "other_size.onnx", height=H + 32, width=W + 32)
+    matcher = Matcher(path, backend="onnx", threads=1)
+    assert matcher.input_shape(H + 32, W + 32) == (H + 32, W + 32)
+    a, b = (image[0, 0] for image in _pair(H + 32, W + 32))
+    result = matcher(a, b)
+    assert len(result["keypoints0"]) == len(result["keypoints1"]) > 0
+
+
+def test_a_letterboxed_image_loses_its_border_cells_at_the_contents_edge_too(tmp_path):
+    """A static file letterboxes: the model removed border cells of its padded input, so the content's
+    right/bottom cells, half in the padding, kept their matches (p90 error 3.2 px against 1.7 inside)."""
+    from loftr_kd import Matcher
+
+    torch.manual_seed(0)
+    model = build_student(
+        input_height=H, input_width=W, border_removal=1, match_threshold=0.0
+    ).prepare_for_inference()
+    matcher = Matcher(export_onnx(model, tmp_path / "static.onnx"), backend="onnx", threads=1)
+    a, b = (image[0, 0] for image in _pair(W, H))  # portrait: 64 x 96 content in a 96 x 64 input
+    result = matcher(a, b)
+    assert len(result["keypoints0"]) > 0
+    # content 43 px wide = 3 cell columns (the last in part); border 1: columns 0 and 2 go, 1 stays
+    scale = 64 / 96
+    for points in (result["coarse_keypoints0"], result["coarse_keypoints1"]):
+        columns = np.floor(((points[:, 0] + 0.5) * scale - 0.5) / STRIDE)
+        rows = np.floor(((points[:, 1] + 0.5) * scale - 0.5) / STRIDE)
+        assert set(columns.tolist()) == {1.0} and rows.min() >= 1 and rows.max() <= 2

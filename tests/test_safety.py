@@ -783,6 +783,29 @@ def test_a_huge_jpeg_is_decoded_reduced_and_matched_in_its_own_pixels(tmp_path):
     assert np.allclose(corners, [[-0.45, -0.45], [1199.45, 899.45]], atol=8.0), corners
 
 
+@pytest.mark.parametrize(("width", "height", "factor"), [(601, 451, 2), (607, 453, 4)])
+def test_a_reduced_png_of_odd_size_maps_back_exactly(tmp_path, width, height, factor):
+    """OpenCV's reduced read of a PNG resizes to floor(W / f): points drifted towards the far edge (up to
+    -0.9 px at 1/2 and -2.5 px at 1/4 for 6001- and 6007-px photos) under the x -> (x + 0.5) f - 0.5 rule."""
+    from loftr_kd.images import read_image_for_matching
+
+    dots = [(16, 16), (width // 2, height // 2), (width - 17, height - 17), (width - 17, 16)]
+    image = np.zeros((height, width, 3), np.uint8)
+    for x, y in dots:
+        image[y - 4 : y + 5, x - 4 : x + 5] = 255  # 9x9 squares centred on (x, y)
+    path = tmp_path / "dots.png"
+    cv2.imwrite(str(path), image)
+    reduced, got = read_image_for_matching(path, max_pixels=(width * height) // (factor * factor) + 1)
+    assert got == factor and reduced.shape[:2] == (-(-height // factor), -(-width // factor))
+    gray = reduced[:, :, 0].astype(np.float64)
+    for x, y in dots:
+        cx, cy = (round((x + 0.5) / factor - 0.5), round((y + 0.5) / factor - 0.5))
+        window = gray[cy - 3 : cy + 4, cx - 3 : cx + 4]
+        ys, xs = np.mgrid[cy - 3 : cy + 4, cx - 3 : cx + 4]
+        centroid = np.array([(xs * window).sum(), (ys * window).sum()]) / window.sum()
+        np.testing.assert_allclose((centroid + 0.5) * factor - 0.5, (x, y), atol=0.25)  # box quantisation
+
+
 def test_an_image_too_large_for_memory_is_refused_before_decoding(tmp_path):
     """A PNG whose header announces 200000x200000 pixels: refused from the header, nothing allocated."""
     import struct

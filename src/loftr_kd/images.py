@@ -128,12 +128,22 @@ def read_image_for_matching(path: PathLike, max_pixels: int = MAX_MATCH_PIXELS) 
     _check_decode_memory(path, height, width, factor if is_jpeg else 1)
     data = path.read_bytes()
     check_complete(data, path)
-    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[
-        factor
-    ]
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    if is_jpeg:  # libjpeg's DCT scaling: ceil(W / factor) pixels, pixel x covering [factor x, factor x + factor)
+        flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag[factor])
+    else:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageError(f"{path}: cannot read as an image (corrupt file or a format OpenCV does not decode)")
+    if not is_jpeg:
+        # OpenCV's reduced read of other formats resizes to floor(W / factor): a scale of W / floor(W / factor),
+        # not factor (-0.9 px at the far edge of a 6001-px PNG at 1/2). Pad to a multiple of the factor and
+        # average factor x factor blocks instead, as libjpeg does: pixel x is exactly (x + 0.5) factor - 0.5.
+        pad_h, pad_w = -image.shape[0] % factor, -image.shape[1] % factor
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+        image = cv2.resize(
+            image, (image.shape[1] // factor, image.shape[0] // factor), interpolation=cv2.INTER_AREA
+        )
     warnings.warn(
         f"{path}: {width}x{height} pixels is more than the {max_pixels / 1e6:.0f} MP matched at full "
         f"resolution; decoded at 1/{factor} ({image.shape[1]}x{image.shape[0]}) to bound memory. Keypoints "

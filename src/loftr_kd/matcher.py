@@ -197,7 +197,8 @@ class Matcher:
             )
         self.min_side = 2 * self.stride
         # border removal drops `border` cells on every side: a side needs 2 * border + 1 cells to keep one
-        self.min_cells = max(2, 2 * int(self.config.get("border_removal", 0) or 0) + 1)
+        self.border_cells = int(self.config.get("border_removal", 0) or 0)
+        self.min_cells = max(2, 2 * self.border_cells + 1)
         self._grid: np.ndarray | None = None
         self.size = size
 
@@ -519,6 +520,11 @@ class Matcher:
         if not self.use_refinement:  # both cell centres (corner queries moved image0's point too)
             points0, points1 = cells0.astype(np.float64), cells1.astype(np.float64)
         inside = box0.in_content(points0) & box1.in_content(points1)
+        # The model removes border cells of its input; a letterboxed image's content ends inside it, at the
+        # right or bottom, and its last cells there are removed here the same way (the dynamic path's input
+        # is the content, and the model's own rule covers all four sides).
+        inside &= _off_content_border(cells0, box0, self.stride, self.border_cells)
+        inside &= _off_content_border(cells1, box1, self.stride, self.border_cells)
         keypoints0, inside0 = _inside_image(box0.to_original(points0), box0)
         keypoints1, inside1 = _inside_image(box1.to_original(points1), box1)
         inside &= inside0 & inside1
@@ -547,6 +553,17 @@ def _stack(features: Sequence[ImageFeatures]) -> EncodedBatch:
     fine = None if features[0].fine is None else np.stack([f.fine for f in features])
     queries = None if features[0].queries is None else np.stack([f.queries for f in features])
     return EncodedBatch(np.stack([f.coarse for f in features]), fine, queries)
+
+
+def _off_content_border(centres: np.ndarray, box: Letterbox, stride: int, border: int) -> np.ndarray:
+    """(N,) bool: the cells (their model-input centres) are not among the last ``border`` cells of the
+    letterboxed content, on its right and bottom (every cell the content reaches into counts)."""
+    if border <= 0:
+        return np.ones(len(centres), bool)
+    columns = -(-box.content_width // stride)  # cells the content covers, the last perhaps in part
+    rows = -(-box.content_height // stride)
+    column, row = (np.floor(centres[:, 0] / stride), np.floor(centres[:, 1] / stride))
+    return (column < columns - border) & (row < rows - border)
 
 
 def _inside_image(points: np.ndarray, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:

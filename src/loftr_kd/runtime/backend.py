@@ -258,10 +258,15 @@ class ModelGeometry:
                 f"{path} carries no student_config metadata (input size, coarse stride): it was not written "
                 f"by loftr-kd-export; export the checkpoint again with loftr-kd-export"
             )
+        # The graph's own size (export_onnx(height=, width=) traces a student at another size than its
+        # config's): the file's input_height / input_width, where it has them.
+        height = int(metadata.get("input_height") or config["input_height"])
+        width = int(metadata.get("input_width") or config["input_width"])
+        config = {**config, "input_height": height, "input_width": width}
         return cls(
             config=config,
-            input_height=config["input_height"],
-            input_width=config["input_width"],
+            input_height=height,
+            input_width=width,
             stride=config["coarse_stride"],
             batch=batch,
             baked_threshold=float(config.get("match_threshold", 0.0)),
