@@ -128,7 +128,9 @@ def read_image_for_matching(path: PathLike, max_pixels: int = MAX_MATCH_PIXELS) 
     _check_decode_memory(path, height, width, factor if is_jpeg else 1)
     data = path.read_bytes()
     check_complete(data, path)
-    if is_jpeg:  # libjpeg's DCT scaling: ceil(W / factor) pixels, pixel x covering [factor x, factor x + factor)
+    if (
+        is_jpeg
+    ):  # libjpeg's DCT scaling: ceil(W / factor) pixels, pixel x covering [factor x, factor x + factor)
         flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag[factor])
     else:

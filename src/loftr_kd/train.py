@@ -284,7 +284,7 @@ def _sweep_job() -> dict[str, Any] | None:
         return None
 
 
-def _may_prune() -> bool:
+def _may_prune(output_dir: Path) -> bool:
     """Whether a trial hook may end a run before training: in an Optuna sweep, whose study takes the
     penalty, or when ``train(cfg)`` is called without Hydra (the caller's config decides). A single Hydra
     run or a sweep by another sweeper (``-m seed=1,2`` over a trial's config) trains."""
@@ -295,6 +295,9 @@ def _may_prune() -> bool:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # train(cfg) outside a Hydra app
         return True
+    here = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
+    if here is None or Path(str(here)).resolve() != output_dir.resolve():
+        return True  # Hydra's config of an earlier app in this process, not this run's: called without Hydra
     sweeper = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="") or "")
     return hydra_cfg.mode == RunMode.MULTIRUN and "optuna" in sweeper.lower()
 
@@ -429,7 +432,7 @@ def _train(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | 
 
     trial = None
     hook_config = trial_hook_config(cfg)
-    if hook_config is not None and hook_config.get("prune") and not _may_prune():
+    if hook_config is not None and hook_config.get("prune") and not _may_prune(output_dir):
         # A trial run again on its own (make rerun of a trial, its saved .hydra config): nothing optimises its
         # objective, and its latency is as noisy as in the sweep, so a prune would end the run "finished" with
         # nothing trained. The latency is still measured and recorded (search_trial.json); the run trains.
