@@ -241,3 +241,28 @@ def test_bad_on_bad_data_value(toy):
     root, names = toy
     with pytest.raises(ValueError, match="on_bad_data"):
         BlendedMVSPairDataset(root, names, on_bad_data="ignore")
+
+
+def test_an_exif_orientation_does_not_turn_an_image_away_from_its_depth(tmp_path):
+    """A BlendedMVS-layout JPEG with an EXIF orientation of 3 was read turned 180 degrees while its depth,
+    intrinsics and pose stayed as stored: a silently wrong pair (6 failed on the size check)."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from loftr_kd.data.blendedmvs_io import read_image_gray, read_image_size
+    from loftr_kd.images import read_image
+
+    stored = np.ascontiguousarray(skdata.camera()[:, :400])  # not symmetric: a turn shows
+    picture = Image.fromarray(stored)
+    exif = picture.getexif()
+    for orientation in (3, 6):
+        exif[0x0112] = orientation
+        path = tmp_path / f"turned{orientation}.jpg"
+        picture.save(path, exif=exif, quality=95)
+        read = read_image_gray(path)
+        assert read.shape == read_image_size(path) == stored.shape
+        assert np.abs(read.astype(float) - stored).mean() < 3  # the raster as stored (JPEG noise)
+        assert read.shape != read_image(path, gray=True).shape or orientation == 3
+    assert (
+        np.abs(read_image(tmp_path / "turned3.jpg", gray=True).astype(float) - stored[::-1, ::-1]).mean() < 3
+    )

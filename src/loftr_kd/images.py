@@ -194,13 +194,15 @@ def check_file_complete(path: PathLike) -> None:
         check_complete(head + f.read(), path)
 
 
-def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
+def read_image(path: PathLike, gray: bool = False, upright: bool = True) -> np.ndarray:
     """Read an image file as stored (BGR or gray, its own dtype), upright by its EXIF orientation, with the
     integrity checks above.
 
     Args:
         path: image file (anything OpenCV decodes: JPEG, PNG, TIFF, PPM, BMP, WebP, ...).
         gray: decode to 8-bit grayscale (the training loaders) instead of as stored.
+        upright: turn the image by its EXIF orientation; ``False``: the raster as stored, the frame of
+            geometry that describes the stored pixels (a depth map and camera of the BlendedMVS layout).
 
     Returns:
         ``(H, W)`` or ``(H, W, 3)`` array (an alpha channel is dropped); ``uint8`` when ``gray``.
@@ -223,6 +225,8 @@ def read_image(path: PathLike, gray: bool = False) -> np.ndarray:
     # EXIF orientation as GRAYSCALE and the reduced decodes do: a phone's portrait photo, stored sideways,
     # was read sideways in colour and upright in gray.
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    if not upright:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None or image.size == 0:
         raise ImageError(f"{path}: cannot read as an image (corrupt file or a format OpenCV does not decode)")

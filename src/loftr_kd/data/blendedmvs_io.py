@@ -365,13 +365,15 @@ _JPEG_EXT = re.compile(r"\.(jpe?g)$", re.IGNORECASE)
 
 
 def read_image_gray(path: PathLike) -> np.ndarray:
-    """Read an image as uint8 grayscale ``(H, W)`` (:func:`loftr_kd.images.read_image`).
+    """Read an image as uint8 grayscale ``(H, W)`` (:func:`loftr_kd.images.read_image`), as stored: its
+    depth map and camera describe the stored raster, so an EXIF orientation tag (a camera app's, on a scene
+    made by hand) is not applied; applied, it turned the image but not its depth, intrinsics and pose.
 
     Raises:
         BlendedMVSFormatError: missing, unreadable, truncated (JPEG/PNG) or empty image.
     """
     try:
-        return images.read_image(path, gray=True)
+        return images.read_image(path, gray=True, upright=False)
     except (images.ImageError, OSError) as e:
         raise BlendedMVSFormatError(str(e)) from None
 
