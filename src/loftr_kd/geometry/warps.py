@@ -328,17 +328,19 @@ MATCH_RIDGE = 1e-5
 MATCH_KEYS = ("matches0", "matches1", "match_confidence", "match_valid")
 
 
+def _weighted_mean(points: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean ``(B, L, 2)`` of ``(B, L, N, 2)`` points under ``(B, L, N)`` weights."""
+    return (w.unsqueeze(-1) * points).sum(-2) / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
 def _weighted_moments(local: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean ``(B, L, 2)`` of ``(B, L, N, 2)`` points and their centred weighted scatter
     ``(B, L, 2, 2)`` plus the ridge ``MATCH_RIDGE`` times the summed weight."""
-    total = w.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, L, 1)
-    mean = (w.unsqueeze(-1) * local).sum(-2) / total  # (B, L, 2)
+    mean = _weighted_mean(local, w)
     centred = local - mean.unsqueeze(-2)  # (B, L, N, 2)
-    eye = torch.eye(2, device=local.device, dtype=local.dtype)
-    scatter = (centred * w.unsqueeze(-1)).transpose(-1, -2) @ centred + MATCH_RIDGE * total.unsqueeze(
-        -1
-    ) * eye
-    return mean, scatter
+    total = w.sum(-1).clamp(min=1e-12)[..., None, None]  # (B, L, 1, 1)
+    ridge = MATCH_RIDGE * total * torch.eye(2, device=local.device, dtype=local.dtype)
+    return mean, (centred * w.unsqueeze(-1)).transpose(-1, -2) @ centred + ridge
 
 
 def warp_points_matches(
@@ -391,7 +393,7 @@ def warp_points_matches(
     for _ in range(iterations):
         w = base * robust
         mean0, scatter = _weighted_moments(local, w)  # (B, L, 2), (B, L, 2, 2)
-        mean1 = (w.unsqueeze(-1) * target).sum(-2) / w.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, L, 2)
+        mean1 = _weighted_mean(target, w)  # (B, L, 2)
         centred0, centred1 = local - mean0.unsqueeze(-2), target - mean1.unsqueeze(-2)  # (B, L, N, 2)
         cross = (centred0 * w.unsqueeze(-1)).transpose(-1, -2) @ centred1  # (B, L, 2, 2)
         linear = torch.linalg.solve(scatter, cross)  # (B, L, 2, 2): row vector (dx, dy) @ linear
