@@ -523,8 +523,8 @@ class Matcher:
         # The model removes border cells of its input; a letterboxed image's content ends inside it, at the
         # right or bottom, and its last cells there are removed here the same way (the dynamic path's input
         # is the content, and the model's own rule covers all four sides).
-        inside &= _off_content_border(cells0, box0, self.stride, self.border_cells)
-        inside &= _off_content_border(cells1, box1, self.stride, self.border_cells)
+        inside &= _off_content_border(idx0 % cells, box0, self.stride, self.border_cells)
+        inside &= _off_content_border(match_ids[idx0], box1, self.stride, self.border_cells)
         keypoints0, inside0 = _inside_image(box0.to_original(points0), box0)
         keypoints1, inside1 = _inside_image(box1.to_original(points1), box1)
         inside &= inside0 & inside1
@@ -555,14 +555,14 @@ def _stack(features: Sequence[ImageFeatures]) -> EncodedBatch:
     return EncodedBatch(np.stack([f.coarse for f in features]), fine, queries)
 
 
-def _off_content_border(centres: np.ndarray, box: Letterbox, stride: int, border: int) -> np.ndarray:
-    """(N,) bool: the cells (their model-input centres) are not among the last ``border`` cells of the
+def _off_content_border(ids: np.ndarray, box: Letterbox, stride: int, border: int) -> np.ndarray:
+    """(N,) bool: the cells ``ids`` of the model input are not among the last ``border`` cells of the
     letterboxed content, on its right and bottom (every cell the content reaches into counts)."""
     if border <= 0:
-        return np.ones(len(centres), bool)
+        return np.ones(len(ids), bool)
     columns = -(-box.content_width // stride)  # cells the content covers, the last perhaps in part
     rows = -(-box.content_height // stride)
-    column, row = (np.floor(centres[:, 0] / stride), np.floor(centres[:, 1] / stride))
+    row, column = np.divmod(np.asarray(ids, np.int64), box.input_width // stride)
     return (column < columns - border) & (row < rows - border)
 
 
